@@ -1,0 +1,51 @@
+"""seedream-pipe: declarative prompt-exploration sweeps on RunComfy's Model API.
+
+A notebook uses the same library the CLI does::
+
+    import seedream_pipe as sp
+    recipe = sp.load_recipe("recipes/demo.yaml")
+    plan = recipe.plan()
+    plan.to_dataframe()
+
+Names are imported lazily so that `seedream-pipe --help` starts fast and each part of the
+package loads only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "ApiError": "seedream_pipe.errors",
+    "AuthError": "seedream_pipe.errors",
+    "CreditError": "seedream_pipe.errors",
+    "Interrupted": "seedream_pipe.errors",
+    "Job": "seedream_pipe.jobs",
+    "Plan": "seedream_pipe.plan",
+    "Problem": "seedream_pipe.errors",
+    "Recipe": "seedream_pipe.recipe",
+    "RecipeError": "seedream_pipe.errors",
+    "SeedreamPipeError": "seedream_pipe.errors",
+    "Simulator": "seedream_pipe.sim",
+    "StateStore": "seedream_pipe.state",
+    "load_recipe": "seedream_pipe.recipe",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seedream_pipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,170 @@
+"""The one exception tree of seedream-pipe, and the exit code of each branch.
+
+    SeedreamPipeError                 1   something went wrong (base class)
+    ├── UsageError                   64   bad command-line arguments or combination of options
+    ├── RecipeError                  65   a recipe that cannot be loaded, validated or planned;
+    │                                     carries one Problem per thing wrong
+    ├── OutputError                  73   the output folder cannot be created or written
+    ├── StateError                   74   the state database is unreadable or from a newer version
+    ├── NothingToShow                66   an output folder with no run in it (sheet/report/gallery)
+    ├── ApiError                          an answer of the RunComfy Model API (or the simulator)
+    │   ├── AuthError                77   401/403, or no token at all: nothing will succeed
+    │   ├── CreditError              75   402: the account is out of credit
+    │   ├── RateLimited              75   429 after every retry
+    │   ├── ServiceUnavailable       69   5xx / network errors after every retry
+    │   ├── RequestRejected          65   400/422: the body does not fit the model's schema
+    │   └── NotFound                 65   404: unknown model or request id
+    └── Interrupted                 130   Ctrl-C or SIGTERM; state was committed first
+
+The CLI maps an exception to its exit code in one place (`seedream_pipe.cli.main`) by reading
+`exit_code`. Library code raises the most specific class, chaining the low-level cause with
+`raise ... from exc`. Messages never contain the API token: `redact()` scrubs any text that
+might have echoed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# sysexits(3), as the official runcomfy CLI uses them
+EX_OK = 0
+EX_SOME_FAILED = 1
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_INTERRUPTED = 130
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a recipe, located as precisely as we can."""
+
+    file: str
+    message: str
+    key_path: str = ""  # e.g. "vars.mood[1]" or "" for the whole file
+    line: int | None = None  # 1-based, where YAML gives one
+    column: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        if self.key_path:
+            where += f": {self.key_path}"
+        return f"{where}: {self.message}"
+
+
+class SeedreamPipeError(Exception):
+    """Base class of every error seedream-pipe raises on purpose."""
+
+    exit_code: int = EX_SOME_FAILED
+
+
+class UsageError(SeedreamPipeError):
+    """Options that contradict each other or name something that does not exist."""
+
+    exit_code = EX_USAGE
+
+
+class RecipeError(SeedreamPipeError):
+    """A recipe that cannot be loaded, validated or expanded. Holds every problem found."""
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, problems: list[Problem] | Problem) -> None:
+        self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class OutputError(SeedreamPipeError):
+    """The output folder (or a file in it) cannot be created or written."""
+
+    exit_code = EX_CANTCREAT
+
+
+class StateError(SeedreamPipeError):
+    """The state database is corrupt, locked or written by a newer seedream-pipe."""
+
+    exit_code = EX_IOERR
+
+
+class NothingToShow(SeedreamPipeError):
+    """An output folder holding no run: nothing to lay out or report."""
+
+    exit_code = EX_NOINPUT
+
+
+class ApiError(SeedreamPipeError):
+    """An answer from the Model API that the client could not turn into progress."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class AuthError(ApiError):
+    """401/403, or no token: stop the whole run at once."""
+
+    exit_code = EX_NOPERM
+
+
+class CreditError(ApiError):
+    """402: stop submitting, finish what is in flight."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class RateLimited(ApiError):
+    """429 that outlasted every retry."""
+
+    exit_code = EX_TEMPFAIL
+
+
+class ServiceUnavailable(ApiError):
+    """5xx, timeouts or dropped connections that outlasted every retry."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class RequestRejected(ApiError):
+    """400/422: the server refused this body; the job fails with the server's reason."""
+
+    exit_code = EX_DATAERR
+
+
+class NotFound(ApiError):
+    """404: unknown model id or request id."""
+
+    exit_code = EX_DATAERR
+
+
+class Interrupted(SeedreamPipeError):
+    """Ctrl-C or SIGTERM. State was committed before this was raised."""
+
+    exit_code = EX_INTERRUPTED
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process exit code for an exception (the one place the CLI asks)."""
+    if isinstance(exc, SeedreamPipeError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EX_INTERRUPTED
+    return EX_SOME_FAILED
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Replace every occurrence of each secret in `text` with a fixed marker."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
