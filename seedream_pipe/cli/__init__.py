@@ -29,7 +29,7 @@ def echo_error(exc: SeedreamPipeError) -> None:
 class SeedreamCli(click.Group):
     """A click group whose `main` turns every known failure into a message and an exit code."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,

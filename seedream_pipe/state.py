@@ -1,0 +1,545 @@
+"""The state of a sweep: one SQLite file (`state.sqlite`) per output folder.
+
+The runner writes every job transition here *before* the network call that depends on it, so a
+crash at any instant loses nothing that was paid for: a job with a request_id is polled on the
+next run, never submitted again. The outputs (sheet, report, manifest, gallery) read it back with
+no network at all.
+
+The store owns its schema. Each change is a small named migration function, registered in order
+by `@migration`, applied in a transaction together with its record in `migrations`; old
+migrations are never edited, only new ones added (the way simonw/llm does it).
+
+WAL mode with synchronous=NORMAL: durable against the process dying (Ctrl-C, SIGKILL, a crash),
+which is what resume needs; only a power cut can lose the last few commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from seedream_pipe.errors import StateError
+from seedream_pipe.jobs import Job
+
+STATE_FILE = "state.sqlite"
+
+#: Every state a job can be in, in lifecycle order.
+JOB_STATES: tuple[str, ...] = (
+    "planned",
+    "submitting",  # the body is about to be sent: outcome unknown if we crash now
+    "submit_unknown",  # the POST timed out or lost its connection after the body was sent
+    "submitted",  # the API answered with a request_id
+    "in_queue",
+    "in_progress",
+    "completed",  # the API says done; the image is not yet on disk
+    "downloaded",  # image on disk, checked and thumbnailed: done
+    "failed",
+    "cancelled",
+)
+#: States a run never leaves on its own.
+FINAL_STATES = frozenset({"downloaded", "failed", "cancelled"})
+#: States in which the job has a request_id and must be polled, never submitted again.
+REMOTE_STATES = frozenset({"submitted", "in_queue", "in_progress", "completed"})
+
+Clock = Callable[[], float]
+
+# --- migrations --------------------------------------------------------------------------------
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register a migration; they run in the order they are defined."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    timestamp_columns = ",\n".join(f"    {state}_at REAL" for state in JOB_STATES)
+    db.execute(
+        f"""
+        CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            job_index INTEGER NOT NULL,
+            model TEXT NOT NULL,
+            axes TEXT NOT NULL,            -- JSON: axis -> label
+            axis_values TEXT NOT NULL,     -- JSON: axis -> full value
+            inputs TEXT NOT NULL,          -- JSON: the exact request body
+            prompt TEXT NOT NULL,
+            resolution TEXT,
+            repeat INTEGER NOT NULL DEFAULT 0,
+            in_plan INTEGER NOT NULL DEFAULT 1,  -- 0 once a recipe edit drops the job
+            state TEXT NOT NULL DEFAULT 'planned',
+            request_id TEXT,
+            status_url TEXT,
+            result_url TEXT,
+            cancel_url TEXT,
+            queue_position INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,   -- submits sent for this job
+            polls INTEGER NOT NULL DEFAULT 0,
+            retries INTEGER NOT NULL DEFAULT 0,
+            possible_duplicate INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            output_urls TEXT,              -- JSON list of every http(s) URL in the result's output
+            image_url TEXT,
+            image_path TEXT,               -- relative to the output folder
+            thumb_path TEXT,               -- relative to the output folder
+            sha256 TEXT,
+            width INTEGER,
+            height INTEGER,
+            bytes INTEGER,
+            server_created_at TEXT,
+            server_finished_at TEXT,
+            updated_at REAL,
+{timestamp_columns}
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs(state)")
+    db.execute("CREATE INDEX jobs_index ON jobs(job_index)")
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            run_id INTEGER,
+            job_id TEXT,
+            kind TEXT NOT NULL,
+            state TEXT,
+            detail TEXT                    -- JSON
+        )
+        """
+    )
+    db.execute("CREATE INDEX events_job ON events(job_id)")
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            recipe_path TEXT,
+            recipe_hash TEXT,
+            api_host TEXT,
+            tool_version TEXT,
+            exit_code INTEGER,
+            summary TEXT                   -- JSON
+        )
+        """
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One row of `jobs`, decoded. Timestamps are Unix seconds (float) or None."""
+
+    job_id: str
+    job_index: int
+    model: str
+    axes: dict[str, str]
+    axis_values: dict[str, Any]
+    inputs: dict[str, Any]
+    prompt: str
+    resolution: str | None
+    repeat: int
+    in_plan: bool
+    state: str
+    request_id: str | None
+    status_url: str | None
+    result_url: str | None
+    cancel_url: str | None
+    queue_position: int | None
+    attempts: int
+    polls: int
+    retries: int
+    possible_duplicate: bool
+    error: str | None
+    output_urls: list[str]
+    image_url: str | None
+    image_path: str | None
+    thumb_path: str | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    bytes: int | None
+    server_created_at: str | None
+    server_finished_at: str | None
+    updated_at: float | None
+    planned_at: float | None
+    submitting_at: float | None
+    submit_unknown_at: float | None
+    submitted_at: float | None
+    in_queue_at: float | None
+    in_progress_at: float | None
+    completed_at: float | None
+    downloaded_at: float | None
+    failed_at: float | None
+    cancelled_at: float | None
+
+    @property
+    def started_at(self) -> float | None:
+        """When the job left the queue (first seen in progress)."""
+        return self.in_progress_at
+
+    @property
+    def finished_at(self) -> float | None:
+        """When the API reported the job finished (completed, failed or cancelled)."""
+        return self.completed_at or self.failed_at or self.cancelled_at
+
+    @property
+    def queue_s(self) -> float | None:
+        return _span(self.submitted_at, self.started_at)
+
+    @property
+    def generation_s(self) -> float | None:
+        return _span(self.started_at, self.completed_at)
+
+    @property
+    def latency_s(self) -> float | None:
+        return _span(self.submitted_at, self.finished_at)
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else max(0.0, end - start)
+
+
+_JSON_COLUMNS = {"axes": dict, "axis_values": dict, "inputs": dict, "output_urls": list}
+_BOOL_COLUMNS = {"in_plan", "possible_duplicate"}
+_RECORD_FIELDS = [f.name for f in fields(JobRecord)]
+#: Columns a caller may set through transition()/update(); identity columns come from the plan.
+_WRITABLE = frozenset(_RECORD_FIELDS) - {"job_id", "state"}
+
+
+def _decode(row: sqlite3.Row) -> JobRecord:
+    values: dict[str, Any] = {}
+    for name in _RECORD_FIELDS:
+        value = row[name]
+        if name in _JSON_COLUMNS:
+            value = json.loads(value) if value else _JSON_COLUMNS[name]()
+        elif name in _BOOL_COLUMNS:
+            value = bool(value)
+        values[name] = value
+    return JobRecord(**values)
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if name in _BOOL_COLUMNS:
+        return int(bool(value))
+    return value
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class StateStore:
+    """The jobs, events and runs of one output folder.
+
+    >>> store = StateStore(":memory:")
+    >>> store.sync_plan(plan.jobs)
+    >>> store.transition(job_id, "submitting")   # committed before the POST goes out
+    """
+
+    def __init__(self, path: str | Path, *, clock: Clock = time.time) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else None
+        self._clock = clock
+        self.run_id: int | None = None
+        try:
+            # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+
+    @classmethod
+    def for_output_dir(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
+        """Open (creating if needed) the state of an output folder."""
+        return cls(Path(out_dir) / STATE_FILE, clock=clock)
+
+    def __repr__(self) -> str:
+        return f"<StateStore {self.path or ':memory:'}>"
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- schema --
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this database lacks; return their names."""
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        done = {row[0] for row in self._db.execute("SELECT name FROM migrations")}
+        known = {name for name, _ in MIGRATIONS}
+        if done - known:
+            raise StateError(
+                f"{self.path}: written by a newer seedream-pipe "
+                f"(unknown migrations: {', '.join(sorted(done - known))}); upgrade to read it"
+            )
+        applied = []
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self.transaction() as db:
+                fn(db)
+                db.execute(
+                    "INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, self._clock())
+                )
+            applied.append(name)
+        return applied
+
+    # -- the plan --
+
+    def sync_plan(self, jobs: Sequence[Job]) -> dict[str, int]:
+        """Make the stored jobs match a fresh plan, matched by job_id.
+
+        New jobs are inserted as `planned`; jobs already known keep their state and history (only
+        their index and labels follow the plan); jobs no longer planned are kept, with in_plan=0,
+        because what was paid for is never thrown away. Returns counts: new, existing, dropped.
+        """
+        now = self._clock()
+        planned_ids = {job.job_id for job in jobs}
+        with self.transaction() as db:
+            known = {row[0] for row in db.execute("SELECT job_id FROM jobs")}
+            db.execute("UPDATE jobs SET in_plan = 0")
+            new_rows = []
+            for job in jobs:
+                identity = (
+                    job.index,
+                    json.dumps(dict(job.axes), ensure_ascii=False),
+                    json.dumps(dict(job.values), ensure_ascii=False, default=str),
+                )
+                if job.job_id in known:
+                    db.execute(
+                        "UPDATE jobs SET job_index = ?, axes = ?, axis_values = ?, in_plan = 1 "
+                        "WHERE job_id = ?",
+                        (*identity, job.job_id),
+                    )
+                else:
+                    new_rows.append(
+                        (
+                            job.job_id,
+                            *identity,
+                            job.model,
+                            json.dumps(dict(job.inputs), ensure_ascii=False, sort_keys=True),
+                            job.prompt,
+                            job.resolution,
+                            job.repeat,
+                            now,
+                            now,
+                        )
+                    )
+            db.executemany(
+                "INSERT INTO jobs (job_id, job_index, axes, axis_values, model, inputs, prompt, "
+                "resolution, repeat, in_plan, state, planned_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'planned', ?, ?)",
+                new_rows,
+            )
+        return {
+            "new": len(new_rows),
+            "existing": len(planned_ids & known),
+            "dropped": len(known - planned_ids),
+        }
+
+    # -- reading --
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _decode(row)
+
+    def jobs(
+        self, *, in_plan: bool | None = True, states: Iterable[str] | None = None
+    ) -> list[JobRecord]:
+        """Jobs in plan order; by default only those in the latest plan."""
+        sql = "SELECT * FROM jobs"
+        where: list[str] = []
+        args: list[Any] = []
+        if in_plan is not None:
+            where.append("in_plan = ?")
+            args.append(int(in_plan))
+        if states is not None:
+            wanted = list(states)
+            where.append(f"state IN ({', '.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY in_plan DESC, job_index, job_id"
+        return [_decode(row) for row in self._db.execute(sql, args)]
+
+    def counts(self, *, in_plan: bool | None = True) -> dict[str, int]:
+        """Number of jobs per state (every state present, zeros included)."""
+        sql = "SELECT state, COUNT(*) FROM jobs"
+        args: tuple[Any, ...] = ()
+        if in_plan is not None:
+            sql += " WHERE in_plan = ?"
+            args = (int(in_plan),)
+        found = dict(self._db.execute(sql + " GROUP BY state", args).fetchall())
+        return {state: int(found.get(state, 0)) for state in JOB_STATES}
+
+    def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events"
+        args: tuple[Any, ...] = ()
+        if job_id is not None:
+            sql += " WHERE job_id = ?"
+            args = (job_id,)
+        return [
+            {**dict(row), "detail": json.loads(row["detail"]) if row["detail"] else None}
+            for row in self._db.execute(sql + " ORDER BY id", args)
+        ]
+
+    # -- writing: every call commits before it returns --
+
+    def transition(
+        self, job_id: str, state: str, *, detail: Mapping[str, Any] | None = None, **fields: Any
+    ) -> None:
+        """Move a job to `state`, stamp `<state>_at`, set `fields`, log an event, and commit."""
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        now = self._clock()
+        values = {**fields, f"{state}_at": now}
+        with self.transaction() as db:
+            self._update(db, job_id, values, state=state, now=now)
+            self._event(db, job_id, "state", state, detail, now)
+
+    def update(self, job_id: str, *, bump: Iterable[str] = (), **fields: Any) -> None:
+        """Set fields (and add 1 to each column in `bump`) without a state change; commits."""
+        with self.transaction() as db:
+            self._update(db, job_id, fields, bump=tuple(bump), now=self._clock())
+
+    def add_event(
+        self, kind: str, *, job_id: str | None = None, detail: Mapping[str, Any] | None = None
+    ) -> None:
+        with self.transaction() as db:
+            self._event(db, job_id, kind, None, detail, self._clock())
+
+    def _update(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        values: Mapping[str, Any],
+        *,
+        state: str | None = None,
+        bump: tuple[str, ...] = (),
+        now: float,
+    ) -> None:
+        unknown = (set(values) | set(bump)) - _WRITABLE
+        if unknown:
+            raise ValueError(f"not a writable job column: {', '.join(sorted(unknown))}")
+        assignments = [f"{name} = ?" for name in values]
+        args = [_encode(name, value) for name, value in values.items()]
+        assignments += [f"{name} = {name} + 1" for name in bump]
+        if state is not None:
+            assignments.append("state = ?")
+            args.append(state)
+        assignments.append("updated_at = ?")
+        args.append(now)
+        cursor = db.execute(
+            f"UPDATE jobs SET {', '.join(assignments)} WHERE job_id = ?", (*args, job_id)
+        )
+        if cursor.rowcount != 1:
+            raise StateError(f"no job {job_id!r} in {self}")
+
+    def _event(
+        self,
+        db: sqlite3.Connection,
+        job_id: str | None,
+        kind: str,
+        state: str | None,
+        detail: Mapping[str, Any] | None,
+        now: float,
+    ) -> None:
+        db.execute(
+            "INSERT INTO events (at, run_id, job_id, kind, state, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                now,
+                self.run_id,
+                job_id,
+                kind,
+                state,
+                json.dumps(dict(detail), ensure_ascii=False, default=str) if detail else None,
+            ),
+        )
+
+    # -- runs and metadata --
+
+    def start_run(self, **info: Any) -> int:
+        """Record the start of a run; later events carry its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, recipe_path, recipe_hash, api_host, tool_version) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    self._clock(),
+                    info.get("recipe_path"),
+                    info.get("recipe_hash"),
+                    info.get("api_host"),
+                    info.get("tool_version"),
+                ),
+            )
+        self.run_id = int(cursor.lastrowid or 0)
+        return self.run_id
+
+    def finish_run(self, *, exit_code: int, summary: Mapping[str, Any] | None = None) -> None:
+        if self.run_id is None:
+            return
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE id = ?",
+                (
+                    self._clock(),
+                    exit_code,
+                    json.dumps(dict(summary or {}), ensure_ascii=False, default=str),
+                    self.run_id,
+                ),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        return [
+            {**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None}
+            for row in self._db.execute("SELECT * FROM runs ORDER BY id")
+        ]
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, ensure_ascii=False, default=str)),
+            )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])

@@ -1,0 +1,144 @@
+"""The state store: its schema, migrations, plan sync and transitions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from seedream_pipe.errors import StateError
+from seedream_pipe.jobs import Job
+from seedream_pipe.state import JOB_STATES, MIGRATIONS, StateStore
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_job(n: int, prompt: str = "a cat") -> Job:
+    return Job(
+        job_id=f"job{n:03d}",
+        index=n,
+        axes={"subject": f"s{n}"},
+        values={"subject": f"subject {n}"},
+        inputs={"prompt": f"{prompt} {n}", "resolution": "1K"},
+        model="bytedance/seedream-4-0/text-to-image",
+    )
+
+
+def test_fresh_database_has_every_migration_and_expected_columns(tmp_path: Path) -> None:
+    store = StateStore.for_output_dir(tmp_path)
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    applied = [row[0] for row in db.execute("SELECT name FROM migrations ORDER BY rowid")]
+    assert applied == [name for name, _ in MIGRATIONS]
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for state in JOB_STATES:
+        assert f"{state}_at" in columns
+    assert {"job_id", "request_id", "attempts", "polls", "sha256", "width", "height"} <= columns
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.migrate() == []  # idempotent
+    store.close()
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    StateStore.for_output_dir(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("INSERT INTO migrations VALUES ('m999_future', 0)")
+    db.commit()
+    with pytest.raises(StateError, match="newer seedream-pipe"):
+        StateStore.for_output_dir(tmp_path)
+
+
+def test_a_file_that_is_not_sqlite_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "state.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="cannot open"):
+        StateStore.for_output_dir(tmp_path)
+
+
+def test_sync_plan_keeps_history_and_marks_dropped_jobs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = StateStore.for_output_dir(tmp_path, clock=clock)
+    assert store.sync_plan([make_job(1), make_job(2)]) == {"new": 2, "existing": 0, "dropped": 0}
+    store.transition("job001", "submitted", request_id="r-1")
+
+    # The recipe was edited: job 2 dropped, job 3 added, job 1 moved to index 5.
+    moved = make_job(1)
+    moved = Job(**{**{f: getattr(moved, f) for f in moved.__slots__}, "index": 5})
+    assert store.sync_plan([moved, make_job(3)]) == {"new": 1, "existing": 1, "dropped": 1}
+
+    planned = store.jobs()
+    assert [(r.job_id, r.job_index, r.state) for r in planned] == [
+        ("job003", 3, "planned"),
+        ("job001", 5, "submitted"),
+    ]
+    assert planned[1].request_id == "r-1"
+    everything = store.jobs(in_plan=None)
+    assert {r.job_id for r in everything} == {"job001", "job002", "job003"}
+    assert store.counts()["planned"] == 1
+    store.close()
+
+
+def test_transition_stamps_time_logs_event_and_survives_reopen(tmp_path: Path) -> None:
+    clock = FakeClock(100.0)
+    store = StateStore.for_output_dir(tmp_path, clock=clock)
+    store.sync_plan([make_job(1)])
+    store.start_run(recipe_path="r.yaml", api_host="127.0.0.1")
+    store.transition("job001", "submitting")
+    clock.now = 101.0
+    store.transition("job001", "submitted", request_id="abc", detail={"http": 200})
+    clock.now = 103.5
+    store.transition("job001", "in_progress")
+    clock.now = 110.0
+    store.transition("job001", "completed", output_urls=["http://x/1.png"])
+    store.update("job001", bump=["polls"])
+    store.close()
+
+    again = StateStore.for_output_dir(tmp_path)
+    record = again.get("job001")
+    assert record is not None
+    assert (record.state, record.request_id, record.output_urls) == (
+        "completed",
+        "abc",
+        ["http://x/1.png"],
+    )
+    assert record.polls == 1
+    assert (record.submitted_at, record.started_at, record.finished_at) == (101.0, 103.5, 110.0)
+    assert (record.queue_s, record.generation_s, record.latency_s) == (2.5, 6.5, 9.0)
+    kinds = [(e["kind"], e["state"]) for e in again.events("job001")]
+    assert kinds == [
+        ("state", "submitting"),
+        ("state", "submitted"),
+        ("state", "in_progress"),
+        ("state", "completed"),
+    ]
+    assert again.events("job001")[1]["detail"] == {"http": 200}
+    assert again.events("job001")[0]["run_id"] == 1
+    again.close()
+
+
+def test_unknown_state_and_column_are_refused(tmp_path: Path) -> None:
+    store = StateStore(":memory:")
+    store.sync_plan([make_job(1)])
+    with pytest.raises(ValueError, match="unknown job state"):
+        store.transition("job001", "exploded")
+    with pytest.raises(ValueError, match="not a writable job column"):
+        store.update("job001", **{"state; DROP TABLE jobs": 1})
+    with pytest.raises(StateError, match="no job"):
+        store.transition("nope", "failed")
+    assert store.get("job001") is not None
+
+
+def test_runs_and_meta_round_trip() -> None:
+    store = StateStore(":memory:")
+    run_id = store.start_run(recipe_path="demo.yaml", recipe_hash="h", tool_version="0.1.0")
+    store.finish_run(exit_code=0, summary={"downloaded": 8})
+    store.set_meta("recipe", {"name": "demo"})
+    assert store.get_meta("recipe") == {"name": "demo"}
+    assert store.get_meta("missing", 7) == 7
+    (run,) = store.runs()
+    assert (run["id"], run["exit_code"], run["summary"]) == (run_id, 0, {"downloaded": 8})
