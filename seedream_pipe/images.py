@@ -1,0 +1,33 @@
+"""Image conventions shared by the runner (which makes thumbnails as it downloads) and the
+outputs (which lay sheets out from them and remake any that are missing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+#: Longest side of a thumbnail, in pixels.
+THUMB_SIZE = 512
+#: Thumbnails are JPEG: a 512px JPEG decodes several times faster than a PNG of the same
+#: picture, and Pillow's draft mode can decode it at half size for a 256px sheet cell.
+THUMB_SUFFIX = ".jpg"
+THUMB_QUALITY = 85
+
+
+def thumb_name(image_name: str) -> str:
+    """The thumbnail file name of an image file name (same stem)."""
+    return Path(image_name).stem + THUMB_SUFFIX
+
+
+def save_thumbnail(image: Image.Image, dest: Path) -> tuple[int, int]:
+    """Write a thumbnail of `image` (longest side THUMB_SIZE) to `dest` atomically; return its size."""
+    thumb = image.copy() if image.mode == "RGB" else image.convert("RGB")
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    thumb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=False)
+    os.replace(tmp, dest)
+    return thumb.size

@@ -1,0 +1,62 @@
+"""Where a recipe's files go, and names that no recipe value can turn into an escape.
+
+Every command that takes `RECIPE|DIR` finds its output folder through `locate()`, so `run`,
+`status`, `sheet`, `report` and `gallery` agree on it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seedream_pipe.errors import UsageError
+
+if TYPE_CHECKING:
+    from seedream_pipe.recipe import Recipe
+
+OUTPUTS_ROOT = Path("outputs")
+IMAGES_DIR = "images"
+THUMBS_DIR = "thumbs"
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    """The recipe's `output:` if it set one, else `outputs/<recipe name>/` (relative to the cwd)."""
+    return recipe.output if recipe.output is not None else OUTPUTS_ROOT / recipe.name
+
+
+def locate(target: str | Path, *, out: str | Path | None = None) -> tuple[Path, Recipe | None]:
+    """Resolve a `RECIPE|DIR` argument to (output folder, recipe or None).
+
+    A directory is an output folder as it is; a file is a recipe (loaded, so its errors are the
+    recipe's errors) whose output folder is `out`, else its default.
+    """
+    path = Path(target)
+    if path.is_dir():
+        return (Path(out) if out is not None else path), None
+    if path.is_file():
+        from seedream_pipe.recipe import load_recipe
+
+        recipe = load_recipe(path)
+        return (Path(out) if out is not None else default_output_dir(recipe)), recipe
+    raise UsageError(f"{target}: no such recipe file or output folder")
+
+
+def slug(text: str, *, max_length: int = 40) -> str:
+    """Reduce any text to `[a-z0-9-]` (at most `max_length` chars, never empty, never a path).
+
+    Accents are folded to ASCII; everything else (slashes, dots, spaces, quotes, control
+    characters, other scripts) becomes a single hyphen.
+    """
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    cleaned = _UNSAFE.sub("-", folded.lower()).strip("-")
+    return cleaned[:max_length].rstrip("-") or "x"
+
+
+def image_file_name(index: int, job_id: str, labels: list[str] | tuple[str, ...]) -> str:
+    """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`."""
+    label_part = slug("-".join(labels), max_length=60)
+    return f"{index:04d}_{slug(job_id, max_length=32)}_{label_part}.png"

@@ -1,0 +1,52 @@
+"""File names from recipe values can never leave the output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from seedream_pipe.errors import UsageError
+from seedream_pipe.images import THUMB_SIZE, save_thumbnail, thumb_name
+from seedream_pipe.paths import image_file_name, locate, slug
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Golden hour", "golden-hour"),
+        ("../../etc/passwd", "etc-passwd"),
+        ("/abs/path", "abs-path"),
+        ("Café crème", "cafe-creme"),
+        ("東京の夜", "x"),
+        ("..", "x"),
+        ("a\x00b\nc", "a-b-c"),
+        ("2560x1440 (16:9)", "2560x1440-16-9"),
+    ],
+)
+def test_slug(text: str, expected: str) -> None:
+    assert slug(text) == expected
+
+
+def test_image_file_name_is_a_plain_name() -> None:
+    name = image_file_name(7, "3f9a0c1b22de", ["../../x", "mist", "16:9"])
+    assert name == "0007_3f9a0c1b22de_x-mist-16-9.png"
+    assert Path(name).name == name
+    long = image_file_name(1, "abc", ["word " * 100])
+    assert len(long) < 100
+
+
+def test_locate_dir_and_missing(tmp_path: Path) -> None:
+    assert locate(tmp_path) == (tmp_path, None)
+    with pytest.raises(UsageError, match="no such recipe file or output folder"):
+        locate(tmp_path / "missing.yaml")
+
+
+def test_thumbnail_is_jpeg_with_longest_side_512(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (2560, 1440), (200, 10, 10, 255))
+    dest = tmp_path / "thumbs" / thumb_name("0001_abc_x.png")
+    assert save_thumbnail(image, dest) == (THUMB_SIZE, 288)
+    with Image.open(dest) as thumb:
+        assert (thumb.format, thumb.size) == ("JPEG", (512, 288))
+    assert list(dest.parent.iterdir()) == [dest]
