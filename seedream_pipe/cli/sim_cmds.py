@@ -1,7 +1,143 @@
-"""Commands of this topic (filled in by the issue that builds it)."""
+"""`seedream-pipe sim`: run the built-in RunComfy simulator in the foreground.
+
+Only parses options and prints; the simulator itself is `seedream_pipe.sim`, which tests and
+`run --sim` drive in-process.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import signal
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from seedream_pipe.errors import EX_UNAVAILABLE
+from seedream_pipe.sim.config import (
+    DEFAULT_HOST,
+    DEFAULT_LATENCY_JITTER_S,
+    DEFAULT_LATENCY_S,
+    DEFAULT_PORT,
+    DEFAULT_SLOW_S,
+    DEFAULT_URL_TTL_S,
+    DEFAULT_WORKERS,
+    Faults,
+    SimConfig,
+)
+
+PROBABILITY = click.FloatRange(0.0, 1.0)
+SECONDS = click.FloatRange(min=0.0)
+
+
+def _rate(flag: str, what: str) -> Any:
+    return click.option(flag, type=PROBABILITY, default=0.0, show_default=True, metavar="P", help=what)
+
+
+@click.command("sim")
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port to listen on; 0 picks a free one.")
+@click.option("--token", metavar="T", default=None,
+              help="The only bearer token accepted. Default: any non-empty token.")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
+              help="Jobs generated at once; the rest wait in a FIFO queue.")
+@click.option("--latency", type=SECONDS, default=DEFAULT_LATENCY_S, show_default=True, metavar="S",
+              help="Seconds a job takes to generate.")
+@click.option("--latency-jitter", type=SECONDS, default=DEFAULT_LATENCY_JITTER_S, show_default=True,
+              metavar="S", help="Each job takes latency +/- up to this many seconds (seeded).")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Submits admitted per sliding minute; beyond it 429 with Retry-After. Default: no limit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw (faults, durations).")
+@click.option("--url-ttl", "url_ttl_s", type=SECONDS, default=DEFAULT_URL_TTL_S, show_default=True, metavar="S",
+              help="Lifetime in seconds of the signed image URLs a result hands out.")
+@click.option("--images-array", is_flag=True, help='Results carry {"images": [URL]} instead of {"image": URL}.')
+@_rate("--error-rate", "Probability that an API call answers 500/502/503.")
+@_rate("--drop-rate", "Probability that an API call's connection closes with no answer.")
+@_rate("--slow-rate", "Probability that an API call is answered only after --slow-seconds.")
+@click.option("--slow-seconds", "slow_s", type=SECONDS, default=DEFAULT_SLOW_S, show_default=True, metavar="S",
+              help="Delay of a slow answer (longer than a client's timeout).")
+@_rate("--malformed-rate", "Probability that a 200 answer's body is broken JSON (the call took effect).")
+@_rate("--job-fail-rate", "Probability that a job ends 'failed' with an error object.")
+@_rate("--result-404-rate", "Probability that an image download answers 404.")
+@_rate("--expired-rate", "Probability that a result hands out an already expired image URL (403).")
+@_rate("--truncate-rate", "Probability that an image download is cut short (full Content-Length, part of the body).")
+@_rate("--garbage-rate", "Probability that an image download returns bytes that are not an image.")
+@click.option("--revoke-after", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Revoke the token after N accepted submits: every API call then answers 401.")
+@click.option("--credit-limit", type=click.IntRange(min=0), default=None, metavar="K",
+              help="Answer 402 (out of credit) to every submit after K accepted ones.")
+@_rate("--submit-drop-rate", "Probability that a submit is accepted (and billed), then its connection dropped.")
+def sim_command(
+    host: str,
+    port: int,
+    token: str | None,
+    workers: int,
+    latency: float,
+    latency_jitter: float,
+    rpm: int | None,
+    seed: int,
+    url_ttl_s: float,
+    images_array: bool,
+    **fault_options: Any,
+) -> int:
+    """Run the built-in RunComfy Model API simulator until Ctrl-C.
+
+    It speaks the Model API (submit, status, result, cancel) under /v1 with bearer auth,
+    generates labelled PNGs, serves them under signed expiring URLs, and injects the faults
+    you ask for, reproducibly from --seed. GET /admin/stats (loopback only, no token) counts
+    what it saw; POST /admin/faults and /admin/config change it while it runs.
+
+    Example:
+
+    \b
+        seedream-pipe sim --port 8765 --latency 1 --rpm 60 --error-rate 0.05
+        export RUNCOMFY_MODEL_API_BASE=http://127.0.0.1:8765/v1
+        curl -H "Authorization: Bearer any" -H "Content-Type: application/json" \\
+             -d '{"prompt": "a lighthouse at dusk, 16:9", "resolution": "1K"}' \\
+             $RUNCOMFY_MODEL_API_BASE/models/bytedance/seedream-4-0/text-to-image
+        curl http://127.0.0.1:8765/admin/stats
+    """
+    from seedream_pipe.sim.server import SimServer  # the server stack loads only for this command
+
+    cfg = SimConfig(
+        workers=workers,
+        latency=latency,
+        latency_jitter=latency_jitter,
+        rpm=rpm,
+        seed=seed,
+        token=token,
+        url_ttl_s=url_ttl_s,
+        images_array=images_array,
+        faults=Faults(**fault_options),
+    )
+    server = SimServer(cfg, host=host, port=port)
+    try:
+        asyncio.run(_serve(server))
+    except OSError as exc:
+        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        hint = " (pick another --port, or --port 0 for a free one)" if exc.errno == errno.EADDRINUSE else ""
+        click.secho(f"error: cannot listen on {host}:{port}: {reason}{hint}", fg="red", err=True)
+        return EX_UNAVAILABLE
+    return 0
+
+
+async def _serve(server: Any) -> None:
+    """Listen until SIGINT/SIGTERM, then stop cleanly (exit 0, no traceback)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # e.g. not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        click.echo(f"Simulator listening on {server.base_url}")
+        origin = server.base_url.removesuffix("/v1")
+        click.echo(f"Stats: {origin}/admin/stats · stop with Ctrl-C", err=True)
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+COMMANDS: list[click.Command] = [sim_command]

@@ -1,0 +1,275 @@
+"""The simulator's back end: jobs, the FIFO queue, the workers, the rate limit and the counters.
+
+Everything here runs on the simulator's event loop, except `Stats.snapshot`, which other threads
+call (the in-process `Simulator.stats()`), hence its lock. Time comes from injected clocks: the
+rate limiter reads a monotonic clock and timestamps read a wall clock, so tests can move time
+instead of sleeping. Job durations are real `asyncio.sleep`s (tests use tiny latencies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from seedream_pipe.sim.config import FAULT_NAMES, SimConfig
+from seedream_pipe.sim.faults import Dice
+
+Clock = Callable[[], float]
+
+IN_QUEUE = "in_queue"
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+# Plain counters of stats(), in the order the contract lists them.
+COUNTERS = (
+    "submits_accepted",
+    "submits_rejected",
+    "rate_limited",
+    "polls",
+    "result_reads",
+    "downloads",
+    "cancels",
+    "cancelled",
+    "completed",
+    "failed",
+    "requests_total",
+)
+
+
+def body_hash(body: Any) -> str:
+    """The canonical hash of a request body: how stats tell one job's body from another's."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Stats:
+    """What the simulator saw and did. Written on the event loop, read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self._per_body: dict[str, int] = {}
+        self._faults = dict.fromkeys(FAULT_NAMES, 0)
+        self._in_flight = 0
+        self._peak_in_flight = 0
+        self.token_revoked = False
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def fault(self, name: str) -> None:
+        with self._lock:
+            self._faults[name] += 1
+
+    def accepted(self, digest: str) -> None:
+        with self._lock:
+            self._counters["submits_accepted"] += 1
+            self._per_body[digest] = self._per_body.get(digest, 0) + 1
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def finished(self, status: str) -> None:
+        """A job reached a terminal state (counted once per job)."""
+        with self._lock:
+            self._counters[status] += 1
+            self._in_flight -= 1
+
+    @property
+    def submits_accepted(self) -> int:
+        with self._lock:
+            return self._counters["submits_accepted"]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The dict `GET /admin/stats` answers (a copy: safe to keep and compare)."""
+        with self._lock:
+            c = self._counters
+            return {
+                "submits_accepted": c["submits_accepted"],
+                "submits_rejected": c["submits_rejected"],
+                "submits_per_body": dict(self._per_body),
+                "duplicate_submits": sum(n - 1 for n in self._per_body.values()),
+                "rate_limited": c["rate_limited"],
+                "polls": c["polls"],
+                "result_reads": c["result_reads"],
+                "downloads": c["downloads"],
+                "cancels": c["cancels"],
+                "cancelled": c["cancelled"],
+                "completed": c["completed"],
+                "failed": c["failed"],
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+                "requests_total": c["requests_total"],
+                "faults": dict(self._faults),
+                "token_revoked": self.token_revoked,
+            }
+
+
+class SlidingWindowLimiter:
+    """At most `rpm` admissions in any 60-second window (None: no limit).
+
+    A sliding window rather than a token bucket: it is what "N requests per minute" means to a
+    user reading an account's limits, and it never lets a burst of 2 x rpm through at a refill.
+    """
+
+    WINDOW_S = 60.0
+
+    def __init__(self, rpm: int | None, clock: Clock) -> None:
+        self.rpm = rpm
+        self._clock = clock
+        self._times: deque[float] = deque()
+
+    def admit(self) -> float | None:
+        """Admit one request now (None), or say in how many seconds a slot frees up."""
+        if self.rpm is None:
+            return None
+        now = self._clock()
+        while self._times and self._times[0] <= now - self.WINDOW_S:
+            self._times.popleft()
+        if len(self._times) < self.rpm:
+            self._times.append(now)
+            return None
+        return self._times[0] + self.WINDOW_S - now
+
+
+@dataclass(slots=True)
+class SimJob:
+    """One accepted request and where it is in its life."""
+
+    request_id: str
+    model: str
+    body: Mapping[str, Any]
+    digest: str
+    created_at: float  # wall clock, unix seconds
+    status: str = IN_QUEUE
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict[str, str] | None = None
+
+
+class Engine:
+    """The queue and its workers: accepted jobs go in_queue -> in_progress -> a terminal state."""
+
+    def __init__(self, cfg: SimConfig, stats: Stats, dice: Dice, wall_clock: Clock) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.dice = dice
+        self._wall = wall_clock
+        self.jobs: dict[str, SimJob] = {}
+        self._queue: deque[SimJob] = deque()
+        self._cond: asyncio.Condition | None = None
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._target = cfg.workers
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the workers (on the running loop)."""
+        self._cond = asyncio.Condition()
+        self.set_workers(self.cfg.workers)
+
+    async def stop(self) -> None:
+        tasks = list(self._workers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+
+    def set_workers(self, count: int) -> None:
+        """Change the number of workers at run time; extra ones retire after their current job."""
+        self._target = count
+        for index in range(count):
+            task = self._workers.get(index)
+            if task is None or task.done():
+                self._workers[index] = asyncio.create_task(self._work(index), name=f"sim-worker-{index}")
+        self._notify(all_waiters=True)
+
+    def _notify(self, *, all_waiters: bool = False) -> None:
+        cond = self._cond
+        if cond is None:
+            return
+
+        async def wake() -> None:
+            async with cond:
+                if all_waiters:
+                    cond.notify_all()
+                else:
+                    cond.notify(1)
+
+        # notify needs the condition's lock, which a plain (sync) caller cannot hold: schedule it
+        asyncio.get_running_loop().create_task(wake())
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(self, model: str, body: Mapping[str, Any], digest: str) -> SimJob:
+        job = SimJob(
+            request_id=str(uuid.uuid4()), model=model, body=body, digest=digest, created_at=self._wall()
+        )
+        self.jobs[job.request_id] = job
+        self._queue.append(job)
+        self.stats.accepted(digest)
+        self._notify()
+        return job
+
+    def queue_position(self, job: SimJob) -> int:
+        """How many queued jobs are ahead of this one (0: it starts next)."""
+        try:
+            return self._queue.index(job)
+        except ValueError:
+            return 0
+
+    def cancel(self, job: SimJob) -> str:
+        """Cancel a queued job. Returns the outcome: cancelled or not_cancellable."""
+        if job.status == IN_QUEUE:
+            self._queue.remove(job)
+            self._finish(job, CANCELLED)
+            return "cancelled"
+        if job.status == CANCELLED:
+            return "cancelled"  # idempotent: a retried cancel gets the same answer
+        return "not_cancellable"
+
+    def _finish(self, job: SimJob, status: str, error: dict[str, str] | None = None) -> None:
+        job.status = status
+        job.error = error
+        job.finished_at = self._wall()
+        self.stats.finished(status)
+
+    def _duration(self) -> float:
+        jitter = self.cfg.latency_jitter
+        offset = self.dice.uniform("latency", -jitter, jitter) if jitter > 0 else 0.0
+        return max(0.0, self.cfg.latency + offset)
+
+    async def _work(self, index: int) -> None:
+        assert self._cond is not None
+        while True:
+            async with self._cond:
+                while not self._queue and index < self._target:
+                    await self._cond.wait()
+                if index >= self._target:
+                    return
+                job = self._queue.popleft()
+            job.status = IN_PROGRESS
+            job.started_at = self._wall()
+            await asyncio.sleep(self._duration())
+            if self.dice.hit("job_fail_rate", self.cfg.faults.job_fail_rate):
+                self.stats.fault("job_fail_rate")
+                self._finish(
+                    job,
+                    FAILED,
+                    {"code": "generation_failed", "message": "The model failed to generate an image (simulated job failure)."},
+                )
+            else:
+                self._finish(job, COMPLETED)

@@ -1,0 +1,208 @@
+"""Starting and stopping a simulator: `SimServer` on the caller's event loop, `Simulator` in a thread.
+
+`SimServer` is the async core (the CLI runs it on the main thread's loop, with signal handling).
+`Simulator` runs one in a background thread with its own loop, so synchronous code and tests
+(whatever loop they run, if any) can use a real simulator on a real socket:
+
+    with Simulator(SimConfig(latency=0.05), port=0) as sim:
+        httpx.get(f"{sim.base_url}/requests/x/status", headers={"Authorization": "Bearer t"})
+        sim.set_faults(error_rate=0.5)
+        sim.stats()["polls"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from seedream_pipe.sim.app import SimApp
+from seedream_pipe.sim.config import DEFAULT_HOST, SimConfig, validate_config
+from seedream_pipe.sim.engine import Clock
+
+T = TypeVar("T")
+# How long stopping waits for answers still being written (a slow fault sleeps far longer:
+# it is cut short, as a real server restart would cut it).
+SHUTDOWN_GRACE_S = 0.25
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class SimServer:
+    """One simulator listening on a socket, driven from the event loop it was started on."""
+
+    def __init__(
+        self,
+        cfg: SimConfig | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self.cfg = validate_config(cfg if cfg is not None else SimConfig())
+        self.host = host
+        self.requested_port = port
+        self.app = SimApp(self.cfg, clock=clock, wall_clock=wall_clock)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the simulator is not running")
+        return f"http://{_url_host(self.host)}:{self.port}/v1"
+
+    async def start(self) -> None:
+        """Bind and listen. Raises OSError when the address cannot be bound (e.g. port in use)."""
+        runner = web.AppRunner(self.app.build(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.requested_port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        self.port = None
+
+
+class Simulator:
+    """A simulator in a background thread: a context manager for tests, notebooks and `run --sim`.
+
+    Every method may be called from any thread. Settings changes run on the simulator's loop
+    and are in effect when the call returns.
+    """
+
+    def __init__(
+        self,
+        cfg: SimConfig | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._server = SimServer(cfg, host=host, port=port, clock=clock, wall_clock=wall_clock)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        where = self._server.base_url if self._server.port is not None else "stopped"
+        return f"<Simulator {where}>"
+
+    @property
+    def cfg(self) -> SimConfig:
+        """The live settings (read them; change them with `configure`/`set_faults`)."""
+        return self._server.cfg
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT/v1`, the value to give a client as its API base."""
+        return self._server.base_url
+
+    @property
+    def port(self) -> int:
+        if self._server.port is None:
+            raise RuntimeError("the simulator is not running")
+        return self._server.port
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    def start(self) -> Simulator:
+        """Start listening; returns once the port accepts connections. Raises OSError if it cannot bind."""
+        if self._thread is not None:
+            raise RuntimeError("the simulator is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop_event = asyncio.Event()
+            try:
+                await self._server.start()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                await self._stop_event.wait()
+            finally:
+                await self._server.stop()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), name="seedream-sim", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            self._loop = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and end the thread (idempotent)."""
+        thread, loop, stop_event = self._thread, self._loop, self._stop_event
+        if thread is None or loop is None or stop_event is None:
+            return
+        loop.call_soon_threadsafe(stop_event.set)
+        thread.join()
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- run-time control -------------------------------------------------------------------
+
+    def _on_loop(self, func: Callable[[], T]) -> T:
+        """Run `func` on the simulator's loop (where its state lives) and return its result."""
+        loop = self._loop
+        if loop is None:
+            return func()  # not running: nothing else touches the state
+
+        async def call() -> T:
+            return func()
+
+        coro: Coroutine[Any, Any, T] = call()
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, the same dict `GET /admin/stats` answers."""
+        return self._server.app.stats.snapshot()
+
+    def set_faults(self, **changes: Any) -> dict[str, Any]:
+        """Change any `Faults` fields now, e.g. `set_faults(job_fail_rate=0.5)`. Returns all faults."""
+        return self._on_loop(lambda: self._server.app.set_faults(changes))
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change `SimConfig` fields now (workers, latency, rpm, seed, token, ...). Returns them all."""
+        return self._on_loop(lambda: self._server.app.configure(changes))
+
+    def revoke_token(self) -> None:
+        """From now on every API call answers 401."""
+        self._on_loop(lambda: self._server.app.revoke(True))
+
+    def restore_token(self) -> None:
+        """Undo a revocation (and disarm `revoke_after`), e.g. to test that a run resumes."""
+        self._on_loop(lambda: self._server.app.revoke(False))
