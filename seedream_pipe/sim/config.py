@@ -72,7 +72,7 @@ FAULT_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Faults) 
 class SimConfig:
     """How the simulator behaves when nothing goes wrong.
 
-    - `workers`: jobs generated at the same time; the rest wait in a FIFO queue.
+    - `workers`: jobs generated at the same time; the rest wait in a FIFO queue (0: paused).
     - `latency`, `latency_jitter`: a job runs `latency` +/- uniform(`latency_jitter`) seconds.
     - `rpm`: submits admitted per sliding minute (None: unlimited); beyond it 429 + Retry-After.
     - `seed`: seeds every random draw (faults, job durations), so a run is reproducible.
@@ -148,8 +148,8 @@ def check_setting(name: str, value: Any) -> Any:
     if name == "workers":
         number = _check_number(name, value, integer=True, optional=False)
         assert number is not None
-        if number < 1:
-            raise UsageError(f"workers must be at least 1, got {value!r}")
+        if number < 0:
+            raise UsageError(f"workers must be >= 0 (0 pauses the queue), got {value!r}")
         return number
     if name in ("latency", "latency_jitter", "url_ttl_s"):
         number = _check_number(name, value, integer=False, optional=False)

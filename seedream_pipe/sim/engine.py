@@ -87,6 +87,11 @@ class Stats:
             self._in_flight -= 1
 
     @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    @property
     def submits_accepted(self) -> int:
         with self._lock:
             return self._counters["submits_accepted"]
@@ -168,15 +173,20 @@ class Engine:
         self._wall = wall_clock
         self.jobs: dict[str, SimJob] = {}
         self._queue: deque[SimJob] = deque()
-        self._cond: asyncio.Condition | None = None
+        # created on the loop in start()
+        self._queued: asyncio.Event
+        self._changed: asyncio.Event
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._target = cfg.workers
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         """Spawn the workers (on the running loop)."""
-        self._cond = asyncio.Condition()
+        self._queued = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._started = True
         self.set_workers(self.cfg.workers)
 
     async def stop(self) -> None:
@@ -189,28 +199,34 @@ class Engine:
         self._workers.clear()
 
     def set_workers(self, count: int) -> None:
-        """Change the number of workers at run time; extra ones retire after their current job."""
+        """Change the number of workers at run time (0 pauses the queue); extra ones retire
+        after their current job."""
         self._target = count
+        if not self._started:
+            return  # start() spawns them
         for index in range(count):
             task = self._workers.get(index)
             if task is None or task.done():
                 self._workers[index] = asyncio.create_task(self._work(index), name=f"sim-worker-{index}")
-        self._notify(all_waiters=True)
+        self._wake_workers()
 
-    def _notify(self, *, all_waiters: bool = False) -> None:
-        cond = self._cond
-        if cond is None:
-            return
+    # An event that is set and replaced: every waiter wakes, re-checks its condition and waits
+    # on the fresh event if it still has to. Single-threaded (the loop), so nothing is missed.
+    def _wake_workers(self) -> None:
+        self._queued.set()
+        self._queued = asyncio.Event()
 
-        async def wake() -> None:
-            async with cond:
-                if all_waiters:
-                    cond.notify_all()
-                else:
-                    cond.notify(1)
+    def _announce_change(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
-        # notify needs the condition's lock, which a plain (sync) caller cannot hold: schedule it
-        asyncio.get_running_loop().create_task(wake())
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds, re-checking it after every job state change."""
+        while True:
+            changed = self._changed
+            if predicate():
+                return
+            await changed.wait()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -221,7 +237,8 @@ class Engine:
         self.jobs[job.request_id] = job
         self._queue.append(job)
         self.stats.accepted(digest)
-        self._notify()
+        self._wake_workers()
+        self._announce_change()
         return job
 
     def queue_position(self, job: SimJob) -> int:
@@ -246,6 +263,7 @@ class Engine:
         job.error = error
         job.finished_at = self._wall()
         self.stats.finished(status)
+        self._announce_change()
 
     def _duration(self) -> float:
         jitter = self.cfg.latency_jitter
@@ -253,16 +271,17 @@ class Engine:
         return max(0.0, self.cfg.latency + offset)
 
     async def _work(self, index: int) -> None:
-        assert self._cond is not None
         while True:
-            async with self._cond:
-                while not self._queue and index < self._target:
-                    await self._cond.wait()
-                if index >= self._target:
-                    return
-                job = self._queue.popleft()
+            queued = self._queued
+            if index >= self._target:
+                return
+            if not self._queue:
+                await queued.wait()
+                continue
+            job = self._queue.popleft()
             job.status = IN_PROGRESS
             job.started_at = self._wall()
+            self._announce_change()
             await asyncio.sleep(self._duration())
             if self.dice.hit("job_fail_rate", self.cfg.faults.job_fail_rate):
                 self.stats.fault("job_fail_rate")

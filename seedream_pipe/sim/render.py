@@ -29,9 +29,11 @@ SIZE_STEP = 8
 PNG_COMPRESS_LEVEL = 1
 
 _FIXED_SIZE = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\b")
-# "16:9", "3 : 4", "21:9"; not times of day like "10:30" (ratio sides are at most 2 digits
-# and the ratio must be plausible, see _prompt_ratio)
+# "16:9", "3 : 4", "21:9"; only the aspect ratios people write, so that a time of day like
+# "10:30" or "12:15" is never read as one
 _RATIO = re.compile(r"(?<![\d:])(\d{1,2})\s*:\s*(\d{1,2})(?![\d:])")
+_WIDE_RATIOS = ((1, 1), (4, 3), (3, 2), (16, 9), (21, 9), (5, 4), (2, 1), (16, 10), (7, 5), (3, 1))
+_KNOWN_RATIOS = frozenset(_WIDE_RATIOS) | frozenset((b, a) for a, b in _WIDE_RATIOS)
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
@@ -39,7 +41,7 @@ def _prompt_ratio(prompt: str) -> tuple[int, int] | None:
     """The aspect ratio a prompt names (e.g. "16:9", "portrait 3:4"), or None for square."""
     for match in _RATIO.finditer(prompt):
         a, b = int(match.group(1)), int(match.group(2))
-        if a == 0 or b == 0 or not 1 / 4 <= a / b <= 4:
+        if (a, b) not in _KNOWN_RATIOS:
             continue
         lowered = prompt.lower()
         # "portrait 4:3" means a tall image whichever way round the numbers are written

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from seedream_pipe.sim.app import SimApp
 from seedream_pipe.sim.config import DEFAULT_HOST, SimConfig, validate_config
-from seedream_pipe.sim.engine import Clock
+from seedream_pipe.sim.engine import TERMINAL, Clock
 
 T = TypeVar("T")
 # How long stopping waits for answers still being written (a slow fault sleeps far longer:
@@ -198,6 +198,32 @@ class Simulator:
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change `SimConfig` fields now (workers, latency, rpm, seed, token, ...). Returns them all."""
         return self._on_loop(lambda: self._server.app.configure(changes))
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until no job is queued or running (raises TimeoutError after `timeout` s)."""
+        stats = self._server.app.stats
+        self._wait(lambda: stats.in_flight == 0, timeout)
+
+    def wait_status(self, request_id: str, *statuses: str, timeout: float = 30.0) -> str:
+        """Block until the job is in one of `statuses` (default: any terminal one); return it."""
+        wanted = frozenset(statuses) if statuses else TERMINAL
+        jobs = self._server.app.engine.jobs
+        if request_id not in jobs:
+            raise KeyError(f"unknown request id {request_id!r}")
+        job = jobs[request_id]
+        self._wait(lambda: job.status in wanted, timeout)
+        return job.status
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the simulator is not running")
+        future = asyncio.run_coroutine_threadsafe(self._server.app.engine.wait_for(predicate), loop)
+        try:
+            future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def revoke_token(self) -> None:
         """From now on every API call answers 401."""

@@ -1,0 +1,764 @@
+"""The built-in simulator, over a real socket: protocol, lifecycle, images, rate limit, stats, faults."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from click.testing import CliRunner
+from PIL import Image
+
+from seedream_pipe.cli import cli
+from seedream_pipe.errors import UsageError
+from seedream_pipe.sim import (
+    FAULT_NAMES,
+    Faults,
+    SimConfig,
+    Simulator,
+    body_hash,
+    image_size,
+    render_png,
+)
+from seedream_pipe.sim.app import SimApp
+
+MODEL = "bytedance/seedream-4-0/text-to-image"
+AUTH = {"Authorization": "Bearer test-token"}
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Api:
+    """A tiny client of the simulator, for tests."""
+
+    def __init__(self, sim: Simulator, token: str | None = "test-token") -> None:
+        self.sim = sim
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=sim.base_url, headers=headers, timeout=10)
+
+    def submit(self, body: Any = None, *, model: str = MODEL, **kwargs: Any) -> httpx.Response:
+        if body is None and "content" not in kwargs:
+            body = {"prompt": "a red fox in snow", "resolution": "1K"}
+        if body is not None:
+            kwargs["json"] = body
+        return self.http.post(f"/models/{model}", **kwargs)
+
+    def submit_ok(self, body: Any = None) -> str:
+        response = self.submit(body)
+        assert response.status_code == 200, response.text
+        return str(response.json()["request_id"])
+
+    def status(self, request_id: str) -> httpx.Response:
+        return self.http.get(f"/requests/{request_id}/status")
+
+    def result(self, request_id: str) -> httpx.Response:
+        return self.http.get(f"/requests/{request_id}/result")
+
+    def cancel(self, request_id: str) -> httpx.Response:
+        return self.http.post(f"/requests/{request_id}/cancel")
+
+    def image_url(self, request_id: str) -> str:
+        self.sim.wait_status(request_id, "completed")
+        return str(self.result(request_id).json()["output"]["image"])
+
+    def admin(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        origin = self.sim.base_url.removesuffix("/v1")
+        return httpx.request(method, f"{origin}/admin/{path}", json=body)
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., Simulator]]:
+    started: list[Simulator] = []
+
+    def make(*, clock: Any = None, wall_clock: Any = None, **settings: Any) -> Simulator:
+        settings.setdefault("latency", 0.01)
+        settings.setdefault("latency_jitter", 0.0)
+        extra: dict[str, Any] = {}
+        if clock is not None:
+            extra["clock"] = clock
+        if wall_clock is not None:
+            extra["wall_clock"] = wall_clock
+        sim = Simulator(SimConfig(**settings), **extra).start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(make_sim: Callable[..., Simulator]) -> Simulator:
+    return make_sim()
+
+
+@pytest.fixture
+def api(sim: Simulator) -> Api:
+    return Api(sim)
+
+
+# -- protocol ---------------------------------------------------------------------------------
+
+
+def test_submit_answers_an_id_and_absolute_urls(api: Api) -> None:
+    response = api.submit()
+    assert response.status_code == 200
+    data = response.json()
+    assert set(data) == {"request_id", "status_url", "result_url", "cancel_url"}
+    rid = data["request_id"]
+    base = api.sim.base_url
+    assert data["status_url"] == f"{base}/requests/{rid}/status"
+    assert data["result_url"] == f"{base}/requests/{rid}/result"
+    assert data["cancel_url"] == f"{base}/requests/{rid}/cancel"
+
+
+def test_base_url_is_loopback_with_the_bound_port(sim: Simulator) -> None:
+    assert sim.base_url == f"http://127.0.0.1:{sim.port}/v1"
+    assert sim.port > 0
+
+
+def test_lifecycle_and_queue_positions(make_sim: Callable[..., Simulator]) -> None:
+    # workers=0 holds every job in the queue, so positions are exact; a long latency then keeps
+    # the first job running for the rest of the test (stop() ends it).
+    sim = make_sim(workers=0, latency=60.0)
+    api = Api(sim)
+    a, b, c = (api.submit_ok({"prompt": f"job {i}"}) for i in range(3))
+    for position, rid in enumerate((a, b, c)):
+        data = api.status(rid).json()
+        assert data["status"] == "in_queue"
+        assert data["queue_position"] == position
+        assert set(data) == {"request_id", "status", "queue_position", "status_url", "result_url"}
+    sim.configure(workers=1)
+    assert sim.wait_status(a, "in_progress") == "in_progress"
+    running = api.status(a).json()
+    assert running["status"] == "in_progress"
+    assert "queue_position" not in running
+    assert api.status(b).json()["queue_position"] == 0
+    assert api.status(c).json()["queue_position"] == 1
+    stats = sim.stats()
+    assert (stats["in_flight"], stats["peak_in_flight"]) == (3, 3)
+
+
+def test_jobs_complete_with_a_result(api: Api) -> None:
+    rid = api.submit_ok()
+    assert api.sim.wait_status(rid) == "completed"
+    assert api.status(rid).json()["status"] == "completed"
+    data = api.result(rid).json()
+    assert set(data) == {"request_id", "status", "output", "created_at", "finished_at"}
+    assert data["request_id"] == rid
+    assert data["status"] == "completed"
+    assert set(data["output"]) == {"image"}
+    assert data["output"]["image"].startswith(api.sim.base_url.removesuffix("/v1") + f"/files/{rid}/0.png?expires=")
+    for key in ("created_at", "finished_at"):
+        assert data[key].endswith("Z") and "T" in data[key]
+    assert data["created_at"] <= data["finished_at"]
+
+
+def test_result_before_completion_is_200_with_status_and_no_output(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(workers=0)
+    api = Api(sim)
+    rid = api.submit_ok()
+    response = api.result(rid)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["status"] == "in_queue"
+    assert "output" not in data
+    assert "finished_at" not in data
+
+
+def test_images_array_option(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(images_array=True)
+    api = Api(sim)
+    rid = api.submit_ok()
+    sim.wait_status(rid)
+    output = api.result(rid).json()["output"]
+    assert set(output) == {"images"}
+    assert len(output["images"]) == 1
+    assert httpx.get(output["images"][0]).status_code == 200
+
+
+def test_cancel_queued_running_and_finished(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(workers=1, latency=60.0)
+    api = Api(sim)
+    running = api.submit_ok({"prompt": "first"})
+    queued = api.submit_ok({"prompt": "second"})
+    sim.wait_status(running, "in_progress")
+
+    assert api.cancel(queued).json() == {"request_id": queued, "status": "cancelled", "outcome": "cancelled"}
+    assert api.status(queued).json()["status"] == "cancelled"
+    result = api.result(queued).json()
+    assert result["status"] == "cancelled" and "output" not in result
+    # a retried cancel gets the same answer
+    assert api.cancel(queued).json()["outcome"] == "cancelled"
+
+    assert api.cancel(running).json() == {"request_id": running, "status": "in_progress", "outcome": "not_cancellable"}
+    assert api.status(running).json()["status"] == "in_progress"
+
+    sim.configure(latency=0.0)
+    done = api.submit_ok({"prompt": "third"})
+    sim.configure(workers=2)  # a fresh worker takes it while the first is still busy
+    sim.wait_status(done, "completed")
+    assert api.cancel(done).json()["outcome"] == "not_cancellable"
+    stats = sim.stats()
+    assert (stats["cancels"], stats["cancelled"], stats["completed"]) == (4, 1, 1)
+
+
+def test_auth_missing_or_malformed_header_is_401(api: Api) -> None:
+    rid = api.submit_ok()
+    for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}, {"Authorization": "test-token"}):
+        response = httpx.get(f"{api.sim.base_url}/requests/{rid}/status", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_any_token_is_accepted_when_none_is_configured(api: Api) -> None:
+    assert Api(api.sim, token="whatever-else").submit().status_code == 200
+
+
+def test_configured_token_is_required(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(token="s3cret")
+    assert Api(sim, token="s3cret").submit().status_code == 200
+    wrong = Api(sim, token="guess").submit()
+    assert wrong.status_code == 401
+    assert "s3cret" not in wrong.text
+    assert "s3cret" not in repr(sim.cfg)
+    assert sim.stats()["submits_rejected"] == 1
+
+
+def test_revoked_token_gets_401_everywhere_until_restored(api: Api) -> None:
+    rid = api.submit_ok()
+    api.sim.revoke_token()
+    for response in (api.submit(), api.status(rid), api.result(rid), api.cancel(rid)):
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "token_revoked"
+    stats = api.sim.stats()
+    assert stats["token_revoked"] is True
+    assert stats["faults"]["revoke_after"] == 4
+    api.sim.restore_token()
+    assert api.status(rid).status_code == 200
+
+
+def test_unknown_model_and_request_are_404(api: Api) -> None:
+    response = api.submit(model="acme/nope/text-to-image")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    for call in (api.status, api.result, api.cancel):
+        response = call("no-such-id")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "request_not_found"
+    unknown_route = api.http.get("/nothing/here")
+    assert unknown_route.status_code == 404
+    assert unknown_route.json()["error"]["code"] == "not_found"
+
+
+def test_invalid_json_is_400(api: Api) -> None:
+    response = api.submit(content=b'{"prompt": ', headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_body_over_one_mib_is_413(api: Api) -> None:
+    response = api.submit({"prompt": "x" * (1024 * 1024)})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert api.sim.stats()["submits_rejected"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"resolution": "1K"}, "'prompt' is a required property"),
+        ({"prompt": "x", "resolution": "5K"}, "resolution: '5K' is not one of"),
+        ({"prompt": 3}, "prompt: 3 is not of type 'string'"),
+        ({"prompt": "x", "seed": 1}, "Additional properties are not allowed ('seed' was unexpected)"),
+        ([1, 2], "is not of type 'object'"),
+    ],
+)
+def test_schema_mismatch_is_422_with_the_reason(api: Api, body: Any, reason: str) -> None:
+    response = api.submit(body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert reason in error["message"]
+
+
+# -- images -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resolution", "prompt", "size"),
+    [
+        ("1K", "a lighthouse", (1024, 1024)),
+        ("2K", "a lighthouse", (2048, 2048)),
+        ("4K", "a lighthouse", (4096, 4096)),
+        ("1K", "a lighthouse, 16:9", (1368, 768)),
+        ("1K", "portrait 3:4 of a sailor", (888, 1184)),
+        ("1K", "portrait 4:3 of a sailor", (888, 1184)),
+        ("2K", "wide 21:9 panorama", (3128, 1344)),
+        ("1K", "meet at 10:30 by the sea", (1024, 1024)),
+        ("1K", "lunch at 12:15, 3:2 photo", (1256, 840)),
+        ("2048x2048 (1:1)", "x 16:9", (2048, 2048)),
+        ("2304x1728 (4:3)", "x", (2304, 1728)),
+        ("1728x2304 (3:4)", "x", (1728, 2304)),
+        ("2560x1440 (16:9)", "x", (2560, 1440)),
+        ("1440x2560 (9:16)", "x", (1440, 2560)),
+        ("2496x1664 (3:2)", "x", (2496, 1664)),
+        ("1664x2496 (2:3)", "x", (1664, 2496)),
+        ("3024x1296 (21:9)", "x", (3024, 1296)),
+        (None, "x", (2048, 2048)),
+    ],
+)
+def test_image_size_per_resolution(resolution: str | None, prompt: str, size: tuple[int, int]) -> None:
+    assert image_size(resolution, prompt) == size
+
+
+@pytest.mark.parametrize(
+    ("body", "size"),
+    [
+        ({"prompt": "a fox", "resolution": "1K"}, (1024, 1024)),
+        ({"prompt": "a fox, cinematic 16:9", "resolution": "1K"}, (1368, 768)),
+        ({"prompt": "a fox", "resolution": "2560x1440 (16:9)"}, (2560, 1440)),
+    ],
+)
+def test_downloaded_png_has_the_requested_size(api: Api, body: dict[str, str], size: tuple[int, int]) -> None:
+    rid = api.submit_ok(body)
+    response = httpx.get(api.image_url(rid))  # no token: file URLs are pre-signed
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    assert image.size == size
+
+
+def test_images_are_deterministic_per_body_and_differ_per_prompt(api: Api) -> None:
+    first = api.submit_ok({"prompt": "a fox", "resolution": "1K"})
+    again = api.submit_ok({"prompt": "a fox", "resolution": "1K"})
+    other = api.submit_ok({"prompt": "a heron", "resolution": "1K"})
+    data = {rid: httpx.get(api.image_url(rid)).content for rid in (first, again, other)}
+    assert data[first] == data[again]
+    assert data[first] != data[other]
+    assert data[first] == render_png("a fox", "1K")
+    # visibly different: the background colours differ, not only the text
+    corner = [Image.open(io.BytesIO(data[rid])).convert("RGB").getpixel((1023, 1023)) for rid in (first, other)]
+    assert corner[0] != corner[1]
+
+
+def test_tampered_or_unsigned_file_urls_are_403(api: Api) -> None:
+    url = api.image_url(api.submit_ok())
+    base, _, query = url.partition("?")
+    params = dict(p.split("=") for p in query.split("&"))
+    tampered_sig = f"{base}?expires={params['expires']}&sig={'0' * 64}"
+    later = f"{base}?expires={int(params['expires']) + 1000}&sig={params['sig']}"
+    for bad in (tampered_sig, later, base, f"{base}?expires=soon&sig=x"):
+        response = httpx.get(bad)
+        assert response.status_code == 403, bad
+        assert response.json()["error"]["code"] == "invalid_signature"
+    assert httpx.get(url).status_code == 200
+
+
+def test_file_urls_expire_after_the_ttl(make_sim: Callable[..., Simulator]) -> None:
+    wall = FakeClock(1_800_000_000.0)
+    sim = make_sim(wall_clock=wall, url_ttl_s=60.0)
+    api = Api(sim)
+    url = api.image_url(api.submit_ok())
+    assert "expires=1800000060&" in url
+    wall.now += 60.0
+    assert httpx.get(url).status_code == 200
+    wall.now += 1.0
+    response = httpx.get(url)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "url_expired"
+    assert "expired" in response.json()["error"]["message"]
+    # reading the result again hands out a fresh URL
+    rid = url.split("/files/")[1].split("/")[0]
+    assert httpx.get(api.result(rid).json()["output"]["image"]).status_code == 200
+
+
+def test_file_of_unknown_or_unfinished_job_is_404(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(workers=0)
+    api = Api(sim)
+    rid = api.submit_ok()
+    origin = sim.base_url.removesuffix("/v1")
+    assert httpx.get(f"{origin}/files/{rid}/0.png?expires=1&sig=x").status_code == 404
+    assert httpx.get(f"{origin}/files/nope/0.png?expires=1&sig=x").status_code == 404
+
+
+# -- rate limit -------------------------------------------------------------------------------
+
+
+def test_rpm_limit_answers_429_with_retry_after(make_sim: Callable[..., Simulator]) -> None:
+    clock = FakeClock(1000.0)
+    sim = make_sim(rpm=2, clock=clock)
+    api = Api(sim)
+    assert api.submit().status_code == 200
+    clock.now += 20
+    assert api.submit().status_code == 200
+    limited = api.submit()
+    assert limited.status_code == 429
+    assert limited.headers["Retry-After"] == "40"
+    assert limited.json()["error"]["code"] == "rate_limited"
+    clock.now += 39.5
+    assert api.submit().headers["Retry-After"] == "1"  # never less than one second
+    clock.now += 0.5
+    assert api.submit().status_code == 200  # the first submit left the window
+    assert api.submit().status_code == 429
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["rate_limited"], stats["submits_rejected"]) == (3, 3, 3)
+    # polls are not rate limited
+    assert api.status("x").status_code == 404
+
+
+def test_rpm_can_change_at_run_time(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(rpm=1, clock=FakeClock(0.0))
+    api = Api(sim)
+    assert [api.submit().status_code for _ in range(2)] == [200, 429]
+    sim.configure(rpm=None)
+    assert [api.submit().status_code for _ in range(3)] == [200, 200, 200]
+
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+def test_stats_count_everything(api: Api) -> None:
+    body = {"prompt": "twice", "resolution": "1K"}
+    a = api.submit_ok(body)
+    b = api.submit_ok(body)
+    c = api.submit_ok({"prompt": "once", "resolution": "1K"})
+    assert api.submit({"prompt": 1}).status_code == 422
+    api.sim.wait_idle()
+    for rid in (a, b, c):
+        api.status(rid)
+    url = str(api.result(a).json()["output"]["image"])
+    httpx.get(url)
+    api.cancel(c)
+    stats = api.sim.stats()
+    assert stats["submits_per_body"] == {body_hash(body): 2, body_hash({"prompt": "once", "resolution": "1K"}): 1}
+    assert body_hash(body) == hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+    expected = {
+        "submits_accepted": 3,
+        "submits_rejected": 1,
+        "duplicate_submits": 1,
+        "rate_limited": 0,
+        "polls": 3,
+        "result_reads": 1,
+        "downloads": 1,
+        "cancels": 1,
+        "cancelled": 0,
+        "completed": 3,
+        "failed": 0,
+        "in_flight": 0,
+        "requests_total": 10,
+        "token_revoked": False,
+    }
+    assert {k: stats[k] for k in expected} == expected
+    assert 1 <= stats["peak_in_flight"] <= 3
+    assert stats["faults"] == dict.fromkeys(FAULT_NAMES, 0)
+
+
+def test_admin_stats_matches_the_python_api(api: Api) -> None:
+    api.submit_ok()
+    response = api.admin("GET", "stats")
+    assert response.status_code == 200
+    assert response.json() == api.sim.stats()
+    # reading stats is not counted as API traffic
+    assert api.admin("GET", "stats").json()["requests_total"] == 1
+
+
+def test_admin_changes_faults_config_and_token(api: Api) -> None:
+    response = api.admin("POST", "faults", {"error_rate": 1.0})
+    assert response.status_code == 200
+    assert response.json()["error_rate"] == 1.0
+    assert api.sim.cfg.faults.error_rate == 1.0
+    assert api.status("x").status_code in (500, 502, 503)
+    api.admin("POST", "faults", {"error_rate": 0})
+
+    config = api.admin("POST", "config", {"latency": 0.02, "rpm": 5, "faults": {"drop_rate": 0.0}}).json()
+    assert (config["latency"], config["rpm"], config["token"]) == (0.02, 5, None)
+    assert api.sim.cfg.rpm == 5
+
+    assert api.admin("POST", "revoke", {}).json() == {"token_revoked": True}
+    assert api.status("x").status_code == 401
+    assert api.admin("POST", "revoke", {"revoked": False}).json() == {"token_revoked": False}
+    assert api.status("x").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("faults", {"error_rat": 0.1}, "unknown fault 'error_rat'"),
+        ("faults", {"error_rate": 1.5}, "between 0 and 1"),
+        ("faults", [1], "must be a JSON object"),
+        ("config", {"workers": -1}, "workers must be >= 0"),
+        ("config", {"latency": "slow"}, "latency must be a number"),
+        ("config", {"colour": "red"}, "unknown setting 'colour'"),
+        ("revoke", {"revoked": "yes"}, "revoked must be true or false"),
+    ],
+)
+def test_admin_rejects_bad_settings(api: Api, path: str, body: Any, message: str) -> None:
+    response = api.admin("POST", path, body)
+    assert response.status_code == 400
+    assert message in response.json()["error"]["message"]
+
+
+def test_bad_settings_raise_usage_error_and_change_nothing(sim: Simulator) -> None:
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        sim.set_faults(drop_rate=0.5, error_rate=2)
+    assert sim.cfg.faults.drop_rate == 0.0
+    with pytest.raises(UsageError, match="unknown setting"):
+        sim.configure(lag=1)
+    with pytest.raises(UsageError, match="probability"):
+        Simulator(SimConfig(faults=Faults(job_fail_rate=-0.1)))
+
+
+async def test_admin_answers_loopback_clients_only() -> None:
+    app = SimApp(SimConfig(), clock=lambda: 0.0, wall_clock=lambda: 0.0)
+    handler = app._admin(app.admin_stats)
+    for peer, status in ((("10.1.2.3", 5000), 403), (("127.0.0.1", 5000), 200), (("::1", 5000, 0, 0), 200)):
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None, peer=peer: peer if name == "peername" else default
+        request = make_mocked_request("GET", "/admin/stats", transport=transport)
+        response = await handler(request)
+        assert isinstance(response, web.Response)
+        assert response.status == status
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_error_rate_answers_5xx(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(error_rate=1.0))
+    api = Api(sim)
+    codes = {api.status("x").status_code for _ in range(20)}
+    assert codes <= {500, 502, 503} and len(codes) > 1
+    response = api.submit()
+    assert response.json()["error"]["code"] in ("internal_error", "bad_gateway", "service_unavailable")
+    stats = sim.stats()
+    assert stats["faults"]["error_rate"] == 21
+    assert (stats["submits_accepted"], stats["submits_rejected"]) == (0, 1)
+
+
+def test_faults_are_reproducible_from_the_seed(make_sim: Callable[..., Simulator]) -> None:
+    def codes(seed: int) -> list[int]:
+        sim = make_sim(seed=seed, faults=Faults(error_rate=0.5))
+        api = Api(sim)
+        return [api.status("x").status_code for _ in range(40)]
+
+    first = codes(7)
+    assert first == codes(7)
+    assert first != codes(8)
+    assert 404 in first and any(code >= 500 for code in first)
+
+
+def test_drop_rate_closes_the_connection_without_an_answer(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(drop_rate=1.0))
+    api = Api(sim)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.submit()
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.status("x")
+    stats = sim.stats()
+    assert stats["faults"]["drop_rate"] == 2
+    assert (stats["submits_accepted"], stats["submits_rejected"]) == (0, 1)
+
+
+def test_slow_rate_answers_after_the_client_gave_up(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(slow_rate=1.0, slow_s=0.5))
+    api = Api(sim)
+    with pytest.raises(httpx.ReadTimeout):
+        api.http.get("/requests/x/status", timeout=0.05)
+    assert sim.stats()["faults"]["slow_rate"] == 1
+    sim.set_faults(slow_rate=0.0)
+    assert api.status("x").status_code == 404
+
+
+def test_malformed_rate_sends_broken_json_in_a_200(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(malformed_rate=1.0))
+    api = Api(sim)
+    response = api.submit()
+    assert response.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+    # the submit took effect even though its answer was unreadable
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["faults"]["malformed_rate"]) == (1, 1)
+    # errors are never garbled, only 200s
+    assert api.status("x").status_code == 404
+    assert sim.stats()["faults"]["malformed_rate"] == 1
+
+
+def test_job_fail_rate_ends_jobs_failed_with_an_error(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(job_fail_rate=1.0))
+    api = Api(sim)
+    rid = api.submit_ok()
+    assert sim.wait_status(rid) == "failed"
+    assert api.status(rid).json()["status"] == "failed"
+    data = api.result(rid).json()
+    assert data["status"] == "failed"
+    assert set(data["error"]) == {"code", "message"}
+    assert "output" not in data
+    stats = sim.stats()
+    assert (stats["failed"], stats["faults"]["job_fail_rate"]) == (1, 1)
+
+
+def test_result_404_rate_makes_downloads_404(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(result_404_rate=1.0))
+    api = Api(sim)
+    response = httpx.get(api.image_url(api.submit_ok()))
+    assert response.status_code == 404
+    assert sim.stats()["faults"]["result_404_rate"] == 1
+
+
+def test_expired_rate_hands_out_expired_urls(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(expired_rate=1.0))
+    api = Api(sim)
+    response = httpx.get(api.image_url(api.submit_ok()))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "url_expired"
+    assert sim.stats()["faults"]["expired_rate"] == 1
+
+
+def test_truncate_rate_cuts_downloads_short(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(truncate_rate=1.0))
+    api = Api(sim)
+    url = api.image_url(api.submit_ok())
+    with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
+        httpx.get(url)
+    sim.set_faults(truncate_rate=0.0)
+    full = httpx.get(url)
+    assert full.status_code == 200
+    with httpx.stream("GET", url) as response:
+        assert int(response.headers["Content-Length"]) == len(full.content)
+    assert sim.stats()["faults"]["truncate_rate"] == 1
+
+
+def test_garbage_rate_serves_bytes_that_are_not_an_image(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(garbage_rate=1.0))
+    api = Api(sim)
+    response = httpx.get(api.image_url(api.submit_ok()))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(response.content))
+    assert sim.stats()["faults"]["garbage_rate"] == 1
+
+
+def test_revoke_after_revokes_the_token_after_n_submits(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(revoke_after=2))
+    api = Api(sim)
+    rid = api.submit_ok()
+    api.submit_ok()
+    assert api.submit().status_code == 401
+    assert api.status(rid).status_code == 401
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["token_revoked"], stats["faults"]["revoke_after"]) == (2, True, 2)
+
+
+def test_credit_limit_answers_402_after_k_jobs(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(credit_limit=1))
+    api = Api(sim)
+    rid = api.submit_ok()
+    response = api.submit()
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "insufficient_credit"
+    assert api.status(rid).status_code == 200  # only submits are refused
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["submits_rejected"], stats["faults"]["credit_limit"]) == (1, 1, 1)
+
+
+def test_submit_drop_rate_accepts_the_job_then_drops_the_answer(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(submit_drop_rate=1.0))
+    api = Api(sim)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.submit()
+    sim.wait_idle()
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["completed"], stats["faults"]["submit_drop_rate"]) == (1, 1, 1)
+    # polls are untouched by this fault
+    assert api.status("x").status_code == 404
+
+
+def test_every_fault_option_has_a_test() -> None:
+    tested = {
+        "error_rate", "drop_rate", "slow_rate", "malformed_rate", "job_fail_rate", "result_404_rate",
+        "expired_rate", "truncate_rate", "garbage_rate", "revoke_after", "credit_limit", "submit_drop_rate",
+    }  # fmt: skip
+    assert set(FAULT_NAMES) == tested
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def test_sim_help_has_an_example_and_every_fault_option() -> None:
+    result = CliRunner().invoke(cli, ["sim", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    for name in FAULT_NAMES:
+        assert "--" + name.replace("_", "-") in result.output
+
+
+def test_sim_command_on_a_port_in_use_exits_69(sim: Simulator) -> None:
+    result = CliRunner().invoke(cli, ["sim", "--port", str(sim.port)])
+    assert result.exit_code == 69
+    assert "already in use" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sim_command_rejects_bad_options() -> None:
+    result = CliRunner().invoke(cli, ["sim", "--error-rate", "1.5"])
+    assert result.exit_code == 64
+    assert "--error-rate" in result.output
+
+
+def test_sim_command_serves_until_sigint_and_never_prints_the_token() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--token", "tok-XYZ", "--latency", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "0"},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("Simulator listening on http://127.0.0.1:")
+        base = line.removeprefix("Simulator listening on ")
+        assert base.endswith("/v1")
+        response = httpx.post(
+            f"{base}/models/{MODEL}", json={"prompt": "cli"}, headers={"Authorization": "Bearer tok-XYZ"}
+        )
+        assert response.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert "Traceback" not in err
+    assert "tok-XYZ" not in line + out + err
+
+
+def test_simulator_on_a_port_in_use_raises_oserror(sim: Simulator) -> None:
+    with pytest.raises(OSError):
+        Simulator(SimConfig(), port=sim.port).start()
