@@ -1,0 +1,835 @@
+"""Recipes: the YAML format, its loading (with `extends` and var files) and its validation.
+
+`load_recipe(path)` reads a recipe, resolves `extends` and `{file: ...}` var values, checks it
+against the recipe model (pydantic, unknown keys refused with a did-you-mean) and then against
+itself (templates, axes, filters, the model's input schema: see `seedream_pipe.plan`). Every
+problem found is reported at once as a `RecipeError` whose `Problem`s name the file, the key path
+and the line. `Recipe.plan()` expands it into jobs.
+
+YAML is read with the safe loader's composer and converted by hand, so that each key path keeps
+its line, duplicate keys are refused and aliases cannot expand without bound (an alias bomb).
+Values that are text for the planner (var values, resolutions, exclude/include values) keep the
+text as written: `16:9` stays "16:9" (YAML 1.1 would read 969) and `on` stays "on" (not True).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from seedream_pipe.errors import Problem, RecipeError
+from seedream_pipe.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from seedream_pipe.plan import Blueprint, Plan
+
+# Limits that keep a hostile or mistaken file from hanging the planner.
+MAX_RECIPE_BYTES = 2 * 1024 * 1024
+MAX_VAR_FILE_BYTES = 16 * 1024 * 1024
+MAX_YAML_NODES = 100_000  # values after alias expansion
+MAX_YAML_DEPTH = 50
+DEFAULT_MAX_JOBS = 10_000
+
+# Top-level keys whose scalars keep the text as written (see the module docstring).
+_TEXT_KEYS = frozenset({"vars", "resolutions", "exclude", "include", "zip"})
+# Keys a recipe does not inherit through `extends`: they name this file's own run.
+_NOT_INHERITED = ("name", "output", "extends")
+_SAFE_SCALAR_TAGS = {
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:str",
+}
+_AS_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int
+    column: int
+
+
+def format_key_path(path: KeyPath) -> str:
+    """("vars", "mood", 1) -> "vars.mood[1]"."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or ''."""
+    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe model (its JSON Schema is `seedream-pipe schema`)
+
+NAME_PATTERN = r"^[a-z0-9_-]+$"
+VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+_VAR_VALUES_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {"type": ["string", "number", "boolean"]},
+                    {
+                        "type": "object",
+                        "minProperties": 1,
+                        "maxProperties": 1,
+                        "additionalProperties": {"type": ["string", "number", "boolean"]},
+                        "description": "label: value (the label names the value on sheets)",
+                    },
+                ]
+            },
+        },
+        {
+            "type": "object",
+            "required": ["file"],
+            "additionalProperties": False,
+            "properties": {
+                "file": {
+                    "type": "string",
+                    "description": "a text file, one value per line, relative to the recipe",
+                }
+            },
+        },
+    ],
+    "description": "The values of a var: a list (items may be `label: value`) or {file: PATH}.",
+}
+
+
+def _check_var_values(value: Any) -> Any:
+    if isinstance(value, dict) and "file" in value:
+        raise PydanticCustomError(
+            "var_file", "a var file is written {file: PATH} with no other key"
+        )
+    if not isinstance(value, list):
+        raise PydanticCustomError(
+            "var_values", "expected a list of values, or {file: PATH}"
+        )
+    if not value:
+        raise PydanticCustomError("var_empty", "a var needs at least one value")
+    return value
+
+
+def _check_var_item(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((label, text),) = value.items()
+        if isinstance(text, str) and label:
+            return value
+    raise PydanticCustomError(
+        "var_item", "expected text, or a one-key mapping `label: text`"
+    )
+
+
+VarItem = Annotated[str | dict[str, str], BeforeValidator(_check_var_item)]
+VarValues = Annotated[
+    list[VarItem], BeforeValidator(_check_var_values), WithJsonSchema(_VAR_VALUES_SCHEMA)
+]
+
+
+def _check_filter_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise PydanticCustomError(
+        "filter_value", "expected a value, or a list of values (any of them matches)"
+    )
+
+
+FilterValue = Annotated[
+    str | list[str],
+    BeforeValidator(_check_filter_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": ["string", "number", "boolean"]},
+                {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+            ]
+        }
+    ),
+]
+FilterEntry = Annotated[
+    dict[str, FilterValue],
+    Field(
+        description="axis or var name -> a label or value (or a list: any of them); "
+        "an entry matches a combination when every key given matches"
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RunSettings(_Strict):
+    """How the runner paces a run."""
+
+    rpm: float = Field(default=60.0, gt=0, description="submits per minute at most")
+    concurrency: int = Field(default=4, ge=1, le=1000, description="jobs in flight at most")
+    timeout_s: float = Field(default=900.0, gt=0, description="give up on a job after this long")
+    resubmit_unknown: bool = Field(
+        default=True,
+        description="submit again (once) a job whose submit outcome is unknown; "
+        "false leaves it failed, never risking a second charge",
+    )
+
+
+class SheetSettings(_Strict):
+    """How the contact sheet lays the images out."""
+
+    rows: list[str] | None = Field(default=None, description="axes down the side (default: the vars)")
+    cols: list[str] | None = Field(default=None, description="axes across the top (default: resolution)")
+    page_by: str | None = Field(default=None, description="one page per label of this axis")
+    cell: int = Field(default=256, ge=32, le=2048, description="cell size in pixels")
+    max_cells: int = Field(default=100, ge=1, description="cells per page at most")
+    repeats: Literal["inline", "axis"] = Field(
+        default="inline", description="repeats side by side in a cell, or as an axis"
+    )
+
+
+class SampleSettings(_Strict):
+    """A reproducible random subset of the combinations (after exclude/include)."""
+
+    n: int = Field(ge=1, description="how many combinations to keep")
+    seed: int = Field(default=0, description="the random seed; the same seed keeps the same subset")
+
+
+class RecipeSpec(_Strict):
+    """A seedream-pipe recipe: a sweep of text-to-image requests."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        title="seedream-pipe recipe",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="default: the file's stem (not inherited)"
+    )
+    description: str | None = Field(default=None, description="free text for people")
+    extends: str | None = Field(
+        default=None, description="a recipe this one overrides key by key, relative to this file"
+    )
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="the RunComfy model id")
+    input_schema: str | None = Field(
+        default=None, description="a JSON Schema file of the model's inputs, relative to this file"
+    )
+    template: str | None = Field(default=None, description="the prompt, a Jinja2 template")
+    templates: dict[str, str] | None = Field(
+        default=None,
+        description="several named prompt templates; with more than one, `template` is an axis",
+        json_schema_extra={"propertyNames": {"pattern": TEMPLATE_NAME_PATTERN}},
+    )
+    vars: dict[str, VarValues] = Field(
+        default_factory=dict,
+        description="the template's variables; each is an axis, in the order written",
+        json_schema_extra={"propertyNames": {"pattern": VAR_NAME_PATTERN}},
+    )
+    resolutions: list[str] | None = Field(
+        default=None, min_length=1, description="resolution enum values or aliases (16:9, 1:1, 1k, ...)"
+    )
+    zip: list[list[str]] = Field(
+        default_factory=list, description="groups of vars that vary together (one axis each)"
+    )
+    exclude: list[FilterEntry] = Field(
+        default_factory=list, description="drop the combinations matching any entry"
+    )
+    include: list[FilterEntry] = Field(
+        default_factory=list, description="if not empty, keep only combinations matching an entry"
+    )
+    sample: SampleSettings | None = None
+    repeats: int = Field(default=1, ge=1, le=1000, description="distinct jobs per combination")
+    inputs: dict[str, JsonValue] = Field(
+        default_factory=dict, description="further model inputs, the same for every job"
+    )
+    params: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] = Field(
+        default_factory=dict, description="further model inputs swept as axes"
+    )
+    run: RunSettings = Field(default_factory=lambda: RunSettings())
+    sheet: SheetSettings = Field(default_factory=lambda: SheetSettings())
+    price_per_image: float | None = Field(default=None, ge=0, description="USD, for cost estimates")
+    output: str | None = Field(
+        default=None, description="output folder, relative to this file (not inherited)"
+    )
+
+
+# Which model describes the mapping at a key path, for the did-you-mean of unknown keys.
+_MODEL_AT: dict[KeyPath, type[BaseModel]] = {
+    (): RecipeSpec,
+    ("run",): RunSettings,
+    ("sheet",): SheetSettings,
+    ("sample",): SampleSettings,
+}
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the recipe format (`seedream-pipe schema`)."""
+    schema = RecipeSpec.model_json_schema()
+    return {"$schema": schema.pop("$schema"), **schema}
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with locations
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, path: KeyPath, node: yaml.Node | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.node = node
+
+
+@dataclass
+class _Document:
+    """One parsed file: its data and the location of every key path."""
+
+    display: str
+    path: Path
+    text: str
+    data: Any
+    locations: dict[KeyPath, Location] = field(default_factory=dict)
+
+
+class _Converter:
+    """Composed YAML nodes -> Python values, recording where each key path was written."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.locations: dict[KeyPath, Location] = {}
+        self.count = 0
+        self.active: set[int] = set()
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def mark(self, path: KeyPath, node: yaml.Node) -> None:
+        mark = node.start_mark
+        self.locations.setdefault(path, Location(self.display, mark.line + 1, mark.column + 1))
+
+    def convert(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_YAML_NODES:
+            raise _Refused(
+                f"the YAML expands to more than {MAX_YAML_NODES:,} values through aliases "
+                "(an alias bomb?); write the values out or use fewer aliases",
+                path[:1],
+                None,
+            )
+        if len(path) > MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep", path, node)
+        if id(node) in self.active:
+            raise _Refused("an alias refers to a value that contains it", path, node)
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != "tag:yaml.org,2002:seq":
+                    raise _Refused(f"unsupported YAML tag {node.tag}", path, node)
+                out = []
+                for i, item in enumerate(node.value):
+                    self.mark((*path, i), item)
+                    out.append(self.convert(item, (*path, i)))
+                return out
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, path)
+            raise _Refused("unsupported YAML node", path, node)  # pragma: no cover
+        finally:
+            self.active.discard(id(node))
+
+    def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
+        if path and path[0] in _TEXT_KEYS and len(path) > 1:
+            return node.value
+        if node.tag in _AS_TEXT_TAGS:
+            return node.value
+        if node.tag not in _SAFE_SCALAR_TAGS:
+            raise _Refused(f"unsupported YAML tag {node.tag}", path, node)
+        return self.constructor.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
+        if node.tag != "tag:yaml.org,2002:map":
+            raise _Refused(f"unsupported YAML tag {node.tag}", path, node)
+        out: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                # `<<: *base` merges an anchored mapping; keys written here win.
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    value = self.convert(source, path)
+                    if not isinstance(value, dict):
+                        raise _Refused("`<<` merges only mappings", path, value_node)
+                    for k, v in value.items():
+                        merged.setdefault(k, v)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Refused("a key must be plain text, not a list or mapping", path, key_node)
+            key = key_node.value
+            if key in out:
+                raise _Refused(
+                    f"duplicate key {key!r} (first written on line {first_line[key]})",
+                    (*path, key),
+                    key_node,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+            self.mark((*path, key), key_node)
+            out[key] = self.convert(value_node, (*path, key))
+        for k, v in merged.items():
+            out.setdefault(k, v)
+        return out
+
+
+def _decode(raw: bytes, display: str, what: str) -> str:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        encoding = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise RecipeError(
+            Problem(
+                display,
+                f"{what} is not UTF-8 text{encoding}: byte 0x{bad} cannot be decoded; "
+                "save the file as UTF-8",
+                "",
+                line,
+                column,
+            )
+        ) from None
+
+
+def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Problem) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise RecipeError(
+                Problem(
+                    problem_at.file,
+                    f"{what} {display} is {size:,} bytes, over the limit of {limit:,}",
+                    problem_at.key_path,
+                    problem_at.line,
+                    problem_at.column,
+                )
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(
+            Problem(
+                problem_at.file,
+                f"{what} not found: {display}",
+                problem_at.key_path,
+                problem_at.line,
+                problem_at.column,
+            )
+        ) from None
+    except IsADirectoryError:
+        raise RecipeError(
+            Problem(
+                problem_at.file,
+                f"{what} {display} is a folder, not a file",
+                problem_at.key_path,
+                problem_at.line,
+                problem_at.column,
+            )
+        ) from None
+    except OSError as exc:
+        raise RecipeError(
+            Problem(
+                problem_at.file,
+                f"cannot read {what} {display}: {exc.strerror}",
+                problem_at.key_path,
+                problem_at.line,
+                problem_at.column,
+            )
+        ) from None
+
+
+def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _Document:
+    """Read one YAML file into data plus key-path locations; RecipeError if it cannot be."""
+    at = problem_at or Problem(display, "")
+    raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
+    text = _decode(raw, display, "the recipe")
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = exc.problem or "malformed YAML"
+        if exc.context:
+            message = f"{message} ({exc.context})"
+        raise RecipeError(
+            Problem(
+                display,
+                f"malformed YAML: {message}",
+                "",
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+            )
+        ) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(Problem(display, f"malformed YAML: {exc}")) from None
+    except RecursionError:
+        raise RecipeError(Problem(display, "the YAML is nested too deeply")) from None
+    doc = _Document(display, path, text, None)
+    if root is None:
+        raise RecipeError(
+            Problem(display, "the recipe is empty; it needs at least a `template:` and `vars:`")
+        )
+    converter = _Converter(display)
+    try:
+        doc.data = converter.convert(root, ())
+    except _Refused as exc:
+        loc = converter.locations.get(exc.path)
+        line = column = None
+        if exc.node is not None:
+            line, column = exc.node.start_mark.line + 1, exc.node.start_mark.column + 1
+        elif loc is not None:
+            line, column = loc.line, loc.column
+        raise RecipeError(
+            Problem(display, exc.message, format_key_path(exc.path), line, column)
+        ) from None
+    doc.locations = converter.locations
+    if not isinstance(doc.data, dict):
+        kind = "a list" if isinstance(doc.data, list) else f"the value {doc.data!r}"
+        raise RecipeError(
+            Problem(
+                display,
+                f"a recipe must be a mapping of keys (template:, vars:, ...), not {kind}",
+                "",
+                root.start_mark.line + 1,
+                root.start_mark.column + 1,
+            )
+        )
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# extends and var files
+
+
+def _problem_at(locations: dict[KeyPath, Location], default_file: str, path: KeyPath, message: str) -> Problem:
+    """A Problem located at the closest key path that has a location."""
+    probe = path
+    while probe and probe not in locations:
+        probe = probe[:-1]
+    loc = locations.get(probe)
+    if loc is None:
+        return Problem(default_file, message, format_key_path(path))
+    return Problem(loc.file, message, format_key_path(path), loc.line, loc.column)
+
+
+def _join_display(display: str, relative: str) -> str:
+    return os.path.normpath(os.path.join(os.path.dirname(display), relative))
+
+
+def _read_var_file(doc: _Document, name: str, written: str, problems: list[Problem]) -> tuple[list[str], dict[KeyPath, Location]] | None:
+    """The values of a `{file: ...}` var, one per line, and where each came from."""
+    key: KeyPath = ("vars", name, "file")
+    if not written or os.path.isabs(written) or written.startswith("~"):
+        problems.append(
+            _problem_at(doc.locations, doc.display, key,
+                        f"a var file must be a path relative to the recipe's folder, not {written!r}")
+        )
+        return None
+    folder = doc.path.parent.resolve()
+    target = (folder / written).resolve()
+    if not target.is_relative_to(folder):
+        # Var values are sent to the API: a recipe must not be able to read files from
+        # elsewhere on the machine (e.g. ~/.ssh) into prompts.
+        problems.append(
+            _problem_at(doc.locations, doc.display, key,
+                        f"var file {written!r} is outside the recipe's folder; keep var files "
+                        "in the recipe's folder or below it")
+        )
+        return None
+    display = _join_display(doc.display, written)
+    at = _problem_at(doc.locations, doc.display, key, "")
+    try:
+        raw = _read_bytes(target, display, MAX_VAR_FILE_BYTES, "var file", at)
+        text = _decode(raw, display, "the var file")
+    except RecipeError as exc:
+        problems.extend(exc.problems)
+        return None
+    values: list[str] = []
+    locations: dict[KeyPath, Location] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        value = line.strip()
+        if not value or value.startswith("#"):
+            continue
+        locations[("vars", name, len(values))] = Location(display, number, 1)
+        values.append(value)
+    if not values:
+        problems.append(
+            _problem_at(doc.locations, doc.display, ("vars", name),
+                        f"var file {display} has no values (blank lines and # comments are skipped)")
+        )
+        return None
+    return values, locations
+
+
+def _inline_var_files(doc: _Document, problems: list[Problem]) -> None:
+    variables = doc.data.get("vars")
+    if not isinstance(variables, dict):
+        return
+    for name, value in list(variables.items()):
+        if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+            found = _read_var_file(doc, name, value["file"], problems)
+            if found is None:
+                continue
+            variables[name], locations = found
+            for path in [p for p in doc.locations if p[:2] == ("vars", name) and len(p) > 2]:
+                del doc.locations[path]
+            doc.locations.update(locations)
+
+
+def _rebase_paths(doc: _Document, top_folder: Path) -> None:
+    """Make `input_schema` relative to the top recipe's folder (it was relative to this file)."""
+    value = doc.data.get("input_schema")
+    if isinstance(value, str) and value and not os.path.isabs(value):
+        absolute = (doc.path.parent / value).resolve()
+        doc.data["input_schema"] = os.path.relpath(absolute, top_folder.resolve())
+
+
+def _drop_under(locations: dict[KeyPath, Location], prefix: KeyPath) -> None:
+    for path in [p for p in locations if p[: len(prefix)] == prefix]:
+        del locations[path]
+
+
+def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict[str, Any],
+           child_locs: dict[KeyPath, Location], prefix: KeyPath = ()) -> None:
+    """Override `base` with `child` key by key, in place (mappings merge, the rest replaces)."""
+    for key, value in child.items():
+        here = (*prefix, key)
+        if value is None:
+            base.pop(key, None)
+            _drop_under(base_locs, here)
+            continue
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if here in child_locs:
+                base_locs[here] = child_locs[here]
+            _merge(base[key], base_locs, value, child_locs, here)
+            continue
+        base[key] = value
+        _drop_under(base_locs, here)
+        base_locs.update({p: loc for p, loc in child_locs.items() if p[: len(here)] == here})
+
+
+def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[Path],
+                       problem_at: Problem | None = None) -> _Document:
+    doc = parse_yaml(path, display, problem_at)
+    problems: list[Problem] = []
+    _inline_var_files(doc, problems)
+    _rebase_paths(doc, top_folder)
+    parent = doc.data.get("extends")
+    if parent is None:
+        if problems:
+            raise RecipeError(problems)
+        return doc
+    where = _problem_at(doc.locations, display, ("extends",), "")
+    if not isinstance(parent, str) or not parent:
+        problems.append(Problem(where.file, "expected the path of a recipe file",
+                                "extends", where.line, where.column))
+        raise RecipeError(problems)
+    base_path = (path.parent / parent)
+    base_display = _join_display(display, parent)
+    real = base_path.resolve()
+    if real in chain:
+        cycle = " -> ".join([*(str(p.name) for p in chain[chain.index(real):]), real.name])
+        problems.append(Problem(where.file, f"cycle: {cycle}", "extends", where.line, where.column))
+        raise RecipeError(problems)
+    if not base_path.is_file():
+        problems.append(Problem(where.file, f"recipe not found: {base_display} (paths are relative to the recipe that extends)",
+                                "extends", where.line, where.column))
+        raise RecipeError(problems)
+    if problems:
+        raise RecipeError(problems)
+    base = _load_with_extends(base_path, base_display, top_folder, [*chain, real], where)
+    for key in _NOT_INHERITED:
+        base.data.pop(key, None)
+        _drop_under(base.locations, (key,))
+    # `template` and `templates` are two spellings of one thing: setting either replaces both.
+    for one, other in (("template", "templates"), ("templates", "template")):
+        if one in doc.data:
+            base.data.pop(other, None)
+            _drop_under(base.locations, (other,))
+    child = dict(doc.data)
+    child.pop("extends", None)
+    _merge(base.data, base.locations, child, doc.locations)
+    # Keep this file's own keys that were not inherited.
+    for key in ("name", "output"):
+        if key in doc.data:
+            base.data[key] = doc.data[key]
+    doc.data = base.data
+    doc.locations = base.locations
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for error in exc.errors():
+        loc: KeyPath = tuple(p for p in error["loc"] if isinstance(p, int) or not str(p).startswith("function-"))
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            parent, key = loc[:-1], str(loc[-1])
+            model = _MODEL_AT.get(tuple(parent))
+            allowed = set(model.model_fields) if model else set()
+            if parent == ():
+                hint = did_you_mean(key, allowed) or did_you_mean(key.lower(), allowed)
+            else:
+                hint = did_you_mean(key, allowed)
+            if not hint and allowed:
+                hint = " (known keys: " + ", ".join(sorted(allowed)) + ")"
+            message = f"unknown key {key!r}{hint}"
+        elif kind == "missing":
+            message = "missing required key"
+        else:
+            message = str(error["msg"])
+            if message.startswith("Input should be"):
+                message = "should be" + message[len("Input should be"):]
+            value = error.get("input")
+            if kind in ("var_empty", "var_item", "var_file", "filter_value"):
+                pass
+            elif isinstance(value, str | int | float | bool) or value is None:
+                shown = repr(value)
+                if len(shown) > 60:
+                    shown = shown[:57] + "..."
+                message += f", got {shown}"
+            elif isinstance(value, list):
+                message += ", got a list"
+            elif isinstance(value, dict):
+                message += ", got a mapping"
+        problem = _problem_at(doc.locations, doc.display, loc, message)
+        if (problem.key_path, message) not in seen:
+            seen.add((problem.key_path, message))
+            problems.append(problem)
+    return sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0))
+
+
+def _slug(stem: str) -> str:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
+    return slug or "recipe"
+
+
+class Recipe:
+    """A loaded, checked recipe. Build one with `load_recipe(path)`; expand it with `plan()`."""
+
+    def __init__(self, spec: RecipeSpec, path: Path, source_text: str, resolved: dict[str, Any],
+                 locations: dict[KeyPath, Location], display: str) -> None:
+        self.spec = spec
+        self.path = path
+        self.display = display
+        self.source_text = source_text
+        self.resolved = resolved
+        self._locations = locations
+        self.name: str = spec.name or _slug(path.stem)
+        self.model: str = spec.model
+        self.run: RunSettings = spec.run
+        self.sheet: SheetSettings = spec.sheet
+        self.price_per_image: float | None = spec.price_per_image
+        self.output: Path | None = path.parent / spec.output if spec.output else None
+        self.input_schema: Path | None = (
+            path.parent / spec.input_schema if spec.input_schema else None
+        )
+        canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        self.hash: str = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        self._blueprint: Blueprint | None = None
+
+    def __repr__(self) -> str:
+        return f"<Recipe {self.name!r} from {self.display}>"
+
+    def problem(self, path: KeyPath, message: str) -> Problem:
+        """A Problem about the value at `path`, located where it was written."""
+        return _problem_at(self._locations, self.display, path, message)
+
+    def location(self, path: KeyPath) -> Location | None:
+        return self._locations.get(path)
+
+    @property
+    def blueprint(self) -> Blueprint:
+        """The checked axes, templates and model schema (built once)."""
+        if self._blueprint is None:
+            from seedream_pipe.plan import prepare
+
+            self._blueprint = prepare(self)
+        return self._blueprint
+
+    @property
+    def axis_names(self) -> list[str]:
+        """The axes a plan of this recipe has, in order (the sheet's rows/cols name these)."""
+        return self.blueprint.axis_names
+
+    def plan(self, *, max_jobs: int = DEFAULT_MAX_JOBS, allow_large: bool = False) -> Plan:
+        """Expand into jobs. Over `max_jobs` jobs is an error unless `allow_large`."""
+        from seedream_pipe.plan import build_plan
+
+        return build_plan(self, max_jobs=max_jobs, allow_large=allow_large)
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read, resolve and check a recipe file. Raises RecipeError listing every problem found."""
+    path = Path(path)
+    display = str(path)
+    if not path.exists():
+        raise RecipeError(Problem(display, "no such recipe file"))
+    if path.is_dir():
+        raise RecipeError(Problem(display, "is a folder; give the path of a recipe .yaml file"))
+    doc = _load_with_extends(path, display, path.parent, [path.resolve()])
+    resolved = dict(doc.data)
+    resolved.pop("extends", None)
+    try:
+        spec = RecipeSpec.model_validate(resolved)
+    except ValidationError as exc:
+        raise RecipeError(_pydantic_problems(exc, doc)) from None
+    recipe = Recipe(spec, path, doc.text, json.loads(json.dumps(resolved)), doc.locations, display)
+    recipe.blueprint  # noqa: B018 - check templates, axes and inputs now, reporting all at once
+    return recipe
+
+
+def iter_recipe_files(folder: Path) -> Iterator[Path]:
+    """The recipe files in a folder (*.yaml, *.yml), sorted."""
+    yield from sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
