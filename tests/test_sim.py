@@ -762,3 +762,15 @@ def test_sim_command_serves_until_sigint_and_never_prints_the_token() -> None:
 def test_simulator_on_a_port_in_use_raises_oserror(sim: Simulator) -> None:
     with pytest.raises(OSError):
         Simulator(SimConfig(), port=sim.port).start()
+
+
+def test_a_stopped_simulator_can_start_again_and_finishes_its_jobs(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(workers=1, latency=60.0)
+    api = Api(sim)
+    rid = api.submit_ok()
+    sim.wait_status(rid, "in_progress")
+    sim.stop()
+    sim.configure(latency=0.0, workers=2)  # allowed while stopped: takes effect at the next start
+    sim.start()
+    assert sim.wait_status(rid) == "completed"
+    assert Api(sim).status(rid).json()["status"] == "completed"

@@ -190,6 +190,7 @@ class Engine:
         self.set_workers(self.cfg.workers)
 
     async def stop(self) -> None:
+        self._started = False
         tasks = list(self._workers.values())
         for task in tasks:
             task.cancel()
@@ -282,7 +283,15 @@ class Engine:
             job.status = IN_PROGRESS
             job.started_at = self._wall()
             self._announce_change()
-            await asyncio.sleep(self._duration())
+            try:
+                await asyncio.sleep(self._duration())
+            except asyncio.CancelledError:
+                # stopped mid-job: put it back at the head of the queue, so a simulator started
+                # again (same object) finishes it instead of leaving it in_progress forever
+                job.status = IN_QUEUE
+                job.started_at = None
+                self._queue.appendleft(job)
+                raise
             if self.dice.hit("job_fail_rate", self.cfg.faults.job_fail_rate):
                 self.stats.fault("job_fail_rate")
                 self._finish(
