@@ -118,8 +118,6 @@ def template_environment() -> _Sandbox:
     return _Sandbox(
         undefined=StrictUndefined,
         autoescape=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
         keep_trailing_newline=False,
     )
 
@@ -679,7 +677,7 @@ class Plan:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per job: job_id, index, one column per axis (labels), prompt, then the other
-        inputs that are not already a column, and repeat (0-based)."""
+        inputs that are not already a column, and repeat (0-based) unless it is an axis."""
         import pandas as pd
 
         axis_names = list(self.axes)
@@ -687,10 +685,12 @@ class Plan:
         extra: list[str] = []
         for job in self.jobs[:1]:
             extra = [k for k in job.inputs if k != "prompt" and k not in axis_names]
-        columns += [*extra, "repeat"]
+        # With repeats the "repeat" axis column holds the 1-based label; else the 0-based number.
+        with_repeat = "repeat" not in axis_names
+        columns += [*extra, "repeat"] if with_repeat else extra
         rows = [
             (job.job_id, job.index, *(job.axes.get(n) for n in axis_names), job.prompt,
-             *(job.inputs.get(k) for k in extra), job.repeat)
+             *(job.inputs.get(k) for k in extra), *((job.repeat,) if with_repeat else ()))
             for job in self.jobs
         ]
         return pd.DataFrame.from_records(rows, columns=columns)

@@ -750,7 +750,8 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0))
 
 
-def _slug(stem: str) -> str:
+def default_name(stem: str) -> str:
+    """The recipe name a file stem gives: lower case, runs of other characters -> '-'."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
     return slug or "recipe"
 
@@ -766,7 +767,7 @@ class Recipe:
         self.source_text = source_text
         self.resolved = resolved
         self._locations = locations
-        self.name: str = spec.name or _slug(path.stem)
+        self.name: str = spec.name or default_name(path.stem)
         self.model: str = spec.model
         self.run: RunSettings = spec.run
         self.sheet: SheetSettings = spec.sheet

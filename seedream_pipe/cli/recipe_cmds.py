@@ -1,7 +1,235 @@
-"""Commands of this topic (filled in by the issue that builds it)."""
+"""Recipe commands: `validate`, `plan`, `schema` and `init`. They parse, call the library, print."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
+from seedream_pipe.jobs import Job
+from seedream_pipe.plan import Plan
+from seedream_pipe.recipe import DEFAULT_MAX_JOBS, default_name, load_recipe, recipe_json_schema
+
+TABLE_LIMIT = 50  # jobs a table shows unless --limit says otherwise
+PROMPT_WIDTH = 70
+
+
+def _warn(message: str) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise UsageError(f"{path}: no .yaml recipe in this folder")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+@click.command("validate")
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate_cmd(recipes: tuple[Path, ...]) -> int:
+    """Check recipes without sending anything: syntax, keys, templates, axes, request bodies.
+
+    Each RECIPE is a .yaml file or a folder of them. Every problem is printed on its own line
+    with the file, line and key path; the exit code is 65 if any recipe has one.
+
+    \b
+    Example:
+        seedream-pipe validate recipes/demo.yaml
+        seedream-pipe validate recipes/
+    """
+    problems: list[Problem] = []
+    for path in _recipe_files(recipes):
+        try:
+            recipe = load_recipe(path)
+            plan = recipe.plan(allow_large=True)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+            continue
+        for warning in plan.warnings:
+            _warn(f"{path}: {warning}")
+        click.echo(f"ok: {path} ({len(plan):,} jobs)")
+    if problems:
+        raise RecipeError(problems)
+    return 0
+
+
+def _summary(plan: Plan) -> list[str]:
+    recipe = plan.recipe
+    lines = [f"recipe {recipe.name} ({recipe.path}), model {recipe.model}"]
+    sizes = " x ".join(f"{name} {len(labels)}" for name, labels in plan.axes.items())
+    lines.append(f"axes: {sizes}")
+    detail = []
+    if plan.combinations != plan.grid_size:
+        detail.append(f"{plan.combinations:,} of {plan.grid_size:,} combinations kept")
+    jobs_line = f"jobs: {len(plan):,}"
+    if detail:
+        jobs_line += f" ({'; '.join(detail)})"
+    lines.append(jobs_line)
+    if plan.estimated_cost is not None:
+        lines.append(
+            f"estimated cost: ${plan.estimated_cost:,.2f} "
+            f"({len(plan):,} x ${recipe.price_per_image:g} per image)"
+        )
+    return lines
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
+    headers = ["#", "job_id", *axis_names, "prompt"]
+    rows = [
+        [str(job.index), job.job_id, *(_shorten(job.axes.get(n, ""), 30) for n in axis_names),
+         _shorten(job.prompt, PROMPT_WIDTH)]
+        for job in jobs
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return out
+
+
+@click.command("plan")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="table for people; csv or json (all on stdout) for scripts")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"show at most N jobs (table default {TABLE_LIMIT}, csv/json all; 0 = all)")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=DEFAULT_MAX_JOBS, show_default=True,
+              help="refuse a plan with more jobs than this unless --yes")
+@click.option("--yes", "-y", is_flag=True, help="plan even over --max-jobs")
+def plan_cmd(recipe: Path, fmt: str, limit: int | None, max_jobs: int, yes: bool) -> int:
+    """Show the jobs a recipe expands into: counts, axes, estimated cost and each request.
+
+    The table goes to stdout with a summary above it; with --format csv or json only the jobs go
+    to stdout (the summary and warnings go to stderr), so the output can be piped. The JSON is an
+    array of jobs: job_id, index, axes (axis -> label), values, inputs (the exact request body),
+    model and repeat.
+
+    \b
+    Example:
+        seedream-pipe plan recipes/demo.yaml
+        seedream-pipe plan recipes/exploration.yaml --format json | jq '.[0].inputs'
+        seedream-pipe plan big.yaml --max-jobs 50000 --format csv > jobs.csv
+    """
+    loaded = load_recipe(recipe)
+    plan = loaded.plan(max_jobs=max_jobs, allow_large=yes)
+    if limit is None:
+        limit = TABLE_LIMIT if fmt == "table" else 0
+    jobs = plan.jobs if limit == 0 else plan.jobs[:limit]
+    summary = _summary(plan)
+    if fmt == "table":
+        for line in summary:
+            click.echo(line)
+        click.echo("")
+        for line in _table(jobs, list(plan.axes)):
+            click.echo(line)
+        if len(jobs) < len(plan):
+            click.echo(f"... {len(plan) - len(jobs):,} more (--limit 0 shows all)")
+    else:
+        for line in summary:
+            click.echo(line, err=True)
+        if fmt == "json":
+            click.echo(json.dumps([job.as_dict() for job in jobs], ensure_ascii=False, indent=2))
+        else:
+            frame = plan.to_dataframe()
+            if limit:
+                frame = frame.head(limit)
+            frame.to_csv(sys.stdout, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    for warning in plan.warnings:
+        _warn(warning)
+    return 0
+
+
+@click.command("schema")
+def schema_cmd() -> int:
+    """Print the JSON Schema of the recipe format, for editors that validate and complete YAML.
+
+    Save it next to your recipes and point the YAML language server at it with a first line
+    `# yaml-language-server: $schema=recipe.schema.json`.
+
+    \b
+    Example:
+        seedream-pipe schema > recipe.schema.json
+    """
+    click.echo(json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+STARTER = """\
+# A seedream-pipe recipe: one prompt template, a few variables, every combination a request.
+# Check it with `seedream-pipe plan {path}`; run it with `seedream-pipe run {path} --sim`.
+# Every key is described in the recipe reference (docs/recipes.md); editors can validate this
+# file against `seedream-pipe schema > recipe.schema.json` with the line:
+# yaml-language-server: $schema=recipe.schema.json
+
+name: {name}                  # default: the file name; a-z, 0-9, - and _
+model: bytedance/seedream-4-0/text-to-image
+
+# The prompt: a Jinja2 template. Each var below is in scope, as are `resolution`, `repeat` and
+# `index`. Several named templates (`templates: {{short: ..., long: ...}}`) make an axis.
+template: "{{{{ subject }}}}, {{{{ light }}}}, {{{{ style }}}}"
+
+vars:
+  subject:
+    - a lighthouse on a rocky coast
+    - a quiet mountain village
+  light:
+    - dawn: soft dawn light      # `label: value` gives a long value a short label
+    - stormy sky
+  style: [watercolor, photorealistic]
+
+# Exact values or shorthands: 16:9, 1:1, 3:2, 2560x1440, 1K, 2K, 4K ...
+resolutions: ["1:1"]
+
+# exclude:                       # drop combinations matching every key of an entry
+#   - {{subject: a quiet mountain village, light: stormy sky}}
+# sample: {{n: 4, seed: 1}}      # a reproducible random subset
+# repeats: 2                     # several images of each combination
+
+run: {{rpm: 60, concurrency: 4}}
+sheet: {{rows: [subject, light], cols: [style]}}
+price_per_image: 0.03            # USD, for the cost estimate of `plan`
+"""
+
+
+@click.command("init")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("recipe.yaml"), required=False)
+@click.option("--force", is_flag=True, help="overwrite PATH if it exists")
+def init_cmd(path: Path, force: bool) -> int:
+    """Write a commented starter recipe to PATH (default: recipe.yaml).
+
+    It plans 8 jobs (2 subjects x 2 lights x 2 styles). An existing file is never overwritten
+    unless --force is given.
+
+    \b
+    Example:
+        seedream-pipe init my-sweep.yaml
+        seedream-pipe plan my-sweep.yaml
+    """
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    name = default_name(path.stem)
+    try:
+        path.write_text(STARTER.format(path=path, name=name), encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    click.echo(f"wrote {path}; next: seedream-pipe plan {path}")
+    return 0
+
+
+COMMANDS: list[click.Command] = [validate_cmd, plan_cmd, schema_cmd, init_cmd]
