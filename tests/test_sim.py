@@ -730,7 +730,8 @@ def test_sim_command_rejects_bad_options() -> None:
     assert "--error-rate" in result.output
 
 
-def test_sim_command_serves_until_sigint_and_never_prints_the_token() -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_sim_command_serves_until_a_signal_and_never_prints_the_token(stop_signal: signal.Signals) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--token", "tok-XYZ", "--latency", "0"],
         stdout=subprocess.PIPE,
@@ -748,7 +749,7 @@ def test_sim_command_serves_until_sigint_and_never_prints_the_token() -> None:
             f"{base}/models/{MODEL}", json={"prompt": "cli"}, headers={"Authorization": "Bearer tok-XYZ"}
         )
         assert response.status_code == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
@@ -774,3 +775,37 @@ def test_a_stopped_simulator_can_start_again_and_finishes_its_jobs(make_sim: Cal
     sim.start()
     assert sim.wait_status(rid) == "completed"
     assert Api(sim).status(rid).json()["status"] == "completed"
+
+
+def test_a_slow_submit_is_accepted_after_the_client_gave_up(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(slow_rate=1.0, slow_s=0.2))
+    api = Api(sim)
+    with pytest.raises(httpx.ReadTimeout):
+        api.http.post(f"/models/{MODEL}", json={"prompt": "slow"}, timeout=0.02)
+    stats = sim.wait_for(lambda s: s["submits_accepted"] == 1)
+    assert stats["submits_per_body"] == {body_hash({"prompt": "slow"}): 1}
+    assert stats["faults"]["slow_rate"] == 1
+
+
+def test_images_render_once_in_the_render_threads(
+    make_sim: Callable[..., Simulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import seedream_pipe.sim.app as app_module
+
+    calls: list[str] = []
+
+    def spy(prompt: str, resolution: str | None) -> bytes:
+        calls.append(threading.current_thread().name)
+        return render_png(prompt, resolution)
+
+    monkeypatch.setattr(app_module, "render_png", spy)
+    sim = make_sim()
+    api = Api(sim)
+    url = api.image_url(api.submit_ok({"prompt": "cached", "resolution": "1K"}))
+    twin = api.image_url(api.submit_ok({"prompt": "cached", "resolution": "1K"}))
+    bodies = {httpx.get(u).content for u in (url, url, twin)}
+    assert len(bodies) == 1
+    assert len(calls) == 1  # same body, same bytes: rendered once, then from the cache
+    assert calls[0].startswith("sim-render")  # off the event loop's thread

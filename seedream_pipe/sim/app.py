@@ -150,6 +150,9 @@ class SimApp:
             self.stats.incr("requests_total")
         try:
             return await handler(request)
+        except ConnectionResetError:
+            # the client hung up mid-request: nobody to answer, and nothing worth a log line
+            return web.Response(status=499)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -168,6 +171,14 @@ class SimApp:
                 return _drop(request)
             if dice.hit("slow_rate", faults.slow_rate):
                 self.stats.fault("slow_rate")
+                if request.can_read_body:
+                    # take the body in first (aiohttp keeps it for the handler): a client that
+                    # gives up during the delay must not stop its submit from being accepted
+                    try:
+                        await request.read()
+                    except web.HTTPRequestEntityTooLarge:
+                        self._count_rejected_submit(request)
+                        return self._too_large()
                 await asyncio.sleep(faults.slow_s)
             if dice.hit("error_rate", faults.error_rate):
                 self.stats.fault("error_rate")
@@ -251,7 +262,7 @@ class SimApp:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "payload_too_large", f"Request body over {MAX_BODY_BYTES} bytes."), None
+            return self._too_large(), None
         try:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -266,6 +277,10 @@ class SimApp:
             return error_response(402, "insufficient_credit", "Not enough credit to run this request."), None
         job = self.engine.submit(model, body, body_hash(body))
         return ok({"request_id": job.request_id, **self._links(request, job.request_id)}), job
+
+    @staticmethod
+    def _too_large() -> web.Response:
+        return error_response(413, "payload_too_large", f"Request body over {MAX_BODY_BYTES} bytes.")
 
     def _job(self, request: web.Request) -> SimJob | web.Response:
         request_id = request.match_info["request_id"]

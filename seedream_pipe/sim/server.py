@@ -214,6 +214,25 @@ class Simulator:
         self._wait(lambda: job.status in wanted, timeout)
         return job.status
 
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """Block until `predicate(stats)` holds; return those stats.
+
+        Re-checked whenever a job is accepted or changes state, e.g.
+        `sim.wait_for(lambda s: s["submits_accepted"] >= 3)`.
+        """
+        stats = self._server.app.stats
+        seen: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            snapshot = stats.snapshot()
+            if predicate(snapshot):
+                seen.append(snapshot)
+                return True
+            return False
+
+        self._wait(check, timeout)
+        return seen[-1]
+
     def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         loop = self._loop
         if loop is None:
