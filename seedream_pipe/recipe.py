@@ -727,6 +727,8 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             message = f"unknown key {key!r}{hint}"
         elif kind == "missing":
             message = "missing required key"
+        elif kind == "string_pattern_mismatch" and loc == ("name",):
+            message = f"a name uses only a-z, 0-9, - and _ (it names the output folder), got {error['input']!r}"
         else:
             message = str(error["msg"])
             if message.startswith("Input should be"):

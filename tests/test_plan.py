@@ -1,0 +1,593 @@
+"""The planner: axes, expansion order, filters, sample, repeats, templates, bodies and job_ids."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from seedream_pipe.errors import RecipeError
+from seedream_pipe.jobs import Job
+from seedream_pipe.plan import Plan, canonical_json, job_id_for
+from seedream_pipe.recipe import load_recipe
+
+SEEDREAM = "bytedance/seedream-4-0/text-to-image"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+SEEDED_SCHEMA = {
+    "type": "object",
+    "required": ["prompt"],
+    "additionalProperties": False,
+    "properties": {
+        "prompt": {"type": "string"},
+        "resolution": {"type": "string", "enum": ["1K", "2560x1440 (16:9)"], "default": "1K"},
+        "seed": {"type": "integer", "minimum": 0},
+        "steps": {"type": "integer"},
+    },
+}
+
+
+def plan_of(tmp_path: Path, text: str, **kwargs: object) -> Plan:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_recipe(path).plan(**kwargs)  # type: ignore[arg-type]
+
+
+def problems_of(tmp_path: Path, text: str, **kwargs: object) -> list[str]:
+    with pytest.raises(RecipeError) as caught:
+        plan_of(tmp_path, text, **kwargs)
+    return [str(p) for p in caught.value.problems]
+
+
+def only_problem(tmp_path: Path, text: str, **kwargs: object) -> str:
+    found = problems_of(tmp_path, text, **kwargs)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def seeded(tmp_path: Path) -> str:
+    (tmp_path / "seeded.json").write_text(json.dumps(SEEDED_SCHEMA), encoding="utf-8")
+    return "model: example/seeded\ninput_schema: seeded.json\n"
+
+
+# --- the demo and the shipped recipes ----------------------------------------------------------
+
+
+def test_demo_plan() -> None:
+    plan = load_recipe(RECIPES / "demo.yaml").plan()
+    assert len(plan) == 8
+    assert plan.axes == {
+        "scene": ["lighthouse", "paper boat"],
+        "light": ["dawn", "night"],
+        "style": ["watercolor", "photo"],
+        "resolution": ["1K"],
+    }
+    assert [job.index for job in plan] == list(range(1, 9))
+    first: Job = plan.jobs[0]
+    assert first.axes == {"scene": "lighthouse", "light": "dawn", "style": "watercolor", "resolution": "1K"}
+    assert first.values["scene"] == "a lighthouse on a rocky coast"
+    assert first.inputs == {
+        "prompt": "a lighthouse on a rocky coast, soft dawn light with low mist, "
+        "loose watercolor, visible paper texture",
+        "resolution": "1K",
+    }
+    assert first.model == SEEDREAM
+    assert first.repeat == 0
+    # the last axis varies fastest
+    assert [job.axes["style"] for job in plan.jobs[:2]] == ["watercolor", "photo"]
+    assert [job.axes["scene"] for job in plan.jobs[3:5]] == ["lighthouse", "paper boat"]
+    assert plan.estimated_cost == pytest.approx(0.24)
+    assert plan.warnings == []
+    assert len({job.job_id for job in plan}) == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "jobs"),
+    [("demo.yaml", 8), ("exploration.yaml", 60), ("showcase-base.yaml", 18), ("showcase.yaml", 18)],
+)
+def test_shipped_recipes_plan(name: str, jobs: int) -> None:
+    plan = load_recipe(RECIPES / name).plan()
+    assert len(plan) == jobs
+    assert plan.warnings == []
+
+
+def test_exploration_axes() -> None:
+    plan = load_recipe(RECIPES / "exploration.yaml").plan()
+    assert plan.axes["resolution"] == ["2048x2048 (1:1)", "2560x1440 (16:9)", "1440x2560 (9:16)"]
+    assert len(plan.axes["style"]) == 5
+    assert len(plan.axes["lighting"]) == 4
+
+
+def test_showcase_uses_every_feature() -> None:
+    recipe = load_recipe(RECIPES / "showcase.yaml")
+    spec = recipe.spec
+    assert spec.templates and len(spec.templates) == 2 and spec.zip and spec.exclude and spec.params
+    assert "extends" in recipe.source_text
+    plan = recipe.plan()
+    assert list(plan.axes) == ["template", "subject+place", "time", "resolution", "seed"]
+    assert {job.inputs["seed"] for job in plan} == {1, 42}
+    assert all(job.inputs["guidance_scale"] == 6.5 for job in plan)
+
+
+# --- job_id ------------------------------------------------------------------------------------
+
+
+def test_job_id_definition() -> None:
+    body = {"prompt": "a fox", "resolution": "1K"}
+    text = '{"inputs":{"prompt":"a fox","resolution":"1K"},"model":"' + SEEDREAM + '","repeat":0}'
+    assert canonical_json({"model": SEEDREAM, "inputs": body, "repeat": 0}) == text
+    assert job_id_for(SEEDREAM, body, 0) == hashlib.sha256(text.encode()).hexdigest()[:12]
+    # pinned: a change here would orphan every run's state
+    assert job_id_for(SEEDREAM, body, 0) == "7ce91d103a32"
+    assert job_id_for(SEEDREAM, {"resolution": "1K", "prompt": "a fox"}, 1) == "d737304aeb57"
+
+
+def test_plan_job_ids_match_the_definition(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        seeded(tmp_path)
+        + "template: |\n  {{ a }} \"quoted\" \\\\ back\n  line two, é 日本 {{ seed }}\n"
+        "vars:\n  a: [x, 'tab\there', \"nl\"]\nparams:\n  seed: [0, 7]\ninputs: {steps: 20}\nrepeats: 2\n",
+    )
+    assert len(plan) == 3 * 2 * 2
+    for job in plan:
+        assert job.job_id == job_id_for(job.model, job.inputs, job.repeat)
+    assert len({job.job_id for job in plan}) == len(plan)
+
+
+def test_job_ids_are_stable_across_edits_that_keep_the_body(tmp_path: Path) -> None:
+    a = plan_of(tmp_path, 'template: "{{ s }}"\nvars:\n  s: [fox, owl]\n')
+    b = plan_of(tmp_path, 'template: "{{ s }}"\nvars:\n  s: [hare, owl, fox]\nresolutions: ["2048x2048 (1:1)"]\n')
+    assert {j.axes["s"]: j.job_id for j in a} == {k: v for k, v in {j.axes["s"]: j.job_id for j in b}.items() if k != "hare"}
+
+
+# --- axes --------------------------------------------------------------------------------------
+
+
+def test_axis_order_templates_vars_zip_resolution_params_repeat(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        seeded(tmp_path)
+        + "templates:\n  short: '{{ a }} {{ b }}'\n  long: '{{ a }} {{ b }} {{ c }} {{ d }} #{{ repeat }}'\n"
+        "vars:\n  c: [c1]\n  a: [a1, a2]\n  d: [d1]\n  b: [b1, b2]\nzip: [[a, b]]\n"
+        "resolutions: [1K]\nparams: {seed: [1]}\nrepeats: 2\n",
+    )
+    assert list(plan.axes) == ["template", "c", "a+b", "d", "resolution", "seed", "repeat"]
+    assert plan.axes["a+b"] == ["a1 / b1", "a2 / b2"]
+    assert plan.axes["repeat"] == ["1", "2"]
+    job = plan.jobs[-1]
+    assert list(job.axes) == list(plan.axes)
+    assert job.axes["a+b"] == "a2 / b2"
+    assert job.values["a+b"] == {"a": "a2", "b": "b2"}
+    assert job.values["repeat"] == 2
+    assert job.repeat == 1
+    assert job.prompt == "a2 b2 c1 d1 #2"  # repeat is 1-based in templates
+    assert job.inputs == {"prompt": "a2 b2 c1 d1 #2", "resolution": "1K", "seed": 1}
+
+
+def test_single_named_template_is_no_axis(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'templates: {only: "{{ s }}"}\nvars: {s: [x, y]}\n')
+    assert list(plan.axes) == ["s", "resolution"]
+
+
+def test_labels_from_one_key_mappings(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ mood }}"\nvars:\n  mood:\n    - mist: drifting morning mist\n    - light rain\n')
+    assert plan.axes["mood"] == ["mist", "light rain"]
+    assert [job.prompt for job in plan] == ["drifting morning mist", "light rain"]
+    assert plan.jobs[0].values["mood"] == "drifting morning mist"
+
+
+def test_resolution_aliases_and_default(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\nresolutions: [16:9, "1:1", 2304X1728, 1k]\n')
+    assert plan.axes["resolution"] == ["2560x1440 (16:9)", "2048x2048 (1:1)", "2304x1728 (4:3)", "1K"]
+    default = plan_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\n')
+    assert default.jobs[0].inputs == {"prompt": "x", "resolution": "2048x2048 (1:1)"}
+
+
+def test_unknown_resolution_lists_the_allowed_ones(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\nresolutions: [16:9, 5:4]\n')
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:3:21: resolutions[1]: unknown resolution '5:4'; ")
+    assert "1K, 2K, 4K, 2048x2048 (1:1), 2304x1728 (4:3)" in message
+    assert "or a shorthand: 9:16, 2:3, 3:4, 1:1, 4:3, 3:2, 16:9, 21:9, or WIDTHxHEIGHT alone" in message
+
+
+def test_same_resolution_twice(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\nresolutions: [16:9, 2560x1440]\n')
+    assert "resolutions[1]: '2560x1440' is '2560x1440 (16:9)', already listed" in message
+
+
+def test_resolution_in_scope(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ s }} ({{ resolution }})"\nvars: {s: [x]}\nresolutions: ["16:9"]\n')
+    assert plan.jobs[0].prompt == "x (2560x1440 (16:9))"
+
+
+def test_custom_schema_without_resolution_enum_passes_values_through(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"},
+                                               "resolution": {"type": "integer", "maximum": 2048}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    head = 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }}"\nvars: {s: [x]}\n'
+    plan = plan_of(tmp_path, head + "resolutions: [1024, 512]\n")
+    assert [job.inputs["resolution"] for job in plan] == [1024, 512]
+    message = only_problem(tmp_path, head + "resolutions: [1024, 4096]\n")
+    assert "resolutions[1]: 4096 is greater than the maximum of 2048" in message
+
+
+def test_schema_without_resolution(tmp_path: Path) -> None:
+    schema = {"type": "object", "additionalProperties": False, "properties": {"prompt": {"type": "string"}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    head = 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }}"\nvars: {s: [x]}\n'
+    plan = plan_of(tmp_path, head)
+    assert plan.jobs[0].inputs == {"prompt": "x"}
+    assert list(plan.axes) == ["s"]
+    message = only_problem(tmp_path, head + "resolutions: [1K]\n")
+    assert "resolutions[0]: x/y does not accept the input 'resolution'" in message
+
+
+# --- zip ---------------------------------------------------------------------------------------
+
+
+def test_unequal_zip_lengths(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ a }} {{ b }}"\nvars:\n  a: [x, y]\n  b: [1, 2, 3]\nzip: [[a, b]]\n')
+    assert message == f"{tmp_path / 'recipe.yaml'}:5:7: zip[0]: zipped vars need the same number of values: a has 2, b has 3"
+
+
+def test_zip_problems(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'template: "{{ a }} {{ b }}"\nvars:\n  a: [x]\n  b: [y]\nzip: [[a], [a, c], [b, bb]]\n')
+    assert any("zip[0]: a zip group needs at least two vars" in p for p in found)
+    assert any("zip[1]: zip names 'c', which is not a var" in p for p in found)
+    assert any("zip[2]: zip names 'bb', which is not a var (did you mean 'b'?)" in p for p in found)
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def test_var_used_by_no_template(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [x]\n  b: [y, z]\n')
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:4:3: vars.b: var 'b' is used by no template (it would only repeat "
+        "the same prompts); use {{ b }} or remove it"
+    )
+
+
+def test_var_used_by_one_of_several_templates_is_fine(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'templates: {a: "{{ x }}", b: "{{ x }} {{ y }}"}\nvars: {x: [1], y: [2, 3]}\n')
+    # template a ignores y: its two jobs have one body and are merged
+    assert len(plan) == 3
+    assert plan.warnings == [
+        "1 job(s) had the same request body as an earlier job and were merged into it "
+        "(e.g. template=a, x=1, y=3, resolution=2048x2048 (1:1) = job 1)"
+    ]
+
+
+def test_undefined_template_variable_has_line_and_suggestion(tmp_path: Path) -> None:
+    message = only_problem(
+        tmp_path,
+        "templates:\n  short: '{{ subject }} {{ color }}'\n  long: |\n    {{ subject }} in the\n"
+        "    {{ colour }} light\nvars:\n  subject: [x]\n  color: [red]\n",
+    )
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:3:3: templates.long: template line 2: 'colour' is undefined "
+        "(did you mean 'color'?); the template can use: color, index, repeat, resolution, subject"
+    )
+
+
+def test_template_syntax_error_has_template_line(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {% if a %}\n  {{ a }\nvars: {a: [x]}\n")
+    assert message == f"{tmp_path / 'recipe.yaml'}:1:1: template: template line 3: syntax error: unexpected '}}'"
+
+
+def test_template_syntax_error_unclosed_block(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {% if a %}\n  more\nvars: {a: [x]}\n")
+    assert "template: template line " in message and "syntax error: Unexpected end of template" in message
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "''.__class__.__mro__",
+        "''.__class__",
+        "a.__init__.__globals__",
+        "cycler.__init__.__globals__.os",
+        "range.__self__",
+    ],
+)
+def test_sandbox_escape_is_refused(tmp_path: Path, expression: str) -> None:
+    text = f'template: "{{{{ a }}}} {{{{ {expression} }}}}"\nvars: {{a: [x]}}\n'
+    message = only_problem(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:1:1: template: template line 1: ")
+    assert "unsafe" in message or "undefined" in message or "refused" in message
+
+
+def test_sandbox_refuses_huge_repetition(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: \"{{ a * 100000000 }}\"\nvars: {a: [x]}\n")
+    assert "refused by the sandbox: repetition too large for a template" in message
+    message = only_problem(tmp_path, "template: \"{{ a }}{{ 10 ** 100000 }}\"\nvars: {a: [x]}\n")
+    assert "refused by the sandbox: exponent too large for a template" in message
+
+
+def test_sandbox_is_immutable(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: \"{% set l = [1] %}{{ l.append(2) }}{{ a }}\"\nvars: {a: [x]}\n")
+    assert "refused by the sandbox" in message
+
+
+def test_runtime_error_in_template(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {{ 1 / 0 }}\nvars: {a: [x]}\n")
+    assert "template: template line 2: ZeroDivisionError: division by zero (rendering a=x" in message
+
+
+def test_jinja_features_work(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        "template: \"{{ a | upper }}{% if a == 'x' %}, extra{% endif %}, #{{ index }} {{ range(2) | list }}\"\n"
+        "vars: {a: [x, y]}\n",
+    )
+    assert [job.prompt for job in plan] == ["X, extra, #1 [0, 1]", "Y, #2 [0, 1]"]
+
+
+def test_empty_prompt_is_an_error(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, "template: \"{% if a == 'x' %}{{ a }}{% endif %}  \"\nvars: {a: [x, y]}\n")
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:1:1: template: the template renders an empty prompt for 1 job(s) "
+        "(at plan positions 2)"
+    )
+
+
+def test_long_prompt_is_a_warning(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ a }} {% for i in range(601) %}word {% endfor %}"\nvars: {a: [x]}\n')
+    assert plan.warnings == [
+        "1 prompt(s) are over 600 words (e.g. job 1); the model may ignore details of long prompts"
+    ]
+    assert len(plan.jobs[0].prompt.split()) == 602
+
+
+def test_prompt_whitespace_is_tidied(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "  {{ a }}  {{ b }}, c\\n"\nvars: {a: [x], b: [""]}\n')
+    assert plan.jobs[0].prompt == "x , c"
+
+
+# --- filters and sample ------------------------------------------------------------------------
+
+GRID = """\
+template: "{{ subject }} {{ where }} at {{ time }}, {{ mood }}"
+vars:
+  subject: [fields, tea house]
+  where: [in Bali, by a river]
+  time: [golden hour, blue hour]
+  mood:
+    - mist: drifting morning mist
+    - light rain
+resolutions: ["1:1", 16:9, 1K]
+zip: [[subject, where]]
+"""
+
+
+def test_exclude_matches_labels_values_and_zip_members(tmp_path: Path) -> None:
+    full = plan_of(tmp_path, GRID)
+    assert len(full) == 2 * 2 * 2 * 3
+    plan = plan_of(tmp_path, GRID + "exclude:\n  - {time: blue hour, resolution: 1K}\n"
+                   "  - {mood: drifting morning mist, where: by a river}\n  - {resolution: 16:9, subject: fields, mood: mist}\n")
+    kept = [j.axes for j in plan]
+    assert not any(a["time"] == "blue hour" and a["resolution"] == "1K" for a in kept)
+    assert not any(a["mood"] == "mist" and a["subject+where"] == "tea house / by a river" for a in kept)
+    assert not any(a["resolution"] == "2560x1440 (16:9)" and a["subject+where"].startswith("fields") and a["mood"] == "mist" for a in kept)
+    expected = [
+        j.axes for j in full
+        if not (j.axes["time"] == "blue hour" and j.axes["resolution"] == "1K")
+        and not (j.axes["mood"] == "mist" and j.axes["subject+where"] == "tea house / by a river")
+        and not (j.axes["resolution"] == "2560x1440 (16:9)" and j.axes["subject+where"] == "fields / in Bali" and j.axes["mood"] == "mist")
+    ]
+    assert kept == expected
+    assert [j.index for j in plan] == list(range(1, len(plan) + 1))
+    assert plan.grid_size == 24 and plan.combinations == len(plan)
+
+
+def test_include_keeps_matching_and_lists_are_any_of(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, GRID + "include:\n  - {time: golden hour, resolution: [1K, '1:1']}\n")
+    assert len(plan) == 2 * 2 * 2
+    assert plan.axes["time"] == ["golden hour"]
+    assert plan.axes["resolution"] == ["2048x2048 (1:1)", "1K"]
+
+
+def test_filter_key_that_names_no_axis(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, GRID + "exclude:\n  - {tme: blue hour}\n")
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:12:6: exclude[0].tme: 'tme' names no axis or var (did you mean "
+        "'time'?); axes: subject+where, time, mood, resolution"
+    )
+
+
+def test_filter_value_that_matches_nothing(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, GRID + "include:\n  - {time: blue hr}\n")
+    assert "include[0].time: 'blue hr' matches no value of 'time' (did you mean 'blue hour'?); labels: golden hour, blue hour" in message
+
+
+def test_filter_on_repeat_and_empty_entry(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GRID + "exclude:\n  - {repeat: '1'}\n  - {}\n")
+    assert any("exclude[0].repeat: repeats are made after exclude" in p for p in found)
+    assert any("exclude[1]: an empty exclude entry would match every combination" in p for p in found)
+
+
+def test_everything_excluded(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, GRID + "exclude:\n  - {time: [golden hour, blue hour]}\n")
+    assert message.endswith("exclude: no combination is left after exclude/include")
+
+
+def test_sample_is_reproducible_and_keeps_order(tmp_path: Path) -> None:
+    base = GRID + "exclude:\n  - {time: blue hour, resolution: 1K}\n"
+    survivors = [j.axes for j in plan_of(tmp_path, base)]
+    plan = plan_of(tmp_path, base + "sample: {n: 5, seed: 7}\n")
+    expected = [survivors[i] for i in sorted(random.Random(7).sample(range(len(survivors)), 5))]
+    assert [j.axes for j in plan] == expected
+    assert random.Random(7).sample(survivors, 5) == [survivors[i] for i in random.Random(7).sample(range(len(survivors)), 5)]
+    assert [j.axes for j in plan_of(tmp_path, base + "sample: {n: 5, seed: 7}\n")] == expected
+    assert [j.axes for j in plan_of(tmp_path, base + "sample: {n: 5, seed: 8}\n")] != expected
+
+
+def test_sample_without_filters_draws_the_same_way(tmp_path: Path) -> None:
+    everything = [j.axes for j in plan_of(tmp_path, GRID)]
+    plan = plan_of(tmp_path, GRID + "sample: {n: 4, seed: 1}\n")
+    assert [j.axes for j in plan] == [everything[i] for i in sorted(random.Random(1).sample(range(24), 4))]
+
+
+def test_sample_larger_than_grid_keeps_all(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, GRID + "sample: {n: 100}\n")
+    assert len(plan) == 24
+    assert plan.warnings == ["sample.n (100) is not below the 24 combinations: all are kept"]
+
+
+# --- repeats, duplicates, limits ---------------------------------------------------------------
+
+
+def test_repeats_are_adjacent_distinct_jobs(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [a, b]}\nrepeats: 3\n')
+    assert [(j.axes["s"], j.axes["repeat"], j.repeat) for j in plan] == [
+        ("a", "1", 0), ("a", "2", 1), ("a", "3", 2), ("b", "1", 0), ("b", "2", 1), ("b", "3", 2)
+    ]
+    assert len({j.job_id for j in plan}) == 6
+    assert plan.jobs[0].inputs == plan.jobs[1].inputs
+
+
+def test_identical_bodies_are_merged(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ s }}"\nvars:\n  s:\n    - one: fox\n    - two: fox\n    - owl\n')
+    assert [j.axes["s"] for j in plan] == ["one", "owl"]
+    assert [j.index for j in plan] == [1, 2]
+    assert plan.warnings == [
+        "1 job(s) had the same request body as an earlier job and were merged into it "
+        "(e.g. s=two, resolution=2048x2048 (1:1) = job 1)"
+    ]
+
+
+def test_duplicate_labels_are_an_error(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ s }}"\nvars:\n  s:\n    - a: fox\n    - a: owl\n')
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:5:7: vars.s[1]: the label 'a' appears twice on axis 's' "
+        "(values and `label:` keys must be distinct)"
+    )
+
+
+def test_grid_over_max_jobs(tmp_path: Path) -> None:
+    text = 'template: "{{ a }} {{ b }}"\nvars:\n  a: [' + ", ".join(map(str, range(101))) + "]\n  b: [" + ", ".join(map(str, range(100))) + "]\n"
+    message = only_problem(tmp_path, text)
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}: the plan has 10,100 jobs, over the limit of 10,000; pass --yes to "
+        "go ahead anyway, or raise --max-jobs"
+    )
+    assert len(plan_of(tmp_path, text, allow_large=True)) == 10_100
+    assert len(plan_of(tmp_path, text, max_jobs=20_000)) == 10_100
+    assert "over the limit of 50" in only_problem(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\nrepeats: 51\n', max_jobs=50)
+
+
+def test_index_is_final_position(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ s }} #{{ index }}"\nvars: {s: [a, b, c]}\nexclude: [{s: b}]\n')
+    assert [j.prompt for j in plan] == ["a #1", "c #2"]
+
+
+# --- bodies and the model's schema -------------------------------------------------------------
+
+
+def test_params_and_inputs_build_the_body(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, seeded(tmp_path) + 'template: "{{ s }} {{ seed }}"\nvars: {s: [x]}\n'
+                   "params: {seed: [3, 4]}\ninputs: {steps: 30}\n")
+    assert [j.inputs for j in plan] == [
+        {"prompt": "x 3", "resolution": "1K", "steps": 30, "seed": 3},
+        {"prompt": "x 4", "resolution": "1K", "steps": 30, "seed": 4},
+    ]
+    assert plan.axes["seed"] == ["3", "4"]
+    assert plan.jobs[0].values["seed"] == 3
+
+
+def test_bad_param_value_points_at_it(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\nparams: {seed: [3, -1]}\n')
+    assert message == f"{tmp_path / 'recipe.yaml'}:5:20: params.seed[1]: -1 is less than the minimum of 0"
+
+
+def test_seedream_refuses_extra_inputs(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {seed: 1}\nparams: {steps: [1, 2]}\n')
+    assert f"{tmp_path / 'recipe.yaml'}:3:10: inputs.seed: {SEEDREAM} does not accept the input 'seed'" in found
+    assert any(f"params.steps[0]: {SEEDREAM} does not accept the input 'steps'" in p for p in found)
+
+
+def test_inputs_cannot_set_prompt_or_resolution(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {prompt: hi, resolution: 1K}\n')
+    assert any("inputs.prompt: the prompt comes from `template:`" in p for p in found)
+    assert any("inputs.resolution: set resolutions with `resolutions: [...]`" in p for p in found)
+
+
+def test_required_input_missing(tmp_path: Path) -> None:
+    schema = {"type": "object", "required": ["prompt", "steps"], "properties": {"prompt": {"type": "string"}, "steps": {"type": "integer"}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    message = only_problem(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }}"\nvars: {s: [x]}\n')
+    assert message == f"{tmp_path / 'recipe.yaml'}: x/y requires 'steps' is a required property (add it under `inputs:`)"
+
+
+def test_prompt_constrained_by_schema_is_checked_per_job(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"prompt": {"type": "string", "maxLength": 5}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    message = only_problem(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }}"\nvars: {s: [abc, abcdefgh]}\n')
+    assert message == f"{tmp_path / 'recipe.yaml'}:3:1: template: job 2: the prompt is refused: 'abcdefgh' is too long"
+
+
+def test_input_schema_problems(tmp_path: Path) -> None:
+    head = 'template: "{{ s }}"\nvars: {s: [x]}\n'
+    assert "no input schema ships for model 'x/y'" in only_problem(tmp_path, head + "model: x/y\n")
+    assert "input_schema: cannot read input schema" in only_problem(tmp_path, head + "input_schema: nope.json\n")
+    (tmp_path / "bad.json").write_text("{nope")
+    assert "is not valid JSON (line 1, column 2)" in only_problem(tmp_path, head + "input_schema: bad.json\n")
+    (tmp_path / "odd.json").write_text('{"type": 12}')
+    assert "is not a valid JSON Schema" in only_problem(tmp_path, head + "input_schema: odd.json\n")
+
+
+# --- names and sheets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("resolution", "is a reserved name"), ("for", "cannot be a var name"), ("2x", "cannot be a var name"),
+     ("my-var", "cannot be a var name")],
+)
+def test_bad_var_names(tmp_path: Path, name: str, fragment: str) -> None:
+    found = problems_of(tmp_path, f'template: "x"\nvars:\n  "{name}": [a]\n')
+    assert any(f"vars.{name}: " in p and fragment in p for p in found), found
+
+
+def test_sheet_axes_must_exist(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GRID + "sheet: {rows: [mod], cols: [time, time], page_by: repeat}\n")
+    assert any("sheet.rows[0]: 'mod' is not an axis of this recipe (did you mean 'mood'?)" in p for p in found)
+    assert any("sheet.cols[1]: axis 'time' is already in sheet.cols" in p for p in found)
+    assert any("sheet.page_by: 'repeat' is not an axis of this recipe" in p for p in found)
+
+
+def test_several_problems_are_reported_together(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'template: "{{ a }} {{ nope }}"\nvars:\n  a: [x]\n  b: [y]\nresolutions: [7:7]\n')
+    assert len(found) == 3
+
+
+# --- the plan object ---------------------------------------------------------------------------
+
+
+def test_to_dataframe(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, GRID + "repeats: 2\nexclude: [{time: blue hour}]\n")
+    frame = plan.to_dataframe()
+    assert list(frame.columns) == ["job_id", "index", "subject+where", "time", "mood", "resolution", "repeat", "prompt"]
+    assert len(frame) == len(plan) == 2 * 2 * 3 * 2
+    assert frame["index"].tolist() == list(range(1, len(plan) + 1))
+    single = plan_of(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {steps: 2}\n').to_dataframe()
+    assert list(single.columns) == ["job_id", "index", "s", "resolution", "prompt", "steps", "repeat"]
+
+
+def test_plan_protocol(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, GRID)
+    assert len(plan) == 24 and list(plan) == plan.jobs and plan[0] is plan.jobs[0]
+    assert repr(plan).startswith("<Plan 'recipe': 24 jobs")
+    assert plan.estimated_cost is None
+    assert plan.jobs[0].as_dict()["inputs"] == dict(plan.jobs[0].inputs)
+    json.dumps([job.as_dict() for job in plan])
+
+
+def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ c }}{{ a }}{{ b }}"\nvars: {c: ["1", "2"], a: [x, y, z], b: [p, q]}\n')
+    assert [j.prompt for j in plan] == ["".join(t) for t in itertools.product("12", "xyz", "pq")]

@@ -1,0 +1,440 @@
+"""Recipe loading: YAML with locations, the recipe model, extends, var files, the JSON Schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from seedream_pipe.errors import RecipeError
+from seedream_pipe.recipe import (
+    MAX_YAML_NODES,
+    Recipe,
+    default_name,
+    format_key_path,
+    load_recipe,
+    recipe_json_schema,
+)
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+MINIMAL = """\
+template: "{{ subject }}, {{ style }}"
+vars:
+  subject: [a fox, an owl]
+  style: [watercolor]
+"""
+
+
+def write(folder: Path, text: str | bytes, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    return [str(p) for p in caught.value.problems]
+
+
+def only_problem(path: Path) -> str:
+    found = problems_of(path)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- the loaded recipe -------------------------------------------------------------------------
+
+
+def test_demo_recipe_attributes() -> None:
+    recipe = load_recipe(RECIPES / "demo.yaml")
+    assert isinstance(recipe, Recipe)
+    assert recipe.name == "demo"
+    assert recipe.path == RECIPES / "demo.yaml"
+    assert recipe.model == "bytedance/seedream-4-0/text-to-image"
+    assert recipe.run.rpm == 60.0
+    assert recipe.run.concurrency == 4
+    assert recipe.run.timeout_s == 900.0
+    assert recipe.run.resubmit_unknown is True
+    assert recipe.sheet.rows == ["scene", "light"]
+    assert recipe.sheet.cols == ["style"]
+    assert recipe.sheet.page_by is None
+    assert (recipe.sheet.cell, recipe.sheet.max_cells, recipe.sheet.repeats) == (256, 100, "inline")
+    assert recipe.price_per_image == 0.03
+    assert recipe.output is None
+    assert recipe.source_text == (RECIPES / "demo.yaml").read_text(encoding="utf-8")
+    assert recipe.resolved["vars"]["scene"][0] == {"lighthouse": "a lighthouse on a rocky coast"}
+    canonical = json.dumps(recipe.resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert recipe.hash == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_defaults_name_from_stem_and_output_relative_to_recipe(tmp_path: Path) -> None:
+    path = write(tmp_path / "sub", MINIMAL + "output: ../out/here\n", "My Sweep.yaml")
+    recipe = load_recipe(path)
+    assert recipe.name == "my-sweep"
+    assert recipe.output == tmp_path / "sub" / "../out/here"
+    assert recipe.price_per_image is None
+    assert recipe.sheet.rows is None and recipe.sheet.cols is None
+    assert default_name("___") == "___"
+    assert default_name("Été!") == "t"
+
+
+def test_hash_ignores_comments_and_layout_but_not_values(tmp_path: Path) -> None:
+    a = load_recipe(write(tmp_path, MINIMAL, "a.yaml"))
+    b = load_recipe(write(tmp_path, "# a comment\n" + MINIMAL.replace("[a fox, an owl]", "\n    - a fox\n    - an owl"), "b.yaml"))
+    c = load_recipe(write(tmp_path, MINIMAL.replace("an owl", "a hare"), "c.yaml"))
+    assert a.hash == b.hash
+    assert a.hash != c.hash
+
+
+def test_format_key_path() -> None:
+    assert format_key_path(("vars", "mood", 1)) == "vars.mood[1]"
+    assert format_key_path(("zip", 0)) == "zip[0]"
+    assert format_key_path(()) == ""
+
+
+# --- YAML problems -----------------------------------------------------------------------------
+
+
+def test_malformed_yaml_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [x, y\n  b: 1\n')
+    message = only_problem(path)
+    assert message.startswith(f"{path}:4:4: malformed YAML: ")
+    assert "did not find expected ',' or ']'" in message
+
+
+def test_bad_indentation_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, "template: x\n vars: 1\n")
+    assert only_problem(path).startswith(f"{path}:2:")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("- a\n- b\n", "not a list"), ("just text\n", "not the value 'just text'"), ("42\n", "not the value 42")],
+)
+def test_recipe_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    message = only_problem(write(tmp_path, text))
+    assert message == f"{tmp_path / 'recipe.yaml'}:1:1: a recipe must be a mapping of keys (template:, vars:, ...), {kind}"
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    assert "the recipe is empty" in only_problem(write(tmp_path, "# nothing\n"))
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    assert only_problem(tmp_path / "nope.yaml").endswith("nope.yaml: no such recipe file")
+    assert "is a folder" in only_problem(tmp_path)
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "template: again\n")
+    assert only_problem(path) == f"{path}:5:1: template: duplicate key 'template' (first written on line 1)"
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = write(tmp_path, b'template: "{{ a }}"\nvars:\n  a: [caf\xe9]\n')
+    assert only_problem(path) == (
+        f"{path}:3:10: the recipe is not UTF-8 text: byte 0xe9 cannot be decoded; save the file as UTF-8"
+    )
+
+
+def test_utf16_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.encode("utf-16"))
+    assert "not UTF-8 text (it looks like UTF-16)" in only_problem(path)
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, b"\xef\xbb\xbf" + MINIMAL.encode()))
+    assert recipe.spec.template == "{{ subject }}, {{ style }}"
+
+
+def test_alias_bomb_is_refused(tmp_path: Path) -> None:
+    lines = ['template: "{{ a }}"', 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append("vars: {a: *l8}")
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    message = only_problem(path)
+    assert f"expands to more than {MAX_YAML_NODES:,} values through aliases (an alias bomb?)" in message
+    assert message.startswith(f"{path}:")
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: &x [1, *x]\n')
+    assert "an alias refers to a value that contains it" in only_problem(path)
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "description: !!python/object/apply:os.system ['echo hi']\n")
+    message = only_problem(path)
+    assert "unsupported YAML tag tag:yaml.org,2002:python/object/apply:os.system" in message
+    assert ":5:" in message
+
+
+def test_text_values_keep_what_was_written(tmp_path: Path) -> None:
+    # YAML 1.1 reads 16:9 as 969 and `on` as True; the planner wants the text.
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [on, 1.50, 16:9, ~]\nresolutions: [16:9, 1k]\n')
+    recipe = load_recipe(path)
+    assert recipe.spec.vars["a"] == ["on", "1.50", "16:9", "~"]
+    assert recipe.spec.resolutions == ["16:9", "1k"]
+
+
+def test_yaml_merge_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "run:\n  <<: {rpm: 120, concurrency: 8}\n  concurrency: 2\n")
+    recipe = load_recipe(path)
+    assert (recipe.run.rpm, recipe.run.concurrency) == (120.0, 2)
+
+
+# --- the recipe model --------------------------------------------------------------------------
+
+
+def test_unknown_keys_get_a_did_you_mean(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "resolution: [16:9]\nrun: {rpn: 3}\nsheet: {rowz: [a]}\n")
+    assert problems_of(path) == [
+        f"{path}:5:1: resolution: unknown key 'resolution' (did you mean 'resolutions'?)",
+        f"{path}:6:7: run.rpn: unknown key 'rpn' (did you mean 'rpm'?)",
+        f"{path}:7:9: sheet.rowz: unknown key 'rowz' (did you mean 'rows'?)",
+    ]
+
+
+def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
+    message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
+    assert "unknown key 'flavour' (known keys: n, seed)" in message
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'template: "{{ a }}"\nvars:\n  a: [x]\n  b: hello\nrepeats: many\nrun: {rpm: "fast", concurrency: 0}\n'
+        "price_per_image: -1\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:4:3: vars.b: expected a list of values, or {{file: PATH}}, got 'hello'",
+        f"{path}:5:1: repeats: should be a valid integer, got 'many'",
+        f"{path}:6:7: run.rpm: should be a valid number, got 'fast'",
+        f"{path}:6:20: run.concurrency: should be greater than or equal to 1, got 0",
+        f"{path}:7:1: price_per_image: should be greater than or equal to 0, got -1",
+    ]
+
+
+def test_empty_var_list(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: []\n')
+    assert only_problem(path) == f"{path}:3:3: vars.a: a var needs at least one value"
+
+
+def test_bad_var_item(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a:\n    - ok\n    - [nested, list]\n    - {two: keys, in: one}\n')
+    assert problems_of(path) == [
+        f"{path}:5:7: vars.a[1]: expected text, or a one-key mapping `label: text`",
+        f"{path}:6:7: vars.a[2]: expected text, or a one-key mapping `label: text`",
+    ]
+
+
+def test_bad_name(tmp_path: Path) -> None:
+    message = only_problem(write(tmp_path, MINIMAL + "name: My Sweep\n"))
+    assert message.endswith(
+        ":5:1: name: a name uses only a-z, 0-9, - and _ (it names the output folder), got 'My Sweep'"
+    )
+
+
+def test_sample_needs_n(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "sample: {seed: 3}\n")
+    assert only_problem(path) == f"{path}:5:1: sample.n: missing required key"
+
+
+# --- extends -----------------------------------------------------------------------------------
+
+BASE = """\
+name: base
+output: base-out
+description: the base
+template: "{{ subject }} at {{ time }}"
+vars:
+  subject: [a fox, an owl]
+  time: [dawn, dusk]
+resolutions: ["1:1"]
+run: {rpm: 30, concurrency: 2}
+price_per_image: 0.03
+"""
+
+
+def test_extends_overrides_key_by_key(tmp_path: Path) -> None:
+    write(tmp_path, BASE, "base.yaml")
+    child = write(
+        tmp_path,
+        "extends: base.yaml\nvars:\n  time: [noon]\n  mood: [calm]\n"
+        'template: "{{ subject }} at {{ time }}, {{ mood }}"\nrun: {rpm: 10}\nprice_per_image: ~\n',
+        "child.yaml",
+    )
+    recipe = load_recipe(child)
+    assert recipe.name == "child"  # name and output are never inherited
+    assert recipe.output is None
+    assert recipe.spec.vars == {"subject": ["a fox", "an owl"], "time": ["noon"], "mood": ["calm"]}
+    assert (recipe.run.rpm, recipe.run.concurrency) == (10.0, 2)
+    assert recipe.price_per_image is None  # null drops what the base set
+    assert recipe.spec.description == "the base"
+    assert recipe.spec.resolutions == ["1:1"]
+    assert "extends" not in recipe.resolved
+    assert recipe.source_text.startswith("extends: base.yaml")
+
+
+def test_extends_template_replaces_templates(tmp_path: Path) -> None:
+    write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"',
+                                 'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'),
+          "base.yaml")
+    recipe = load_recipe(write(tmp_path, 'extends: base.yaml\ntemplate: "{{ subject }}/{{ time }}"\n', "c.yaml"))
+    assert recipe.spec.templates is None
+    assert recipe.spec.template == "{{ subject }}/{{ time }}"
+
+
+def test_extends_chain_and_subfolder(tmp_path: Path) -> None:
+    write(tmp_path, BASE, "base.yaml")
+    write(tmp_path, "extends: base.yaml\nvars: {time: [noon]}\n", "mid.yaml")
+    recipe = load_recipe(write(tmp_path, "extends: ../mid.yaml\nrepeats: 2\n", "variants/leaf.yaml"))
+    assert recipe.spec.vars["time"] == ["noon"]
+    assert recipe.spec.repeats == 2
+
+
+def test_extends_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "extends: nowhere.yaml\n")
+    assert only_problem(path) == (
+        f"{path}:5:1: extends: recipe not found: {tmp_path / 'nowhere.yaml'} "
+        "(paths are relative to the recipe that extends)"
+    )
+
+
+def test_extends_cycle(tmp_path: Path) -> None:
+    write(tmp_path, "extends: b.yaml\n" + MINIMAL, "a.yaml")
+    b = write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    message = only_problem(tmp_path / "a.yaml")
+    assert message == f"{b}:1:1: extends: cycle: a.yaml -> b.yaml -> a.yaml"
+
+
+def test_extends_self(tmp_path: Path) -> None:
+    path = write(tmp_path, "extends: recipe.yaml\n" + MINIMAL)
+    assert "extends: cycle: recipe.yaml -> recipe.yaml" in only_problem(path)
+
+
+def test_problem_in_base_names_the_base_file(tmp_path: Path) -> None:
+    base = write(tmp_path, BASE.replace("run:", "rn:"), "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\n", "child.yaml")
+    assert only_problem(child) == f"{base}:9:1: rn: unknown key 'rn' (did you mean 'run'?)"
+
+
+def test_extends_must_be_a_path(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "extends: [a.yaml]\n")
+    assert only_problem(path) == f"{path}:5:1: extends: expected the path of a recipe file"
+
+
+def test_input_schema_is_relative_to_the_file_that_names_it(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}}}
+    write(tmp_path, json.dumps(schema), "base/schema.json")
+    write(tmp_path, BASE.replace('resolutions: ["1:1"]\n', "") + "model: x/y\ninput_schema: schema.json\n",
+          "base/base.yaml")
+    recipe = load_recipe(write(tmp_path, "extends: base/base.yaml\n", "child.yaml"))
+    assert recipe.input_schema is not None
+    assert recipe.input_schema.resolve() == (tmp_path / "base" / "schema.json").resolve()
+    assert len(recipe.plan()) == 4
+
+
+# --- var files ---------------------------------------------------------------------------------
+
+
+def test_var_file_values(tmp_path: Path) -> None:
+    write(tmp_path, "# styles\nwatercolor\n\n  oil paint  \n# not this\nink\n", "lists/styles.txt")
+    path = write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: lists/styles.txt}\n')
+    recipe = load_recipe(path)
+    assert recipe.spec.vars["style"] == ["watercolor", "oil paint", "ink"]
+    assert recipe.resolved["vars"]["style"] == ["watercolor", "oil paint", "ink"]
+    assert [job.prompt for job in recipe.plan()] == ["watercolor", "oil paint", "ink"]
+
+
+def test_var_file_change_changes_the_hash(tmp_path: Path) -> None:
+    styles = write(tmp_path, "a\nb\n", "styles.txt")
+    path = write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: styles.txt}\n')
+    before = load_recipe(path).hash
+    styles.write_text("a\nc\n", encoding="utf-8")
+    assert load_recipe(path).hash != before
+
+
+def test_var_file_problem_points_into_the_file(tmp_path: Path) -> None:
+    styles = write(tmp_path, "ink\nwatercolor\nink\n", "styles.txt")
+    path = write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: styles.txt}\n')
+    assert only_problem(path) == (
+        f"{styles}:3:1: vars.style[2]: the label 'ink' appears twice on axis 'style' "
+        "(values and `label:` keys must be distinct)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("/etc/passwd", "a var file must be a path relative to the recipe's folder, not '/etc/passwd'"),
+        ("~/secrets.txt", "a var file must be a path relative to the recipe's folder, not '~/secrets.txt'"),
+        ("../outside.txt", "var file '../outside.txt' is outside the recipe's folder"),
+        ("missing.txt", "var file not found: "),
+        ("empty.txt", "has no values (blank lines and # comments are skipped)"),
+    ],
+)
+def test_var_file_refusals(tmp_path: Path, written: str, expected: str) -> None:
+    write(tmp_path, "secret\n", "outside.txt")
+    write(tmp_path / "r", "# only a comment\n\n", "empty.txt")
+    path = write(tmp_path / "r", f'template: "{{{{ style }}}}"\nvars:\n  style: {{file: "{written}"}}\n')
+    message = only_problem(path)
+    assert expected in message
+    assert message.startswith(f"{path}:3:")
+
+
+def test_var_file_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "secret\n", "outside.txt")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    path = write(tmp_path / "r", 'template: "{{ s }}"\nvars:\n  s: {file: link.txt}\n')
+    assert "is outside the recipe's folder" in only_problem(path)
+
+
+def test_var_file_not_utf8(tmp_path: Path) -> None:
+    styles = write(tmp_path, b"ok\ncaf\xe9\n", "styles.txt")
+    path = write(tmp_path, 'template: "{{ s }}"\nvars:\n  s: {file: styles.txt}\n')
+    assert only_problem(path).startswith(f"{styles}:2:4: the var file is not UTF-8 text")
+
+
+def test_var_file_with_other_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ s }}"\nvars:\n  s: {file: a.txt, sep: ","}\n')
+    assert only_problem(path) == f"{path}:3:3: vars.s: a var file is written {{file: PATH}} with no other key"
+
+
+# --- the JSON Schema ---------------------------------------------------------------------------
+
+
+def test_json_schema_describes_every_key() -> None:
+    schema = recipe_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {
+        "name", "description", "extends", "model", "input_schema", "template", "templates", "vars",
+        "resolutions", "zip", "exclude", "include", "sample", "repeats", "inputs", "params", "run",
+        "sheet", "price_per_image", "output",
+    }
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_fit_the_json_schema(path: Path) -> None:
+    recipe = load_recipe(path)
+    jsonschema.Draft202012Validator(recipe_json_schema()).validate(recipe.resolved)
+
+
+def test_json_schema_accepts_file_vars_and_refuses_unknown_keys() -> None:
+    validator = jsonschema.Draft202012Validator(recipe_json_schema())
+    good = {"template": "{{ s }}", "vars": {"s": {"file": "s.txt"}, "t": ["a", {"b": "bee"}]}}
+    assert list(validator.iter_errors(good)) == []
+    assert list(validator.iter_errors({"templtes": {}}))
