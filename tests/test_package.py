@@ -1,0 +1,98 @@
+"""The package's public surface and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import seedream_pipe
+from seedream_pipe import errors
+from seedream_pipe.cli import SeedreamCli, cli
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in seedream_pipe.__all__:
+        assert getattr(seedream_pipe, name) is not None, name
+    assert seedream_pipe.__all__ == sorted(seedream_pipe.__all__)
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError):
+        _ = seedream_pipe.does_not_exist  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.UsageError("x"), 64),
+        (errors.RecipeError(errors.Problem("r.yaml", "bad")), 65),
+        (errors.NothingToShow("x"), 66),
+        (errors.ServiceUnavailable("x"), 69),
+        (errors.OutputError("x"), 73),
+        (errors.StateError("x"), 74),
+        (errors.CreditError("x", status=402), 75),
+        (errors.RateLimited("x", status=429), 75),
+        (errors.AuthError("x", status=401), 77),
+        (errors.Interrupted("x"), 130),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError("x"), 1),
+    ],
+)
+def test_exit_codes(exc: BaseException, code: int) -> None:
+    assert errors.exit_code_for(exc) == code
+
+
+def test_problem_names_file_line_and_key_path() -> None:
+    problem = errors.Problem("recipes/a.yaml", "unknown key", key_path="vars.mood", line=3, column=5)
+    assert str(problem) == "recipes/a.yaml:3:5: vars.mood: unknown key"
+    assert str(errors.Problem("a.yaml", "empty")) == "a.yaml: empty"
+
+
+def test_redact_replaces_every_secret() -> None:
+    assert errors.redact("Bearer sk-123 and sk-123", "sk-123", None, "") == "Bearer *** and ***"
+
+
+def _group_with(exc: Exception) -> click.Group:
+    @click.group(cls=SeedreamCli)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def boom() -> None:
+        raise exc
+
+    return group
+
+
+def test_library_errors_become_a_message_and_their_exit_code() -> None:
+    problems = [errors.Problem("a.yaml", "first", line=1), errors.Problem("a.yaml", "second")]
+    result = CliRunner().invoke(_group_with(errors.RecipeError(problems)), ["boom"])
+    assert result.exit_code == 65
+    assert "error: a.yaml:1: first" in result.output
+    assert "error: a.yaml: second" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_exit_64() -> None:
+    result = CliRunner().invoke(cli, ["no-such-command"])
+    assert result.exit_code == 64
+    assert "No such command" in result.output
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(cli, ["-h"])
+    assert result.exit_code == 0
+    for name in cli.commands:
+        assert name in result.output
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "seedream_pipe", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"seedream-pipe, version {seedream_pipe.__version__}"
