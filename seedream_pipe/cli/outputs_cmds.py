@@ -1,7 +1,148 @@
-"""Commands of this topic (filled in by the issue that builds it)."""
+"""The outputs commands: `sheet`, `report` and `gallery`, over an output folder (no network).
+
+Each takes `RECIPE|DIR` (a recipe file, whose output folder is used, or the folder itself),
+calls `seedream_pipe.outputs` and prints what it wrote. A recipe given on the command line
+wins over the settings the runner recorded in the folder.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from seedream_pipe.outputs import (
+    OutputFolder,
+    format_summary,
+    make_sheet,
+    open_output,
+    summarize_jobs,
+    write_gallery,
+    write_manifest,
+    write_report,
+)
+from seedream_pipe.outputs.report import REPORT_FORMATS
+from seedream_pipe.outputs.sheet import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
+from seedream_pipe.paths import locate
+
+TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
+
+
+def _open(target: Path) -> OutputFolder:
+    out_dir, recipe = locate(target)
+    return open_output(out_dir, recipe=recipe)
+
+
+def _warn(message: str) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+@click.command("sheet")
+@TARGET
+@click.option(
+    "--rows", metavar="A,B", help="Axes down the side, outermost first. [default: the vars]"
+)
+@click.option(
+    "--cols", metavar="C", help="Axes across the top, outermost first. [default: resolution]"
+)
+@click.option("--page-by", metavar="D", help="One page per label of this axis.")
+@click.option(
+    "--cell",
+    type=click.IntRange(32, 2048),
+    help=f"Cell size in pixels. [default: recipe's sheet.cell, else {DEFAULT_CELL}]",
+)
+@click.option(
+    "--max-cells",
+    type=click.IntRange(min=1),
+    help=f"Cells per page at most; more make pages. [default: {DEFAULT_MAX_CELLS}]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SHEET_FORMATS),
+    default="png",
+    show_default=True,
+    help="Image format of the sheet.",
+)
+def sheet_command(
+    target: Path,
+    rows: str | None,
+    cols: str | None,
+    page_by: str | None,
+    cell: int | None,
+    max_cells: int | None,
+    fmt: str,
+) -> int:
+    """Lay out the contact sheet of a run: a labelled grid of its images.
+
+    Rows and columns come from --rows/--cols, else the recipe's `sheet:` settings, else the
+    vars as rows and resolution as columns. Failed, cancelled and unfinished jobs get a
+    placeholder saying why. More than --max-cells cells, or --page-by, writes
+    contact_sheet-01.png, -02, ...
+
+    Example:
+
+        seedream-pipe sheet outputs/demo --rows style --cols resolution
+    """
+    folder = _open(target)
+    result = make_sheet(
+        folder, rows=rows, cols=cols, page_by=page_by, cell=cell, max_cells=max_cells, fmt=fmt
+    )
+    for warning in result.warnings:
+        _warn(warning)
+    if result.made_thumbnails:
+        click.echo(f"made {result.made_thumbnails} missing thumbnails (kept for next time)")
+    layout = result.layout
+    sides = f"rows: {', '.join(layout.rows) or '-'}; columns: {', '.join(layout.cols) or '-'}"
+    click.echo(f"{len(result.paths)} page(s), {sides}")
+    for path in result.paths:
+        click.echo(str(path))
+    return 0
+
+
+@click.command("report")
+@TARGET
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(REPORT_FORMATS),
+    default="csv",
+    show_default=True,
+    help="File format of the report.",
+)
+def report_command(target: Path, fmt: str) -> int:
+    """Write report.csv (one row per job) and manifest.json, and print the summary.
+
+    Example:
+
+        seedream-pipe report outputs/demo --format parquet
+    """
+    folder = _open(target)
+    report = write_report(folder, fmt=fmt)
+    manifest = write_manifest(folder, outputs=[report])
+    summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
+    click.echo(format_summary(summary))
+    click.echo(str(report))
+    click.echo(str(manifest))
+    return 0
+
+
+@click.command("gallery")
+@TARGET
+def gallery_command(target: Path) -> int:
+    """Write gallery.html: the grid in a browser, a filter per axis, click to enlarge.
+
+    One self-contained file (no network); images are linked from thumbs/ and images/, so
+    keep it in its folder.
+
+    Example:
+
+        seedream-pipe gallery outputs/demo && xdg-open outputs/demo/gallery.html
+    """
+    folder = _open(target)
+    path = write_gallery(folder)
+    click.echo(str(path))
+    return 0
+
+
+COMMANDS: list[click.Command] = [sheet_command, report_command, gallery_command]

@@ -1,0 +1,67 @@
+"""The outputs of a sweep, written into its output folder from the state alone (no network).
+
+- `contact_sheet.png` (or `contact_sheet-01.png`, ... when it pages): the labelled grid (`sheet`)
+- `report.csv`: one row per job (`report`)
+- `manifest.json`: what produced each file, enough to re-run the experiment (`manifest`)
+- `gallery.html`: a self-contained page with a filter per axis (`gallery`)
+
+The runner calls `write_outputs(out_dir)` when a run ends and prints `format_summary(...)`; the
+`sheet`, `report` and `gallery` commands call the same functions; so can a notebook::
+
+    from seedream_pipe.outputs import write_outputs, summarize, format_summary
+    write_outputs(Path("outputs/demo"))
+    print(format_summary(summarize(Path("outputs/demo"))))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seedream_pipe.outputs._folder import OutputFolder, open_output
+from seedream_pipe.outputs.gallery import write_gallery
+from seedream_pipe.outputs.manifest import build_manifest, write_manifest
+from seedream_pipe.outputs.report import report_frame, write_report
+from seedream_pipe.outputs.sheet import SheetResult, make_sheet
+from seedream_pipe.outputs.summary import Summary, format_summary, summarize, summarize_jobs
+
+if TYPE_CHECKING:
+    from seedream_pipe.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "OutputFolder",
+    "SheetResult",
+    "Summary",
+    "build_manifest",
+    "format_summary",
+    "make_sheet",
+    "open_output",
+    "report_frame",
+    "summarize",
+    "summarize_jobs",
+    "write_gallery",
+    "write_manifest",
+    "write_outputs",
+    "write_report",
+]
+
+
+def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
+    """Write the sheet (its pages), report.csv, gallery.html and manifest.json; return their paths.
+
+    The manifest comes last so that it can list the other files. Raises NothingToShow for a
+    folder with no jobs and OutputError when a file cannot be written; a missing or corrupt
+    image only gives a placeholder (and a logged warning).
+    """
+    folder = open_output(Path(out_dir), recipe=recipe)
+    written: list[Path] = [write_report(folder)]
+    sheet = make_sheet(folder)
+    for warning in sheet.warnings:
+        log.warning("sheet: %s", warning)
+    written += sheet.paths
+    written.append(write_gallery(folder))
+    written.append(write_manifest(folder, outputs=written))
+    return written

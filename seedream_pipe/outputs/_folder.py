@@ -1,0 +1,126 @@
+"""Reading an output folder for the outputs: its jobs, its recipe as the runner recorded it, and
+safe writes back into it.
+
+Everything here works with no network and no recipe file: the runner records the recipe (as
+written and resolved, its sheet settings and price) in the state's `meta` at every run start, so
+`sheet DIR` and `report DIR` need only the folder. A folder written by an older or interrupted
+run may lack some of it; every reader tolerates that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from seedream_pipe.errors import NothingToShow, OutputError
+from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
+
+if TYPE_CHECKING:
+    from seedream_pipe.recipe import Recipe
+
+#: Names of the files the outputs write into an output folder.
+SHEET_STEM = "contact_sheet"
+REPORT_STEM = "report"
+MANIFEST_NAME = "manifest.json"
+GALLERY_NAME = "gallery.html"
+
+
+@dataclass
+class OutputFolder:
+    """What the outputs need from one output folder, read once."""
+
+    path: Path
+    jobs: list[JobRecord]
+    recipe_meta: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    #: The recipe file given on the command line, if any: its settings win over the recorded ones.
+    recipe: Recipe | None = None
+
+    @property
+    def name(self) -> str:
+        if self.recipe is not None:
+            return str(self.recipe.name)
+        return str(self.recipe_meta.get("name") or self.path.resolve().name)
+
+    @property
+    def sheet_settings(self) -> dict[str, Any]:
+        """The recipe's `sheet:` settings as a plain dict (given recipe first, else recorded)."""
+        if self.recipe is not None:
+            sheet = self.recipe.sheet
+            dumped = sheet.model_dump() if hasattr(sheet, "model_dump") else dict(sheet)
+            return {k: v for k, v in dumped.items() if v is not None}
+        recorded = self.recipe_meta.get("sheet")
+        return dict(recorded) if isinstance(recorded, Mapping) else {}
+
+    @property
+    def price_per_image(self) -> float | None:
+        price = (
+            self.recipe.price_per_image
+            if self.recipe is not None
+            else self.recipe_meta.get("price_per_image")
+        )
+        return float(price) if isinstance(price, int | float) else None
+
+    @property
+    def axis_names(self) -> list[str]:
+        """Every axis of the jobs, in the planner's order (first seen in plan order)."""
+        names: dict[str, None] = {}
+        for job in self.jobs:
+            for axis in job.axes:
+                names.setdefault(axis, None)
+        return list(names)
+
+
+def open_output(out_dir: Path, *, recipe: Recipe | None = None) -> OutputFolder:
+    """Read an output folder; NothingToShow when no run ever wrote a job into it.
+
+    The state file is checked for before opening it, because opening creates it: a sheet of a
+    folder that was never run must not leave an empty database behind.
+    """
+    out_dir = Path(out_dir)
+    hint = (
+        f"run it first: seedream-pipe run {recipe.path}"
+        if recipe is not None
+        else ("run a recipe into it first: seedream-pipe run RECIPE")
+    )
+    if not (out_dir / STATE_FILE).is_file():
+        raise NothingToShow(f"{out_dir}: no run has written here yet ({hint})")
+    with StateStore.for_output_dir(out_dir) as store:
+        jobs = store.jobs()
+        meta = store.get_meta("recipe", {})
+        runs = store.runs()
+    if not jobs:
+        raise NothingToShow(f"{out_dir}: the state holds no jobs ({hint})")
+    return OutputFolder(
+        path=out_dir,
+        jobs=jobs,
+        recipe_meta=dict(meta) if isinstance(meta, Mapping) else {},
+        runs=runs,
+        recipe=recipe,
+    )
+
+
+def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` then rename tmp over `dest`, so a reader never sees half a file.
+
+    Any OSError (read-only folder, a directory in the way, a full disk) becomes an OutputError
+    naming the file, and the temporary file is removed.
+    """
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise OutputError(f"{dest}: cannot write: {reason}") from exc
+    return dest
+
+
+def write_text(dest: Path, text: str) -> Path:
+    return write_atomically(dest, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,87 @@
+"""Fonts for sheet text in whatever script a prompt uses, found without ever crashing.
+
+DejaVu Sans covers Latin, Greek and Cyrillic and most symbols; for any other script (CJK,
+Arabic, Devanagari, ...) fontconfig is asked for a font whose charset covers the character
+(`fc-match ':charset=XXXX'`). Without fontconfig or any TrueType font, Pillow's built-in font
+is used: the sheet is uglier, never missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from functools import lru_cache
+
+from PIL import ImageFont
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+_REGULAR = ("DejaVuSans.ttf", "LiberationSans-Regular.ttf", "Arial.ttf")
+_BOLD = ("DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf", "Arial Bold.ttf")
+# Code points the default fonts cover: Latin, Greek, Cyrillic (up to U+052F), general
+# punctuation, arrows and common symbols (U+2000..U+2BFF).
+_COVERED = ((0x0000, 0x052F), (0x1E00, 0x1FFF), (0x2000, 0x2BFF))
+
+
+def _covered(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _COVERED)
+
+
+def needs_fallback(text: str) -> str | None:
+    """The first character of `text` the default font does not cover, or None."""
+    for char in text:
+        if not _covered(char) and not char.isspace():
+            return char
+    return None
+
+
+@lru_cache(maxsize=256)
+def _fc_match(code_block: int, sample: int, bold: bool) -> str | None:
+    """A font file covering code point `sample` (cached per 256-code-point block)."""
+    fc = shutil.which("fc-match")
+    if fc is None:
+        return None
+    pattern = f":charset={sample:x}" + (":weight=bold" if bold else "")
+    try:
+        done = subprocess.run(
+            [fc, "-f", "%{file}", pattern], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = done.stdout.strip()
+    return path or None
+
+
+@lru_cache(maxsize=128)
+def _truetype(path_or_name: str, size: int) -> Font | None:
+    try:
+        return ImageFont.truetype(path_or_name, size)
+    except (OSError, ValueError):
+        return None
+
+
+@lru_cache(maxsize=64)
+def default_font(size: int, bold: bool = False) -> Font:
+    """DejaVu Sans (or a close relative) at `size`, else Pillow's built-in font."""
+    for name in (*(_BOLD if bold else ()), *_REGULAR):
+        font = _truetype(name, size)
+        if font is not None:
+            return font
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError, ImportError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def font_for(text: str, size: int, *, bold: bool = False) -> Font:
+    """A font that covers `text` when the machine has one; the default font otherwise."""
+    missing = needs_fallback(text)
+    if missing is None:
+        return default_font(size, bold)
+    path = _fc_match(ord(missing) >> 8, ord(missing), bold)
+    if path:
+        font = _truetype(path, size)
+        if font is not None:
+            return font
+    return default_font(size, bold)

@@ -1,0 +1,137 @@
+"""The manifest: enough to re-run the same experiment later and to know what produced each file.
+
+`manifest.json` holds the recipe as written and as resolved (after `extends`) and its hash, the
+tool's version, the model id, the API host, the start and end of the runs, the counts, and for
+every image on disk the job that made it (job_id, path, sha256). It never holds a token: the host
+is reduced to `host[:port]`, and run summaries keep only numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from seedream_pipe import __version__
+from seedream_pipe.outputs._folder import MANIFEST_NAME, OutputFolder, write_text
+from seedream_pipe.outputs.report import iso_utc
+from seedream_pipe.outputs.summary import summarize_jobs
+
+MANIFEST_VERSION = 1
+
+
+def safe_host(value: Any) -> str | None:
+    """`host[:port]` of a URL or host string: no scheme, credentials, path or query survive."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    parts = urlsplit(text if "://" in text else f"//{text}")
+    try:
+        host = parts.hostname
+        port = parts.port
+    except ValueError:  # a malformed port: keep nothing rather than something odd
+        return None
+    if not host:
+        return None
+    return f"{host}:{port}" if port else host
+
+
+def _numbers_only(summary: Any) -> dict[str, Any]:
+    """A run summary reduced to numbers and booleans: no free text that could echo a secret."""
+    if not isinstance(summary, Mapping):
+        return {}
+    return {
+        str(k): v for k, v in summary.items() if isinstance(v, int | float | bool) and v is not None
+    }
+
+
+def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": run.get("id"),
+        "started_at": iso_utc(run.get("started_at")),
+        "finished_at": iso_utc(run.get("finished_at")),
+        "recipe_hash": run.get("recipe_hash"),
+        "api_host": safe_host(run.get("api_host")),
+        "tool_version": run.get("tool_version"),
+        "exit_code": run.get("exit_code"),
+        "summary": _numbers_only(run.get("summary")),
+    }
+
+
+def build_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """The manifest as a dict; `outputs` are other files just written (sheet, report, gallery)."""
+    meta = folder.recipe_meta
+    recipe = folder.recipe
+    recipe_part: dict[str, Any] = {
+        "name": folder.name,
+        "path": str(recipe.path) if recipe is not None else meta.get("path"),
+        "hash": recipe.hash if recipe is not None else meta.get("hash"),
+        "source_text": recipe.source_text if recipe is not None else meta.get("source_text"),
+        "resolved": recipe.resolved if recipe is not None else meta.get("resolved"),
+    }
+    models = sorted({job.model for job in folder.jobs})
+    model = (
+        recipe.model if recipe is not None else meta.get("model") or (models[0] if models else None)
+    )
+    runs = [_run_entry(run) for run in folder.runs]
+    hosts = [run["api_host"] for run in runs if run["api_host"]]
+    starts = [run["started_at"] for run in folder.runs if run.get("started_at") is not None]
+    ends = [run["finished_at"] for run in folder.runs if run.get("finished_at") is not None]
+    summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
+
+    files = []
+    for job in folder.jobs:
+        if not job.image_path:
+            continue
+        files.append(
+            {
+                "path": job.image_path,
+                "job_id": job.job_id,
+                "index": job.job_index,
+                "sha256": job.sha256,
+                "bytes": job.bytes,
+                "width": job.width,
+                "height": job.height,
+                "thumb_path": job.thumb_path,
+                "request_id": job.request_id,
+                "axes": dict(job.axes),
+            }
+        )
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "tool": {"name": "seedream-pipe", "version": __version__},
+        "generated_at": iso_utc(time.time()),
+        "recipe": recipe_part,
+        "model": model,
+        "models": models,
+        "api_host": hosts[-1] if hosts else None,
+        "started_at": iso_utc(min(starts)) if starts else None,
+        "finished_at": iso_utc(max(ends)) if ends else None,
+        "runs": runs,
+        "counts": {
+            "jobs": summary.jobs,
+            "done": summary.done,
+            "failed": summary.failed,
+            "cancelled": summary.cancelled,
+            "pending": summary.pending,
+            "by_state": {state: n for state, n in summary.counts.items() if n},
+        },
+        "files": files,
+        "outputs": [_relative(path, folder.path) for path in outputs],
+    }
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> Path:
+    manifest = build_manifest(folder, outputs=outputs)
+    text = json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n"
+    return write_text(folder.path / MANIFEST_NAME, text)

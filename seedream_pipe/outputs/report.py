@@ -1,0 +1,167 @@
+"""The report: one row per job, for a script or a spreadsheet to analyse (pandas writes it).
+
+The first columns are fixed, in this order: job_id, index, one label column per axis (named by
+the axis), one value column per axis (`<axis>_value`), prompt, resolution, status, request_id,
+error, attempts, polls, submitted_at, started_at, finished_at (ISO 8601 UTC), queue_s,
+generation_s, latency_s, image_url, image_path, width, height, bytes, sha256,
+possible_duplicate. A few more follow (retries, thumb_path, model). An axis whose name would
+clash with a fixed column (`resolution`, above all) gets `<axis>_label` and `<axis>_value`: the
+resolution axis's columns are `resolution_label` ("16:9") and `resolution_value`
+("2560x1440 (16:9)"), while `resolution` is the request's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from seedream_pipe.errors import UsageError
+from seedream_pipe.outputs._folder import REPORT_STEM, OutputFolder, write_atomically
+from seedream_pipe.state import JobRecord
+
+ReportFormat = Literal["csv", "json", "parquet"]
+REPORT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")
+
+#: The fixed columns around the axis columns (which sit between HEAD and TAIL).
+HEAD_COLUMNS: tuple[str, ...] = ("job_id", "index")
+TAIL_COLUMNS: tuple[str, ...] = (
+    "prompt",
+    "resolution",
+    "status",
+    "request_id",
+    "error",
+    "attempts",
+    "polls",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "queue_s",
+    "generation_s",
+    "latency_s",
+    "image_url",
+    "image_path",
+    "width",
+    "height",
+    "bytes",
+    "sha256",
+    "possible_duplicate",
+)
+EXTRA_COLUMNS: tuple[str, ...] = ("retries", "thumb_path", "model")
+TIME_COLUMNS: tuple[str, ...] = ("submitted_at", "started_at", "finished_at")
+_RESERVED = frozenset(HEAD_COLUMNS + TAIL_COLUMNS + EXTRA_COLUMNS)
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-23T20:04:24.123Z."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def axis_columns(axes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(label columns, value columns) for these axes, renamed only where they would clash."""
+    labels: list[str] = []
+    values: list[str] = []
+    for axis in axes:
+        clash = axis in _RESERVED or axis.endswith(("_value", "_label"))
+        labels.append(f"{axis}_label" if clash else axis)
+        values.append(f"{axis}_value")
+    return labels, values
+
+
+def _value_text(value: Any) -> Any:
+    # Axis values are usually text, but params may be numbers or JSON: keep scalars, encode the rest.
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def report_frame(jobs: Sequence[JobRecord], axes: Sequence[str] | None = None) -> pd.DataFrame:
+    """The report as a DataFrame (a notebook's entry point)."""
+    if axes is None:
+        seen: dict[str, None] = {}
+        for job in jobs:
+            seen.update(dict.fromkeys(job.axes))
+        axes = list(seen)
+    label_cols, value_cols = axis_columns(axes)
+    columns = [*HEAD_COLUMNS, *label_cols, *value_cols, *TAIL_COLUMNS, *EXTRA_COLUMNS]
+    rows = []
+    for job in jobs:
+        row: dict[str, Any] = {"job_id": job.job_id, "index": job.job_index}
+        for axis, label_col, value_col in zip(axes, label_cols, value_cols, strict=True):
+            row[label_col] = job.axes.get(axis)
+            row[value_col] = _value_text(job.axis_values.get(axis))
+        row.update(
+            prompt=job.prompt,
+            resolution=job.resolution,
+            status=job.state,
+            request_id=job.request_id,
+            error=job.error,
+            attempts=job.attempts,
+            polls=job.polls,
+            submitted_at=iso_utc(job.submitted_at),
+            started_at=iso_utc(job.started_at),
+            finished_at=iso_utc(job.finished_at),
+            queue_s=job.queue_s,
+            generation_s=job.generation_s,
+            latency_s=job.latency_s,
+            image_url=job.image_url,
+            image_path=job.image_path,
+            width=job.width,
+            height=job.height,
+            bytes=job.bytes,
+            sha256=job.sha256,
+            possible_duplicate=job.possible_duplicate,
+            retries=job.retries,
+            thumb_path=job.thumb_path,
+            model=job.model,
+        )
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=columns)
+    # Nullable integers: a job with no image has no width, which must not turn 1024 into 1024.0.
+    for name in ("index", "attempts", "polls", "width", "height", "bytes", "retries"):
+        frame[name] = frame[name].astype("Int64")
+    for name in ("queue_s", "generation_s", "latency_s"):
+        frame[name] = frame[name].astype("Float64")
+    frame["possible_duplicate"] = frame["possible_duplicate"].astype("boolean")
+    return frame
+
+
+def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: Path | None = None) -> Path:
+    """Write `report.<fmt>` into the output folder (or `dest`); return its path."""
+    if fmt not in REPORT_FORMATS:
+        raise UsageError(
+            f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}"
+        )
+    frame = report_frame(folder.jobs, folder.axis_names)
+    dest = dest if dest is not None else folder.path / f"{REPORT_STEM}.{fmt}"
+
+    def write(tmp: Path) -> None:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False, encoding="utf-8")
+        elif fmt == "json":
+            frame.to_json(tmp, orient="records", force_ascii=False, indent=1)
+        else:
+            _write_parquet(frame, tmp)
+
+    return write_atomically(dest, write)
+
+
+def _write_parquet(frame: pd.DataFrame, tmp: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            "--format parquet needs pyarrow: pip install 'seedream-pipe[parquet]'"
+        ) from exc
+    typed = frame.copy()
+    # Parquet has a real timestamp type: use it rather than text.
+    for name in TIME_COLUMNS:
+        typed[name] = pd.to_datetime(typed[name], utc=True, format="ISO8601")
+    typed.to_parquet(tmp, index=False)

@@ -1,0 +1,215 @@
+"""The summary of a sweep: what the runner prints when it ends and `report` prints on demand.
+
+Counts by status, latency percentiles, throughput, the estimated cost, and how hard the API
+pushed back (429s and retries). Pure: from job records and run rows to numbers to text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seedream_pipe.state import JOB_STATES, JobRecord, StateStore
+
+#: Summary keys the runner records per run (in `runs.summary`) that we add up across runs.
+_RATE_LIMITED_KEYS = ("rate_limited", "http_429", "429s")
+_RETRY_KEYS = ("retries",)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Figures of one output folder's jobs (those in the latest plan)."""
+
+    jobs: int
+    counts: dict[str, int]  # every job state, zeros included
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+    images_per_minute: float | None
+    estimated_cost: float | None  # USD; None when the recipe names no price
+    rate_limited: int
+    retries: int
+    http_requests: int | None = None
+    price_per_image: float | None = None
+    wall_s: float | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (job_id, reason)
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("downloaded", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @property
+    def cancelled(self) -> int:
+        return self.counts.get("cancelled", 0)
+
+    @property
+    def pending(self) -> int:
+        """Jobs neither done, failed nor cancelled (never run, in flight, or interrupted)."""
+        return self.jobs - self.done - self.failed - self.cancelled
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "counts": dict(self.counts),
+            "done": self.done,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "pending": self.pending,
+            "latency_s": {
+                "p50": self.latency_p50,
+                "p90": self.latency_p90,
+                "p99": self.latency_p99,
+            },
+            "images_per_minute": self.images_per_minute,
+            "estimated_cost_usd": self.estimated_cost,
+            "price_per_image": self.price_per_image,
+            "rate_limited": self.rate_limited,
+            "retries": self.retries,
+            "http_requests": self.http_requests,
+            "wall_s": self.wall_s,
+        }
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation, like numpy's default; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _run_total(runs: Sequence[Mapping[str, Any]], keys: tuple[str, ...]) -> int | None:
+    total: int | None = None
+    for run in runs:
+        summary = run.get("summary") or {}
+        for key in keys:
+            value = summary.get(key) if isinstance(summary, Mapping) else None
+            if isinstance(value, int | float):
+                total = (total or 0) + int(value)
+                break
+    return total
+
+
+def summarize_jobs(
+    jobs: Sequence[JobRecord],
+    *,
+    runs: Sequence[Mapping[str, Any]] = (),
+    price_per_image: float | None = None,
+) -> Summary:
+    """The summary of these jobs; `runs` (the state's run rows) supply 429 and request counts."""
+    counts = {state: 0 for state in JOB_STATES}
+    for job in jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    latencies = [job.latency_s for job in jobs if job.latency_s is not None]
+    done = [job for job in jobs if job.state == "downloaded"]
+
+    # Throughput over the span the work actually took: first submit to last image on disk.
+    starts = [job.submitted_at for job in jobs if job.submitted_at is not None]
+    ends = [job.downloaded_at for job in done if job.downloaded_at is not None]
+    wall = (max(ends) - min(starts)) if starts and ends else None
+    per_minute = len(done) / wall * 60 if wall and wall > 0 else None
+
+    # Every image the API made is billed, including those whose download later failed, so
+    # the cost counts jobs that reached `completed`, plus possible duplicates sent twice.
+    billed = sum(1 for job in jobs if job.completed_at is not None or job.state == "downloaded")
+    billed += sum(1 for job in jobs if job.possible_duplicate)
+    cost = None if price_per_image is None else round(billed * price_per_image, 6)
+
+    retries = _run_total(runs, _RETRY_KEYS)
+    return Summary(
+        jobs=len(jobs),
+        counts=counts,
+        latency_p50=percentile(latencies, 50),
+        latency_p90=percentile(latencies, 90),
+        latency_p99=percentile(latencies, 99),
+        images_per_minute=per_minute,
+        estimated_cost=cost,
+        rate_limited=_run_total(runs, _RATE_LIMITED_KEYS) or 0,
+        retries=retries if retries is not None else sum(job.retries for job in jobs),
+        http_requests=_run_total(runs, ("http_requests",)),
+        price_per_image=price_per_image,
+        wall_s=wall,
+        failures=[
+            (job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
+        ],
+    )
+
+
+def summarize(source: Path | str | StateStore) -> Summary:
+    """The summary of an output folder (or of an open state store)."""
+    if isinstance(source, StateStore):
+        meta = source.get_meta("recipe", {}) or {}
+        price = meta.get("price_per_image") if isinstance(meta, Mapping) else None
+        return summarize_jobs(
+            source.jobs(),
+            runs=source.runs(),
+            price_per_image=float(price) if isinstance(price, int | float) else None,
+        )
+    from seedream_pipe.outputs._folder import open_output
+
+    folder = open_output(Path(source))
+    return summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(value, 60)
+    return f"{int(minutes)}m{seconds:04.1f}s"
+
+
+def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
+    """A few lines for the terminal."""
+    parts = [f"{summary.done} done"]
+    if summary.failed:
+        parts.append(f"{summary.failed} failed")
+    if summary.cancelled:
+        parts.append(f"{summary.cancelled} cancelled")
+    if summary.pending:
+        in_flight = {
+            state: n
+            for state, n in summary.counts.items()
+            if n and state not in ("downloaded", "failed", "cancelled")
+        }
+        detail = ", ".join(f"{n} {state}" for state, n in in_flight.items())
+        parts.append(f"{summary.pending} not done ({detail})")
+    lines = [f"{summary.jobs} jobs: " + ", ".join(parts)]
+    lines.append(
+        f"latency p50 {_seconds(summary.latency_p50)} · p90 {_seconds(summary.latency_p90)} · p99 {_seconds(summary.latency_p99)}"
+    )
+    throughput = (
+        f"{summary.images_per_minute:.1f} images/min"
+        if summary.images_per_minute is not None
+        else "- images/min"
+    )
+    if summary.wall_s is not None:
+        throughput += f" over {_seconds(summary.wall_s)}"
+    cost = (
+        f"estimated cost ${summary.estimated_cost:.2f}"
+        if summary.estimated_cost is not None
+        else "estimated cost: no price_per_image in the recipe"
+    )
+    lines.append(f"{throughput} · {cost}")
+    pushback = f"429s {summary.rate_limited} · retries {summary.retries}"
+    if summary.http_requests is not None:
+        pushback += f" · HTTP requests {summary.http_requests}"
+    lines.append(pushback)
+    for job_id, reason in summary.failures[:max_failures]:
+        lines.append(f"  failed {job_id}: {reason}")
+    if len(summary.failures) > max_failures:
+        lines.append(
+            f"  ... and {len(summary.failures) - max_failures} more failures (see report.csv)"
+        )
+    return "\n".join(lines)
