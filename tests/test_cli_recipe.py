@@ -1,0 +1,235 @@
+"""The recipe commands as a user runs them: validate, plan, schema, init; and the bad-input list."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner, Result
+
+from seedream_pipe.cli import cli
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def write(folder: Path, text: str | bytes, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"ok: {path} (")
+    assert result.stderr == ""
+
+
+def test_validate_a_folder() -> None:
+    result = invoke("validate", str(RECIPES))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("ok: ") == len(list(RECIPES.glob("*.yaml")))
+
+
+def test_validate_reports_every_problem_of_every_recipe(tmp_path: Path) -> None:
+    a = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [x]\n  b: [y]\n', "a.yaml")
+    b = write(tmp_path, "- not a mapping\n", "b.yaml")
+    result = invoke("validate", str(a), str(RECIPES / "demo.yaml"), str(b))
+    assert result.exit_code == 65
+    assert "ok: " in result.stdout and "demo.yaml (8 jobs)" in result.stdout
+    assert result.stderr.splitlines() == [
+        f"error: {a}:4:3: vars.b: var 'b' is used by no template (it would only repeat the same "
+        "prompts); use {{ b }} or remove it",
+        f"error: {b}:1:1: a recipe must be a mapping of keys (template:, vars:, ...), not a list",
+    ]
+
+
+def test_validate_prints_warnings(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
+    result = invoke("validate", str(path))
+    assert result.exit_code == 0
+    assert "warning: " in result.stderr and "merged" in result.stderr
+
+
+def test_validate_needs_a_recipe() -> None:
+    assert invoke("validate").exit_code == 64
+
+
+# --- the bad-input list: a clear message naming file, key path and line; exit 65 ---------------
+
+BOMB = ['template: "{{ a }}"', 'l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+BOMB += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+BOMB += ["vars: {a: *l8}"]
+
+BAD_INPUTS: dict[str, tuple[str | bytes, str]] = {
+    "malformed YAML": ('template: "{{ a }}"\nvars:\n  a: [x, y\n  b: 1\n',
+                       ":4:4: malformed YAML: did not find expected ',' or ']'"),
+    "not a mapping": ("- a\n- b\n", ":1:1: a recipe must be a mapping of keys"),
+    "unknown key": ('template: "{{ a }}"\nvars: {a: [x]}\ntemplates_: {}\n',
+                    ":3:1: templates_: unknown key 'templates_' (did you mean 'templates'?)"),
+    "wrong type": ('template: "{{ a }}"\nvars: {a: [x]}\nrepeats: many\n',
+                   ":3:1: repeats: should be a valid integer, got 'many'"),
+    "empty var list": ('template: "{{ a }}"\nvars:\n  a: []\n', ":3:3: vars.a: a var needs at least one value"),
+    "unequal zip": ('template: "{{ a }}{{ b }}"\nvars: {a: [x], b: [y, z]}\nzip: [[a, b]]\n',
+                    ":3:7: zip[0]: zipped vars need the same number of values: a has 1, b has 2"),
+    "unused var": ('template: "{{ a }}"\nvars: {a: [x], b: [y]}\n', ":2:16: vars.b: var 'b' is used by no template"),
+    "undefined variable": ('template: "{{ a }} {{ b }}"\nvars: {a: [x]}\n',
+                           ":1:1: template: template line 1: 'b' is undefined"),
+    "template syntax": ('template: |\n  {{ a }}\n  {{ a + }}\nvars: {a: [x]}\n',
+                        ":1:1: template: template line 2: syntax error: "),
+    "sandbox escape": ("template: \"{{ a }}{{ ''.__class__.__mro__ }}\"\nvars: {a: [x]}\n",
+                       ":1:1: template: template line 1: refused by the sandbox: access to attribute '__class__'"),
+    "unknown resolution": ('template: "{{ a }}"\nvars: {a: [x]}\nresolutions: [3K]\n',
+                           ":3:15: resolutions[0]: unknown resolution '3K'; bytedance/seedream-4-0/text-to-image accepts: 1K, 2K, 4K, 2048x2048 (1:1)"),
+    "extends missing": ('extends: base.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n',
+                        ":1:1: extends: recipe not found: "),
+    "extends cycle": ('extends: recipe.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n',
+                      ":1:1: extends: cycle: recipe.yaml -> recipe.yaml"),
+    "non-UTF-8": (b'template: "{{ a }}"\nvars: {a: [\xff]}\n', ":2:12: the recipe is not UTF-8 text"),
+    "alias bomb": ("\n".join(BOMB) + "\n", "the YAML expands to more than 100,000 values through aliases"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_bad_input(tmp_path: Path, case: str, command: str) -> None:
+    text, expected = BAD_INPUTS[case]
+    path = write(tmp_path, text)
+    result = invoke(command, str(path))
+    assert result.exit_code == 65, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}")
+    assert expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_grid_over_max_jobs_needs_yes(tmp_path: Path) -> None:
+    values = ", ".join(str(i) for i in range(101))
+    path = write(tmp_path, f'template: "{{{{ a }}}} {{{{ b }}}}"\nvars:\n  a: [{values}]\n  b: [{values}]\n')
+    result = invoke("plan", str(path))
+    assert result.exit_code == 65
+    assert result.stderr == (
+        f"error: {path}: the plan has 10,201 jobs, over the limit of 10,000; pass --yes to go ahead "
+        "anyway, or raise --max-jobs\n"
+    )
+    ok = invoke("plan", str(path), "--yes", "--limit", "2")
+    assert ok.exit_code == 0, ok.output
+    assert "jobs: 10,201" in ok.stdout
+    assert invoke("plan", str(path), "--max-jobs", "20000", "--format", "json", "--limit", "1").exit_code == 0
+    small = invoke("plan", str(RECIPES / "demo.yaml"), "--max-jobs", "5")
+    assert small.exit_code == 65 and "the plan has 8 jobs, over the limit of 5" in small.stderr
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+
+def test_plan_table() -> None:
+    result = invoke("plan", str(RECIPES / "demo.yaml"))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"recipe demo ({RECIPES / 'demo.yaml'}), model bytedance/seedream-4-0/text-to-image"
+    assert lines[1] == "axes: scene 2 x light 2 x style 2 x resolution 1"
+    assert lines[2] == "jobs: 8"
+    assert lines[3] == "estimated cost: $0.24 (8 x $0.03 per image)"
+    assert lines[5].split() == ["#", "job_id", "scene", "light", "style", "resolution", "prompt"]
+    assert len(lines) == 7 + 8
+    assert lines[7].startswith("1  ")
+
+
+def test_plan_table_limit_and_filtered_counts() -> None:
+    result = invoke("plan", str(RECIPES / "showcase.yaml"), "--limit", "3")
+    assert result.exit_code == 0, result.output
+    assert "jobs: 18 (18 of 24 combinations kept)" in result.stdout
+    assert result.stdout.rstrip().endswith("... 15 more (--limit 0 shows all)")
+
+
+def test_plan_json_is_the_jobs() -> None:
+    result = invoke("plan", str(RECIPES / "demo.yaml"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    jobs = json.loads(result.stdout)
+    assert len(jobs) == 8
+    assert set(jobs[0]) >= {"job_id", "index", "axes", "inputs", "values", "model", "repeat"}
+    assert jobs[0]["axes"] == {"scene": "lighthouse", "light": "dawn", "style": "watercolor", "resolution": "1K"}
+    assert jobs[0]["inputs"]["resolution"] == "1K"
+    assert "jobs: 8" in result.stderr
+    limited = json.loads(invoke("plan", str(RECIPES / "demo.yaml"), "--format", "json", "--limit", "2").stdout)
+    assert [job["index"] for job in limited] == [1, 2]
+
+
+def test_plan_csv() -> None:
+    result = invoke("plan", str(RECIPES / "exploration.yaml"), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 60
+    assert list(rows[0]) == ["job_id", "index", "style", "lighting", "resolution", "prompt", "repeat"]
+    assert rows[0]["resolution"] == "2048x2048 (1:1)"
+
+
+def test_plan_prints_warnings(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
+    result = invoke("plan", str(path), "--format", "json")
+    assert result.exit_code == 0
+    assert len(json.loads(result.stdout)) == 1
+    assert "warning: 1 job(s) had the same request body" in result.stderr
+
+
+# --- schema and init ---------------------------------------------------------------------------
+
+
+def test_schema_prints_the_recipe_json_schema() -> None:
+    result = invoke("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert {"template", "templates", "vars", "resolutions", "exclude", "params"} <= set(schema["properties"])
+
+
+def test_init_writes_a_starter_that_plans(tmp_path: Path) -> None:
+    target = tmp_path / "My Sweep.yaml"
+    result = invoke("init", str(target))
+    assert result.exit_code == 0, result.output
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("# A seedream-pipe recipe")
+    assert "name: my-sweep" in text
+    plan = invoke("plan", str(target))
+    assert plan.exit_code == 0, plan.output
+    assert "jobs: 8" in plan.stdout
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = write(tmp_path, "mine\n", "recipe.yaml")
+    result = invoke("init", str(target))
+    assert result.exit_code == 64
+    assert result.stderr == f"error: {target} already exists; pass --force to overwrite it\n"
+    assert target.read_text() == "mine\n"
+    assert invoke("init", str(target), "--force").exit_code == 0
+    assert target.read_text().startswith("# A seedream-pipe recipe")
+
+
+def test_init_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert invoke("init").exit_code == 0
+    assert (tmp_path / "recipe.yaml").is_file()
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "schema", "init"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout
+    assert f"seedream-pipe {command}" in result.stdout
