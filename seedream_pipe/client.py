@@ -1,0 +1,539 @@
+"""The RunComfy Model API client: submit, status, result, cancel, and file downloads.
+
+It speaks the protocol of ../shared/PROTOCOL.md over an injectable `httpx.AsyncClient` (tests may
+pass one with a MockTransport; the simulator over a real socket is the main partner), paces
+itself through a `SubmitPacer` (submits) and a `RequestBudget` (everything else), and retries
+what is safe to retry. Every answer it cannot turn into progress becomes one of the classes of
+`seedream_pipe.errors`, with a message that never contains the token.
+
+The one thing it refuses to decide is what to do when a submit's outcome is unknown (the body
+was sent, then the connection died or the answer was unreadable): the job may exist and be
+billed. `submit()` returns an `UnknownOutcome` for that, and the runner, which owns the job's
+state, decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from seedream_pipe.config import ApiSettings
+from seedream_pipe.errors import (
+    ApiError,
+    AuthError,
+    CreditError,
+    NotFound,
+    RateLimited,
+    RequestRejected,
+    ServiceUnavailable,
+    redact,
+)
+from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
+
+#: Defaults in one place.
+DEFAULT_TIMEOUT_S = 20.0  # one API call; a slower answer is treated as lost
+DEFAULT_DOWNLOAD_TIMEOUT_S = 60.0  # between two chunks of a download
+DEFAULT_MAX_RETRIES = 5  # transient failures of one call before giving up on it
+DEFAULT_MAX_RATE_LIMITED = 30  # 429s in a row for one call before giving up on it
+MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
+ALLOWED_DOWNLOAD_SUFFIXES = (".runcomfy.net", ".runcomfy.com")
+MAX_REDIRECTS = 3
+CHUNK = 256 * 1024
+
+#: Status words seen from the API (and the official CLI), mapped to the job states we keep.
+STATUS_WORDS = {
+    "in_queue": "in_queue",
+    "queued": "in_queue",
+    "pending": "in_queue",
+    "in_progress": "in_progress",
+    "running": "in_progress",
+    "processing": "in_progress",
+    "completed": "completed",
+    "succeeded": "completed",
+    "success": "completed",
+    "failed": "failed",
+    "error": "failed",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """The API accepted a body: the job exists (and will be billed)."""
+
+    request_id: str
+    status_url: str | None
+    result_url: str | None
+    cancel_url: str | None
+    attempts: int = 1  # POSTs sent for it (retries after refusals included)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOutcome:
+    """The body went out and no usable answer came back: the job may or may not exist."""
+
+    reason: str
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    status: str  # one of in_queue, in_progress, completed, failed, cancelled (or the raw word)
+    queue_position: int | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    status: str
+    output_urls: list[str] = field(default_factory=list)
+    error: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    cancelled: bool  # the job will not run (and not be billed)
+    status: str | None
+    outcome: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedFile:
+    """A downloaded file at `path` (a temporary name: the caller checks it, then renames it)."""
+
+    path: Path
+    sha256: str
+    bytes: int
+
+
+def normalize_status(word: Any) -> str:
+    text = str(word or "").strip().lower()
+    return STATUS_WORDS.get(text, text or "unknown")
+
+
+def collect_urls(output: Any) -> list[str]:
+    """Every http(s) URL in a result's `output`, in order, once each (never elsewhere)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if value.startswith(("http://", "https://")) and value not in found:
+                found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(output)
+    return found
+
+
+def _error_text(value: Any) -> str | None:
+    """A readable reason from an `error` field (string or {"code", "message"} or anything)."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, dict):
+        message = value.get("message") or value.get("detail") or value.get("error")
+        code = value.get("code") or value.get("error_code")
+        if message and code:
+            return f"{message} ({code})"
+        if message or code:
+            return str(message or code)
+        return json.dumps(value, ensure_ascii=False)[:300]
+    return str(value)[:300]
+
+
+class ModelApiClient:
+    """One API account's client. Use as an async context manager (it closes what it opened).
+
+    Counters (`self.counters`): http_requests, submits, polls, result_reads, cancels, downloads,
+    retries, rate_limited, unknown_submits.
+    """
+
+    def __init__(
+        self,
+        api: ApiSettings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        pacer: SubmitPacer | None = None,
+        budget: RequestBudget | None = None,
+        backoff: Backoff | None = None,
+        sleep: Sleep | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED,
+        max_download_bytes: int = MAX_DOWNLOAD_BYTES,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.api = api
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._download_timeout = httpx.Timeout(download_timeout_s, connect=min(download_timeout_s, 10.0))
+        self.pacer = pacer or SubmitPacer(60.0)
+        self.budget = budget or RequestBudget(100.0)
+        self.backoff = backoff or Backoff(rng=random.Random())
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self.max_retries = max_retries
+        self.max_rate_limited = max_rate_limited
+        self.max_download_bytes = max_download_bytes
+        self._headers = {"Authorization": f"Bearer {api.token}", "Accept": "application/json"}
+        self._on_event = on_event
+        self.counters: Counter[str] = Counter()
+        base = urlsplit(api.base_url)
+        self._base_host = (base.hostname or "").lower()
+        self._base_origin = f"{base.scheme}://{base.netloc}"
+
+    def __repr__(self) -> str:
+        return f"<ModelApiClient {self.api.base_url}>"
+
+    async def __aenter__(self) -> ModelApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.api.token)
+
+    def _event(self, kind: str, **detail: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, detail)
+
+    def _api_url(self, given: str | None, path: str) -> str:
+        """A URL the API handed us (if it points at the API's own origin), else one we build.
+
+        Following an API-supplied link to another host would send it our token: never.
+        """
+        if given:
+            parts = urlsplit(given)
+            if f"{parts.scheme}://{parts.netloc}" == self._base_origin:
+                return given
+        return f"{self.api.base_url}{path}"
+
+    def _answer_error(self, response: httpx.Response, what: str) -> ApiError:
+        """The exception for a non-2xx API answer (not 429, not 5xx: those are retried)."""
+        reason = self._reason(response)
+        code = response.status_code
+        message = self._redact(f"{what}: HTTP {code}: {reason}")
+        if code in (401, 403):
+            return AuthError(
+                self._redact(
+                    f"{what}: the API refused the token (HTTP {code}: {reason}). "
+                    "Check RUNCOMFY_TOKEN or sign in again with `runcomfy login`."
+                ),
+                status=code,
+            )
+        if code == 402:
+            return CreditError(self._redact(f"{what}: out of credit (HTTP 402: {reason})"), status=code)
+        if code == 404:
+            return NotFound(message, status=code)
+        if code in (400, 413, 422):
+            return RequestRejected(message, status=code)
+        return ApiError(message, status=code)
+
+    def _reason(self, response: httpx.Response) -> str:
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            return self._redact(response.text[:300].strip() or response.reason_phrase)
+        if isinstance(data, dict):
+            text = _error_text(data.get("error")) or _error_text(data.get("detail")) or _error_text(
+                data.get("message")
+            )
+            if text is None and data.get("error_code"):
+                text = _error_text({"code": data.get("error_code"), "message": data.get("error_message")})
+            if text:
+                return self._redact(text)
+        return self._redact(json.dumps(data, ensure_ascii=False)[:300])
+
+    def _json(self, response: httpx.Response) -> dict[str, Any] | None:
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def _retry_pause(self, attempt: int, what: str, reason: str) -> None:
+        self.counters["retries"] += 1
+        delay = self.backoff.delay(attempt)
+        self._event("retry", what=what, reason=reason, delay_s=round(delay, 3), attempt=attempt + 1)
+        await self._sleep(delay)
+
+    # -- idempotent calls: status, result, cancel -------------------------------------------
+
+    async def _call(self, method: str, url: str, what: str, counter: str) -> dict[str, Any]:
+        """One idempotent API call with the request budget, 429 pauses and transient retries."""
+        failures = 0
+        limited = 0
+        while True:
+            await self.budget.acquire()
+            self.counters["http_requests"] += 1
+            self.counters[counter] += 1
+            try:
+                response = await self._http.request(method, url, headers=self._headers, timeout=self._timeout)
+            except httpx.HTTPError as exc:
+                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                failures += 1
+                if failures > self.max_retries:
+                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)") from None
+                await self._retry_pause(failures - 1, what, reason)
+                continue
+            code = response.status_code
+            if code == 429:
+                limited += 1
+                self.counters["rate_limited"] += 1
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                self.budget.rate_limited(retry_after)
+                self._event("rate_limited", what=what, retry_after_s=retry_after)
+                if limited > self.max_rate_limited:
+                    raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
+                continue
+            if code >= 500:
+                failures += 1
+                reason = f"HTTP {code}: {self._reason(response)}"
+                if failures > self.max_retries:
+                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
+                await self._retry_pause(failures - 1, what, reason)
+                continue
+            if code >= 300:
+                raise self._answer_error(response, what)
+            data = self._json(response)
+            if data is None:
+                # an unreadable 200: the call did nothing we rely on, so asking again is safe
+                failures += 1
+                reason = "the answer was not a JSON object"
+                if failures > self.max_retries:
+                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
+                await self._retry_pause(failures - 1, what, reason)
+                continue
+            if data.get("error_code"):
+                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=code)
+            return data
+
+    async def status(self, request_id: str, status_url: str | None = None) -> JobStatus:
+        url = self._api_url(status_url, f"/requests/{quote(request_id, safe='')}/status")
+        data = await self._call("GET", url, f"status of {request_id}", "polls")
+        position = data.get("queue_position")
+        return JobStatus(
+            status=normalize_status(data.get("status")),
+            queue_position=position if isinstance(position, int) else None,
+            error=_error_text(data.get("error")),
+        )
+
+    async def result(self, request_id: str, result_url: str | None = None) -> JobResult:
+        url = self._api_url(result_url, f"/requests/{quote(request_id, safe='')}/result")
+        data = await self._call("GET", url, f"result of {request_id}", "result_reads")
+        return JobResult(
+            status=normalize_status(data.get("status")),
+            output_urls=collect_urls(data.get("output")),
+            error=_error_text(data.get("error")),
+            created_at=str(data["created_at"]) if data.get("created_at") else None,
+            finished_at=str(data["finished_at"]) if data.get("finished_at") else None,
+        )
+
+    async def cancel(self, request_id: str, cancel_url: str | None = None) -> CancelOutcome:
+        url = self._api_url(cancel_url, f"/requests/{quote(request_id, safe='')}/cancel")
+        data = await self._call("POST", url, f"cancel of {request_id}", "cancels")
+        status = normalize_status(data.get("status")) if data.get("status") else None
+        outcome = str(data["outcome"]).lower() if data.get("outcome") else None
+        cancelled = status == "cancelled" or outcome in ("cancelled", "canceled")
+        if outcome == "not_cancellable":
+            cancelled = False
+        return CancelOutcome(cancelled=cancelled, status=status, outcome=outcome)
+
+    # -- submit -------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        model: str,
+        body: dict[str, Any],
+        *,
+        on_send: Callable[[], None] | None = None,
+    ) -> Submission | UnknownOutcome:
+        """POST a body. `on_send` runs right before each POST goes out (after pacing), so the
+        caller can commit "submitting" first.
+
+        Refusals that prove nothing was created (429, 5xx, a connection that never opened) are
+        retried here; what might have created a job is returned as `UnknownOutcome`.
+        """
+        url = f"{self.api.base_url}/models/{model}"
+        what = f"submit to {model}"
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {**self._headers, "Content-Type": "application/json"}
+        failures = 0
+        limited = 0
+        attempts = 0
+        while True:
+            await self.pacer.acquire()
+            if on_send is not None:
+                on_send()
+            attempts += 1
+            self.counters["http_requests"] += 1
+            self.counters["submits"] += 1
+            try:
+                response = await self._http.post(url, content=payload, headers=headers, timeout=self._timeout)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # no connection was made: the body never left
+                failures += 1
+                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                if failures > self.max_retries:
+                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)") from None
+                await self._retry_pause(failures - 1, what, reason)
+                continue
+            except httpx.HTTPError as exc:
+                self.counters["unknown_submits"] += 1
+                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                return UnknownOutcome(f"no answer to the submit ({reason})", attempts)
+            code = response.status_code
+            if code == 429:
+                limited += 1
+                self.counters["rate_limited"] += 1
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                pause = self.pacer.rate_limited(retry_after)
+                self._event("rate_limited", what=what, retry_after_s=retry_after, pause_s=round(pause, 3))
+                if limited > self.max_rate_limited:
+                    raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
+                continue
+            if code >= 500:
+                failures += 1
+                reason = f"HTTP {code}: {self._reason(response)}"
+                if failures > self.max_retries:
+                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
+                await self._retry_pause(failures - 1, what, reason)
+                continue
+            if code >= 300:
+                raise self._answer_error(response, what)
+            data = self._json(response)
+            if data is None:
+                self.counters["unknown_submits"] += 1
+                return UnknownOutcome("the answer to the submit was not readable JSON", attempts)
+            if data.get("error_code"):
+                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=code)
+            request_id = data.get("request_id")
+            if not isinstance(request_id, str) or not request_id:
+                self.counters["unknown_submits"] += 1
+                return UnknownOutcome("the answer to the submit carried no request_id", attempts)
+            self.pacer.accepted()
+            return Submission(
+                request_id=request_id,
+                status_url=_str_or_none(data.get("status_url")),
+                result_url=_str_or_none(data.get("result_url")),
+                cancel_url=_str_or_none(data.get("cancel_url")),
+                attempts=attempts,
+            )
+
+    # -- downloads ------------------------------------------------------------------------------
+
+    def download_allowed(self, url: str) -> bool:
+        """Only https/http from *.runcomfy.net, *.runcomfy.com or the API's own host."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not host:
+            return False
+        if host == self._base_host:
+            return True
+        return any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES)
+
+    async def fetch(self, url: str, dest_dir: Path) -> FetchedFile:
+        """Stream a file URL (no Authorization header) to a temporary file in `dest_dir`.
+
+        One attempt: the caller decides about retries (a fresh URL may be needed first).
+        Raises NotFound (404), ApiError (refused host, other 4xx, too large),
+        ServiceUnavailable (5xx, network, cut short). A partial file is always deleted.
+        """
+        for _hop in range(MAX_REDIRECTS + 1):
+            if not self.download_allowed(url):
+                host = urlsplit(url).hostname or url
+                raise ApiError(self._redact(f"refusing to download from {host}: not a RunComfy host"))
+            await self.budget.acquire()
+            self.counters["http_requests"] += 1
+            self.counters["downloads"] += 1
+            tmp = dest_dir / f".download-{os.getpid()}-{random.getrandbits(48):012x}.part"
+            try:
+                async with self._http.stream(
+                    "GET", url, headers={"Accept": "*/*"}, timeout=self._download_timeout
+                ) as response:
+                    code = response.status_code
+                    if code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                        url = str(response.url.join(response.headers["Location"]))
+                        continue
+                    if code == 429:
+                        self.counters["rate_limited"] += 1
+                        self.budget.rate_limited(parse_retry_after(response.headers.get("Retry-After")))
+                        raise ServiceUnavailable("download: rate limited (HTTP 429)", status=code)
+                    if code >= 500:
+                        raise ServiceUnavailable(f"download: HTTP {code}", status=code)
+                    if code == 404:
+                        raise NotFound("download: the file is not there (HTTP 404)", status=code)
+                    if code >= 300:
+                        await response.aread()
+                        raise ApiError(self._redact(f"download: HTTP {code}: {self._reason(response)}"), status=code)
+                    declared = response.headers.get("Content-Length")
+                    if declared and declared.isdigit() and int(declared) > self.max_download_bytes:
+                        raise ApiError(f"download: the file is {int(declared)} bytes, over the cap")
+                    digest = hashlib.sha256()
+                    size = 0
+                    with _removed_on_error(tmp), open(tmp, "wb") as out:
+                        async for chunk in response.aiter_bytes(CHUNK):
+                            size += len(chunk)
+                            if size > self.max_download_bytes:
+                                raise ApiError(f"download: over the cap of {self.max_download_bytes} bytes")
+                            digest.update(chunk)
+                            out.write(chunk)
+                    if declared and declared.isdigit() and int(declared) != size:
+                        tmp.unlink(missing_ok=True)
+                        raise ServiceUnavailable(f"download: cut short ({size} of {declared} bytes)")
+                    return FetchedFile(path=tmp, sha256=digest.hexdigest(), bytes=size)
+            except httpx.HTTPError as exc:
+                tmp.unlink(missing_ok=True)
+                raise ServiceUnavailable(
+                    self._redact(f"download: {type(exc).__name__}: {exc}".rstrip(": "))
+                ) from None
+        raise ApiError("download: too many redirects")
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

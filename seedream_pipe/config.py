@@ -1,0 +1,100 @@
+"""Where the Model API is and who we are to it: the base URL and the token, found as the
+official `runcomfy` CLI finds them, so a user who has logged in with it needs nothing more.
+
+Base URL: `--base-url`, else `RUNCOMFY_MODEL_API_BASE`, else the public endpoint.
+Token: `RUNCOMFY_TOKEN`, else `RUNCOMFY_API_TOKEN`, else `access_token` in `token.json` of the
+runcomfy config folder (`$RUNCOMFY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/runcomfy`, else
+`~/.config/runcomfy`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from seedream_pipe.errors import AuthError, UsageError
+
+DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
+BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
+TOKEN_ENVS = ("RUNCOMFY_TOKEN", "RUNCOMFY_API_TOKEN")
+TOKEN_FILE = "token.json"
+
+NO_TOKEN_MESSAGE = (
+    "no RunComfy API token found. Either set RUNCOMFY_TOKEN (or sign in with the official CLI: "
+    "`runcomfy login`), or add --sim to run against the built-in simulator, which needs no token."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The API to talk to. The token is kept out of `repr` so it never reaches a log."""
+
+    base_url: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"ApiSettings(base_url={self.base_url!r}, token='***')"
+
+    @property
+    def host(self) -> str:
+        """The API's host name only: what a run records (never the token, never a path)."""
+        return api_host(self.base_url)
+
+
+def api_host(base_url: str) -> str:
+    return urlsplit(base_url).hostname or ""
+
+
+def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The base URL to use, checked: an http(s) URL with a host, without a trailing slash."""
+    env = os.environ if env is None else env
+    raw = option or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        source = "--base-url" if option else BASE_URL_ENV
+        raise UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
+    return raw.strip().rstrip("/")
+
+
+def config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The official runcomfy CLI's config folder."""
+    env = os.environ if env is None else env
+    if env.get("RUNCOMFY_CONFIG_DIR"):
+        return Path(env["RUNCOMFY_CONFIG_DIR"])
+    if env.get("XDG_CONFIG_HOME"):
+        return Path(env["XDG_CONFIG_HOME"]) / "runcomfy"
+    return Path(env.get("HOME") or Path.home()) / ".config" / "runcomfy"
+
+
+def find_token(env: Mapping[str, str] | None = None) -> str | None:
+    """The token from the environment or the runcomfy CLI's token.json, or None."""
+    env = os.environ if env is None else env
+    for name in TOKEN_ENVS:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    path = config_dir(env) / TOKEN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        # A missing or unreadable token file is the same as no login at all.
+        return None
+    token = data.get("access_token") if isinstance(data, dict) else None
+    return token.strip() if isinstance(token, str) and token.strip() else None
+
+
+def require_token(env: Mapping[str, str] | None = None) -> str:
+    """The token, or an AuthError (exit 77) that says both ways forward."""
+    token = find_token(env)
+    if token is None:
+        raise AuthError(NO_TOKEN_MESSAGE)
+    return token
+
+
+def api_settings(base_url: str | None = None, env: Mapping[str, str] | None = None) -> ApiSettings:
+    """Base URL and token for a run against the real API (or any server given by URL)."""
+    return ApiSettings(base_url=resolve_base_url(base_url, env), token=require_token(env))

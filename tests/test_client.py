@@ -1,0 +1,280 @@
+"""The Model API client against httpx.MockTransport: outcomes the simulator cannot easily stage
+(exact headers, odd status words, redirects, hosts), mapped to the error tree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from seedream_pipe.client import ModelApiClient, Submission, UnknownOutcome, collect_urls
+from seedream_pipe.config import ApiSettings, api_settings, find_token, resolve_base_url
+from seedream_pipe.errors import (
+    ApiError,
+    AuthError,
+    CreditError,
+    NotFound,
+    RequestRejected,
+    ServiceUnavailable,
+    UsageError,
+)
+from seedream_pipe.pacing import Backoff, RequestBudget, SubmitPacer
+
+TOKEN = "tok-SECRET-123"
+BASE = "https://model-api.runcomfy.net/v1"
+MODEL = "bytedance/seedream-4-0/text-to-image"
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def make_client(handler: Handler, clock: FakeTime | None = None) -> tuple[ModelApiClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    clock = clock or FakeTime()
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(record))
+    client = ModelApiClient(
+        ApiSettings(BASE, TOKEN),
+        http=http,
+        pacer=SubmitPacer(600, clock=clock, sleep=clock.sleep),
+        budget=RequestBudget(1000, clock=clock, sleep=clock.sleep),
+        backoff=Backoff(base=0.1, cap=1.0),
+        sleep=clock.sleep,
+        max_retries=3,
+    )
+    return client, seen
+
+
+def accepted(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "request_id": "r1",
+            "status_url": f"{BASE}/requests/r1/status",
+            "result_url": f"{BASE}/requests/r1/result",
+            "cancel_url": f"{BASE}/requests/r1/cancel",
+        },
+    )
+
+
+def sequence(*responses: Any) -> Handler:
+    """Answer with each item in turn (an exception is raised instead of answered)."""
+    items = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        item = items.pop(0) if len(items) > 1 else items[0]
+        if isinstance(item, Exception):
+            raise item
+        if callable(item):
+            return item(request)  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return]
+
+    return handler
+
+
+async def test_submit_sends_the_body_with_the_token_and_returns_the_links() -> None:
+    client, seen = make_client(accepted)
+    sent: list[int] = []
+    result = await client.submit(MODEL, {"prompt": "a cat", "resolution": "1K"}, on_send=lambda: sent.append(1))
+    assert isinstance(result, Submission)
+    assert result.request_id == "r1"
+    assert result.status_url == f"{BASE}/requests/r1/status"
+    request = seen[0]
+    assert request.method == "POST"
+    assert str(request.url) == f"{BASE}/models/{MODEL}"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert json.loads(request.content) == {"prompt": "a cat", "resolution": "1K"}
+    assert sent == [1]
+
+
+async def test_submit_honours_429_retry_after_then_goes_on() -> None:
+    clock = FakeTime()
+    client, seen = make_client(
+        sequence(httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "slow down"}), accepted), clock
+    )
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, Submission)
+    assert len(seen) == 2
+    assert clock.now >= 7.0
+    assert client.counters["rate_limited"] == 1
+
+
+async def test_submit_retries_5xx_and_connect_errors_then_gives_up() -> None:
+    client, seen = make_client(sequence(httpx.Response(503), httpx.ConnectError("refused"), accepted))
+    assert isinstance(await client.submit(MODEL, {"prompt": "x"}), Submission)
+    assert len(seen) == 3
+    assert client.counters["retries"] == 2
+
+    client, seen = make_client(sequence(httpx.Response(502)))
+    with pytest.raises(ServiceUnavailable, match="after 4 tries"):
+        await client.submit(MODEL, {"prompt": "x"})
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("Server disconnected"), httpx.ReadError("reset")],
+)
+async def test_submit_without_an_answer_is_an_unknown_outcome_never_retried(failure: Exception) -> None:
+    client, seen = make_client(sequence(failure))
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, UnknownOutcome)
+    assert len(seen) == 1
+
+
+async def test_submit_with_an_unreadable_200_is_an_unknown_outcome() -> None:
+    client, _ = make_client(sequence(httpx.Response(200, text='{"request_id": "r')))
+    assert isinstance(await client.submit(MODEL, {"prompt": "x"}), UnknownOutcome)
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "text"),
+    [
+        (httpx.Response(401, json={"error": {"message": f"bad token {TOKEN}"}}), AuthError, "refused the token"),
+        (httpx.Response(403, json={"detail": "forbidden"}), AuthError, "forbidden"),
+        (httpx.Response(402, json={"error": {"code": "insufficient_credit", "message": "no money"}}), CreditError, "no money"),
+        (httpx.Response(422, json={"error": {"message": "prompt: too long"}}), RequestRejected, "prompt: too long"),
+        (httpx.Response(400, text="bad json"), RequestRejected, "bad json"),
+        (httpx.Response(404, json={"error": "unknown model"}), NotFound, "unknown model"),
+        (httpx.Response(200, json={"error_code": "E42", "error_message": "nope"}), RequestRejected, "nope"),
+    ],
+)
+async def test_submit_refusals_map_to_the_error_tree_without_the_token(
+    response: httpx.Response, error: type[Exception], text: str
+) -> None:
+    client, _ = make_client(sequence(response))
+    with pytest.raises(error) as info:
+        await client.submit(MODEL, {"prompt": "x"})
+    assert text in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("word", "state"),
+    [("in_queue", "in_queue"), ("IN_PROGRESS", "in_progress"), ("succeeded", "completed"),
+     ("Completed", "completed"), ("canceled", "cancelled"), ("cancelled", "cancelled"), ("failed", "failed")],
+)
+async def test_status_words_are_normalised(word: str, state: str) -> None:
+    client, _ = make_client(sequence(httpx.Response(200, json={"status": word, "queue_position": 2})))
+    status = await client.status("r1")
+    assert status.status == state
+    assert status.queue_position == 2
+
+
+async def test_status_retries_malformed_and_5xx_answers() -> None:
+    client, seen = make_client(
+        sequence(httpx.Response(200, text="{oops"), httpx.Response(500), httpx.Response(200, json={"status": "in_progress"}))
+    )
+    assert (await client.status("r1")).status == "in_progress"
+    assert len(seen) == 3
+
+
+async def test_status_follows_only_links_on_the_api_origin() -> None:
+    client, seen = make_client(sequence(httpx.Response(200, json={"status": "in_queue"})))
+    await client.status("r1", "https://evil.example.com/steal")
+    await client.status("r1", f"{BASE}/requests/r1/status")
+    assert [str(r.url) for r in seen] == [f"{BASE}/requests/r1/status"] * 2
+
+
+async def test_result_collects_urls_only_from_output() -> None:
+    payload = {
+        "status": "succeeded",
+        "status_url": f"{BASE}/requests/r1/status",
+        "output": {"image": "https://cdn.runcomfy.net/a.png", "images": ["https://cdn.runcomfy.net/b.png", "x"]},
+        "created_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:09Z",
+    }
+    client, _ = make_client(sequence(httpx.Response(200, json=payload)))
+    result = await client.result("r1")
+    assert result.status == "completed"
+    assert result.output_urls == ["https://cdn.runcomfy.net/a.png", "https://cdn.runcomfy.net/b.png"]
+    assert result.finished_at == "2026-01-01T00:00:09Z"
+    assert collect_urls({"videos": [{"url": "http://a.runcomfy.com/v.mp4"}]}) == ["http://a.runcomfy.com/v.mp4"]
+
+
+async def test_cancel_outcomes() -> None:
+    client, _ = make_client(sequence(httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})))
+    assert (await client.cancel("r1")).cancelled
+    client, _ = make_client(sequence(httpx.Response(200, json={"status": "in_progress", "outcome": "not_cancellable"})))
+    assert not (await client.cancel("r1")).cancelled
+
+
+async def test_download_sends_no_token_and_writes_a_temp_file(tmp_path: Path) -> None:
+    client, seen = make_client(sequence(httpx.Response(200, content=b"PNGDATA" * 10)))
+    fetched = await client.fetch("https://cdn.runcomfy.net/x.png?sig=1", tmp_path)
+    assert fetched.bytes == 70
+    assert fetched.path.read_bytes() == b"PNGDATA" * 10
+    assert "Authorization" not in seen[0].headers
+
+
+async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Path) -> None:
+    client, seen = make_client(
+        sequence(httpx.Response(302, headers={"Location": "https://evil.example.com/x.png"}))
+    )
+    with pytest.raises(ApiError, match=r"refusing to download from evil\.example\.com"):
+        await client.fetch("https://files.runcomfy.com/x.png", tmp_path)
+    assert len(seen) == 1
+    with pytest.raises(ApiError, match="refusing"):
+        await client.fetch("https://runcomfy.net.evil.com/x.png", tmp_path)
+    assert client.download_allowed(f"{BASE.rsplit('/v1', 1)[0]}/files/x.png")
+
+
+async def test_download_failures_leave_no_partial_file(tmp_path: Path) -> None:
+    client, _ = make_client(sequence(httpx.Response(404)))
+    with pytest.raises(NotFound):
+        await client.fetch("https://cdn.runcomfy.net/x.png", tmp_path)
+    client, _ = make_client(sequence(httpx.Response(200, content=b"x" * 100)))
+    client.max_download_bytes = 50
+    with pytest.raises(ApiError, match="cap"):
+        await client.fetch("https://cdn.runcomfy.net/x.png", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_token_discovery(tmp_path: Path) -> None:
+    assert find_token({"RUNCOMFY_TOKEN": " a ", "RUNCOMFY_API_TOKEN": "b"}) == "a"
+    assert find_token({"RUNCOMFY_API_TOKEN": "b", "HOME": str(tmp_path)}) == "b"
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "token.json").write_text(json.dumps({"access_token": "c"}))
+    assert find_token({"RUNCOMFY_CONFIG_DIR": str(conf)}) == "c"
+    xdg = tmp_path / "xdg"
+    (xdg / "runcomfy").mkdir(parents=True)
+    (xdg / "runcomfy" / "token.json").write_text(json.dumps({"access_token": "d"}))
+    assert find_token({"XDG_CONFIG_HOME": str(xdg)}) == "d"
+    home = tmp_path / "home"
+    (home / ".config" / "runcomfy").mkdir(parents=True)
+    (home / ".config" / "runcomfy" / "token.json").write_text("not json")
+    assert find_token({"HOME": str(home)}) is None
+    with pytest.raises(AuthError, match=r"RUNCOMFY_TOKEN.*--sim") as info:
+        api_settings(None, {"HOME": str(home)})
+    assert info.value.exit_code == 77
+
+
+def test_base_url_resolution() -> None:
+    assert resolve_base_url(None, {}) == "https://model-api.runcomfy.net/v1"
+    assert resolve_base_url(None, {"RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9/v1/"}) == "http://127.0.0.1:9/v1"
+    assert resolve_base_url("http://h:1/v1", {"RUNCOMFY_MODEL_API_BASE": "http://x/v1"}) == "http://h:1/v1"
+    with pytest.raises(UsageError, match="--base-url"):
+        resolve_base_url("ftp://x", {})
+    assert "zzz-secret" not in repr(ApiSettings(BASE, "zzz-secret"))
