@@ -1,0 +1,75 @@
+"""manifest.json: the recipe, versions, host, times, counts and who made each file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from _outputs_fixture import MODEL, make_folder
+
+from seedream_pipe import __version__
+from seedream_pipe.outputs import open_output, write_manifest
+from seedream_pipe.outputs.manifest import safe_host
+from seedream_pipe.state import StateStore
+
+
+def test_manifest_names_the_recipe_versions_host_times_counts_and_files(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path)
+    path = write_manifest(open_output(tmp_path), outputs=[tmp_path / "report.csv"])
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    assert manifest["tool"] == {"name": "seedream-pipe", "version": __version__}
+    assert manifest["recipe"] == {
+        "name": "sweep",
+        "path": "recipes/sweep.yaml",
+        "hash": "f" * 64,
+        "source_text": "name: sweep\n",
+        "resolved": {"name": "sweep"},
+    }
+    assert manifest["model"] == MODEL
+    assert manifest["api_host"] == "127.0.0.1:8765"
+    assert manifest["started_at"] == "2026-09-21T14:13:20.000Z"
+    assert manifest["finished_at"].startswith("2026-09-21T14:")
+    assert manifest["counts"] == {
+        "jobs": 8,
+        "done": 5,
+        "failed": 1,
+        "cancelled": 1,
+        "pending": 1,
+        "by_state": {"downloaded": 5, "failed": 1, "cancelled": 1, "in_queue": 1},
+    }
+    files = {entry["job_id"]: entry for entry in manifest["files"]}
+    assert sorted(files) == ["j001", "j002", "j004", "j005", "j007"]
+    assert files["j002"]["path"] == fx.image(2).relative_to(tmp_path).as_posix()
+    assert files["j002"]["sha256"] == "ab" * 32
+    assert (files["j002"]["width"], files["j002"]["height"]) == (128, 72)
+    assert files["j002"]["axes"] == {"subject": "cat", "style": "watercolor", "resolution": "16:9"}
+    assert manifest["outputs"] == ["report.csv"]
+    assert manifest["runs"][0]["summary"] == {"rate_limited": 2, "retries": 3, "http_requests": 40}
+
+
+def test_no_credential_survives(tmp_path: Path) -> None:
+    make_folder(tmp_path, with_run=False)
+    with StateStore.for_output_dir(tmp_path) as store:
+        store.start_run(api_host="https://user:sk-SECRET@model-api.runcomfy.net/v1?token=sk-SECRET2")
+        store.finish_run(exit_code=0, summary={"note": "Bearer sk-SECRET3", "retries": 1})
+    text = write_manifest(open_output(tmp_path)).read_text(encoding="utf-8")
+    assert "SECRET" not in text
+    assert json.loads(text)["api_host"] == "model-api.runcomfy.net"
+
+
+def test_safe_host() -> None:
+    assert safe_host("http://127.0.0.1:8765/v1") == "127.0.0.1:8765"
+    assert safe_host("model-api.runcomfy.net") == "model-api.runcomfy.net"
+    assert safe_host("https://a:b@h.example/x?y=z") == "h.example"
+    assert safe_host("") is None
+    assert safe_host(None) is None
+    assert safe_host("http://h:notaport/") is None
+
+
+def test_a_folder_without_recipe_meta_still_gets_a_manifest(tmp_path: Path) -> None:
+    make_folder(tmp_path, recipe_meta={}, with_run=False)
+    manifest = json.loads(write_manifest(open_output(tmp_path)).read_text(encoding="utf-8"))
+    assert manifest["recipe"]["name"] == tmp_path.name
+    assert manifest["recipe"]["hash"] is None
+    assert manifest["model"] == MODEL  # from the jobs themselves
+    assert manifest["runs"] == [] and manifest["started_at"] is None

@@ -1,0 +1,145 @@
+"""report.csv (and json/parquet) and the summary, read back exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _outputs_fixture import make_folder
+
+from seedream_pipe.outputs import format_summary, open_output, summarize, write_report
+from seedream_pipe.outputs.report import report_frame
+from seedream_pipe.outputs.summary import percentile
+from seedream_pipe.state import StateStore
+
+EXPECTED_COLUMNS = [
+    "job_id",
+    "index",
+    "subject",
+    "style",
+    "resolution_label",
+    "subject_value",
+    "style_value",
+    "resolution_value",
+    "prompt",
+    "resolution",
+    "status",
+    "request_id",
+    "error",
+    "attempts",
+    "polls",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "queue_s",
+    "generation_s",
+    "latency_s",
+    "image_url",
+    "image_path",
+    "width",
+    "height",
+    "bytes",
+    "sha256",
+    "possible_duplicate",
+]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    make_folder(tmp_path)
+    return tmp_path
+
+
+def test_csv_loads_in_pandas_with_the_listed_columns_and_exact_values(folder: Path) -> None:
+    path = write_report(open_output(folder))
+    assert path == folder / "report.csv"
+    frame = pd.read_csv(path)
+    assert list(frame.columns[: len(EXPECTED_COLUMNS)]) == EXPECTED_COLUMNS
+    assert list(frame["job_id"]) == [f"j{i:03d}" for i in range(1, 9)]
+    assert list(frame["status"]) == [
+        "downloaded", "downloaded", "failed", "downloaded",
+        "downloaded", "cancelled", "downloaded", "in_queue",
+    ]  # fmt: skip
+    first = frame.iloc[0]
+    assert first["index"] == 1
+    assert (first["subject"], first["style"], first["resolution_label"]) == ("cat", "watercolor", "1:1")
+    assert first["subject_value"] == "a grey cat"
+    assert first["resolution_value"] == "2048x2048 (1:1)"
+    assert first["resolution"] == "2048x2048 (1:1)"
+    assert first["prompt"] == "a grey cat, soft watercolor"
+    assert first["request_id"] == "req-j001"
+    assert (first["attempts"], first["polls"]) == (1, 3)
+    # The fake clock starts at T0 = 1790000000 (2026-09-21T14:13:20Z); job 1 is submitted 1 s
+    # later, starts 2 s after that and completes 10 s after that.
+    assert first["submitted_at"] == "2026-09-21T14:13:21.000Z"
+    assert first["started_at"] == "2026-09-21T14:13:23.000Z"
+    assert first["finished_at"] == "2026-09-21T14:13:33.000Z"
+    assert (first["queue_s"], first["generation_s"], first["latency_s"]) == (2.0, 10.0, 12.0)
+    assert first["image_path"] == "images/0001_j001_cat-watercolor-1-1.png"
+    assert first["image_url"] == "https://cdn.runcomfy.net/0001_j001_cat-watercolor-1-1.png"
+    assert (first["width"], first["height"]) == (64, 64)
+    assert first["bytes"] == (folder / first["image_path"]).stat().st_size
+    assert first["sha256"] == "ab" * 32
+    assert not first["possible_duplicate"]
+    failed = frame.iloc[2]
+    assert failed["error"] == "content policy: the prompt was rejected"
+    assert pd.isna(failed["width"]) and pd.isna(failed["image_path"])
+    assert pd.isna(failed["started_at"]) and failed["latency_s"] == 3.0  # submitted -> failed
+    assert failed["finished_at"] == "2026-09-21T14:13:51.000Z"
+    # 16:9 images keep their size as integers (no 128.0 from a column with gaps)
+    assert frame.iloc[1]["width"] == 128
+    with path.open(encoding="utf-8") as f:
+        assert ",128,72," in f.read()
+
+
+def test_json_and_parquet_round_trip(folder: Path) -> None:
+    out = open_output(folder)
+    records = pd.read_json(write_report(out, fmt="json"))
+    assert list(records.columns[: len(EXPECTED_COLUMNS)]) == EXPECTED_COLUMNS
+    assert records.loc[0, "latency_s"] == 12.0
+    parquet = pd.read_parquet(write_report(out, fmt="parquet"))
+    assert list(parquet.columns[: len(EXPECTED_COLUMNS)]) == EXPECTED_COLUMNS
+    assert parquet.loc[0, "submitted_at"] == pd.Timestamp("2026-09-21T14:13:21Z")
+    assert parquet.loc[3, "width"] == 128
+
+
+def test_an_axis_named_like_a_fixed_column_gets_a_label_column(folder: Path) -> None:
+    frame = report_frame(open_output(folder).jobs)
+    assert "resolution_label" in frame.columns and "resolution_value" in frame.columns
+    assert frame.loc[1, "resolution_label"] == "16:9"
+    assert frame.loc[1, "resolution"] == "2560x1440 (16:9)"
+
+
+def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
+    summary = summarize(folder)
+    assert (summary.jobs, summary.done, summary.failed, summary.cancelled, summary.pending) == (8, 5, 1, 1, 1)
+    assert summary.latency_p50 == 12.0  # five done jobs of 12 s and one failed of 3 s
+    assert summary.latency_p90 == 12.0
+    assert summary.estimated_cost == pytest.approx(5 * 0.03)
+    assert (summary.rate_limited, summary.retries, summary.http_requests) == (2, 3, 40)
+    # the same figures from an open store
+    with StateStore.for_output_dir(folder) as store:
+        assert summarize(store).as_dict() == summary.as_dict()
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert lines[0] == "8 jobs: 5 done, 1 failed, 1 cancelled, 1 not done (1 in_queue)"
+    assert lines[1] == "latency p50 12.0s · p90 12.0s · p99 12.0s"
+    assert "estimated cost $0.15" in lines[2]
+    assert lines[3] == "429s 2 · retries 3 · HTTP requests 40"
+    assert lines[4] == "  failed j003: content policy: the prompt was rejected"
+
+
+def test_summary_without_price_or_runs(tmp_path: Path) -> None:
+    make_folder(tmp_path, recipe_meta={}, with_run=False)
+    summary = summarize(tmp_path)
+    assert summary.estimated_cost is None
+    assert (summary.rate_limited, summary.retries) == (0, 0)
+    assert "no price_per_image" in format_summary(summary)
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([float(i) for i in range(1, 101)], 90) == pytest.approx(90.1)
