@@ -47,6 +47,16 @@ class FakeClock:
         return self.now
 
 
+_open_clients: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
+
+
 class Api:
     """A tiny client of the simulator, for tests."""
 
@@ -54,6 +64,7 @@ class Api:
         self.sim = sim
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=sim.base_url, headers=headers, timeout=10)
+        _open_clients.append(self.http)
 
     def submit(self, body: Any = None, *, model: str = MODEL, **kwargs: Any) -> httpx.Response:
         if body is None and "content" not in kwargs:
