@@ -50,7 +50,9 @@ def test_manifest_names_the_recipe_versions_host_times_counts_and_files(tmp_path
 def test_no_credential_survives(tmp_path: Path) -> None:
     make_folder(tmp_path, with_run=False)
     with StateStore.for_output_dir(tmp_path) as store:
-        store.start_run(api_host="https://user:sk-SECRET@model-api.runcomfy.net/v1?token=sk-SECRET2")
+        store.start_run(
+            api_host="https://user:sk-SECRET@model-api.runcomfy.net/v1?token=sk-SECRET2"
+        )
         store.finish_run(exit_code=0, summary={"note": "Bearer sk-SECRET3", "retries": 1})
     text = write_manifest(open_output(tmp_path)).read_text(encoding="utf-8")
     assert "SECRET" not in text

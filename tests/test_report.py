@@ -63,7 +63,11 @@ def test_csv_loads_in_pandas_with_the_listed_columns_and_exact_values(folder: Pa
     ]  # fmt: skip
     first = frame.iloc[0]
     assert first["index"] == 1
-    assert (first["subject"], first["style"], first["resolution_label"]) == ("cat", "watercolor", "1:1")
+    assert (first["subject"], first["style"], first["resolution_label"]) == (
+        "cat",
+        "watercolor",
+        "1:1",
+    )
     assert first["subject_value"] == "a grey cat"
     assert first["resolution_value"] == "2048x2048 (1:1)"
     assert first["resolution"] == "2048x2048 (1:1)"
@@ -113,7 +117,13 @@ def test_an_axis_named_like_a_fixed_column_gets_a_label_column(folder: Path) -> 
 
 def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     summary = summarize(folder)
-    assert (summary.jobs, summary.done, summary.failed, summary.cancelled, summary.pending) == (8, 5, 1, 1, 1)
+    assert (summary.jobs, summary.done, summary.failed, summary.cancelled, summary.pending) == (
+        8,
+        5,
+        1,
+        1,
+        1,
+    )
     assert summary.latency_p50 == 12.0  # five done jobs of 12 s and one failed of 3 s
     assert summary.latency_p90 == 12.0
     assert summary.estimated_cost == pytest.approx(5 * 0.03)

@@ -653,6 +653,7 @@ class SheetResult:
     layout: SheetLayout
     warnings: list[str]
     made_thumbnails: int = 0
+    geometries: list[PageGeometry] = field(default_factory=list)  # one per page, where things are
 
 
 def pillow_measure(text: str, size: int, bold: bool) -> float:
@@ -787,12 +788,14 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
                 )
 
     paths: list[Path] = []
+    geometries: list[PageGeometry] = []
     total = len(layout.pages)
     for page in layout.pages:
         title, subtitle = _title_texts(folder, layout, page)
         geometry = page_geometry(
             layout, page, metrics, pillow_measure, title=title, subtitle=subtitle
         )
+        geometries.append(geometry)
         canvas = Image.new("RGB", (geometry.width, geometry.height), BACKGROUND)
         draw = ImageDraw.Draw(canvas)
         _draw_text(draw, geometry.title, INK)
@@ -814,7 +817,7 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         dest = _page_path(folder.path, page.number, total, options.fmt)
         paths.append(_save(canvas, dest, options.fmt))
     _remove_stale_pages(folder.path, set(paths))
-    return SheetResult(paths, layout, warnings, made_thumbnails=len(made))
+    return SheetResult(paths, layout, warnings, made_thumbnails=len(made), geometries=geometries)
 
 
 def _draw_slot(

@@ -1,0 +1,345 @@
+"""The contact sheet: layout (pure), label wrapping, geometry, and the pixels Pillow draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _outputs_fixture import COLOURS, make_folder, plan_jobs
+from PIL import Image
+
+from seedream_pipe.errors import OutputError, UsageError
+from seedream_pipe.outputs import fonts as fonts_module
+from seedream_pipe.outputs import make_sheet, open_output
+from seedream_pipe.outputs.fonts import font_for, needs_fallback
+from seedream_pipe.outputs.sheet import (
+    ELLIPSIS,
+    LETTERBOX,
+    PLACEHOLDER_STYLE,
+    Metrics,
+    SheetOptions,
+    Span,
+    page_geometry,
+    plan_sheet,
+    resolve_options,
+    wrap_label,
+)
+from seedream_pipe.state import JobRecord, StateStore
+
+AXES = ["subject", "style", "resolution"]
+SENTENCE = "an ultra detailed watercolor of terraced rice fields at blue hour"
+
+
+def records(tmp_path: Path, **kwargs: object) -> list[JobRecord]:
+    make_folder(tmp_path, **kwargs)  # type: ignore[arg-type]
+    with StateStore.for_output_dir(tmp_path) as store:
+        return store.jobs()
+
+
+def width_of(text: str, size: int = 10, bold: bool = False) -> float:
+    """A fake measure: every character is 10 px wide."""
+    return 10.0 * len(text)
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+
+def test_default_layout_is_vars_down_the_side_and_resolution_across(tmp_path: Path) -> None:
+    layout = plan_sheet(records(tmp_path), AXES, SheetOptions())
+    assert (layout.rows, layout.cols, layout.page_by, layout.inline) == (
+        ["subject", "style"],
+        ["resolution"],
+        None,
+        [],
+    )
+    (page,) = layout.pages
+    assert page.row_keys == [
+        ("cat", "watercolor"),
+        ("cat", "photo"),
+        ("tea", "watercolor"),
+        ("tea", "photo"),
+    ]
+    assert page.col_keys == [("1:1",), ("16:9",)]
+    # the outer axis spans its inner values
+    assert page.row_spans == [
+        Span("subject", "cat", 0, 0, 2),
+        Span("subject", "tea", 0, 2, 2),
+        Span("style", "watercolor", 1, 0, 1),
+        Span("style", "photo", 1, 1, 1),
+        Span("style", "watercolor", 1, 2, 1),
+        Span("style", "photo", 1, 3, 1),
+    ]
+    assert page.col_spans == [
+        Span("resolution", "1:1", 0, 0, 1),
+        Span("resolution", "16:9", 0, 1, 1),
+    ]
+    assert [j.job_index for j in page.jobs_at(1, 1)] == [4]  # cat/photo/16:9
+    assert [j.job_index for j in page.jobs_at(2, 0)] == [5]
+
+
+def test_named_axes_and_nested_columns(tmp_path: Path) -> None:
+    options = resolve_options({}, rows="style", cols="subject,resolution")
+    layout = plan_sheet(records(tmp_path), AXES, options)
+    (page,) = layout.pages
+    assert page.col_keys == [("cat", "1:1"), ("cat", "16:9"), ("tea", "1:1"), ("tea", "16:9")]
+    assert page.col_spans[:2] == [Span("subject", "cat", 0, 0, 2), Span("subject", "tea", 0, 2, 2)]
+    assert [j.job_index for j in page.jobs_at(1, 3)] == [8]  # photo / tea / 16:9
+
+
+def test_recipe_settings_apply_and_the_command_line_wins() -> None:
+    settings = {"rows": ["style"], "cols": ["subject"], "cell": 128, "max_cells": 9}
+    assert resolve_options(settings) == SheetOptions(("style",), ("subject",), None, 128, 9)
+    assert resolve_options(settings, rows="subject", cols="style", cell=64).rows == ("subject",)
+    assert resolve_options(settings, cell=64).cell == 64
+    with pytest.raises(UsageError, match="png or jpeg"):
+        resolve_options({}, fmt="gif")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            SheetOptions(rows=("subject", "mood")),
+            r"--rows: no axis 'mood' in this sweep; its axes are: subject, style, resolution",
+        ),
+        (
+            SheetOptions(cols=("colour",)),
+            r"--cols: no axis 'colour'.*its axes are: subject, style, resolution",
+        ),
+        (
+            SheetOptions(rows=("style",), cols=("style",)),
+            r"axis 'style' is named in both --rows and --cols",
+        ),
+        (
+            SheetOptions(rows=("style",), page_by="style"),
+            r"--page-by 'style' is also a row or column axis",
+        ),
+        (SheetOptions(page_by="nope"), r"--page-by: no axis 'nope'"),
+    ],
+)
+def test_bad_axes_are_usage_errors_that_list_the_axes(
+    tmp_path: Path, options: SheetOptions, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        plan_sheet(records(tmp_path), AXES, options)
+
+
+def test_paging_by_max_cells_keeps_whole_rows(tmp_path: Path) -> None:
+    layout = plan_sheet(records(tmp_path), AXES, SheetOptions(max_cells=4))
+    assert [p.number for p in layout.pages] == [1, 2]
+    assert [p.row_keys for p in layout.pages] == [
+        [("cat", "watercolor"), ("cat", "photo")],
+        [("tea", "watercolor"), ("tea", "photo")],
+    ]
+    # each page has its own headers, counted from its first row
+    assert layout.pages[1].row_spans[0] == Span("subject", "tea", 0, 0, 2)
+    assert [j.job_index for j in layout.pages[1].jobs_at(0, 1)] == [6]
+
+
+def test_page_by_gives_a_page_per_label(tmp_path: Path) -> None:
+    layout = plan_sheet(records(tmp_path), AXES, SheetOptions(page_by="subject"))
+    assert [(p.number, p.page_label) for p in layout.pages] == [(1, "cat"), (2, "tea")]
+    assert layout.rows == ["style"] and layout.cols == ["resolution"]
+    assert [j.job_index for j in layout.pages[1].jobs_at(1, 0)] == [7]
+
+
+def test_repeats_sit_side_by_side_or_become_an_axis(tmp_path: Path) -> None:
+    jobs = plan_jobs(repeats=2)
+    inline = plan_sheet(records(tmp_path, jobs=jobs, states={}), [*AXES, "repeat"], SheetOptions())
+    assert inline.inline == ["repeat"] and inline.slots == 2
+    assert [j.job_index for j in inline.pages[0].jobs_at(0, 0)] == [1, 2]
+    assert inline.warnings == []  # repeats inside a cell are expected, not a warning
+    (tmp_path / "b").mkdir()
+    as_axis = plan_sheet(
+        records(tmp_path / "b", jobs=jobs, states={}),
+        [*AXES, "repeat"],
+        SheetOptions(repeats="axis"),
+    )
+    assert as_axis.cols == ["resolution", "repeat"] and as_axis.slots == 1
+
+
+def test_an_axis_on_no_side_shares_the_cell_with_a_warning(tmp_path: Path) -> None:
+    layout = plan_sheet(
+        records(tmp_path), AXES, SheetOptions(rows=("subject",), cols=("resolution",))
+    )
+    assert layout.inline == ["style"] and layout.slots == 2
+    assert "style is on no side" in layout.warnings[0]
+
+
+# --- label wrapping ----------------------------------------------------------------------------
+
+
+def test_labels_wrap_at_spaces_and_never_cut_a_word_without_an_ellipsis() -> None:
+    assert wrap_label("terraced rice fields", 100, 3, width_of) == ["terraced", "rice", "fields"]
+    assert wrap_label("golden hour light", 120, 2, width_of) == ["golden hour", "light"]
+    # too many lines: the last kept line ends in an ellipsis after a whole word
+    assert wrap_label("one two three four five", 80, 2, width_of) == ["one two", "three…"]
+    # a word longer than a line is cut, and the cut is marked
+    assert wrap_label("supercalifragilistic", 80, 2, width_of) == ["superca…"]
+    for lines in (
+        wrap_label(
+            "an ultra detailed watercolor of terraced rice fields at blue hour", 90, 3, width_of
+        ),
+        wrap_label("x" * 50 + " y", 60, 1, width_of),
+    ):
+        assert all(width_of(line) <= 90 for line in lines)
+        words = [*SENTENCE.split(), "x" * 50, "y"]
+        for line in lines:
+            for word in line.split():
+                assert word in words or word.endswith(ELLIPSIS)
+
+
+def test_cjk_breaks_between_characters() -> None:
+    lines = wrap_label("棚田の朝霧と古い茶屋", 40, 5, width_of)
+    assert lines == ["棚田の朝", "霧と古い", "茶屋"]
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def test_geometry_places_nested_headers_over_their_cells(tmp_path: Path) -> None:
+    layout = plan_sheet(records(tmp_path), AXES, SheetOptions())
+    metrics = Metrics(cell=100)
+    geo = page_geometry(layout, layout.pages[0], metrics, width_of, title="t", subtitle="s")
+    cat = next(h for h in geo.row_headers if h.span.label == "cat")
+    first, second = geo.cell(0, 0).box, geo.cell(1, 0).box
+    # "cat" spans exactly the two rows of its inner values, in the outermost header column
+    assert (cat.box.y, cat.box.bottom) == (first.y, second.bottom)
+    assert cat.box.x == metrics.margin
+    watercolor = next(
+        h for h in geo.row_headers if h.span.label == "watercolor" and h.span.start == 0
+    )
+    assert watercolor.box.x == cat.box.right + metrics.gap
+    assert (watercolor.box.y, watercolor.box.h) == (first.y, first.h)
+    wide = next(h for h in geo.col_headers if h.span.label == "16:9")
+    assert (wide.box.x, wide.box.w) == (geo.cell(0, 1).box.x, geo.cell(0, 1).box.w)
+    assert wide.box.bottom + metrics.gap == first.y
+    # the label is centred in its box, on one line
+    assert wide.text.lines == ("16:9",)
+    x, y = wide.text.origins[0]
+    assert x == wide.box.x + (wide.box.w - 40) // 2
+    assert wide.box.y <= y < wide.box.bottom
+    assert geo.axis_names[0].lines == ("resolution",)
+    assert geo.width == geo.cell(0, 1).box.right + metrics.margin
+    assert geo.height == geo.cell(3, 1).box.bottom + metrics.margin
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def near(pixel: object, colour: tuple[int, int, int], tolerance: int = 8) -> bool:
+    """Thumbnails are JPEG: a solid colour comes back within a few levels of itself."""
+    assert isinstance(pixel, tuple)
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+
+
+def centre(box: object) -> tuple[int, int]:
+    return (box.x + box.w // 2, box.y + box.h // 2)  # type: ignore[attr-defined]
+
+
+def test_rendered_sheet_has_images_letterboxed_and_placeholders(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    result = make_sheet(open_output(tmp_path), cell=64)
+    assert result.paths == [tmp_path / "contact_sheet.png"]
+    image = Image.open(result.paths[0]).convert("RGB")
+    geo = result.geometries[0]
+    assert image.size == (geo.width, geo.height)
+    square = geo.cell(0, 0).slots[0]
+    assert near(image.getpixel(centre(square)), COLOURS[1])
+    assert near(image.getpixel((square.x + 1, square.y + 1)), COLOURS[1])  # a square fills its cell
+    wide = geo.cell(0, 1).slots[0]  # 128x72 in a 64x64 cell: 64x36, bars above and below
+    assert near(image.getpixel(centre(wide)), (0, 200, 0))
+    assert image.getpixel((wide.x + 32, wide.y + 3)) == LETTERBOX
+    assert image.getpixel((wide.x + 32, wide.bottom - 3)) == LETTERBOX
+    failed, cancelled, queued = (
+        geo.cell(1, 0).slots[0],
+        geo.cell(2, 1).slots[0],
+        geo.cell(3, 1).slots[0],
+    )
+    assert image.getpixel((failed.x + 1, failed.y + 1)) == PLACEHOLDER_STYLE["failed"][0]
+    assert image.getpixel((cancelled.x + 1, cancelled.y + 1)) == PLACEHOLDER_STYLE["cancelled"][0]
+    assert image.getpixel((queued.x + 1, queued.y + 1)) == PLACEHOLDER_STYLE["not_done"][0]
+    assert result.warnings == []
+
+
+def test_a_deleted_or_corrupt_image_gives_a_placeholder_and_a_warning(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path, states={})
+    fx.image(5).unlink()
+    fx.thumb(5).unlink()  # nothing left of job 5
+    fx.image(7).write_bytes(b"not a png")
+    fx.thumb(7).write_bytes(b"not a jpeg either")
+    fx.thumb(1).write_bytes(b"corrupt thumbnail, intact image")
+    result = make_sheet(open_output(tmp_path), cell=64)
+    image = Image.open(result.paths[0]).convert("RGB")
+    geo = result.geometries[0]
+    missing, broken = geo.cell(2, 0).slots[0], geo.cell(3, 0).slots[0]
+    assert image.getpixel((missing.x + 1, missing.y + 1)) == PLACEHOLDER_STYLE["missing"][0]
+    assert image.getpixel((broken.x + 1, broken.y + 1)) == PLACEHOLDER_STYLE["unreadable"][0]
+    # a corrupt thumbnail is remade from the image
+    assert near(image.getpixel(centre(geo.cell(0, 0).slots[0])), COLOURS[1])
+    assert Image.open(fx.thumb(1)).size == (64, 64)
+    text = "\n".join(result.warnings)
+    assert "j005" in text and "image file missing" in text
+    assert "j007" in text and "unreadable" in text
+    assert "j001" in text and "remade" in text
+
+
+def test_missing_thumbnails_are_made_in_worker_processes_and_kept(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path, states={}, no_thumbs=[1, 2, 4, 6])
+    assert not fx.thumb(2).exists()
+    result = make_sheet(open_output(tmp_path), cell=64)
+    assert result.made_thumbnails == 4
+    assert Image.open(fx.thumb(2)).size == (128, 72)  # the image is smaller than a thumbnail
+    image = Image.open(result.paths[0]).convert("RGB")
+    assert near(image.getpixel(centre(result.geometries[0].cell(0, 1).slots[0])), (0, 200, 0))
+    again = make_sheet(open_output(tmp_path), cell=64)
+    assert again.made_thumbnails == 0
+
+
+def test_pages_are_numbered_and_stale_pages_removed(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    paged = make_sheet(open_output(tmp_path), cell=32, max_cells=2)
+    assert [p.name for p in paged.paths] == [f"contact_sheet-0{i}.png" for i in range(1, 5)]
+    single = make_sheet(open_output(tmp_path), cell=32, fmt="jpeg")
+    assert [p.name for p in single.paths] == ["contact_sheet.jpg"]
+    assert Image.open(single.paths[0]).format == "JPEG"
+    assert sorted(p.name for p in tmp_path.glob("contact_sheet*")) == ["contact_sheet.jpg"]
+
+
+def test_an_unwritable_sheet_path_is_an_output_error(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    (tmp_path / "contact_sheet.png").mkdir()  # something that cannot be replaced by a file
+    with pytest.raises(OutputError, match=r"contact_sheet.png: cannot write"):
+        make_sheet(open_output(tmp_path), cell=32)
+
+
+def test_unwritable_thumbs_still_show_the_image(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path, states={}, no_thumbs=[1, 2])
+    for thumb in (tmp_path / "thumbs").iterdir():
+        thumb.unlink()
+    (tmp_path / "thumbs").rmdir()
+    (tmp_path / "thumbs").write_text("a file where the thumbnails folder should be")
+    result = make_sheet(open_output(tmp_path), cell=64)
+    image = Image.open(result.paths[0]).convert("RGB")
+    assert near(image.getpixel(centre(result.geometries[0].cell(0, 0).slots[0])), COLOURS[1])
+    assert any("could not save a thumbnail" in w for w in result.warnings)
+    assert fx.image(1).exists()
+
+
+# --- fonts -------------------------------------------------------------------------------------
+
+
+def test_cjk_labels_render_and_fonts_never_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert needs_fallback("golden hour, café") is None
+    assert needs_fallback("棚田 at dawn") == "棚"
+    assert font_for("棚田", 14).getlength("棚田") > 0
+    jobs = plan_jobs(subjects={"棚田": "棚田の朝霧", "茶屋": "古い茶屋"})
+    make_folder(tmp_path, jobs=jobs)
+    assert make_sheet(open_output(tmp_path), cell=48).paths
+    # no fontconfig on the machine: the default font, still no crash
+    monkeypatch.setattr(fonts_module.shutil, "which", lambda name: None)
+    fonts_module._fc_match.cache_clear()
+    assert font_for("茶屋", 15).getlength("茶屋") > 0
+    fonts_module._fc_match.cache_clear()
