@@ -180,7 +180,9 @@ class ModelSchema:
                     found.append((name, f"{self.model} does not accept the input {name!r}"))
                 continue
             if error.validator == "required" and not error.path:
-                found.append(("", f"{self.model} requires {error.message}"))
+                missing = [n for n in error.validator_value if n not in body]
+                for name in missing or [error.message]:
+                    found.append(("", f"{self.model} requires the input {name!r}"))
                 continue
             found.append((where, error.message))
         return found

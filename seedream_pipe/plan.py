@@ -882,6 +882,8 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
         if len(problems.items) >= 20:
             break
 
+    for template in templates:
+        template.cache = None  # the prompts are in the jobs now; do not keep a second copy
     for name, indices in empty.items():
         template = next(t for t in templates if t.name == name)
         shown = ", ".join(str(i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")

@@ -521,7 +521,7 @@ def test_required_input_missing(tmp_path: Path) -> None:
     schema = {"type": "object", "required": ["prompt", "steps"], "properties": {"prompt": {"type": "string"}, "steps": {"type": "integer"}}}
     (tmp_path / "s.json").write_text(json.dumps(schema))
     message = only_problem(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }}"\nvars: {s: [x]}\n')
-    assert message == f"{tmp_path / 'recipe.yaml'}: x/y requires 'steps' is a required property (add it under `inputs:`)"
+    assert message == f"{tmp_path / 'recipe.yaml'}: x/y requires the input 'steps' (add it under `inputs:`)"
 
 
 def test_prompt_constrained_by_schema_is_checked_per_job(tmp_path: Path) -> None:
@@ -586,6 +586,11 @@ def test_plan_protocol(tmp_path: Path) -> None:
     assert plan.estimated_cost is None
     assert plan.jobs[0].as_dict()["inputs"] == dict(plan.jobs[0].inputs)
     json.dumps([job.as_dict() for job in plan])
+
+
+def test_a_recipe_without_vars_is_one_job(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "a red fox in snow"\n')
+    assert [job.inputs for job in plan] == [{"prompt": "a red fox in snow", "resolution": "2048x2048 (1:1)"}]
 
 
 def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
