@@ -180,7 +180,8 @@ class ModelSchema:
                     found.append((name, f"{self.model} does not accept the input {name!r}"))
                 continue
             if error.validator == "required" and not error.path:
-                missing = [n for n in error.validator_value if n not in body]
+                required = error.validator_value if isinstance(error.validator_value, list) else []
+                missing = [n for n in required if n not in body]
                 for name in missing or [error.message]:
                     found.append(("", f"{self.model} requires the input {name!r}"))
                 continue
