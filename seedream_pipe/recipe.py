@@ -353,7 +353,7 @@ class _Converter:
                 None,
             )
         if len(path) > MAX_YAML_DEPTH:
-            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep", path, node)
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep", path[:3], node)
         if id(node) in self.active:
             raise _Refused("an alias refers to a value that contains it", path, node)
         if isinstance(node, yaml.ScalarNode):
@@ -485,13 +485,33 @@ def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Pro
         ) from None
 
 
+def _check_depth(text: str, display: str, loader: Any) -> None:
+    """Refuse deep nesting before composing: the composer recurses once per level (libyaml's
+    in C), so `[[[[...` a hundred thousand deep would crash the interpreter. The event stream
+    is read iteratively."""
+    depth = 0
+    for event in yaml.parse(text, Loader=loader):
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                raise RecipeError(
+                    Problem(display, f"nested more than {MAX_YAML_DEPTH} levels deep", "",
+                            mark.line + 1, mark.column + 1)
+                )
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            depth -= 1
+
+
 def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _Document:
     """Read one YAML file into data plus key-path locations; RecipeError if it cannot be."""
     at = problem_at or Problem(display, "")
     raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
     text = _decode(raw, display, "the recipe")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        _check_depth(text, display, loader)
+        root = yaml.compose(text, Loader=loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or "malformed YAML"

@@ -172,6 +172,20 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
     assert "an alias refers to a value that contains it" in only_problem(path)
 
 
+@pytest.mark.parametrize("depth", [60, 200_000])
+def test_deep_nesting_is_refused_without_crashing(tmp_path: Path, depth: int) -> None:
+    # libyaml's composer recurses per level: this deep, it would crash the interpreter
+    path = write(tmp_path, "template: x\nvars: " + "[" * depth + "]" * depth + "\n")
+    assert only_problem(path) == f"{path}:2:56: nested more than 50 levels deep"
+
+
+def test_deep_nesting_through_aliases_is_refused(tmp_path: Path) -> None:
+    deep = "[" * 40 + "x" + "]" * 40
+    path = write(tmp_path, f"template: x\nanchor: &a {deep}\nvars: {{a: {'[' * 20}*a{']' * 20}}}\n")
+    message = only_problem(path)
+    assert message.endswith(": vars.a[0]: nested more than 50 levels deep")
+
+
 def test_python_tags_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "description: !!python/object/apply:os.system ['echo hi']\n")
     message = only_problem(path)
