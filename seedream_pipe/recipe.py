@@ -497,7 +497,7 @@ def _check_depth(text: str, display: str, loader: Any) -> None:
                 mark = event.start_mark
                 raise RecipeError(
                     Problem(display, f"nested more than {MAX_YAML_DEPTH} levels deep", "",
-                            mark.line + 1, mark.column + 1)
+                            mark.line + 1 if mark else None, mark.column + 1 if mark else None)
                 )
         elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
             depth -= 1
