@@ -820,3 +820,28 @@ def test_images_render_once_in_the_render_threads(
     assert len(bodies) == 1
     assert len(calls) == 1  # same body, same bytes: rendered once, then from the cache
     assert calls[0].startswith("sim-render")  # off the event loop's thread
+
+
+async def test_queue_positions_follow_the_queue_through_cancels_starts_and_a_stop() -> None:
+    from seedream_pipe.sim.engine import Engine, Stats
+    from seedream_pipe.sim.faults import Dice
+
+    engine = Engine(SimConfig(workers=0, latency=60.0), Stats(), Dice(0), wall_clock=lambda: 0.0)
+    engine.start()
+    jobs = [engine.submit(MODEL, {"prompt": str(i)}, str(i)) for i in range(20)]
+
+    def positions_in_order() -> list[int]:
+        queued = [job for job in jobs if job.status == "in_queue"]
+        return [engine.queue_position(job) for job in queued]
+
+    for i in (0, 3, 4, 10, 19):
+        assert engine.cancel(jobs[i]) == "cancelled"
+    assert positions_in_order() == list(range(15))
+    engine.set_workers(2)
+    await engine.wait_for(lambda: sum(job.status == "in_progress" for job in jobs) == 2)
+    assert positions_in_order() == list(range(13))
+    engine.cancel(jobs[12])
+    assert positions_in_order() == list(range(12))
+    await engine.stop()  # the two running jobs go back to the head of the queue
+    assert sum(job.status == "in_queue" for job in jobs) == 14
+    assert [engine.queue_position(job) for job in engine._queue] == list(range(14))

@@ -9,6 +9,7 @@ instead of sleeping. Job durations are real `asyncio.sleep`s (tests use tiny lat
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import json
@@ -148,7 +149,7 @@ class SlidingWindowLimiter:
         return self._times[0] + self.WINDOW_S - now
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: the queue finds a job by `is`, fast
 class SimJob:
     """One accepted request and where it is in its life."""
 
@@ -161,6 +162,7 @@ class SimJob:
     started_at: float | None = None
     finished_at: float | None = None
     error: dict[str, str] | None = None
+    ticket: int = 0  # order of arrival in the queue, for O(log n) queue positions
 
 
 class Engine:
@@ -173,6 +175,11 @@ class Engine:
         self._wall = wall_clock
         self.jobs: dict[str, SimJob] = {}
         self._queue: deque[SimJob] = deque()
+        # Queue positions without scanning the queue (a runner may poll thousands of queued
+        # jobs thousands of times a second): queued jobs hold increasing tickets, so the jobs
+        # ahead of one are the tickets between the head's and its own, minus those cancelled.
+        self._next_ticket = 0
+        self._cancelled_tickets: list[int] = []  # sorted; tickets of jobs cancelled while queued
         # created on the loop in start()
         self._queued: asyncio.Event
         self._changed: asyncio.Event
@@ -236,6 +243,8 @@ class Engine:
             request_id=str(uuid.uuid4()), model=model, body=body, digest=digest, created_at=self._wall()
         )
         self.jobs[job.request_id] = job
+        job.ticket = self._next_ticket
+        self._next_ticket += 1
         self._queue.append(job)
         self.stats.accepted(digest)
         self._wake_workers()
@@ -244,20 +253,36 @@ class Engine:
 
     def queue_position(self, job: SimJob) -> int:
         """How many queued jobs are ahead of this one (0: it starts next)."""
-        try:
-            return self._queue.index(job)
-        except ValueError:
+        if job.status != IN_QUEUE or not self._queue:
             return 0
+        head = self._queue[0].ticket
+        cancelled = self._cancelled_tickets
+        between = bisect.bisect_left(cancelled, job.ticket) - bisect.bisect_right(cancelled, head)
+        return job.ticket - head - between
 
     def cancel(self, job: SimJob) -> str:
         """Cancel a queued job. Returns the outcome: cancelled or not_cancellable."""
         if job.status == IN_QUEUE:
             self._queue.remove(job)
+            bisect.insort(self._cancelled_tickets, job.ticket)
             self._finish(job, CANCELLED)
             return "cancelled"
         if job.status == CANCELLED:
             return "cancelled"  # idempotent: a retried cancel gets the same answer
         return "not_cancellable"
+
+    def _forget_cancelled_before_head(self) -> None:
+        cancelled = self._cancelled_tickets
+        if cancelled and (not self._queue or cancelled[0] < self._queue[0].ticket):
+            head = self._queue[0].ticket if self._queue else self._next_ticket
+            del cancelled[: bisect.bisect_left(cancelled, head)]
+
+    def _renumber(self) -> None:
+        """Give the queue consecutive tickets again (after a job went back to its head)."""
+        for ticket, queued in enumerate(self._queue, start=self._next_ticket):
+            queued.ticket = ticket
+        self._next_ticket += len(self._queue)
+        self._cancelled_tickets.clear()
 
     def _finish(self, job: SimJob, status: str, error: dict[str, str] | None = None) -> None:
         job.status = status
@@ -280,6 +305,7 @@ class Engine:
                 await queued.wait()
                 continue
             job = self._queue.popleft()
+            self._forget_cancelled_before_head()
             job.status = IN_PROGRESS
             job.started_at = self._wall()
             self._announce_change()
@@ -291,6 +317,7 @@ class Engine:
                 job.status = IN_QUEUE
                 job.started_at = None
                 self._queue.appendleft(job)
+                self._renumber()
                 raise
             if self.dice.hit("job_fail_rate", self.cfg.faults.job_fail_rate):
                 self.stats.fault("job_fail_rate")
