@@ -159,6 +159,7 @@ def make_folder(
     wanted = {3: "failed", 6: "cancelled", 8: "in_queue"} if states is None else dict(states)
     jobs = jobs if jobs is not None else plan_jobs()
     clock = FakeClock()
+    root.mkdir(parents=True, exist_ok=True)
     store = StateStore.for_output_dir(root, clock=clock)
     store.sync_plan(jobs)
     if with_run:

@@ -1,0 +1,174 @@
+"""The `sheet`, `report` and `gallery` commands: what they write, print, and how they fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _outputs_fixture import make_folder
+from click.testing import CliRunner, Result
+
+from seedream_pipe.cli import cli
+from seedream_pipe.errors import EX_CANTCREAT, EX_NOINPUT, EX_USAGE
+
+RECIPE = """\
+name: sweep
+template: "{{ subject }}, {{ style }}"
+vars:
+  subject: [cat, tea]
+  style: [watercolor, photo]
+resolutions: ["1:1", "16:9"]
+sheet: {rows: [style], cols: [subject, resolution], cell: 64}
+output: out
+"""
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    make_folder(tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_sheet_of_a_folder(folder: Path) -> None:
+    result = run("sheet", folder, "--cell", "48")
+    assert result.exit_code == 0, result.output
+    assert (folder / "contact_sheet.png").is_file()
+    assert "rows: subject, style; columns: resolution" in result.output
+    assert str(folder / "contact_sheet.png") in result.output
+
+
+def test_sheet_options_page_and_format(folder: Path) -> None:
+    result = run(
+        "sheet",
+        folder,
+        "--rows",
+        "style",
+        "--cols",
+        "resolution",
+        "--page-by",
+        "subject",
+        "--cell",
+        "32",
+        "--format",
+        "jpeg",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.glob("contact_sheet*")) == [
+        "contact_sheet-01.jpg",
+        "contact_sheet-02.jpg",
+    ]
+    assert "2 page(s)" in result.output
+
+
+def test_a_recipe_argument_uses_its_output_folder_and_its_sheet_settings(
+    tmp_path: Path, folder: Path
+) -> None:
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    result = run("sheet", recipe)
+    assert result.exit_code == 0, result.output
+    assert "rows: style; columns: subject, resolution" in result.output
+    assert (folder / "contact_sheet.png").is_file()
+
+
+def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Path) -> None:
+    result = run("report", folder)
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.splitlines()[0]
+        == "8 jobs: 5 done, 1 failed, 1 cancelled, 1 not done (1 in_queue)"
+    )
+    assert "429s 2 · retries 3" in result.output
+    assert len(pd.read_csv(folder / "report.csv")) == 8
+    assert (folder / "manifest.json").is_file()
+    assert run("report", folder, "--format", "parquet").exit_code == 0
+    assert len(pd.read_parquet(folder / "report.parquet")) == 8
+
+
+def test_gallery_command(folder: Path) -> None:
+    result = run("gallery", folder)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(folder / "gallery.html")
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["sheet", "report", "gallery"])
+def test_an_empty_folder_is_nothing_to_show_and_stays_empty(tmp_path: Path, command: str) -> None:
+    result = run(command, tmp_path)
+    assert result.exit_code == EX_NOINPUT
+    assert "no run has written here yet" in result.output
+    assert list(tmp_path.iterdir()) == []  # no state database created by looking
+
+
+def test_a_recipe_never_run_is_nothing_to_show(tmp_path: Path) -> None:
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    result = run("sheet", recipe)
+    assert result.exit_code == EX_NOINPUT
+    assert f"run it first: seedream-pipe run {recipe}" in result.output
+
+
+def test_a_folder_whose_state_has_no_jobs_is_nothing_to_show(tmp_path: Path) -> None:
+    from seedream_pipe.state import StateStore
+
+    StateStore.for_output_dir(tmp_path).close()
+    result = run("report", tmp_path)
+    assert result.exit_code == EX_NOINPUT
+    assert "holds no jobs" in result.output
+
+
+def test_unknown_axes_list_the_axes_the_sweep_has(folder: Path) -> None:
+    result = run("sheet", folder, "--rows", "mood,style")
+    assert result.exit_code == EX_USAGE
+    assert (
+        "error: --rows: no axis 'mood' in this sweep; its axes are: subject, style, resolution"
+        in result.output
+    )
+    result = run("sheet", folder, "--cols", "size")
+    assert result.exit_code == EX_USAGE
+    assert "its axes are: subject, style, resolution" in result.output
+    assert not (folder / "contact_sheet.png").exists()
+
+
+def test_the_same_axis_on_both_sides(folder: Path) -> None:
+    result = run("sheet", folder, "--rows", "subject,style", "--cols", "style")
+    assert result.exit_code == EX_USAGE
+    assert "axis 'style' is named in both --rows and --cols" in result.output
+
+
+def test_a_read_only_output_folder_is_a_clear_error(folder: Path) -> None:
+    # Tests run as root, for whom chmod does not bite: make each output path something a file
+    # cannot replace, which fails the same way a read-only folder does.
+    for name in ("report.csv", "contact_sheet.png", "gallery.html"):
+        (folder / name).mkdir()
+    for command, name in (
+        ("report", "report.csv"),
+        ("sheet", "contact_sheet.png"),
+        ("gallery", "gallery.html"),
+    ):
+        result = run(command, folder)
+        assert result.exit_code == EX_CANTCREAT, result.output
+        assert f"error: {folder / name}: cannot write" in result.output
+        assert "Traceback" not in result.output
+    assert not list(folder.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_a_folder_under_a_regular_file_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = run("report", tmp_path / "file" / "out")
+    assert result.exit_code == EX_USAGE
+    assert "no such recipe file or output folder" in result.output
+
+
+def test_every_command_has_help() -> None:
+    for command in ("sheet", "report", "gallery"):
+        result = run(command, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in result.output

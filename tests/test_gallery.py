@@ -1,0 +1,155 @@
+"""gallery.html: escaping of hostile recipe text, and the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _outputs_fixture import make_folder, plan_jobs
+
+from seedream_pipe.outputs import open_output, write_gallery
+from seedream_pipe.outputs.gallery import json_for_script
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCRIPT = "<script>alert(1)</script>"
+ATTR = '"><img src=x onerror=alert(2)>'
+HOSTILE_SUBJECTS = {"cat": f"a cat {SCRIPT}", ATTR: f"{ATTR} tea house"}
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Path:
+    """A sweep whose labels, prompts and error text try to break out of the HTML."""
+    make_folder(tmp_path, jobs=plan_jobs(subjects=HOSTILE_SUBJECTS, prompt_prefix="</script><!-- "))
+    write_gallery(open_output(tmp_path))
+    return tmp_path / "gallery.html"
+
+
+def embedded_data(html: str) -> dict[str, Any]:
+    match = re.search(
+        r'<script type="application/json" id="gallery-data">(.*?)</script>', html, re.S
+    )
+    assert match, "the data block is missing"
+    data: dict[str, Any] = json.loads(match.group(1))
+    return data
+
+
+def test_recipe_text_is_escaped_everywhere(hostile: Path) -> None:
+    html = hostile.read_text(encoding="utf-8")
+    assert SCRIPT not in html
+    assert "<img src=x" not in html
+    assert "<!-- " not in html
+    assert html.count("</script>") == 2  # the data block and the page's own script, nothing else
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html  # shown as text, in labels and filters
+    data = embedded_data(html)
+    # the JSON block holds the exact text, recovered intact
+    assert data["jobs"]["j001"]["prompt"] == f"</script><!-- a cat {SCRIPT}, soft watercolor"
+    assert data["jobs"]["j005"]["axes"]["subject"] == ATTR
+
+
+def test_json_for_script_escapes_what_could_end_the_element() -> None:
+    text = str(json_for_script({"a": "</script><!--&\u2028"}))
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"a": "</script><!--&\u2028"}
+
+
+def test_the_page_is_self_contained_with_relative_image_paths(hostile: Path) -> None:
+    html = hostile.read_text(encoding="utf-8")
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 5  # the five done jobs
+    assert all(src.startswith("thumbs/") for src in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "default-src 'none'" in html  # and the browser is told so
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the gallery test needs Debian's chromium "
+            "(apt-get install -y chromium; .ci/run installs it)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_gallery_in_chromium_loads_filters_and_enlarges(hostile: Path, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    dialogs: list[str] = []
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(hostile.as_uri())
+    page.wait_for_load_state("load")
+
+    # every image in the grid loaded from the folder
+    loaded = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+    assert len(loaded) == 5 and all(done and width > 0 for done, width in loaded)
+    assert all(url.startswith("file://") for url in requests)
+    assert page.locator("#count").text_content() == "8 of 8 shown"
+
+    # a filter hides the cells of the label unticked, and only those
+    cat_figures = page.locator('figure.job[data-job="j001"], figure.job[data-job="j004"]')
+    page.locator('#filters input[data-axis="subject"][value="cat"]').uncheck()
+    assert cat_figures.nth(0).is_hidden() and cat_figures.nth(1).is_hidden()
+    assert page.locator('figure.job[data-job="j005"]').is_visible()
+    assert page.locator("#count").text_content() == "4 of 8 shown"
+    page.locator('#filters input[data-axis="status"][value="failed"]').uncheck()
+    assert page.locator("#count").text_content() == "4 of 8 shown"  # the failed job was a cat
+    page.locator("#reset").click()
+    assert page.locator("#count").text_content() == "8 of 8 shown"
+
+    # clicking enlarges: the full image, the prompt as text and the job's timings
+    page.locator('figure.job[data-job="j001"]').click()
+    assert page.locator("#viewer").is_visible()
+    assert page.locator("#viewer-image").get_attribute("src") == (
+        "images/0001_j001_cat-watercolor-1-1.png"
+    )
+    page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")
+    prompt = page.locator("#viewer-prompt").text_content()
+    assert prompt == f"</script><!-- a cat {SCRIPT}, soft watercolor"
+    facts = page.locator("#viewer-facts").inner_text()
+    assert "latency" in facts and "12.00 s" in facts and "queue" in facts
+    page.locator("#viewer-close").click()
+    assert page.locator("#viewer").is_hidden()
+
+    # a failed job shows its reason in the grid and in the viewer
+    failed = page.locator('figure.job[data-job="j003"]')
+    assert "content policy: the prompt was rejected" in failed.inner_text()
+    failed.click()
+    assert page.locator("#viewer-error").text_content() == "content policy: the prompt was rejected"
+
+    # nothing hostile ran
+    assert dialogs == [] and errors == []
+    page.close()
+
+
+def test_a_gallery_of_a_moved_folder_still_finds_its_images(tmp_path: Path, browser: Any) -> None:
+    make_folder(tmp_path / "a", states={})
+    write_gallery(open_output(tmp_path / "a"))
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    page = browser.new_page()
+    page.goto((tmp_path / "b" / "gallery.html").as_uri())
+    page.wait_for_load_state("load")
+    widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+    assert len(widths) == 8 and min(widths) > 0
+    page.close()
