@@ -1,0 +1,73 @@
+"""Turning a fetched file into a kept image: proven by Pillow, renamed into place, thumbnailed,
+and later re-checked against the sha256 the state recorded.
+
+CPU work (decode, thumbnail, hashing): callers run these in a thread so the event loop keeps
+polling while an image is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from seedream_pipe.images import save_thumbnail
+
+# A decompression bomb is not an image we asked for; Pillow's own limit applies, as an error.
+Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
+
+
+class NotAnImage(Exception):
+    """The bytes are not a complete image Pillow can decode (corrupt, truncated, garbage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptImage:
+    width: int
+    height: int
+
+
+def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
+    """Check `tmp` is a whole image, write its thumbnail, then rename it to `dest`.
+
+    The thumbnail is written first so that an image in place always has one. On any failure
+    `tmp` is deleted and NotAnImage raised with Pillow's reason.
+    """
+    try:
+        with Image.open(tmp) as img:
+            img.verify()  # structure and checksums, without decoding
+        with Image.open(tmp) as img:
+            img.load()  # a full decode: catches a body cut short
+            size = img.size
+            save_thumbnail(img, thumb)
+    except Exception as exc:  # Pillow raises many kinds for bad bytes
+        tmp.unlink(missing_ok=True)
+        raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
+    os.replace(tmp, dest)
+    return KeptImage(width=size[0], height=size[1])
+
+
+def file_sha256(path: Path) -> str | None:
+    """The sha256 of a file, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1024 * 1024), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def remake_thumbnail(image: Path, thumb: Path) -> bool:
+    """Write a missing thumbnail from the kept image; False when the image will not open."""
+    try:
+        with Image.open(image) as img:
+            img.load()
+            save_thumbnail(img, thumb)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,186 @@
+"""What the user sees while a run goes: a live bar on a terminal, plain lines otherwise,
+JSON lines with `--json`, nothing with `--quiet`.
+
+The runner reports through the small `Progress` interface (`start`, `event`, `finish`); it never
+prints. Every text passed here was already scrubbed of the token by the client, and the JSON
+sink redacts again as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any, Protocol
+
+from seedream_pipe.errors import redact
+
+#: Events the runner sends (kind -> meaning):
+#: run_started, job_state (a job changed state), retry, rate_limited, interrupt, cancel,
+#: message (a sentence for people), run_finished.
+DONE_STATES = ("downloaded",)
+
+
+class Progress(Protocol):
+    def event(self, kind: str, detail: dict[str, Any]) -> None: ...
+
+
+class Tally:
+    """Counts shared by every sink: done, failed, in flight, 429s, retries."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.todo = 0
+        self.done = 0
+        self.failed = 0
+        self.in_flight = 0
+        self.rate_limited = 0
+        self.retries = 0
+        self.started = time.monotonic()
+
+    def update(self, kind: str, detail: dict[str, Any]) -> None:
+        if kind == "run_started":
+            self.total = int(detail.get("total", 0))
+            self.todo = int(detail.get("todo", 0))
+            self.started = time.monotonic()
+        elif kind == "job_state":
+            state = detail.get("state")
+            if state == "downloaded":
+                self.done += 1
+            elif state == "failed":
+                self.failed += 1
+            if state == "submitted":
+                self.in_flight += 1
+            if detail.get("left_flight"):
+                self.in_flight = max(0, self.in_flight - 1)
+        elif kind == "rate_limited":
+            self.rate_limited += 1
+        elif kind == "retry":
+            self.retries += 1
+
+    def rate_per_min(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed * 60 if elapsed > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        remaining = self.todo - self.done - self.failed
+        rate = self.rate_per_min() / 60
+        return remaining / rate if rate > 0 and remaining > 0 else None
+
+
+class QuietProgress:
+    """Nothing while running (`--quiet`)."""
+
+    def event(self, kind: str, detail: dict[str, Any]) -> None:
+        return None
+
+
+class JsonProgress:
+    """One JSON object per line: {"event": kind, "t": unix seconds, ...detail}."""
+
+    def __init__(self, stream: IO[str] | None = None, *, secret: str | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._secret = secret
+
+    def event(self, kind: str, detail: dict[str, Any]) -> None:
+        line = json.dumps({"event": kind, "t": round(time.time(), 3), **detail}, default=str)
+        self._stream.write(redact(line, self._secret) + "\n")
+        self._stream.flush()
+
+
+class LogProgress:
+    """Plain lines for logs and pipes: failures, retries, 429s and a line every few jobs."""
+
+    def __init__(self, stream: IO[str] | None = None, *, every: int = 10) -> None:
+        self._stream = stream or sys.stderr
+        self.tally = Tally()
+        self._every = every
+
+    def _say(self, text: str) -> None:
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def event(self, kind: str, detail: dict[str, Any]) -> None:
+        self.tally.update(kind, detail)
+        t = self.tally
+        if kind == "run_started":
+            self._say(
+                f"run: {t.total} jobs in the plan, {t.todo} to do "
+                f"({detail.get('actions_text', '')}) -> {detail.get('out_dir')}"
+            )
+        elif kind == "job_state":
+            state = detail.get("state")
+            if state == "failed":
+                self._say(f"failed: job {detail.get('index')} {detail.get('job_id')}: {detail.get('error')}")
+            elif state == "downloaded" and (t.done % self._every == 0 or t.done + t.failed >= t.todo):
+                self._say(f"{t.done}/{t.todo} done, {t.failed} failed, {t.in_flight} in flight")
+        elif kind == "rate_limited":
+            self._say(f"rate limited (429): pausing {detail.get('pause_s') or detail.get('retry_after_s') or '?'} s")
+        elif kind == "retry":
+            self._say(f"retry in {detail.get('delay_s')} s: {detail.get('what')}: {detail.get('reason')}")
+        elif kind in ("message", "interrupt"):
+            self._say(str(detail.get("text", "")))
+
+
+class RichProgress:
+    """A live bar on a terminal: done/failed/in flight, rate, ETA, 429s and retries."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.tally = Tally()
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task: Any = None
+
+    def _info(self) -> str:
+        t = self.tally
+        return (
+            f"failed {t.failed} · in flight {t.in_flight} · {t.rate_per_min():.1f}/min"
+            f" · 429s {t.rate_limited} · retries {t.retries}"
+        )
+
+    def event(self, kind: str, detail: dict[str, Any]) -> None:
+        self.tally.update(kind, detail)
+        t = self.tally
+        if kind == "run_started":
+            self._bar.start()
+            self._task = self._bar.add_task("run", total=max(1, t.todo), info=self._info())
+            return
+        if self._task is None:
+            return
+        if kind == "job_state" and detail.get("state") == "failed":
+            self.console.print(f"[red]failed[/]: job {detail.get('index')}: {detail.get('error')}", markup=True, highlight=False)
+        elif kind in ("message", "interrupt"):
+            self.console.print(str(detail.get("text", "")), markup=False, highlight=False)
+        if kind == "run_finished":
+            self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
+            self._bar.stop()
+            return
+        self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
+
+
+def make_progress(*, quiet: bool = False, json_lines: bool = False, secret: str | None = None) -> Progress:
+    """The right sink for where output goes."""
+    if json_lines:
+        return JsonProgress(secret=secret)
+    if quiet:
+        return QuietProgress()
+    if sys.stderr.isatty():
+        return RichProgress()
+    return LogProgress()

@@ -1,0 +1,971 @@
+"""The runner: a recipe's plan executed against the Model API, resumably, never paying twice.
+
+    from seedream_pipe.runner import run_recipe
+    result = run_recipe(load_recipe("recipes/demo.yaml"), api=api_settings())
+    result.exit_code, result.counts
+
+Resume is the normal path. Each run re-plans, syncs the plan into the output folder's state
+(matched by job_id) and does only what is missing, by state:
+
+    planned, cancelled        -> submit
+    submitting, submit_unknown -> the first POST may have created the job: submit once more and
+                                 mark it possible_duplicate (or fail it: --no-resubmit-unknown)
+    submitted, in_queue, in_progress -> poll; never submit again
+    completed                 -> download
+    downloaded                -> skip, unless the file is missing or its sha256 differs
+    failed                    -> skip (--retry-failed: poll it if it has a request id and only
+                                 timed out or lost contact, else submit again)
+
+Every transition is committed before the network call that depends on it: `submitting` before
+the POST, the request_id right after the answer. Concurrency is the number of jobs in flight
+(submitted, not finished); submits are paced by the `SubmitPacer`, everything else by the
+`RequestBudget`.
+
+How a run ends (exit code): 0 all done; 1 some jobs failed; 77 the token was refused (stop at
+once); 75 out of credit (in-flight jobs are finished first) or rate limited beyond every retry;
+69 the service kept failing (5xx/network beyond every retry): submits stop, jobs already in
+flight stay resumable; 65 the model is unknown; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from seedream_pipe import __version__
+from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome
+from seedream_pipe.config import ApiSettings
+from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
+from seedream_pipe.errors import (
+    EX_DATAERR,
+    EX_INTERRUPTED,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOME_FAILED,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    ApiError,
+    AuthError,
+    CreditError,
+    NotFound,
+    OutputError,
+    RateLimited,
+    RequestRejected,
+    ServiceUnavailable,
+    redact,
+)
+from seedream_pipe.images import thumb_name
+from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
+from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
+from seedream_pipe.progress import Progress, QuietProgress
+from seedream_pipe.state import FINAL_STATES, JobRecord, StateStore
+
+if TYPE_CHECKING:
+    from seedream_pipe.recipe import Recipe
+
+#: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
+TIMED_OUT = "timed out"
+LOST_CONTACT = "lost contact"
+
+
+@dataclass
+class RunOptions:
+    """How a run behaves. Defaults suit the real API; tests shrink the timings."""
+
+    rpm: float = 60.0
+    concurrency: int = 4
+    limit: int | None = None  # work on at most this many unfinished jobs this run
+    retry_failed: bool = False
+    resubmit_unknown: bool = True
+    timeout_s: float = 900.0  # a job not finished this long after its submit is given up on
+    request_timeout_s: float = 20.0
+    requests_per_s: float = 50.0  # polls, result reads, cancels, downloads
+    first_poll_s: float = 1.0
+    max_retries: int = 5
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    download_attempts: int = 4
+    forget_lost: bool = False  # the built-in simulator forgets its jobs: resubmit unknown ids
+    seed: int | None = None  # jitter RNG, for reproducible tests
+
+
+@dataclass
+class RunResult:
+    """What a run did. `exit_code` is what the CLI exits with."""
+
+    exit_code: int
+    out_dir: Path
+    counts: dict[str, int]
+    summary: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why the run stopped early, for people
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, error)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EX_OK
+
+
+class _Slots:
+    """Jobs in flight (submitted, not finished) against the concurrency limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def wait_free(self) -> None:
+        while self.used >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+
+    def take(self) -> None:
+        self.used += 1
+
+    def give(self) -> None:
+        self.used = max(0, self.used - 1)
+        self._freed.set()
+
+
+def _iso_seconds(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Runner:
+    """One run over one output folder's state. `await runner.run()` -> RunResult."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        client: ModelApiClient,
+        out_dir: Path,
+        options: RunOptions,
+        *,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.out_dir = out_dir
+        self.images_dir = out_dir / IMAGES_DIR
+        self.thumbs_dir = out_dir / THUMBS_DIR
+        self.opt = options
+        self.progress = progress or QuietProgress()
+        self._clock = clock
+        self.schedule = PollSchedule(first=options.first_poll_s)
+        self.slots = _Slots(options.concurrency)
+        self.stop_submitting = False
+        self.interrupted = False
+        self.fatal: BaseException | None = None
+        self.stop_code: int | None = None
+        self.stop_reason: str | None = None
+        self.lost_contact = 0
+        self.possible_duplicates = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._posting: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._dispatching = False
+        self._records: dict[str, JobRecord] = {}
+        self._polls: dict[str, int] = {}
+        self._ran_again: set[str] = set()
+        self.summary_extra: dict[str, Any] = {}
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _emit(self, kind: str, **detail: Any) -> None:
+        self.progress.event(kind, detail)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self.client.api.token)
+
+    def _transition(self, rec: JobRecord, state: str, *, left_flight: bool = False, **fields: Any) -> None:
+        """Commit a state change (before anything that depends on it), then tell the user."""
+        if fields.get("error"):
+            fields["error"] = self._redact(str(fields["error"]))
+        if rec.job_id in self._polls:
+            fields.setdefault("polls", self._polls[rec.job_id])
+        self.store.transition(rec.job_id, state, **fields)
+        rec.state = state
+        for name, value in fields.items():
+            if hasattr(rec, name):
+                setattr(rec, name, value)
+        detail: dict[str, Any] = {"job_id": rec.job_id, "index": rec.job_index, "state": state}
+        if fields.get("error"):
+            detail["error"] = fields["error"]
+        if left_flight:
+            detail["left_flight"] = True
+        self._emit("job_state", **detail)
+
+    def _stop(self, code: int, reason: str) -> None:
+        """Stop submitting; remember the most serious reason for the exit code."""
+        self.stop_submitting = True
+        if self.stop_code is None or code == EX_NOPERM:
+            self.stop_code = code
+            self.stop_reason = reason
+            self._emit("message", text=f"stopping submits: {reason}")
+        self._wake.set()
+
+    # -- planning what to do ----------------------------------------------------------------
+
+    def action_for(self, rec: JobRecord) -> str:
+        """What this run does with a job: skip, submit, resubmit, poll, download, verify."""
+        state = rec.state
+        if state == "downloaded":
+            return "verify"
+        if state == "completed":
+            return "download"
+        if state in ("submitted", "in_queue", "in_progress"):
+            return "poll" if rec.request_id else "resubmit"
+        if state in ("submitting", "submit_unknown"):
+            return "resubmit"
+        if state in ("planned", "cancelled"):
+            return "submit"
+        if state == "failed":
+            if not self.opt.retry_failed:
+                return "skip"
+            if rec.request_id and rec.error and (rec.error.startswith((TIMED_OUT, LOST_CONTACT))):
+                return "poll"
+            if rec.request_id and rec.output_urls:
+                return "download"
+            return "submit"
+        return "skip"
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self, records: list[JobRecord]) -> RunResult:
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        self._records = {r.job_id: r for r in records}
+        plan: dict[str, list[JobRecord]] = {}
+        for rec in records:
+            plan.setdefault(self.action_for(rec), []).append(rec)
+        # downloaded jobs whose file went missing or changed are downloaded again
+        for rec in plan.pop("verify", []):
+            if not await asyncio.to_thread(self._file_intact, rec):
+                plan.setdefault("download", []).append(rec)
+        to_submit = plan.get("resubmit", []) + plan.get("submit", [])
+        to_submit.sort(key=lambda r: (r.job_index, r.job_id))
+        if self.opt.limit is not None:
+            to_submit = to_submit[: max(0, self.opt.limit)]
+        todo = len(to_submit) + len(plan.get("poll", [])) + len(plan.get("download", []))
+        actions = {
+            "submit": len(plan.get("submit", [])),
+            "resubmit": len(plan.get("resubmit", [])),
+            "poll": len(plan.get("poll", [])),
+            "download": len(plan.get("download", [])),
+        }
+        self._emit(
+            "run_started",
+            total=len(records),
+            todo=todo,
+            actions=actions,
+            actions_text=", ".join(f"{n} to {k}" for k, n in actions.items() if n) or "nothing",
+            out_dir=str(self.out_dir),
+        )
+        if todo:
+            await self._work(plan.get("poll", []), plan.get("download", []), to_submit)
+        return self._result()
+
+    async def _work(self, to_poll: list[JobRecord], to_download: list[JobRecord], to_submit: list[JobRecord]) -> None:
+        for rec in to_poll:
+            self.slots.take()  # already in flight on the server, whatever the limit
+            self._spawn(self._follow(rec))
+        for rec in to_download:
+            self._spawn(self._download(rec))
+        self._dispatching = True
+        dispatcher = asyncio.create_task(self._dispatch(to_submit))
+        try:
+            while True:
+                self._wake.clear()
+                if self.fatal is not None or self.interrupted:
+                    break
+                if not self._dispatching and not self._tasks:
+                    break
+                await self._wake.wait()
+        finally:
+            if self.fatal is not None or self.interrupted or not dispatcher.done():
+                dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dispatcher
+        if self.fatal is not None:
+            await self._cancel_tasks(self._tasks)
+        elif self.interrupted:
+            await self._wind_down()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._posting.discard(t)
+            if not t.cancelled() and t.exception() is not None and self.fatal is None:
+                self.fatal = t.exception()
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _cancel_tasks(self, tasks: Iterable[asyncio.Task[None]]) -> None:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _dispatch(self, to_submit: list[JobRecord]) -> None:
+        """Start jobs as slots free up, in plan order, until told to stop."""
+        try:
+            for rec in to_submit:
+                await self.slots.wait_free()
+                if self.stop_submitting or self.interrupted:
+                    break
+                self.slots.take()
+                self._spawn(self._submit_and_follow(rec))
+                await asyncio.sleep(0)  # let the job take its place at the pacer in order
+        finally:
+            self._dispatching = False
+            self._wake.set()
+
+    # -- interrupts -----------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Ctrl-C / SIGTERM: stop submitting, then cancel what is queued (see _wind_down)."""
+        if not self.interrupted:
+            self.interrupted = True
+            self.stop_submitting = True
+            self._emit(
+                "interrupt",
+                text="interrupted: no more submits; cancelling queued jobs (Ctrl-C again to quit at once)",
+            )
+            self._wake.set()
+
+    async def _wind_down(self) -> None:
+        # A POST already on the wire may create a job: wait for its answer, so its request id is
+        # recorded and it can be cancelled too. Everything else (pacing waits, polls,
+        # downloads) stops now; its state is already committed.
+        posting = set(self._posting)
+        await self._cancel_tasks(self._tasks - posting)
+        if posting:
+            await asyncio.gather(*posting, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await self._cancel_tasks(self._tasks)
+        queued = self.store.jobs(in_plan=None, states=("submitted", "in_queue", "in_progress"))
+        cancelled = kept = 0
+
+        async def cancel_one(rec: JobRecord) -> None:
+            nonlocal cancelled, kept
+            if not rec.request_id:
+                return
+            try:
+                outcome = await self.client.cancel(rec.request_id, rec.cancel_url)
+            except ApiError as exc:
+                kept += 1
+                self._emit("cancel", job_id=rec.job_id, outcome="error", error=str(exc))
+                return
+            if outcome.cancelled:
+                cancelled += 1
+                self._transition(rec, "cancelled", error=None)
+            else:
+                kept += 1
+            self._emit("cancel", job_id=rec.job_id, outcome=outcome.outcome or outcome.status)
+
+        await asyncio.gather(*(cancel_one(rec) for rec in queued))
+        self._emit(
+            "message",
+            text=f"interrupted: cancelled {cancelled} queued job(s); {kept} already running kept "
+            "(they finish and are billed; the next run picks them up)",
+        )
+        self.summary_extra = {"cancelled_on_interrupt": cancelled, "kept_running": kept}
+
+    # -- one job ----------------------------------------------------------------------------------
+
+    async def _submit_and_follow(self, rec: JobRecord) -> None:
+        """Submit, watch and download one job. The caller took its slot; it is given back
+        as soon as the job is no longer in flight."""
+        done = "gone"
+        try:
+            if await self._submit(rec) and not self.interrupted:
+                # (when interrupted, its request id is committed and the wind-down cancels it)
+                done = await self._poll(rec)
+        finally:
+            self.slots.give()
+        await self._after(rec, done)
+
+    async def _follow(self, rec: JobRecord) -> None:
+        """A job already in flight when the run started (its slot taken by the caller)."""
+        try:
+            done = await self._poll(rec)
+        finally:
+            self.slots.give()
+        await self._after(rec, done)
+
+    async def _after(self, rec: JobRecord, done: str) -> None:
+        if done == "completed":
+            await self._download(rec)
+        elif done == "lost":
+            await self._run_again(rec)
+
+    async def _run_again(self, rec: JobRecord) -> None:
+        """The built-in simulator forgot the job (it restarted): make the image again, once."""
+        if self.stop_submitting or rec.job_id in self._ran_again:
+            return
+        self._ran_again.add(rec.job_id)
+        await self.slots.wait_free()
+        if self.stop_submitting:
+            return
+        self.slots.take()
+        await self._submit_and_follow(rec)
+
+    async def _submit(self, rec: JobRecord) -> bool:
+        """Submit a job. True when it now has a request id (and is in flight)."""
+        maybe_exists = rec.state in ("submitting", "submit_unknown", "submitted", "in_queue", "in_progress")
+        if maybe_exists:
+            if not self.opt.resubmit_unknown:
+                self._transition(
+                    rec,
+                    "failed",
+                    error="submit outcome unknown: not submitted again (--no-resubmit-unknown); "
+                    "it may still run and be billed",
+                )
+                return False
+            if rec.possible_duplicate and rec.state == "submit_unknown":
+                self._transition(
+                    rec, "failed", error="submit outcome unknown twice: not submitted a third time"
+                )
+                return False
+        # What to fall back to if the server refuses this attempt: a job that may exist stays
+        # "submit_unknown"; one that surely does not goes back to "planned".
+        refused_state = "submit_unknown" if maybe_exists else "planned"
+        duplicate = rec.possible_duplicate or maybe_exists
+        while True:
+            task = asyncio.current_task()
+
+            def on_send(dup: bool = duplicate, me: asyncio.Task[Any] | None = task) -> None:
+                # committed before the POST leaves: a crash from here on leaves "submitting"
+                self._transition(
+                    rec,
+                    "submitting",
+                    attempts=rec.attempts + 1,
+                    possible_duplicate=dup,
+                    request_id=None,
+                    error=None,
+                )
+                if me is not None:
+                    self._posting.add(me)
+
+            try:
+                outcome = await self.client.submit(rec.model, dict(rec.inputs), on_send=on_send)
+            except AuthError as exc:
+                self._revert(rec, refused_state)
+                self._stop(EX_NOPERM, str(exc))
+                raise
+            except CreditError as exc:
+                self._revert(rec, refused_state)
+                self._stop(EX_TEMPFAIL, f"{exc} (jobs already in flight are finished first)")
+                return False
+            except RateLimited as exc:
+                self._revert(rec, refused_state)
+                self._stop(EX_TEMPFAIL, str(exc))
+                return False
+            except ServiceUnavailable as exc:
+                self._revert(rec, refused_state)
+                self._stop(EX_UNAVAILABLE, str(exc))
+                return False
+            except NotFound as exc:
+                self._revert(rec, refused_state)
+                self._stop(EX_DATAERR, f"{exc} (is the model id right?)")
+                return False
+            except RequestRejected as exc:
+                self._transition(rec, "failed", error=f"rejected by the API: {exc}")
+                return False
+            except ApiError as exc:
+                self._transition(rec, "failed", error=str(exc))
+                return False
+            finally:
+                if task is not None:
+                    self._posting.discard(task)
+            if isinstance(outcome, Submission):
+                if duplicate:
+                    self.possible_duplicates += 1
+                self._transition(
+                    rec,
+                    "submitted",
+                    request_id=outcome.request_id,
+                    status_url=outcome.status_url,
+                    result_url=outcome.result_url,
+                    cancel_url=outcome.cancel_url,
+                    attempts=rec.attempts + outcome.attempts - 1,
+                    possible_duplicate=duplicate,
+                )
+                self._polls[rec.job_id] = 0
+                return True
+            assert isinstance(outcome, UnknownOutcome)
+            self._transition(rec, "submit_unknown", error=outcome.reason)
+            if not self.opt.resubmit_unknown:
+                self._transition(
+                    rec,
+                    "failed",
+                    error=f"{outcome.reason}; not submitted again (--no-resubmit-unknown): "
+                    "it may still run and be billed",
+                )
+                return False
+            if duplicate:
+                self._transition(rec, "failed", error=f"{outcome.reason}, twice: not submitted a third time")
+                return False
+            if self.stop_submitting:
+                return False  # stays submit_unknown: the next run decides
+            duplicate = True
+            refused_state = "submit_unknown"
+
+    def _revert(self, rec: JobRecord, state: str) -> None:
+        if rec.state == "submitting":
+            self._transition(rec, state)
+
+    async def _poll(self, rec: JobRecord) -> str:
+        """Watch a job until it finishes. Returns completed, failed, cancelled, lost or gone."""
+        assert rec.request_id is not None
+        started = rec.submitted_at or self._clock()
+        last_gap: float | None = None
+        polls = self._polls.setdefault(rec.job_id, rec.polls)
+        polled_here = False
+        while True:
+            elapsed = self._clock() - started
+            # (a job resumed after a long break is looked at once before it can time out)
+            if polled_here and elapsed > self.opt.timeout_s:
+                self._transition(
+                    rec,
+                    "failed",
+                    left_flight=True,
+                    error=f"{TIMED_OUT} after {self.opt.timeout_s:g} s (request {rec.request_id} kept: "
+                    "--retry-failed polls it again)",
+                )
+                return "failed"
+            gap = self.schedule.next_delay(elapsed, last_gap)
+            if polled_here:
+                gap = min(gap, max(0.0, self.opt.timeout_s - elapsed) + 0.001)
+            await asyncio.sleep(gap)
+            last_gap = gap
+            try:
+                status = await self.client.status(rec.request_id, rec.status_url)
+            except AuthError as exc:
+                self._stop(EX_NOPERM, str(exc))
+                raise
+            except NotFound:
+                return self._lost(rec)
+            except RequestRejected as exc:
+                self._transition(rec, "failed", left_flight=True, error=str(exc))
+                return "failed"
+            except (ServiceUnavailable, RateLimited, ApiError) as exc:
+                self.lost_contact += 1
+                self._stop(EX_UNAVAILABLE if not isinstance(exc, RateLimited) else EX_TEMPFAIL, str(exc))
+                self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")
+                return "gone"
+            polls += 1
+            polled_here = True
+            self._polls[rec.job_id] = polls
+            if status.status in ("in_queue", "in_progress") and status.status != rec.state:
+                self._transition(rec, status.status, queue_position=status.queue_position)
+            if status.finished:
+                break
+        return await self._finish(rec, status.status, status.error)
+
+    def _lost(self, rec: JobRecord) -> str:
+        if self.opt.forget_lost:
+            self._transition(rec, "planned", request_id=None, error=None)
+            return "lost"
+        self._transition(
+            rec,
+            "failed",
+            left_flight=True,
+            error=f"the API no longer knows request {rec.request_id} (404)",
+        )
+        return "failed"
+
+    async def _finish(self, rec: JobRecord, status: str, error: str | None) -> str:
+        """A finished job: read its result and record it."""
+        assert rec.request_id is not None
+        if status == "cancelled":
+            self._transition(rec, "cancelled", left_flight=True)
+            return "cancelled"
+        try:
+            result = await self.client.result(rec.request_id, rec.result_url)
+        except AuthError as exc:
+            self._stop(EX_NOPERM, str(exc))
+            raise
+        except NotFound:
+            return self._lost(rec)
+        except ApiError as exc:
+            self.lost_contact += 1
+            self._stop(EX_UNAVAILABLE, str(exc))
+            return "gone"
+        self._observe(rec, result)
+        server_times = {"server_created_at": result.created_at, "server_finished_at": result.finished_at}
+        if status == "failed" or result.status == "failed":
+            reason = result.error or error or "the API reported the job failed"
+            self._transition(rec, "failed", left_flight=True, error=f"generation failed: {reason}", **server_times)
+            return "failed"
+        if not result.output_urls:
+            self._transition(
+                rec, "failed", left_flight=True, error="the result carried no image URL", **server_times
+            )
+            return "failed"
+        self._transition(
+            rec,
+            "completed",
+            left_flight=True,
+            output_urls=result.output_urls,
+            image_url=result.output_urls[0],
+            **server_times,
+        )
+        return "completed"
+
+    def _observe(self, rec: JobRecord, result: JobResult) -> None:
+        """Teach the poll schedule how long a job takes (server timestamps when given)."""
+        created = _iso_seconds(result.created_at)
+        finished = _iso_seconds(result.finished_at)
+        if created is not None and finished is not None and finished >= created:
+            self.schedule.observe(finished - created)
+        elif rec.submitted_at is not None:
+            self.schedule.observe(self._clock() - rec.submitted_at)
+
+    # -- downloads ------------------------------------------------------------------------------
+
+    def _paths(self, rec: JobRecord) -> tuple[Path, Path]:
+        name = image_file_name(rec.job_index, rec.job_id, list(rec.axes.values()))
+        return self.images_dir / name, self.thumbs_dir / thumb_name(name)
+
+    def _file_intact(self, rec: JobRecord) -> bool:
+        """A downloaded job's file is there with the recorded sha256 (thumbnail remade if gone)."""
+        if not rec.image_path:
+            return False
+        image = self.out_dir / rec.image_path
+        if rec.bytes is not None:
+            try:
+                if image.stat().st_size != rec.bytes:
+                    return False
+            except OSError:
+                return False
+        if file_sha256(image) != rec.sha256:
+            return False
+        thumb = self.out_dir / rec.thumb_path if rec.thumb_path else self._paths(rec)[1]
+        if not thumb.exists():
+            remake_thumbnail(image, thumb)
+        return True
+
+    async def _download(self, rec: JobRecord) -> None:
+        """Fetch, prove, thumbnail and record the job's image; retry with fresh URLs."""
+        dest, thumb = self._paths(rec)
+        url = rec.image_url
+        last_error = "no image URL"
+        for attempt in range(self.opt.download_attempts):
+            if attempt > 0 or not url:
+                await asyncio.sleep(self.client.backoff.delay(attempt - 1) if attempt else 0)
+                fresh = await self._fresh_url(rec)
+                if fresh is None:
+                    return
+                url = fresh
+            assert url is not None
+            try:
+                fetched = await self.client.fetch(url, self.images_dir)
+            except (NotFound, ServiceUnavailable) as exc:
+                last_error = str(exc)
+                continue
+            except ApiError as exc:
+                last_error = str(exc)
+                if "refusing to download" in last_error or exc.status is None:
+                    break  # a host we will not fetch from, or over the size cap: no retry helps
+                continue  # e.g. 403: the signed URL expired
+            try:
+                kept = await asyncio.to_thread(keep_image, fetched.path, dest, thumb)
+            except NotAnImage as exc:
+                last_error = str(exc)
+                continue
+            self._transition(
+                rec,
+                "downloaded",
+                image_url=url,
+                image_path=str(dest.relative_to(self.out_dir)),
+                thumb_path=str(thumb.relative_to(self.out_dir)),
+                sha256=fetched.sha256,
+                width=kept.width,
+                height=kept.height,
+                bytes=fetched.bytes,
+                error=None,
+            )
+            return
+        self._transition(
+            rec, "failed", error=f"download failed after {self.opt.download_attempts} tries: {last_error}"
+        )
+
+    async def _fresh_url(self, rec: JobRecord) -> str | None:
+        """Read the result again for a freshly signed URL (None: the job ended otherwise)."""
+        if not rec.request_id:
+            self._transition(rec, "failed", error="no image URL and no request id to ask for one")
+            return None
+        try:
+            result = await self.client.result(rec.request_id, rec.result_url)
+        except AuthError as exc:
+            self._stop(EX_NOPERM, str(exc))
+            raise
+        except NotFound:
+            if self.opt.forget_lost:
+                self._transition(rec, "planned", request_id=None, error=None)
+                await self._run_again(rec)
+                return None
+            self._transition(rec, "failed", error=f"the API no longer knows request {rec.request_id} (404)")
+            return None
+        except ApiError as exc:
+            self.lost_contact += 1
+            self._stop(EX_UNAVAILABLE, str(exc))
+            return None
+        if not result.output_urls:
+            self._transition(rec, "failed", error="the result carried no image URL")
+            return None
+        self.store.update(rec.job_id, output_urls=result.output_urls, image_url=result.output_urls[0])
+        rec.output_urls = result.output_urls
+        rec.image_url = result.output_urls[0]
+        return rec.image_url
+
+    # -- the end --------------------------------------------------------------------------------
+
+    def _result(self) -> RunResult:
+        counts = self.store.counts()
+        failures = [
+            (r.job_index, r.job_id, r.error or "")
+            for r in self.store.jobs(states=("failed",))
+        ]
+        unfinished = sum(n for state, n in counts.items() if state not in FINAL_STATES)
+        if self.interrupted:
+            code = EX_INTERRUPTED
+        elif self.fatal is not None:
+            code = getattr(self.fatal, "exit_code", EX_SOME_FAILED)
+        elif self.stop_code is not None:
+            code = self.stop_code
+        elif counts["failed"] or (unfinished and self.opt.limit is None):
+            code = EX_SOME_FAILED
+        else:
+            code = EX_OK
+        reason = self.stop_reason
+        if self.fatal is not None:
+            reason = self._redact(str(self.fatal))
+        elif self.interrupted:
+            reason = "interrupted"
+        c = self.client.counters
+        summary: dict[str, Any] = {
+            **{f"jobs_{k}": v for k, v in counts.items()},
+            "http_requests": c["http_requests"],
+            "submits": c["submits"],
+            "polls": c["polls"],
+            "result_reads": c["result_reads"],
+            "downloads": c["downloads"],
+            "cancels": c["cancels"],
+            "rate_limited": c["rate_limited"],
+            "retries": c["retries"],
+            "unknown_submits": c["unknown_submits"],
+            "possible_duplicates": self.possible_duplicates,
+            "lost_contact": self.lost_contact,
+            **self.summary_extra,
+        }
+        return RunResult(
+            exit_code=code, out_dir=self.out_dir, counts=counts, summary=summary, reason=reason, failures=failures
+        )
+
+
+# --- the library entry points ------------------------------------------------------------------
+
+
+def recipe_meta(recipe: Recipe) -> dict[str, Any]:
+    """What the outputs need to know about the recipe, stored in the folder's meta."""
+    return {
+        "path": str(recipe.path),
+        "name": recipe.name,
+        "model": recipe.model,
+        "hash": recipe.hash,
+        "source_text": recipe.source_text,
+        "resolved": recipe.resolved,
+        "sheet": recipe.sheet.model_dump(),
+        "price_per_image": recipe.price_per_image,
+    }
+
+
+def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
+    """The recipe's `run:` settings, with the command line's choices on top (None: not given)."""
+    opts = RunOptions(
+        rpm=recipe.run.rpm,
+        concurrency=recipe.run.concurrency,
+        timeout_s=recipe.run.timeout_s,
+        resubmit_unknown=recipe.run.resubmit_unknown,
+    )
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(opts, name, value)
+    return opts
+
+
+def write_outputs(out_dir: Path, result: RunResult) -> None:
+    """Where the end-of-run outputs (contact sheet, report, manifest, gallery) are written.
+
+    The single call site for them: a no-op until the outputs are wired in.
+    """
+    return None
+
+
+async def arun_recipe(
+    recipe: Recipe,
+    *,
+    api: ApiSettings,
+    out_dir: Path | None = None,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+    http: httpx.AsyncClient | None = None,
+    max_jobs: int = 10_000,
+    allow_large: bool = False,
+    handle_signals: bool = False,
+) -> RunResult:
+    """Run a recipe (async form, for a notebook's running loop). See `run_recipe`."""
+    out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
+    opts = options or options_from_recipe(recipe)
+    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
+    progress = progress or QuietProgress()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(plan.jobs)
+        store.start_run(
+            recipe_path=str(recipe.path),
+            recipe_hash=recipe.hash,
+            api_host=api.host,
+            tool_version=__version__,
+        )
+        store.set_meta("recipe", recipe_meta(recipe))
+        started = time.time()
+        rng = random.Random(opts.seed)
+        client = ModelApiClient(
+            api,
+            http=http,
+            pacer=SubmitPacer(opts.rpm),
+            budget=RequestBudget(opts.requests_per_s, burst=max(10, int(opts.requests_per_s))),
+            backoff=Backoff(base=opts.backoff_base_s, cap=opts.backoff_cap_s, rng=rng),
+            timeout_s=opts.request_timeout_s,
+            max_retries=opts.max_retries,
+            on_event=lambda kind, detail: progress.event(kind, detail),
+        )
+        runner = Runner(store, client, out, opts, progress=progress)
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        presses = 0
+
+        def on_signal() -> None:
+            nonlocal presses
+            presses += 1
+            if presses == 1:
+                runner.interrupt()
+            elif main_task is not None:
+                main_task.cancel()  # second Ctrl-C: out at once (every commit is atomic)
+
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, on_signal)
+                    installed.append(sig)
+        result: RunResult | None = None
+        try:
+            async with client:
+                result = await runner.run(store.jobs())
+        except asyncio.CancelledError:
+            if presses < 2:
+                raise
+            result = RunResult(
+                exit_code=EX_INTERRUPTED,
+                out_dir=out,
+                counts=store.counts(),
+                reason="interrupted twice: stopped at once (state is consistent; run again to resume)",
+            )
+        except AuthError as exc:
+            result = runner._result()
+            result.exit_code = EX_NOPERM
+            result.reason = redact(str(exc), api.token)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            ended = time.time()
+            if result is not None:
+                result.summary.update(
+                    started_at=started,
+                    ended_at=ended,
+                    elapsed_s=round(ended - started, 3),
+                    exit_code=result.exit_code,
+                )
+                if result.reason:
+                    result.summary["reason"] = result.reason
+                store.finish_run(exit_code=result.exit_code, summary=result.summary)
+        assert result is not None
+        progress.event("run_finished", {"exit_code": result.exit_code, "summary": result.summary})
+    write_outputs(out, result)
+    return result
+
+
+def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
+    """Run a recipe to completion (or to the first reason to stop) and return what happened.
+
+    Keyword arguments: out_dir, options (RunOptions), progress, http, max_jobs, allow_large,
+    handle_signals (install Ctrl-C/SIGTERM handlers: the CLI does).
+    """
+    return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
+
+
+def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, max_jobs: int = 10_000,
+                 allow_large: bool = False) -> bool:
+    """True when every job of the recipe's plan is already downloaded (or failed, unless
+    retrying), with its file intact: a re-run would make no network call.
+
+    Lets `run --sim` skip starting a simulator at all for a finished recipe.
+    """
+    state_file = out_dir / "state.sqlite"
+    if not state_file.exists():
+        return False
+    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    with StateStore(state_file) as store:
+        known = {r.job_id: r for r in store.jobs(in_plan=None)}
+        for job in plan.jobs:
+            rec = known.get(job.job_id)
+            if rec is None:
+                return False
+            if rec.state == "failed" and not retry_failed:
+                continue
+            if rec.state != "downloaded":
+                return False
+            if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
+                return False
+    return True
+
+
+__all__ = [
+    "RunOptions",
+    "RunResult",
+    "Runner",
+    "arun_recipe",
+    "nothing_left",
+    "options_from_recipe",
+    "recipe_meta",
+    "run_recipe",
+    "write_outputs",
+]
