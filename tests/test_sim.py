@@ -845,3 +845,19 @@ async def test_queue_positions_follow_the_queue_through_cancels_starts_and_a_sto
     await engine.stop()  # the two running jobs go back to the head of the queue
     assert sum(job.status == "in_queue" for job in jobs) == 14
     assert [engine.queue_position(job) for job in engine._queue] == list(range(14))
+
+
+def test_docs_describe_every_option_and_stats_key() -> None:
+    from pathlib import Path
+
+    from seedream_pipe.cli.sim_cmds import sim_command
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "simulator.md").read_text(encoding="utf-8")
+    for param in sim_command.params:
+        for flag in param.opts:
+            if flag.startswith("--"):
+                assert f"`{flag}" in docs, flag
+    with Simulator(SimConfig()) as sim:
+        keys = set(sim.stats())
+    for key in keys:
+        assert f'"{key}"' in docs, key
