@@ -15,21 +15,39 @@ The runner calls `write_outputs(out_dir)` when a run ends and prints `format_sum
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from seedream_pipe.outputs._folder import OutputFolder, open_output
-from seedream_pipe.outputs.gallery import write_gallery
-from seedream_pipe.outputs.manifest import build_manifest, write_manifest
-from seedream_pipe.outputs.report import report_frame, write_report
-from seedream_pipe.outputs.sheet import SheetResult, make_sheet
-from seedream_pipe.outputs.summary import Summary, format_summary, summarize, summarize_jobs
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from seedream_pipe.outputs._folder import OutputFolder, open_output
+    from seedream_pipe.outputs.gallery import write_gallery
+    from seedream_pipe.outputs.manifest import build_manifest, write_manifest
+    from seedream_pipe.outputs.report import report_frame, write_report
+    from seedream_pipe.outputs.sheet import SheetResult, make_sheet
+    from seedream_pipe.outputs.summary import Summary, format_summary, summarize, summarize_jobs
     from seedream_pipe.recipe import Recipe
 
 log = logging.getLogger(__name__)
+
+# Names are imported on first use: the sheet alone must not pay for pandas (about 50 MB and
+# half a second), which only the report needs.
+_EXPORTS: dict[str, str] = {
+    "OutputFolder": "seedream_pipe.outputs._folder",
+    "SheetResult": "seedream_pipe.outputs.sheet",
+    "Summary": "seedream_pipe.outputs.summary",
+    "build_manifest": "seedream_pipe.outputs.manifest",
+    "format_summary": "seedream_pipe.outputs.summary",
+    "make_sheet": "seedream_pipe.outputs.sheet",
+    "open_output": "seedream_pipe.outputs._folder",
+    "report_frame": "seedream_pipe.outputs.report",
+    "summarize": "seedream_pipe.outputs.summary",
+    "summarize_jobs": "seedream_pipe.outputs.summary",
+    "write_gallery": "seedream_pipe.outputs.gallery",
+    "write_manifest": "seedream_pipe.outputs.manifest",
+    "write_report": "seedream_pipe.outputs.report",
+}
 
 __all__ = [
     "OutputFolder",
@@ -49,6 +67,19 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seedream_pipe.outputs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
 def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     """Write the sheet (its pages), report.csv, gallery.html and manifest.json; return their paths.
 
@@ -56,6 +87,12 @@ def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     folder with no jobs and OutputError when a file cannot be written; a missing or corrupt
     image only gives a placeholder (and a logged warning).
     """
+    from seedream_pipe.outputs._folder import open_output
+    from seedream_pipe.outputs.gallery import write_gallery
+    from seedream_pipe.outputs.manifest import write_manifest
+    from seedream_pipe.outputs.report import write_report
+    from seedream_pipe.outputs.sheet import make_sheet
+
     folder = open_output(Path(out_dir), recipe=recipe)
     written: list[Path] = [write_report(folder)]
     sheet = make_sheet(folder)

@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,3 +125,11 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
 
 def write_text(dest: Path, text: str) -> Path:
     return write_atomically(dest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-23T20:04:24.123Z."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

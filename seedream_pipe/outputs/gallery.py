@@ -24,8 +24,7 @@ import jinja2
 from markupsafe import Markup
 
 from seedream_pipe import __version__
-from seedream_pipe.outputs._folder import GALLERY_NAME, OutputFolder, write_text
-from seedream_pipe.outputs.report import iso_utc
+from seedream_pipe.outputs._folder import GALLERY_NAME, OutputFolder, iso_utc, write_text
 from seedream_pipe.outputs.sheet import SheetOptions, placeholder_kind, plan_sheet, resolve_options
 from seedream_pipe.outputs.summary import format_summary, summarize_jobs
 from seedream_pipe.outputs.thumbs import fit_size, locate_picture

@@ -16,8 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from seedream_pipe import __version__
-from seedream_pipe.outputs._folder import MANIFEST_NAME, OutputFolder, write_text
-from seedream_pipe.outputs.report import iso_utc
+from seedream_pipe.outputs._folder import MANIFEST_NAME, OutputFolder, iso_utc, write_text
 from seedream_pipe.outputs.summary import summarize_jobs
 
 MANIFEST_VERSION = 1

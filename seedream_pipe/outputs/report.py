@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
 from seedream_pipe.errors import UsageError
-from seedream_pipe.outputs._folder import REPORT_STEM, OutputFolder, write_atomically
+from seedream_pipe.outputs._folder import REPORT_STEM, OutputFolder, iso_utc, write_atomically
 from seedream_pipe.state import JobRecord
 
 ReportFormat = Literal["csv", "json", "parquet"]
@@ -54,14 +53,6 @@ TAIL_COLUMNS: tuple[str, ...] = (
 EXTRA_COLUMNS: tuple[str, ...] = ("retries", "thumb_path", "model")
 TIME_COLUMNS: tuple[str, ...] = ("submitted_at", "started_at", "finished_at")
 _RESERVED = frozenset(HEAD_COLUMNS + TAIL_COLUMNS + EXTRA_COLUMNS)
-
-
-def iso_utc(timestamp: float | None) -> str | None:
-    """Unix seconds as ISO 8601 UTC with milliseconds, e.g. 2026-11-23T20:04:24.123Z."""
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def axis_columns(axes: Sequence[str]) -> tuple[list[str], list[str]]:
