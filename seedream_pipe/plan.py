@@ -317,6 +317,9 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
         if len(group) < 2:
             problems.add(path, "a zip group needs at least two vars")
             ok = False
+        if len(set(group)) < len(group):
+            problems.add(path, "a zip group names the same var twice")
+            continue
         for member in group:
             if member not in variables:
                 problems.add(path, f"zip names {member!r}, which is not a var"
@@ -570,6 +573,18 @@ def _check_body(recipe: Recipe, blueprint: Blueprint, body: Mapping[str, Any], c
     return ok
 
 
+def _check_finite(path: KeyPath, value: Any, problems: _Problems) -> None:
+    """NaN and infinities have no JSON form: a body holding one could not be sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.add(path, f"{value} is not a number JSON can carry")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite((*path, key), item, problems)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite((*path, i), item, problems)
+
+
 def prepare(recipe: Recipe) -> Blueprint:
     """Check everything that does not need the jobs themselves; compile the templates."""
     problems = _Problems(recipe)
@@ -587,6 +602,8 @@ def prepare(recipe: Recipe) -> Blueprint:
             problems.add(("inputs", name), "the prompt comes from `template:`, not `inputs:`")
         elif name == "resolution":
             problems.add(("inputs", name), "set resolutions with `resolutions: [...]`, not `inputs:`")
+    _check_finite(("inputs",), spec.inputs, problems)
+    _check_finite(("params",), spec.params, problems)
     templates = _compile_templates(recipe, problems)
     param_axes = _build_param_axes(recipe, problems)
     var_axes = _build_var_axes(recipe, problems, {a.name for a in param_axes})

@@ -201,9 +201,9 @@ class _Strict(BaseModel):
 class RunSettings(_Strict):
     """How the runner paces a run."""
 
-    rpm: float = Field(default=60.0, gt=0, description="submits per minute at most")
+    rpm: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="submits per minute at most")
     concurrency: int = Field(default=4, ge=1, le=1000, description="jobs in flight at most")
-    timeout_s: float = Field(default=900.0, gt=0, description="give up on a job after this long")
+    timeout_s: float = Field(default=900.0, gt=0, allow_inf_nan=False, description="give up on a job after this long")
     resubmit_unknown: bool = Field(
         default=True,
         description="submit again (once) a job whose submit outcome is unknown; "
@@ -285,7 +285,7 @@ class RecipeSpec(_Strict):
     )
     run: RunSettings = Field(default_factory=lambda: RunSettings())
     sheet: SheetSettings = Field(default_factory=lambda: SheetSettings())
-    price_per_image: float | None = Field(default=None, ge=0, description="USD, for cost estimates")
+    price_per_image: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="USD, for cost estimates")
     output: str | None = Field(
         default=None, description="output folder, relative to this file (not inherited)"
     )
@@ -375,7 +375,7 @@ class _Converter:
             self.active.discard(id(node))
 
     def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
-        if path and path[0] in _TEXT_KEYS and len(path) > 1:
+        if path and path[0] in _TEXT_KEYS:
             return node.value
         if node.tag in _AS_TEXT_TAGS:
             return node.value
@@ -525,6 +525,13 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _
                 mark.line + 1 if mark else None,
                 mark.column + 1 if mark else None,
             )
+        ) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise RecipeError(
+            Problem(display, f"malformed YAML: character #x{exc.character:04x} is not allowed "
+                             "(control characters cannot appear in YAML)", "", line, column)
         ) from None
     except yaml.YAMLError as exc:
         raise RecipeError(Problem(display, f"malformed YAML: {exc}")) from None
@@ -728,6 +735,17 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
 # Validation
 
 
+# pydantic's wording for the errors a recipe author meets most, in the author's terms.
+_PLAIN_MESSAGES = {
+    "model_type": "should be a mapping (key: value)",
+    "model_attributes_type": "should be a mapping (key: value)",
+    "dict_type": "should be a mapping (key: value)",
+    "list_type": "should be a list ([a, b] or one `- item` per line)",
+    "too_short": "needs at least one value",
+    "finite_number": "should be a finite number",
+}
+
+
 def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[str, str]] = set()
@@ -750,9 +768,10 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
         elif kind == "string_pattern_mismatch" and loc == ("name",):
             message = f"a name uses only a-z, 0-9, - and _ (it names the output folder), got {error['input']!r}"
         else:
-            message = str(error["msg"])
-            if message.startswith("Input should be"):
-                message = "should be" + message[len("Input should be"):]
+            message = _PLAIN_MESSAGES.get(kind) or str(error["msg"])
+            for start in ("Input should", "String should", "List should", "Dictionary should"):
+                if message.startswith(start):
+                    message = "should" + message[len(start):]
             value = error.get("input")
             if kind in ("var_empty", "var_item", "var_file", "filter_value"):
                 pass
@@ -761,6 +780,8 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
                 if len(shown) > 60:
                     shown = shown[:57] + "..."
                 message += f", got {shown}"
+            elif kind == "too_short":
+                pass
             elif isinstance(value, list):
                 message += ", got a list"
             elif isinstance(value, dict):

@@ -242,6 +242,18 @@ def test_zip_problems(tmp_path: Path) -> None:
     assert any("zip[2]: zip names 'bb', which is not a var (did you mean 'b'?)" in p for p in found)
 
 
+def test_zip_group_naming_a_var_twice(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, 'template: "{{ a }}"\nvars: {a: [x, y]}\nzip: [[a, a]]\n')
+    assert message.endswith("zip[0]: a zip group names the same var twice")
+
+
+def test_values_json_cannot_carry(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\n'
+                        "inputs: {steps: .nan}\nparams: {seed: [1, .inf]}\n")
+    assert any("inputs.steps: nan is not a number JSON can carry" in p for p in found)
+    assert any("params.seed[1]: inf is not a number JSON can carry" in p for p in found)
+
+
 # --- templates ---------------------------------------------------------------------------------
 
 

@@ -259,6 +259,33 @@ def test_bad_name(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        ("run: 5\n", ":5:1: run: should be a mapping (key: value), got 5"),
+        ("resolutions: 16:9\n", ":5:1: resolutions: should be a list ([a, b] or one `- item` per line), got '16:9'"),
+        ("resolutions: []\n", ":5:1: resolutions: needs at least one value"),
+        ("price_per_image: .inf\n", ":5:1: price_per_image: should be a finite number, got inf"),
+        ("model: ''\n", ":5:1: model: should have at least 1 character, got ''"),
+    ],
+)
+def test_plain_type_messages(tmp_path: Path, tail: str, expected: str) -> None:
+    path = write(tmp_path, MINIMAL + tail)
+    assert only_problem(path) == f"{path}{expected}"
+
+
+def test_control_character(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "description: a\x01b\n")
+    assert only_problem(path) == (
+        f"{path}:5:15: malformed YAML: character #x0001 is not allowed (control characters cannot appear in YAML)"
+    )
+
+
+def test_several_documents(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "---\nname: two\n")
+    assert "malformed YAML: but found another document" in only_problem(path)
+
+
 def test_sample_needs_n(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "sample: {seed: 3}\n")
     assert only_problem(path) == f"{path}:5:1: sample.n: missing required key"
