@@ -527,11 +527,11 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _
             )
         ) from None
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        bad_line = text.count("\n", 0, exc.position) + 1
+        bad_column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
         raise RecipeError(
             Problem(display, f"malformed YAML: character #x{exc.character:04x} is not allowed "
-                             "(control characters cannot appear in YAML)", "", line, column)
+                             "(control characters cannot appear in YAML)", "", bad_line, bad_column)
         ) from None
     except yaml.YAMLError as exc:
         raise RecipeError(Problem(display, f"malformed YAML: {exc}")) from None
