@@ -566,6 +566,7 @@ def test_error_rate_answers_5xx(make_sim: Callable[..., Simulator]) -> None:
     assert response.json()["error"]["code"] in ("internal_error", "bad_gateway", "service_unavailable")
     stats = sim.stats()
     assert stats["faults"]["error_rate"] == 21
+    assert stats["polls"] == 20  # a poll answered 5xx is still a poll the client made
     assert (stats["submits_accepted"], stats["submits_rejected"]) == (0, 1)
 
 
@@ -590,6 +591,7 @@ def test_drop_rate_closes_the_connection_without_an_answer(make_sim: Callable[..
         api.status("x")
     stats = sim.stats()
     assert stats["faults"]["drop_rate"] == 2
+    assert stats["polls"] == 1
     assert (stats["submits_accepted"], stats["submits_rejected"]) == (0, 1)
 
 

@@ -120,9 +120,9 @@ class SimApp:
         app = web.Application(middlewares=[self._json_errors], client_max_size=MAX_BODY_BYTES)
         api = self._api
         app.router.add_post("/v1/models/{model_id:.+}", api(self.submit))
-        app.router.add_get("/v1/requests/{request_id}/status", api(self.status), allow_head=False)
-        app.router.add_get("/v1/requests/{request_id}/result", api(self.result), allow_head=False)
-        app.router.add_post("/v1/requests/{request_id}/cancel", api(self.cancel))
+        app.router.add_get("/v1/requests/{request_id}/status", api(self.status, "polls"), allow_head=False)
+        app.router.add_get("/v1/requests/{request_id}/result", api(self.result, "result_reads"), allow_head=False)
+        app.router.add_post("/v1/requests/{request_id}/cancel", api(self.cancel, "cancels"))
         app.router.add_get("/files/{request_id}/{name}", self.download)
         app.router.add_get("/admin/stats", self._admin(self.admin_stats), allow_head=False)
         app.router.add_post("/admin/faults", self._admin(self.admin_faults))
@@ -161,8 +161,13 @@ class SimApp:
 
     # -- the gate every API call passes -----------------------------------------------------
 
-    def _api(self, handler: Handler) -> Handler:
+    def _api(self, handler: Handler, counter: str | None = None) -> Handler:
+        """Wrap an API endpoint in the faults and auth every API call passes. `counter` counts
+        every call received, whatever its answer: a poll that got a 502 was still a poll."""
+
         async def gated(request: web.Request) -> web.StreamResponse:
+            if counter is not None:
+                self.stats.incr(counter)
             faults = self.cfg.faults
             dice = self.dice
             if dice.hit("drop_rate", faults.drop_rate):
@@ -290,7 +295,6 @@ class SimApp:
         return job
 
     async def status(self, request: web.Request) -> web.StreamResponse:
-        self.stats.incr("polls")
         job = self._job(request)
         if isinstance(job, web.Response):
             return job
@@ -303,7 +307,6 @@ class SimApp:
         return ok(payload)
 
     async def result(self, request: web.Request) -> web.StreamResponse:
-        self.stats.incr("result_reads")
         job = self._job(request)
         if isinstance(job, web.Response):
             return job
@@ -324,7 +327,6 @@ class SimApp:
         return ok(payload)
 
     async def cancel(self, request: web.Request) -> web.StreamResponse:
-        self.stats.incr("cancels")
         job = self._job(request)
         if isinstance(job, web.Response):
             return job
