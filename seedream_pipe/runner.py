@@ -115,6 +115,30 @@ class RunResult:
         return self.exit_code == EX_OK
 
 
+def action_for(rec: JobRecord, opt: RunOptions) -> str:
+    """What a run does with a job: skip, submit, resubmit, poll, download or verify."""
+    state = rec.state
+    if state == "downloaded":
+        return "verify"
+    if state == "completed":
+        return "download"
+    if state in ("submitted", "in_queue", "in_progress"):
+        return "poll" if rec.request_id else "resubmit"
+    if state in ("submitting", "submit_unknown"):
+        return "resubmit"
+    if state in ("planned", "cancelled"):
+        return "submit"
+    if state == "failed":
+        if not opt.retry_failed:
+            return "skip"
+        if rec.request_id and rec.error and rec.error.startswith((TIMED_OUT, LOST_CONTACT)):
+            return "poll"
+        if rec.request_id and rec.output_urls:
+            return "download"
+        return "submit"
+    return "skip"
+
+
 class _Slots:
     """Jobs in flight (submitted, not finished) against the concurrency limit."""
 
@@ -222,27 +246,7 @@ class Runner:
     # -- planning what to do ----------------------------------------------------------------
 
     def action_for(self, rec: JobRecord) -> str:
-        """What this run does with a job: skip, submit, resubmit, poll, download, verify."""
-        state = rec.state
-        if state == "downloaded":
-            return "verify"
-        if state == "completed":
-            return "download"
-        if state in ("submitted", "in_queue", "in_progress"):
-            return "poll" if rec.request_id else "resubmit"
-        if state in ("submitting", "submit_unknown"):
-            return "resubmit"
-        if state in ("planned", "cancelled"):
-            return "submit"
-        if state == "failed":
-            if not self.opt.retry_failed:
-                return "skip"
-            if rec.request_id and rec.error and (rec.error.startswith((TIMED_OUT, LOST_CONTACT))):
-                return "poll"
-            if rec.request_id and rec.output_urls:
-                return "download"
-            return "submit"
-        return "skip"
+        return action_for(rec, self.opt)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -364,33 +368,18 @@ class Runner:
         for task in list(self._tasks):
             task.cancel()
         await self._cancel_tasks(self._tasks)
-        queued = self.store.jobs(in_plan=None, states=("submitted", "in_queue", "in_progress"))
-        cancelled = kept = 0
-
-        async def cancel_one(rec: JobRecord) -> None:
-            nonlocal cancelled, kept
-            if not rec.request_id:
-                return
-            try:
-                outcome = await self.client.cancel(rec.request_id, rec.cancel_url)
-            except ApiError as exc:
-                kept += 1
-                self._emit("cancel", job_id=rec.job_id, outcome="error", error=str(exc))
-                return
-            if outcome.cancelled:
-                cancelled += 1
-                self._transition(rec, "cancelled", error=None)
-            else:
-                kept += 1
-            self._emit("cancel", job_id=rec.job_id, outcome=outcome.outcome or outcome.status)
-
-        await asyncio.gather(*(cancel_one(rec) for rec in queued))
+        cancelled, kept = await cancel_queued(self.store, self.client, on_done=self._cancelled_one)
         self._emit(
             "message",
             text=f"interrupted: cancelled {cancelled} queued job(s); {kept} already running kept "
             "(they finish and are billed; the next run picks them up)",
         )
         self.summary_extra = {"cancelled_on_interrupt": cancelled, "kept_running": kept}
+
+    def _cancelled_one(self, rec: JobRecord, outcome: str, error: str | None) -> None:
+        self._emit("cancel", job_id=rec.job_id, index=rec.job_index, outcome=outcome, error=error)
+        if outcome == "cancelled":
+            self._emit("job_state", job_id=rec.job_id, index=rec.job_index, state="cancelled")
 
     # -- one job ----------------------------------------------------------------------------------
 
@@ -789,6 +778,62 @@ class Runner:
 # --- the library entry points ------------------------------------------------------------------
 
 
+async def cancel_queued(
+    store: StateStore,
+    client: ModelApiClient,
+    *,
+    on_done: Callable[[JobRecord, str, str | None], None] | None = None,
+) -> tuple[int, int]:
+    """Ask the API to cancel every job of this folder that is in flight. Returns (cancelled,
+    kept): queued jobs are cancelled (never billed) and recorded as such; running ones answer
+    not_cancellable and are kept, to be polled by the next run."""
+    jobs = store.jobs(in_plan=None, states=("submitted", "in_queue", "in_progress"))
+    cancelled = kept = 0
+
+    async def cancel_one(rec: JobRecord) -> None:
+        nonlocal cancelled, kept
+        if not rec.request_id:
+            return
+        try:
+            outcome = await client.cancel(rec.request_id, rec.cancel_url)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            kept += 1
+            if on_done is not None:
+                on_done(rec, "error", str(exc))
+            return
+        if outcome.cancelled:
+            cancelled += 1
+            store.transition(rec.job_id, "cancelled", detail={"by": "cancel"})
+        else:
+            kept += 1
+            if outcome.status in ("in_progress", "completed") and outcome.status != rec.state:
+                store.transition(rec.job_id, outcome.status)
+        if on_done is not None:
+            on_done(rec, "cancelled" if outcome.cancelled else (outcome.outcome or "kept"), None)
+
+    await asyncio.gather(*(cancel_one(rec) for rec in jobs))
+    return cancelled, kept
+
+
+def cancel_folder(out_dir: Path, *, api: ApiSettings, http: httpx.AsyncClient | None = None) -> tuple[int, int]:
+    """`seedream-pipe cancel`: cancel the queued jobs of an earlier run of this folder."""
+    from seedream_pipe.state import STATE_FILE
+
+    if not (out_dir / STATE_FILE).exists():
+        from seedream_pipe.errors import NothingToShow
+
+        raise NothingToShow(f"{out_dir}: no run here (no {STATE_FILE})")
+
+    async def go() -> tuple[int, int]:
+        with StateStore.for_output_dir(out_dir) as store:
+            async with ModelApiClient(api, http=http) as client:
+                return await cancel_queued(store, client)
+
+    return asyncio.run(go())
+
+
 def recipe_meta(recipe: Recipe) -> dict[str, Any]:
     """What the outputs need to know about the recipe, stored in the folder's meta."""
     return {
@@ -932,6 +977,36 @@ def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
     return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
 
 
+def dry_run_report(
+    recipe: Recipe,
+    out_dir: Path,
+    options: RunOptions,
+    *,
+    max_jobs: int = 10_000,
+    allow_large: bool = False,
+) -> dict[str, Any]:
+    """What `run` would do, from the plan and the folder's state, with no network and no writes."""
+    from seedream_pipe.state import STATE_FILE
+
+    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    known: dict[str, JobRecord] = {}
+    if (out_dir / STATE_FILE).exists():
+        with StateStore(out_dir / STATE_FILE) as store:
+            known = {r.job_id: r for r in store.jobs(in_plan=None)}
+    actions: dict[str, int] = {}
+    for job in plan.jobs:
+        rec = known.get(job.job_id)
+        action = "submit" if rec is None else action_for(rec, options)
+        if action == "verify":
+            action = "done"
+        actions[action] = actions.get(action, 0) + 1
+    new_submits = actions.get("submit", 0) + actions.get("resubmit", 0)
+    if options.limit is not None:
+        new_submits = min(new_submits, options.limit)
+    cost = None if recipe.price_per_image is None else new_submits * recipe.price_per_image
+    return {"jobs": len(plan.jobs), "out_dir": str(out_dir), "actions": actions, "estimated_cost": cost}
+
+
 def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, max_jobs: int = 10_000,
                  allow_large: bool = False) -> bool:
     """True when every job of the recipe's plan is already downloaded (or failed, unless
@@ -962,7 +1037,11 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "Runner",
+    "action_for",
     "arun_recipe",
+    "cancel_folder",
+    "cancel_queued",
+    "dry_run_report",
     "nothing_left",
     "options_from_recipe",
     "recipe_meta",

@@ -1,7 +1,263 @@
-"""Commands of this topic (filled in by the issue that builds it)."""
+"""The runner's commands: `run`, `status` and `cancel`.
+
+Only parsing and printing: the work is `seedream_pipe.runner` (run_recipe, cancel_folder), which a
+notebook can call the same way.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from seedream_pipe.config import ApiSettings, api_settings
+from seedream_pipe.errors import EX_OK, NothingToShow, UsageError
+from seedream_pipe.paths import default_output_dir, locate
+from seedream_pipe.state import STATE_FILE, StateStore
+
+#: The simulator `run --sim` starts: realistic in shape, quick enough for a demo.
+SIM_LATENCY_S = 1.5
+SIM_JITTER_S = 0.5
+SIM_WORKERS = 4
+SIM_TOKEN = "sim-local-token"
+
+
+@contextlib.contextmanager
+def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
+    if not sim:
+        yield api_settings(base_url)
+        return
+    if base_url:
+        raise UsageError("--sim and --base-url contradict each other: --sim runs its own server")
+    from seedream_pipe.sim import SimConfig, Simulator
+
+    config = SimConfig(workers=SIM_WORKERS, latency=SIM_LATENCY_S, latency_jitter=SIM_JITTER_S, seed=0)
+    with Simulator(config) as simulator:
+        yield ApiSettings(simulator.base_url, SIM_TOKEN)
+
+
+def _print_summary(result: Any, *, quiet: bool) -> None:
+    from seedream_pipe.errors import EX_INTERRUPTED
+
+    s = result.summary
+    counts = result.counts
+    done = counts.get("downloaded", 0)
+    total = sum(counts.values())
+    if not quiet:
+        line = (
+            f"{done}/{total} images in {result.out_dir}"
+            f" · failed {counts.get('failed', 0)} · cancelled {counts.get('cancelled', 0)}"
+            f" · {s.get('http_requests', 0)} HTTP requests · 429s {s.get('rate_limited', 0)}"
+            f" · retries {s.get('retries', 0)}"
+        )
+        if s.get("possible_duplicates"):
+            line += f" · possible duplicates {s['possible_duplicates']}"
+        if s.get("elapsed_s") is not None:
+            line += f" · {s['elapsed_s']:.1f} s"
+        click.echo(line)
+        for index, job_id, error in result.failures[:20]:
+            click.echo(f"  failed: job {index} ({job_id}): {error}")
+        if len(result.failures) > 20:
+            click.echo(f"  ... and {len(result.failures) - 20} more (seedream-pipe status {result.out_dir})")
+    if result.exit_code not in (EX_OK, 1) and result.reason:
+        prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
+        text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
+        click.secho(text, fg="red", err=True)
+        if result.exit_code != 77:
+            click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
+
+
+@click.command("run")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
+@click.option("--sim", is_flag=True, help="Run against the built-in simulator (started here; no token needed).")
+@click.option("--base-url", metavar="URL", help="API base. [default: $RUNCOMFY_MODEL_API_BASE, else https://model-api.runcomfy.net/v1]")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder. [default: the recipe's output, else outputs/<name>/]")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Submits per minute at most. [default: the recipe's run.rpm]")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Jobs in flight at most. [default: the recipe's run.concurrency]")
+@click.option("--limit", type=click.IntRange(min=0), help="Start at most N unfinished jobs in this run.")
+@click.option("--yes", is_flag=True, help="Allow a plan over --max-jobs jobs.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=10_000, show_default=True, help="Largest plan run without --yes.")
+@click.option("--retry-failed", is_flag=True, help="Try failed jobs again (timed-out ones are polled, not resubmitted).")
+@click.option("--no-resubmit-unknown", is_flag=True,
+              help="Fail a job whose submit outcome is unknown instead of submitting it once more (never risks a second charge).")
+@click.option("--dry-run", is_flag=True, help="Say what would be done, with no network call.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "json_lines", is_flag=True, help="Machine-readable events, one JSON object per line, on stdout.")
+def run_command(
+    recipe_path: Path,
+    sim: bool,
+    base_url: str | None,
+    out: Path | None,
+    rpm: float | None,
+    concurrency: int | None,
+    limit: int | None,
+    yes: bool,
+    max_jobs: int,
+    retry_failed: bool,
+    no_resubmit_unknown: bool,
+    dry_run: bool,
+    quiet: bool,
+    json_lines: bool,
+) -> int:
+    """Run a recipe: submit its jobs, poll them, download every image (resumable).
+
+    Running the same recipe again does only what is missing: jobs already submitted are polled,
+    never submitted twice; finished ones are skipped; new combinations of an edited recipe run.
+    Ctrl-C stops submitting and cancels queued jobs (a second Ctrl-C quits at once).
+
+    Exit codes: 0 all done, 1 some jobs failed, 64 usage, 65 bad recipe, 69 service unavailable,
+    75 rate limit or credit, 77 token missing or refused, 130 interrupted.
+
+    \b
+    Example:
+        seedream-pipe run recipes/demo.yaml --sim
+        RUNCOMFY_TOKEN=... seedream-pipe run recipes/demo.yaml --rpm 30 --concurrency 8
+    """
+    from seedream_pipe.progress import make_progress
+    from seedream_pipe.recipe import load_recipe
+    from seedream_pipe.runner import dry_run_report, nothing_left, options_from_recipe, run_recipe
+
+    if quiet and json_lines:
+        raise UsageError("--quiet and --json contradict each other: choose one")
+    recipe = load_recipe(recipe_path)
+    out_dir = out if out is not None else default_output_dir(recipe)
+    options = options_from_recipe(
+        recipe,
+        rpm=rpm,
+        concurrency=concurrency,
+        limit=limit,
+        retry_failed=retry_failed or None,
+        resubmit_unknown=False if no_resubmit_unknown else None,
+        forget_lost=True if sim else None,
+    )
+    if dry_run:
+        report = dry_run_report(recipe, out_dir, options, max_jobs=max_jobs, allow_large=yes)
+        if json_lines:
+            click.echo(json.dumps(report))
+        else:
+            click.echo(f"{report['jobs']} jobs in the plan; output folder {report['out_dir']}")
+            for action, n in report["actions"].items():
+                click.echo(f"  {action}: {n}")
+            if report.get("estimated_cost") is not None:
+                click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
+        return EX_OK
+    if sim and nothing_left(recipe, out_dir, retry_failed=retry_failed, max_jobs=max_jobs, allow_large=yes):
+        # a finished recipe: no simulator, no network
+        if not quiet and not json_lines:
+            click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
+        return EX_OK
+    with _api_for_run(sim, base_url) as api:
+        progress = make_progress(quiet=quiet, json_lines=json_lines, secret=api.token)
+        result = run_recipe(
+            recipe,
+            api=api,
+            out_dir=out_dir,
+            options=options,
+            progress=progress,
+            max_jobs=max_jobs,
+            allow_large=yes,
+            handle_signals=True,
+        )
+    if not json_lines:
+        _print_summary(result, quiet=quiet)
+    return result.exit_code
+
+
+TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
+
+
+def _open_state(target: Path, out: Path | None) -> tuple[Path, StateStore]:
+    out_dir, _recipe = locate(target, out=out)
+    if not (out_dir / STATE_FILE).exists():
+        raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}); start one with `seedream-pipe run`")
+    return out_dir, StateStore.for_output_dir(out_dir)
+
+
+@click.command("status")
+@TARGET
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
+@click.option("--json", "json_out", is_flag=True, help="Print the counts and failures as JSON.")
+def status_command(target: Path, out: Path | None, json_out: bool) -> int:
+    """Show how far a recipe's run got: jobs by state, failures with their reasons.
+
+    No network: it reads the output folder's state.
+
+    \b
+    Example:
+        seedream-pipe status recipes/demo.yaml
+        seedream-pipe status outputs/demo
+    """
+    out_dir, store = _open_state(target, out)
+    with store:
+        counts = store.counts()
+        failed = store.jobs(states=("failed",))
+        duplicates = sum(1 for r in store.jobs() if r.possible_duplicate)
+        runs = store.runs()
+    last = runs[-1] if runs else None
+    if json_out:
+        click.echo(
+            json.dumps(
+                {
+                    "out_dir": str(out_dir),
+                    "counts": counts,
+                    "possible_duplicates": duplicates,
+                    "failures": [{"index": r.job_index, "job_id": r.job_id, "error": r.error} for r in failed],
+                    "last_run": {k: last[k] for k in ("id", "started_at", "finished_at", "exit_code", "api_host")}
+                    if last
+                    else None,
+                }
+            )
+        )
+        return EX_OK
+    total = sum(counts.values())
+    click.echo(f"{out_dir}: {total} jobs")
+    for state, n in counts.items():
+        if n:
+            click.echo(f"  {state:<15} {n}")
+    if duplicates:
+        click.echo(f"  possible duplicates (submit outcome was unknown, submitted again): {duplicates}")
+    if last:
+        code = last["exit_code"]
+        ended = "still running or killed" if code is None else f"exit {code}"
+        click.echo(f"last run: #{last['id']} against {last['api_host']}, {ended}")
+    for r in failed:
+        click.echo(f"failed: job {r.job_index} ({r.job_id}): {r.error}")
+    return EX_OK
+
+
+@click.command("cancel")
+@TARGET
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
+@click.option("--base-url", metavar="URL", help="API base. [default: $RUNCOMFY_MODEL_API_BASE, else https://model-api.runcomfy.net/v1]")
+def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
+    """Cancel every queued job of an earlier run (e.g. one that was killed).
+
+    Queued jobs are cancelled and not billed; running ones cannot be cancelled: they finish,
+    and the next `run` downloads them. Uses the token and API base from the environment.
+
+    \b
+    Example:
+        seedream-pipe cancel recipes/demo.yaml
+    """
+    from seedream_pipe.runner import cancel_folder
+
+    out_dir, store = _open_state(target, out)
+    with store:
+        runs = store.runs()
+    api = api_settings(base_url)
+    last_host = runs[-1]["api_host"] if runs else None
+    if last_host and last_host != api.host:
+        raise UsageError(
+            f"the jobs in {out_dir} were sent to {last_host}, but the API configured here is {api.host}; "
+            "pass --base-url (or set RUNCOMFY_MODEL_API_BASE) for that host"
+        )
+    cancelled, kept = cancel_folder(out_dir, api=api)
+    click.echo(f"cancelled {cancelled} queued job(s); {kept} running job(s) kept (the next run downloads them)")
+    return EX_OK
+
+
+COMMANDS: list[click.Command] = [run_command, status_command, cancel_command]
