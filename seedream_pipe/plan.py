@@ -855,14 +855,17 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
             scope["repeat"] = r + 1
             scope["index"] = index
             cache = template.cache
+            prompt = None
             if cache is not None:
-                cache_key = tuple(scope[n] for n in template.cache_names)
-                prompt = cache.get(cache_key)
-                if prompt is None:
-                    prompt = _render(recipe, template, scope, labels, problems)
-                    cache[cache_key] = prompt
-            else:
+                try:
+                    cache_key = tuple(scope[n] for n in template.cache_names)
+                    prompt = cache.get(cache_key)
+                except TypeError:  # a param value that is a list or mapping: no cache key
+                    cache = None
+            if prompt is None:
                 prompt = _render(recipe, template, scope, labels, problems)
+                if cache is not None:
+                    cache[cache_key] = prompt
             if not prompt:
                 empty.setdefault(template.name, []).append(index)
                 continue

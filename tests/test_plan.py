@@ -512,6 +512,17 @@ def test_params_and_inputs_build_the_body(tmp_path: Path) -> None:
     assert plan.jobs[0].values["seed"] == 3
 
 
+def test_structured_param_values(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}, "lora": {"type": "object"}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    plan = plan_of(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }} {{ lora.name }}"\n'
+                   "vars: {s: [x, y]}\nresolutions: [1K, 2K]\nparams:\n  lora: [{name: a, w: 0.5}, {name: b, w: 1}]\n")
+    # the template ignores the resolution, so renders are cached, but a mapping is no cache key
+    assert [j.prompt for j in plan] == ["x a", "x b", "x a", "x b", "y a", "y b", "y a", "y b"]
+    assert plan.axes["lora"] == ['{"name":"a","w":0.5}', '{"name":"b","w":1}']
+    assert plan.jobs[1].inputs == {"prompt": "x b", "resolution": "1K", "lora": {"name": "b", "w": 1}}
+
+
 def test_bad_param_value_points_at_it(tmp_path: Path) -> None:
     message = only_problem(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\nparams: {seed: [3, -1]}\n')
     assert message == f"{tmp_path / 'recipe.yaml'}:5:20: params.seed[1]: -1 is less than the minimum of 0"
