@@ -1,0 +1,310 @@
+"""The runner against the simulator over a real socket: the happy path, every fault, auth and
+credit stops, resume by state, recipe edits, and a finished recipe that makes no request."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from seedream_pipe.config import ApiSettings
+from seedream_pipe.recipe import load_recipe
+from seedream_pipe.runner import RunOptions, RunResult, run_recipe
+from seedream_pipe.sim import SimConfig, Simulator, body_hash
+from seedream_pipe.state import StateStore
+
+TOKEN = "test-token-runner"
+
+RECIPE = """\
+name: t
+template: "{{ animal }} {{ place }}"
+vars:
+  animal: [a red fox, a blue whale]
+  place: [in snow, at sea, on a roof]
+resolutions: [1K]
+run: {rpm: 60000, concurrency: 4}
+"""
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(SimConfig(workers=4, latency=0.02, latency_jitter=0.0, seed=3)) as simulator:
+        yield simulator
+
+
+def write_recipe(folder: Path, text: str = RECIPE) -> Path:
+    path = folder / "t.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def fast(**changes: Any) -> RunOptions:
+    opts = RunOptions(
+        rpm=60000,
+        concurrency=4,
+        first_poll_s=0.02,
+        request_timeout_s=2.0,
+        backoff_base_s=0.01,
+        backoff_cap_s=0.05,
+        max_retries=6,
+        seed=7,
+    )
+    for name, value in changes.items():
+        setattr(opts, name, value)
+    return opts
+
+
+def run(sim: Simulator, recipe_path: Path, out: Path, **kwargs: Any) -> RunResult:
+    options = kwargs.pop("options", None) or fast()
+    return run_recipe(
+        load_recipe(recipe_path), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=options, **kwargs
+    )
+
+
+def assert_images_intact(out: Path, expected: int) -> None:
+    with StateStore.for_output_dir(out) as store:
+        done = store.jobs(states=("downloaded",))
+    assert len(done) == expected
+    for rec in done:
+        assert rec.image_path is not None and rec.thumb_path is not None
+        data = (out / rec.image_path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == rec.sha256
+        assert len(data) == rec.bytes
+        with Image.open(out / rec.image_path) as img:
+            img.load()
+            assert img.size == (rec.width, rec.height)
+        with Image.open(out / rec.thumb_path) as thumb:
+            assert max(thumb.size) == 512
+
+
+def no_unflagged_duplicates(sim: Simulator, out: Path) -> None:
+    """Every body the simulator accepted more than once belongs to a job flagged as such."""
+    stats = sim.stats()
+    with StateStore.for_output_dir(out) as store:
+        flagged = {body_hash(r.inputs) for r in store.jobs(in_plan=None) if r.possible_duplicate}
+        cancelled = {body_hash(r.inputs) for r in store.jobs(in_plan=None) if r.cancelled_at is not None}
+    for digest, n in stats["submits_per_body"].items():
+        if n > 1:
+            assert digest in flagged or digest in cancelled, f"{digest} submitted {n} times, not flagged"
+
+
+def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run(sim, write_recipe(tmp_path), out)
+    assert result.exit_code == 0
+    assert result.counts["downloaded"] == 6
+    stats = sim.stats()
+    assert stats["submits_accepted"] == 6
+    assert stats["duplicate_submits"] == 0
+    assert stats["peak_in_flight"] <= 4
+    assert_images_intact(out, 6)
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert len(names) == 6 and all(n.endswith(".png") and n[:4].isdigit() for n in names)
+    with StateStore.for_output_dir(out) as store:
+        runs = store.runs()
+        meta = store.get_meta("recipe")
+    assert runs[-1]["exit_code"] == 0 and runs[-1]["api_host"] == "127.0.0.1"
+    assert runs[-1]["summary"]["http_requests"] == result.summary["http_requests"]
+    assert meta["name"] == "t" and meta["hash"] and "template" in meta["source_text"]
+    assert set(meta["sheet"]) >= {"rows", "cols"}
+
+
+def test_a_finished_recipe_run_again_makes_no_request(sim: Simulator, tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    before = sim.stats()["requests_total"]
+    again = run(sim, recipe, out)
+    assert again.exit_code == 0
+    assert again.summary["http_requests"] == 0
+    assert sim.stats()["requests_total"] == before
+
+
+def test_a_deleted_or_changed_image_is_downloaded_again(sim: Simulator, tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    run(sim, recipe, out)
+    files = sorted((out / "images").iterdir())
+    files[0].unlink()
+    files[1].write_bytes(b"scribbled over")
+    again = run(sim, recipe, out)
+    assert again.exit_code == 0
+    assert sim.stats()["submits_accepted"] == 6  # fetched again, not generated again
+    assert again.summary["downloads"] == 2
+    assert_images_intact(out, 6)
+
+
+def test_an_edited_recipe_runs_only_the_new_combinations(sim: Simulator, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(sim, write_recipe(tmp_path), out)
+    edited = RECIPE.replace("[in snow, at sea, on a roof]", "[in snow, at sea, on a roof, in a cave]")
+    result = run(sim, write_recipe(tmp_path, edited), out)
+    assert result.exit_code == 0
+    assert result.summary["submits"] == 2
+    assert sim.stats()["submits_accepted"] == 8
+    assert sim.stats()["duplicate_submits"] == 0
+    assert_images_intact(out, 8)
+
+
+def test_a_job_with_a_request_id_is_polled_never_submitted_again(sim: Simulator, tmp_path: Path) -> None:
+    recipe_path, out = write_recipe(tmp_path), tmp_path / "out"
+    recipe = load_recipe(recipe_path)
+    plan = recipe.plan()
+    out.mkdir()
+    first = plan.jobs[0]
+    # a run that crashed right after the API accepted this job's body
+    answer = httpx.post(
+        f"{sim.base_url}/models/{first.model}", json=dict(first.inputs), headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(plan.jobs)
+        store.transition(first.job_id, "submitting", attempts=1)
+        store.transition(first.job_id, "submitted", request_id=answer["request_id"])
+    result = run(sim, recipe_path, out)
+    assert result.exit_code == 0
+    stats = sim.stats()
+    assert stats["submits_per_body"][body_hash(dict(first.inputs))] == 1
+    assert stats["duplicate_submits"] == 0
+    assert result.summary["submits"] == 5
+    assert_images_intact(out, 6)
+
+
+def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simulator, tmp_path: Path) -> None:
+    recipe_path, out = write_recipe(tmp_path), tmp_path / "out"
+    plan = load_recipe(recipe_path).plan()
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(plan.jobs)
+        store.transition(plan.jobs[0].job_id, "submitting", attempts=1)
+    result = run(sim, recipe_path, out)
+    assert result.exit_code == 0
+    assert result.summary["possible_duplicates"] == 1
+    with StateStore.for_output_dir(out) as store:
+        assert store.get(plan.jobs[0].job_id).possible_duplicate  # type: ignore[union-attr]
+
+    # and with --no-resubmit-unknown it is failed instead, never risking a second charge
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    with StateStore.for_output_dir(out2) as store:
+        store.sync_plan(plan.jobs)
+        store.transition(plan.jobs[0].job_id, "submit_unknown", attempts=1)
+    result = run(sim, recipe_path, out2, options=fast(resubmit_unknown=False))
+    assert result.exit_code == 1
+    assert result.counts["failed"] == 1 and result.counts["downloaded"] == 5
+    assert "--no-resubmit-unknown" in result.failures[0][2]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"error_rate": 0.3},
+        {"drop_rate": 0.15},
+        {"malformed_rate": 0.2},
+        {"result_404_rate": 0.3},
+        {"expired_rate": 0.3},
+        {"truncate_rate": 0.3},
+        {"garbage_rate": 0.3},
+        {"submit_drop_rate": 0.5},
+        {"slow_rate": 0.15, "slow_s": 3.0},
+    ],
+    ids=lambda f: next(iter(f)),
+)
+def test_faults_are_survived(sim: Simulator, tmp_path: Path, fault: dict[str, Any]) -> None:
+    sim.set_faults(**fault)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    options = fast(request_timeout_s=0.5 if "slow_rate" in fault else 2.0)
+    result = run(sim, recipe, out, options=options)
+    name = next(iter(fault))
+    assert sim.stats()["faults"][name] > 0, "the fault never struck: the test proves nothing"
+    no_unflagged_duplicates(sim, out)
+    # jobs whose submit outcome stayed unknown twice fail (by design); everything else is done
+    for _, _, error in result.failures:
+        assert "twice" in error
+    assert result.counts["downloaded"] + result.counts["failed"] == 6
+    assert result.exit_code == (1 if result.failures else 0)
+    assert_images_intact(out, result.counts["downloaded"])
+    assert not list((out / "images").glob(".download-*")), "a partial download was left behind"
+
+
+def test_failed_jobs_fail_with_the_servers_reason_and_retry_failed_retries(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(job_fail_rate=0.5)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out)
+    assert result.exit_code == 1
+    assert result.counts["failed"] == sim.stats()["failed"] > 0
+    assert all("simulated job failure" in error for _, _, error in result.failures)
+    sim.set_faults(job_fail_rate=0.0)
+    assert run(sim, recipe, out).counts["failed"] == result.counts["failed"]  # left alone
+    again = run(sim, recipe, out, options=fast(retry_failed=True))
+    assert again.exit_code == 0
+    assert again.counts["downloaded"] == 6
+
+
+def test_revoked_token_stops_at_once_and_a_later_run_completes(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(revoke_after=3)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out, options=fast(concurrency=2))
+    assert result.exit_code == 77
+    assert TOKEN not in (result.reason or "")
+    with StateStore.for_output_dir(out) as store:
+        states = store.counts()
+    assert states["submitting"] == 0  # the refused submit went back to planned
+    assert sim.stats()["submits_accepted"] == 3
+    sim.restore_token()
+    again = run(sim, recipe, out)
+    assert again.exit_code == 0
+    assert sim.stats()["duplicate_submits"] == 0
+    assert_images_intact(out, 6)
+
+
+def test_out_of_credit_finishes_what_is_in_flight_then_exits_75(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(credit_limit=4)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out, options=fast(concurrency=6))
+    assert result.exit_code == 75
+    assert "credit" in (result.reason or "")
+    assert result.counts["downloaded"] == 4  # the four accepted ones were finished
+    assert result.counts["planned"] == 2
+    sim.set_faults(credit_limit=None)
+    assert run(sim, recipe, out).exit_code == 0
+    assert sim.stats()["duplicate_submits"] == 0
+
+
+class RejectOne(httpx.AsyncBaseTransport):
+    """The simulator accepts every body the planner makes; this answers 422 to one of them."""
+
+    def __init__(self, marker: str) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._marker = marker.encode()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and self._marker in request.content:
+            return httpx.Response(422, json={"error": {"code": "validation_error", "message": "prompt: not allowed"}})
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def test_a_rejected_body_fails_that_job_only(sim: Simulator, tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    http = httpx.AsyncClient(transport=RejectOne("blue whale on a roof"))
+    result = run(sim, recipe, out, http=http)
+    assert result.exit_code == 1
+    assert result.counts == {**result.counts, "downloaded": 5, "failed": 1}
+    assert "prompt: not allowed" in result.failures[0][2]
+
+
+def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
+        result = run(first, recipe, out, options=fast(timeout_s=0.3))
+        assert result.counts["failed"] == 6  # timed out, request ids kept
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:
+        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True))
+        assert result.exit_code == 0
+        assert second.stats()["submits_accepted"] == 6
+    assert_images_intact(out, 6)
