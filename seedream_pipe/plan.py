@@ -152,14 +152,16 @@ class PromptTemplate:
         self._globals = dict(self.compiled.globals)
 
     def render(self, scope: Mapping[str, Any]) -> str:
-        # The fast path builds the context from a plain dict (Template.render merges a ChainMap of
-        # globals per call, the biggest cost of a 100,000-job plan). On error, render again through
-        # Template.render, which rewrites the traceback to template lines for the message.
+        # The fast path builds the context from a plain dict: Template.render merges, and Context
+        # lists, a ChainMap of globals per call, the biggest cost of a 100,000-job plan. On error,
+        # render again through Template.render, which rewrites the traceback to template lines.
         parent = self._globals.copy()
         parent.update(scope)
         compiled = self.compiled
+        env = compiled.environment
         try:
-            return concat(compiled.root_render_func(compiled.new_context(parent, shared=True)))
+            context = env.context_class(env, parent, compiled.name, compiled.blocks)
+            return concat(compiled.root_render_func(context))
         except Exception:
             return compiled.render(dict(scope))
 
