@@ -6,14 +6,33 @@
         ...  # point a client at sim.base_url; read sim.stats()
 
 See docs/simulator.md for the protocol, every fault and the admin endpoints.
+
+Names load lazily: the `sim` command's options need only `config`, and `seedream-pipe --help`
+should not pay for aiohttp, Pillow and numpy.
 """
 
 from __future__ import annotations
 
-from seedream_pipe.sim.config import FAULT_NAMES, Faults, SimConfig
-from seedream_pipe.sim.engine import body_hash
-from seedream_pipe.sim.render import image_size, render_image, render_png
-from seedream_pipe.sim.server import SimServer, Simulator
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seedream_pipe.sim.config import FAULT_NAMES, Faults, SimConfig
+    from seedream_pipe.sim.engine import body_hash
+    from seedream_pipe.sim.render import image_size, render_image, render_png
+    from seedream_pipe.sim.server import SimServer, Simulator
+
+_EXPORTS: dict[str, str] = {
+    "FAULT_NAMES": "seedream_pipe.sim.config",
+    "Faults": "seedream_pipe.sim.config",
+    "SimConfig": "seedream_pipe.sim.config",
+    "SimServer": "seedream_pipe.sim.server",
+    "Simulator": "seedream_pipe.sim.server",
+    "body_hash": "seedream_pipe.sim.engine",
+    "image_size": "seedream_pipe.sim.render",
+    "render_image": "seedream_pipe.sim.render",
+    "render_png": "seedream_pipe.sim.render",
+}
 
 __all__ = [
     "FAULT_NAMES",
@@ -26,3 +45,16 @@ __all__ = [
     "render_image",
     "render_png",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seedream_pipe.sim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
