@@ -253,6 +253,9 @@ class Runner:
     async def run(self, records: list[JobRecord]) -> RunResult:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.thumbs_dir.mkdir(parents=True, exist_ok=True)
+        # partial files of a run that was killed mid-download (never referenced by the state)
+        for stale in [*self.images_dir.glob(".download-*.part"), *self.thumbs_dir.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
         self._records = {r.job_id: r for r in records}
         plan: dict[str, list[JobRecord]] = {}
         for rec in records:
