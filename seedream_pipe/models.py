@@ -13,6 +13,7 @@ whose enum uses the `WIDTHxHEIGHT (W:H)` form: for `"2560x1440 (16:9)"` the alia
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping
@@ -176,8 +177,11 @@ class ModelSchema:
             where = str(error.path[0]) if error.path else ""
             if error.validator == "additionalProperties" and not error.path:
                 extra = sorted(set(body) - set(self.properties))
+                known = sorted(self.properties)
                 for name in extra:
-                    found.append((name, f"{self.model} does not accept the input {name!r}"))
+                    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]!r}?)" if close else f" (it accepts: {', '.join(known)})"
+                    found.append((name, f"{self.model} does not accept the input {name!r}{hint}"))
                 continue
             if error.validator == "required" and not error.path:
                 required = error.validator_value if isinstance(error.validator_value, list) else []

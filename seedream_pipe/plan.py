@@ -241,7 +241,9 @@ class _Problems:
         self.items: list[Problem] = []
 
     def add(self, path: KeyPath, message: str) -> None:
-        self.items.append(self.recipe.problem(path, message))
+        problem = self.recipe.problem(path, message)
+        if problem not in self.items:  # a body check meets the same fault once per value
+            self.items.append(problem)
 
     def add_template(self, path: KeyPath, line: int | None, message: str) -> None:
         prefix = f"template line {line}: " if line is not None else ""
@@ -568,6 +570,8 @@ def _check_body(recipe: Recipe, blueprint: Blueprint, body: Mapping[str, Any], c
         if skip_prompt and where == "prompt":
             continue
         path = _body_problem_path(recipe, blueprint.axes, where, combo_at)
+        if path[:1] == ("params",) and "does not accept the input" in message:
+            path = path[:2]  # the whole param is refused, not one of its values
         if where == "" and "requires" in message:
             message += " (add it under `inputs:`)"
         problems.add(path, message)

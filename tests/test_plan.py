@@ -530,8 +530,17 @@ def test_bad_param_value_points_at_it(tmp_path: Path) -> None:
 
 def test_seedream_refuses_extra_inputs(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {seed: 1}\nparams: {steps: [1, 2]}\n')
-    assert f"{tmp_path / 'recipe.yaml'}:3:10: inputs.seed: {SEEDREAM} does not accept the input 'seed'" in found
-    assert any(f"params.steps[0]: {SEEDREAM} does not accept the input 'steps'" in p for p in found)
+    assert found == [
+        f"{tmp_path / 'recipe.yaml'}:3:10: inputs.seed: {SEEDREAM} does not accept the input 'seed' "
+        "(it accepts: prompt, resolution)",
+        f"{tmp_path / 'recipe.yaml'}:4:10: params.steps: {SEEDREAM} does not accept the input 'steps' "
+        "(it accepts: prompt, resolution)",
+    ]
+
+
+def test_misspelt_input_gets_a_did_you_mean(tmp_path: Path) -> None:
+    message = only_problem(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {step: 3}\n')
+    assert message.endswith("inputs.step: example/seeded does not accept the input 'step' (did you mean 'steps'?)")
 
 
 def test_inputs_cannot_set_prompt_or_resolution(tmp_path: Path) -> None:
