@@ -173,9 +173,9 @@ def schema_cmd() -> int:
 STARTER = """\
 # A seedream-pipe recipe: one prompt template, a few variables, every combination a request.
 # Check it with `seedream-pipe plan {path}`; run it with `seedream-pipe run {path} --sim`.
-# Every key is described in the recipe reference (docs/recipes.md); editors can validate this
-# file against `seedream-pipe schema > recipe.schema.json` with the line:
-# yaml-language-server: $schema=recipe.schema.json
+# Every key is described in the recipe reference (docs/recipes.md). For completion and checking
+# in editors, run `seedream-pipe schema > recipe.schema.json` and make the first line of this
+# file `# yaml-language-server: $schema=recipe.schema.json`.
 
 name: {name}                  # default: the file name; a-z, 0-9, - and _
 model: bytedance/seedream-4-0/text-to-image
