@@ -145,8 +145,6 @@ class PromptTemplate:
     key_path: KeyPath
     compiled: Template
     uses: frozenset[str]
-    cache: dict[tuple[Any, ...], str] | None = None
-    cache_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._globals = dict(self.compiled.globals)
@@ -809,11 +807,13 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     varying = {name for axis in axes if len(axis) > 1 for name in axis.scope[0]}
     if repeats > 1:
         varying.add("repeat")
+    # Local to this call (not kept on the blueprint), so that plans never share state.
+    caches: dict[str, dict[tuple[Any, ...], str]] = {}
+    cache_names: dict[str, tuple[str, ...]] = {}
     for template in templates:
-        template.cache = None
         if "index" not in template.uses and not varying <= template.uses:
-            template.cache = {}
-            template.cache_names = tuple(sorted(template.uses))
+            caches[template.name] = {}
+            cache_names[template.name] = tuple(sorted(template.uses))
 
     # Per distinct non-prompt part: the body's other inputs and the canonical JSON around the prompt.
     parts: dict[tuple[int, ...], tuple[dict[str, Any], str, str] | None] = {}
@@ -860,11 +860,11 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
             index = len(jobs) + 1
             scope["repeat"] = r + 1
             scope["index"] = index
-            cache = template.cache
+            cache = caches.get(template.name)
             prompt = None
             if cache is not None:
                 try:
-                    cache_key = tuple(scope[n] for n in template.cache_names)
+                    cache_key = tuple(scope[n] for n in cache_names[template.name])
                     prompt = cache.get(cache_key)
                 except TypeError:  # a param value that is a list or mapping: no cache key
                     cache = None
@@ -908,8 +908,6 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
         if len(problems.items) >= 20:
             break
 
-    for template in templates:
-        template.cache = None  # the prompts are in the jobs now; do not keep a second copy
     for name, indices in empty.items():
         template = next(t for t in templates if t.name == name)
         shown = ", ".join(str(i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
