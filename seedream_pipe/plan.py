@@ -42,7 +42,6 @@ from seedream_pipe.errors import Problem, RecipeError
 from seedream_pipe.jobs import Job
 from seedream_pipe.models import ModelSchema, SchemaError, load_model_schema
 from seedream_pipe.recipe import (
-    NAME_PATTERN,
     TEMPLATE_NAME_PATTERN,
     VAR_NAME_PATTERN,
     KeyPath,
@@ -145,6 +144,7 @@ class PromptTemplate:
     key_path: KeyPath
     compiled: Template
     uses: frozenset[str]
+    tree: nodes.Template
 
     def __post_init__(self) -> None:
         self._globals = dict(self.compiled.globals)
@@ -282,17 +282,12 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
             problems.add_template(path, None, f"refused by the sandbox: {exc}")
             continue
         uses = frozenset(meta.find_undeclared_variables(tree)) - frozenset(_ENV.globals)
-        prompt_template = PromptTemplate(name, source, path, template, uses)
-        prompt_template._tree = tree  # type: ignore[attr-defined]
-        compiled.append(prompt_template)
+        compiled.append(PromptTemplate(name, source, path, template, uses, tree))
     return compiled
 
 
 def _first_line_of(template: PromptTemplate, name: str) -> int | None:
-    tree = getattr(template, "_tree", None)
-    if tree is None:
-        return None
-    for node in tree.find_all(nodes.Name):
+    for node in template.tree.find_all(nodes.Name):
         if node.name == name and node.ctx == "load":
             return int(node.lineno)
     return None
@@ -593,14 +588,11 @@ def prepare(recipe: Recipe) -> Blueprint:
     """Check everything that does not need the jobs themselves; compile the templates."""
     problems = _Problems(recipe)
     spec = recipe.spec
-    if spec.name is not None and not re.match(NAME_PATTERN, spec.name):  # pragma: no cover
-        problems.add(("name",), "a name uses only a-z, 0-9, - and _")
     try:
         schema = load_model_schema(spec.model, recipe.input_schema)
     except SchemaError as exc:
         problems.add(("input_schema",) if spec.input_schema else ("model",), str(exc))
-        problems.raise_if_any()
-        raise  # pragma: no cover - raise_if_any raised
+        raise RecipeError(problems.items) from exc
     for name in spec.inputs:
         if name == "prompt":
             problems.add(("inputs", name), "the prompt comes from `template:`, not `inputs:`")
