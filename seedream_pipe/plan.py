@@ -245,7 +245,7 @@ class _Problems:
 
     def add_template(self, path: KeyPath, line: int | None, message: str) -> None:
         prefix = f"template line {line}: " if line is not None else ""
-        self.items.append(self.recipe.problem(path, prefix + message))
+        self.items.append(self.recipe.problem(path, prefix + message, text_line=line))
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -948,6 +948,6 @@ def _render(recipe: Recipe, template: PromptTemplate, scope: Mapping[str, Any],
 def _render_failed(recipe: Recipe, template: PromptTemplate, exc: BaseException, message: str) -> NoReturn:
     line = _template_line(exc)
     prefix = f"template line {line}: " if line is not None else ""
-    raise RecipeError(recipe.problem(template.key_path, prefix + message)) from None
+    raise RecipeError(recipe.problem(template.key_path, prefix + message, text_line=line)) from None
 
 

@@ -64,6 +64,7 @@ _AS_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 KeyPath = tuple[str | int, ...]
+LITERAL_BLOCK = "|"  # a pseudo key: where the content of a `|` block scalar starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +358,12 @@ class _Converter:
         if id(node) in self.active:
             raise _Refused("an alias refers to a value that contains it", path, node)
         if isinstance(node, yaml.ScalarNode):
+            if node.style == "|":
+                # A literal block keeps its lines, so a template's line N is the file's line
+                # (first content line + N - 1); remembered under a key no recipe can write.
+                self.locations.setdefault(
+                    (*path, LITERAL_BLOCK), Location(self.display, node.start_mark.line + 2, 1)
+                )
             return self.scalar(node, path)
         self.active.add(id(node))
         try:
@@ -826,8 +833,13 @@ class Recipe:
     def __repr__(self) -> str:
         return f"<Recipe {self.name!r} from {self.display}>"
 
-    def problem(self, path: KeyPath, message: str) -> Problem:
-        """A Problem about the value at `path`, located where it was written."""
+    def problem(self, path: KeyPath, message: str, *, text_line: int | None = None) -> Problem:
+        """A Problem about the value at `path`, located where it was written. `text_line` is a
+        line within a multi-line text value (a template): written as a `|` block, the problem
+        points at that very line of the file."""
+        block = self._locations.get((*path, LITERAL_BLOCK)) if text_line is not None else None
+        if block is not None and text_line is not None:
+            return Problem(block.file, message, format_key_path(path), block.line + text_line - 1, None)
         return _problem_at(self._locations, self.display, path, message)
 
     def location(self, path: KeyPath) -> Location | None:

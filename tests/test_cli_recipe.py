@@ -91,7 +91,7 @@ BAD_INPUTS: dict[str, tuple[str | bytes, str]] = {
     "undefined variable": ('template: "{{ a }} {{ b }}"\nvars: {a: [x]}\n',
                            ":1:1: template: template line 1: 'b' is undefined"),
     "template syntax": ('template: |\n  {{ a }}\n  {{ a + }}\nvars: {a: [x]}\n',
-                        ":1:1: template: template line 2: syntax error: "),
+                        ":3: template: template line 2: syntax error: "),
     "sandbox escape": ("template: \"{{ a }}{{ ''.__class__.__mro__ }}\"\nvars: {a: [x]}\n",
                        ":1:1: template: template line 1: refused by the sandbox: access to attribute '__class__'"),
     "unknown resolution": ('template: "{{ a }}"\nvars: {a: [x]}\nresolutions: [3K]\n',

@@ -282,14 +282,22 @@ def test_undefined_template_variable_has_line_and_suggestion(tmp_path: Path) -> 
         "    {{ colour }} light\nvars:\n  subject: [x]\n  color: [red]\n",
     )
     assert message == (
-        f"{tmp_path / 'recipe.yaml'}:3:3: templates.long: template line 2: 'colour' is undefined "
+        f"{tmp_path / 'recipe.yaml'}:5: templates.long: template line 2: 'colour' is undefined "
         "(did you mean 'color'?); the template can use: color, index, repeat, resolution, subject"
     )
 
 
 def test_template_syntax_error_has_template_line(tmp_path: Path) -> None:
     message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {% if a %}\n  {{ a }\nvars: {a: [x]}\n")
-    assert message == f"{tmp_path / 'recipe.yaml'}:1:1: template: template line 3: syntax error: unexpected '}}'"
+    # a `|` block keeps its lines: template line 3 is line 4 of the file
+    assert message == f"{tmp_path / 'recipe.yaml'}:4: template: template line 3: syntax error: unexpected '}}'"
+
+
+def test_template_problem_in_a_base_points_into_the_base(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("description: base\ntemplate: |\n  {{ a }}\n  {{ b }}\nvars: {a: [x]}\n", encoding="utf-8")
+    message = only_problem(tmp_path, "extends: base.yaml\n")
+    assert message.startswith(f"{base}:4: template: template line 2: 'b' is undefined")
 
 
 def test_template_syntax_error_unclosed_block(tmp_path: Path) -> None:
@@ -328,6 +336,7 @@ def test_sandbox_is_immutable(tmp_path: Path) -> None:
 
 def test_runtime_error_in_template(tmp_path: Path) -> None:
     message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {{ 1 / 0 }}\nvars: {a: [x]}\n")
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:3: template: ")
     assert "template: template line 2: ZeroDivisionError: division by zero (rendering a=x" in message
 
 
