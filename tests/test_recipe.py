@@ -398,6 +398,12 @@ def test_var_file_values(tmp_path: Path) -> None:
     assert [job.prompt for job in recipe.plan()] == ["watercolor", "oil paint", "ink"]
 
 
+def test_var_file_with_windows_line_ends(tmp_path: Path) -> None:
+    write(tmp_path, b"ink\r\n# note\r\nwatercolor\r\n", "styles.txt")
+    recipe = load_recipe(write(tmp_path, b'template: "{{ style }}"\r\nvars:\r\n  style: {file: styles.txt}\r\n'))
+    assert recipe.spec.vars["style"] == ["ink", "watercolor"]
+
+
 def test_var_file_change_changes_the_hash(tmp_path: Path) -> None:
     styles = write(tmp_path, "a\nb\n", "styles.txt")
     path = write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: styles.txt}\n')
