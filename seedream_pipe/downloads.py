@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from seedream_pipe.images import save_thumbnail
+from seedream_pipe.images import THUMB_SIZE, save_thumbnail
 
 # A decompression bomb is not an image we asked for; Pillow's own limit applies, as an error.
 Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
@@ -38,16 +38,24 @@ def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
     """
     try:
         with Image.open(tmp) as img:
-            img.verify()  # structure and checksums, without decoding
-        with Image.open(tmp) as img:
-            img.load()  # a full decode: catches a body cut short
+            img.load()  # a full decode: catches garbage and a body cut short
             size = img.size
-            save_thumbnail(img, thumb)
+            save_thumbnail(_shrunk(img), thumb)
     except Exception as exc:  # Pillow raises many kinds for bad bytes
         tmp.unlink(missing_ok=True)
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
     os.replace(tmp, dest)
     return KeptImage(width=size[0], height=size[1])
+
+
+def _shrunk(img: Image.Image) -> Image.Image:
+    """The image reduced by a whole factor (a box filter) to about thumbnail size.
+
+    Resampling a 1024px image to 512 with Lanczos costs twice the decode; a 2x2 box average
+    is ten times cheaper and looks the same at thumbnail size. save_thumbnail finishes the job.
+    """
+    factor = max(img.size) // THUMB_SIZE
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def file_sha256(path: Path) -> str | None:
@@ -67,7 +75,7 @@ def remake_thumbnail(image: Path, thumb: Path) -> bool:
     try:
         with Image.open(image) as img:
             img.load()
-            save_thumbnail(img, thumb)
+            save_thumbnail(_shrunk(img), thumb)
     except Exception:
         return False
     return True

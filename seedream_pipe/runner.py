@@ -89,7 +89,9 @@ class RunOptions:
     resubmit_unknown: bool = True
     timeout_s: float = 900.0  # a job not finished this long after its submit is given up on
     request_timeout_s: float = 20.0
-    requests_per_s: float = 50.0  # polls, result reads, cancels, downloads
+    # polls, result reads, cancels, downloads; None: 5 per submit the rpm allows (a job needs
+    # about 3-4), at least 10/s
+    requests_per_s: float | None = None
     first_poll_s: float = 1.0
     max_retries: int = 5
     backoff_base_s: float = 0.5
@@ -224,6 +226,7 @@ class Runner:
             fields.setdefault("polls", self._polls[rec.job_id])
         self.store.transition(rec.job_id, state, **fields)
         rec.state = state
+        setattr(rec, f"{state}_at", self._clock())  # the store stamped the same moment
         for name, value in fields.items():
             if hasattr(rec, name):
                 setattr(rec, name, value)
@@ -374,8 +377,8 @@ class Runner:
         cancelled, kept = await cancel_queued(self.store, self.client, on_done=self._cancelled_one)
         self._emit(
             "message",
-            text=f"interrupted: cancelled {cancelled} queued job(s); {kept} already running kept "
-            "(they finish and are billed; the next run picks them up)",
+            text=f"interrupted: cancelled {cancelled} queued job(s); kept {kept} already running or "
+            "finished (they are billed; the next run picks them up)",
         )
         self.summary_extra = {"cancelled_on_interrupt": cancelled, "kept_running": kept}
 
@@ -905,11 +908,12 @@ async def arun_recipe(
         store.set_meta("recipe", recipe_meta(recipe))
         started = time.time()
         rng = random.Random(opts.seed)
+        budget = opts.requests_per_s or max(10.0, 5 * opts.rpm / 60)
         client = ModelApiClient(
             api,
             http=http,
             pacer=SubmitPacer(opts.rpm),
-            budget=RequestBudget(opts.requests_per_s, burst=max(10, int(opts.requests_per_s))),
+            budget=RequestBudget(budget, burst=max(10, int(budget))),
             backoff=Backoff(base=opts.backoff_base_s, cap=opts.backoff_cap_s, rng=rng),
             timeout_s=opts.request_timeout_s,
             max_retries=opts.max_retries,

@@ -1,0 +1,239 @@
+"""Benchmark of the runner against the simulator (a benchmark, not a test): prints every figure.
+
+The simulator runs in a child process so that the CPU measured here is the runner's alone.
+Its server-side limit is R submits per second: the simulator's sliding-window limiter with its
+window shortened from 60 s to 1 s in that child process (the runner only knows "rpm" and must
+find the limit from the 429s it gets). Scenarios, each on a fresh simulator and output folder:
+
+  A. rpm = the server's limit (R x 60): makespan vs the ideal max(N/R, N*L/W) + L, 429s (goal 0)
+  B. rpm far above it (the limit unknown): share of the server's capacity (goal >= 85%), 429s
+     as a share of submits (goal < 5%)
+  C. a naive baseline (submit one job, poll every 2 s, download, next), on a subset of jobs,
+     extrapolated to N; the ratio to A
+
+For A and B: HTTP requests per job (goal <= 5), detection delay = when the runner saw a job
+finished minus when the server finished it (goal < 10% of L), runner CPU per job (goal < 2 ms),
+with the part spent decoding/thumbnailing images shown apart (Pillow work that grows with the
+image size, not orchestration).
+
+    python bench/run_bench.py [--n 500] [--latency 1.0] [--workers 25] [--rate 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from seedream_pipe import runner as runner_module  # noqa: E402
+from seedream_pipe.config import ApiSettings  # noqa: E402
+from seedream_pipe.recipe import load_recipe  # noqa: E402
+from seedream_pipe.runner import RunOptions, run_recipe  # noqa: E402
+from seedream_pipe.state import StateStore  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def sim_child(conn: Connection, settings: dict[str, Any], window_s: float) -> None:
+    from seedream_pipe.sim import engine
+
+    engine.SlidingWindowLimiter.WINDOW_S = window_s  # R per second instead of per minute
+    from seedream_pipe.sim import SimConfig, Simulator
+
+    with Simulator(SimConfig(**settings)) as sim:
+        conn.send(sim.base_url)
+        conn.recv()
+
+
+class SimProcess:
+    def __init__(self, *, workers: int, latency: float, jitter: float, rate: int | None) -> None:
+        settings = {"workers": workers, "latency": latency, "latency_jitter": jitter, "seed": 1, "rpm": rate}
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=sim_child, args=(child, settings, 1.0), daemon=True)
+
+    def __enter__(self) -> SimProcess:
+        self._proc.start()
+        self.base_url: str = self._conn.recv()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self._proc.join(10)
+
+    def stats(self) -> dict[str, Any]:
+        root = self.base_url.rsplit("/v1", 1)[0]
+        return httpx.get(f"{root}/admin/stats").json()  # type: ignore[no-any-return]
+
+
+def write_recipe(folder: Path, n: int) -> Path:
+    a = [f"subject{i}" for i in range(10)]
+    b = [f"place{i}" for i in range(10)]
+    c = [f"style{i}" for i in range(max(1, n // 100))]
+    text = (
+        "name: bench\n"
+        'template: "{{ a }} {{ b }} {{ c }}"\n'
+        f"vars:\n  a: {a}\n  b: {b}\n  c: {c}\n"
+        "resolutions: [1K]\n"
+    )
+    path = folder / "bench.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class ImageCpu:
+    """CPU seconds spent in Pillow checks/thumbnails (in worker threads) during a run."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._orig = runner_module.keep_image
+
+    def __enter__(self) -> ImageCpu:
+        orig = self._orig
+
+        def timed(*args: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return orig(*args)
+            finally:
+                with self._lock:
+                    self.seconds += time.thread_time() - start
+
+        runner_module.keep_image = timed  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        runner_module.keep_image = self._orig
+
+
+def iso(text: str | None) -> float | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
+def scenario(name: str, args: argparse.Namespace, recipe: Path, folder: Path, rpm: float) -> dict[str, Any]:
+    n, latency, workers, rate = args.n, args.latency, args.workers, args.rate
+    out = folder / name
+    with SimProcess(workers=workers, latency=latency, jitter=args.jitter, rate=rate) as sim:
+        options = RunOptions(rpm=rpm, concurrency=workers, first_poll_s=args.first_poll, seed=1)
+        with ImageCpu() as images:
+            cpu0 = time.process_time()
+            wall0 = time.monotonic()
+            result = run_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=options)
+            makespan = time.monotonic() - wall0
+            cpu = time.process_time() - cpu0
+        stats = sim.stats()
+    with StateStore.for_output_dir(out) as store:
+        jobs = store.jobs()
+    delays = []
+    for rec in jobs:
+        finished = iso(rec.server_finished_at)
+        if finished is not None and rec.completed_at is not None:
+            delays.append(rec.completed_at - finished)
+    ideal = max(n / rate, n * latency / workers) + latency
+    submits = stats["submits_accepted"] + stats["submits_rejected"]
+    return {
+        "name": name,
+        "exit_code": result.exit_code,
+        "done": result.counts["downloaded"],
+        "makespan_s": makespan,
+        "ideal_s": ideal,
+        "over_ideal": makespan / ideal - 1,
+        "capacity": ideal / makespan,
+        "rate_limited": stats["rate_limited"],
+        "rate_limited_share": stats["rate_limited"] / max(1, submits),
+        "requests_per_job": stats["requests_total"] / n,
+        "polls_per_job": stats["polls"] / n,
+        "runner_requests_per_job": result.summary["http_requests"] / n,
+        "delay_mean_s": statistics.fmean(delays) if delays else float("nan"),
+        "delay_p90_s": statistics.quantiles(delays, n=10)[-1] if len(delays) > 10 else float("nan"),
+        "cpu_ms_per_job": cpu / n * 1000,
+        "image_cpu_ms_per_job": images.seconds / n * 1000,
+        "duplicates": stats["duplicate_submits"],
+    }
+
+
+async def naive(base_url: str, model: str, bodies: list[dict[str, Any]], folder: Path) -> float:
+    """What a single-request CLI does: submit, poll every 2 s, read the result, download, next."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    start = time.monotonic()
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i, body in enumerate(bodies):
+            rid = (await http.post(f"{base_url}/models/{model}", json=body, headers=headers)).json()["request_id"]
+            while True:
+                await asyncio.sleep(2.0)
+                status = (await http.get(f"{base_url}/requests/{rid}/status", headers=headers)).json()["status"]
+                if status in ("completed", "failed", "cancelled"):
+                    break
+            result = (await http.get(f"{base_url}/requests/{rid}/result", headers=headers)).json()
+            data = (await http.get(result["output"]["image"])).content
+            (folder / f"{i}.png").write_bytes(data)
+    return time.monotonic() - start
+
+
+def show(r: dict[str, Any], latency: float) -> None:
+    print(f"\n[{r['name']}] exit {r['exit_code']}, {r['done']} images, duplicates {r['duplicates']}")
+    print(f"  makespan            {r['makespan_s']:.2f} s   ideal {r['ideal_s']:.2f} s   "
+          f"over ideal {r['over_ideal'] * 100:+.1f}% (goal within 10%)")
+    print(f"  share of capacity   {r['capacity'] * 100:.1f}% (goal >= 85% when rpm is too high)")
+    print(f"  429s                {r['rate_limited']} = {r['rate_limited_share'] * 100:.2f}% of submits")
+    print(f"  HTTP requests/job   {r['requests_per_job']:.2f} (server count; polls/job {r['polls_per_job']:.2f}; goal <= 5)")
+    print(f"  detection delay     mean {r['delay_mean_s'] * 1000:.0f} ms, p90 {r['delay_p90_s'] * 1000:.0f} ms "
+          f"= {r['delay_mean_s'] / latency * 100:.1f}% of L (goal < 10%)")
+    print(f"  runner CPU/job      {r['cpu_ms_per_job']:.2f} ms total, of which {r['image_cpu_ms_per_job']:.2f} ms "
+          f"Pillow check+thumbnail; orchestration {r['cpu_ms_per_job'] - r['image_cpu_ms_per_job']:.2f} ms (goal < 2 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=1.0, help="job time L (s)")
+    parser.add_argument("--jitter", type=float, default=0.1, help="+/- seconds around L")
+    parser.add_argument("--workers", type=int, default=25, help="W")
+    parser.add_argument("--rate", type=int, default=20, help="server limit R (submits/s)")
+    parser.add_argument("--first-poll", type=float, default=1.0)
+    parser.add_argument("--naive-jobs", type=int, default=8, help="jobs the naive baseline really runs")
+    parser.add_argument("--only", choices=["A", "B", "C"], action="append")
+    args = parser.parse_args()
+    only = set(args.only or ["A", "B", "C"])
+    print(f"N={args.n} L={args.latency}s (+/-{args.jitter}) W={args.workers} R={args.rate}/s; "
+          f"ideal max(N/R, N*L/W) + L = {max(args.n / args.rate, args.n * args.latency / args.workers) + args.latency:.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        recipe = write_recipe(folder, args.n)
+        results = {}
+        if "A" in only:
+            results["A"] = scenario("A: rpm = server limit", args, recipe, folder, rpm=args.rate * 60)
+            show(results["A"], args.latency)
+        if "B" in only:
+            results["B"] = scenario("B: rpm 10x the server limit", args, recipe, folder, rpm=args.rate * 600)
+            show(results["B"], args.latency)
+        if "C" in only:
+            plan = load_recipe(recipe).plan()
+            bodies = [dict(job.inputs) for job in plan.jobs[: args.naive_jobs]]
+            (folder / "naive").mkdir()
+            with SimProcess(workers=args.workers, latency=args.latency, jitter=args.jitter, rate=args.rate) as sim:
+                took = asyncio.run(naive(sim.base_url, plan.jobs[0].model, bodies, folder / "naive"))
+            per_job = took / len(bodies)
+            estimate = per_job * args.n
+            print(f"\n[C: naive baseline] {len(bodies)} jobs really run in {took:.1f} s = {per_job:.2f} s/job; "
+                  f"extrapolated to N={args.n}: {estimate:.0f} s (an extrapolation, not a measurement)")
+            if "A" in results:
+                print(f"  runner A is {estimate / results['A']['makespan_s']:.1f}x faster than the naive baseline")
+
+
+if __name__ == "__main__":
+    main()
