@@ -38,11 +38,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seedream_pipe import runner as runner_module  # noqa: E402
-from seedream_pipe.config import ApiSettings  # noqa: E402
-from seedream_pipe.recipe import load_recipe  # noqa: E402
-from seedream_pipe.runner import RunOptions, run_recipe  # noqa: E402
-from seedream_pipe.state import StateStore  # noqa: E402
+from seedream_pipe import runner as runner_module
+from seedream_pipe.config import ApiSettings
+from seedream_pipe.recipe import load_recipe
+from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.state import StateStore
 
 TOKEN = "bench-token"
 
