@@ -562,22 +562,28 @@ def page_geometry(
     cell_h = m.cell
     row_levels = len(layout.rows)
     col_levels = len(layout.cols)
-    title_h = m.title_size + m.subtitle_size + 22
     grid_x = m.margin + row_levels * (m.row_header_width + m.gap)
-    grid_y = m.margin + title_h + col_levels * (m.band_height + m.gap)
     grid_w = n_cols * cell_w + (n_cols - 1) * m.gap
-    grid_h = n_rows * cell_h + (n_rows - 1) * m.gap
     width = max(grid_x + grid_w + m.margin, 360)
+    # The subtitle (date, counts, which axes where) takes a second line on a narrow sheet
+    # rather than losing its end.
+    text_w = width - 2 * m.margin
+    subtitle_line = round(m.subtitle_size * 1.35)
+    subtitle_lines = wrap_label(subtitle, text_w, 2, lambda t: measure(t, m.subtitle_size, False))
+    title_box = Box(m.margin, m.margin, text_w, m.title_size + 8)
+    subtitle_box = Box(m.margin, title_box.bottom, text_w, len(subtitle_lines) * subtitle_line)
+    title_h = title_box.h + subtitle_box.h + 10
+    grid_y = m.margin + title_h + col_levels * (m.band_height + m.gap)
+    grid_h = n_rows * cell_h + (n_rows - 1) * m.gap
     height = grid_y + grid_h + m.margin
 
-    title_box = Box(m.margin, m.margin, width - 2 * m.margin, m.title_size + 8)
-    subtitle_box = Box(m.margin, title_box.bottom, width - 2 * m.margin, m.subtitle_size + 10)
     title_block = _text_block(
         title_box, title, m.title_size, measure, bold=True, align="left", max_lines=1, pad=0
     )
     subtitle_block = _text_block(
-        subtitle_box, subtitle, m.subtitle_size, measure, align="left", max_lines=1, pad=0
-    )
+        subtitle_box, subtitle, m.subtitle_size, measure, align="left", max_lines=2, pad=0,
+        line_height=subtitle_line,
+    )  # fmt: skip
 
     col_headers = []
     for span in page.col_spans:
