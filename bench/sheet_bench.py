@@ -187,6 +187,8 @@ class Measured:
     wall_s: float
     peak_pss_mb: float  # peak of the sum over the process tree, sampled
     maxrss_mb: float  # the kernel's max RSS of the process (and, by max, its children)
+    cpu_s: float  # user + system time of the process and every child it waited for
+    load: float  # the 1-minute load average when it ended: other work on the machine shows here
     output: str
 
 
@@ -212,7 +214,8 @@ def measure(cmd: list[str]) -> Measured:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{output}")
-    return Measured(wall, peak / 1024, usage.ru_maxrss / 1024, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(wall, peak / 1024, usage.ru_maxrss / 1024, cpu, os.getloadavg()[0], output)
 
 
 SHEET_SCRIPT = """
@@ -273,18 +276,20 @@ def main() -> None:
     # 2. our sheet, every thumbnail to make
     shutil.rmtree(sweep / THUMBS_DIR, ignore_errors=True)
     cold, cold_fig = our_sheet(sweep)
+    assert cold_fig["made"] == N_IMAGES, cold_fig
     bound = cold_fig["self_maxrss_mb"] + min(cores, N_IMAGES) * cold_fig["workers_maxrss_mb"]
     print(
         f"sheet, making 100 thumbnails     {cold.wall_s:6.2f} s   peak {cold.peak_pss_mb:6.1f} MB "
         f"(max RSS main {cold_fig['self_maxrss_mb']:.1f} + {cores} x worker {cold_fig['workers_maxrss_mb']:.1f} "
-        f"= at most {bound:.1f} MB); made {cold_fig['made']:.0f}"
+        f"= at most {bound:.1f} MB)  cpu {cold.cpu_s:5.2f} s  load {cold.load:.1f}"
     )
 
     # 3. our sheet from the thumbnails just saved
     warm, warm_fig = our_sheet(sweep)
     print(
         f"sheet, from thumbnails           {warm.wall_s:6.2f} s   peak {warm.peak_pss_mb:6.1f} MB "
-        f"(layout + drawing {warm_fig['sheet_s']:.2f} s after {warm_fig['import_s']:.2f} s of imports)"
+        f"(layout + drawing {warm_fig['sheet_s']:.2f} s after {warm_fig['import_s']:.2f} s of imports)  "
+        f"cpu {warm.cpu_s:5.2f} s  load {warm.load:.1f}"
     )
 
     # 4. 1,000 images from thumbnails, paged
@@ -297,7 +302,8 @@ def main() -> None:
     paged, paged_fig = our_sheet(big)
     print(
         f"sheet, 1,000 images, paged       {paged.wall_s:6.2f} s   peak {paged.peak_pss_mb:6.1f} MB "
-        f"({paged_fig['pages']:.0f} pages; layout + drawing {paged_fig['sheet_s']:.2f} s)"
+        f"({paged_fig['pages']:.0f} pages; layout + drawing {paged_fig['sheet_s']:.2f} s)  "
+        f"cpu {paged.cpu_s:5.2f} s  load {paged.load:.1f}"
     )
 
     time_ratio = cold.wall_s / m.wall_s
@@ -320,6 +326,13 @@ def main() -> None:
         f"  1,000 images paged                      {paged.wall_s:5.2f} s (goal < 10 s) {'ok' if paged.wall_s < 10 else 'MISSED'}"
     )
     print(f"  speed-up over montage                   {m.wall_s / cold.wall_s:5.1f}x")
+    # Wall time depends on what else the machine runs; CPU time does not. With every core to
+    # itself the sheet's wall time approaches its CPU time over the cores.
+    cpu_ratio = (cold.cpu_s / cores) / m.wall_s
+    print(
+        f"  cpu / {cores} cores / montage wall            {cpu_ratio:5.3f}  (the time ratio on an idle machine)"
+    )
+    print(f"  cpu time ratio (sheet / montage)        {cold.cpu_s / m.cpu_s:5.3f}")
 
 
 if __name__ == "__main__":

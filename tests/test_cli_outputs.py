@@ -172,3 +172,37 @@ def test_every_command_has_help() -> None:
         result = run(command, "--help")
         assert result.exit_code == 0
         assert "Example:" in result.output
+
+
+def test_a_read_only_folder_is_refused_up_front(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, chmod cannot make a folder read-only to us, so the permission check is what is
+    # faked here; the write failures it stands for are exercised for real above.
+    import seedream_pipe.outputs._folder as folder_module
+
+    real_access = folder_module.os.access
+
+    def access(path: str | Path, mode: int) -> bool:
+        if Path(path) == folder and mode & folder_module.os.W_OK:
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(folder_module.os, "access", access)
+    for command in ("sheet", "report", "gallery"):
+        result = run(command, folder)
+        assert result.exit_code == EX_CANTCREAT
+        assert "the output folder is read-only" in result.output
+    assert not (folder / "report.csv").exists()
+
+
+def test_the_sheet_never_imports_pandas() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from seedream_pipe.outputs import open_output; "
+        "from seedream_pipe.outputs.sheet import make_sheet; print('pandas' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -75,3 +75,18 @@ def test_a_folder_without_recipe_meta_still_gets_a_manifest(tmp_path: Path) -> N
     assert manifest["recipe"]["hash"] is None
     assert manifest["model"] == MODEL  # from the jobs themselves
     assert manifest["runs"] == [] and manifest["started_at"] is None
+
+
+def test_write_outputs_writes_all_four_and_the_manifest_lists_them(tmp_path: Path) -> None:
+    from seedream_pipe.outputs import write_outputs
+
+    make_folder(tmp_path)
+    written = write_outputs(tmp_path)
+    assert [p.name for p in written] == [
+        "report.csv",
+        "contact_sheet.png",
+        "gallery.html",
+        "manifest.json",
+    ]
+    manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["outputs"] == ["report.csv", "contact_sheet.png", "gallery.html"]

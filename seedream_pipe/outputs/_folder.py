@@ -76,11 +76,15 @@ class OutputFolder:
         return list(names)
 
 
-def open_output(out_dir: Path, *, recipe: Recipe | None = None) -> OutputFolder:
+def open_output(
+    out_dir: Path, *, recipe: Recipe | None = None, for_writing: bool = True
+) -> OutputFolder:
     """Read an output folder; NothingToShow when no run ever wrote a job into it.
 
     The state file is checked for before opening it, because opening creates it: a sheet of a
-    folder that was never run must not leave an empty database behind.
+    folder that was never run must not leave an empty database behind. With `for_writing`, a
+    folder we may not write into is refused first, with that reason, rather than failing later
+    on the state database's lock files with a vaguer one.
     """
     out_dir = Path(out_dir)
     hint = (
@@ -90,6 +94,11 @@ def open_output(out_dir: Path, *, recipe: Recipe | None = None) -> OutputFolder:
     )
     if not (out_dir / STATE_FILE).is_file():
         raise NothingToShow(f"{out_dir}: no run has written here yet ({hint})")
+    if for_writing and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{out_dir}: the output folder is read-only; cannot write the sheet, report or "
+            "gallery into it (make it writable, or copy the folder and run the command on the copy)"
+        )
     with StateStore.for_output_dir(out_dir) as store:
         jobs = store.jobs()
         meta = store.get_meta("recipe", {})

@@ -157,7 +157,7 @@ def summarize(source: Path | str | StateStore) -> Summary:
         )
     from seedream_pipe.outputs._folder import open_output
 
-    folder = open_output(Path(source))
+    folder = open_output(Path(source), for_writing=False)
     return summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
 
 
