@@ -43,6 +43,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
+from seedream_pipe.transport import AiohttpTransport
 
 
 def _spare_httpcore_a_failed_import() -> None:
@@ -205,8 +206,8 @@ class ModelApiClient:
         self.api = api
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
+            transport=AiohttpTransport(limit=100),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
             follow_redirects=False,
         )
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))

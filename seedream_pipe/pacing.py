@@ -114,12 +114,10 @@ class SubmitPacer:
 
     def take(self, now: float) -> None:
         """Use the slot that `delay()` said is open now."""
-        interval = 1.0 / self.rate(now)
-        slot = max(self._next, self.paused_until)
-        # Anchor on the slot we waited for, not on when we woke, so timer lateness does not
-        # slow the pace; after an idle spell start afresh (no burst of saved-up slots).
-        base = slot if now - slot < interval else now
-        self._next = base + interval
+        # Spaced from when this submit really goes, never from when it was due: a late wake-up
+        # (a busy loop, a GC pause) then costs a little pace, but never squeezes two submits
+        # closer than the interval, which a sliding-window server would answer with a 429.
+        self._next = now + 1.0 / self.rate(now)
 
     async def acquire(self) -> None:
         async with self._lock:
