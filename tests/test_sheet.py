@@ -12,10 +12,8 @@ from seedream_pipe.errors import OutputError, UsageError
 from seedream_pipe.outputs import fonts as fonts_module
 from seedream_pipe.outputs import make_sheet, open_output
 from seedream_pipe.outputs.fonts import font_for, needs_fallback
-from seedream_pipe.outputs.sheet import (
+from seedream_pipe.outputs.layout import (
     ELLIPSIS,
-    LETTERBOX,
-    PLACEHOLDER_STYLE,
     Metrics,
     SheetOptions,
     Span,
@@ -24,6 +22,7 @@ from seedream_pipe.outputs.sheet import (
     resolve_options,
     wrap_label,
 )
+from seedream_pipe.outputs.sheet import LETTERBOX, PLACEHOLDER_STYLE
 from seedream_pipe.state import JobRecord, StateStore
 
 AXES = ["subject", "style", "resolution"]

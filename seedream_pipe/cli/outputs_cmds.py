@@ -21,8 +21,8 @@ from seedream_pipe.outputs import (
     write_manifest,
     write_report,
 )
+from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
 from seedream_pipe.outputs.report import REPORT_FORMATS
-from seedream_pipe.outputs.sheet import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
 from seedream_pipe.paths import locate
 
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))

@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from seedream_pipe import __version__
 from seedream_pipe.outputs._folder import GALLERY_NAME, OutputFolder, iso_utc, write_text
-from seedream_pipe.outputs.sheet import SheetOptions, placeholder_kind, plan_sheet, resolve_options
+from seedream_pipe.outputs.layout import SheetOptions, placeholder_kind, plan_sheet, resolve_options
 from seedream_pipe.outputs.summary import format_summary, summarize_jobs
 from seedream_pipe.outputs.thumbs import fit_size, locate_picture
 from seedream_pipe.state import JobRecord
