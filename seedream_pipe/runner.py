@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -62,6 +64,7 @@ from seedream_pipe.errors import (
     RateLimited,
     RequestRejected,
     ServiceUnavailable,
+    UsageError,
     redact,
 )
 from seedream_pipe.images import thumb_name
@@ -876,6 +879,34 @@ def write_outputs(out_dir: Path, result: RunResult) -> None:
     return None
 
 
+LOCK_FILE = ".run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path) -> Iterator[None]:
+    """One run per output folder at a time: two runs of the same recipe would both submit the
+    jobs still planned, and pay twice. The OS drops the lock when the process dies, even by
+    SIGKILL, so a crashed run never blocks the next one."""
+    path = out_dir / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(
+                f"{out_dir} is in use by another run (pid {holder}); wait for it or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 async def arun_recipe(
     recipe: Recipe,
     *,
@@ -897,7 +928,7 @@ async def arun_recipe(
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     progress = progress or QuietProgress()
-    with StateStore.for_output_dir(out) as store:
+    with folder_lock(out), StateStore.for_output_dir(out) as store:
         store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),

@@ -1,0 +1,138 @@
+"""The run/status/cancel commands as a user types them: bad usage, no token, --dry-run, --sim,
+status, cancel, and one run per folder at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from seedream_pipe.cli import cli
+from seedream_pipe.recipe import load_recipe
+from seedream_pipe.runner import folder_lock
+from seedream_pipe.sim import SimConfig, Simulator
+from seedream_pipe.state import StateStore
+
+RECIPE = """\
+name: c
+template: "{{ thing }}"
+vars:
+  thing: [a teapot, a comet]
+resolutions: [1K]
+run: {rpm: 6000, concurrency: 2}
+price_per_image: 0.5
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("RUNCOMFY_TOKEN", "RUNCOMFY_API_TOKEN", "RUNCOMFY_MODEL_API_BASE", "RUNCOMFY_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(RECIPE, encoding="utf-8")
+    return path
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False, standalone_mode=False)
+    return result.return_value, result.stdout, result.stderr
+
+
+def test_no_token_and_no_sim_says_both_ways_and_exits_77(recipe: Path, tmp_path: Path) -> None:
+    code, _, err = invoke("run", str(recipe), "--out", str(tmp_path / "o"))
+    assert code == 77
+    assert "RUNCOMFY_TOKEN" in err and "runcomfy login" in err and "--sim" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra", [["--quiet", "--json"], ["--sim", "--base-url", "http://127.0.0.1:1/v1"], ["--rpm", "0"]]
+)
+def test_contradictory_or_bad_options_exit_64(recipe: Path, extra: list[str]) -> None:
+    code, _, err = invoke("run", str(recipe), *extra)
+    assert code == 64
+    assert "Traceback" not in err
+
+
+def test_a_bad_base_url_exits_64(recipe: Path) -> None:
+    code, _, err = invoke("run", str(recipe), "--base-url", "not a url", env={"RUNCOMFY_TOKEN": "t"})
+    assert code == 64
+    assert "--base-url" in err
+
+
+def test_dry_run_says_what_would_happen_without_writing(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run")
+    assert code == 0
+    assert "2 jobs in the plan" in stdout
+    assert "submit: 2" in stdout
+    assert "$1.00" in stdout
+    assert not out.exists()
+
+
+def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = invoke("status", str(tmp_path / "empty"))
+    assert code == 66
+    assert "no run here yet" in err
+
+
+def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0
+    assert "2/2 images" in stdout
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0
+    assert "Nothing to do" in stdout
+    code, stdout, _ = invoke("status", str(out))
+    assert code == 0
+    assert "downloaded      2" in stdout
+    assert "exit 0" in stdout
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    with folder_lock(out):
+        code, _, err = invoke("run", str(recipe), "--out", str(out), env={"RUNCOMFY_TOKEN": "t", "RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9/v1"})
+    assert code == 64
+    assert "in use by another run" in err
+
+
+@pytest.fixture
+def paused_sim() -> Iterator[Simulator]:
+    with Simulator(SimConfig(workers=0, latency=0.01, token="tok")) as sim:  # accepts, never runs
+        yield sim
+
+
+def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator, recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    plan = load_recipe(recipe).plan()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(plan.jobs)
+        store.start_run(api_host="127.0.0.1")
+        for job in plan.jobs:
+            answer = httpx.post(
+                f"{paused_sim.base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": "Bearer tok"}
+            ).json()
+            store.transition(job.job_id, "submitted", request_id=answer["request_id"])
+    code, stdout, _ = invoke("cancel", str(out), "--base-url", paused_sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 0
+    assert "cancelled 2 queued job(s)" in stdout
+    assert paused_sim.stats()["cancelled"] == 2
+    with StateStore.for_output_dir(out) as store:
+        assert store.counts()["cancelled"] == 2
+    # a folder whose jobs went to another host is not cancelled against this one
+    code, _, err = invoke("cancel", str(out), "--base-url", "http://localhost:9/v1", env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 64
+    assert "were sent to 127.0.0.1" in err
