@@ -206,3 +206,12 @@ def test_the_sheet_never_imports_pandas() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_docs_show_each_command_s_current_help() -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "outputs.md").read_text(encoding="utf-8")
+    for command in ("sheet", "report", "gallery"):
+        result = CliRunner(env={"COLUMNS": "100"}).invoke(
+            cli, [command, "--help"], prog_name="seedream-pipe"
+        )
+        assert result.output.strip() in docs, f"docs/outputs.md: refresh the --help of {command}"
