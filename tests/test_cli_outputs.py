@@ -211,7 +211,7 @@ def test_the_sheet_never_imports_pandas() -> None:
 def test_the_docs_show_each_command_s_current_help() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "outputs.md").read_text(encoding="utf-8")
     for command in ("sheet", "report", "gallery"):
-        result = CliRunner(env={"COLUMNS": "100"}).invoke(
-            cli, [command, "--help"], prog_name="seedream-pipe"
+        result = CliRunner().invoke(
+            cli, [command, "--help"], prog_name="seedream-pipe", terminal_width=100
         )
         assert result.output.strip() in docs, f"docs/outputs.md: refresh the --help of {command}"
