@@ -1062,8 +1062,7 @@ def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, m
             rec = known.get(job.job_id)
             if rec is None:
                 return False
-            if rec.state == "failed" and not retry_failed:
-                continue
+            # (failed jobs: the runner reports them and exits 1, still with no network call)
             if rec.state != "downloaded":
                 return False
             if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
