@@ -328,8 +328,11 @@ def main() -> None:
     print(
         f"  peak memory (PSS) / montage             {memory_ratio:5.3f}  (goal < 0.50)  {'ok' if memory_ratio < 0.5 else 'MISSED'}"
     )
+    # Summing max RSS counts the pages the workers share with the parent after fork() once
+    # per process, and adds peaks that never coincide (workers decode, then the parent draws):
+    # an over-estimate, printed for transparency; PSS above is the measure.
     print(
-        f"  peak memory upper bound / montage RSS   {bound_ratio:5.3f}  (goal < 0.50)  {'ok' if bound_ratio < 0.5 else 'MISSED'}"
+        f"  max RSS main + workers / montage RSS    {bound_ratio:5.3f}  (over-counts shared pages)"
     )
     print(
         f"  from thumbnails                         {warm.wall_s:5.2f} s (goal < 1 s)  {'ok' if warm.wall_s < 1 else 'MISSED'}"
