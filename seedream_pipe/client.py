@@ -397,10 +397,11 @@ class ModelApiClient:
         model: str,
         body: dict[str, Any],
         *,
-        on_send: Callable[[], None] | None = None,
-    ) -> Submission | UnknownOutcome:
+        on_send: Callable[[], bool | None] | None = None,
+    ) -> Submission | UnknownOutcome | None:
         """POST a body. `on_send` runs right before each POST goes out (after pacing), so the
-        caller can commit "submitting" first.
+        caller can commit "submitting" first; if it returns False nothing is sent and None is
+        returned (the caller stopped submitting while this one waited for its turn).
 
         Refusals that prove nothing was created (429, 5xx, a connection that never opened) are
         retried here; what might have created a job is returned as `UnknownOutcome`.
@@ -414,8 +415,8 @@ class ModelApiClient:
         attempts = 0
         while True:
             await self.pacer.acquire()
-            if on_send is not None:
-                on_send()
+            if on_send is not None and on_send() is False:
+                return None
             attempts += 1
             self.counters["http_requests"] += 1
             self.counters["submits"] += 1

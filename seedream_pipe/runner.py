@@ -453,7 +453,9 @@ class Runner:
         while True:
             task = asyncio.current_task()
 
-            def on_send(dup: bool = duplicate, me: asyncio.Task[Any] | None = task) -> None:
+            def on_send(dup: bool = duplicate, me: asyncio.Task[Any] | None = task) -> bool:
+                if self.stop_submitting:
+                    return False  # the run stopped while this job waited for its turn
                 # committed before the POST leaves: a crash from here on leaves "submitting"
                 self._transition(
                     rec,
@@ -465,6 +467,7 @@ class Runner:
                 )
                 if me is not None:
                     self._posting.add(me)
+                return True
 
             try:
                 outcome = await self.client.submit(rec.model, dict(rec.inputs), on_send=on_send)
@@ -497,6 +500,10 @@ class Runner:
             finally:
                 if task is not None:
                     self._posting.discard(task)
+            if outcome is None:
+                # not sent this time (earlier tries, if any, were refused): nothing was created
+                self._revert(rec, refused_state)
+                return False
             if isinstance(outcome, Submission):
                 if duplicate:
                     self.possible_duplicates += 1
