@@ -153,3 +153,27 @@ def test_a_gallery_of_a_moved_folder_still_finds_its_images(tmp_path: Path, brow
     widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
     assert len(widths) == 8 and min(widths) > 0
     page.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "sections", "header_rows"),
+    [
+        ({}, 0, 1),  # subject > style down the side, resolution across
+        ({"page_by": "subject"}, 2, 1),  # a section per subject
+        ({"rows": ["subject", "style", "resolution"], "cols": []}, 0, 1),  # one column
+        ({"rows": [], "cols": ["subject", "resolution"]}, 0, 2),  # one row, nested columns
+    ],
+)
+def test_every_layout_shows_every_job_once(
+    tmp_path: Path, settings: dict[str, Any], sections: int, header_rows: int
+) -> None:
+    from seedream_pipe.outputs.gallery import render_gallery
+
+    make_folder(tmp_path, recipe_meta={"name": "sweep", "sheet": settings})
+    html = render_gallery(open_output(tmp_path))
+    jobs = re.findall(r'<figure class="job [a-z_]+" data-job="(j\d+)"', html)
+    assert sorted(jobs) == [f"j{i:03d}" for i in range(1, 9)]
+    assert html.count("<h2>") == sections
+    assert html.count("<section>") == max(1, sections)
+    first_thead = html[html.index("<thead>") : html.index("</thead>")]
+    assert first_thead.count("<tr>") == header_rows

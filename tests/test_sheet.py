@@ -342,3 +342,13 @@ def test_cjk_labels_render_and_fonts_never_crash(
     fonts_module._fc_match.cache_clear()
     assert font_for("茶屋", 15).getlength("茶屋") > 0
     fonts_module._fc_match.cache_clear()
+
+
+def test_cells_larger_than_a_thumbnail_use_the_full_image(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path, states={})
+    # a detail only the full image has: the thumbnail of job 1 is a different colour
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(fx.thumb(1), "JPEG")
+    big = make_sheet(open_output(tmp_path), cell=600)
+    image = Image.open(big.paths[0]).convert("RGB")
+    assert image.getpixel(centre(big.geometries[0].cell(0, 0).slots[0])) == COLOURS[1]
+    assert big.made_thumbnails == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from seedream_pipe.images import THUMB_SIZE
 from seedream_pipe.outputs._folder import SHEET_STEM, OutputFolder, write_atomically
 from seedream_pipe.outputs.fonts import Font, font_for
 from seedream_pipe.outputs.layout import (
@@ -172,12 +173,18 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     for done in folder.jobs:
         if done.state == "downloaded":
             pictures[done.job_id] = locate_picture(done, folder.path)
-    made = make_thumbnails(p for p in pictures.values() if p.thumb is None and p.image is not None)
+    big_cells = options.cell > THUMB_SIZE
+    made = make_thumbnails(
+        p for p in pictures.values() if p.thumb is None and p.image is not None and not big_cells
+    )
     problems: dict[str, tuple[str, str]] = {}
     sources: dict[str, Path | bytes] = {}
     for job_id, picture in pictures.items():
         if picture.problem:
             problems[job_id] = ("missing", picture.problem)
+        elif options.cell > THUMB_SIZE and picture.image is not None:
+            # Cells larger than a thumbnail: decode the image rather than blow a thumbnail up.
+            sources[job_id] = picture.image
         elif picture.thumb is not None:
             sources[job_id] = picture.thumb
         else:
