@@ -128,6 +128,8 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     assert summary.latency_p90 == 12.0
     assert summary.estimated_cost == pytest.approx(5 * 0.03)
     assert (summary.rate_limited, summary.retries, summary.http_requests) == (2, 3, 40)
+    assert summary.wall_s == 75.5  # the run's duration on the fake clock
+    assert summary.images_per_minute == pytest.approx(5 / 75.5 * 60)
     # the same figures from an open store
     with StateStore.for_output_dir(folder) as store:
         assert summarize(store).as_dict() == summary.as_dict()
@@ -153,3 +155,23 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([float(i) for i in range(1, 101)], 90) == pytest.approx(90.1)
+
+
+def test_throughput_counts_time_spent_running_not_the_night_between_runs(folder: Path) -> None:
+    from _outputs_fixture import FakeClock
+
+    clock = FakeClock(start=2_000_000_000.0)  # years after the first run
+    with StateStore.for_output_dir(folder, clock=clock) as store:
+        store.start_run(api_host="127.0.0.1")
+        clock.now += 10.0
+        store.finish_run(exit_code=0, summary={"rate_limited": 1})
+    summary = summarize(folder)
+    assert summary.wall_s == 85.5
+    assert summary.images_per_minute == pytest.approx(5 / 85.5 * 60)
+    assert summary.rate_limited == 3  # added up over both runs
+
+
+def test_throughput_without_run_records_uses_first_submit_to_last_image(tmp_path: Path) -> None:
+    make_folder(tmp_path, with_run=False)
+    summary = summarize(tmp_path)
+    assert summary.wall_s == 72.5

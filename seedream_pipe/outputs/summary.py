@@ -113,10 +113,19 @@ def summarize_jobs(
     latencies = [job.latency_s for job in jobs if job.latency_s is not None]
     done = [job for job in jobs if job.state == "downloaded"]
 
-    # Throughput over the span the work actually took: first submit to last image on disk.
-    starts = [job.submitted_at for job in jobs if job.submitted_at is not None]
-    ends = [job.downloaded_at for job in done if job.downloaded_at is not None]
-    wall = (max(ends) - min(starts)) if starts and ends else None
+    # Throughput over the time spent running: the sum of the runs' durations, so that a sweep
+    # interrupted today and resumed tomorrow is not credited with the night in between. A
+    # folder without run records falls back to first submit -> last image on disk.
+    run_spans = [
+        float(run["finished_at"]) - float(run["started_at"])
+        for run in runs
+        if run.get("started_at") is not None and run.get("finished_at") is not None
+    ]
+    wall: float | None = sum(run_spans) if run_spans else None
+    if not wall:
+        starts = [job.submitted_at for job in jobs if job.submitted_at is not None]
+        ends = [job.downloaded_at for job in done if job.downloaded_at is not None]
+        wall = (max(ends) - min(starts)) if starts and ends else None
     per_minute = len(done) / wall * 60 if wall and wall > 0 else None
 
     # Every image the API made is billed, including those whose download later failed, so
