@@ -352,3 +352,16 @@ def test_cells_larger_than_a_thumbnail_use_the_full_image(tmp_path: Path) -> Non
     image = Image.open(big.paths[0]).convert("RGB")
     assert image.getpixel(centre(big.geometries[0].cell(0, 0).slots[0])) == COLOURS[1]
     assert big.made_thumbnails == 0
+
+
+def test_a_row_wider_than_a_page_is_cut_into_column_chunks(tmp_path: Path) -> None:
+    options = SheetOptions(rows=(), cols=("subject", "style", "resolution"), max_cells=3)
+    layout = plan_sheet(records(tmp_path), AXES, options)
+    assert [len(p.col_keys) for p in layout.pages] == [3, 3, 2]
+    assert all(p.row_keys == [()] for p in layout.pages)
+    assert [j.job_index for j in layout.pages[2].jobs_at(0, 1)] == [8]
+    # the outer header of a chunk spans only the chunk's part of it
+    assert layout.pages[1].col_spans[:2] == [
+        Span("subject", "cat", 0, 0, 1),
+        Span("subject", "tea", 0, 1, 2),
+    ]
