@@ -365,3 +365,22 @@ def test_a_row_wider_than_a_page_is_cut_into_column_chunks(tmp_path: Path) -> No
         Span("subject", "cat", 0, 0, 1),
         Span("subject", "tea", 0, 1, 2),
     ]
+
+
+def test_thumbnails_are_made_safely_while_other_threads_run(tmp_path: Path) -> None:
+    import threading
+
+    from seedream_pipe.outputs.thumbs import _pool_context
+
+    fx = make_folder(tmp_path, states={}, no_thumbs=[1, 2])
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)  # like the runner's loop or an in-process simulator
+    busy.start()
+    try:
+        assert _pool_context().get_start_method() != "fork"
+        result = make_sheet(open_output(tmp_path), cell=64)
+    finally:
+        stop.set()
+        busy.join()
+    assert result.made_thumbnails == 2
+    assert fx.thumb(1).is_file() and fx.thumb(2).is_file()

@@ -10,7 +10,10 @@ deleted or corrupt file is a reason for a placeholder, never a crash.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import multiprocessing.context
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -110,6 +113,20 @@ def make_thumbnail(job_id: str, image: Path, dest: Path) -> MadeThumb:
         return MadeThumb(job_id, None, buffer.getvalue(), None)
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork when this process runs one thread; otherwise a clean worker start.
+
+    fork is the fastest start and the workers share the parent's pages (the sheet's memory
+    budget counts on it), but forking a process whose other threads may hold a lock (the
+    runner's event loop, an in-process simulator) can deadlock the child, so then the workers
+    come from a fork server (or are spawned where there is none).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def make_thumbnails(
     pictures: Iterable[Picture], *, workers: int | None = None
 ) -> dict[str, MadeThumb]:
@@ -125,7 +142,7 @@ def make_thumbnails(
             for p in todo
         }
     made: dict[str, MadeThumb] = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         futures = [
             pool.submit(make_thumbnail, p.job_id, p.image, p.thumb_dest)  # type: ignore[arg-type]
             for p in todo
