@@ -441,9 +441,15 @@ class Runner:
                     "it may still run and be billed",
                 )
                 return False
-            if rec.possible_duplicate and rec.state == "submit_unknown":
+            if rec.possible_duplicate:
+                # it was submitted again once already, and that outcome is unknown too (the
+                # answer was lost, or the runner died mid-submit): a third try could mean a
+                # third charge
                 self._transition(
-                    rec, "failed", error="submit outcome unknown twice: not submitted a third time"
+                    rec,
+                    "failed",
+                    error="submit outcome unknown twice: not submitted a third time "
+                    "(--retry-failed submits it again)",
                 )
                 return False
         # What to fall back to if the server refuses this attempt: a job that may exist stays
