@@ -308,3 +308,20 @@ def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_p
         assert result.exit_code == 0
         assert second.stats()["submits_accepted"] == 6
     assert_images_intact(out, 6)
+
+
+def test_a_server_limit_below_the_rpm_is_found_from_429s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedream_pipe.sim import engine
+
+    # a server that takes 4 submits per 1 s window (its window shortened from a minute so the
+    # test is quick); the recipe asks for 100x that
+    monkeypatch.setattr(engine.SlidingWindowLimiter, "WINDOW_S", 1.0)
+    text = RECIPE.replace("[in snow, at sea, on a roof]", "[in snow, at sea, on a roof, in fog, at dusk, in rain]")
+    with Simulator(SimConfig(workers=8, latency=0.02, rpm=4)) as limited:
+        result = run(limited, write_recipe(tmp_path, text), tmp_path / "out", options=fast(concurrency=8))
+        stats = limited.stats()
+    assert result.exit_code == 0
+    assert result.counts["downloaded"] == 12
+    assert stats["duplicate_submits"] == 0
+    assert 1 <= stats["rate_limited"] <= 4  # it backed off after the first ones, never hammered
+    assert result.summary["rate_limited"] == stats["rate_limited"]
