@@ -323,5 +323,7 @@ def test_a_server_limit_below_the_rpm_is_found_from_429s(tmp_path: Path, monkeyp
     assert result.exit_code == 0
     assert result.counts["downloaded"] == 12
     assert stats["duplicate_submits"] == 0
-    assert 1 <= stats["rate_limited"] <= 4  # it backed off after the first ones, never hammered
+    # the first 429s come from the submits already on the wire (up to one per slot), then it
+    # backs off: a few more at most, never one per retry loop
+    assert 1 <= stats["rate_limited"] <= 8 + 2
     assert result.summary["rate_limited"] == stats["rate_limited"]
