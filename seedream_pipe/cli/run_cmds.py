@@ -63,7 +63,7 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
             click.echo(f"  failed: job {index} ({job_id}): {error}")
         if len(result.failures) > 20:
             click.echo(f"  ... and {len(result.failures) - 20} more (seedream-pipe status {result.out_dir})")
-    if result.exit_code not in (EX_OK, 1) and result.reason:
+    if result.exit_code not in (EX_OK, 1) and result.reason and result.reason != "interrupted":
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(text, fg="red", err=True)
