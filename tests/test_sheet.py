@@ -384,3 +384,13 @@ def test_thumbnails_are_made_safely_while_other_threads_run(tmp_path: Path) -> N
         busy.join()
     assert result.made_thumbnails == 2
     assert fx.thumb(1).is_file() and fx.thumb(2).is_file()
+
+
+def test_missing_thumbnails_on_a_paged_sheet(tmp_path: Path) -> None:
+    make_folder(tmp_path, states={}, no_thumbs=[1, 8])
+    result = make_sheet(open_output(tmp_path), cell=48, max_cells=4)
+    assert result.made_thumbnails == 2 and len(result.paths) == 2
+    first = Image.open(result.paths[0]).convert("RGB")
+    assert near(first.getpixel(centre(result.geometries[0].cell(0, 0).slots[0])), COLOURS[1])
+    last = Image.open(result.paths[1]).convert("RGB")
+    assert near(last.getpixel(centre(result.geometries[1].cell(1, 1).slots[0])), COLOURS[8])

@@ -38,6 +38,7 @@ from seedream_pipe.outputs.layout import (
 )
 from seedream_pipe.outputs.thumbs import DECODE_ERRORS as _DECODE_ERRORS
 from seedream_pipe.outputs.thumbs import (
+    MadeThumb,
     Picture,
     load_fitted,
     locate_picture,
@@ -167,41 +168,43 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     layout = plan_sheet(folder.jobs, folder.axis_names, options)
     warnings = list(layout.warnings)
     metrics = Metrics(options.cell)
+    total = len(layout.pages)
 
-    # Where each done job's picture comes from; missing thumbnails are made first, in parallel.
+    # Where each done job's picture comes from.
     pictures: dict[str, Picture] = {}
     for done in folder.jobs:
         if done.state == "downloaded":
             pictures[done.job_id] = locate_picture(done, folder.path)
     big_cells = options.cell > THUMB_SIZE
-    made = make_thumbnails(
-        p for p in pictures.values() if p.thumb is None and p.image is not None and not big_cells
-    )
     problems: dict[str, tuple[str, str]] = {}
     sources: dict[str, Path | bytes] = {}
+    to_make: list[Picture] = []
     for job_id, picture in pictures.items():
         if picture.problem:
             problems[job_id] = ("missing", picture.problem)
-        elif options.cell > THUMB_SIZE and picture.image is not None:
+        elif big_cells and picture.image is not None:
             # Cells larger than a thumbnail: decode the image rather than blow a thumbnail up.
             sources[job_id] = picture.image
         elif picture.thumb is not None:
             sources[job_id] = picture.thumb
         else:
-            result = made[job_id]
-            if result.error:
-                problems[job_id] = ("unreadable", result.error)
-            elif result.saved is not None:
-                sources[job_id] = result.saved
-            elif result.data is not None:
-                sources[job_id] = result.data
-                warnings.append(
-                    f"could not save a thumbnail for job {job_id} (output folder not writable?)"
-                )
+            to_make.append(picture)
 
-    total = len(layout.pages)
+    def record(result: MadeThumb) -> None:
+        if result.error:
+            problems[result.job_id] = ("unreadable", result.error)
+        elif result.saved is not None:
+            sources[result.job_id] = result.saved
+        elif result.data is not None:
+            sources[result.job_id] = result.data
+            warnings.append(
+                f"could not save a thumbnail for job {result.job_id} (output folder not writable?)"
+            )
 
-    def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
+    def start_page(
+        page: SheetPage, skip: frozenset[str] = frozenset()
+    ) -> tuple[Image.Image, PageGeometry, dict[str, tuple[Box, JobRecord]]]:
+        """Draw a page, except the slots of the jobs in `skip` (returned, to draw later)."""
         title, subtitle = _title_texts(folder, layout, page)
         geometry = page_geometry(
             layout, page, metrics, pillow_measure, title=title, subtitle=subtitle
@@ -217,23 +220,47 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             _draw_text(draw, header.text, INK)
         for block in geometry.axis_names:
             _draw_text(draw, block, MUTED)
+        later: dict[str, tuple[Box, JobRecord]] = {}
         for cell in geometry.cells:
             jobs = page.jobs_at(cell.row, cell.col)
             for s, slot in enumerate(cell.slots):
                 job = jobs[s] if s < len(jobs) else None
                 if job is None and s > 0:
                     continue  # fewer repeats here than elsewhere: leave the slot blank
+                if job is not None and job.job_id in skip:
+                    later[job.job_id] = (slot, job)
+                    continue
                 _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
+        return canvas, geometry, later
+
+    def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
+        canvas, geometry, _ = start_page(page)
         dest = _page_path(folder.path, page.number, total, options.fmt)
         return _save(canvas, dest, options.fmt), geometry
 
-    if total > 1:
-        # Pages in threads: Pillow releases the GIL while it decodes thumbnails and encodes
-        # PNG, which is most of a page's time; two pages in memory at once, not all of them.
-        with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
-            drawn = list(pool.map(draw_page, layout.pages))
+    if to_make and total == 1:
+        # One page and thumbnails to make: draw everything else while the workers decode, and
+        # each cell as soon as its thumbnail arrives, so only the PNG encoding waits for them.
+        (page,) = layout.pages
+        canvas, geometry, later = start_page(page, frozenset(p.job_id for p in to_make))
+
+        def arrived(result: MadeThumb) -> None:
+            record(result)
+            slot, job = later[result.job_id]
+            _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
+
+        made = make_thumbnails(to_make, on_done=arrived)
+        dest = _page_path(folder.path, page.number, total, options.fmt)
+        drawn = [(_save(canvas, dest, options.fmt), geometry)]
     else:
-        drawn = [draw_page(page) for page in layout.pages]
+        made = make_thumbnails(to_make, on_done=record)
+        if total > 1:
+            # Pages in threads: Pillow releases the GIL while it decodes thumbnails and encodes
+            # PNG, which is most of a page's time; two pages in memory at once, not all of them.
+            with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
+                drawn = list(pool.map(draw_page, layout.pages))
+        else:
+            drawn = [draw_page(page) for page in layout.pages]
     paths = [path for path, _ in drawn]
     geometries = [geometry for _, geometry in drawn]
     _remove_stale_pages(folder.path, set(paths))

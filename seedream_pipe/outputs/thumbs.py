@@ -14,8 +14,8 @@ import multiprocessing
 import multiprocessing.context
 import os
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,26 +128,37 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 
 def make_thumbnails(
-    pictures: Iterable[Picture], *, workers: int | None = None
+    pictures: Iterable[Picture],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[MadeThumb], None] | None = None,
 ) -> dict[str, MadeThumb]:
-    """Make every missing thumbnail, one worker process per core; keyed by job_id."""
+    """Make every missing thumbnail, one worker process per core; keyed by job_id.
+
+    `on_done` is called in the calling thread with each result as it arrives, so the caller
+    can draw while the workers are still decoding.
+    """
     todo = [p for p in pictures if p.image is not None and p.thumb_dest is not None]
+    made: dict[str, MadeThumb] = {}
     if not todo:
-        return {}
+        return made
     workers = workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo)))
+
+    def keep(result: MadeThumb) -> None:
+        made[result.job_id] = result
+        if on_done is not None:
+            on_done(result)
+
     if workers == 1:
-        return {
-            p.job_id: make_thumbnail(p.job_id, p.image, p.thumb_dest)  # type: ignore[arg-type]
-            for p in todo
-        }
-    made: dict[str, MadeThumb] = {}
+        for p in todo:
+            keep(make_thumbnail(p.job_id, p.image, p.thumb_dest))  # type: ignore[arg-type]
+        return made
     with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
         futures = [
             pool.submit(make_thumbnail, p.job_id, p.image, p.thumb_dest)  # type: ignore[arg-type]
             for p in todo
         ]
-        for future in futures:
-            result = future.result()
-            made[result.job_id] = result
+        for future in as_completed(futures):
+            keep(future.result())
     return made
