@@ -136,3 +136,21 @@ def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator,
     code, _, err = invoke("cancel", str(out), "--base-url", "http://localhost:9/v1", env={"RUNCOMFY_TOKEN": "tok"})
     assert code == 64
     assert "were sent to 127.0.0.1" in err
+
+
+def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
+    import json
+
+    with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
+        code, stdout, _ = invoke(
+            "run", str(recipe), "--base-url", sim.base_url, "--out", str(tmp_path / "o"), "--json",
+            env={"RUNCOMFY_TOKEN": "tok"},
+        )
+    assert code == 0
+    events = [json.loads(line) for line in stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    assert events[0]["total"] == 2 and events[0]["todo"] == 2
+    done = [e for e in events if e["event"] == "job_state" and e["state"] == "downloaded"]
+    assert len(done) == 2 and all(e["job_id"] and e["index"] for e in done)
+    assert events[-1]["exit_code"] == 0 and events[-1]["summary"]["jobs_downloaded"] == 2
