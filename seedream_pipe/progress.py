@@ -18,7 +18,6 @@ from seedream_pipe.errors import redact
 #: Events the runner sends (kind -> meaning):
 #: run_started, job_state (a job changed state), retry, rate_limited, interrupt, cancel,
 #: message (a sentence for people), run_finished.
-DONE_STATES = ("downloaded",)
 
 
 class Progress(Protocol):

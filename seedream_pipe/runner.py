@@ -208,7 +208,6 @@ class Runner:
         self._posting: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._dispatching = False
-        self._records: dict[str, JobRecord] = {}
         self._polls: dict[str, int] = {}
         self._ran_again: set[str] = set()
         self.summary_extra: dict[str, Any] = {}
@@ -262,7 +261,6 @@ class Runner:
         # partial files of a run that was killed mid-download (never referenced by the state)
         for stale in [*self.images_dir.glob(".download-*.part"), *self.thumbs_dir.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
-        self._records = {r.job_id: r for r in records}
         plan: dict[str, list[JobRecord]] = {}
         for rec in records:
             plan.setdefault(self.action_for(rec), []).append(rec)
