@@ -201,10 +201,7 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
                 f"could not save a thumbnail for job {result.job_id} (output folder not writable?)"
             )
 
-    def start_page(
-        page: SheetPage, skip: frozenset[str] = frozenset()
-    ) -> tuple[Image.Image, PageGeometry, dict[str, tuple[Box, JobRecord]]]:
-        """Draw a page, except the slots of the jobs in `skip` (returned, to draw later)."""
+    def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
         title, subtitle = _title_texts(folder, layout, page)
         geometry = page_geometry(
             layout, page, metrics, pillow_measure, title=title, subtitle=subtitle
@@ -220,47 +217,27 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             _draw_text(draw, header.text, INK)
         for block in geometry.axis_names:
             _draw_text(draw, block, MUTED)
-        later: dict[str, tuple[Box, JobRecord]] = {}
         for cell in geometry.cells:
             jobs = page.jobs_at(cell.row, cell.col)
             for s, slot in enumerate(cell.slots):
                 job = jobs[s] if s < len(jobs) else None
                 if job is None and s > 0:
                     continue  # fewer repeats here than elsewhere: leave the slot blank
-                if job is not None and job.job_id in skip:
-                    later[job.job_id] = (slot, job)
-                    continue
                 _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
-        return canvas, geometry, later
-
-    def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
-        canvas, geometry, _ = start_page(page)
         dest = _page_path(folder.path, page.number, total, options.fmt)
         return _save(canvas, dest, options.fmt), geometry
 
-    if to_make and total == 1:
-        # One page and thumbnails to make: draw everything else while the workers decode, and
-        # each cell as soon as its thumbnail arrives, so only the PNG encoding waits for them.
-        (page,) = layout.pages
-        canvas, geometry, later = start_page(page, frozenset(p.job_id for p in to_make))
-
-        def arrived(result: MadeThumb) -> None:
-            record(result)
-            slot, job = later[result.job_id]
-            _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
-
-        made = make_thumbnails(to_make, on_done=arrived)
-        dest = _page_path(folder.path, page.number, total, options.fmt)
-        drawn = [(_save(canvas, dest, options.fmt), geometry)]
+    # Every missing thumbnail first, then the pages: drawing while the workers decode saves
+    # little time on two cores but keeps a page's canvas alive beside two decoded images,
+    # half as much memory again at the peak.
+    made = make_thumbnails(to_make, on_done=record)
+    if total > 1:
+        # Pages in threads: Pillow releases the GIL while it decodes thumbnails and encodes
+        # PNG, which is most of a page's time; two pages in memory at once, not all of them.
+        with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
+            drawn = list(pool.map(draw_page, layout.pages))
     else:
-        made = make_thumbnails(to_make, on_done=record)
-        if total > 1:
-            # Pages in threads: Pillow releases the GIL while it decodes thumbnails and encodes
-            # PNG, which is most of a page's time; two pages in memory at once, not all of them.
-            with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
-                drawn = list(pool.map(draw_page, layout.pages))
-        else:
-            drawn = [draw_page(page) for page in layout.pages]
+        drawn = [draw_page(page) for page in layout.pages]
     paths = [path for path, _ in drawn]
     geometries = [geometry for _, geometry in drawn]
     _remove_stale_pages(folder.path, set(paths))

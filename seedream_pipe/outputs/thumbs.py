@@ -135,15 +135,13 @@ def make_thumbnails(
 ) -> dict[str, MadeThumb]:
     """Make every missing thumbnail, one worker process per core; keyed by job_id.
 
-    `on_done` is called in the calling thread with each result as it arrives, so the caller
-    can draw while the workers are still decoding.
+    `on_done` is called in the calling thread with each result as it arrives.
     """
     todo = [p for p in pictures if p.image is not None and p.thumb_dest is not None]
     made: dict[str, MadeThumb] = {}
     if not todo:
         return made
-    workers = workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(todo)))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
 
     def keep(result: MadeThumb) -> None:
         made[result.job_id] = result
