@@ -114,6 +114,7 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why the run stopped early, for people
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, error)
+    outputs: list[Path] = field(default_factory=list)  # sheet pages, report, gallery, manifest
 
     @property
     def ok(self) -> bool:
@@ -882,12 +883,15 @@ def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
     return opts
 
 
-def write_outputs(out_dir: Path, result: RunResult) -> None:
-    """Where the end-of-run outputs (contact sheet, report, manifest, gallery) are written.
+def write_outputs(out_dir: Path, recipe: Recipe) -> list[Path]:
+    """Write the end-of-run outputs (contact sheet, report, manifest, gallery); return their paths.
 
-    The single call site for them: a no-op until the outputs are wired in.
+    Called after every run, whatever its exit code, and when there was nothing left to do: the
+    report is a make target whose prerequisite is the recipe, so it must be fresh after `run`.
     """
-    return None
+    from seedream_pipe import outputs
+
+    return outputs.write_outputs(out_dir, recipe=recipe)
 
 
 LOCK_FILE = ".run.lock"
@@ -1013,7 +1017,7 @@ async def arun_recipe(
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
         progress.event("run_finished", {"exit_code": result.exit_code, "summary": result.summary})
-    write_outputs(out, result)
+    result.outputs = write_outputs(out, recipe)
     return result
 
 

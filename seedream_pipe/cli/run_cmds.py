@@ -41,34 +41,31 @@ def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
 
 
 def _print_summary(result: Any, *, quiet: bool) -> None:
+    """The same summary `report` prints, then what this run wrote and why it stopped early."""
     from seedream_pipe.errors import EX_INTERRUPTED
+    from seedream_pipe.outputs import format_summary, summarize
 
-    s = result.summary
-    counts = result.counts
-    done = counts.get("downloaded", 0)
-    total = sum(counts.values())
     if not quiet:
-        line = (
-            f"{done}/{total} images in {result.out_dir}"
-            f" · failed {counts.get('failed', 0)} · cancelled {counts.get('cancelled', 0)}"
-            f" · {s.get('http_requests', 0)} HTTP requests · 429s {s.get('rate_limited', 0)}"
-            f" · retries {s.get('retries', 0)}"
-        )
+        click.echo(format_summary(summarize(result.out_dir)))
+        s = result.summary
         if s.get("possible_duplicates"):
-            line += f" · possible duplicates {s['possible_duplicates']}"
-        if s.get("elapsed_s") is not None:
-            line += f" · {s['elapsed_s']:.1f} s"
-        click.echo(line)
-        for index, job_id, error in result.failures[:20]:
-            click.echo(f"  failed: job {index} ({job_id}): {error}")
-        if len(result.failures) > 20:
-            click.echo(f"  ... and {len(result.failures) - 20} more (seedream-pipe status {result.out_dir})")
+            click.echo(
+                f"possible duplicates: {s['possible_duplicates']} (a submit whose outcome was "
+                "unknown was sent again; see report.csv)"
+            )
+        _print_written(result.out_dir, result.outputs)
     if result.exit_code not in (EX_OK, 1) and result.reason and result.reason != "interrupted":
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(text, fg="red", err=True)
         if result.exit_code != 77:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
+
+
+def _print_written(out_dir: Path, written: list[Path]) -> None:
+    if written:
+        names = ", ".join(path.name for path in written)
+        click.echo(f"wrote {names} in {out_dir}")
 
 
 @click.command("run")
@@ -146,9 +143,14 @@ def run_command(
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
         return EX_OK
     if sim and nothing_left(recipe, out_dir, retry_failed=retry_failed, max_jobs=max_jobs, allow_large=yes):
-        # a finished recipe: no simulator, no network
+        # A finished recipe: no simulator, no network; the outputs are still brought up to date,
+        # so a report used as a make target is newer than its recipe after every `run`.
+        from seedream_pipe.runner import write_outputs
+
+        written = write_outputs(out_dir, recipe)
         if not quiet and not json_lines:
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
+            _print_written(out_dir, written)
         return EX_OK
     with _api_for_run(sim, base_url) as api:
         progress = make_progress(quiet=quiet, json_lines=json_lines, secret=api.token)
