@@ -89,10 +89,15 @@ def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Pat
     out = tmp_path / "o"
     code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
     assert code == 0
-    assert "2/2 images" in stdout
+    assert "2 jobs: 2 done" in stdout
+    outputs = ["report.csv", "contact_sheet.png", "gallery.html", "manifest.json"]
+    assert f"wrote {', '.join(outputs)} in {out}" in stdout
+    assert all((out / name).is_file() for name in outputs)
+    (out / "report.csv").unlink()
     code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
     assert code == 0
     assert "Nothing to do" in stdout
+    assert (out / "report.csv").is_file()  # outputs are remade even when no job is left
     code, stdout, _ = invoke("status", str(out))
     assert code == 0
     assert "downloaded      2" in stdout
