@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -43,7 +43,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
-from seedream_pipe.transport import AiohttpTransport
+from seedream_pipe.transport import AiohttpWire, HttpxWire, Wire
 
 
 def _spare_httpcore_a_failed_import() -> None:
@@ -57,27 +57,6 @@ def _spare_httpcore_a_failed_import() -> None:
 
 _spare_httpcore_a_failed_import()
 
-class _NoCookies(httpx.Cookies):
-    """A jar that keeps nothing."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class _CookielessClient(httpx.AsyncClient):
-    """An AsyncClient without a cookie jar. The API authenticates by bearer token and file URLs
-    are pre-signed, so cookies play no part; reading every response into the jar (through the
-    standard library's cookiejar) cost about a tenth of the runner's CPU in the benchmark."""
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NoCookies()
-
-    @cookies.setter
-    def cookies(self, value: Any) -> None:
-        return None
-
-
 #: Defaults in one place.
 DEFAULT_TIMEOUT_S = 20.0  # one API call; a slower answer is treated as lost
 DEFAULT_DOWNLOAD_TIMEOUT_S = 60.0  # between two chunks of a download
@@ -87,6 +66,8 @@ MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
 ALLOWED_DOWNLOAD_SUFFIXES = (".runcomfy.net", ".runcomfy.com")
 MAX_REDIRECTS = 3
 CHUNK = 256 * 1024
+#: A download carries no Authorization header: file URLs are pre-signed.
+_DOWNLOAD_HEADERS = {"Accept": "*/*"}
 
 #: Status words seen from the API (and the official CLI), mapped to the job states we keep.
 STATUS_WORDS = {
@@ -225,12 +206,9 @@ class ModelApiClient:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.api = api
-        self._owns_http = http is None
-        self._http = http or _CookielessClient(
-            transport=AiohttpTransport(limit=100),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            follow_redirects=False,
-        )
+        # An injected httpx client is used as given (and closed by whoever made it); without
+        # one, requests go through aiohttp's pool directly (see transport.py for why).
+        self._wire: Wire = HttpxWire(http) if http is not None else AiohttpWire(limit=100)
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._download_timeout = httpx.Timeout(download_timeout_s, connect=min(download_timeout_s, 10.0))
         self.pacer = pacer or SubmitPacer(60.0)
@@ -257,8 +235,7 @@ class ModelApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        await self._wire.aclose()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -280,7 +257,7 @@ class ModelApiClient:
                 return given
         return f"{self.api.base_url}{path}"
 
-    def _answer_error(self, response: httpx.Response, what: str) -> ApiError:
+    def _answer_error(self, response: Any, what: str) -> ApiError:
         """The exception for a non-2xx API answer (not 429, not 5xx: those are retried)."""
         reason = self._reason(response)
         code = response.status_code
@@ -301,7 +278,7 @@ class ModelApiClient:
             return RequestRejected(message, status=code)
         return ApiError(message, status=code)
 
-    def _reason(self, response: httpx.Response) -> str:
+    def _reason(self, response: Any) -> str:
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
@@ -316,7 +293,7 @@ class ModelApiClient:
                 return self._redact(text)
         return self._redact(json.dumps(data, ensure_ascii=False)[:300])
 
-    def _json(self, response: httpx.Response) -> dict[str, Any] | None:
+    def _json(self, response: Any) -> dict[str, Any] | None:
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
@@ -340,7 +317,9 @@ class ModelApiClient:
             self.counters["http_requests"] += 1
             self.counters[counter] += 1
             try:
-                response = await self._http.request(method, url, headers=self._headers, timeout=self._timeout)
+                response = await self._wire.request(
+                    method, url, headers=self._headers, content=None, timeout=self._timeout
+                )
             except httpx.HTTPError as exc:
                 reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
                 failures += 1
@@ -442,7 +421,9 @@ class ModelApiClient:
             self.counters["http_requests"] += 1
             self.counters["submits"] += 1
             try:
-                response = await self._http.post(url, content=payload, headers=headers, timeout=self._timeout)
+                response = await self._wire.request(
+                    "POST", url, headers=headers, content=payload, timeout=self._timeout
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # no connection was made: the body never left
                 failures += 1
@@ -521,12 +502,12 @@ class ModelApiClient:
             self.counters["downloads"] += 1
             tmp = dest_dir / f".download-{os.getpid()}-{random.getrandbits(48):012x}.part"
             try:
-                async with self._http.stream(
-                    "GET", url, headers={"Accept": "*/*"}, timeout=self._download_timeout
+                async with self._wire.stream(
+                    "GET", url, headers=_DOWNLOAD_HEADERS, timeout=self._download_timeout
                 ) as response:
                     code = response.status_code
                     if code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                        url = str(response.url.join(response.headers["Location"]))
+                        url = urljoin(url, response.headers["Location"])
                         continue
                     if code == 429:
                         self.counters["rate_limited"] += 1

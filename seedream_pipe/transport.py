@@ -1,10 +1,18 @@
-"""An httpx transport that sends requests through aiohttp's connection pool.
+"""What carries the client's requests: an injected `httpx.AsyncClient`, or aiohttp directly.
 
-Why: the runner's benchmark measured httpx's own pool (httpcore) at about 0.5 ms of CPU per
-request, and over 1 ms with 25 requests at once (it re-checks every pooled connection for every
-request); aiohttp's pool costs about 0.1 ms. A job takes about five requests, so this is most of
-the runner's CPU. The client keeps speaking httpx (tests still pass a MockTransport); only the
-wire underneath changes. aiohttp is already a dependency (the simulator's server).
+The client speaks httpx: its public interface takes an `httpx.AsyncClient` (tests pass one with
+a MockTransport), its failures are httpx's exception classes, and an answer has the attributes
+of an `httpx.Response` it reads (status_code, headers, json(), text, reason_phrase; for a
+stream, aiter_bytes() and aread()). Two wires provide that:
+
+- `HttpxWire` sends through a given httpx client, and hands back its httpx.Response as is;
+- `AiohttpWire` (the default, when no client is given) sends through aiohttp's connection pool
+  and hands back a small `Answer` with the same attributes.
+
+Why the second: the runner's benchmark measured httpx's own pool at 0.5-1.4 ms of CPU per
+request; httpx over aiohttp's pool (an httpx transport) at about 0.2 ms, of which 0.13 ms was
+httpx's request/response models and URL parsing; aiohttp alone at about 0.06 ms. A job takes
+about five requests. aiohttp is already a dependency (the simulator's server).
 
 aiohttp's exceptions are mapped to httpx's, keeping the one distinction the runner relies on:
 a connection that never opened (ConnectError/ConnectTimeout: the body never left) versus one
@@ -14,8 +22,11 @@ that failed after the request went out (ReadTimeout, ReadError, RemoteProtocolEr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from http import HTTPStatus
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
@@ -23,79 +34,165 @@ import httpx
 CHUNK = 256 * 1024
 
 
-def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
-    t: dict[str, Any] = request.extensions.get("timeout") or {}
-    return aiohttp.ClientTimeout(total=None, connect=t.get("connect"), sock_read=t.get("read"))
+class Wire(Protocol):
+    """Sends one request; raises httpx.HTTPError subclasses for what failed on the way."""
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None, timeout: httpx.Timeout
+    ) -> Any: ...
+
+    def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> AbstractAsyncContextManager[Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
-def _map(exc: BaseException, request: httpx.Request) -> httpx.HTTPError:
+class HttpxWire:
+    """Through a given httpx client (whoever gave it closes it)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None, timeout: httpx.Timeout
+    ) -> httpx.Response:
+        return await self.http.request(method, url, headers=headers, content=content, timeout=timeout)
+
+    def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        return self.http.stream(method, url, headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _map(exc: BaseException) -> httpx.HTTPError:
     """The httpx exception that says the same thing as an aiohttp one."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(text, request=request)
+        return httpx.ConnectTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(text, request=request)
+        return httpx.ConnectError(text)
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError(text, request=request)
+        return httpx.RemoteProtocolError(text)
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return httpx.ReadTimeout(text, request=request)
+        return httpx.ReadTimeout(text)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(text, request=request)
-    return httpx.ReadError(text, request=request)
+        return httpx.RemoteProtocolError(text)
+    return httpx.ReadError(text)
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+class Answer:
+    """A read answer: the parts of an httpx.Response the client uses."""
+
+    __slots__ = ("content", "headers", "reason_phrase", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes, reason: str | None) -> None:
+        self.status_code = status_code
+        self.headers = headers  # case-insensitive (aiohttp's CIMultiDictProxy)
+        self.content = content
+        self.reason_phrase = reason or _phrase(status_code)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
+class StreamedAnswer:
+    """An answer whose body is read by the caller, chunk by chunk (or whole, with aread())."""
+
+    __slots__ = ("_response", "content", "headers", "reason_phrase", "status_code")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._request = request
+        self.status_code = response.status
+        self.headers = response.headers
+        self.reason_phrase = response.reason or _phrase(response.status)
+        self.content = b""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def aiter_bytes(self, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._response.content.iter_chunked(CHUNK):
+            async for chunk in self._response.content.iter_chunked(chunk_size):
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _map(exc, self._request) from None
+            raise _map(exc) from None
 
-    async def aclose(self) -> None:
-        self._response.release()
+    async def aread(self) -> bytes:
+        try:
+            self.content = await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map(exc) from None
+        return self.content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """`httpx.AsyncClient(transport=AiohttpTransport())`. The session is made on first use, on
-    the loop that uses it."""
+class AiohttpWire:
+    """Through aiohttp's pool. The session is made on first use, on the loop that uses it."""
 
     def __init__(self, *, limit: int = 100) -> None:
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
-                auto_decompress=False,  # httpx decodes by Content-Encoding itself
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                cookie_jar=aiohttp.DummyCookieJar(),  # bearer token and pre-signed URLs: no cookies
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+    def _timeout(self, timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
+        key = (timeout.connect, timeout.read)
+        found = self._timeouts.get(key)
+        if found is None:
+            found = self._timeouts[key] = aiohttp.ClientTimeout(total=None, connect=key[0], sock_read=key[1])
+        return found
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None, timeout: httpx.Timeout
+    ) -> Answer:
+        try:
+            async with self._get_session().request(
+                method, url, headers=headers, data=content, allow_redirects=False, timeout=self._timeout(timeout)
+            ) as response:
+                body = await response.read()
+                return Answer(response.status, response.headers, body, response.reason)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _map(exc) from None
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: httpx.Timeout
+    ) -> AsyncIterator[StreamedAnswer]:
         try:
             response = await self._get_session().request(
-                request.method,
-                str(request.url),
-                headers=list(request.headers.multi_items()),
-                data=body or None,
-                allow_redirects=False,
-                timeout=_timeout(request),
+                method, url, headers=headers, allow_redirects=False, timeout=self._timeout(timeout)
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _map(exc, request) from None
-        return httpx.Response(
-            response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
-            stream=_Body(response, request),
-            request=request,
-        )
+            raise _map(exc) from None
+        try:
+            yield StreamedAnswer(response)
+        finally:
+            response.release()
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -1,8 +1,10 @@
 """The Model API client against httpx.MockTransport: outcomes the simulator cannot easily stage
-(exact headers, odd status words, redirects, hosts), mapped to the error tree."""
+(exact headers, odd status words, redirects, hosts), mapped to the error tree. At the end, the
+default wire (aiohttp, no httpx client given) against a small server on the loopback address."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -278,3 +280,114 @@ def test_base_url_resolution() -> None:
     with pytest.raises(UsageError, match="--base-url"):
         resolve_base_url("ftp://x", {})
     assert "zzz-secret" not in repr(ApiSettings(BASE, "zzz-secret"))
+
+
+# --- the default wire (aiohttp, no httpx client given) over a real loopback socket -------------
+
+
+class LoopbackApi:
+    """A tiny API and file host on 127.0.0.1 that records what it was sent."""
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.web = web
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(self.app)
+        self.port = 0
+
+    async def handle(self, request: Any) -> Any:
+        web = self.web
+        body = await request.read()
+        self.seen.append((request.method, request.path, dict(request.headers), body))
+        if request.path == "/v1/models/m":
+            return web.json_response({"request_id": "r9", "status_url": f"{self.base}/requests/r9/status"})
+        if request.path == "/v1/requests/r9/status":
+            return web.json_response({"status": "IN_PROGRESS", "queue_position": 0})
+        if request.path == "/v1/requests/gone/status":
+            return web.json_response({"detail": "no such request"}, status=404)
+        if request.path == "/v1/requests/busy/status":
+            return web.json_response({"detail": "busy"}, status=429, headers={"Retry-After": "0"})
+        if request.path == "/files/moved.png":
+            raise web.HTTPFound("/files/x.png")
+        if request.path == "/files/x.png":
+            return web.Response(body=b"PNGDATA" * 1000, content_type="image/png")
+        if request.path == "/v1/models/drop":
+            assert request.transport is not None
+            request.transport.close()  # the request arrived, the answer never comes
+            await asyncio.sleep(0.05)
+        return web.Response(status=404)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> LoopbackApi:
+        await self.runner.setup()
+        site = self.web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def default_client(base: str, clock: FakeTime) -> ModelApiClient:
+    return ModelApiClient(
+        ApiSettings(base, TOKEN),
+        pacer=SubmitPacer(600, clock=clock, sleep=clock.sleep),
+        budget=RequestBudget(1000, clock=clock, sleep=clock.sleep),
+        backoff=Backoff(base=0.1, cap=1.0),
+        sleep=clock.sleep,
+        max_retries=2,
+        max_rate_limited=2,
+    )
+
+
+async def test_default_wire_sends_the_token_to_the_api_and_never_with_a_download(tmp_path: Path) -> None:
+    import hashlib
+
+    async with LoopbackApi() as api, default_client(api.base, FakeTime()) as client:
+        sub = await client.submit("m", {"prompt": "a cat"})
+        assert isinstance(sub, Submission) and sub.request_id == "r9"
+        status = await client.status("r9", sub.status_url)
+        assert (status.status, status.queue_position) == ("in_progress", 0)
+        with pytest.raises(NotFound, match="no such request"):
+            await client.status("gone")
+        fetched = await client.fetch(f"http://127.0.0.1:{api.port}/files/moved.png", tmp_path)
+    method, path, headers, body = api.seen[0]
+    assert (method, path, json.loads(body)) == ("POST", "/v1/models/m", {"prompt": "a cat"})
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["Content-Type"] == "application/json"
+    assert api.seen[1][2]["Authorization"] == f"Bearer {TOKEN}"
+    downloads = [seen for seen in api.seen if seen[1].startswith("/files/")]
+    assert [p for _, p, _, _ in downloads] == ["/files/moved.png", "/files/x.png"]  # redirect followed
+    assert all("Authorization" not in h for _, _, h, _ in downloads)
+    assert fetched.path.read_bytes() == b"PNGDATA" * 1000
+    assert fetched.sha256 == hashlib.sha256(b"PNGDATA" * 1000).hexdigest()
+    assert fetched.bytes == 7000
+
+
+async def test_default_wire_tells_a_connection_never_made_from_an_answer_lost() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    clock = FakeTime()
+    async with default_client(f"http://127.0.0.1:{closed_port}/v1", clock) as client:
+        # refused: the body never left, so it is retried, then given up on as unavailable
+        with pytest.raises(ServiceUnavailable, match="ConnectError"):
+            await client.submit("m", {"prompt": "x"})
+        assert client.counters["submits"] == 3 and client.counters["unknown_submits"] == 0
+    async with LoopbackApi() as api, default_client(api.base, clock) as client:
+        outcome = await client.submit("drop", {"prompt": "x"})
+        assert isinstance(outcome, UnknownOutcome)  # the body went out: never retried here
+        assert client.counters["submits"] == 1
+        assert TOKEN not in outcome.reason
+        with pytest.raises(Exception, match="rate limited"):
+            await client.status("busy")
+        assert client.counters["rate_limited"] == 3
