@@ -14,7 +14,8 @@ find the limit from the 429s it gets). Scenarios, each on a fresh simulator and 
 For A and B: HTTP requests per job (goal <= 5), detection delay = when the runner saw a job
 finished minus when the server finished it (goal < 10% of L), runner CPU per job (goal < 2 ms),
 with the part spent decoding/thumbnailing images shown apart (Pillow work that grows with the
-image size, not orchestration).
+image size, not orchestration). The end-of-run outputs that run_recipe writes (contact sheet,
+report, gallery, manifest) are timed apart too: once per run, not per job.
 
     python bench/run_bench.py [--n 500] [--latency 1.0] [--workers 25] [--rate 20]
 """
