@@ -96,3 +96,14 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"seedream-pipe, version {seedream_pipe.__version__}"
+
+
+def test_the_cli_starts_without_loading_the_heavy_libraries() -> None:
+    # `seedream-pipe --help` and `validate` should start fast: pandas, Pillow, aiohttp and httpx
+    # load only in the commands that use them.
+    code = (
+        "import sys, seedream_pipe.cli; "
+        "print(sorted(m for m in ('pandas', 'PIL', 'aiohttp', 'httpx') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

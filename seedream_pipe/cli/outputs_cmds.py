@@ -8,27 +8,25 @@ wins over the settings the runner recorded in the folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from seedream_pipe.outputs import (
-    OutputFolder,
-    format_summary,
-    make_sheet,
-    open_output,
-    summarize_jobs,
-    write_gallery,
-    write_manifest,
-    write_report,
-)
+# Only light constants at import time: the library (Pillow, pandas) loads when a command runs,
+# so `seedream-pipe --help` and the other commands start fast.
+from seedream_pipe.outputs._folder import REPORT_FORMATS
 from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
-from seedream_pipe.outputs.report import REPORT_FORMATS
 from seedream_pipe.paths import locate
+
+if TYPE_CHECKING:
+    from seedream_pipe.outputs import OutputFolder
 
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
 
 
 def _open(target: Path) -> OutputFolder:
+    from seedream_pipe.outputs import open_output
+
     out_dir, recipe = locate(target)
     return open_output(out_dir, recipe=recipe)
 
@@ -84,6 +82,8 @@ def sheet_command(
 
         seedream-pipe sheet outputs/demo --rows style --cols resolution
     """
+    from seedream_pipe.outputs import make_sheet
+
     folder = _open(target)
     result = make_sheet(
         folder, rows=rows, cols=cols, page_by=page_by, cell=cell, max_cells=max_cells, fmt=fmt
@@ -117,6 +117,8 @@ def report_command(target: Path, fmt: str) -> int:
 
         seedream-pipe report outputs/demo --format parquet
     """
+    from seedream_pipe.outputs import format_summary, summarize_jobs, write_manifest, write_report
+
     folder = _open(target)
     report = write_report(folder, fmt=fmt)
     manifest = write_manifest(folder, outputs=[report])
@@ -139,6 +141,8 @@ def gallery_command(target: Path) -> int:
 
         seedream-pipe gallery outputs/demo && xdg-open outputs/demo/gallery.html
     """
+    from seedream_pipe.outputs import write_gallery
+
     folder = _open(target)
     path = write_gallery(folder)
     click.echo(str(path))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 #: Names of the files the outputs write into an output folder.
 SHEET_STEM = "contact_sheet"
 REPORT_STEM = "report"
+REPORT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")
 MANIFEST_NAME = "manifest.json"
 GALLERY_NAME = "gallery.html"
 

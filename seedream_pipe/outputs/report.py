@@ -20,11 +20,16 @@ from typing import Any, Literal
 import pandas as pd
 
 from seedream_pipe.errors import UsageError
-from seedream_pipe.outputs._folder import REPORT_STEM, OutputFolder, iso_utc, write_atomically
+from seedream_pipe.outputs._folder import (
+    REPORT_FORMATS,
+    REPORT_STEM,
+    OutputFolder,
+    iso_utc,
+    write_atomically,
+)
 from seedream_pipe.state import JobRecord
 
 ReportFormat = Literal["csv", "json", "parquet"]
-REPORT_FORMATS: tuple[str, ...] = ("csv", "json", "parquet")
 
 #: The fixed columns around the axis columns (which sit between HEAD and TAIL).
 HEAD_COLUMNS: tuple[str, ...] = ("job_id", "index")
