@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(BIN)/seedream-pipe run recipes/demo.yaml --sim
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check seedream_pipe tests bench
+	$(BIN)/ruff check seedream_pipe tests bench scripts
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy seedream_pipe

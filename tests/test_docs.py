@@ -1,0 +1,48 @@
+"""The README's command reference is each command's own --help, and every command has one."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from seedream_pipe.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _reference_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("readme_reference", ROOT / "scripts" / "readme_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_command_reference_is_current() -> None:
+    script = _reference_script()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert script.render(readme) == readme, "run: python scripts/readme_reference.py"
+
+
+def test_every_command_has_help_with_an_example_and_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example" in result.output, f"{name} --help has no Example block"
+        assert f"### `seedream-pipe {name}`" in readme
+
+
+def test_readme_gives_the_two_setup_commands_and_ci_runs_make_test() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_every_doc_the_readme_links_exists() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for target in ("docs/recipes.md", "docs/runner.md", "docs/simulator.md", "docs/outputs.md", "docs/demo-sheet.jpg"):
+        assert f"({target})" in readme
+        assert (ROOT / target).is_file(), target
