@@ -306,12 +306,39 @@ class ModelApiClient:
         self._event("retry", what=what, reason=reason, delay_s=round(delay, 3), attempt=attempt + 1)
         await self._sleep(delay)
 
+    async def _after_transient(
+        self, failures: int, what: str, reason: str, *, status: int | None = None
+    ) -> None:
+        """The `failures`-th transient failure of a call: give up past max_retries, else back off."""
+        if failures > self.max_retries:
+            raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=status)
+        await self._retry_pause(failures - 1, what, reason)
+
+    def _after_rate_limited(
+        self,
+        response: httpx.Response,
+        what: str,
+        limited: int,
+        throttle: Callable[[float | None], float | None],
+    ) -> None:
+        """The `limited`-th 429 of a call: slow down whoever sends it, or give up past the limit."""
+        self.counters["rate_limited"] += 1
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        pause = throttle(retry_after)
+        detail: dict[str, Any] = {"retry_after_s": retry_after}
+        if pause is not None:
+            detail["pause_s"] = round(pause, 3)
+        self._event("rate_limited", what=what, **detail)
+        if limited > self.max_rate_limited:
+            raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
+
     # -- idempotent calls: status, result, cancel -------------------------------------------
 
     async def _call(self, method: str, url: str, what: str, counter: str) -> dict[str, Any]:
         """One idempotent API call with the request budget, 429 pauses and transient retries."""
         failures = 0
         limited = 0
+        error: str | None  # a transient network error of this try, if any
         while True:
             await self.budget.acquire()
             self.counters["http_requests"] += 1
@@ -321,28 +348,22 @@ class ModelApiClient:
                     method, url, headers=self._headers, content=None, timeout=self._timeout
                 )
             except httpx.HTTPError as exc:
-                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                error = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            else:
+                error = None
+            if error is not None:
                 failures += 1
-                if failures > self.max_retries:
-                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)") from None
-                await self._retry_pause(failures - 1, what, reason)
+                await self._after_transient(failures, what, error)
                 continue
             code = response.status_code
             if code == 429:
                 limited += 1
-                self.counters["rate_limited"] += 1
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                self.budget.rate_limited(retry_after)
-                self._event("rate_limited", what=what, retry_after_s=retry_after)
-                if limited > self.max_rate_limited:
-                    raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
+                self._after_rate_limited(response, what, limited, self.budget.rate_limited)
                 continue
             if code >= 500:
                 failures += 1
                 reason = f"HTTP {code}: {self._reason(response)}"
-                if failures > self.max_retries:
-                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
-                await self._retry_pause(failures - 1, what, reason)
+                await self._after_transient(failures, what, reason, status=code)
                 continue
             if code >= 300:
                 raise self._answer_error(response, what)
@@ -350,10 +371,9 @@ class ModelApiClient:
             if data is None:
                 # an unreadable 200: the call did nothing we rely on, so asking again is safe
                 failures += 1
-                reason = "the answer was not a JSON object"
-                if failures > self.max_retries:
-                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
-                await self._retry_pause(failures - 1, what, reason)
+                await self._after_transient(
+                    failures, what, "the answer was not a JSON object", status=code
+                )
                 continue
             if data.get("error_code"):
                 raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=code)
@@ -413,6 +433,7 @@ class ModelApiClient:
         failures = 0
         limited = 0
         attempts = 0
+        error: str | None  # a network error that proves the body never left, if any
         while True:
             await self.pacer.acquire()
             if on_send is not None and on_send() is False:
@@ -425,33 +446,27 @@ class ModelApiClient:
                     "POST", url, headers=headers, content=payload, timeout=self._timeout
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # no connection was made: the body never left
-                failures += 1
-                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-                if failures > self.max_retries:
-                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)") from None
-                await self._retry_pause(failures - 1, what, reason)
-                continue
+                # no connection was made: the body never left, so sending it again is safe
+                error = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
             except httpx.HTTPError as exc:
                 self.counters["unknown_submits"] += 1
                 reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
                 return UnknownOutcome(f"no answer to the submit ({reason})", attempts)
+            else:
+                error = None
+            if error is not None:
+                failures += 1
+                await self._after_transient(failures, what, error)
+                continue
             code = response.status_code
             if code == 429:
                 limited += 1
-                self.counters["rate_limited"] += 1
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                pause = self.pacer.rate_limited(retry_after)
-                self._event("rate_limited", what=what, retry_after_s=retry_after, pause_s=round(pause, 3))
-                if limited > self.max_rate_limited:
-                    raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
+                self._after_rate_limited(response, what, limited, self.pacer.rate_limited)
                 continue
             if code >= 500:
                 failures += 1
                 reason = f"HTTP {code}: {self._reason(response)}"
-                if failures > self.max_retries:
-                    raise ServiceUnavailable(f"{what}: {reason} (after {failures} tries)", status=code)
-                await self._retry_pause(failures - 1, what, reason)
+                await self._after_transient(failures, what, reason, status=code)
                 continue
             if code >= 300:
                 raise self._answer_error(response, what)
