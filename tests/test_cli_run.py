@@ -131,16 +131,36 @@ def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator,
                 f"{paused_sim.base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": "Bearer tok"}
             ).json()
             store.transition(job.job_id, "submitted", request_id=answer["request_id"])
+    # a folder whose jobs went to another host is not cancelled against this one
+    code, _, err = invoke("cancel", str(out), "--base-url", "http://localhost:9/v1", env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 64
+    assert "were sent to 127.0.0.1" in err
     code, stdout, _ = invoke("cancel", str(out), "--base-url", paused_sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
     assert code == 0
     assert "cancelled 2 queued job(s)" in stdout
     assert paused_sim.stats()["cancelled"] == 2
     with StateStore.for_output_dir(out) as store:
         assert store.counts()["cancelled"] == 2
-    # a folder whose jobs went to another host is not cancelled against this one
-    code, _, err = invoke("cancel", str(out), "--base-url", "http://localhost:9/v1", env={"RUNCOMFY_TOKEN": "tok"})
-    assert code == 64
-    assert "were sent to 127.0.0.1" in err
+
+
+def test_cancel_with_nothing_in_flight_needs_no_token(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    code, stdout, _ = invoke("cancel", str(out))  # no token, no network: nothing to ask the API
+    assert code == 0
+    assert "nothing to cancel" in stdout
+
+
+def test_cancel_without_a_token_does_not_suggest_sim(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    job = load_recipe(recipe).plan().jobs[0]
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan([job])
+        store.transition(job.job_id, "submitted", request_id="r1")
+    code, _, err = invoke("cancel", str(out))
+    assert code == 77
+    assert "RUNCOMFY_TOKEN" in err and "--sim" not in err
 
 
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:

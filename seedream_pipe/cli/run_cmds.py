@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from seedream_pipe.config import ApiSettings, api_settings
-from seedream_pipe.errors import EX_OK, NothingToShow, UsageError
+from seedream_pipe.errors import EX_OK, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
 
@@ -24,6 +24,8 @@ SIM_LATENCY_S = 1.5
 SIM_JITTER_S = 0.5
 SIM_WORKERS = 4
 SIM_TOKEN = "sim-local-token"
+#: The states of a job the API may still hold: what `cancel` asks it to cancel.
+IN_FLIGHT = ("submitted", "in_queue", "in_progress")
 
 
 @contextlib.contextmanager
@@ -250,7 +252,18 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     out_dir, store = _open_state(target, out)
     with store:
         runs = store.runs()
-    api = api_settings(base_url)
+        in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT) if r.request_id]
+    if not in_flight:
+        # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
+        click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
+        return EX_OK
+    try:
+        api = api_settings(base_url)
+    except AuthError:
+        raise AuthError(
+            f"no RunComfy API token found to cancel the {len(in_flight)} queued or running job(s) of "
+            f"{out_dir}: set RUNCOMFY_TOKEN, or sign in with the official CLI: `runcomfy login`"
+        ) from None
     last_host = runs[-1]["api_host"] if runs else None
     if last_host and last_host != api.host:
         raise UsageError(
