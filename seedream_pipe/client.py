@@ -246,6 +246,11 @@ class ModelApiClient:
         if self._on_event is not None:
             self._on_event(kind, detail)
 
+    def _link(self, url: str | None) -> str | None:
+        """An API-supplied link, unless it carries our token: a pre-signed file link or an API
+        link never does, and keeping one would write the token into the state and the report."""
+        return None if url is None or (self.api.token and self.api.token in url) else url
+
     def _api_url(self, given: str | None, path: str) -> str:
         """A URL the API handed us (if it points at the API's own origin), else one we build.
 
@@ -394,7 +399,7 @@ class ModelApiClient:
         data = await self._call("GET", url, f"result of {request_id}", "result_reads")
         return JobResult(
             status=normalize_status(data.get("status")),
-            output_urls=collect_urls(data.get("output")),
+            output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],
             error=_error_text(data.get("error")),
             created_at=str(data["created_at"]) if data.get("created_at") else None,
             finished_at=str(data["finished_at"]) if data.get("finished_at") else None,
@@ -483,9 +488,9 @@ class ModelApiClient:
             self.pacer.accepted()
             return Submission(
                 request_id=request_id,
-                status_url=_str_or_none(data.get("status_url")),
-                result_url=_str_or_none(data.get("result_url")),
-                cancel_url=_str_or_none(data.get("cancel_url")),
+                status_url=self._link(_str_or_none(data.get("status_url"))),
+                result_url=self._link(_str_or_none(data.get("result_url"))),
+                cancel_url=self._link(_str_or_none(data.get("cancel_url"))),
                 attempts=attempts,
             )
 

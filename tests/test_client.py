@@ -215,6 +215,21 @@ async def test_result_collects_urls_only_from_output() -> None:
     assert collect_urls({"videos": [{"url": "http://a.runcomfy.com/v.mp4"}]}) == ["http://a.runcomfy.com/v.mp4"]
 
 
+async def test_links_that_carry_the_token_are_dropped() -> None:
+    """A link echoing the token would be written into state.sqlite and report.csv: never kept."""
+    payload = {
+        "status": "completed",
+        "output": {"images": [f"https://cdn.runcomfy.net/a.png?t={TOKEN}", "https://cdn.runcomfy.net/b.png"]},
+    }
+    client, _ = make_client(sequence(httpx.Response(200, json=payload)))
+    assert (await client.result("r1")).output_urls == ["https://cdn.runcomfy.net/b.png"]
+    answer = {"request_id": "r1", "status_url": f"{BASE}/requests/r1/status?token={TOKEN}"}
+    client, _ = make_client(sequence(httpx.Response(200, json=answer)))
+    submitted = await client.submit(MODEL, {"prompt": "a cat", "resolution": "1K"})
+    assert isinstance(submitted, Submission)
+    assert submitted.status_url is None
+
+
 async def test_cancel_outcomes() -> None:
     client, _ = make_client(sequence(httpx.Response(200, json={"status": "cancelled", "outcome": "cancelled"})))
     assert (await client.cancel("r1")).cancelled
