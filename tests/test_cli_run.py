@@ -163,6 +163,17 @@ def test_cancel_without_a_token_does_not_suggest_sim(recipe: Path, tmp_path: Pat
     assert "RUNCOMFY_TOKEN" in err and "--sim" not in err
 
 
+def test_quiet_prints_no_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(RECIPE + "sheet: {rows: [], cols: [resolution]}\n", encoding="utf-8")  # `thing` on no side
+    code, stdout, err = invoke("run", str(path), "--sim", "--quiet", "--out", str(tmp_path / "o"))
+    assert code == 0
+    assert stdout == "" and err == ""
+    assert not caplog.records  # a warning would reach stderr through logging's last resort
+    invoke("run", str(path), "--sim", "--out", str(tmp_path / "o2"))
+    assert "is on no side of the sheet" in caplog.text  # without --quiet the warning is shown
+
+
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     import json
 

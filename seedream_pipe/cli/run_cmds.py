@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
         click.secho(text, fg="red", err=True)
         if result.exit_code != 77:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
+
+
+def _silence_warnings() -> Callable[[], None]:
+    """Keep the package's logged warnings quiet until the returned function is called."""
+    logger = logging.getLogger("seedream_pipe")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    return lambda: logger.setLevel(level)
 
 
 def _print_written(out_dir: Path, written: list[Path]) -> None:
@@ -122,6 +131,8 @@ def run_command(
 
     if quiet and json_lines:
         raise UsageError("--quiet and --json contradict each other: choose one")
+    if quiet:  # the library's warnings (e.g. the sheet's) are not errors
+        click.get_current_context().call_on_close(_silence_warnings())
     recipe = load_recipe(recipe_path)
     out_dir = out if out is not None else default_output_dir(recipe)
     options = options_from_recipe(
