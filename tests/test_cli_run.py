@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from seedream_pipe.cli import cli
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import folder_lock
-from seedream_pipe.sim import SimConfig, Simulator
+from seedream_pipe.sim import Faults, SimConfig, Simulator
 from seedream_pipe.state import StateStore
 
 RECIPE = """\
@@ -172,6 +172,17 @@ def test_quiet_prints_no_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert not caplog.records  # a warning would reach stderr through logging's last resort
     invoke("run", str(path), "--sim", "--out", str(tmp_path / "o2"))
     assert "is on no side of the sheet" in caplog.text  # without --quiet the warning is shown
+
+
+def test_quiet_still_says_that_jobs_failed(recipe: Path, tmp_path: Path) -> None:
+    with Simulator(SimConfig(latency=0.01, token="tok", faults=Faults(job_fail_rate=1.0))) as sim:
+        code, stdout, err = invoke(
+            "run", str(recipe), "--quiet", "--out", str(tmp_path / "o"), "--base-url", sim.base_url,
+            env={"RUNCOMFY_TOKEN": "tok"},
+        )
+    assert code == 1
+    assert stdout == ""
+    assert "2 job(s) failed" in err and "seedream-pipe status" in err
 
 
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
