@@ -940,6 +940,8 @@ async def arun_recipe(
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{out}: is a file, not a folder; give the output folder another path (--out)") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     progress = progress or QuietProgress()

@@ -185,6 +185,13 @@ def test_quiet_still_says_that_jobs_failed(recipe: Path, tmp_path: Path) -> None
     assert "2 job(s) failed" in err and "seedream-pipe status" in err
 
 
+def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -> None:
+    (tmp_path / "o").write_text("not a folder", encoding="utf-8")
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"))
+    assert code == 73
+    assert "is a file, not a folder" in err
+
+
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     import json
 
