@@ -65,6 +65,8 @@ DEFAULT_MAX_RATE_LIMITED = 30  # 429s in a row for one call before giving up on 
 MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
 ALLOWED_DOWNLOAD_SUFFIXES = (".runcomfy.net", ".runcomfy.com")
 MAX_REDIRECTS = 3
+#: A token shorter than this is a stand-in (the simulator takes any), not a secret to look for.
+MIN_SECRET_LEN = 8
 CHUNK = 256 * 1024
 #: A download carries no Authorization header: file URLs are pre-signed.
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}
@@ -248,8 +250,11 @@ class ModelApiClient:
 
     def _link(self, url: str | None) -> str | None:
         """An API-supplied link, unless it carries our token: a pre-signed file link or an API
-        link never does, and keeping one would write the token into the state and the report."""
-        return None if url is None or (self.api.token and self.api.token in url) else url
+        link never does, and keeping one would write the token into the state and the report.
+        A token too short to be real (`RUNCOMFY_TOKEN=x` for the simulator) is not looked for:
+        it would match by chance."""
+        token = self.api.token
+        return None if url is None or (len(token) >= MIN_SECRET_LEN and token in url) else url
 
     def _api_url(self, given: str | None, path: str) -> str:
         """A URL the API handed us (if it points at the API's own origin), else one we build.

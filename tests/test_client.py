@@ -228,6 +228,11 @@ async def test_links_that_carry_the_token_are_dropped() -> None:
     submitted = await client.submit(MODEL, {"prompt": "a cat", "resolution": "1K"})
     assert isinstance(submitted, Submission)
     assert submitted.status_url is None
+    # a stand-in token such as `x` (the README's simulator example) is no secret to look for
+    short = ModelApiClient(ApiSettings(BASE, "x"), http=httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"status": "completed", "output": {"image": "https://a.runcomfy.net/x.png"}})
+    )))
+    assert (await short.result("r1")).output_urls == ["https://a.runcomfy.net/x.png"]
 
 
 async def test_cancel_outcomes() -> None:
