@@ -33,6 +33,7 @@ import httpx
 
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import (
+    MIN_SECRET_LEN,
     ApiError,
     AuthError,
     CreditError,
@@ -65,8 +66,6 @@ DEFAULT_MAX_RATE_LIMITED = 30  # 429s in a row for one call before giving up on 
 MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
 ALLOWED_DOWNLOAD_SUFFIXES = (".runcomfy.net", ".runcomfy.com")
 MAX_REDIRECTS = 3
-#: A token shorter than this is a stand-in (the simulator takes any), not a secret to look for.
-MIN_SECRET_LEN = 8
 CHUNK = 256 * 1024
 #: A download carries no Authorization header: file URLs are pre-signed.
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}

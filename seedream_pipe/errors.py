@@ -162,9 +162,14 @@ def exit_code_for(exc: BaseException) -> int:
     return EX_SOME_FAILED
 
 
+#: A token shorter than this is a stand-in (the simulator takes any, e.g. RUNCOMFY_TOKEN=x), not
+#: a secret: looking for it would match by chance and mangle every message ("inde***").
+MIN_SECRET_LEN = 6
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret in `text` with a fixed marker."""
     for secret in secrets:
-        if secret:
+        if secret and len(secret) >= MIN_SECRET_LEN:
             text = text.replace(secret, "***")
     return text

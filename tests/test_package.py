@@ -54,6 +54,8 @@ def test_problem_names_file_line_and_key_path() -> None:
 
 def test_redact_replaces_every_secret() -> None:
     assert errors.redact("Bearer sk-123 and sk-123", "sk-123", None, "") == "Bearer *** and ***"
+    # a stand-in token (RUNCOMFY_TOKEN=x for the simulator) is no secret: looked for, it mangles text
+    assert errors.redact('{"index": 1, "resolution": "2048x2048"}', "x") == '{"index": 1, "resolution": "2048x2048"}'
 
 
 def _group_with(exc: Exception) -> click.Group:
