@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from _outputs_fixture import COLOURS, make_folder, plan_jobs
-from PIL import Image
+from PIL import Image, ImageFont
 
 from seedream_pipe.errors import OutputError, UsageError
 from seedream_pipe.outputs import fonts as fonts_module
@@ -342,6 +342,17 @@ def test_cjk_labels_render_and_fonts_never_crash(
     fonts_module._fc_match.cache_clear()
     assert font_for("茶屋", 15).getlength("茶屋") > 0
     fonts_module._fc_match.cache_clear()
+
+
+def test_a_character_no_font_covers_does_not_cost_the_rest_its_font(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fc-match answers DejaVu for an emoji (its best, not a cover), the CJK font for CJK
+    def fc_match(block: int, sample: int, bold: bool) -> str:
+        return "/fonts/NotoSansCJK-Regular.ttc" if 0x3000 <= sample < 0xA000 else "/fonts/DejaVuSans.ttf"
+
+    monkeypatch.setattr(fonts_module, "_fc_match", fc_match)
+    cjk = ImageFont.load_default(size=20)  # a stand-in for the CJK font, not the default font object
+    monkeypatch.setattr(fonts_module, "_truetype", lambda path, size: cjk if "CJK" in path else None)
+    assert font_for("\U0001f338 桜の木", 20) is cjk
 
 
 def test_cells_larger_than_a_thumbnail_use_the_full_image(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import ImageFont
 
@@ -74,14 +75,26 @@ def default_font(size: int, bold: bool = False) -> Font:
         return ImageFont.load_default()
 
 
+#: At most this many blocks of uncovered characters are looked up per text.
+_MAX_LOOKUPS = 4
+
+
 def font_for(text: str, size: int, *, bold: bool = False) -> Font:
-    """A font that covers `text` when the machine has one; the default font otherwise."""
-    missing = needs_fallback(text)
-    if missing is None:
-        return default_font(size, bold)
-    path = _fc_match(ord(missing) >> 8, ord(missing), bold)
-    if path:
-        font = _truetype(path, size)
-        if font is not None:
-            return font
+    """A font that covers `text` when the machine has one; the default font otherwise.
+
+    Each block of characters the default font lacks is tried in turn: fc-match answers with its
+    best font even when none covers the character (an emoji, say, gets DejaVu back), and such a
+    character must not stop the CJK after it from finding its font.
+    """
+    blocks: list[int] = []
+    for char in text:
+        if not _covered(char) and not char.isspace() and ord(char) >> 8 not in blocks:
+            blocks.append(ord(char) >> 8)
+            path = _fc_match(ord(char) >> 8, ord(char), bold)
+            if path and Path(path).name not in (*_REGULAR, *_BOLD):
+                font = _truetype(path, size)
+                if font is not None:
+                    return font
+            if len(blocks) >= _MAX_LOOKUPS:
+                break
     return default_font(size, bold)
