@@ -946,6 +946,14 @@ async def arun_recipe(
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
+        earlier = {run["api_host"] for run in store.runs() if run["api_host"]}
+        if earlier and api.host not in earlier:
+            # e.g. `run --sim`, then the real API: the simulator's images would count as done
+            raise UsageError(
+                f"{out} holds the jobs of a run against {', '.join(sorted(earlier))}; this run goes to "
+                f"{api.host} and would take them as done. Give it its own folder with --out, or delete "
+                f"{out} to start afresh"
+            )
         store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),

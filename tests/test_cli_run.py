@@ -192,6 +192,19 @@ def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -
     assert "is a file, not a folder" in err
 
 
+def test_a_folder_run_against_one_api_is_not_taken_as_done_by_another(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0  # the simulator, on 127.0.0.1
+    with Simulator(SimConfig(latency=0.01, token="tok")) as other:  # stands for the real API
+        base = other.base_url.replace("127.0.0.1", "localhost")
+        code, _, err = invoke("run", str(recipe), "--out", str(out), "--base-url", base, env={"RUNCOMFY_TOKEN": "tok"})
+        assert code == 64
+        assert "holds the jobs of a run against 127.0.0.1" in err and "--out" in err
+        code, _, _ = invoke("run", str(recipe), "--out", str(tmp_path / "o2"), "--base-url", base, env={"RUNCOMFY_TOKEN": "tok"})
+        assert code == 0
+        assert other.stats()["submits_accepted"] == 2
+
+
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     import json
 
