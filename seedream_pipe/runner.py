@@ -838,8 +838,17 @@ async def cancel_queued(
     return cancelled, kept
 
 
-def cancel_folder(out_dir: Path, *, api: ApiSettings, http: httpx.AsyncClient | None = None) -> tuple[int, int]:
-    """`seedream-pipe cancel`: cancel the queued jobs of an earlier run of this folder."""
+def cancel_folder(
+    out_dir: Path,
+    *,
+    api: ApiSettings,
+    http: httpx.AsyncClient | None = None,
+    on_done: Callable[[JobRecord, str, str | None], None] | None = None,
+) -> tuple[int, int]:
+    """`seedream-pipe cancel`: cancel the queued jobs of an earlier run of this folder.
+
+    `on_done(job, outcome, error)` hears of each job; outcome "error" when the API could not be
+    asked (the job is counted as kept)."""
     from seedream_pipe.state import STATE_FILE
 
     if not (out_dir / STATE_FILE).exists():
@@ -850,7 +859,7 @@ def cancel_folder(out_dir: Path, *, api: ApiSettings, http: httpx.AsyncClient | 
     async def go() -> tuple[int, int]:
         with StateStore.for_output_dir(out_dir) as store:
             async with ModelApiClient(api, http=http) as client:
-                return await cancel_queued(store, client)
+                return await cancel_queued(store, client, on_done=on_done)
 
     return asyncio.run(go())
 

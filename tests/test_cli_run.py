@@ -205,6 +205,20 @@ def test_a_folder_run_against_one_api_is_not_taken_as_done_by_another(recipe: Pa
         assert other.stats()["submits_accepted"] == 2
 
 
+def test_cancel_that_the_api_refuses_is_an_error_not_kept(paused_sim: Simulator, recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    job = load_recipe(recipe).plan().jobs[0]
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan([job])
+        store.start_run(api_host="127.0.0.1")
+        store.transition(job.job_id, "submitted", request_id="unknown-to-the-api")
+    code, stdout, err = invoke("cancel", str(out), "--base-url", paused_sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 69
+    assert "could not cancel job 1" in err and "404" in err
+    assert "0 running job(s) kept" in stdout
+
+
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     import json
 

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from seedream_pipe.config import ApiSettings, api_settings
-from seedream_pipe.errors import EX_OK, AuthError, NothingToShow, UsageError
+from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
 
@@ -289,8 +289,20 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
             f"the jobs in {out_dir} were sent to {last_host}, but the API configured here is {api.host}; "
             "pass --base-url (or set RUNCOMFY_MODEL_API_BASE) for that host"
         )
-    cancelled, kept = cancel_folder(out_dir, api=api)
+    errors: list[str] = []
+
+    def on_done(rec: Any, outcome: str, error: str | None) -> None:
+        if outcome == "error":
+            errors.append(f"job {rec.job_index} ({rec.job_id}): {error}")
+
+    cancelled, kept = cancel_folder(out_dir, api=api, on_done=on_done)
+    for line in errors:
+        click.secho(f"error: could not cancel {line}", fg="red", err=True)
+    kept -= len(errors)
     click.echo(f"cancelled {cancelled} queued job(s); {kept} running job(s) kept (the next run downloads them)")
+    if errors:
+        click.echo(f"{len(errors)} job(s) could not be asked; run `cancel` again when the API answers", err=True)
+        return EX_UNAVAILABLE
     return EX_OK
 
 
