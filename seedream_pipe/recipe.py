@@ -448,18 +448,23 @@ def _decode(raw: bytes, display: str, what: str) -> str:
 
 def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Problem) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > limit:
+        # Read at most limit + 1 bytes: a device (/dev/zero) or a pipe (`plan <(...)`) has no
+        # size to check first, and reading it whole would never end.
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            size = path.stat().st_size
+            amount = f"{size:,} bytes, over" if size > limit else "over"  # a pipe has no size
             raise RecipeError(
                 Problem(
                     problem_at.file,
-                    f"{what} {display} is {size:,} bytes, over the limit of {limit:,}",
+                    f"{what} {display} is {amount} the limit of {limit:,} bytes",
                     problem_at.key_path,
                     problem_at.line,
                     problem_at.column,
                 )
             )
-        return path.read_bytes()
+        return data
     except FileNotFoundError:
         raise RecipeError(
             Problem(

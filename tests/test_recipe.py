@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -485,3 +487,34 @@ def test_json_schema_accepts_file_vars_and_refuses_unknown_keys() -> None:
     good = {"template": "{{ s }}", "vars": {"s": {"file": "s.txt"}, "t": ["a", {"b": "bee"}]}}
     assert list(validator.iter_errors(good)) == []
     assert list(validator.iter_errors({"templtes": {}}))
+
+
+def _feed_fifo(path: Path, text: str) -> threading.Thread:
+    os.mkfifo(path)
+
+    def feed() -> None:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        except BrokenPipeError:  # the reader stopped at its limit
+            pass
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    return writer
+
+
+def test_a_recipe_from_a_pipe_loads_and_an_endless_one_is_cut_at_the_limit(tmp_path: Path) -> None:
+    """`seedream-pipe plan <(generate-recipe)` reads a FIFO, which has no size to check first;
+    neither has /dev/zero, which must not be read forever."""
+    writer = _feed_fifo(tmp_path / "a.fifo", 'name: piped\ntemplate: "{{ a }}"\nvars: {a: [x, y]}\n')
+    try:
+        assert len(load_recipe(tmp_path / "a.fifo").plan().jobs) == 2
+    finally:
+        writer.join()
+    writer = _feed_fifo(tmp_path / "b.fifo", "#" * (2 * 1024 * 1024 + 10))
+    try:
+        with pytest.raises(RecipeError, match="over the limit of 2,097,152 bytes"):
+            load_recipe(tmp_path / "b.fifo")
+    finally:
+        writer.join()
