@@ -201,6 +201,10 @@ def _ratio_order(ratio: str) -> tuple[float, str]:
         return (0.0, ratio)
 
 
+#: The largest input schema file read (the shipped ones are a few kB).
+MAX_SCHEMA_BYTES = 4 * 1024 * 1024
+
+
 def load_model_schema(model_id: str, input_schema: Path | None = None) -> ModelSchema:
     """The schema for `model_id`: from `input_schema` when given, else the shipped one.
 
@@ -208,9 +212,12 @@ def load_model_schema(model_id: str, input_schema: Path | None = None) -> ModelS
     """
     if input_schema is not None:
         try:
-            raw = input_schema.read_bytes()
+            with open(input_schema, "rb") as f:  # at most the limit: /dev/zero would never end
+                raw = f.read(MAX_SCHEMA_BYTES + 1)
         except OSError as exc:
             raise SchemaError(f"cannot read input schema {input_schema}: {exc.strerror}") from exc
+        if len(raw) > MAX_SCHEMA_BYTES:
+            raise SchemaError(f"input schema {input_schema} is over the limit of {MAX_SCHEMA_BYTES:,} bytes")
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:

@@ -518,3 +518,13 @@ def test_a_recipe_from_a_pipe_loads_and_an_endless_one_is_cut_at_the_limit(tmp_p
             load_recipe(tmp_path / "b.fifo")
     finally:
         writer.join()
+
+
+def test_an_endless_input_schema_is_cut_at_the_limit(tmp_path: Path) -> None:
+    writer = _feed_fifo(tmp_path / "schema.fifo", " " * (4 * 1024 * 1024 + 10))
+    recipe = write(tmp_path, 'input_schema: schema.fifo\ntemplate: "{{ a }}"\nvars: {a: [x]}\n')
+    try:
+        with pytest.raises(RecipeError, match="over the limit of 4,194,304 bytes"):
+            load_recipe(recipe)
+    finally:
+        writer.join()
