@@ -21,6 +21,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -69,6 +70,8 @@ MAX_REDIRECTS = 3
 CHUNK = 256 * 1024
 #: A download carries no Authorization header: file URLs are pre-signed.
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}
+#: Characters after which URL parsers disagree about the host (see download_allowed).
+_AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 #: Status words seen from the API (and the official CLI), mapped to the job states we keep.
 STATUS_WORDS = {
@@ -501,7 +504,14 @@ class ModelApiClient:
     # -- downloads ------------------------------------------------------------------------------
 
     def download_allowed(self, url: str) -> bool:
-        """Only https/http from *.runcomfy.net, *.runcomfy.com or the API's own host."""
+        """Only https/http from *.runcomfy.net, *.runcomfy.com or the API's own host.
+
+        A URL with a backslash, white space or a control character is refused outright: parsers
+        disagree about where its host ends (`https://evil.com\\@x.runcomfy.net/` is x.runcomfy.net
+        to urlsplit and evil.com to others), so no host check on it can be trusted.
+        """
+        if _AMBIGUOUS_URL_CHARS.search(url):
+            return False
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         if parts.scheme not in ("http", "https") or not host:
@@ -518,6 +528,10 @@ class ModelApiClient:
         ServiceUnavailable (5xx, network, cut short). A partial file is always deleted.
         """
         for _hop in range(MAX_REDIRECTS + 1):
+            if _AMBIGUOUS_URL_CHARS.search(url):
+                raise ApiError(
+                    "refusing to download a malformed URL (backslash, space or control character)"
+                )
             if not self.download_allowed(url):
                 host = urlsplit(url).hostname or url
                 raise ApiError(self._redact(f"refusing to download from {host}: not a RunComfy host"))

@@ -262,6 +262,23 @@ async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Pa
     assert client.download_allowed(f"{BASE.rsplit('/v1', 1)[0]}/files/x.png")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example.com\\@cdn.runcomfy.net/x.png",
+        "https://cdn.runcomfy.net/x .png",
+        "https://cdn.runcomfy.net/x\r\nHost: evil.example.com",
+        "https://cdn.runcomfy.net/\x00x.png",
+    ],
+)
+async def test_download_refuses_urls_whose_host_parsers_disagree_on(url: str, tmp_path: Path) -> None:
+    client, seen = make_client(sequence(httpx.Response(200, content=b"x")))
+    assert not client.download_allowed(url)
+    with pytest.raises(ApiError, match="malformed URL"):
+        await client.fetch(url, tmp_path)
+    assert seen == []
+
+
 async def test_download_failures_leave_no_partial_file(tmp_path: Path) -> None:
     client, _ = make_client(sequence(httpx.Response(404)))
     with pytest.raises(NotFound):
