@@ -9,6 +9,7 @@ runcomfy config folder (`$RUNCOMFY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/runcomfy`
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -57,7 +58,23 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     if parts.scheme not in ("http", "https") or not parts.hostname:
         source = "--base-url" if option else BASE_URL_ENV
         raise UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        # Every API call carries the bearer token: over plain http anyone on the path can read it.
+        source = "--base-url" if option else BASE_URL_ENV
+        raise UsageError(
+            f"{source}: refusing to send the token over plain http to {parts.hostname}; "
+            "use https (plain http is only for a simulator on this machine, e.g. 127.0.0.1)"
+        )
     return raw.strip().rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:

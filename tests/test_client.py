@@ -313,7 +313,7 @@ def test_token_discovery(tmp_path: Path) -> None:
 def test_base_url_resolution() -> None:
     assert resolve_base_url(None, {}) == "https://model-api.runcomfy.net/v1"
     assert resolve_base_url(None, {"RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9/v1/"}) == "http://127.0.0.1:9/v1"
-    assert resolve_base_url("http://h:1/v1", {"RUNCOMFY_MODEL_API_BASE": "http://x/v1"}) == "http://h:1/v1"
+    assert resolve_base_url("https://h:1/v1", {"RUNCOMFY_MODEL_API_BASE": "https://x/v1"}) == "https://h:1/v1"
     with pytest.raises(UsageError, match="--base-url"):
         resolve_base_url("ftp://x", {})
     assert "zzz-secret" not in repr(ApiSettings(BASE, "zzz-secret"))
@@ -428,3 +428,22 @@ async def test_default_wire_tells_a_connection_never_made_from_an_answer_lost() 
         with pytest.raises(Exception, match="rate limited"):
             await client.status("busy")
         assert client.counters["rate_limited"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("http://127.0.0.1:8765/v1", True),
+        ("http://localhost:8765/v1", True),
+        ("http://[::1]:8765/v1", True),
+        ("https://model-api.example.com/v1", True),
+        ("http://model-api.example.com/v1", False),
+        ("http://192.168.1.20:8765/v1", False),
+    ],
+)
+def test_the_token_never_goes_over_plain_http_beyond_this_machine(url: str, ok: bool) -> None:
+    if ok:
+        assert resolve_base_url(url, {}) == url
+    else:
+        with pytest.raises(UsageError, match="refusing to send the token over plain http"):
+            resolve_base_url(url, {})
