@@ -318,6 +318,10 @@ class ModelApiClient:
         self._event("retry", what=what, reason=reason, delay_s=round(delay, 3), attempt=attempt + 1)
         await self._sleep(delay)
 
+    def _describe(self, exc: Exception) -> str:
+        """A network error as one line for people, with the token scrubbed out."""
+        return self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+
     async def _after_transient(
         self, failures: int, what: str, reason: str, *, status: int | None = None
     ) -> None:
@@ -360,7 +364,7 @@ class ModelApiClient:
                     method, url, headers=self._headers, content=None, timeout=self._timeout
                 )
             except httpx.HTTPError as exc:
-                error = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                error = self._describe(exc)
             else:
                 error = None
             if error is not None:
@@ -459,10 +463,10 @@ class ModelApiClient:
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # no connection was made: the body never left, so sending it again is safe
-                error = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                error = self._describe(exc)
             except httpx.HTTPError as exc:
                 self.counters["unknown_submits"] += 1
-                reason = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                reason = self._describe(exc)
                 return UnknownOutcome(f"no answer to the submit ({reason})", attempts)
             else:
                 error = None

@@ -49,13 +49,10 @@ from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownO
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
-    EX_DATAERR,
     EX_INTERRUPTED,
     EX_NOPERM,
     EX_OK,
     EX_SOME_FAILED,
-    EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     ApiError,
     AuthError,
     CreditError,
@@ -175,6 +172,12 @@ def _iso_seconds(text: str | None) -> float | None:
         return None
 
 
+#: What to add to the stop message of an API error, where the error alone leaves the user guessing.
+_STOP_HINTS: dict[type[ApiError], str] = {
+    CreditError: " (jobs already in flight are finished first)",
+    NotFound: " (is the model id right?)",
+}
+
 class Runner:
     """One run over one output folder's state. `await runner.run()` -> RunResult."""
 
@@ -248,6 +251,10 @@ class Runner:
             self.stop_reason = reason
             self._emit("message", text=f"stopping submits: {reason}")
         self._wake.set()
+
+    def _stop_for(self, exc: ApiError) -> None:
+        """Stop submitting because of an API error; its exit code comes from the error itself."""
+        self._stop(exc.exit_code, f"{exc}{_STOP_HINTS.get(type(exc), '')}")
 
     # -- planning what to do ----------------------------------------------------------------
 
@@ -476,25 +483,13 @@ class Runner:
 
             try:
                 outcome = await self.client.submit(rec.model, dict(rec.inputs), on_send=on_send)
-            except AuthError as exc:
+            except (AuthError, CreditError, RateLimited, ServiceUnavailable, NotFound) as exc:
+                # Refusals that created nothing: the job goes back to where it was, and the run
+                # stops submitting (401/403 stops everything at once).
                 self._revert(rec, refused_state)
-                self._stop(EX_NOPERM, str(exc))
-                raise
-            except CreditError as exc:
-                self._revert(rec, refused_state)
-                self._stop(EX_TEMPFAIL, f"{exc} (jobs already in flight are finished first)")
-                return False
-            except RateLimited as exc:
-                self._revert(rec, refused_state)
-                self._stop(EX_TEMPFAIL, str(exc))
-                return False
-            except ServiceUnavailable as exc:
-                self._revert(rec, refused_state)
-                self._stop(EX_UNAVAILABLE, str(exc))
-                return False
-            except NotFound as exc:
-                self._revert(rec, refused_state)
-                self._stop(EX_DATAERR, f"{exc} (is the model id right?)")
+                self._stop_for(exc)
+                if isinstance(exc, AuthError):
+                    raise
                 return False
             except RequestRejected as exc:
                 self._transition(rec, "failed", error=f"rejected by the API: {exc}")
@@ -573,7 +568,7 @@ class Runner:
             try:
                 status = await self.client.status(rec.request_id, rec.status_url)
             except AuthError as exc:
-                self._stop(EX_NOPERM, str(exc))
+                self._stop_for(exc)
                 raise
             except NotFound:
                 return self._lost(rec)
@@ -582,7 +577,7 @@ class Runner:
                 return "failed"
             except (ServiceUnavailable, RateLimited, ApiError) as exc:
                 self.lost_contact += 1
-                self._stop(EX_UNAVAILABLE if not isinstance(exc, RateLimited) else EX_TEMPFAIL, str(exc))
+                self._stop_for(exc)
                 self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")
                 return "gone"
             polls += 1
@@ -615,13 +610,13 @@ class Runner:
         try:
             result = await self.client.result(rec.request_id, rec.result_url)
         except AuthError as exc:
-            self._stop(EX_NOPERM, str(exc))
+            self._stop_for(exc)
             raise
         except NotFound:
             return self._lost(rec)
         except ApiError as exc:
             self.lost_contact += 1
-            self._stop(EX_UNAVAILABLE, str(exc))
+            self._stop_for(exc)
             return "gone"
         self._observe(rec, result)
         server_times = {"server_created_at": result.created_at, "server_finished_at": result.finished_at}
@@ -730,7 +725,7 @@ class Runner:
         try:
             result = await self.client.result(rec.request_id, rec.result_url)
         except AuthError as exc:
-            self._stop(EX_NOPERM, str(exc))
+            self._stop_for(exc)
             raise
         except NotFound:
             if self.opt.forget_lost:
@@ -741,7 +736,7 @@ class Runner:
             return None
         except ApiError as exc:
             self.lost_contact += 1
-            self._stop(EX_UNAVAILABLE, str(exc))
+            self._stop_for(exc)
             return None
         if not result.output_urls:
             self._transition(rec, "failed", error="the result carried no image URL")

@@ -327,3 +327,25 @@ def test_a_server_limit_below_the_rpm_is_found_from_429s(tmp_path: Path, monkeyp
     # backs off: a few more at most, never one per retry loop
     assert 1 <= stats["rate_limited"] <= 8 + 2
     assert result.summary["rate_limited"] == stats["rate_limited"]
+
+
+def test_an_api_error_stops_the_run_with_that_error_s_exit_code(tmp_path: Path) -> None:
+    # A 402 while polling (the simulator only sends 402 on submits): the run stops with 75, the
+    # code of CreditError, not a generic 69; the jobs keep their request ids for the next run.
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            n = handler.count = getattr(handler, "count", 0) + 1  # type: ignore[attr-defined]
+            return httpx.Response(200, json={"request_id": f"r{n}"})
+        return httpx.Response(402, json={"error": {"message": "not enough credit"}})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    result = run_recipe(
+        load_recipe(write_recipe(tmp_path)),
+        api=ApiSettings("https://model-api.runcomfy.net/v1", TOKEN),
+        out_dir=tmp_path / "out",
+        options=fast(),
+        http=http,
+    )
+    assert result.exit_code == 75
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        assert all(r.request_id for r in store.jobs() if r.state != "planned")
