@@ -13,8 +13,7 @@ package loads only what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from seedream_pipe._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,14 +37,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seedream_pipe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)

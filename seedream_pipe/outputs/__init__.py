@@ -15,10 +15,11 @@ The runner calls `write_outputs(out_dir)` when a run ends and prints `format_sum
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from seedream_pipe._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from seedream_pipe.outputs._folder import OutputFolder, open_output
@@ -67,17 +68,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seedream_pipe.outputs' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)
 
 
 def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
