@@ -575,7 +575,7 @@ class Runner:
             except RequestRejected as exc:
                 self._transition(rec, "failed", left_flight=True, error=str(exc))
                 return "failed"
-            except (ServiceUnavailable, RateLimited, ApiError) as exc:
+            except ApiError as exc:
                 self.lost_contact += 1
                 self._stop_for(exc)
                 self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")

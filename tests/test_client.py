@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _fakes import FakeTime
 
 from seedream_pipe.client import ModelApiClient, Submission, UnknownOutcome, collect_urls
 from seedream_pipe.config import ApiSettings, api_settings, find_token, resolve_base_url
@@ -30,18 +31,6 @@ TOKEN = "tok-SECRET-123"
 BASE = "https://model-api.runcomfy.net/v1"
 MODEL = "bytedance/seedream-4-0/text-to-image"
 
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 Handler = Callable[[httpx.Request], httpx.Response]

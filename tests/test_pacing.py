@@ -9,6 +9,7 @@ import itertools
 import random
 
 import pytest
+from _fakes import FakeTime
 
 from seedream_pipe.pacing import (
     MIN_SUBMIT_RATE,
@@ -21,19 +22,6 @@ from seedream_pipe.pacing import (
 )
 
 
-class FakeTime:
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 async def submit_times(pacer: SubmitPacer, clock: FakeTime, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -44,7 +32,7 @@ async def submit_times(pacer: SubmitPacer, clock: FakeTime, n: int) -> list[floa
 
 
 async def test_submits_are_spaced_evenly_just_under_the_rpm() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(60, clock=clock, sleep=clock.sleep)
     times = await submit_times(pacer, clock, 5)
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -53,7 +41,7 @@ async def test_submits_are_spaced_evenly_just_under_the_rpm() -> None:
 
 
 async def test_no_sixty_second_window_holds_more_than_rpm() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(10, clock=clock, sleep=clock.sleep)
     times = await submit_times(pacer, clock, 40)
     for i, start in enumerate(times):
@@ -62,7 +50,7 @@ async def test_no_sixty_second_window_holds_more_than_rpm() -> None:
 
 
 async def test_an_idle_spell_does_not_save_up_a_burst() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(60, clock=clock, sleep=clock.sleep)
     await submit_times(pacer, clock, 2)
     clock.now += 100.0
@@ -72,7 +60,7 @@ async def test_an_idle_spell_does_not_save_up_a_burst() -> None:
 
 
 async def test_first_429_drops_to_the_accepted_rate_and_pauses_for_retry_after() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     # the recipe says 6000/min, the server takes 20 in its window, then says "after 1 s"
     pacer = SubmitPacer(6000, clock=clock, sleep=clock.sleep)
     await submit_times(pacer, clock, 20)
@@ -88,7 +76,7 @@ async def test_first_429_drops_to_the_accepted_rate_and_pauses_for_retry_after()
 
 
 async def test_429s_of_one_episode_lower_the_rate_once() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(6000, clock=clock, sleep=clock.sleep)
     await submit_times(pacer, clock, 20)
     pacer.rate_limited(1.0)
@@ -101,7 +89,7 @@ async def test_429s_of_one_episode_lower_the_rate_once() -> None:
 
 
 async def test_a_small_overshoot_steps_down_gently_and_recovers_slowly() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(60, clock=clock, sleep=clock.sleep)
     await submit_times(pacer, clock, 30)
     before = pacer.rate(clock.now)
@@ -113,7 +101,7 @@ async def test_a_small_overshoot_steps_down_gently_and_recovers_slowly() -> None
 
 
 async def test_429_without_retry_after_backs_off_exponentially() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     pacer = SubmitPacer(60, clock=clock, sleep=clock.sleep)
     assert pacer.rate_limited(None) == pytest.approx(1.0)
     clock.now += 1.0
@@ -133,7 +121,7 @@ def test_parse_retry_after() -> None:
 
 
 async def test_request_budget_allows_a_burst_then_paces() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     budget = RequestBudget(10.0, burst=3, clock=clock, sleep=clock.sleep)
     for _ in range(3):
         await budget.acquire()
@@ -143,7 +131,7 @@ async def test_request_budget_allows_a_burst_then_paces() -> None:
 
 
 async def test_request_budget_pauses_on_429() -> None:
-    clock = FakeTime()
+    clock = FakeTime(100.0)
     budget = RequestBudget(100.0, burst=5, clock=clock, sleep=clock.sleep)
     budget.rate_limited(2.0)
     await budget.acquire()
