@@ -10,6 +10,9 @@ find the limit from the 429s it gets). Scenarios, each on a fresh simulator and 
      as a share of submits (goal < 5%)
   C. a naive baseline (submit one job, poll every 2 s, download, next), on a subset of jobs,
      extrapolated to N; the ratio to A
+  F. the HTTP floor: the same N jobs' requests (submit, polls, result, image to a file), W at a
+     time, by bare aiohttp and by a minimal raw-socket client (bench/http_floor.py), with no
+     state, pacing or checks: what the requests alone cost in CPU on this machine
 
 For A and B: HTTP requests per job (goal <= 5), detection delay = when the runner saw a job
 finished minus when the server finished it (goal < 10% of L), runner CPU per job (goal < 2 ms),
@@ -40,6 +43,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import http_floor
 from seedream_pipe import runner as runner_module
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.recipe import load_recipe
@@ -223,6 +227,34 @@ async def naive(base_url: str, model: str, bodies: list[dict[str, Any]], folder:
     return time.monotonic() - start
 
 
+def floor(args: argparse.Namespace, recipe: Path, folder: Path, client: str) -> dict[str, Any]:
+    """CPU per job of the requests alone, by one of http_floor's clients (scenario F)."""
+    plan = load_recipe(recipe).plan()
+    bodies = [dict(job.inputs) for job in plan.jobs[: args.n]]
+    out = folder / f"floor-{client}"
+    out.mkdir()
+    with SimProcess(workers=args.workers, latency=args.latency, jitter=args.jitter, rate=None) as sim:
+
+        async def run(send: http_floor.Send) -> None:
+            await http_floor.run_jobs(
+                send, sim.base_url, plan.jobs[0].model, bodies, out,
+                token=TOKEN, workers=args.workers, first_poll=args.first_poll, poll_every=0.25,
+            )
+
+        cpu0, ru0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+        asyncio.run(http_floor.CLIENTS[client](run))
+        cpu, ru1 = time.process_time() - cpu0, resource.getrusage(resource.RUSAGE_SELF)
+        stats = sim.stats()
+    n = len(bodies)
+    return {
+        "client": client,
+        "cpu_ms_per_job": cpu / n * 1000,
+        "sys_ms_per_job": (ru1.ru_stime - ru0.ru_stime) / n * 1000,
+        "requests_per_job": stats["requests_total"] / n,
+        "cpu_ms_per_request": cpu / stats["requests_total"] * 1000,
+    }
+
+
 def show(r: dict[str, Any], latency: float) -> None:
     print(f"\n[{r['name']}] exit {r['exit_code']}, {r['done']} images, duplicates {r['duplicates']}")
     print(f"  makespan            {r['makespan_s']:.2f} s   ideal {r['ideal_s']:.2f} s   "
@@ -249,9 +281,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20, help="server limit R (submits/s)")
     parser.add_argument("--first-poll", type=float, default=1.0)
     parser.add_argument("--naive-jobs", type=int, default=8, help="jobs the naive baseline really runs")
-    parser.add_argument("--only", choices=["A", "B", "C"], action="append")
+    parser.add_argument("--only", choices=["A", "B", "C", "F"], action="append")
     args = parser.parse_args()
-    only = set(args.only or ["A", "B", "C"])
+    only = set(args.only or ["A", "B", "C", "F"])
     print(f"N={args.n} L={args.latency}s (+/-{args.jitter}) W={args.workers} R={args.rate}/s; "
           f"ideal max(N/R, N*L/W) + L = {max(args.n / args.rate, args.n * args.latency / args.workers) + args.latency:.2f} s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,6 +308,17 @@ def main() -> None:
                   f"extrapolated to N={args.n}: {estimate:.0f} s (an extrapolation, not a measurement)")
             if "A" in results:
                 print(f"  runner A is {estimate / results['A']['makespan_s']:.1f}x faster than the naive baseline")
+        if "F" in only:
+            print("\n[F: the HTTP floor] the same jobs' requests with nothing else (no state, pacing, checks)")
+            for client in ("aiohttp", "raw"):
+                f = floor(args, recipe, folder, client)
+                print(f"  {client:8} {f['cpu_ms_per_job']:.2f} ms CPU/job ({f['sys_ms_per_job']:.2f} ms kernel), "
+                      f"{f['requests_per_job']:.2f} requests/job = {f['cpu_ms_per_request']:.3f} ms/request")
+                if "A" in results:
+                    a = results["A"]
+                    orchestration = a["cpu_ms_per_job"] - a["image_cpu_ms_per_job"]
+                    print(f"           runner A's orchestration {orchestration:.2f} ms/job is "
+                          f"{orchestration - f['cpu_ms_per_job']:+.2f} ms over this floor")
 
 
 if __name__ == "__main__":
