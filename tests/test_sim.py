@@ -863,3 +863,49 @@ def test_docs_describe_every_option_and_stats_key() -> None:
         keys = set(sim.stats())
     for key in keys:
         assert f'"{key}"' in docs, key
+
+
+@pytest.mark.parametrize(
+    ("host", "beyond"),
+    [("127.0.0.1", False), ("127.0.0.2", False), ("localhost", False), ("::1", False),
+     ("0.0.0.0", True), ("::", True), ("", True), ("192.168.1.5", True), ("sim.example.org", True)],
+)
+def test_listens_beyond_loopback(host: str, beyond: bool) -> None:
+    from seedream_pipe.sim.config import listens_beyond_loopback
+
+    assert listens_beyond_loopback(host) is beyond
+
+
+def _sim_command_stderr(*args: str) -> str:
+    """Start `seedream-pipe sim` with these options, wait until it listens, stop it; its stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--latency", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Simulator listening on http://")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    return err
+
+
+def test_sim_command_beyond_loopback_without_a_token_warns() -> None:
+    err = _sim_command_stderr("--host", "0.0.0.0")
+    assert "warning: listening on 0.0.0.0 without --token: anyone who can reach this port can use" in err
+    assert "--token" in err.split("warning:", 1)[1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [("--host", "0.0.0.0", "--token", "tok-XYZ"), ("--host", "127.0.0.1"), ()])
+def test_sim_command_with_a_token_or_on_loopback_does_not_warn(args: tuple[str, ...]) -> None:
+    err = _sim_command_stderr(*args)
+    assert "warning" not in err
+    assert "tok-XYZ" not in err

@@ -25,10 +25,26 @@ from seedream_pipe.sim.config import (
     DEFAULT_WORKERS,
     Faults,
     SimConfig,
+    listens_beyond_loopback,
 )
 
 PROBABILITY = click.FloatRange(0.0, 1.0)
 SECONDS = click.FloatRange(min=0.0)
+
+
+def open_to_the_network(host: str, token: str | None) -> str | None:
+    """The warning for a simulator others can use, or None.
+
+    Without --token the simulator takes any bearer token, which is harmless on loopback but,
+    on an address other machines reach, lets anyone on the network submit jobs to it.
+    """
+    if token is not None or not listens_beyond_loopback(host):
+        return None
+    return (
+        f"listening on {host or 'every interface'} without --token: anyone who can reach this port "
+        "can use the simulator with any bearer token. Pass --token T to accept only T, or listen "
+        f"on {DEFAULT_HOST} (the default)"
+    )
 
 
 def _rate(flag: str, what: str) -> Any:
@@ -114,7 +130,7 @@ def sim_command(
     )
     server = SimServer(cfg, host=host, port=port)
     try:
-        asyncio.run(_serve(server))
+        asyncio.run(_serve(server, warning=open_to_the_network(host, token)))
     except OSError as exc:
         reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         hint = " (pick another --port, or --port 0 for a free one)" if exc.errno == errno.EADDRINUSE else ""
@@ -123,8 +139,10 @@ def sim_command(
     return 0
 
 
-async def _serve(server: Any) -> None:
-    """Listen until SIGINT/SIGTERM, then stop cleanly (exit 0, no traceback)."""
+async def _serve(server: Any, *, warning: str | None = None) -> None:
+    """Listen until SIGINT/SIGTERM, then stop cleanly (exit 0, no traceback).
+
+    `warning` goes to stderr once listening: a port that failed to open exposes nothing."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,6 +151,8 @@ async def _serve(server: Any) -> None:
     await server.start()
     try:
         click.echo(f"Simulator listening on {server.base_url}")
+        if warning:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
         origin = server.base_url.removesuffix("/v1")
         click.echo(f"Stats: {origin}/admin/stats · stop with Ctrl-C", err=True)
         await stop.wait()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from seedream_pipe.config import _is_loopback
 from seedream_pipe.errors import UsageError
 
 # Defaults in one place; the CLI's option defaults read these too.
@@ -25,6 +26,15 @@ DEFAULT_LATENCY_JITTER_S = 0.5
 DEFAULT_URL_TTL_S = 3600.0
 DEFAULT_SLOW_S = 30.0  # longer than any sensible client timeout
 MAX_BODY_BYTES = 1024 * 1024
+
+
+def listens_beyond_loopback(host: str) -> bool:
+    """True when a simulator bound to `host` can be reached from other machines.
+
+    Only localhost, 127.0.0.0/8 and ::1 stay on this machine; "0.0.0.0", "::" and "" mean every
+    interface, and any other name may resolve to a public address, so it counts as beyond.
+    """
+    return not _is_loopback(host)
 
 
 @dataclass
