@@ -17,19 +17,30 @@ about five requests. aiohttp is already a dependency (the simulator's server).
 aiohttp's exceptions are mapped to httpx's, keeping the one distinction the runner relies on:
 a connection that never opened (ConnectError/ConnectTimeout: the body never left) versus one
 that failed after the request went out (ReadTimeout, ReadError, RemoteProtocolError).
+
+What a user of httpx gets by default, the aiohttp wire keeps: certificates are checked against
+httpx's trust (certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR), and HTTPS_PROXY / HTTP_PROXY /
+ALL_PROXY / NO_PROXY from the environment are honoured, except for a simulator on this machine.
+(aiohttp's own `trust_env` is not used: it would read ~/.netrc in a thread on every request and
+refuse our Authorization header when the file names the host.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+
+from seedream_pipe.config import _is_loopback
 
 CHUNK = 256 * 1024
 
@@ -71,6 +82,11 @@ class HttpxWire:
 def _map(exc: BaseException) -> httpx.HTTPError:
     """The httpx exception that says the same thing as an aiohttp one."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return httpx.ConnectError(
+            f"the server's TLS certificate is not trusted ({exc.certificate_error}); "
+            "a private CA (a company proxy's, say) can be named with SSL_CERT_FILE"
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -82,6 +98,20 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return httpx.RemoteProtocolError(text)
     return httpx.ReadError(text)
+
+
+def env_proxy(scheme: str, host: str) -> str | None:
+    """The proxy the environment names for this scheme and host, or None.
+
+    Like curl and httpx: HTTPS_PROXY / HTTP_PROXY (lower case too), else ALL_PROXY, unless
+    NO_PROXY covers the host. A loopback host (the simulator) is always reached directly.
+    """
+    if _is_loopback(host):
+        return None
+    if urllib.request.proxy_bypass(host):  # NO_PROXY
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(scheme) or proxies.get("all") or None
 
 
 class Answer:
@@ -151,14 +181,24 @@ class AiohttpWire:
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._proxies: dict[str, str | None] = {}  # "scheme://netloc" -> proxy URL
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, ssl=_tls_context()),
                 cookie_jar=aiohttp.DummyCookieJar(),  # bearer token and pre-signed URLs: no cookies
             )
         return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        """The environment's proxy for this URL's origin (looked up once per origin)."""
+        origin = url.split("/", 3)[:3]  # ["https:", "", "host:port"]
+        key = "/".join(origin)
+        if key not in self._proxies:
+            parts = urlsplit(url)
+            self._proxies[key] = env_proxy(parts.scheme, parts.hostname or "")
+        return self._proxies[key]
 
     def _timeout(self, timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
         key = (timeout.connect, timeout.read)
@@ -172,7 +212,13 @@ class AiohttpWire:
     ) -> Answer:
         try:
             async with self._get_session().request(
-                method, url, headers=headers, data=content, allow_redirects=False, timeout=self._timeout(timeout)
+                method,
+                url,
+                headers=headers,
+                data=content,
+                allow_redirects=False,
+                timeout=self._timeout(timeout),
+                proxy=self._proxy(url),
             ) as response:
                 body = await response.read()
                 return Answer(response.status, response.headers, body, response.reason)
@@ -185,7 +231,12 @@ class AiohttpWire:
     ) -> AsyncIterator[StreamedAnswer]:
         try:
             response = await self._get_session().request(
-                method, url, headers=headers, allow_redirects=False, timeout=self._timeout(timeout)
+                method,
+                url,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout(timeout),
+                proxy=self._proxy(url),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map(exc) from None
@@ -198,3 +249,8 @@ class AiohttpWire:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default trust: certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
+    return httpx.create_ssl_context()

@@ -436,3 +436,82 @@ def test_the_token_never_goes_over_plain_http_beyond_this_machine(url: str, ok: 
     else:
         with pytest.raises(UsageError, match="refusing to send the token over plain http"):
             resolve_base_url(url, {})
+
+
+# --- what httpx users get by default: proxies from the environment, checked certificates -------
+
+
+@pytest.mark.parametrize(
+    ("env", "scheme", "host", "proxy"),
+    [
+        ({"HTTPS_PROXY": "http://proxy:3128"}, "https", "model-api.runcomfy.net", "http://proxy:3128"),
+        ({"https_proxy": "http://proxy:3128"}, "https", "cdn.runcomfy.com", "http://proxy:3128"),
+        ({"ALL_PROXY": "http://all:1080"}, "https", "model-api.runcomfy.net", "http://all:1080"),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".runcomfy.net"}, "https", "model-api.runcomfy.net", None),
+        ({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, "https", "model-api.runcomfy.net", None),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http", "127.0.0.1", None),  # the simulator: never proxied
+        ({"HTTP_PROXY": "http://proxy:3128"}, "http", "localhost", None),
+        ({"HTTP_PROXY": "http://proxy:3128"}, "https", "model-api.runcomfy.net", None),  # not for https
+        ({}, "https", "model-api.runcomfy.net", None),
+    ],
+)
+def test_env_proxy_follows_the_environment_but_never_for_this_machine(
+    env: dict[str, str], scheme: str, host: str, proxy: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seedream_pipe.transport import env_proxy
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert env_proxy(scheme, host) == proxy
+
+
+async def test_default_wire_goes_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with LoopbackApi() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        # a made-up host that does not resolve: only the proxy can have answered
+        async with default_client("http://api.seedream-pipe.invalid/v1", FakeTime()) as client:
+            sub = await client.submit("m", {"prompt": "a cat"})
+    assert isinstance(sub, Submission) and sub.request_id == "r9"
+    method, path, headers, _ = proxy.seen[0]
+    assert (method, path, headers["Host"]) == ("POST", "/v1/models/m", "api.seedream-pipe.invalid")
+
+
+async def test_default_wire_refuses_a_certificate_it_cannot_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+    async with LoopbackApi() as api:
+        await api.runner.cleanup()  # serve the same routes over TLS instead
+        await api.runner.setup()
+        site = api.web.TCPSite(api.runner, "127.0.0.1", 0, ssl_context=server_tls)
+        await site.start()
+        base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+
+        # a self-signed certificate: refused before anything (the token above all) is sent
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        async with default_client(base, FakeTime()) as client:
+            with pytest.raises(ServiceUnavailable, match=r"certificate is not trusted .*SSL_CERT_FILE"):
+                await client.submit("m", {"prompt": "a cat"})
+        assert api.seen == []
+
+        # the same server, its CA trusted the way httpx is told to: SSL_CERT_FILE
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        async with default_client(base, FakeTime()) as client:
+            sub = await client.submit("m", {"prompt": "a cat"})
+        assert isinstance(sub, Submission) and sub.request_id == "r9"
+        assert api.seen[0][2]["Authorization"] == f"Bearer {TOKEN}"
