@@ -143,6 +143,43 @@ def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator,
         assert store.counts()["cancelled"] == 2
 
 
+def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, tmp_path: Path) -> None:
+    # What a `run --sim` killed with SIGKILL leaves: jobs in flight at the address of a simulator
+    # that lived in the killed process.
+    out = tmp_path / "o"
+    out.mkdir()
+    plan = load_recipe(recipe).plan()
+    sim = Simulator(SimConfig(workers=0)).start()
+    try:
+        with StateStore.for_output_dir(out) as store:
+            store.sync_plan(plan.jobs)
+            store.start_run(api_host="127.0.0.1")
+            for job in plan.jobs:
+                answer = httpx.post(
+                    f"{sim.base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": "Bearer x"}
+                ).json()
+                store.transition(
+                    job.job_id, "submitted", request_id=answer["request_id"],
+                    status_url=answer["status_url"], cancel_url=answer["cancel_url"],
+                )
+        address = sim.base_url.removeprefix("http://").removesuffix("/v1")
+        code, _, err = invoke("cancel", str(out))  # still running: cancel goes on to need a token
+        assert code == 77
+        assert "RUNCOMFY_TOKEN" in err
+    finally:
+        sim.stop()
+    code, stdout, err = invoke("cancel", str(out))
+    assert code == 0
+    assert stdout == (
+        f"nothing to cancel: the 2 queued or running job(s) of {out} were submitted to a simulator at "
+        f"{address} that is no longer running (the built-in simulator of `run --sim` stops with its run, "
+        "and its jobs with it); simulator jobs are never billed. The next `run --sim` submits them again.\n"
+    )
+    assert err == ""
+    with StateStore.for_output_dir(out) as store:
+        assert store.counts()["submitted"] == 2  # nothing was asked, nothing recorded
+
+
 def test_cancel_with_nothing_in_flight_needs_no_token(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0

@@ -9,16 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
-from seedream_pipe.config import ApiSettings, api_settings
+from seedream_pipe.config import ApiSettings, _is_loopback, api_settings
 from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
-from seedream_pipe.state import STATE_FILE, StateStore
+from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
 
 #: The simulator `run --sim` starts: realistic in shape, quick enough for a demo.
 SIM_LATENCY_S = 1.5
@@ -27,6 +29,9 @@ SIM_WORKERS = 4
 SIM_TOKEN = "sim-local-token"
 #: The states of a job the API may still hold: what `cancel` asks it to cancel.
 IN_FLIGHT = ("submitted", "in_queue", "in_progress")
+#: How long `cancel` waits for a simulator on this machine to accept a connection. Loopback
+#: refuses at once when nothing listens; this only bounds a port that is slow to answer.
+PROBE_TIMEOUT_S = 1.0
 
 
 @contextlib.contextmanager
@@ -252,6 +257,52 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     return EX_OK
 
 
+def _sent_to(rec: JobRecord) -> tuple[str, int] | None:
+    """The (host, port) a job's API links point at, as the API handed them out, or None."""
+    url = rec.cancel_url or rec.status_url
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is no number: no address to look at
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def _nothing_listens(host: str, port: int) -> bool:
+    """True only when the address refuses a connection: proof that no server is there any more.
+
+    Any other failure (a timeout, say) proves nothing, so `cancel` goes on and reports what the
+    API answers."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def gone_simulator(last_host: str | None, in_flight: list[JobRecord]) -> str | None:
+    """The address of the simulator on this machine that held these jobs, if it is gone; else None.
+
+    `run --sim` starts its simulator inside the run's process: once that run is killed, its jobs
+    exist nowhere, so asking to cancel them could only fail, and retrying would never help.
+    """
+    if not last_host or not _is_loopback(last_host):
+        return None
+    addresses: set[tuple[str, int]] = set()
+    for rec in in_flight:
+        address = _sent_to(rec)
+        if address is None or not _is_loopback(address[0]):
+            return None  # a job we cannot place on this machine: let the API say what it holds
+        addresses.add(address)
+    if not all(_nothing_listens(host, port) for host, port in addresses):
+        return None
+    return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in sorted(addresses))
+
+
 @click.command("cancel")
 @TARGET
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
@@ -275,6 +326,17 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     if not in_flight:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
+        return EX_OK
+    gone = gone_simulator(runs[-1]["api_host"] if runs else None, in_flight)
+    if gone:
+        # Exit 0 as for any folder with nothing to cancel: the jobs are not queued anywhere, and
+        # 69 ("try again later") would send a script retrying a server that will never answer.
+        click.echo(
+            f"nothing to cancel: the {len(in_flight)} queued or running job(s) of {out_dir} were "
+            f"submitted to a simulator at {gone} that is no longer running (the built-in simulator "
+            "of `run --sim` stops with its run, and its jobs with it); simulator jobs are never "
+            "billed. The next `run --sim` submits them again."
+        )
         return EX_OK
     try:
         api = api_settings(base_url)
