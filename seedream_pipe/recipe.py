@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -805,9 +806,32 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.column or 0))
 
 
+def _name_char(char: str) -> str:
+    """What a character of a file stem becomes in a default recipe name: itself, '' or ' '.
+
+    Letters, marks (the vowel signs of Devanagari, say) and digits of any script are the user's
+    words and stay. Invisible format characters (zero-width space, BOM) vanish: a name should not
+    hide a difference. Everything else (separators, dots, so no `..`, controls, spaces,
+    punctuation) marks a break, which becomes one '-'.
+    """
+    if char in "-_":
+        return char
+    category = unicodedata.category(char)
+    if category[0] in "LMN":
+        return char
+    return "" if category == "Cf" else " "
+
+
 def default_name(stem: str) -> str:
-    """The recipe name a file stem gives: lower case, runs of other characters -> '-'."""
-    slug = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
+    """The recipe name a file stem gives: `Été` -> `été`, `My Sweep` -> `my-sweep`.
+
+    It names the output folder `outputs/<name>/`, so it keeps only what is safe in a folder name:
+    lower case, letters and digits of any script, '-' and '_'; runs of anything else -> '-'.
+    NFC, because macOS hands out decomposed names: the same file must give the same folder.
+    """
+    text = unicodedata.normalize("NFC", stem.lower())
+    kept = "".join(_name_char(char) for char in text)
+    slug = re.sub(" +", "-", kept).strip("-")
     return slug or "recipe"
 
 

@@ -211,6 +211,15 @@ def test_init_writes_a_starter_that_plans(tmp_path: Path) -> None:
     assert "jobs: 8" in plan.stdout
 
 
+def test_init_for_a_non_ascii_file_writes_a_recipe_that_loads(tmp_path: Path) -> None:
+    target = tmp_path / "Été.yaml"
+    result = invoke("init", str(target))
+    assert result.exit_code == 0, result.output
+    plan = invoke("plan", str(target))
+    assert plan.exit_code == 0, plan.output
+    assert plan.stdout.startswith(f"recipe été ({target})")
+
+
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     target = write(tmp_path, "mine\n", "recipe.yaml")
     result = invoke("init", str(target))

@@ -86,7 +86,36 @@ def test_defaults_name_from_stem_and_output_relative_to_recipe(tmp_path: Path) -
     assert recipe.price_per_image is None
     assert recipe.sheet.rows is None and recipe.sheet.cols is None
     assert default_name("___") == "___"
-    assert default_name("Été!") == "t"
+    assert default_name("Été!") == "été"
+
+
+@pytest.mark.parametrize(
+    ("stem", "expected"),
+    [
+        ("Été", "été"),
+        ("E\u0301te\u0301", "été"),  # decomposed, as macOS names files: the same folder name
+        ("東京の夜 2", "東京の夜-2"),
+        ("Москва", "москва"),
+        ("हिन्दी", "हिन्दी"),  # vowel signs and virama are marks: a word keeps them
+        ("a/b\\c", "a-b-c"),
+        ("..", "recipe"),
+        ("..Été..", "été"),
+        ("a\x1b[31mb\r", "a-31mb"),
+        ("zero\u200bwidth", "zerowidth"),  # an invisible format character would hide in the name
+        ("a:b*c?d|e<f>g\"h", "a-b-c-d-e-f-g-h"),
+        ("a -b__c", "a--b__c"),
+    ],
+)
+def test_default_name_keeps_letters_of_any_script_and_nothing_unsafe(stem: str, expected: str) -> None:
+    assert default_name(stem) == expected
+
+
+def test_a_recipe_named_by_a_non_ascii_file_gets_its_own_output_folder(tmp_path: Path) -> None:
+    from seedream_pipe.paths import default_output_dir
+
+    recipe = load_recipe(write(tmp_path, MINIMAL, "Été.yaml"))
+    assert recipe.name == "été"
+    assert default_output_dir(recipe) == Path("outputs") / "été"
 
 
 def test_hash_ignores_comments_and_layout_but_not_values(tmp_path: Path) -> None:

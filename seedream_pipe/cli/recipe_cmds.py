@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import click
 from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
 from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
-from seedream_pipe.recipe import DEFAULT_MAX_JOBS, default_name, load_recipe, recipe_json_schema
+from seedream_pipe.recipe import (
+    DEFAULT_MAX_JOBS,
+    NAME_PATTERN,
+    default_name,
+    load_recipe,
+    recipe_json_schema,
+)
 
 TABLE_LIMIT = 50  # jobs a table shows unless --limit says otherwise
 PROMPT_WIDTH = 70
@@ -177,7 +184,7 @@ STARTER = """\
 # in editors, run `seedream-pipe schema > recipe.schema.json` and make the first line of this
 # file `# yaml-language-server: $schema=recipe.schema.json`.
 
-name: {name}                  # default: the file name; a-z, 0-9, - and _
+{name_line}
 model: bytedance/seedream-4-0/text-to-image
 
 # The prompt: a Jinja2 template. Each var below is in scope, as are `resolution`, `repeat` and
@@ -207,6 +214,18 @@ price_per_image: 0.03            # USD, for the cost estimate of `plan`
 """
 
 
+def _name_line(stem: str) -> str:
+    """The starter's `name:` line: the name the file gives, written out when `name:` accepts it.
+
+    A default name may hold letters of any script (`Été.yaml` -> `été`), which an explicit
+    `name:` does not take; the line is then left commented, so the default names the run.
+    """
+    name = default_name(stem)
+    if re.match(NAME_PATTERN, name):
+        return f"name: {name}                  # default: the file name; a-z, 0-9, - and _"
+    return f"# name: my-sweep             # default: the file name, here {name}; a-z, 0-9, - and _"
+
+
 @click.command("init")
 @click.argument("path", type=click.Path(path_type=Path), default=Path("recipe.yaml"), required=False)
 @click.option("--force", is_flag=True, help="overwrite PATH if it exists")
@@ -223,9 +242,8 @@ def init_cmd(path: Path, force: bool) -> int:
     """
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
-    name = default_name(path.stem)
     try:
-        path.write_text(STARTER.format(path=path, name=name), encoding="utf-8")
+        path.write_text(STARTER.format(path=path, name_line=_name_line(path.stem)), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
     click.echo(f"wrote {path}; next: seedream-pipe plan {path}")
