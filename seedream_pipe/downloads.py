@@ -14,10 +14,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from seedream_pipe.images import THUMB_SIZE, save_thumbnail
+from seedream_pipe.images import IMAGE_FORMATS, THUMB_SIZE, save_thumbnail
 
 # A decompression bomb is not an image we asked for; Pillow's own limit applies, as an error.
 Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
+
+
+_FORMAT_NAMES = "PNG, JPEG or WebP"
 
 
 class NotAnImage(Exception):
@@ -26,26 +29,32 @@ class NotAnImage(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KeptImage:
+    path: Path  # `dest` with the suffix of the image's real format
     width: int
     height: int
 
 
 def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
-    """Check `tmp` is a whole image, write its thumbnail, then rename it to `dest`.
+    """Check `tmp` is a whole PNG, JPEG or WebP image, write its thumbnail, then rename it to
+    `dest` with the suffix of its real format (a JPEG is never kept under a .png name).
 
     The thumbnail is written first so that an image in place always has one. On any failure
     `tmp` is deleted and NotAnImage raised with Pillow's reason.
     """
     try:
-        with Image.open(tmp) as img:
+        with Image.open(tmp, formats=list(IMAGE_FORMATS)) as img:
             img.load()  # a full decode: catches garbage and a body cut short
             size = img.size
+            final = dest.with_suffix(IMAGE_FORMATS[img.format or "PNG"])
             save_thumbnail(_shrunk(img), thumb)
+    except Image.UnidentifiedImageError:
+        tmp.unlink(missing_ok=True)
+        raise NotAnImage(f"not a {_FORMAT_NAMES} image") from None
     except Exception as exc:  # Pillow raises many kinds for bad bytes
         tmp.unlink(missing_ok=True)
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
-    os.replace(tmp, dest)
-    return KeptImage(width=size[0], height=size[1])
+    os.replace(tmp, final)
+    return KeptImage(path=final, width=size[0], height=size[1])
 
 
 def _shrunk(img: Image.Image) -> Image.Image:
@@ -73,7 +82,7 @@ def file_sha256(path: Path) -> str | None:
 def remake_thumbnail(image: Path, thumb: Path) -> bool:
     """Write a missing thumbnail from the kept image; False when the image will not open."""
     try:
-        with Image.open(image) as img:
+        with Image.open(image, formats=list(IMAGE_FORMATS)) as img:
             img.load()
             save_thumbnail(_shrunk(img), thumb)
     except Exception:

@@ -16,6 +16,11 @@ THUMB_SIZE = 512
 THUMB_SUFFIX = ".jpg"
 THUMB_QUALITY = 85
 
+#: What an image API sends back, and all Pillow is asked to decode: a downloaded file is
+#: untrusted, and some of Pillow's other formats hand the bytes to outside programs
+#: (EPS to Ghostscript). The value is the suffix a kept image of that format gets.
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
 
 def thumb_name(image_name: str) -> str:
     """The thumbnail file name of an image file name (same stem)."""

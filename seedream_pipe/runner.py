@@ -704,7 +704,7 @@ class Runner:
                 rec,
                 "downloaded",
                 image_url=url,
-                image_path=str(dest.relative_to(self.out_dir)),
+                image_path=str(kept.path.relative_to(self.out_dir)),
                 thumb_path=str(thumb.relative_to(self.out_dir)),
                 sha256=fetched.sha256,
                 width=kept.width,

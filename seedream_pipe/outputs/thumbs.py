@@ -21,7 +21,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from seedream_pipe.images import THUMB_QUALITY, THUMB_SIZE, save_thumbnail, thumb_name
+from seedream_pipe.images import (
+    IMAGE_FORMATS,
+    THUMB_QUALITY,
+    THUMB_SIZE,
+    save_thumbnail,
+    thumb_name,
+)
 from seedream_pipe.paths import THUMBS_DIR
 from seedream_pipe.state import JobRecord
 
@@ -66,7 +72,7 @@ def fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 
 def load_fitted(source: Path | bytes, box: tuple[int, int]) -> Image.Image:
     """Decode an image scaled to fit `box`, asking the decoder for a reduced scale first."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=list(IMAGE_FORMATS)) as image:
         target = fit_size(image.size, box)
         # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale: most of the speed of a sheet.
         image.draft("RGB", target)
@@ -93,7 +99,7 @@ class MadeThumb:
 def make_thumbnail(job_id: str, image: Path, dest: Path) -> MadeThumb:
     """Decode one full image and save its thumbnail (runs in a worker process)."""
     try:
-        with Image.open(image) as full:
+        with Image.open(image, formats=list(IMAGE_FORMATS)) as full:
             full.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
             full.load()
             thumb = full.convert("RGB") if full.mode != "RGB" else full
