@@ -54,8 +54,14 @@ def test_only_png_jpeg_and_webp_are_decoded(tmp_path: Path, name: str, data: byt
     assert not tmp.exists() and not (tmp_path / "x.png").exists() and not (tmp_path / "x.jpg").exists()
 
 
-def test_a_file_cut_short_is_not_an_image(tmp_path: Path) -> None:
-    whole = encoded("PNG")
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_a_file_cut_short_is_not_an_image(tmp_path: Path, fmt: str) -> None:
+    import numpy as np
+
+    noise = np.random.default_rng(7).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, fmt)  # noise: every part of the body matters
+    whole = out.getvalue()
     tmp = fetched(tmp_path, whole[: len(whole) // 2])
     with pytest.raises(NotAnImage, match="not a valid image"):
         keep_image(tmp, tmp_path / "x.png", tmp_path / "x.jpg")
