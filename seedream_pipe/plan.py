@@ -28,6 +28,7 @@ import json
 import math
 import random
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
@@ -71,6 +72,9 @@ _JINJA_WORDS = frozenset(
 )
 _RESERVED = frozenset({"resolution", "repeat", "index", "template", "prompt"})
 _SPACES = re.compile(r"[ \t]{2,}")
+# A prompt made only of these shows the model nothing, as an empty one does: spaces and line or
+# paragraph separators, control codes, and format characters (zero-width space, BOM, joiners).
+_INVISIBLE = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
 _SENTINEL = "\x00seedream-pipe-prompt\x00"
 
 __all__ = ["Axis", "Blueprint", "Plan", "build_plan", "canonical_json", "job_id_for", "prepare"]
@@ -832,6 +836,8 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     long_prompts = 0
     long_example = 0
     empty: dict[str, list[int]] = {}
+    invisible: dict[str, list[int]] = {}
+    invisible_example: dict[str, str] = {}
     sha256 = hashlib.sha256
     index = 0
     for combo in combos:
@@ -866,6 +872,11 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
                     cache[cache_key] = prompt
             if not prompt:
                 empty.setdefault(template.name, []).append(index)
+                continue
+            # Rendered prompts are stripped, so a first visible character settles it at once.
+            if unicodedata.category(prompt[0]) in _INVISIBLE and _shows_nothing(prompt):
+                invisible.setdefault(template.name, []).append(index)
+                invisible_example.setdefault(template.name, prompt)
                 continue
             if len(prompt) > 2 * PROMPT_WORD_LIMIT and len(prompt.split()) > PROMPT_WORD_LIMIT:
                 long_prompts += 1
@@ -902,9 +913,13 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
 
     for name, indices in empty.items():
         template = next(t for t in templates if t.name == name)
-        shown = ", ".join(str(i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
         problems.add(template.key_path, f"the template renders an empty prompt for {len(indices):,} "
-                                        f"job(s) (at plan positions {shown})")
+                                        f"job(s) (at plan positions {_positions(indices)})")
+    for name, indices in invisible.items():
+        template = next(t for t in templates if t.name == name)
+        problems.add(template.key_path, f"the template renders a prompt with nothing visible for "
+                                        f"{len(indices):,} job(s) (at plan positions {_positions(indices)}): "
+                                        f"only {_invisible_names(invisible_example[name])}")
     problems.raise_if_any()
     if merged:
         warnings.append(f"{merged:,} job(s) had the same request body as an earlier job and were "
@@ -923,6 +938,23 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     if repeats > 1:
         axis_labels["repeat"] = repeat_labels
     return Plan(recipe, jobs, axis_labels, warnings, grid_size=blueprint.grid_size, combinations=count)
+
+
+def _positions(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
+
+
+def _shows_nothing(prompt: str) -> bool:
+    """True for a prompt with no visible character (see `_INVISIBLE`)."""
+    return all(unicodedata.category(char) in _INVISIBLE for char in prompt)
+
+
+def _invisible_names(prompt: str, limit: int = 3) -> str:
+    """The characters that hide in a prompt, by code point and name ("U+200B ZERO WIDTH SPACE"),
+    so the author can find them; the spaces among them go without saying."""
+    found = list(dict.fromkeys(char for char in prompt if not char.isspace())) or list(prompt[:1])
+    names = [f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip() for char in found[:limit]]
+    return ", ".join(names) + (" ..." if len(found) > limit else "")
 
 
 def _describe(labels: Mapping[str, str], repeat: int, repeats: int) -> str:

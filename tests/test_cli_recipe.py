@@ -102,6 +102,8 @@ BAD_INPUTS: dict[str, tuple[str | bytes, str]] = {
                       ":1:1: extends: cycle: recipe.yaml -> recipe.yaml"),
     "non-UTF-8": (b'template: "{{ a }}"\nvars: {a: [\xff]}\n', ":2:12: the recipe is not UTF-8 text"),
     "alias bomb": ("\n".join(BOMB) + "\n", "the YAML expands to more than 100,000 values through aliases"),
+    "invisible prompt": ('template: "{{ a }}"\nvars: {a: [x, "\\u200b"]}\n',
+                         ":1:1: template: the template renders a prompt with nothing visible for 1 job(s)"),
 }
 
 

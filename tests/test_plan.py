@@ -357,6 +357,28 @@ def test_empty_prompt_is_an_error(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("\\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("\\ufeff", "U+FEFF ZERO WIDTH NO-BREAK SPACE"),
+        ("\\u2060\\u3000\\u200b\\u2029", "U+2060 WORD JOINER, U+200B ZERO WIDTH SPACE"),
+        ("\\x1b\\x7f", "U+001B, U+007F"),
+    ],
+)
+def test_a_prompt_with_nothing_visible_is_an_empty_prompt(tmp_path: Path, value: str, shown: str) -> None:
+    message = only_problem(tmp_path, f'template: "{{{{ a }}}}"\nvars: {{a: [x, "{value}", y]}}\n')
+    assert message == (
+        f"{tmp_path / 'recipe.yaml'}:1:1: template: the template renders a prompt with nothing visible "
+        f"for 1 job(s) (at plan positions 2): only {shown}"
+    )
+
+
+def test_a_prompt_with_one_visible_character_is_kept(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 'template: "{{ a }}"\nvars: {a: ["\\u200b.\\u200b", "\\u00e9"]}\n')
+    assert [job.prompt for job in plan] == ["\u200b.\u200b", "\u00e9"]
+
+
 def test_long_prompt_is_a_warning(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 'template: "{{ a }} {% for i in range(601) %}word {% endfor %}"\nvars: {a: [x]}\n')
     assert plan.warnings == [
