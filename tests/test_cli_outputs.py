@@ -90,6 +90,18 @@ def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Pa
     assert len(pd.read_parquet(folder / "report.parquet")) == 8
 
 
+def test_report_shows_the_api_s_failure_text_with_control_characters_escaped(folder: Path) -> None:
+    from seedream_pipe.state import StateStore
+
+    with StateStore.for_output_dir(folder) as store:
+        failed = store.jobs(states=("failed",))[0]
+        store.update(failed.job_id, error="rejected\x1b[2J\x1b]0;owned\x07\rok")
+    result = CliRunner().invoke(cli, ["report", str(folder)], color=True)  # as on a terminal
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
+    assert "rejected\\x1b[2J\\x1b]0;owned\\x07\\rok" in result.output
+
+
 def test_gallery_command(folder: Path) -> None:
     result = run("gallery", folder)
     assert result.exit_code == 0, result.output

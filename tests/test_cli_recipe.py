@@ -244,3 +244,45 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert result.exit_code == 0
     assert "Example:" in result.stdout
     assert f"seedream-pipe {command}" in result.stdout
+
+
+# --- what reaches the terminal: recipe text can never drive it -----------------------------------
+
+# A recipe whose values would clear the screen, recolour it and return the cursor if printed raw.
+HOSTILE = 'template: "{{ s }}"\nvars: {s: [{"\\e[2Jfox": "a \\e[31mred\\e[0m fox\\r"}, {"owl\\x9b": "a \\e[31mred\\e[0m fox\\r"}]}\n'
+RAW = ("\x1b[2J", "\x1b[31m", "\r", "\x9b")
+
+
+def on_a_terminal(*args: str) -> Result:
+    """As on a terminal: click strips escape sequences from what goes to a pipe, not to a tty."""
+    return CliRunner().invoke(cli, list(args), color=True)
+
+
+def test_plan_and_validate_show_control_characters_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, HOSTILE)
+    for result in (on_a_terminal("plan", str(path)), on_a_terminal("validate", str(path))):
+        assert result.exit_code == 0, result.output
+        for raw in RAW:
+            assert raw not in result.stdout + result.stderr
+    table = on_a_terminal("plan", str(path)).stdout
+    assert "\\x1b[2Jfox" in table and "a \\x1b[31mred\\x1b[0m fox" in table
+    warning = on_a_terminal("validate", str(path)).stderr  # both bodies are the same: merged, with their labels
+    assert "warning: " in warning and "s=owl\\x9b" in warning
+
+
+def test_plan_json_escapes_control_characters_but_keeps_the_exact_request(tmp_path: Path) -> None:
+    result = on_a_terminal("plan", str(write(tmp_path, HOSTILE)), "--format", "json")
+    assert result.exit_code == 0, result.output
+    for raw in RAW:
+        assert raw not in result.stdout + result.stderr
+    jobs = json.loads(result.stdout)
+    assert jobs[0]["inputs"]["prompt"] == "a \x1b[31mred\x1b[0m fox"  # what the API gets, untouched
+    assert jobs[0]["axes"]["s"] == "\x1b[2Jfox"
+
+
+def test_errors_show_control_characters_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ s }}{{ 1 / 0 }}"\nvars: {s: ["\\e[2Jx\\r"]}\n')
+    result = on_a_terminal("validate", str(path))
+    assert result.exit_code == 65
+    assert "\x1b[2J" not in result.stderr and "\r" not in result.stderr  # (red itself is click's)
+    assert "(rendering s=\\x1b[2Jx\\r, resolution=" in result.stderr

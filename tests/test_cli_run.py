@@ -200,6 +200,28 @@ def test_cancel_without_a_token_does_not_suggest_sim(recipe: Path, tmp_path: Pat
     assert "RUNCOMFY_TOKEN" in err and "--sim" not in err
 
 
+def test_status_and_cancel_show_server_text_with_control_characters_escaped(
+    paused_sim: Simulator, recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    first, second = load_recipe(recipe).plan().jobs
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan([first, second])
+        store.start_run(api_host="127.0.0.1")
+        store.transition(first.job_id, "failed", error="boom\x1b[2J\x1b]0;owned\x07\rdone")
+        store.transition(second.job_id, "submitted", request_id="unknown\x1b[2J")
+    result = CliRunner().invoke(cli, ["status", str(out)], color=True)  # as on a terminal
+    assert result.exit_code == 0
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout and "\x07" not in result.stdout
+    assert "boom\\x1b[2J\\x1b]0;owned\\x07\\rdone" in result.stdout
+    result = CliRunner().invoke(
+        cli, ["cancel", str(out), "--base-url", paused_sim.base_url], env={"RUNCOMFY_TOKEN": "tok"}, color=True
+    )
+    assert "could not cancel job 2" in result.stderr
+    assert "\x1b[2J" not in result.stderr and "unknown\\x1b[2J" in result.stderr
+
+
 def test_quiet_prints_no_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "q.yaml"
     path.write_text(RECIPE + "sheet: {rows: [], cols: [resolution]}\n", encoding="utf-8")  # `thing` on no side

@@ -14,6 +14,7 @@ import click
 
 # Only light constants at import time: the library (Pillow, pandas) loads when a command runs,
 # so `seedream-pipe --help` and the other commands start fast.
+from seedream_pipe.cli import printable
 from seedream_pipe.outputs._folder import REPORT_FORMATS
 from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
 from seedream_pipe.paths import locate
@@ -32,7 +33,7 @@ def _open(target: Path) -> OutputFolder:
 
 
 def _warn(message: str) -> None:
-    click.secho(f"warning: {message}", fg="yellow", err=True)
+    click.secho(f"warning: {printable(message)}", fg="yellow", err=True)
 
 
 @click.command("sheet")
@@ -123,7 +124,7 @@ def report_command(target: Path, fmt: str) -> int:
     report = write_report(folder, fmt=fmt)
     manifest = write_manifest(folder, outputs=[report])
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
-    click.echo(format_summary(summary))
+    click.echo(printable(format_summary(summary), keep_newlines=True))  # failures quote the API
     click.echo(str(report))
     click.echo(str(manifest))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from seedream_pipe.cli import printable
 from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
 from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
@@ -26,7 +27,7 @@ PROMPT_WIDTH = 70
 
 
 def _warn(message: str) -> None:
-    click.secho(f"warning: {message}", fg="yellow", err=True)
+    click.secho(f"warning: {printable(message)}", fg="yellow", err=True)
 
 
 def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -65,7 +66,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             continue
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
-        click.echo(f"ok: {path} ({len(plan):,} jobs)")
+        click.echo(f"ok: {printable(str(path))} ({len(plan):,} jobs)")
     if problems:
         raise RecipeError(problems)
     return 0
@@ -88,16 +89,16 @@ def _summary(plan: Plan) -> list[str]:
             f"estimated cost: ${plan.estimated_cost:,.2f} "
             f"({len(plan):,} x ${recipe.price_per_image:g} per image)"
         )
-    return lines
+    return [printable(line) for line in lines]  # the path and the model come from the user
 
 
 def _shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = printable(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
-    headers = ["#", "job_id", *axis_names, "prompt"]
+    headers = ["#", "job_id", *(printable(n) for n in axis_names), "prompt"]
     rows = [
         [str(job.index), job.job_id, *(_shorten(job.axes.get(n, ""), 30) for n in axis_names),
          _shorten(job.prompt, PROMPT_WIDTH)]
@@ -108,6 +109,16 @@ def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return out
+
+
+# What JSON leaves raw of the controls a terminal acts on: DEL and C1 (JSON escapes only C0).
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
+def _json_for_terminal(text: str) -> str:
+    """JSON text with DEL and C1 controls as \\u escapes: the same data once parsed, nothing
+    a terminal would act on if it is printed there (e.g. U+009B, the one-byte CSI)."""
+    return _RAW_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 @click.command("plan")
@@ -151,7 +162,7 @@ def plan_cmd(recipe: Path, fmt: str, limit: int | None, max_jobs: int, yes: bool
         for line in summary:
             click.echo(line, err=True)
         if fmt == "json":
-            click.echo(json.dumps([job.as_dict() for job in jobs], ensure_ascii=False, indent=2))
+            click.echo(_json_for_terminal(json.dumps([job.as_dict() for job in jobs], ensure_ascii=False, indent=2)))
         else:
             frame = plan.to_dataframe()
             if limit:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from seedream_pipe.cli import printable
 from seedream_pipe.config import ApiSettings, _is_loopback, api_settings
 from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
@@ -54,7 +55,8 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
     from seedream_pipe.outputs import format_summary, summarize
 
     if not quiet:
-        click.echo(format_summary(summarize(result.out_dir)))
+        # The summary lists failures with the API's own words: shown, not obeyed.
+        click.echo(printable(format_summary(summarize(result.out_dir)), keep_newlines=True))
         s = result.summary
         if s.get("possible_duplicates"):
             click.echo(
@@ -73,7 +75,7 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
     if result.exit_code not in (EX_OK, 1) and result.reason and result.reason != "interrupted":
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
-        click.secho(text, fg="red", err=True)
+        click.secho(printable(text), fg="red", err=True)
         if result.exit_code != 77:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
 
@@ -251,9 +253,10 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     if last:
         code = last["exit_code"]
         ended = "still running or killed" if code is None else f"exit {code}"
-        click.echo(f"last run: #{last['id']} against {last['api_host']}, {ended}")
+        click.echo(f"last run: #{last['id']} against {printable(str(last['api_host']))}, {ended}")
     for r in failed:
-        click.echo(f"failed: job {r.job_index} ({r.job_id}): {r.error}")
+        # The reason is the API's text (or the simulator's): shown, never obeyed by the terminal.
+        click.echo(f"failed: job {r.job_index} ({r.job_id}): {printable(str(r.error))}")
     return EX_OK
 
 
@@ -359,7 +362,7 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
 
     cancelled, kept = cancel_folder(out_dir, api=api, on_done=on_done)
     for line in errors:
-        click.secho(f"error: could not cancel {line}", fg="red", err=True)
+        click.secho(f"error: could not cancel {printable(line)}", fg="red", err=True)
     kept -= len(errors)
     click.echo(f"cancelled {cancelled} queued job(s); {kept} running job(s) kept (the next run downloads them)")
     if errors:
