@@ -215,7 +215,10 @@ def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simula
 def test_faults_are_survived(sim: Simulator, tmp_path: Path, fault: dict[str, Any]) -> None:
     sim.set_faults(**fault)
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
-    options = fast(request_timeout_s=0.5 if "slow_rate" in fault else 2.0)
+    # Each download fault strikes 30% of tries, drawn in whatever order the downloads happen:
+    # with the default 4 tries a job fails now and then (0.3^4 per job), which proves nothing.
+    # With 10 tries that is 6e-6 per job, and every fault is still met and survived.
+    options = fast(request_timeout_s=0.5 if "slow_rate" in fault else 2.0, download_attempts=10)
     result = run(sim, recipe, out, options=options)
     name = next(iter(fault))
     assert sim.stats()["faults"][name] > 0, "the fault never struck: the test proves nothing"
