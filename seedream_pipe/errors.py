@@ -24,6 +24,7 @@ might have echoed it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # sysexits(3), as the official runcomfy CLI uses them
@@ -173,3 +174,22 @@ def redact(text: str, *secrets: str | None) -> str:
         if secret and len(secret) >= MIN_SECRET_LEN:
             text = text.replace(secret, "***")
     return text
+
+
+# C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of showing.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """Text from a recipe or a server, safe to print on a terminal: `\x1b` -> `\\x1b`, `\r` -> `\\r`.
+
+    A recipe value or an API error is not ours: printed raw, an escape sequence in it could
+    recolour, clear or retitle the user's terminal, and `\r` could overwrite what came before.
+    Only for what people read; request bodies, files and --format csv keep the text as it is.
+    """
+
+    def escaped(match: re.Match[str]) -> str:
+        char = match.group()
+        return char if keep_newlines and char == "\n" else char.encode("unicode_escape").decode("ascii")
+
+    return _CONTROL.sub(escaped, text)

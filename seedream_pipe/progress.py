@@ -3,7 +3,8 @@ JSON lines with `--json`, nothing with `--quiet`.
 
 The runner reports through the small `Progress` interface (`start`, `event`, `finish`); it never
 prints. Every text passed here was already scrubbed of the token by the client, and the JSON
-sink redacts again as a last line of defence.
+sink redacts again as a last line of defence. Error texts come from the API: the terminal sinks
+show their control characters escaped and never read them as rich markup.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import IO, Any, Protocol
 
-from seedream_pipe.errors import redact
+from seedream_pipe.errors import printable, redact
 
 #: Events the runner sends (kind -> meaning):
 #: run_started, job_state (a job changed state), retry, rate_limited, interrupt, cancel,
@@ -96,7 +97,7 @@ class LogProgress:
         self._every = every
 
     def _say(self, text: str) -> None:
-        self._stream.write(text + "\n")
+        self._stream.write(printable(text) + "\n")
         self._stream.flush()
 
     def event(self, kind: str, detail: dict[str, Any]) -> None:
@@ -133,6 +134,9 @@ class RichProgress:
             TextColumn,
             TimeRemainingColumn,
         )
+        from rich.text import Text
+
+        self._text = Text  # API text goes in as Text: never parsed as markup or :emoji: codes
 
         self.console = Console(stderr=True)
         self.tally = Tally()
@@ -164,9 +168,10 @@ class RichProgress:
         if self._task is None:
             return
         if kind == "job_state" and detail.get("state") == "failed":
-            self.console.print(f"[red]failed[/]: job {detail.get('index')}: {detail.get('error')}", markup=True, highlight=False)
+            reason = printable(f": job {detail.get('index')}: {detail.get('error')}")
+            self.console.print(self._text.assemble(("failed", "red"), reason), highlight=False)
         elif kind in ("message", "interrupt"):
-            self.console.print(str(detail.get("text", "")), markup=False, highlight=False)
+            self.console.print(self._text(printable(str(detail.get("text", "")))), highlight=False)
         if kind == "run_finished":
             self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
             self._bar.stop()

@@ -6,35 +6,15 @@ calls library code and prints. Errors are mapped to exit codes here and nowhere 
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
 import click
 
 from seedream_pipe import __version__
-from seedream_pipe.errors import EX_INTERRUPTED, EX_USAGE, RecipeError, SeedreamPipeError
+from seedream_pipe.errors import EX_INTERRUPTED, EX_USAGE, RecipeError, SeedreamPipeError, printable
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of showing.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: str, *, keep_newlines: bool = False) -> str:
-    """Text from a recipe or a server, safe to print on a terminal: `\x1b` -> `\\x1b`, `\r` -> `\\r`.
-
-    A recipe value or an API error is not ours: printed raw, an escape sequence in it could
-    recolour, clear or retitle the user's terminal, and `\r` could overwrite what came before.
-    Only for what people read; request bodies, files and --format csv keep the text as it is.
-    """
-
-    def escaped(match: re.Match[str]) -> str:
-        char = match.group()
-        return char if keep_newlines and char == "\n" else char.encode("unicode_escape").decode("ascii")
-
-    return _CONTROL.sub(escaped, text)
 
 
 def echo_error(exc: SeedreamPipeError) -> None:

@@ -1,0 +1,35 @@
+"""What a run shows while it goes, with text from the API that is not ours to trust."""
+
+from __future__ import annotations
+
+import io
+
+from seedream_pipe.progress import LogProgress, RichProgress
+
+HOSTILE = "boom\x1b[2J\x1b]0;owned\x07 [/] [bold]x[/bold] [link=file:///etc/passwd]y[/link] :skull:\r"
+
+
+def test_log_lines_show_api_text_with_control_characters_escaped() -> None:
+    out = io.StringIO()
+    progress = LogProgress(out)
+    progress.event("run_started", {"total": 1, "todo": 1, "actions_text": "1 to submit", "out_dir": "o"})
+    progress.event("job_state", {"job_id": "j", "index": 0, "state": "failed", "error": HOSTILE})
+    progress.event("message", {"text": f"stopping submits: {HOSTILE}"})
+    text = out.getvalue()
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert text.count("boom\\x1b[2J\\x1b]0;owned\\x07 [/] [bold]x[/bold]") == 2
+
+
+def test_the_live_bar_prints_api_text_as_text_not_markup() -> None:
+    progress = RichProgress()
+    sink = io.StringIO()
+    progress.console.file = sink  # a plain file: no live redraws, no colour codes
+    progress.event("run_started", {"total": 1, "todo": 1})
+    # "[/]" alone would make rich raise a MarkupError mid-run if the text were read as markup
+    progress.event("job_state", {"job_id": "j", "index": 0, "state": "failed", "error": HOSTILE})
+    progress.event("message", {"text": HOSTILE})
+    progress.event("run_finished", {})
+    text = " ".join(sink.getvalue().split())  # (rich wraps long lines)
+    assert "\x1b[2J" not in text and "\x07" not in text
+    assert text.count("[/] [bold]x[/bold] [link=file:///etc/passwd]y[/link] :skull:") == 2
+    assert "failed: job 0: boom\\x1b[2J" in text
