@@ -950,14 +950,7 @@ async def arun_recipe(
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
-        earlier = {run["api_host"] for run in store.runs() if run["api_host"]}
-        if earlier and api.host not in earlier:
-            # e.g. `run --sim`, then the real API: the simulator's images would count as done
-            raise UsageError(
-                f"{out} holds the jobs of a run against {', '.join(sorted(earlier))}; this run goes to "
-                f"{api.host} and would take them as done. Give it its own folder with --out, or delete "
-                f"{out} to start afresh"
-            )
+        check_same_api(store, out, api.host)
         store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),
@@ -1044,21 +1037,41 @@ def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
     return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
 
 
+def check_same_api(store: StateStore, out: Path, host: str) -> None:
+    """Refuse a folder whose jobs went to another API host (UsageError).
+
+    E.g. `run --sim`, then the real API: the simulator's images would count as done.
+    """
+    earlier = {run["api_host"] for run in store.runs() if run["api_host"]}
+    if earlier and host not in earlier:
+        raise UsageError(
+            f"{out} holds the jobs of a run against {', '.join(sorted(earlier))}; this run goes to "
+            f"{host} and would take them as done. Give it its own folder with --out, or delete "
+            f"{out} to start afresh"
+        )
+
+
 def dry_run_report(
     recipe: Recipe,
     out_dir: Path,
     options: RunOptions,
     *,
+    api_host: str | None = None,
     max_jobs: int = 10_000,
     allow_large: bool = False,
 ) -> dict[str, Any]:
-    """What `run` would do, from the plan and the folder's state, with no network and no writes."""
+    """What `run` would do, from the plan and the folder's state, with no network and no writes.
+
+    With `api_host`, a folder used with another API is refused as the real run would refuse it.
+    """
     from seedream_pipe.state import STATE_FILE
 
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     known: dict[str, JobRecord] = {}
     if (out_dir / STATE_FILE).exists():
         with StateStore(out_dir / STATE_FILE) as store:
+            if api_host is not None:
+                check_same_api(store, out_dir, api_host)
             known = {r.job_id: r for r in store.jobs(in_plan=None)}
     actions: dict[str, int] = {}
     for job in plan.jobs:

@@ -259,6 +259,12 @@ def test_a_folder_run_against_one_api_is_not_taken_as_done_by_another(recipe: Pa
         code, _, err = invoke("run", str(recipe), "--out", str(out), "--base-url", base, env={"RUNCOMFY_TOKEN": "tok"})
         assert code == 64
         assert "holds the jobs of a run against 127.0.0.1" in err and "--out" in err
+        # a dry run says the same, rather than a plan the real run would refuse (no token needed)
+        code, stdout, err = invoke("run", str(recipe), "--out", str(out), "--base-url", base, "--dry-run", env={})
+        assert (code, stdout) == (64, "")
+        assert "holds the jobs of a run against 127.0.0.1" in err
+        code, _, err = invoke("run", str(recipe), "--out", str(out), "--sim", "--dry-run")
+        assert code == 0, err  # the same simulator host: the plan, as before
         code, _, _ = invoke("run", str(recipe), "--out", str(tmp_path / "o2"), "--base-url", base, env={"RUNCOMFY_TOKEN": "tok"})
         assert code == 0
         assert other.stats()["submits_accepted"] == 2

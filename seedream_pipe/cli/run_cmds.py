@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import click
 
 from seedream_pipe.cli import printable
-from seedream_pipe.config import ApiSettings, _is_loopback, api_settings
+from seedream_pipe.config import ApiSettings, _is_loopback, api_host, api_settings, resolve_base_url
 from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
@@ -47,6 +47,17 @@ def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
     config = SimConfig(workers=SIM_WORKERS, latency=SIM_LATENCY_S, latency_jitter=SIM_JITTER_S, seed=0)
     with Simulator(config) as simulator:
         yield ApiSettings(simulator.base_url, SIM_TOKEN)
+
+
+def _host_for_run(sim: bool, base_url: str | None) -> str:
+    """The API host a run would record, without a token or a server (for --dry-run)."""
+    if not sim:
+        return api_host(resolve_base_url(base_url))
+    if base_url:
+        raise UsageError("--sim and --base-url contradict each other: --sim runs its own server")
+    from seedream_pipe.sim.config import DEFAULT_HOST
+
+    return DEFAULT_HOST
 
 
 def _print_summary(result: Any, *, quiet: bool) -> None:
@@ -160,7 +171,9 @@ def run_command(
         forget_lost=True if sim else None,
     )
     if dry_run:
-        report = dry_run_report(recipe, out_dir, options, max_jobs=max_jobs, allow_large=yes)
+        report = dry_run_report(
+            recipe, out_dir, options, api_host=_host_for_run(sim, base_url), max_jobs=max_jobs, allow_large=yes
+        )
         if json_lines:
             click.echo(json.dumps(report))
         else:
