@@ -58,7 +58,7 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     if parts.scheme not in ("http", "https") or not parts.hostname:
         source = "--base-url" if option else BASE_URL_ENV
         raise UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         # Every API call carries the bearer token: over plain http anyone on the path can read it.
         source = "--base-url" if option else BASE_URL_ENV
         raise UsageError(
@@ -68,7 +68,7 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     return raw.strip().rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

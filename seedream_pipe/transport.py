@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 
-from seedream_pipe.config import _is_loopback
+from seedream_pipe.config import is_loopback
 
 CHUNK = 256 * 1024
 
@@ -106,7 +106,7 @@ def env_proxy(scheme: str, host: str) -> str | None:
     Like curl and httpx: HTTPS_PROXY / HTTP_PROXY (lower case too), else ALL_PROXY, unless
     NO_PROXY covers the host. A loopback host (the simulator) is always reached directly.
     """
-    if _is_loopback(host):
+    if is_loopback(host):
         return None
     if urllib.request.proxy_bypass(host):  # NO_PROXY
         return None

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import click
 
 from seedream_pipe.cli import printable
-from seedream_pipe.config import ApiSettings, _is_loopback, api_host, api_settings, resolve_base_url
+from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
 from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
@@ -306,12 +306,12 @@ def gone_simulator(last_host: str | None, in_flight: list[JobRecord]) -> str | N
     `run --sim` starts its simulator inside the run's process: once that run is killed, its jobs
     exist nowhere, so asking to cancel them could only fail, and retrying would never help.
     """
-    if not last_host or not _is_loopback(last_host):
+    if not last_host or not is_loopback(last_host):
         return None
     addresses: set[tuple[str, int]] = set()
     for rec in in_flight:
         address = _sent_to(rec)
-        if address is None or not _is_loopback(address[0]):
+        if address is None or not is_loopback(address[0]):
             return None  # a job we cannot place on this machine: let the API say what it holds
         addresses.add(address)
     if not all(_nothing_listens(host, port) for host, port in addresses):

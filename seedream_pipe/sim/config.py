@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from seedream_pipe.config import _is_loopback
+from seedream_pipe.config import is_loopback
 from seedream_pipe.errors import UsageError
 
 # Defaults in one place; the CLI's option defaults read these too.
@@ -34,7 +34,7 @@ def listens_beyond_loopback(host: str) -> bool:
     Only localhost, 127.0.0.0/8 and ::1 stay on this machine; "0.0.0.0", "::" and "" mean every
     interface, and any other name may resolve to a public address, so it counts as beyond.
     """
-    return not _is_loopback(host)
+    return not is_loopback(host)
 
 
 @dataclass
