@@ -119,8 +119,8 @@ def paused_sim() -> Iterator[Simulator]:
         yield sim
 
 
-def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator, recipe: Path, tmp_path: Path) -> None:
-    out = tmp_path / "o"
+def submitted_by_an_earlier_run(recipe: Path, out: Path, base_url: str, token: str) -> None:
+    """A folder whose run (against 127.0.0.1) submitted every job of `recipe` to `base_url`."""
     out.mkdir()
     plan = load_recipe(recipe).plan()
     with StateStore.for_output_dir(out) as store:
@@ -128,9 +128,17 @@ def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator,
         store.start_run(api_host="127.0.0.1")
         for job in plan.jobs:
             answer = httpx.post(
-                f"{paused_sim.base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": "Bearer tok"}
+                f"{base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": f"Bearer {token}"}
             ).json()
-            store.transition(job.job_id, "submitted", request_id=answer["request_id"])
+            store.transition(
+                job.job_id, "submitted", request_id=answer["request_id"],
+                status_url=answer["status_url"], cancel_url=answer["cancel_url"],
+            )
+
+
+def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator, recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    submitted_by_an_earlier_run(recipe, out, paused_sim.base_url, "tok")
     # a folder whose jobs went to another host is not cancelled against this one
     code, _, err = invoke("cancel", str(out), "--base-url", "http://localhost:9/v1", env={"RUNCOMFY_TOKEN": "tok"})
     assert code == 64
@@ -147,21 +155,9 @@ def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, 
     # What a `run --sim` killed with SIGKILL leaves: jobs in flight at the address of a simulator
     # that lived in the killed process.
     out = tmp_path / "o"
-    out.mkdir()
-    plan = load_recipe(recipe).plan()
     sim = Simulator(SimConfig(workers=0)).start()
     try:
-        with StateStore.for_output_dir(out) as store:
-            store.sync_plan(plan.jobs)
-            store.start_run(api_host="127.0.0.1")
-            for job in plan.jobs:
-                answer = httpx.post(
-                    f"{sim.base_url}/models/{job.model}", json=dict(job.inputs), headers={"Authorization": "Bearer x"}
-                ).json()
-                store.transition(
-                    job.job_id, "submitted", request_id=answer["request_id"],
-                    status_url=answer["status_url"], cancel_url=answer["cancel_url"],
-                )
+        submitted_by_an_earlier_run(recipe, out, sim.base_url, "x")
         address = sim.base_url.removeprefix("http://").removesuffix("/v1")
         code, _, err = invoke("cancel", str(out))  # still running: cancel goes on to need a token
         assert code == 77

@@ -745,8 +745,27 @@ def test_sim_command_rejects_bad_options() -> None:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_sim_command_serves_until_a_signal_and_never_prints_the_token(stop_signal: signal.Signals) -> None:
+    def use(line: str) -> None:
+        assert line.startswith("Simulator listening on http://127.0.0.1:")
+        base = line.removeprefix("Simulator listening on ")
+        assert base.endswith("/v1")
+        response = httpx.post(
+            f"{base}/models/{MODEL}", json={"prompt": "cli"}, headers={"Authorization": "Bearer tok-XYZ"}
+        )
+        assert response.status_code == 200
+
+    line, out, err = run_sim_command("--token", "tok-XYZ", use=use, stop_signal=stop_signal)
+    assert "Traceback" not in err
+    assert "tok-XYZ" not in line + out + err
+
+
+def run_sim_command(
+    *args: str, use: Callable[[str], None] = lambda line: None, stop_signal: signal.Signals = signal.SIGINT
+) -> tuple[str, str, str]:
+    """Start `seedream-pipe sim --port 0 --latency 0 ARGS`, hand its first line to `use`, stop it
+    with `stop_signal`; check it exited 0, and return (first line, the rest of stdout, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--token", "tok-XYZ", "--latency", "0"],
+        [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--latency", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -755,22 +774,15 @@ def test_sim_command_serves_until_a_signal_and_never_prints_the_token(stop_signa
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
-        assert line.startswith("Simulator listening on http://127.0.0.1:")
-        base = line.removeprefix("Simulator listening on ")
-        assert base.endswith("/v1")
-        response = httpx.post(
-            f"{base}/models/{MODEL}", json={"prompt": "cli"}, headers={"Authorization": "Bearer tok-XYZ"}
-        )
-        assert response.status_code == 200
+        use(line)
         proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0
-    assert "Traceback" not in err
-    assert "tok-XYZ" not in line + out + err
+    assert proc.returncode == 0, err
+    return line, out, err
 
 
 def test_simulator_on_a_port_in_use_raises_oserror(sim: Simulator) -> None:
@@ -878,22 +890,8 @@ def test_listens_beyond_loopback(host: str, beyond: bool) -> None:
 
 def _sim_command_stderr(*args: str) -> str:
     """Start `seedream-pipe sim` with these options, wait until it listens, stop it; its stderr."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--latency", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("Simulator listening on http://")
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0
+    line, _, err = run_sim_command(*args)
+    assert line.startswith("Simulator listening on http://")
     return err
 
 
