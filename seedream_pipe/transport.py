@@ -87,6 +87,11 @@ def _map(exc: BaseException) -> httpx.HTTPError:
             f"the server's TLS certificate is not trusted ({exc.certificate_error}); "
             "a private CA (a company proxy's, say) can be named with SSL_CERT_FILE"
         )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return httpx.ConnectError(
+            f"cannot reach the proxy at {exc.host}:{exc.port} that HTTPS_PROXY / HTTP_PROXY / ALL_PROXY "
+            f"names ({exc.os_error.strerror or exc.os_error}); NO_PROXY lists hosts to reach directly"
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -481,6 +481,21 @@ async def test_default_wire_goes_through_the_proxy_the_environment_names(monkeyp
     assert (method, path, headers["Host"]) == ("POST", "/v1/models/m", "api.seedream-pipe.invalid")
 
 
+async def test_a_proxy_that_cannot_be_reached_is_named_as_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with default_client("http://api.seedream-pipe.invalid/v1", FakeTime()) as client:
+        with pytest.raises(ServiceUnavailable, match=f"cannot reach the proxy at 127.0.0.1:{closed_port}"):
+            await client.submit("m", {"prompt": "a cat"})
+        assert client.counters["unknown_submits"] == 0  # never connected: safe to send again
+
+
 async def test_default_wire_refuses_a_certificate_it_cannot_trust(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
