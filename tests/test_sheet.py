@@ -218,7 +218,16 @@ def test_geometry_places_nested_headers_over_their_cells(tmp_path: Path) -> None
     x, y = wide.text.origins[0]
     assert x == wide.box.x + (wide.box.w - 40) // 2
     assert wide.box.y <= y < wide.box.bottom
-    assert geo.axis_names[0].lines == ("resolution",)
+    # the corner reads like a pivot table's: the column axis at the right of its band, on top;
+    # each row axis over its own header column, in the bottom line just above the grid
+    col_name, *row_names = geo.axis_names
+    assert col_name.lines == ("resolution",)
+    assert [b.lines for b in row_names] == [(axis,) for axis in layout.rows]
+    for name, header in zip(row_names, (cat, watercolor), strict=True):
+        assert (name.box.x, name.box.w) == (header.box.x, header.box.w)
+        assert name.box.bottom == wide.box.bottom  # level with the column headers' foot
+        assert name.origins[0][0] == header.box.x + metrics.pad  # left-aligned
+    assert col_name.box.bottom <= row_names[0].box.y  # one above the other, never overlapping
     assert geo.width == geo.cell(0, 1).box.right + metrics.margin
     assert geo.height == geo.cell(3, 1).box.bottom + metrics.margin
 

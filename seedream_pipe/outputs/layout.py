@@ -443,7 +443,7 @@ class PageGeometry:
     subtitle: TextBlock
     row_headers: list[HeaderBox]
     col_headers: list[HeaderBox]
-    axis_names: list[TextBlock]  # the column axes' names, in the corner by their band
+    axis_names: list[TextBlock]  # in the corner: each column axis by its band, each row axis over its headers
     cells: list[CellBox]
 
     def cell(self, row: int, col: int) -> CellBox:
@@ -588,24 +588,29 @@ def page_geometry(
         )
         row_headers.append(HeaderBox(span, box, text))
 
+    # The corner reads like a pivot table's: each column axis is named at the right of its band
+    # ("style"), and each row axis over its own header column, in the bottom line of the band
+    # just above the grid. The band is two lines high; the last column axis takes the top one.
     axis_names = []
     corner_w = grid_x - m.margin - m.gap
     if corner_w > 0:
+        upper = m.band_height // 2  # the band's top line; the rest is its bottom line
         for level, axis in enumerate(layout.cols):
             y = m.margin + title_h + level * (m.band_height + m.gap)
-            box = Box(m.margin, y, corner_w, m.band_height)
+            last = level == col_levels - 1 and row_levels > 0
+            box = Box(m.margin, y, corner_w, upper if last else m.band_height)
             axis_names.append(
-                text_block(
-                    box,
-                    axis,
-                    m.label_size,
-                    measure,
-                    align="right",
-                    max_lines=1,
-                    line_height=m.line_height,
-                    pad=m.pad,
-                )
-            )
+                text_block(box, axis, m.label_size, measure, align="right", max_lines=1,
+                           line_height=m.line_height, pad=m.pad)
+            )  # fmt: skip
+        bottom = m.margin + title_h + col_levels * (m.band_height + m.gap) - m.gap
+        for level, axis in enumerate(layout.rows if col_levels else ()):  # (no band: the subtitle names them)
+            x = m.margin + level * (m.row_header_width + m.gap)
+            box = Box(x, bottom - (m.band_height - upper), m.row_header_width, m.band_height - upper)
+            axis_names.append(
+                text_block(box, axis, m.label_size, measure, align="left", max_lines=1,
+                           line_height=m.line_height, pad=m.pad)
+            )  # fmt: skip
 
     cells = []
     for r in range(n_rows):
