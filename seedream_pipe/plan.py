@@ -96,11 +96,73 @@ def job_id_for(model: str, inputs: Mapping[str, Any], repeat: int) -> str:
 # The sandbox
 
 
+#: The longest text a template may make, in characters. A real prompt is a few thousand (the
+#: model's advice stops at 600 words); the cap is what keeps a template that pads, loops or
+#: doubles a string from filling the machine's memory while `plan` runs.
+MAX_TEMPLATE_TEXT = 100_000
+_TOO_LONG = f"text too long for a template (over {MAX_TEMPLATE_TEXT:,} characters)"
+#: str methods whose int arguments are widths: the string they return is that long.
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+#: A width of 7 digits or more in a format spec: `{:>999999999}` or `%999999999s`.
+_HUGE_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\d{7}|%[^a-zA-Z%]*\d{7}")
+
+
+def _refuse_huge_format(text: Any, args: tuple[Any, ...] = ()) -> None:
+    if isinstance(text, str) and (
+        _HUGE_FORMAT_WIDTH.search(text) or ("*" in text and any(isinstance(a, int) and a > MAX_TEMPLATE_TEXT for a in args))
+    ):
+        raise SecurityError(_TOO_LONG)
+
+
+def _refuse_width(width: Any) -> None:
+    if isinstance(width, int) and width > MAX_TEMPLATE_TEXT:
+        raise SecurityError(_TOO_LONG)
+
+
+def _refuse_long(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TEMPLATE_TEXT:
+        raise SecurityError(_TOO_LONG)
+    return value
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, also refusing string/list products and powers that would
-    exhaust memory (`{{ 'a' * 10**10 }}`)."""
+    """Jinja2's immutable sandbox, also refusing what would exhaust memory: string/list products
+    and powers (`{{ 'a' * 10**10 }}`), padding to huge widths (`{{ a|center(10**9) }}`), and
+    strings grown past MAX_TEMPLATE_TEXT by a loop, a namespace or a recursive macro."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        for name in ("center", "indent"):
+            self.filters[name] = _width_checked(self.filters[name])
+        printf = self.filters["format"]
+
+        def format_checked(value: Any, *args: Any, **kwargs: Any) -> Any:
+            _refuse_huge_format(value, args)
+            return printf(value, *args, **kwargs)
+
+        self.filters["format"] = format_checked
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        text = getattr(bound, "__self__", None)
+        if isinstance(text, str):
+            if bound.__name__ in _PADDING_METHODS:
+                for arg in (*args, *kwargs.values()):
+                    _refuse_width(arg)
+            elif bound.__name__ in ("format", "format_map"):
+                _refuse_huge_format(text)
+        # a macro called with ever longer arguments (recursion that doubles a string)
+        for arg in (*args, *kwargs.values()):
+            _refuse_long(arg)
+        return _refuse_long(super().call(__context, __obj, *args, **kwargs))
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `{% set ns.s = ns.s ~ ns.s %}` in a loop doubles a string without any call
+        return _refuse_long(super().getattr(obj, attribute))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
@@ -114,6 +176,25 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 ):
                     raise SecurityError("repetition too large for a template")
         return super().call_binop(context, operator, left, right)
+
+
+def _width_checked(filter_fn: Any) -> Any:
+    def checked(value: Any, *args: Any, **kwargs: Any) -> Any:
+        for arg in (*args[:1], kwargs.get("width")):  # the width: first argument or by name
+            _refuse_width(arg)
+        return filter_fn(value, *args, **kwargs)
+
+    return checked
+
+
+def _capped(chunks: Iterator[str]) -> Iterator[str]:
+    """A render's pieces, refused once together they pass MAX_TEMPLATE_TEXT (a loop that prints)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_TEMPLATE_TEXT:
+            raise SecurityError(_TOO_LONG)
+        yield chunk
 
 
 def template_environment() -> _Sandbox:
@@ -163,9 +244,9 @@ class PromptTemplate:
         env = compiled.environment
         try:
             context = env.context_class(env, parent, compiled.name, compiled.blocks)
-            return concat(compiled.root_render_func(context))
+            return concat(_capped(compiled.root_render_func(context)))
         except Exception:
-            return compiled.render(dict(scope))
+            return concat(_capped(compiled.generate(dict(scope))))
 
 
 # --------------------------------------------------------------------------------------------

@@ -659,3 +659,29 @@ def test_a_recipe_without_vars_is_one_job(tmp_path: Path) -> None:
 def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 'template: "{{ c }}{{ a }}{{ b }}"\nvars: {c: ["1", "2"], a: [x, y, z], b: [p, q]}\n')
     assert [j.prompt for j in plan] == ["".join(t) for t in itertools.product("12", "xyz", "pq")]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ a|center(10**9) }}",
+        "{{ a|indent(width=10**9, first=true) }}",
+        "{{ a.ljust(10**9) }}",
+        "{{ '{:>999999999}'.format(a) }}",
+        "{{ '%999999999s'|format(a) }}",
+        "{{ '%*s'|format(999999999, a) }}",
+        "{% for i in range(99999) %}{% for j in range(99999) %}{{ a }}{% endfor %}{% endfor %}",
+        "{% set ns = namespace(s=a) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}{{ f(a, 40) }}",
+    ],
+)
+def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: str) -> None:
+    # each of these made `plan` take gigabytes (or hang) before refusing or finishing
+    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    assert "refused by the sandbox: text too long for a template (over 100,000 characters)" in message
+
+
+def test_sandbox_allows_ordinary_padding_and_formats(tmp_path: Path) -> None:
+    template = "{{ '%5s|%-3d'|format(a, 7) }} {{ '{:>6}|{}'.format(a, 10**9) }} {{ a|center(9) }}|{{ a.zfill(3) }}"
+    plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    assert plan.jobs[0].prompt == "x|7 x|1000000000 x |00x"
