@@ -88,12 +88,15 @@ def config_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def find_token(env: Mapping[str, str] | None = None) -> str | None:
-    """The token from the environment or the runcomfy CLI's token.json, or None."""
+    """The token from the environment or the runcomfy CLI's token.json, or None.
+
+    A token holding a control character raises AuthError naming where it came from.
+    """
     env = os.environ if env is None else env
     for name in TOKEN_ENVS:
         value = env.get(name, "").strip()
         if value:
-            return value
+            return _header_safe(value, name)
     path = config_dir(env) / TOKEN_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -101,7 +104,24 @@ def find_token(env: Mapping[str, str] | None = None) -> str | None:
         # A missing or unreadable token file is the same as no login at all.
         return None
     token = data.get("access_token") if isinstance(data, dict) else None
-    return token.strip() if isinstance(token, str) and token.strip() else None
+    if not isinstance(token, str) or not token.strip():
+        return None
+    return _header_safe(token.strip(), str(path))
+
+
+def _header_safe(token: str, source: str) -> str:
+    """The token, if it can go in an Authorization header.
+
+    A line break or other control character (a paste that took two lines) is refused by the HTTP
+    stack only once the first submit is on its way, which left that job's outcome unknown and
+    the run ending with exit 1 and no word of why. The message never shows the token itself.
+    """
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):
+        raise AuthError(
+            f"the token in {source} contains a control character (a line break, tab or similar, "
+            "often from pasting); set it again to the token alone"
+        )
+    return token
 
 
 def require_token(env: Mapping[str, str] | None = None) -> str:

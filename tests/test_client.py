@@ -530,3 +530,16 @@ async def test_default_wire_refuses_a_certificate_it_cannot_trust(
             sub = await client.submit("m", {"prompt": "a cat"})
         assert isinstance(sub, Submission) and sub.request_id == "r9"
         assert api.seen[0][2]["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("token", ["SECRET\r\nX-Evil: 1", "SEC\tRET", "SECRET\x01x", "SECRET\x7f"])
+def test_token_with_a_control_character_is_refused_by_name_not_shown(tmp_path: Path, token: str) -> None:
+    # it used to reach the first POST, fail there, and leave a job "submitting" and a silent exit 1
+    with pytest.raises(AuthError, match="RUNCOMFY_TOKEN contains a control character") as info:
+        api_settings(None, {"RUNCOMFY_TOKEN": token})
+    assert info.value.exit_code == 77 and "SECRET" not in str(info.value)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "token.json").write_text(json.dumps({"access_token": token}))
+    with pytest.raises(AuthError, match=r"token\.json contains a control character"):
+        find_token({"RUNCOMFY_CONFIG_DIR": str(conf)})
