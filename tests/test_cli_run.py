@@ -296,3 +296,18 @@ def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     done = [e for e in events if e["event"] == "job_state" and e["state"] == "downloaded"]
     assert len(done) == 2 and all(e["job_id"] and e["index"] for e in done)
     assert events[-1]["exit_code"] == 0 and events[-1]["summary"]["jobs_downloaded"] == 2
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_an_unexpected_error_in_a_run_is_said_not_only_exit_1(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quiet: list[str]
+) -> None:
+    from seedream_pipe.client import ModelApiClient
+
+    async def broken_submit(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the wire broke")
+
+    monkeypatch.setattr(ModelApiClient, "submit", broken_submit)
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"), *quiet)
+    assert code == 1
+    assert "error: the wire broke" in err and "Traceback" not in err and "job(s) failed" not in err

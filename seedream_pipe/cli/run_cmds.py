@@ -75,7 +75,7 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
                 "unknown was sent again; see report.csv)"
             )
         _print_written(result.out_dir, result.outputs)
-    elif result.exit_code == 1:  # quiet, yet a make target failing needs one line of why
+    elif result.exit_code == 1 and not result.reason:  # quiet, yet a make target failing needs one line of why
         failed = result.counts.get("failed", 0)
         click.secho(
             f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why, "
@@ -83,7 +83,9 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
             fg="red",
             err=True,
         )
-    if result.exit_code not in (EX_OK, 1) and result.reason and result.reason != "interrupted":
+    # An exit 1 has a reason only when the run stopped on an error it did not expect: without
+    # this line the user saw a summary with no failed job and no word of what went wrong.
+    if result.exit_code != EX_OK and result.reason and result.reason != "interrupted":
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(printable(text), fg="red", err=True)
