@@ -1033,8 +1033,19 @@ def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
 
     Keyword arguments: out_dir, options (RunOptions), progress, http, max_jobs, allow_large,
     handle_signals (install Ctrl-C/SIGTERM handlers: the CLI does).
+
+    In a Jupyter notebook, whose own event loop is running, use `await arun_recipe(...)`.
     """
-    return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
+    # asyncio.run would fail with "cannot be called from a running event loop", which does not
+    # say what to write instead; checked before the coroutine exists, so none is left unawaited
+    raise RuntimeError(
+        "run_recipe() cannot run inside a running event loop (a Jupyter notebook has one): "
+        "write `result = await arun_recipe(recipe, api=...)` instead (from seedream_pipe.runner)"
+    )
 
 
 def check_same_api(store: StateStore, out: Path, host: str) -> None:

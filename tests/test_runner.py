@@ -3,6 +3,7 @@ credit stops, resume by state, recipe edits, and a finished recipe that makes no
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -352,3 +353,15 @@ def test_an_api_error_stops_the_run_with_that_error_s_exit_code(tmp_path: Path) 
     assert result.exit_code == 75
     with StateStore.for_output_dir(tmp_path / "out") as store:
         assert all(r.request_id for r in store.jobs() if r.state != "planned")
+
+
+def test_run_recipe_in_a_running_loop_says_to_await_arun_recipe(tmp_path: Path) -> None:
+    # as in a Jupyter cell: asyncio.run's own error did not say what to write instead
+    recipe = load_recipe(write_recipe(tmp_path))
+
+    async def in_a_notebook() -> None:
+        with pytest.raises(RuntimeError, match=r"await arun_recipe\(recipe, api=\.\.\.\)"):
+            run_recipe(recipe, api=ApiSettings("http://127.0.0.1:9/v1", "t"), out_dir=tmp_path / "o")
+
+    asyncio.run(in_a_notebook())
+    assert not (tmp_path / "o").exists()
