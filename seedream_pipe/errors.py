@@ -34,6 +34,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70  # an error seedream-pipe did not expect: a bug, said as such rather than as "some jobs failed"
 EX_CANTCREAT = 73
 EX_IOERR = 74
 EX_TEMPFAIL = 75

@@ -52,6 +52,7 @@ from seedream_pipe.errors import (
     EX_INTERRUPTED,
     EX_NOPERM,
     EX_OK,
+    EX_SOFTWARE,
     EX_SOME_FAILED,
     ApiError,
     AuthError,
@@ -758,7 +759,7 @@ class Runner:
         if self.interrupted:
             code = EX_INTERRUPTED
         elif self.fatal is not None:
-            code = getattr(self.fatal, "exit_code", EX_SOME_FAILED)
+            code = getattr(self.fatal, "exit_code", EX_SOFTWARE)
         elif self.stop_code is not None:
             code = self.stop_code
         elif counts["failed"] or (unfinished and self.opt.limit is None):
