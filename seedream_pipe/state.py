@@ -256,16 +256,31 @@ class StateStore:
         self.path = Path(path) if str(path) != ":memory:" else None
         self._clock = clock
         self.run_id: int | None = None
+        # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
         try:
-            # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
             self._db.row_factory = sqlite3.Row
+            self._refuse_foreign()  # before anything below writes to the file
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self.migrate()
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _refuse_foreign(self) -> None:
+        """A database with tables but none of ours is someone else's: leave it exactly as it is."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "migrations" not in tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StateError(
+                f"{self.path}: not a seedream-pipe state file (its tables: {shown}); "
+                "left untouched. Give the run an output folder of its own (--out)"
+            )
 
     @classmethod
     def for_output_dir(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:

@@ -54,6 +54,20 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
         StateStore.for_output_dir(tmp_path)
 
 
+def test_someone_elses_database_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    db.execute("INSERT INTO invoices VALUES (1, 9.5)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match=r"not a seedream-pipe state file .*invoices.*left untouched"):
+        StateStore.for_output_dir(tmp_path)
+    assert path.read_bytes() == before  # no migrations table, no switch to WAL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.sqlite"]
+
+
 def test_a_file_that_is_not_sqlite_is_a_state_error(tmp_path: Path) -> None:
     (tmp_path / "state.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="cannot open"):
