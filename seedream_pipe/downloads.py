@@ -16,8 +16,10 @@ from PIL import Image
 
 from seedream_pipe.images import IMAGE_FORMATS, THUMB_SIZE, save_thumbnail
 
-# A decompression bomb is not an image we asked for; Pillow's own limit applies, as an error.
-Image.MAX_IMAGE_PIXELS = 4096 * 4096 * 2
+# Twice the largest image the API makes (4096x4096): anything bigger is a decompression bomb,
+# not an image we asked for. Checked here from the header, before any pixel is decoded, rather
+# than by lowering Pillow's global limit under a notebook user's own code.
+MAX_PIXELS = 4096 * 4096 * 2
 
 
 _FORMAT_NAMES = "PNG, JPEG or WebP"
@@ -44,6 +46,8 @@ def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
     try:
         with Image.open(tmp, formats=list(IMAGE_FORMATS)) as img:
             size = img.size
+            if size[0] * size[1] > MAX_PIXELS:
+                raise ValueError(f"{size[0]}x{size[1]} pixels, more than any image the API makes")
             if img.format == "JPEG":
                 # libjpeg decodes at 1/2 to 1/8 scale for the thumbnail: it still reads every
                 # byte (a body cut short still fails) for less work than the full size

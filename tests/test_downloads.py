@@ -66,3 +66,12 @@ def test_a_file_cut_short_is_not_an_image(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(NotAnImage, match="not a valid image"):
         keep_image(tmp, tmp_path / "x.png", tmp_path / "x.jpg")
     assert not tmp.exists() and not (tmp_path / "x.png").exists()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_touching_pillow_s_limit(tmp_path: Path) -> None:
+    assert Image.MAX_IMAGE_PIXELS == 1024 * 1024 * 1024 // 4 // 3  # Pillow's default, untouched
+    # a 10000x4000 PNG of one colour: a few kB on disk, 40 Mpx decoded
+    tmp = fetched(tmp_path, encoded("PNG", (10000, 4000)))
+    with pytest.raises(NotAnImage, match="10000x4000 pixels, more than any image the API makes"):
+        keep_image(tmp, tmp_path / "x.png", tmp_path / "x.jpg")
+    assert not tmp.exists() and not (tmp_path / "x.jpg").exists()
