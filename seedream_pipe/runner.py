@@ -1100,9 +1100,12 @@ def dry_run_report(
 
 
 def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, max_jobs: int = 10_000,
-                 allow_large: bool = False) -> bool:
+                 allow_large: bool = False, api_host: str | None = None) -> bool:
     """True when every job of the recipe's plan is already downloaded (or failed, unless
     retrying), with its file intact: a re-run would make no network call.
+
+    With `api_host`, a folder used with another API host is refused (UsageError), as `run`
+    would refuse it.
 
     Lets `run --sim` skip starting a simulator at all for a finished recipe.
     """
@@ -1111,6 +1114,8 @@ def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, m
         return False
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     with StateStore(state_file) as store:
+        if api_host is not None:
+            check_same_api(store, out_dir, api_host)
         known = {r.job_id: r for r in store.jobs(in_plan=None)}
         for job in plan.jobs:
             rec = known.get(job.job_id)

@@ -3,6 +3,7 @@ status, cancel, and one run per folder at a time."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,32 @@ def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Pat
     assert code == 0
     assert "downloaded      2" in stdout
     assert "exit 0" in stdout
+
+
+def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    with Simulator(SimConfig(latency=0.01, token="tok")) as api:  # stands for the real API
+        base = api.base_url.replace("127.0.0.1", "localhost")  # another host than --sim's
+        assert invoke("run", str(recipe), "--out", str(out), "--base-url", base, env={"RUNCOMFY_TOKEN": "tok"})[0] == 0
+    # the API is gone and no token is set (a make target on another machine): nothing is missing,
+    # so nothing is asked of either
+    no_token = {"RUNCOMFY_TOKEN": "", "RUNCOMFY_API_TOKEN": "", "RUNCOMFY_CONFIG_DIR": str(tmp_path / "none")}
+    code, stdout, err = invoke("run", str(recipe), "--out", str(out), "--base-url", base, env=no_token)
+    assert (code, err) == (0, "")
+    assert "Nothing to do" in stdout
+    for where in (["--base-url", base], ["--sim"]):
+        if where == ["--sim"]:
+            out = tmp_path / "s"
+            assert invoke("run", str(recipe), "--out", str(out), "--sim")[0] == 0
+        code, stdout, _ = invoke("run", str(recipe), "--out", str(out), *where, "--json", env=no_token)
+        events = [json.loads(line) for line in stdout.splitlines()]
+        assert [e["event"] for e in events] == ["run_started", "run_finished"]
+        assert events[0]["todo"] == 0 and events[0]["total"] == 2
+        assert events[1]["exit_code"] == 0 and events[1]["summary"]["jobs_downloaded"] == 2
+        assert events[1]["summary"]["http_requests"] == 0
+    # a finished folder of another API is still refused, as a run with work to do would be
+    code, _, err = invoke("run", str(recipe), "--out", str(tmp_path / "s"), "--base-url", base, env=no_token)
+    assert code == 64 and "holds the jobs of a run against 127.0.0.1" in err
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused(recipe: Path, tmp_path: Path) -> None:
@@ -281,8 +308,6 @@ def test_cancel_that_the_api_refuses_is_an_error_not_kept(paused_sim: Simulator,
 
 
 def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
-    import json
-
     with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
         code, stdout, _ = invoke(
             "run", str(recipe), "--base-url", sim.base_url, "--out", str(tmp_path / "o"), "--json",

@@ -60,6 +60,22 @@ def _host_for_run(sim: bool, base_url: str | None) -> str:
     return DEFAULT_HOST
 
 
+def _json_nothing_to_do(out_dir: Path) -> None:
+    """The events a run with nothing to do sends with --json, so scripts see the same shape."""
+    from seedream_pipe.progress import JsonProgress
+
+    with StateStore.for_output_dir(out_dir) as store:
+        counts = store.counts()
+    events = JsonProgress()
+    events.event("run_started", {
+        "total": sum(counts.values()), "todo": 0,
+        "actions": {"submit": 0, "resubmit": 0, "poll": 0, "download": 0},
+        "actions_text": "nothing", "out_dir": str(out_dir),
+    })  # fmt: skip
+    summary = {**{f"jobs_{state}": n for state, n in counts.items()}, "http_requests": 0, "exit_code": EX_OK}
+    events.event("run_finished", {"exit_code": EX_OK, "summary": summary})
+
+
 def _print_summary(result: Any, *, quiet: bool) -> None:
     """The same summary `report` prints, then what this run wrote and why it stopped early."""
     from seedream_pipe.errors import EX_INTERRUPTED
@@ -186,13 +202,17 @@ def run_command(
             if report.get("estimated_cost") is not None:
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
         return EX_OK
-    if sim and nothing_left(recipe, out_dir, retry_failed=retry_failed, max_jobs=max_jobs, allow_large=yes):
-        # A finished recipe: no simulator, no network; the outputs are still brought up to date,
-        # so a report used as a make target is newer than its recipe after every `run`.
+    host = _host_for_run(sim, base_url)
+    if nothing_left(recipe, out_dir, retry_failed=retry_failed, max_jobs=max_jobs, allow_large=yes, api_host=host):
+        # A finished recipe: no simulator, no network, so no token needed either (a make target
+        # on a machine without one); the outputs are still brought up to date, so a report used
+        # as a make target is newer than its recipe after every `run`.
         from seedream_pipe.runner import write_outputs
 
         written = write_outputs(out_dir, recipe)
-        if not quiet and not json_lines:
+        if json_lines:
+            _json_nothing_to_do(out_dir)
+        elif not quiet:
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
             _print_written(out_dir, written)
         return EX_OK
