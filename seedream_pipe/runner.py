@@ -385,10 +385,15 @@ class Runner:
             task.cancel()
         await self._cancel_tasks(self._tasks)
         cancelled, kept = await cancel_queued(self.store, self.client, on_done=self._cancelled_one)
+        after = (
+            "the built-in simulator stops with this run, so the next run makes them again; never billed"
+            if self.opt.forget_lost
+            else "they are billed; the next run picks them up"
+        )
         self._emit(
             "message",
             text=f"interrupted: cancelled {cancelled} queued job(s); kept {kept} already running or "
-            "finished (they are billed; the next run picks them up)",
+            f"finished ({after})",
         )
         self.summary_extra = {"cancelled_on_interrupt": cancelled, "kept_running": kept}
 

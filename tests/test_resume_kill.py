@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,7 +129,8 @@ def test_ctrl_c_cancels_queued_jobs_and_the_next_run_completes(recipe: Path, tmp
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 130, stderr
-        assert "interrupted" in stderr
+        # (a real API's running job is billed; this one goes on running on a server that stays)
+        assert "cancelled 5 queued job(s); kept 1 already running or finished (they are billed" in stderr
         stats = sim.stats()
         assert stats["cancelled"] == 5  # the sixth was running: not cancellable, kept
         with StateStore.for_output_dir(out) as store:
@@ -140,6 +142,28 @@ def test_ctrl_c_cancels_queued_jobs_and_the_next_run_completes(recipe: Path, tmp
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
         check_folder(sim, out, 12)
+
+
+def test_ctrl_c_during_run_sim_does_not_call_the_simulators_jobs_billed(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNCOMFY_TOKEN", "RUNCOMFY_MODEL_API_BASE")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedream_pipe", "run", str(recipe), "--sim", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def some_submitted() -> bool:
+        if proc.poll() is not None or not (out / "state.sqlite").exists():
+            return proc.poll() is not None
+        with contextlib.closing(sqlite3.connect(out / "state.sqlite")) as db:
+            return db.execute("SELECT COUNT(*) FROM jobs WHERE request_id IS NOT NULL").fetchone()[0] >= 4
+
+    wait_until(some_submitted)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "the built-in simulator stops with this run, so the next run makes them again; never billed" in stderr
+    assert "they are billed" not in stderr
 
 
 def test_a_second_ctrl_c_quits_at_once_with_state_consistent(recipe: Path, tmp_path: Path) -> None:
