@@ -138,6 +138,14 @@ class CancelOutcome:
     outcome: str | None
 
 
+@dataclass(slots=True)
+class _Tries:
+    """How often one call has failed in a way worth asking again: transient, and 429."""
+
+    failures: int = 0
+    limited: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class FetchedFile:
     """A downloaded file at `path` (a temporary name: the caller checks it, then renames it)."""
@@ -348,12 +356,30 @@ class ModelApiClient:
         if limited > self.max_rate_limited:
             raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
 
+    async def _ask_again(
+        self, response: httpx.Response, what: str, tries: _Tries, throttle: Callable[[float | None], float | None]
+    ) -> bool:
+        """True when this answer means "ask again": a 429 or a 5xx, after its pause (or an error
+        once past the limits). Any other non-2xx answer raises its ApiError; a 2xx is False."""
+        code = response.status_code
+        if code == 429:
+            tries.limited += 1
+            self._after_rate_limited(response, what, tries.limited, throttle)
+            return True
+        if code >= 500:
+            tries.failures += 1
+            reason = f"HTTP {code}: {self._reason(response)}"
+            await self._after_transient(tries.failures, what, reason, status=code)
+            return True
+        if code >= 300:
+            raise self._answer_error(response, what)
+        return False
+
     # -- idempotent calls: status, result, cancel -------------------------------------------
 
     async def _call(self, method: str, url: str, what: str, counter: str) -> dict[str, Any]:
         """One idempotent API call with the request budget, 429 pauses and transient retries."""
-        failures = 0
-        limited = 0
+        tries = _Tries()
         error: str | None  # a transient network error of this try, if any
         while True:
             await self.budget.acquire()
@@ -368,31 +394,21 @@ class ModelApiClient:
             else:
                 error = None
             if error is not None:
-                failures += 1
-                await self._after_transient(failures, what, error)
+                tries.failures += 1
+                await self._after_transient(tries.failures, what, error)
                 continue
-            code = response.status_code
-            if code == 429:
-                limited += 1
-                self._after_rate_limited(response, what, limited, self.budget.rate_limited)
+            if await self._ask_again(response, what, tries, self.budget.rate_limited):
                 continue
-            if code >= 500:
-                failures += 1
-                reason = f"HTTP {code}: {self._reason(response)}"
-                await self._after_transient(failures, what, reason, status=code)
-                continue
-            if code >= 300:
-                raise self._answer_error(response, what)
             data = self._json(response)
             if data is None:
                 # an unreadable 200: the call did nothing we rely on, so asking again is safe
-                failures += 1
+                tries.failures += 1
                 await self._after_transient(
-                    failures, what, "the answer was not a JSON object", status=code
+                    tries.failures, what, "the answer was not a JSON object", status=response.status_code
                 )
                 continue
             if data.get("error_code"):
-                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=code)
+                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=response.status_code)
             return data
 
     async def status(self, request_id: str, status_url: str | None = None) -> JobStatus:
@@ -446,8 +462,7 @@ class ModelApiClient:
         what = f"submit to {model}"
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = {**self._headers, "Content-Type": "application/json"}
-        failures = 0
-        limited = 0
+        tries = _Tries()
         attempts = 0
         error: str | None  # a network error that proves the body never left, if any
         while True:
@@ -471,27 +486,17 @@ class ModelApiClient:
             else:
                 error = None
             if error is not None:
-                failures += 1
-                await self._after_transient(failures, what, error)
+                tries.failures += 1
+                await self._after_transient(tries.failures, what, error)
                 continue
-            code = response.status_code
-            if code == 429:
-                limited += 1
-                self._after_rate_limited(response, what, limited, self.pacer.rate_limited)
+            if await self._ask_again(response, what, tries, self.pacer.rate_limited):
                 continue
-            if code >= 500:
-                failures += 1
-                reason = f"HTTP {code}: {self._reason(response)}"
-                await self._after_transient(failures, what, reason, status=code)
-                continue
-            if code >= 300:
-                raise self._answer_error(response, what)
             data = self._json(response)
             if data is None:
                 self.counters["unknown_submits"] += 1
                 return UnknownOutcome("the answer to the submit was not readable JSON", attempts)
             if data.get("error_code"):
-                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=code)
+                raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=response.status_code)
             request_id = data.get("request_id")
             if not isinstance(request_id, str) or not request_id:
                 self.counters["unknown_submits"] += 1
