@@ -582,9 +582,7 @@ class Runner:
                 self._transition(rec, "failed", left_flight=True, error=str(exc))
                 return "failed"
             except ApiError as exc:
-                self.lost_contact += 1
-                self._stop_for(exc)
-                self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")
+                self._lose_contact(rec, exc)
                 return "gone"
             polls += 1
             polled_here = True
@@ -594,6 +592,13 @@ class Runner:
             if status.finished:
                 break
         return await self._finish(rec, status.status, status.error)
+
+    def _lose_contact(self, rec: JobRecord, exc: ApiError) -> None:
+        """The API stopped answering about a job in flight: stop submitting, say so, and leave the
+        job as it is (its request id is kept; the next run asks again)."""
+        self.lost_contact += 1
+        self._stop_for(exc)
+        self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")
 
     def _lost(self, rec: JobRecord) -> str:
         if self.opt.forget_lost:
@@ -621,8 +626,7 @@ class Runner:
         except NotFound:
             return self._lost(rec)
         except ApiError as exc:
-            self.lost_contact += 1
-            self._stop_for(exc)
+            self._lose_contact(rec, exc)
             return "gone"
         self._observe(rec, result)
         server_times = {"server_created_at": result.created_at, "server_finished_at": result.finished_at}
@@ -741,8 +745,7 @@ class Runner:
             self._transition(rec, "failed", error=f"the API no longer knows request {rec.request_id} (404)")
             return None
         except ApiError as exc:
-            self.lost_contact += 1
-            self._stop_for(exc)
+            self._lose_contact(rec, exc)
             return None
         if not result.output_urls:
             self._transition(rec, "failed", error="the result carried no image URL")

@@ -365,3 +365,46 @@ def test_run_recipe_in_a_running_loop_says_to_await_arun_recipe(tmp_path: Path) 
 
     asyncio.run(in_a_notebook())
     assert not (tmp_path / "o").exists()
+
+
+def test_losing_the_api_while_reading_results_says_so_and_keeps_every_request(tmp_path: Path) -> None:
+    # Submits and polls answer; every result read fails (503): the run must stop with 69, say
+    # which jobs it lost contact with, and keep their request ids for the next run.
+    count = 0
+
+    def api(request: httpx.Request) -> httpx.Response:
+        nonlocal count
+        if request.method == "POST":
+            count += 1
+            return httpx.Response(200, json={"request_id": f"r{count}"})
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json={"status": "completed"})
+        return httpx.Response(503, json={"detail": "down for maintenance"})
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Collect:
+        def event(self, kind: str, detail: dict[str, Any]) -> None:
+            seen.append((kind, detail))
+
+    async def go() -> RunResult:
+        from seedream_pipe.runner import arun_recipe
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+            return await arun_recipe(
+                load_recipe(write_recipe(tmp_path)),
+                api=ApiSettings("https://model-api.runcomfy.net/v1", TOKEN),
+                out_dir=tmp_path / "out",
+                options=fast(max_retries=1),
+                progress=Collect(),
+                http=http,
+            )
+
+    result = asyncio.run(go())
+    assert result.exit_code == 69
+    said = [d["text"] for kind, d in seen if kind == "message" and "lost contact" in d.get("text", "")]
+    assert said and all("left for the next run" in text for text in said)
+    assert result.summary["lost_contact"] == len(said)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        in_flight = [r for r in store.jobs() if r.request_id]
+    assert in_flight and all(r.state not in ("failed", "planned") for r in in_flight)
