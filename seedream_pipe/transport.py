@@ -33,6 +33,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -179,6 +180,12 @@ class StreamedAnswer:
         return json.loads(self.content)
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    proxy: str | None
+    tls: ssl.SSLContext | bool
+
+
 class AiohttpWire:
     """Through aiohttp's pool. The session is made on first use, on the loop that uses it."""
 
@@ -186,24 +193,34 @@ class AiohttpWire:
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
-        self._proxies: dict[str, str | None] = {}  # "scheme://netloc" -> proxy URL
+        self._routes: dict[str, _Route] = {}  # "scheme://netloc" -> how to reach it
+        self._tls: ssl.SSLContext | None = None  # made on the first https request
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, ssl=_tls_context()),
+                connector=aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300),
                 cookie_jar=aiohttp.DummyCookieJar(),  # bearer token and pre-signed URLs: no cookies
             )
         return self._session
 
-    def _proxy(self, url: str) -> str | None:
-        """The environment's proxy for this URL's origin (looked up once per origin)."""
-        origin = url.split("/", 3)[:3]  # ["https:", "", "host:port"]
-        key = "/".join(origin)
-        if key not in self._proxies:
+    def _route(self, url: str) -> _Route:
+        """The proxy and TLS settings for this URL's origin, worked out once per origin.
+
+        The TLS context (loading the CA bundle takes about 16 ms) is made only once an https
+        URL is asked for: a run against the simulator on this machine never needs it.
+        """
+        key = "/".join(url.split("/", 3)[:3])  # "https://host:port"
+        route = self._routes.get(key)
+        if route is None:
             parts = urlsplit(url)
-            self._proxies[key] = env_proxy(parts.scheme, parts.hostname or "")
-        return self._proxies[key]
+            tls: ssl.SSLContext | bool = True  # (plain http: not used)
+            if parts.scheme == "https":
+                if self._tls is None:
+                    self._tls = httpx.create_ssl_context()  # httpx's trust: certifi or SSL_CERT_FILE/_DIR
+                tls = self._tls
+            route = self._routes[key] = _Route(env_proxy(parts.scheme, parts.hostname or ""), tls)
+        return route
 
     def _timeout(self, timeout: httpx.Timeout) -> aiohttp.ClientTimeout:
         key = (timeout.connect, timeout.read)
@@ -223,7 +240,8 @@ class AiohttpWire:
                 data=content,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),
-                proxy=self._proxy(url),
+                proxy=(route := self._route(url)).proxy,
+                ssl=route.tls,
             ) as response:
                 body = await response.read()
                 return Answer(response.status, response.headers, body, response.reason)
@@ -241,7 +259,8 @@ class AiohttpWire:
                 headers=headers,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),
-                proxy=self._proxy(url),
+                proxy=(route := self._route(url)).proxy,
+                ssl=route.tls,
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map(exc) from None
@@ -255,7 +274,3 @@ class AiohttpWire:
             await self._session.close()
             self._session = None
 
-
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default trust: certifi's CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set."""
-    return httpx.create_ssl_context()
