@@ -336,3 +336,12 @@ def test_an_unexpected_error_in_a_run_is_said_not_only_exit_1(
     code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"), *quiet)
     assert code == 70  # a bug, not "some jobs failed"
     assert "error: the wire broke" in err and "Traceback" not in err and "job(s) failed" not in err
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_sim_and_base_url_together_are_refused(recipe: Path, tmp_path: Path, dry: list[str]) -> None:
+    code, _, err = invoke("run", str(recipe), "--sim", "--base-url", "https://x.runcomfy.net/v1", *dry,
+                          "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 64
+    assert "--sim and --base-url contradict each other" in err
+    assert not (tmp_path / "o").exists()

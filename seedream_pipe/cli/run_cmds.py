@@ -37,11 +37,11 @@ PROBE_TIMEOUT_S = 1.0
 
 @contextlib.contextmanager
 def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
+    """The API a run talks to: a simulator started for it, or the configured one with its token.
+    (`run` has already checked the options with `_host_for_run`.)"""
     if not sim:
         yield api_settings(base_url)
         return
-    if base_url:
-        raise UsageError("--sim and --base-url contradict each other: --sim runs its own server")
     from seedream_pipe.sim import SimConfig, Simulator
 
     config = SimConfig(workers=SIM_WORKERS, latency=SIM_LATENCY_S, latency_jitter=SIM_JITTER_S, seed=0)
@@ -50,7 +50,8 @@ def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
 
 
 def _host_for_run(sim: bool, base_url: str | None) -> str:
-    """The API host a run would record, without a token or a server (for --dry-run)."""
+    """The API host a run would record, found without a token or a server; refuses options
+    that contradict each other."""
     if not sim:
         return api_host(resolve_base_url(base_url))
     if base_url:
