@@ -14,15 +14,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from seedream_pipe.images import IMAGE_FORMATS, THUMB_SIZE, save_thumbnail
+from seedream_pipe.images import IMAGE_FORMATS, IMAGE_FORMATS_SAID, THUMB_SIZE, save_thumbnail
 
 # Twice the largest image the API makes (4096x4096): anything bigger is a decompression bomb,
 # not an image we asked for. Checked here from the header, before any pixel is decoded, rather
 # than by lowering Pillow's global limit under a notebook user's own code.
 MAX_PIXELS = 4096 * 4096 * 2
-
-
-_FORMAT_NAMES = "PNG, JPEG or WebP"
 
 
 class NotAnImage(Exception):
@@ -57,7 +54,7 @@ def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
             save_thumbnail(_shrunk(img), thumb)
     except Image.UnidentifiedImageError:
         tmp.unlink(missing_ok=True)
-        raise NotAnImage(f"not a {_FORMAT_NAMES} image") from None
+        raise NotAnImage(f"not a {IMAGE_FORMATS_SAID} image") from None
     except Exception as exc:  # Pillow raises many kinds for bad bytes
         tmp.unlink(missing_ok=True)
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None

@@ -20,6 +20,7 @@ THUMB_QUALITY = 85
 #: untrusted, and some of Pillow's other formats hand the bytes to outside programs
 #: (EPS to Ghostscript). The value is the suffix a kept image of that format gets.
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+IMAGE_FORMATS_SAID = "PNG, JPEG or WebP"  # the same three, as a message names them
 
 
 def thumb_name(image_name: str) -> str:
