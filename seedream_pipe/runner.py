@@ -35,18 +35,20 @@ import fcntl
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from seedream_pipe import __version__
 from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome
-from seedream_pipe.config import ApiSettings
+from seedream_pipe.config import ApiSettings, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
@@ -868,6 +870,57 @@ def cancel_folder(
     return asyncio.run(go())
 
 
+#: How long `gone_simulator` waits for a simulator on this machine to accept a connection.
+#: Loopback refuses at once when nothing listens; this only bounds a port slow to answer.
+PROBE_TIMEOUT_S = 1.0
+
+
+def _sent_to(rec: JobRecord) -> tuple[str, int] | None:
+    """The (host, port) a job's API links point at, as the API handed them out, or None."""
+    url = rec.cancel_url or rec.status_url
+    if not url:
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is no number: no address to look at
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def _nothing_listens(host: str, port: int) -> bool:
+    """True only when the address refuses a connection: proof that no server is there any more.
+
+    Any other failure (a timeout, say) proves nothing, so `cancel` goes on and reports what the
+    API answers."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def gone_simulator(last_host: str | None, in_flight: list[JobRecord]) -> str | None:
+    """The address of the simulator on this machine that held these jobs, if it is gone; else None.
+
+    `run --sim` starts its simulator inside the run's process: once that run is killed, its jobs
+    exist nowhere, so asking to cancel them could only fail, and retrying would never help.
+    """
+    if not last_host or not is_loopback(last_host):
+        return None
+    addresses: set[tuple[str, int]] = set()
+    for rec in in_flight:
+        address = _sent_to(rec)
+        if address is None or not is_loopback(address[0]):
+            return None  # a job we cannot place on this machine: let the API say what it holds
+        addresses.add(address)
+    if not all(_nothing_listens(host, port) for host, port in addresses):
+        return None
+    return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in sorted(addresses))
+
+
 def recipe_meta(recipe: Recipe) -> dict[str, Any]:
     """What the outputs need to know about the recipe, stored in the folder's meta."""
     return {
@@ -1146,6 +1199,7 @@ __all__ = [
     "cancel_folder",
     "cancel_queued",
     "dry_run_report",
+    "gone_simulator",
     "nothing_left",
     "options_from_recipe",
     "recipe_meta",

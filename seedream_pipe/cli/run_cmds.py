@@ -9,19 +9,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from seedream_pipe.cli import printable
-from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
+from seedream_pipe.config import ApiSettings, api_host, api_settings, resolve_base_url
 from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
 from seedream_pipe.paths import default_output_dir, locate
-from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
+from seedream_pipe.state import STATE_FILE, StateStore
 
 #: The simulator `run --sim` starts: realistic in shape, quick enough for a demo.
 SIM_LATENCY_S = 1.5
@@ -30,9 +28,6 @@ SIM_WORKERS = 4
 SIM_TOKEN = "sim-local-token"
 #: The states of a job the API may still hold: what `cancel` asks it to cancel.
 IN_FLIGHT = ("submitted", "in_queue", "in_progress")
-#: How long `cancel` waits for a simulator on this machine to accept a connection. Loopback
-#: refuses at once when nothing listens; this only bounds a port that is slow to answer.
-PROBE_TIMEOUT_S = 1.0
 
 
 @contextlib.contextmanager
@@ -92,7 +87,7 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
                 "unknown was sent again; see report.csv)"
             )
         _print_written(result.out_dir, result.outputs)
-    elif result.exit_code == 1 and not result.reason:  # quiet, yet a make target failing needs one line of why
+    elif result.exit_code == 1:  # quiet, yet a make target failing needs one line of why
         failed = result.counts.get("failed", 0)
         click.secho(
             f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why, "
@@ -100,8 +95,8 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
             fg="red",
             err=True,
         )
-    # An exit 1 has a reason only when the run stopped on an error it did not expect: without
-    # this line the user saw a summary with no failed job and no word of what went wrong.
+    # Every stop with a reason says it, a bug's (70) included: without this line the user saw a
+    # summary with no failed job and no word of what went wrong.
     if result.exit_code != EX_OK and result.reason and result.reason != "interrupted":
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
@@ -297,52 +292,6 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     return EX_OK
 
 
-def _sent_to(rec: JobRecord) -> tuple[str, int] | None:
-    """The (host, port) a job's API links point at, as the API handed them out, or None."""
-    url = rec.cancel_url or rec.status_url
-    if not url:
-        return None
-    parts = urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # a port that is no number: no address to look at
-        return None
-    return (parts.hostname, port) if parts.hostname else None
-
-
-def _nothing_listens(host: str, port: int) -> bool:
-    """True only when the address refuses a connection: proof that no server is there any more.
-
-    Any other failure (a timeout, say) proves nothing, so `cancel` goes on and reports what the
-    API answers."""
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
-def gone_simulator(last_host: str | None, in_flight: list[JobRecord]) -> str | None:
-    """The address of the simulator on this machine that held these jobs, if it is gone; else None.
-
-    `run --sim` starts its simulator inside the run's process: once that run is killed, its jobs
-    exist nowhere, so asking to cancel them could only fail, and retrying would never help.
-    """
-    if not last_host or not is_loopback(last_host):
-        return None
-    addresses: set[tuple[str, int]] = set()
-    for rec in in_flight:
-        address = _sent_to(rec)
-        if address is None or not is_loopback(address[0]):
-            return None  # a job we cannot place on this machine: let the API say what it holds
-        addresses.add(address)
-    if not all(_nothing_listens(host, port) for host, port in addresses):
-        return None
-    return ", ".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in sorted(addresses))
-
-
 @click.command("cancel")
 @TARGET
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
@@ -367,6 +316,8 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
         return EX_OK
+    from seedream_pipe.runner import gone_simulator
+
     gone = gone_simulator(runs[-1]["api_host"] if runs else None, in_flight)
     if gone:
         # Exit 0 as for any folder with nothing to cancel: the jobs are not queued anywhere, and
