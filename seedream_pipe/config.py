@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from seedream_pipe.errors import AuthError, UsageError
+from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -116,7 +116,7 @@ def _header_safe(token: str, source: str) -> str:
     stack only once the first submit is on its way, which left that job's outcome unknown and
     the run ending with exit 1 and no word of why. The message never shows the token itself.
     """
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in token):
+    if CONTROL_CHARS.search(token):
         raise AuthError(
             f"the token in {source} contains a control character (a line break, tab or similar, "
             "often from pasting); set it again to the token alone"

@@ -177,8 +177,9 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
-# C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of showing.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of
+#: showing, and what no HTTP header may carry.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def printable(text: str, *, keep_newlines: bool = False) -> str:
@@ -193,4 +194,4 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
         char = match.group()
         return char if keep_newlines and char == "\n" else char.encode("unicode_escape").decode("ascii")
 
-    return _CONTROL.sub(escaped, text)
+    return CONTROL_CHARS.sub(escaped, text)
