@@ -16,6 +16,9 @@
     │   └── NotFound                 65   404: unknown model or request id
     └── Interrupted                 130   Ctrl-C or SIGTERM; state was committed first
 
+    outside the tree: OSError        74   the file system refused (read-only, disk full, ...)
+                      any other      70   a bug in seedream-pipe
+
 The CLI maps an exception to its exit code in one place (`seedream_pipe.cli.main`) by reading
 `exit_code`. Library code raises the most specific class, chaining the low-level cause with
 `raise ... from exc`. Messages never contain the API token: `redact()` scrubs any text that
@@ -161,7 +164,10 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return EX_INTERRUPTED
-    return EX_SOME_FAILED
+    if isinstance(exc, OSError):
+        return EX_IOERR
+    # Not 1: a make target or script reads 1 as "some jobs failed", and a bug is not that.
+    return EX_SOFTWARE
 
 
 #: A token shorter than this is a stand-in (the simulator takes any, e.g. RUNCOMFY_TOKEN=x), not

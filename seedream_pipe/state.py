@@ -16,6 +16,7 @@ which is what resume needs; only a power cut can lose the last few commits.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -244,6 +245,36 @@ def _encode(name: str, value: Any) -> Any:
 # --- the store ---------------------------------------------------------------------------------
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes to the folder of `path`.
+
+    A WAL database is read through its `-shm` index, which SQLite creates beside it; in a
+    read-only folder it cannot. If no `-wal` file holds unmerged commits, the file alone is the
+    whole state and can be read as immutable. Otherwise reading it would show an older state, so
+    this refuses instead.
+    """
+    if not path.exists():
+        raise sqlite3.OperationalError("no such file")
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.OperationalError:
+        pass
+    else:
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the file opens lazily
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise sqlite3.OperationalError(
+            "its folder is read-only and it holds commits not yet merged (a run was killed); "
+            "copy the folder somewhere writable to read it"
+        )
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+
 class StateStore:
     """The jobs, events and runs of one output folder.
 
@@ -252,19 +283,27 @@ class StateStore:
     >>> store.transition(job_id, "submitting")   # committed before the POST goes out
     """
 
-    def __init__(self, path: str | Path, *, clock: Clock = time.time) -> None:
+    def __init__(self, path: str | Path, *, clock: Clock = time.time, read_only: bool = False) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
         self._clock = clock
         self.run_id: int | None = None
-        # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+        try:
+            # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
+            self._db = _connect_read_only(Path(path)) if read_only else sqlite3.connect(
+                str(path), isolation_level=None, timeout=10.0
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{path}: cannot open the state database: {exc}") from exc
         try:
             self._db.row_factory = sqlite3.Row
             self._refuse_foreign()  # before anything below writes to the file
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self.migrate()
+            if read_only:
+                self._check_current()
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self.migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StateError(f"{path}: cannot open the state database: {exc}") from exc
@@ -282,10 +321,28 @@ class StateStore:
                 "left untouched. Give the run an output folder of its own (--out)"
             )
 
+    def _check_current(self) -> None:
+        """Read-only: the schema must be this version's already, as nothing can be migrated."""
+        done = {row[0] for row in self._db.execute("SELECT name FROM migrations")}
+        if done != {name for name, _ in MIGRATIONS}:
+            raise StateError(
+                f"{self.path}: written by another version of seedream-pipe, and its folder is "
+                "read-only, so it cannot be brought up to date; copy the folder somewhere writable"
+            )
+
     @classmethod
     def for_output_dir(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
         """Open (creating if needed) the state of an output folder."""
         return cls(Path(out_dir) / STATE_FILE, clock=clock)
+
+    @classmethod
+    def for_reading(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
+        """Open the state of an output folder to read it: as `for_output_dir`, but read-only
+        where the folder or file cannot be written (an archived run, a read-only mount), so that
+        looking at a finished run never needs write access."""
+        path = Path(out_dir) / STATE_FILE
+        writable = os.access(out_dir, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+        return cls(path, clock=clock, read_only=not writable)
 
     def __repr__(self) -> str:
         return f"<StateStore {self.path or ':memory:'}>"

@@ -39,7 +39,8 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         (errors.AuthError("x", status=401), 77),
         (errors.Interrupted("x"), 130),
         (KeyboardInterrupt(), 130),
-        (RuntimeError("x"), 1),
+        (PermissionError(13, "Permission denied"), 74),
+        (RuntimeError("x"), 70),
     ],
 )
 def test_exit_codes(exc: BaseException, code: int) -> None:

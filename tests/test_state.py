@@ -156,3 +156,58 @@ def test_runs_and_meta_round_trip() -> None:
     assert store.get_meta("missing", 7) == 7
     (run,) = store.runs()
     assert (run["id"], run["exit_code"], run["summary"]) == (run_id, 0, {"downloaded": 8})
+
+
+def _sqlite_cannot_open_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a read-only folder does to `mode=ro` on a WAL file (SQLite cannot make its -shm):
+    simulated, since the tests may run as root, whom permissions do not stop."""
+    real = sqlite3.connect
+
+    def connect(target: str, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if "mode=ro" in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+
+def test_a_read_only_folder_is_read_without_writing_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with StateStore.for_output_dir(tmp_path) as store:
+        store.sync_plan([make_job(1), make_job(2)])
+        store.transition("job001", "submitting")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _sqlite_cannot_open_read_only(monkeypatch)
+    monkeypatch.setattr("os.access", lambda *args, **kwargs: False)  # the folder is read-only
+    with StateStore.for_reading(tmp_path) as store:
+        assert store.counts()["submitting"] == 1 and store.counts()["planned"] == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.transition("job002", "submitting")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal, no -shm made
+
+
+def test_a_read_only_folder_with_unmerged_commits_is_refused_not_read_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = StateStore.for_output_dir(tmp_path)  # left open, as by a run killed mid-way
+    writer.sync_plan([make_job(1)])
+    assert (tmp_path / "state.sqlite-wal").stat().st_size > 0
+    _sqlite_cannot_open_read_only(monkeypatch)
+    monkeypatch.setattr("os.access", lambda *args, **kwargs: False)
+    with pytest.raises(StateError, match="commits not yet merged"):
+        StateStore.for_reading(tmp_path)
+    writer.close()
+
+
+def test_reading_a_writable_folder_opens_it_as_usual(tmp_path: Path) -> None:
+    with StateStore.for_reading(tmp_path) as store:  # creates, migrates: the first run's open
+        store.sync_plan([make_job(1)])
+    with StateStore.for_reading(tmp_path) as store:
+        assert store.counts()["planned"] == 1
+
+
+def test_a_read_only_state_of_another_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with StateStore.for_output_dir(tmp_path) as store:
+        store._db.execute("DELETE FROM migrations WHERE name = ?", (MIGRATIONS[-1][0],))
+    monkeypatch.setattr("os.access", lambda *args, **kwargs: False)
+    with pytest.raises(StateError, match="another version"):
+        StateStore.for_reading(tmp_path)

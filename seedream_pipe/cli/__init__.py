@@ -6,13 +6,25 @@ calls library code and prints. Errors are mapped to exit codes here and nowhere 
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
 
 from seedream_pipe import __version__
-from seedream_pipe.errors import EX_INTERRUPTED, EX_USAGE, RecipeError, SeedreamPipeError, printable
+from seedream_pipe.errors import (
+    EX_INTERRUPTED,
+    EX_USAGE,
+    RecipeError,
+    SeedreamPipeError,
+    exit_code_for,
+    printable,
+)
+
+#: Set to 1 to see the traceback of an error seedream-pipe did not expect (for a bug report).
+DEBUG_ENV = "SEEDREAM_PIPE_DEBUG"
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -24,6 +36,24 @@ def echo_error(exc: SeedreamPipeError) -> None:
             click.secho(f"error: {printable(str(problem))}", fg="red", err=True)
     else:
         click.secho(f"error: {printable(str(exc))}", fg="red", err=True)
+
+
+def echo_unexpected(exc: Exception) -> None:
+    """An error no library code turned into a SeedreamPipeError: one line, and the traceback only
+    when asked for. The state in the output folder is safe either way: every step was committed
+    before the next one began."""
+    if isinstance(exc, OSError):
+        # the file system refused: read-only folder, disk full, permissions
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}"
+    else:
+        text = (
+            f"unexpected {type(exc).__name__}: {exc} - a bug in seedream-pipe; "
+            f"set {DEBUG_ENV}=1 to see where, for a bug report"
+        )
+    click.secho(f"error: {printable(text)}", fg="red", err=True)
+    if os.environ.get(DEBUG_ENV):
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 class SeedreamCli(click.Group):
@@ -51,6 +81,9 @@ class SeedreamCli(click.Group):
         except SeedreamPipeError as exc:
             echo_error(exc)
             code = exc.exit_code
+        except Exception as exc:  # the last line of defence: a message, never a traceback
+            echo_unexpected(exc)
+            code = exit_code_for(exc)
         else:
             code = rv if isinstance(rv, int) else 0
         if not standalone_mode:

@@ -100,7 +100,7 @@ def open_output(
             f"{out_dir}: the output folder is read-only; cannot write the sheet, report or "
             "gallery into it (make it writable, or copy the folder and run the command on the copy)"
         )
-    with StateStore.for_output_dir(out_dir) as store:
+    with StateStore.for_reading(out_dir) as store:
         jobs = store.jobs()
         meta = store.get_meta("recipe", {})
         runs = store.runs()
