@@ -71,7 +71,7 @@ from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
-from seedream_pipe.state import FINAL_STATES, JobRecord, StateStore
+from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -855,8 +855,6 @@ def cancel_folder(
 
     `on_done(job, outcome, error)` hears of each job; outcome "error" when the API could not be
     asked (the job is counted as kept)."""
-    from seedream_pipe.state import STATE_FILE
-
     if not (out_dir / STATE_FILE).exists():
         from seedream_pipe.errors import NothingToShow
 
@@ -969,7 +967,10 @@ def folder_lock(out_dir: Path) -> Iterator[None]:
     jobs still planned, and pay twice. The OS drops the lock when the process dies, even by
     SIGKILL, so a crashed run never blocks the next one."""
     path = out_dir / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:  # a read-only folder, say: nothing was written, so nothing is lost
+        raise OutputError(f"{out_dir}: cannot write in the output folder: {exc.strerror or exc}") from exc
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1137,12 +1138,10 @@ def dry_run_report(
 
     With `api_host`, a folder used with another API is refused as the real run would refuse it.
     """
-    from seedream_pipe.state import STATE_FILE
-
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     known: dict[str, JobRecord] = {}
     if (out_dir / STATE_FILE).exists():
-        with StateStore(out_dir / STATE_FILE) as store:
+        with StateStore.for_reading(out_dir) as store:
             if api_host is not None:
                 check_same_api(store, out_dir, api_host)
             known = {r.job_id: r for r in store.jobs(in_plan=None)}
@@ -1160,34 +1159,37 @@ def dry_run_report(
     return {"jobs": len(plan.jobs), "out_dir": str(out_dir), "actions": actions, "estimated_cost": cost}
 
 
-def nothing_left(recipe: Recipe, out_dir: Path, *, retry_failed: bool = False, max_jobs: int = 10_000,
-                 allow_large: bool = False, api_host: str | None = None) -> bool:
-    """True when every job of the recipe's plan is already downloaded (or failed, unless
-    retrying), with its file intact: a re-run would make no network call.
+def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, allow_large: bool = False,
+                   api_host: str | None = None) -> list[Path] | None:
+    """When every job of the recipe's plan is already downloaded with its file intact, bring the
+    folder up to date with the recipe without any network call, and return the outputs written.
+    None when there is work left: a run is needed.
+
+    Up to date means: jobs the recipe no longer plans leave the sheet, report and gallery (their
+    images stay on disk), renamed labels and reordered values show, and the outputs are written
+    again, so a report used as a make target is newer than its recipe after every `run`.
 
     With `api_host`, a folder used with another API host is refused (UsageError), as `run`
-    would refuse it.
-
-    Lets `run --sim` skip starting a simulator at all for a finished recipe.
+    would refuse it. Lets `run` skip starting a simulator, and asking for a token, when a recipe
+    is finished.
     """
-    state_file = out_dir / "state.sqlite"
-    if not state_file.exists():
-        return False
+    if not (out_dir / STATE_FILE).exists():
+        return None
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
-    with StateStore(state_file) as store:
+    with StateStore.for_reading(out_dir) as store:
         if api_host is not None:
             check_same_api(store, out_dir, api_host)
         known = {r.job_id: r for r in store.jobs(in_plan=None)}
-        for job in plan.jobs:
-            rec = known.get(job.job_id)
-            if rec is None:
-                return False
-            # (failed jobs: the runner reports them and exits 1, still with no network call)
-            if rec.state != "downloaded":
-                return False
-            if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
-                return False
-    return True
+    for job in plan.jobs:
+        rec = known.get(job.job_id)
+        # (failed jobs go to the runner, which reports them and exits 1 with no network call)
+        if rec is None or rec.state != "downloaded":
+            return None
+        if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
+            return None
+    with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
+        store.sync_plan(plan.jobs)
+    return write_outputs(out_dir, recipe)
 
 
 __all__ = [
@@ -1199,8 +1201,8 @@ __all__ = [
     "cancel_folder",
     "cancel_queued",
     "dry_run_report",
+    "finish_if_done",
     "gone_simulator",
-    "nothing_left",
     "options_from_recipe",
     "recipe_meta",
     "run_recipe",

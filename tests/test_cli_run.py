@@ -345,3 +345,62 @@ def test_sim_and_base_url_together_are_refused(recipe: Path, tmp_path: Path, dry
     assert code == 64
     assert "--sim and --base-url contradict each other" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_finished_recipe_that_shrinks_drops_the_job_from_the_outputs_without_a_run(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    kept_images = sorted((out / "images").iterdir())
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot]"), encoding="utf-8")
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0 and "Nothing to do" in stdout
+    report = (out / "report.csv").read_text(encoding="utf-8").splitlines()
+    assert len(report) == 2 and "a teapot" in report[1]  # header + the one job still planned
+    assert "a comet" not in (out / "gallery.html").read_text(encoding="utf-8")
+    assert "2 jobs" not in invoke("status", str(out))[1]
+    assert sorted((out / "images").iterdir()) == kept_images  # what was paid for stays on disk
+    recipe.write_text(RECIPE, encoding="utf-8")  # and comes back with the value
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0 and "Nothing to do" in stdout
+    assert len((out / "report.csv").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_a_read_only_output_folder_is_a_clear_error(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from seedream_pipe import runner
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    out = tmp_path / "o"
+    out.mkdir()
+    monkeypatch.setattr(runner, "open", read_only, raising=False)  # folder_lock's open
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 73
+    assert "cannot write in the output folder: Read-only file system" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "said"),
+    [
+        (RuntimeError("boom"), 70, "unexpected RuntimeError: boom - a bug in seedream-pipe"),
+        (OSError(28, "No space left on device", "state.sqlite"), 74, "No space left on device (state.sqlite)"),
+    ],
+)
+def test_an_error_nobody_expected_is_one_line_and_its_own_exit_code(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, code: int, said: str
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(StateStore, "counts", broken)
+    got, _, err = invoke("status", str(out))
+    assert got == code and f"error: {said}" in err and "Traceback" not in err
+    got, _, err = invoke("status", str(out), env={"SEEDREAM_PIPE_DEBUG": "1"})
+    assert got == code and "Traceback" in err  # for a bug report

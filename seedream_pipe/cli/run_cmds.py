@@ -168,7 +168,7 @@ def run_command(
     """
     from seedream_pipe.progress import make_progress
     from seedream_pipe.recipe import load_recipe
-    from seedream_pipe.runner import dry_run_report, nothing_left, options_from_recipe, run_recipe
+    from seedream_pipe.runner import dry_run_report, finish_if_done, options_from_recipe, run_recipe
 
     if quiet and json_lines:
         raise UsageError("--quiet and --json contradict each other: choose one")
@@ -199,13 +199,10 @@ def run_command(
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
         return EX_OK
     host = _host_for_run(sim, base_url)
-    if nothing_left(recipe, out_dir, retry_failed=retry_failed, max_jobs=max_jobs, allow_large=yes, api_host=host):
-        # A finished recipe: no simulator, no network, so no token needed either (a make target
-        # on a machine without one); the outputs are still brought up to date, so a report used
-        # as a make target is newer than its recipe after every `run`.
-        from seedream_pipe.runner import write_outputs
-
-        written = write_outputs(out_dir, recipe)
+    # A finished recipe: no simulator, no network, so no token needed either (a make target on a
+    # machine without one); the folder still follows the recipe and its outputs are rewritten.
+    written = finish_if_done(recipe, out_dir, max_jobs=max_jobs, allow_large=yes, api_host=host)
+    if written is not None:
         if json_lines:
             _json_nothing_to_do(out_dir)
         elif not quiet:
@@ -232,11 +229,11 @@ def run_command(
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
 
 
-def _open_state(target: Path, out: Path | None) -> tuple[Path, StateStore]:
+def _open_state(target: Path, out: Path | None, *, read_only: bool = False) -> tuple[Path, StateStore]:
     out_dir, _recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
         raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}); start one with `seedream-pipe run`")
-    return out_dir, StateStore.for_output_dir(out_dir)
+    return out_dir, StateStore.for_reading(out_dir) if read_only else StateStore.for_output_dir(out_dir)
 
 
 @click.command("status")
@@ -253,7 +250,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
-    out_dir, store = _open_state(target, out)
+    out_dir, store = _open_state(target, out, read_only=True)
     with store:
         counts = store.counts()
         failed = store.jobs(states=("failed",))
