@@ -37,7 +37,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,6 +181,26 @@ _STOP_HINTS: dict[type[ApiError], str] = {
     NotFound: " (is the model id right?)",
 }
 
+def submits_within_limit(
+    submits: list[tuple[int, str]], limit: int | None
+) -> tuple[list[tuple[int, str]], int]:
+    """The (index, job_id) of the jobs a run submits, in plan order, and how many `limit`
+    (--limit) holds back for a later run. Polls and downloads are never held back: those jobs
+    are paid for already."""
+    ordered = sorted(submits)
+    if limit is None:
+        return ordered, 0
+    return ordered[:limit], max(0, len(ordered) - limit)
+
+
+def actions_text(actions: Mapping[str, int], held_back: int = 0) -> str:
+    """"3 to submit, 2 to poll", and what --limit leaves for later, for people."""
+    text = ", ".join(f"{n} to {action}" for action, n in actions.items() if n) or "nothing"
+    if held_back:
+        text += f"; {held_back} left for a later run (--limit)"
+    return text
+
+
 class Runner:
     """One run over one output folder's state. `await runner.run()` -> RunResult."""
 
@@ -279,14 +299,17 @@ class Runner:
         for rec in plan.pop("verify", []):
             if not await asyncio.to_thread(self._file_intact, rec):
                 plan.setdefault("download", []).append(rec)
-        to_submit = plan.get("resubmit", []) + plan.get("submit", [])
-        to_submit.sort(key=lambda r: (r.job_index, r.job_id))
-        if self.opt.limit is not None:
-            to_submit = to_submit[: max(0, self.opt.limit)]
-        todo = len(to_submit) + len(plan.get("poll", [])) + len(plan.get("download", []))
+        resubmits = {rec.job_id for rec in plan.get("resubmit", [])}
+        to_submit, held_back = submits_within_limit(
+            [(rec.job_index, rec.job_id) for rec in plan.get("resubmit", []) + plan.get("submit", [])],
+            self.opt.limit,
+        )
+        by_id = {rec.job_id: rec for rec in plan.get("resubmit", []) + plan.get("submit", [])}
+        submit_now = [by_id[job_id] for _, job_id in to_submit]
+        todo = len(submit_now) + len(plan.get("poll", [])) + len(plan.get("download", []))
         actions = {
-            "submit": len(plan.get("submit", [])),
-            "resubmit": len(plan.get("resubmit", [])),
+            "submit": sum(1 for rec in submit_now if rec.job_id not in resubmits),
+            "resubmit": sum(1 for rec in submit_now if rec.job_id in resubmits),
             "poll": len(plan.get("poll", [])),
             "download": len(plan.get("download", [])),
         }
@@ -295,11 +318,12 @@ class Runner:
             total=len(records),
             todo=todo,
             actions=actions,
-            actions_text=", ".join(f"{n} to {k}" for k, n in actions.items() if n) or "nothing",
+            held_back=held_back,
+            actions_text=actions_text(actions, held_back),
             out_dir=str(self.out_dir),
         )
         if todo:
-            await self._work(plan.get("poll", []), plan.get("download", []), to_submit)
+            await self._work(plan.get("poll", []), plan.get("download", []), submit_now)
         return self._result()
 
     async def _work(self, to_poll: list[JobRecord], to_download: list[JobRecord], to_submit: list[JobRecord]) -> None:
@@ -1146,17 +1170,29 @@ def dry_run_report(
                 check_same_api(store, out_dir, api_host)
             known = {r.job_id: r for r in store.jobs(in_plan=None)}
     actions: dict[str, int] = {}
+    submits: dict[tuple[int, str], str] = {}
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
         if action == "verify":
             action = "done"
-        actions[action] = actions.get(action, 0) + 1
-    new_submits = actions.get("submit", 0) + actions.get("resubmit", 0)
-    if options.limit is not None:
-        new_submits = min(new_submits, options.limit)
-    cost = None if recipe.price_per_image is None else new_submits * recipe.price_per_image
-    return {"jobs": len(plan.jobs), "out_dir": str(out_dir), "actions": actions, "estimated_cost": cost}
+        if action in ("submit", "resubmit"):
+            submits[(job.index, job.job_id)] = action
+        else:
+            actions[action] = actions.get(action, 0) + 1
+    chosen, held_back = submits_within_limit(list(submits), options.limit)
+    for key in chosen:
+        actions[submits[key]] = actions.get(submits[key], 0) + 1
+    order = ("submit", "resubmit", "poll", "download")  # as the run says them; the rest after
+    actions = dict(sorted(actions.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    cost = None if recipe.price_per_image is None else len(chosen) * recipe.price_per_image
+    return {
+        "jobs": len(plan.jobs),
+        "out_dir": str(out_dir),
+        "actions": actions,
+        "held_back": held_back,
+        "estimated_cost": cost,
+    }
 
 
 def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, allow_large: bool = False,

@@ -404,3 +404,17 @@ def test_an_error_nobody_expected_is_one_line_and_its_own_exit_code(
     assert got == code and f"error: {said}" in err and "Traceback" not in err
     got, _, err = invoke("status", str(out), env={"SEEDREAM_PIPE_DEBUG": "1"})
     assert got == code and "Traceback" in err  # for a bug report
+
+
+def test_limit_submits_that_many_and_says_what_it_leaves(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "1")
+    assert code == 0  # what was asked for is done; the rest waits for a later run
+    assert "2 jobs in the plan, 1 to do (1 to submit; 1 left for a later run (--limit))" in err
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--sim", "--dry-run", "--limit", "0")
+    assert code == 0
+    assert "submit:" not in stdout and "left for a later run (--limit): 1" in stdout and "$0.00" in stdout
+    report = json.loads(invoke("run", str(recipe), "--out", str(out), "--sim", "--dry-run", "--json")[1])
+    assert (report["actions"], report["held_back"], report["estimated_cost"]) == ({"submit": 1, "done": 1}, 0, 0.5)
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "5")
+    assert code == 0 and "2 jobs: 2 done" in stdout

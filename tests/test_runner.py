@@ -408,3 +408,17 @@ def test_losing_the_api_while_reading_results_says_so_and_keeps_every_request(tm
     with StateStore.for_output_dir(tmp_path / "out") as store:
         in_flight = [r for r in store.jobs() if r.request_id]
     assert in_flight and all(r.state not in ("failed", "planned") for r in in_flight)
+
+
+def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
+    from seedream_pipe.runner import actions_text, submits_within_limit
+
+    jobs = [(3, "c"), (1, "a"), (2, "b")]
+    assert submits_within_limit(jobs, None) == ([(1, "a"), (2, "b"), (3, "c")], 0)
+    assert submits_within_limit(jobs, 2) == ([(1, "a"), (2, "b")], 1)
+    assert submits_within_limit(jobs, 0) == ([], 3)
+    assert submits_within_limit(jobs, 9) == ([(1, "a"), (2, "b"), (3, "c")], 0)
+    assert actions_text({"submit": 2, "poll": 0, "download": 1}, 1) == (
+        "2 to submit, 1 to download; 1 left for a later run (--limit)"
+    )
+    assert actions_text({"submit": 0}) == "nothing"

@@ -126,7 +126,8 @@ def _print_written(out_dir: Path, written: list[Path]) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder. [default: the recipe's output, else outputs/<name>/]")
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Submits per minute at most. [default: the recipe's run.rpm]")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Jobs in flight at most. [default: the recipe's run.concurrency]")
-@click.option("--limit", type=click.IntRange(min=0), help="Start at most N unfinished jobs in this run.")
+@click.option("--limit", type=click.IntRange(min=0),
+              help="Submit at most N jobs in this run (0: none, only finish what is in flight).")
 @click.option("--yes", is_flag=True, help="Allow a plan over --max-jobs jobs.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=10_000, show_default=True, help="Largest plan run without --yes.")
 @click.option("--retry-failed", is_flag=True, help="Try failed jobs again (timed-out ones are polled, not resubmitted).")
@@ -195,6 +196,8 @@ def run_command(
             click.echo(f"{report['jobs']} jobs in the plan; output folder {report['out_dir']}")
             for action, n in report["actions"].items():
                 click.echo(f"  {action}: {n}")
+            if report["held_back"]:
+                click.echo(f"  left for a later run (--limit): {report['held_back']}")
             if report.get("estimated_cost") is not None:
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
         return EX_OK
