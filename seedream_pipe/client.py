@@ -328,6 +328,8 @@ class ModelApiClient:
 
     def _describe(self, exc: Exception) -> str:
         """A network error as one line for people, with the token scrubbed out."""
+        if isinstance(exc, httpx.ConnectError) and str(exc):
+            return self._redact(str(exc))  # already a sentence ("cannot connect to ...")
         return self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
 
     async def _after_transient(

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
@@ -96,7 +98,7 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(text)
+        return httpx.ConnectError(_cannot_connect(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(text)
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
@@ -104,6 +106,15 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return httpx.RemoteProtocolError(text)
     return httpx.ReadError(text)
+
+
+def _cannot_connect(exc: aiohttp.ClientConnectorError) -> str:
+    """Why no connection opened, in words: aiohttp's own text shows an SSLContext's repr."""
+    error = exc.os_error
+    if isinstance(error, socket.gaierror):
+        return f"cannot find the host {exc.host} ({error.strerror}): check the URL and this machine's network"
+    reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error) or type(error).__name__)
+    return f"cannot connect to {exc.host}:{exc.port} ({reason})"
 
 
 def env_proxy(scheme: str, host: str) -> str | None:

@@ -406,7 +406,7 @@ async def test_default_wire_tells_a_connection_never_made_from_an_answer_lost() 
     clock = FakeTime()
     async with default_client(f"http://127.0.0.1:{closed_port}/v1", clock) as client:
         # refused: the body never left, so it is retried, then given up on as unavailable
-        with pytest.raises(ServiceUnavailable, match="ConnectError"):
+        with pytest.raises(ServiceUnavailable, match=rf"cannot connect to 127.0.0.1:{closed_port} \(Connection refused\)"):
             await client.submit("m", {"prompt": "x"})
         assert client.counters["submits"] == 3 and client.counters["unknown_submits"] == 0
     async with LoopbackApi() as api, default_client(api.base, clock) as client:
@@ -543,3 +543,19 @@ def test_token_with_a_control_character_is_refused_by_name_not_shown(tmp_path: P
     (conf / "token.json").write_text(json.dumps({"access_token": token}))
     with pytest.raises(AuthError, match=r"token\.json contains a control character"):
         find_token({"RUNCOMFY_CONFIG_DIR": str(conf)})
+
+
+def test_a_host_that_does_not_resolve_is_said_in_words() -> None:
+    import socket
+    import ssl
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    from seedream_pipe.transport import _map
+
+    key = SimpleNamespace(host="model-api.runcomfy.net", port=443, ssl=ssl.create_default_context())
+    dns = aiohttp.ClientConnectorError(key, socket.gaierror(-2, "Name or service not known"))  # type: ignore[arg-type]
+    said = str(_map(dns))
+    assert said.startswith("cannot find the host model-api.runcomfy.net (Name or service not known)")
+    assert "SSLContext" not in said  # aiohttp's own text shows the context's repr
