@@ -277,7 +277,12 @@ class Runner:
 
     def _stop_for(self, exc: ApiError) -> None:
         """Stop submitting because of an API error; its exit code comes from the error itself."""
-        self._stop(exc.exit_code, f"{exc}{_STOP_HINTS.get(type(exc), '')}")
+        hint = _STOP_HINTS.get(type(exc), "")
+        base = self.client.api.base_url
+        if isinstance(exc, NotFound) and not urlsplit(base).path.rstrip("/").endswith("/v1"):
+            # the commonest 404 of a hand-typed --base-url: the API's version left out
+            hint = f" (is the base URL right? {base} does not end in /v1 as RunComfy's does)"
+        self._stop(exc.exit_code, f"{exc}{hint}")
 
     # -- planning what to do ----------------------------------------------------------------
 

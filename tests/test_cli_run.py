@@ -256,15 +256,27 @@ def test_quiet_prints_no_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert "is on no side of the sheet" in caplog.text  # without --quiet the warning is shown
 
 
-def test_quiet_still_says_that_jobs_failed(recipe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("quiet", [["--quiet"], []])
+def test_failed_jobs_are_said_with_what_to_do_quiet_or_not(recipe: Path, tmp_path: Path, quiet: list[str]) -> None:
     with Simulator(SimConfig(latency=0.01, token="tok", faults=Faults(job_fail_rate=1.0))) as sim:
         code, stdout, err = invoke(
-            "run", str(recipe), "--quiet", "--out", str(tmp_path / "o"), "--base-url", sim.base_url,
+            "run", str(recipe), *quiet, "--out", str(tmp_path / "o"), "--base-url", sim.base_url,
             env={"RUNCOMFY_TOKEN": "tok"},
         )
     assert code == 1
-    assert stdout == ""
-    assert "2 job(s) failed" in err and "seedream-pipe status" in err
+    assert (stdout == "") == bool(quiet)
+    assert "2 job(s) failed" in err and "seedream-pipe status" in err and "--retry-failed" in err
+
+
+def test_a_base_url_without_its_version_is_named_as_the_likely_cause(recipe: Path, tmp_path: Path) -> None:
+    with Simulator(SimConfig(latency=0.01, token="tok")) as sim:
+        bare = sim.base_url.removesuffix("/v1")
+        code, _, err = invoke(
+            "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", bare, env={"RUNCOMFY_TOKEN": "tok"}
+        )
+    assert code == 65
+    assert f"{bare} does not end in /v1" in err
+    assert "Fix that, then run the same command" in err and "Run the same command again" not in err
 
 
 def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -> None:

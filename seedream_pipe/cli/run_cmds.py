@@ -17,7 +17,18 @@ import click
 
 from seedream_pipe.cli import printable
 from seedream_pipe.config import ApiSettings, api_host, api_settings, resolve_base_url
-from seedream_pipe.errors import EX_OK, EX_UNAVAILABLE, AuthError, NothingToShow, UsageError
+from seedream_pipe.errors import (
+    EX_INTERRUPTED,
+    EX_NOPERM,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_SOME_FAILED,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    AuthError,
+    NothingToShow,
+    UsageError,
+)
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
 
@@ -26,6 +37,9 @@ SIM_LATENCY_S = 1.5
 SIM_JITTER_S = 0.5
 SIM_WORKERS = 4
 SIM_TOKEN = "sim-local-token"
+#: Stops that the same command, run again later, gets past: the API was away, slow or out of
+#: credit, or the user stopped it. Other stops (a rejected request, a wrong URL) need a fix first.
+RESUMES_AS_IS = (EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_INTERRUPTED)
 #: The states of a job the API may still hold: what `cancel` asks it to cancel.
 IN_FLIGHT = ("submitted", "in_queue", "in_progress")
 
@@ -74,7 +88,6 @@ def _json_nothing_to_do(out_dir: Path) -> None:
 
 def _print_summary(result: Any, *, quiet: bool) -> None:
     """The same summary `report` prints, then what this run wrote and why it stopped early."""
-    from seedream_pipe.errors import EX_INTERRUPTED
     from seedream_pipe.outputs import format_summary, summarize
 
     if not quiet:
@@ -87,8 +100,9 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
                 "unknown was sent again; see report.csv)"
             )
         _print_written(result.out_dir, result.outputs)
-    elif result.exit_code == 1:  # quiet, yet a make target failing needs one line of why
-        failed = result.counts.get("failed", 0)
+    failed = result.counts.get("failed", 0)
+    if result.exit_code == EX_SOME_FAILED and failed:
+        # quiet or not: a make target failing needs one line of why, and of what to do
         click.secho(
             f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why, "
             "`run --retry-failed` tries them again",
@@ -101,8 +115,12 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(printable(text), fg="red", err=True)
-        if result.exit_code != 77:
+        if result.exit_code in RESUMES_AS_IS:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
+        elif result.exit_code != EX_NOPERM:  # 77's message already says what to do
+            click.echo(
+                f"Fix that, then run the same command: it resumes where it stopped ({result.out_dir}).", err=True
+            )
 
 
 def _silence_warnings() -> Callable[[], None]:
