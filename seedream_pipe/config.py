@@ -98,15 +98,25 @@ def find_token(env: Mapping[str, str] | None = None) -> str | None:
         if value:
             return _header_safe(value, name)
     path = config_dir(env) / TOKEN_FILE
+    token, _problem = _read_token_file(path)
+    return None if token is None else _header_safe(token, str(path))
+
+
+def _read_token_file(path: Path) -> tuple[str | None, str | None]:
+    """The token in the official CLI's token.json, or None and what is wrong with the file
+    (None too when there is no file: no login at all)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        # A missing or unreadable token file is the same as no login at all.
-        return None
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path} cannot be read ({exc.strerror or exc})"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, f"{path} is not valid JSON"
     token = data.get("access_token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token.strip():
-        return None
-    return _header_safe(token.strip(), str(path))
+        return None, f"{path} holds no access_token"
+    return token.strip(), None
 
 
 def _header_safe(token: str, source: str) -> str:
@@ -128,7 +138,9 @@ def require_token(env: Mapping[str, str] | None = None) -> str:
     """The token, or an AuthError (exit 77) that says both ways forward."""
     token = find_token(env)
     if token is None:
-        raise AuthError(NO_TOKEN_MESSAGE)
+        # a login file that is there but broken is a different fix from no login: name it
+        _, problem = _read_token_file(config_dir(os.environ if env is None else env) / TOKEN_FILE)
+        raise AuthError(NO_TOKEN_MESSAGE + (f" (The login file {problem}.)" if problem else ""))
     return token
 
 

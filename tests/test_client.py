@@ -297,6 +297,13 @@ def test_token_discovery(tmp_path: Path) -> None:
     with pytest.raises(AuthError, match=r"RUNCOMFY_TOKEN.*--sim") as info:
         api_settings(None, {"HOME": str(home)})
     assert info.value.exit_code == 77
+    assert f"(The login file {home / '.config' / 'runcomfy' / 'token.json'} is not valid JSON.)" in str(info.value)
+    (home / ".config" / "runcomfy" / "token.json").write_text(json.dumps({"refresh_token": "r"}))
+    with pytest.raises(AuthError, match="holds no access_token"):
+        api_settings(None, {"HOME": str(home)})
+    with pytest.raises(AuthError) as info:
+        api_settings(None, {"HOME": str(tmp_path / "nobody")})
+    assert "login file" not in str(info.value)  # no file at all: nothing more to say
 
 
 def test_base_url_resolution() -> None:
