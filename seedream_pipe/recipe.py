@@ -516,6 +516,28 @@ def _check_depth(text: str, display: str, loader: Any) -> None:
             depth -= 1
 
 
+#: `key: {{ x }}` or `- {% if ... %}`: a template written without quotes, which YAML reads as
+#: its own `{...}` mapping syntax. The commonest slip in a first recipe.
+_UNQUOTED_TEMPLATE = re.compile(r"(?:^\s*-|:)\s+\{[{%]")
+
+
+def _yaml_hint(text: str, *marks: yaml.Mark | None) -> str:
+    """What to do about a YAML error on these lines, when the slip is a common one; else ""."""
+    lines = text.splitlines()
+    for mark in marks:
+        if mark is None or mark.line >= len(lines):
+            continue
+        line = lines[mark.line]
+        if _UNQUOTED_TEMPLATE.search(line):
+            return (
+                ". A value starting with {{ or {% must be quoted, or YAML reads it as a mapping, e.g. "
+                'template: "{{ subject }} at dawn"'
+            )
+        if "\t" in line[: len(line) - len(line.lstrip())]:
+            return ". YAML indents with spaces, not tabs"
+    return ""
+
+
 def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _Document:
     """Read one YAML file into data plus key-path locations; RecipeError if it cannot be."""
     at = problem_at or Problem(display, "")
@@ -530,6 +552,7 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _
         message = exc.problem or "malformed YAML"
         if exc.context:
             message = f"{message} ({exc.context})"
+        message += _yaml_hint(text, exc.problem_mark, exc.context_mark)
         raise RecipeError(
             Problem(
                 display,
@@ -565,8 +588,9 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _
             line, column = exc.node.start_mark.line + 1, exc.node.start_mark.column + 1
         elif loc is not None:
             line, column = loc.line, loc.column
+        hint = _yaml_hint(text, exc.node.start_mark) if exc.node is not None else ""
         raise RecipeError(
-            Problem(display, exc.message, format_key_path(exc.path), line, column)
+            Problem(display, exc.message + hint, format_key_path(exc.path), line, column)
         ) from None
     doc.locations = converter.locations
     if not isinstance(doc.data, dict):

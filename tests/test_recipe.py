@@ -142,6 +142,27 @@ def test_malformed_yaml_has_line_and_column(tmp_path: Path) -> None:
     assert "did not find expected ',' or ']'" in message
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["template: {{ subject }}", "template: {{ subject }} at dawn", "prompts:\n  - {{ subject }} at dusk",
+     "template: {% if subject %}x{% endif %}"],
+)
+def test_an_unquoted_template_says_to_quote_it(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"{line}\nvars:\n  subject: [a, b]\n")
+    assert "must be quoted, or YAML reads it as a mapping" in only_problem(path)
+
+
+def test_a_tab_indent_says_yaml_wants_spaces(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ subject }}"\nvars:\n\tsubject: [a, b]\n')
+    message = only_problem(path)
+    assert message.startswith(f"{path}:3:1: malformed YAML: ") and "YAML indents with spaces, not tabs" in message
+
+
+def test_a_quoted_template_or_other_error_gets_no_quoting_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [x, y\n  b: 1\n')
+    assert "must be quoted" not in only_problem(path)
+
+
 def test_bad_indentation_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, "template: x\n vars: 1\n")
     assert only_problem(path).startswith(f"{path}:2:")
