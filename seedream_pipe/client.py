@@ -1,9 +1,9 @@
 """The RunComfy Model API client: submit, status, result, cancel, and file downloads.
 
-It speaks the protocol of ../shared/PROTOCOL.md over an injectable `httpx.AsyncClient` (tests may
-pass one with a MockTransport; the simulator over a real socket is the main partner), paces
-itself through a `SubmitPacer` (submits) and a `RequestBudget` (everything else), and retries
-what is safe to retry. Every answer it cannot turn into progress becomes one of the classes of
+It speaks RunComfy's Model API protocol (docs/simulator.md lists its routes) over an injectable
+`httpx.AsyncClient` (tests may pass one with a MockTransport; the simulator over a real socket is
+the main partner), paces itself through a `SubmitPacer` (submits) and a `RequestBudget`
+(everything else), and retries what is safe to retry. Every answer it cannot turn into progress becomes one of the classes of
 `seedream_pipe.errors`, with a message that never contains the token.
 
 The one thing it refuses to decide is what to do when a submit's outcome is unknown (the body

@@ -1,7 +1,7 @@
 """Fidelity: the curl commands of the Seedream 4.0 API page, run with real curl against the simulator.
 
-The commands are copied verbatim from the page (../shared/seeds/000_57fedf0021d4ab50.txt) and run
-through bash; only the host changes, and `{request_id}` is filled in as the page tells a user to.
+The commands are copied verbatim from RunComfy's Seedream 4.0 API page (as the project started
+from it) and run through bash; only the host changes, and `{request_id}` is filled in as the page tells a user to.
 Even the literal `<token>` is kept: with no --token the simulator accepts any non-empty token.
 Needs curl on PATH (.ci/run installs it when missing).
 """
