@@ -105,7 +105,7 @@ class LogProgress:
         t = self.tally
         if kind == "run_started":
             self._say(
-                f"run: {t.total} jobs in the plan, {t.todo} to do "
+                f"run: {t.total} job{'' if t.total == 1 else 's'} in the plan, {t.todo} to do "
                 f"({detail.get('actions_text', '')}) -> {detail.get('out_dir')}"
             )
         elif kind == "job_state":

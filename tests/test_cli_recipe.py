@@ -205,6 +205,7 @@ def test_init_writes_a_starter_that_plans(tmp_path: Path) -> None:
     target = tmp_path / "My Sweep.yaml"
     result = invoke("init", str(target))
     assert result.exit_code == 0, result.output
+    assert f"next: seedream-pipe plan '{target}'" in result.stdout  # quoted: pasteable as is
     text = target.read_text(encoding="utf-8")
     assert text.startswith("# A seedream-pipe recipe")
     assert "name: my-sweep" in text

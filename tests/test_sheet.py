@@ -162,7 +162,9 @@ def test_an_axis_on_no_side_shares_the_cell_with_a_warning(tmp_path: Path) -> No
         records(tmp_path), AXES, SheetOptions(rows=("subject",), cols=("resolution",))
     )
     assert layout.inline == ["style"] and layout.slots == 2
-    assert "style is on no side" in layout.warnings[0]
+    assert "axis style is on no side" in layout.warnings[0]
+    two = plan_sheet(records(tmp_path / "two"), AXES, SheetOptions(rows=("subject",), cols=()))
+    assert two.warnings and two.warnings[0].startswith("axes style, resolution are on no side")
 
 
 # --- label wrapping ----------------------------------------------------------------------------

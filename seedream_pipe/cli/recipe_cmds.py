@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def init_cmd(path: Path, force: bool) -> int:
         path.write_text(STARTER.format(path=path, name_line=_name_line(path.stem)), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
-    click.echo(f"wrote {path}; next: seedream-pipe plan {path}")
+    click.echo(f"wrote {path}; next: seedream-pipe plan {shlex.quote(str(path))}")  # pasteable as is
     return 0
 
 

@@ -211,7 +211,8 @@ def run_command(
         if json_lines:
             click.echo(json.dumps(report))
         else:
-            click.echo(f"{report['jobs']} jobs in the plan; output folder {report['out_dir']}")
+            jobs = report["jobs"]
+            click.echo(f"{jobs} job{'' if jobs == 1 else 's'} in the plan; output folder {report['out_dir']}")
             for action, n in report["actions"].items():
                 click.echo(f"  {action}: {n}")
             if report["held_back"]:

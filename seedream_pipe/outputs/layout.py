@@ -239,8 +239,11 @@ def plan_sheet(
     shared = [axis for axis in inline if axis != REPEAT_AXIS]
     if shared:
         warnings.append(
-            f"axis {', '.join(shared)} is on no side of the sheet: its images sit side by side "
-            "in a cell (name it in --rows, --cols or --page-by to give it headers)"
+            (f"axis {shared[0]} is on no side of the sheet: its images sit side by side in a cell "
+             "(name it in --rows, --cols or --page-by to give it headers)")
+            if len(shared) == 1
+            else (f"axes {', '.join(shared)} are on no side of the sheet: their images sit side by "
+                  "side in a cell (name them in --rows, --cols or --page-by to give them headers)")
         )
 
     def key(job: JobRecord, names: Sequence[str]) -> tuple[str, ...]:
