@@ -430,3 +430,15 @@ def test_limit_submits_that_many_and_says_what_it_leaves(recipe: Path, tmp_path:
     assert (report["actions"], report["held_back"], report["estimated_cost"]) == ({"submit": 1, "done": 1}, 0, 0.5)
     code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "5")
     assert code == 0 and "2 jobs: 2 done" in stdout
+
+
+def test_json_says_a_run_that_cannot_start_as_an_error_event(recipe: Path, tmp_path: Path) -> None:
+    code, stdout, err = invoke("run", str(recipe), "--out", str(tmp_path / "o"), "--json")  # no token
+    (event,) = [json.loads(line) for line in stdout.splitlines()]
+    assert (code, event["event"], event["exit_code"]) == (77, "error", 77)
+    assert "RUNCOMFY_TOKEN" in event["message"] and "RUNCOMFY_TOKEN" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("template: {{ thing }}\n", encoding="utf-8")
+    code, stdout, _ = invoke("run", str(bad), "--sim", "--json")
+    (event,) = [json.loads(line) for line in stdout.splitlines()]
+    assert (code, event["exit_code"]) == (65, 65) and "must be quoted" in event["problems"][0]

@@ -7,6 +7,7 @@ notebook can call the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from seedream_pipe.errors import (
     EX_UNAVAILABLE,
     AuthError,
     NothingToShow,
+    RecipeError,
+    SeedreamPipeError,
     UsageError,
 )
 from seedream_pipe.paths import default_output_dir, locate
@@ -137,6 +140,28 @@ def _print_written(out_dir: Path, written: list[Path]) -> None:
         click.echo(f"wrote {names} in {out_dir}")
 
 
+def _errors_as_json_events(command: Callable[..., int]) -> Callable[..., int]:
+    """With --json, a run that stops before it starts (a bad recipe, no token, a folder in use)
+    still says so on stdout, as an `error` event, so a script reading events is never left with
+    nothing. The message and exit code stay as for every command (stderr, the CLI's mapping)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return command(*args, **kwargs)
+        except SeedreamPipeError as exc:
+            if kwargs.get("json_lines"):
+                from seedream_pipe.progress import JsonProgress
+
+                detail: dict[str, Any] = {"exit_code": exc.exit_code, "message": str(exc)}
+                if isinstance(exc, RecipeError):
+                    detail["problems"] = [str(problem) for problem in exc.problems]
+                JsonProgress().event("error", detail)
+            raise
+
+    return wrapper
+
+
 @click.command("run")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
 @click.option("--sim", is_flag=True, help="Run against the built-in simulator (started here; no token needed).")
@@ -154,6 +179,7 @@ def _print_written(out_dir: Path, written: list[Path]) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be done, with no network call.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "json_lines", is_flag=True, help="Machine-readable events, one JSON object per line, on stdout.")
+@_errors_as_json_events
 def run_command(
     recipe_path: Path,
     sim: bool,
