@@ -1043,6 +1043,15 @@ async def arun_recipe(
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
+        earlier = store.get_meta("recipe", {})
+        if isinstance(earlier, Mapping) and earlier.get("name") not in (None, recipe.name):
+            # Not refused: a renamed recipe keeps its folder and what was paid for in it. But a
+            # --out pointing at another recipe's folder must not take it over unannounced.
+            progress.event("message", {"text": (
+                f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
+                f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on disk "
+                "but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
+            )})  # fmt: skip
         store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),

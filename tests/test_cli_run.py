@@ -442,3 +442,16 @@ def test_json_says_a_run_that_cannot_start_as_an_error_event(recipe: Path, tmp_p
     code, stdout, _ = invoke("run", str(bad), "--sim", "--json")
     (event,) = [json.loads(line) for line in stdout.splitlines()]
     assert (code, event["exit_code"]) == (65, 65) and "must be quoted" in event["problems"][0]
+
+
+def test_a_folder_taken_over_by_another_recipe_is_announced(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(RECIPE.replace("name: c", "name: other").replace("a comet", "a kite"), encoding="utf-8")
+    code, _, err = invoke("run", str(other), "--sim", "--out", str(out))
+    assert code == 0
+    assert f"note: {out} held recipe 'c' ({recipe}); this run of 'other' takes it over" in err
+    assert len(list((out / "images").iterdir())) == 3  # the comet stays on disk
+    code, _, err = invoke("run", str(other), "--sim", "--out", str(out))
+    assert code == 0 and "held recipe" not in err  # said once, when it happens
