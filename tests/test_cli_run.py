@@ -83,7 +83,16 @@ def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = invoke("status", str(tmp_path / "empty"))
     assert code == 66
-    assert "no run here yet" in err
+    assert "no run here yet" in err and "default folder" not in err
+
+
+def test_status_of_a_recipe_never_run_here_says_where_its_default_folder_is(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not where a run happened
+    code, _, err = invoke("status", str(recipe))
+    assert code == 66
+    assert "the default folder is outputs/c/ in the folder `run` ran from; or pass --out" in err
 
 
 def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Path) -> None:

@@ -278,9 +278,13 @@ TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_typ
 
 
 def _open_state(target: Path, out: Path | None, *, read_only: bool = False) -> tuple[Path, StateStore]:
-    out_dir, _recipe = locate(target, out=out)
+    out_dir, recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
-        raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}); start one with `seedream-pipe run`")
+        where = ""
+        if recipe is not None and out is None and recipe.output is None:
+            # the default folder is relative to where `run` ran, as a make target's is
+            where = f" (the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out)"
+        raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}){where}; start one with `seedream-pipe run`")
     return out_dir, StateStore.for_reading(out_dir) if read_only else StateStore.for_output_dir(out_dir)
 
 
