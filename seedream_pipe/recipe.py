@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -95,7 +96,6 @@ def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> s
 # --------------------------------------------------------------------------------------------
 # The recipe model (its JSON Schema is `seedream-pipe schema`)
 
-NAME_PATTERN = r"^[a-z0-9_-]+$"
 VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 
@@ -159,6 +159,21 @@ def _check_var_item(value: Any) -> Any:
     )
 
 
+def _check_name(value: str) -> str:
+    """A name is what `default_name` makes of itself: the rule that names a recipe by its file
+    (`Été.yaml` -> `été`) is the rule an explicit `name:` follows."""
+    fixed = default_name(value)
+    if fixed != value:
+        raise PydanticCustomError(
+            "recipe_name",
+            "a name uses only lower-case letters (any script), digits, - and _ (it names the "
+            "output folder), got {got}; {fixed} would do",
+            {"got": repr(value), "fixed": repr(fixed)},
+        )
+    return value
+
+
+RecipeName = Annotated[str, AfterValidator(_check_name)]
 VarItem = Annotated[str | dict[str, str], BeforeValidator(_check_var_item)]
 VarValues = Annotated[
     list[VarItem], BeforeValidator(_check_var_values), WithJsonSchema(_VAR_VALUES_SCHEMA)
@@ -243,8 +258,10 @@ class RecipeSpec(_Strict):
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )
 
-    name: str | None = Field(
-        default=None, pattern=NAME_PATTERN, description="default: the file's stem (not inherited)"
+    name: RecipeName | None = Field(
+        default=None,
+        description="lower-case letters of any script, digits, - and _; default: the file's stem, "
+        "made so (not inherited)",
     )
     description: str | None = Field(default=None, description="free text for people")
     extends: str | None = Field(
@@ -802,15 +819,13 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             message = f"unknown key {key!r}{hint}"
         elif kind == "missing":
             message = "missing required key"
-        elif kind == "string_pattern_mismatch" and loc == ("name",):
-            message = f"a name uses only a-z, 0-9, - and _ (it names the output folder), got {error['input']!r}"
         else:
             message = _PLAIN_MESSAGES.get(kind) or str(error["msg"])
             for start in ("Input should", "String should", "List should", "Dictionary should"):
                 if message.startswith(start):
                     message = "should" + message[len(start):]
             value = error.get("input")
-            if kind in ("var_empty", "var_item", "var_file", "filter_value"):
+            if kind in ("var_empty", "var_item", "var_file", "filter_value", "recipe_name"):  # said already
                 pass
             elif isinstance(value, str | int | float | bool) or value is None:
                 shown = repr(value)

@@ -307,8 +307,19 @@ def test_bad_var_item(tmp_path: Path) -> None:
 def test_bad_name(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "name: My Sweep\n"))
     assert message.endswith(
-        ":5:1: name: a name uses only a-z, 0-9, - and _ (it names the output folder), got 'My Sweep'"
+        ":5:1: name: a name uses only lower-case letters (any script), digits, - and _ "
+        "(it names the output folder), got 'My Sweep'; 'my-sweep' would do"
     )
+
+
+@pytest.mark.parametrize("name", ["été", "東京-2024", "a_b-1"])
+def test_a_name_may_be_any_name_a_file_would_give(tmp_path: Path, name: str) -> None:
+    assert load_recipe(write(tmp_path, MINIMAL + f"name: {name}\n")).name == name
+
+
+@pytest.mark.parametrize("name", ["'..'", "'a/b'", "'-x'", '"e\u0301"', '"a\u200bb"', "'{x}'"])
+def test_a_name_that_is_not_its_own_folder_name_is_refused(tmp_path: Path, name: str) -> None:
+    assert "would do" in only_problem(write(tmp_path, MINIMAL + f"name: {name}\n"))
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
-    NAME_PATTERN,
     default_name,
     load_recipe,
     recipe_json_schema,
@@ -217,7 +216,7 @@ resolutions: ["1:1"]
 
 # exclude:                       # drop combinations matching every key of an entry
 #   - {{subject: a quiet mountain village, light: stormy sky}}
-# sample: {{n: 4, seed: 1}}      # a reproducible random subset
+# sample: {{n: 4, seed: 1}}        # a reproducible random subset
 # repeats: 2                     # several images of each combination
 
 run: {{rpm: 60, concurrency: 4}}
@@ -227,15 +226,8 @@ price_per_image: 0.03            # USD, for the cost estimate of `plan`
 
 
 def _name_line(stem: str) -> str:
-    """The starter's `name:` line: the name the file gives, written out when `name:` accepts it.
-
-    A default name may hold letters of any script (`Été.yaml` -> `été`), which an explicit
-    `name:` does not take; the line is then left commented, so the default names the run.
-    """
-    name = default_name(stem)
-    if re.match(NAME_PATTERN, name):
-        return f"name: {name}                  # default: the file name; a-z, 0-9, - and _"
-    return f"# name: my-sweep             # default: the file name, here {name}; a-z, 0-9, - and _"
+    """The starter's `name:` line: the name the file gives (`Été.yaml` -> `été`), written out."""
+    return f"name: {default_name(stem)}                  # default: the file name, lower-case"
 
 
 @click.command("init")
