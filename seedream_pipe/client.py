@@ -26,6 +26,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -60,8 +61,9 @@ def _spare_httpcore_a_failed_import() -> None:
 _spare_httpcore_a_failed_import()
 
 #: Defaults in one place.
-DEFAULT_TIMEOUT_S = 20.0  # one API call; a slower answer is treated as lost
+DEFAULT_TIMEOUT_S = 20.0  # one API call, answer read whole; a slower answer is treated as lost
 DEFAULT_DOWNLOAD_TIMEOUT_S = 60.0  # between two chunks of a download
+DOWNLOAD_DEADLINE_S = 600.0  # one download, whole: a server trickling a byte at a time is let go
 DEFAULT_MAX_RETRIES = 5  # transient failures of one call before giving up on it
 DEFAULT_MAX_RATE_LIMITED = 30  # 429s in a row for one call before giving up on it
 MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
@@ -72,6 +74,11 @@ CHUNK = 256 * 1024
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}
 #: Characters after which URL parsers disagree about the host (see download_allowed).
 _AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
+#: What a request id may be: it goes into URL paths, file contents and messages. RunComfy's are
+#: UUIDs; this admits any id made of URL-safe characters, and nothing that could be a path.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~-]{0,199}")
+#: Server text (reasons, errors) is kept to this length, after the token is scrubbed out.
+MAX_REASON_CHARS = 300
 
 #: Status words seen from the API (and the official CLI), mapped to the job states we keep.
 STATUS_WORDS = {
@@ -155,6 +162,23 @@ class FetchedFile:
     bytes: int
 
 
+def server_time(value: Any) -> str | None:
+    """A timestamp from an answer as it is kept: the server's ISO 8601 text when it reads as a
+    moment between 2000 and 2200 (UTC when it names no zone); None for anything else. It goes
+    into the state and the report, so no free text from the server rides along in it."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    text = value.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        utc = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return text if 2000 <= utc.year < 2200 else None
+
+
 def normalize_status(word: Any) -> str:
     text = str(word or "").strip().lower()
     return STATUS_WORDS.get(text, text or "unknown")
@@ -190,8 +214,8 @@ def _error_text(value: Any) -> str | None:
             return f"{message} ({code})"
         if message or code:
             return str(message or code)
-        return json.dumps(value, ensure_ascii=False)[:300]
-    return str(value)[:300]
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 class ModelApiClient:
@@ -212,6 +236,7 @@ class ModelApiClient:
         sleep: Sleep | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S,
+        download_deadline_s: float = DOWNLOAD_DEADLINE_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_rate_limited: int = DEFAULT_MAX_RATE_LIMITED,
         max_download_bytes: int = MAX_DOWNLOAD_BYTES,
@@ -220,9 +245,14 @@ class ModelApiClient:
         self.api = api
         # An injected httpx client is used as given (and closed by whoever made it); without
         # one, requests go through aiohttp's pool directly (see transport.py for why).
-        self._wire: Wire = HttpxWire(http) if http is not None else AiohttpWire(limit=100)
+        # No pool limit (0): the runner's own slots bound the connections (one request at a time
+        # per job in flight, plus submits), and a call must never wait for a connection behind
+        # slow downloads: its deadline (timeout_s) counts from the moment it is asked.
+        self._wire: Wire = HttpxWire(http) if http is not None else AiohttpWire(limit=0)
         self._timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
         self._download_timeout = httpx.Timeout(download_timeout_s, connect=min(download_timeout_s, 10.0))
+        self._call_deadline = timeout_s
+        self._download_deadline = download_deadline_s
         self.pacer = pacer or SubmitPacer(60.0)
         self.budget = budget or RequestBudget(100.0)
         self.backoff = backoff or Backoff(rng=random.Random())
@@ -272,7 +302,10 @@ class ModelApiClient:
         Following an API-supplied link to another host would send it our token: never.
         """
         if given:
-            parts = urlsplit(given)
+            try:
+                parts = urlsplit(given)
+            except ValueError:  # malformed ("http://[::1/..."): build our own
+                return f"{self.api.base_url}{path}"
             if f"{parts.scheme}://{parts.netloc}" == self._base_origin:
                 return given
         return f"{self.api.base_url}{path}"
@@ -298,11 +331,16 @@ class ModelApiClient:
             return RequestRejected(message, status=code)
         return ApiError(message, status=code)
 
+    def _said(self, text: str | None) -> str | None:
+        """Server text as we keep it: the token scrubbed out *first*, then cut to a line's
+        length (cut first, a token straddling the cut would survive in part)."""
+        return None if text is None else self._redact(text)[:MAX_REASON_CHARS]
+
     def _reason(self, response: Any) -> str:
         try:
             data = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            return self._redact(response.text[:300].strip() or response.reason_phrase)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+            return self._said(response.text.strip() or response.reason_phrase) or ""
         if isinstance(data, dict):
             text = _error_text(data.get("error")) or _error_text(data.get("detail")) or _error_text(
                 data.get("message")
@@ -310,15 +348,24 @@ class ModelApiClient:
             if text is None and data.get("error_code"):
                 text = _error_text({"code": data.get("error_code"), "message": data.get("error_message")})
             if text:
-                return self._redact(text)
-        return self._redact(json.dumps(data, ensure_ascii=False)[:300])
+                return self._said(text) or ""
+        return self._said(json.dumps(data, ensure_ascii=False)) or ""
 
     def _json(self, response: Any) -> dict[str, Any] | None:
         try:
             data = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+            return None  # (RecursionError: "[[[[..." nested past Python's stack)
         return data if isinstance(data, dict) else None
+
+    async def _ask(self, method: str, url: str, headers: dict[str, str], content: bytes | None) -> Any:
+        """One request, its answer read whole within the call's timeout. The wire's own timeouts
+        are per read, so a server trickling a byte every few seconds would never trip them."""
+        try:
+            async with asyncio.timeout(self._call_deadline):
+                return await self._wire.request(method, url, headers=headers, content=content, timeout=self._timeout)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no whole answer within {self._call_deadline:g} s") from None
 
     async def _retry_pause(self, attempt: int, what: str, reason: str) -> None:
         self.counters["retries"] += 1
@@ -388,9 +435,7 @@ class ModelApiClient:
             self.counters["http_requests"] += 1
             self.counters[counter] += 1
             try:
-                response = await self._wire.request(
-                    method, url, headers=self._headers, content=None, timeout=self._timeout
-                )
+                response = await self._ask(method, url, self._headers, None)
             except httpx.HTTPError as exc:
                 error = self._describe(exc)
             else:
@@ -420,7 +465,7 @@ class ModelApiClient:
         return JobStatus(
             status=normalize_status(data.get("status")),
             queue_position=position if isinstance(position, int) else None,
-            error=_error_text(data.get("error")),
+            error=self._said(_error_text(data.get("error"))),
         )
 
     async def result(self, request_id: str, result_url: str | None = None) -> JobResult:
@@ -429,9 +474,9 @@ class ModelApiClient:
         return JobResult(
             status=normalize_status(data.get("status")),
             output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],
-            error=_error_text(data.get("error")),
-            created_at=str(data["created_at"]) if data.get("created_at") else None,
-            finished_at=str(data["finished_at"]) if data.get("finished_at") else None,
+            error=self._said(_error_text(data.get("error"))),
+            created_at=server_time(data.get("created_at")),
+            finished_at=server_time(data.get("finished_at")),
         )
 
     async def cancel(self, request_id: str, cancel_url: str | None = None) -> CancelOutcome:
@@ -460,7 +505,7 @@ class ModelApiClient:
         Refusals that prove nothing was created (429, 5xx, a connection that never opened) are
         retried here; what might have created a job is returned as `UnknownOutcome`.
         """
-        url = f"{self.api.base_url}/models/{model}"
+        url = f"{self.api.base_url}/models/{quote(model, safe='/')}"  # (recipes check it; a notebook may not)
         what = f"submit to {model}"
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers = {**self._headers, "Content-Type": "application/json"}
@@ -475,9 +520,7 @@ class ModelApiClient:
             self.counters["http_requests"] += 1
             self.counters["submits"] += 1
             try:
-                response = await self._wire.request(
-                    "POST", url, headers=headers, content=payload, timeout=self._timeout
-                )
+                response = await self._ask("POST", url, headers, payload)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # no connection was made: the body never left, so sending it again is safe
                 error = self._describe(exc)
@@ -503,6 +546,15 @@ class ModelApiClient:
             if not isinstance(request_id, str) or not request_id:
                 self.counters["unknown_submits"] += 1
                 return UnknownOutcome("the answer to the submit carried no request_id", attempts)
+            if not _REQUEST_ID.fullmatch(request_id) or self._link(request_id) is None:
+                # It goes into URLs, the state, the report and every message about the job: an
+                # id that could carry a path, markup or our token is not kept. The job may exist
+                # on the server, so it fails rather than being sent again (a second charge).
+                raise ApiError(
+                    f"{what}: the API answered with a request id seedream-pipe will not use "
+                    f"({len(request_id)} characters, not letters, digits and ._:~-, or holding the "
+                    "token); the job may exist on the server, so it is not sent again"
+                )
             self.pacer.accepted()
             return Submission(
                 request_id=request_id,
@@ -523,8 +575,11 @@ class ModelApiClient:
         """
         if _AMBIGUOUS_URL_CHARS.search(url):
             return False
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:  # "http://[::1/x", a netloc that NFKC would change: no host to trust
+            return False
         if parts.scheme not in ("http", "https") or not host:
             return False
         if host == self._base_host:
@@ -536,15 +591,27 @@ class ModelApiClient:
 
         One attempt: the caller decides about retries (a fresh URL may be needed first).
         Raises NotFound (404), ApiError (refused host, other 4xx, too large),
-        ServiceUnavailable (5xx, network, cut short). A partial file is always deleted.
+        ServiceUnavailable (5xx, network, cut short, or not done within the download deadline:
+        the wire's timeouts are per read, which a trickling server never trips). A partial file
+        is always deleted.
         """
+        try:
+            async with asyncio.timeout(self._download_deadline):
+                return await self._fetch(url, dest_dir)
+        except TimeoutError:
+            raise ServiceUnavailable(f"download: not finished within {self._download_deadline:g} s") from None
+
+    async def _fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         for _hop in range(MAX_REDIRECTS + 1):
             if _AMBIGUOUS_URL_CHARS.search(url):
                 raise ApiError(
                     "refusing to download a malformed URL (backslash, space or control character)"
                 )
             if not self.download_allowed(url):
-                host = urlsplit(url).hostname or url
+                try:
+                    host = urlsplit(url).hostname or url
+                except ValueError:
+                    raise ApiError("refusing to download a malformed URL (its host cannot be read)") from None
                 raise ApiError(self._redact(f"refusing to download from {host}: not a RunComfy host"))
             await self.budget.acquire()
             self.counters["http_requests"] += 1
@@ -556,7 +623,10 @@ class ModelApiClient:
                 ) as response:
                     code = response.status_code
                     if code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                        url = urljoin(url, response.headers["Location"])
+                        try:
+                            url = urljoin(url, response.headers["Location"])
+                        except ValueError:
+                            raise ApiError("refusing to follow a malformed redirect") from None
                         continue
                     if code == 429:
                         self.counters["rate_limited"] += 1

@@ -54,15 +54,20 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     """The base URL to use, checked: an http(s) URL with a host, without a trailing slash."""
     env = os.environ if env is None else env
     raw = option or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        source = "--base-url" if option else BASE_URL_ENV
-        raise UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    source = "--base-url" if option else BASE_URL_ENV
+    not_a_url = UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
+    try:
+        parts = urlsplit(raw.strip())
+        hostname = parts.hostname
+        _ = parts.port  # a port that is no number raises here, not at the first request
+    except ValueError:  # "http://[::1/v1", "http://h:port/v1"
+        raise not_a_url from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise not_a_url
+    if parts.scheme == "http" and not is_loopback(hostname):
         # Every API call carries the bearer token: over plain http anyone on the path can read it.
-        source = "--base-url" if option else BASE_URL_ENV
         raise UsageError(
-            f"{source}: refusing to send the token over plain http to {parts.hostname}; "
+            f"{source}: refusing to send the token over plain http to {hostname}; "
             "use https (plain http is only for a simulator on this machine, e.g. 127.0.0.1)"
         )
     return raw.strip().rstrip("/")

@@ -303,7 +303,8 @@ class PollSchedule:
             return min(max(gap, self.min_gap), self.max_gap)
         i = bisect.bisect_right(self._targets, elapsed + self.min_gap / 2)
         if i < len(self._targets):
-            return max(self._targets[i] - elapsed, self.min_gap)
+            # (capped: a look at least every max_gap, whatever a server's timestamps taught)
+            return min(max(self._targets[i] - elapsed, self.min_gap), self.max_gap)
         # later than every job seen: back off from a fraction of the median
         start = max(self.min_gap, 0.1 * self._median)
         gap = start if last_gap is None or last_gap < start else last_gap * self.growth

@@ -597,9 +597,7 @@ class Runner:
                     "--retry-failed polls it again)",
                 )
                 return "failed"
-            gap = self.schedule.next_delay(elapsed, last_gap)
-            if polled_here:
-                gap = min(gap, max(0.0, self.opt.timeout_s - elapsed) + 0.001)
+            gap = min(self.schedule.next_delay(elapsed, last_gap), max(0.0, self.opt.timeout_s - elapsed) + 0.001)
             await asyncio.sleep(gap)
             last_gap = gap
             try:
@@ -684,10 +682,14 @@ class Runner:
         """Teach the poll schedule how long a job takes (server timestamps when given)."""
         created = _iso_seconds(result.created_at)
         finished = _iso_seconds(result.finished_at)
+        seen = None if rec.submitted_at is None else self._clock() - rec.submitted_at
         if created is not None and finished is not None and finished >= created:
-            self.schedule.observe(finished - created)
-        elif rec.submitted_at is not None:
-            self.schedule.observe(self._clock() - rec.submitted_at)
+            # the server's own times leave out the network, but cannot be longer than what this
+            # run saw from submit to now: a clock far off (or a hostile answer) is held to that
+            duration = finished - created
+            self.schedule.observe(duration if seen is None else min(duration, seen))
+        elif seen is not None:
+            self.schedule.observe(seen)
 
     # -- downloads ------------------------------------------------------------------------------
 
@@ -907,10 +909,10 @@ def _sent_to(rec: JobRecord) -> tuple[str, int] | None:
     url = rec.cancel_url or rec.status_url
     if not url:
         return None
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # a port that is no number: no address to look at
+    except ValueError:  # a malformed host or a port that is no number: no address to look at
         return None
     return (parts.hostname, port) if parts.hostname else None
 

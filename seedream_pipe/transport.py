@@ -131,6 +131,26 @@ def env_proxy(scheme: str, host: str) -> str | None:
     return proxies.get(scheme) or proxies.get("all") or None
 
 
+#: The most an API answer (JSON) may hold. Real ones are a few hundred bytes; a server sending
+#: more is broken or hostile, and reading it whole would take the machine's memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or httpx.ReadError once it passes MAX_ANSWER_BYTES (never held whole)."""
+    declared = response.content_length
+    if declared is not None and declared > MAX_ANSWER_BYTES:
+        raise httpx.ReadError(f"the answer is {declared} bytes, over the {MAX_ANSWER_BYTES} an API answer may be")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise httpx.ReadError(f"the answer passed the {MAX_ANSWER_BYTES} bytes an API answer may be")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class Answer:
     """A read answer: the parts of an httpx.Response the client uses."""
 
@@ -177,8 +197,10 @@ class StreamedAnswer:
             raise _map(exc) from None
 
     async def aread(self) -> bytes:
+        """The whole body of an answer that is not a file (an error page), capped as an API
+        answer is."""
         try:
-            self.content = await self._response.read()
+            self.content = await _read_capped(self._response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map(exc) from None
         return self.content
@@ -254,7 +276,7 @@ class AiohttpWire:
                 proxy=(route := self._route(url)).proxy,
                 ssl=route.tls,
             ) as response:
-                body = await response.read()
+                body = await _read_capped(response)
                 return Answer(response.status, response.headers, body, response.reason)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map(exc) from None

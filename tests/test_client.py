@@ -310,8 +310,9 @@ def test_base_url_resolution() -> None:
     assert resolve_base_url(None, {}) == "https://model-api.runcomfy.net/v1"
     assert resolve_base_url(None, {"RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9/v1/"}) == "http://127.0.0.1:9/v1"
     assert resolve_base_url("https://h:1/v1", {"RUNCOMFY_MODEL_API_BASE": "https://x/v1"}) == "https://h:1/v1"
-    with pytest.raises(UsageError, match="--base-url"):
-        resolve_base_url("ftp://x", {})
+    for bad in ("ftp://x", "http://[::1/v1", "http://127.0.0.1:port/v1"):
+        with pytest.raises(UsageError, match=r"--base-url: .* is not an http"):
+            resolve_base_url(bad, {})
     assert "zzz-secret" not in repr(ApiSettings(BASE, "zzz-secret"))
 
 

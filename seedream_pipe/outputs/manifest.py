@@ -27,8 +27,8 @@ def safe_host(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
-    parts = urlsplit(text if "://" in text else f"//{text}")
     try:
+        parts = urlsplit(text if "://" in text else f"//{text}")
         host = parts.hostname
         port = parts.port
     except ValueError:  # a malformed port: keep nothing rather than something odd

@@ -1,0 +1,247 @@
+"""A broken or hostile API: what it answers may not leak the token, stop a run with a bug's
+exit code, hang it, or take the machine's memory. Each case came from a review that wrote such a
+server; the client's and runner's answers are checked here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _fakes import FakeTime
+
+from seedream_pipe.client import ModelApiClient, UnknownOutcome, server_time
+from seedream_pipe.config import ApiSettings
+from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable
+from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
+from seedream_pipe.recipe import load_recipe
+from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.state import StateStore
+
+TOKEN = "tok-SECRET-0123456789abcdef"
+BASE = "https://model-api.runcomfy.net/v1"
+
+
+def client_for(handler: Any, **kwargs: Any) -> ModelApiClient:
+    clock = FakeTime()
+    return ModelApiClient(
+        ApiSettings(kwargs.pop("base", BASE), TOKEN),
+        http=httpx.AsyncClient(transport=httpx.MockTransport(handler)) if handler is not None else None,
+        pacer=SubmitPacer(600, clock=clock, sleep=clock.sleep),
+        budget=RequestBudget(1000, clock=clock, sleep=clock.sleep),
+        backoff=Backoff(base=0.1, cap=1.0),
+        sleep=clock.sleep,
+        max_retries=2,
+        **kwargs,
+    )
+
+
+def answering(status: int = 200, **reply: Any) -> Any:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "content" in reply:
+            return httpx.Response(status, content=reply["content"])
+        return httpx.Response(status, json=reply["json"])
+
+    return handler
+
+
+# --- the token ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "../../admin", "a" * 500, "<script>", "r1\x00"],
+)
+async def test_a_request_id_that_could_carry_the_token_or_a_path_is_not_kept(request_id: str) -> None:
+    async with client_for(answering(json={"request_id": request_id})) as client:
+        with pytest.raises(ApiError, match="request id seedream-pipe will not use") as caught:
+            await client.submit("m", {"prompt": "x"})
+    assert TOKEN not in str(caught.value) and "the job may exist on the server" in str(caught.value)
+
+
+async def test_the_token_at_the_cut_of_a_long_reason_is_scrubbed_not_cut_in_half() -> None:
+    body = "x" * (300 - len(TOKEN) + 1) + TOKEN  # the token straddles character 300
+    async with client_for(answering(400, content=body.encode())) as client:
+        with pytest.raises(RequestRejected) as caught:
+            await client.submit("m", {"prompt": "x"})
+    assert TOKEN[:8] not in str(caught.value)
+
+
+async def test_errors_and_times_in_status_and_result_answers_are_scrubbed() -> None:
+    answer = {
+        "status": "failed",
+        "error": {"message": f"echo: Bearer {TOKEN}"},
+        "created_at": f"2026-01-01T00:00:00Z {TOKEN}",
+        "finished_at": "2026-01-01T00:00:09Z",
+    }
+    async with client_for(answering(json=answer)) as client:
+        status = await client.status("r1")
+        result = await client.result("r1")
+    assert status.error is not None and TOKEN not in status.error and "***" in status.error
+    assert result.error is not None and TOKEN not in result.error
+    assert (result.created_at, result.finished_at) == (None, "2026-01-01T00:00:09Z")
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("2026-01-01T00:00:09Z", "2026-01-01T00:00:09Z"),
+        ("2026-01-01T00:00:09.5+02:00", "2026-01-01T00:00:09.5+02:00"),
+        ("0001-01-01T00:00:00+23:59", None),
+        ("9999-12-31T23:59:59-23:59", None),
+        ("1970-01-01T00:00:00Z", None),
+        ("yesterday", None),
+        (1735689600, None),
+        ("2026-01-01T00:00:09Z" + " " * 100, None),
+    ],
+)
+def test_server_times_are_kept_only_as_plausible_timestamps(value: Any, kept: str | None) -> None:
+    assert server_time(value) == kept
+
+
+# --- answers that used to stop a run with exit 70 ---------------------------------------------
+
+
+async def test_json_nested_past_pythons_stack_is_an_unreadable_answer_not_a_crash() -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    async with client_for(answering(content=nested)) as client:
+        with pytest.raises(ServiceUnavailable, match="not a JSON object"):
+            await client.status("r1")
+        assert isinstance(await client.submit("m", {"prompt": "x"}), UnknownOutcome)
+    async with client_for(answering(400, content=nested)) as client:
+        with pytest.raises(RequestRejected):
+            await client.status("r1")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/files/a.png", "https://cdn.runcomfy.net\uff0f.evil.com/a.png", "https://[x]:99999/a"]
+)
+async def test_a_malformed_file_url_is_refused_not_a_crash(url: str, tmp_path: Path) -> None:
+    async with client_for(answering(json={})) as client:
+        assert client.download_allowed(url) is False
+        with pytest.raises(ApiError, match="refusing to download"):
+            await client.fetch(url, tmp_path)
+        # a malformed link to poll is ignored: the client builds its own
+        assert client._api_url(url, "/requests/r1/status") == f"{BASE}/requests/r1/status"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the_same(tmp_path: Path) -> None:
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json={"status": "completed"})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "http://[::1/files/a.png"}})
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "a fox"\nresolutions: [1K]\n', encoding="utf-8")
+    options = RunOptions(rpm=6000, first_poll_s=0.01, download_attempts=1, backoff_base_s=0.01)
+    for _ in range(2):  # the second run retries nothing and still says why, with exit 1
+        result = run_recipe(
+            load_recipe(recipe),
+            api=ApiSettings(BASE, TOKEN),
+            out_dir=tmp_path / "out",
+            options=options,
+            http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        )
+        assert result.exit_code == 1, result.reason
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert job.state == "failed" and "refusing to download" in str(job.error)
+
+
+# --- answers that used to hang a run or fill the memory ----------------------------------------
+
+
+class Hostile:
+    """A loopback server answering every request with `body_parts`, `gap` seconds apart."""
+
+    def __init__(self, body_parts: AsyncIterator[bytes] | None = None, gap: float = 0.0, size: int = 0) -> None:
+        from aiohttp import web
+
+        self.web = web
+        self.gap = gap
+        self.size = size
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(self.app)
+        self.base = ""
+
+    async def handle(self, request: Any) -> Any:
+        response = self.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if self.size:  # a body far over any API answer, sent as fast as it is taken
+            await response.write(b'{"status": "in_queue", "pad": "')
+            chunk = b"x" * (1024 * 1024)
+            for _ in range(self.size):
+                await response.write(chunk)
+            await response.write(b'"}')
+        else:  # a byte at a time, forever
+            while True:
+                await response.write(b" ")
+                await asyncio.sleep(self.gap)
+        return response
+
+    async def __aenter__(self) -> Hostile:
+        await self.runner.setup()
+        site = self.web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+async def test_an_answer_far_over_any_api_answer_is_refused_before_it_is_held_whole() -> None:
+    async with Hostile(size=64) as server, client_for(None, base=server.base) as client:
+        with pytest.raises(ServiceUnavailable, match="bytes an API answer may be"):
+            await client.status("r1")
+
+
+async def test_a_trickling_answer_is_given_up_at_the_call_deadline() -> None:
+    async with Hostile(gap=0.05) as server, client_for(None, base=server.base, timeout_s=0.3) as client:
+        with pytest.raises(ServiceUnavailable, match=r"no whole answer within 0\.3 s"):
+            await asyncio.wait_for(client.status("r1"), 10)
+        assert isinstance(await asyncio.wait_for(client.submit("m", {"prompt": "x"}), 10), UnknownOutcome)
+
+
+async def test_a_trickling_download_is_given_up_at_the_download_deadline(tmp_path: Path) -> None:
+    async with Hostile(gap=0.05) as server, client_for(None, base=server.base, download_deadline_s=0.3) as client:
+        url = server.base.replace("/v1", "/files/a.png")
+        with pytest.raises(ServiceUnavailable, match=r"not finished within 0\.3 s"):
+            await asyncio.wait_for(client.fetch(url, tmp_path), 10)
+    assert list(tmp_path.iterdir()) == []  # the partial file is gone
+
+
+def test_a_duration_learned_from_absurd_server_times_never_stops_the_polls() -> None:
+    schedule = PollSchedule(max_gap=30.0)
+    schedule.observe(3e11)  # "0001-01-01" to "9999-12-31"
+    assert schedule.next_delay(1.0) <= 30.0
+    assert schedule.next_delay(1.0, last_gap=30.0) <= 30.0
+
+
+def test_a_model_id_cannot_steer_the_submit_elsewhere(tmp_path: Path) -> None:
+    from seedream_pipe.errors import RecipeError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('model: "bytedance/../../../admin/x?y=1#z"\ntemplate: x\n', encoding="utf-8")
+    with pytest.raises(RecipeError, match="a model id is names of letters"):
+        load_recipe(recipe)
+
+
+async def test_a_notebook_model_id_is_quoted_into_the_url() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"request_id": "r1"})
+
+    async with client_for(handler) as client:
+        await client.submit("a/b?c=1#d", {"prompt": "x"})
+    assert seen == [f"{BASE}/models/a/b%3Fc%3D1%23d"]
