@@ -97,6 +97,9 @@ def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> s
 # The recipe model (its JSON Schema is `seedream-pipe schema`)
 
 VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: owner/model/task: the id goes into the submit URL, which carries the token, so no `..`, `?`,
+#: `#` or `%` may steer that POST elsewhere on the API's host.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 _VAR_VALUES_SCHEMA: dict[str, Any] = {
@@ -267,7 +270,11 @@ class RecipeSpec(_Strict):
     extends: str | None = Field(
         default=None, description="a recipe this one overrides key by key, relative to this file"
     )
-    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="the RunComfy model id")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        pattern=MODEL_PATTERN,
+        description="the RunComfy model id, e.g. bytedance/seedream-4-0/text-to-image",
+    )
     input_schema: str | None = Field(
         default=None, description="a JSON Schema file of the model's inputs, relative to this file"
     )
@@ -819,6 +826,11 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             message = f"unknown key {key!r}{hint}"
         elif kind == "missing":
             message = "missing required key"
+        elif kind == "string_pattern_mismatch" and loc == ("model",):
+            message = (
+                "a model id is names of letters, digits, '.', '_' and '-' joined by '/' (e.g. "
+                f"{DEFAULT_MODEL}), got {str(error['input'])[:80]!r}"
+            )
         else:
             message = _PLAIN_MESSAGES.get(kind) or str(error["msg"])
             for start in ("Input should", "String should", "List should", "Dictionary should"):

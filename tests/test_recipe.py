@@ -329,7 +329,7 @@ def test_a_name_that_is_not_its_own_folder_name_is_refused(tmp_path: Path, name:
         ("resolutions: 16:9\n", ":5:1: resolutions: should be a list ([a, b] or one `- item` per line), got '16:9'"),
         ("resolutions: []\n", ":5:1: resolutions: needs at least one value"),
         ("price_per_image: .inf\n", ":5:1: price_per_image: should be a finite number, got inf"),
-        ("model: ''\n", ":5:1: model: should have at least 1 character, got ''"),
+        ("model: ''\n", ":5:1: model: a model id is names of letters, digits, '.', '_' and '-' joined by '/' (e.g. bytedance/seedream-4-0/text-to-image), got ''"),
     ],
 )
 def test_plain_type_messages(tmp_path: Path, tail: str, expected: str) -> None:

@@ -66,7 +66,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             continue
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
-        click.echo(f"ok: {printable(str(path))} ({len(plan):,} jobs)")
+        click.echo(f"ok: {printable(str(path))} ({len(plan):,} job{'' if len(plan) == 1 else 's'})")
     if problems:
         raise RecipeError(problems)
     return 0
