@@ -91,13 +91,15 @@ class JsonProgress:
 class LogProgress:
     """Plain lines for logs and pipes: failures, retries, 429s and a line every few jobs."""
 
-    def __init__(self, stream: IO[str] | None = None, *, every: int = 10) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, every: int = 10, secret: str | None = None) -> None:
         self._stream = stream or sys.stderr
         self.tally = Tally()
         self._every = every
+        self._secret = secret
 
     def _say(self, text: str) -> None:
-        self._stream.write(printable(text) + "\n")
+        # (the client scrubs what it passes on; this is the last look before a terminal or a log)
+        self._stream.write(printable(redact(text, self._secret)) + "\n")
         self._stream.flush()
 
     def event(self, kind: str, detail: dict[str, Any]) -> None:
@@ -125,7 +127,7 @@ class LogProgress:
 class RichProgress:
     """A live bar on a terminal: done/failed/in flight, rate, ETA, 429s and retries."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, secret: str | None = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -140,6 +142,7 @@ class RichProgress:
 
         self.console = Console(stderr=True)
         self.tally = Tally()
+        self._secret = secret
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -168,10 +171,11 @@ class RichProgress:
         if self._task is None:
             return
         if kind == "job_state" and detail.get("state") == "failed":
-            reason = printable(f": job {detail.get('index')}: {detail.get('error')}")
+            reason = printable(redact(f": job {detail.get('index')}: {detail.get('error')}", self._secret))
             self.console.print(self._text.assemble(("failed", "red"), reason), highlight=False)
         elif kind in ("message", "interrupt"):
-            self.console.print(self._text(printable(str(detail.get("text", "")))), highlight=False)
+            text = printable(redact(str(detail.get("text", "")), self._secret))
+            self.console.print(self._text(text), highlight=False)
         if kind == "run_finished":
             self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
             self._bar.stop()
@@ -186,5 +190,5 @@ def make_progress(*, quiet: bool = False, json_lines: bool = False, secret: str 
     if quiet:
         return QuietProgress()
     if sys.stderr.isatty():
-        return RichProgress()
-    return LogProgress()
+        return RichProgress(secret=secret)
+    return LogProgress(secret=secret)

@@ -33,3 +33,23 @@ def test_the_live_bar_prints_api_text_as_text_not_markup() -> None:
     assert "\x1b[2J" not in text and "\x07" not in text
     assert text.count("[/] [bold]x[/bold] [link=file:///etc/passwd]y[/link] :skull:") == 2
     assert "failed: job 0: boom\\x1b[2J" in text
+
+
+def test_every_sink_keeps_the_token_out_whatever_reaches_it() -> None:
+    secret = "tok-SECRET-0123456789"
+    events = [
+        ("run_started", {"total": 1, "todo": 1, "actions_text": "1 to submit", "out_dir": "o"}),
+        ("retry", {"what": f"status of r-{secret}", "reason": "HTTP 503", "delay_s": 0.1}),
+        ("job_state", {"job_id": "j", "index": 0, "state": "failed", "error": f"echo {secret}"}),
+        ("message", {"text": f"lost: {secret}"}),
+        ("run_finished", {}),
+    ]
+    out = io.StringIO()
+    log = LogProgress(out, secret=secret)
+    rich = RichProgress(secret=secret)
+    rich.console.file = sink = io.StringIO()
+    for kind, detail in events:
+        log.event(kind, detail)
+        rich.event(kind, detail)
+    assert secret not in out.getvalue() and out.getvalue().count("***") == 3
+    assert secret not in sink.getvalue() and "***" in sink.getvalue()
