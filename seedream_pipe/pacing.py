@@ -37,6 +37,7 @@ SUBMIT_MARGIN = 0.98
 RECOVERY_PER_10S = 1.05
 #: A 429 when we were already sending near the accepted rate: step down this much.
 SMALL_DECREASE = 0.85
+NO_EVIDENCE_DECREASE = 0.5
 LARGEST_SMALL_STEP = 0.95
 #: A 429 without Retry-After: pause this long, doubling per consecutive one, up to the cap.
 DEFAULT_RETRY_AFTER_S = 1.0
@@ -153,7 +154,12 @@ class SubmitPacer:
         if self._first_accepted_at is not None and self._accepted_since > 0:
             span = now - self._first_accepted_at + retry_after
             accepted_rate = self._accepted_since / span if span > 0 else current
-        if accepted_rate >= 0.5 * current:
+        if self._accepted_since == 0:
+            # Nothing accepted since the last 429 (the very first submit, say): no evidence of
+            # the server's rate, so halve (AIMD) rather than drop to the floor, from which 5%
+            # growth per 10 s would take 14 minutes to climb back to 60/min.
+            new_rate = current * NO_EVIDENCE_DECREASE
+        elif accepted_rate >= 0.5 * current:
             # a small overshoot: a real step down, but never a plunge
             new_rate = min(max(accepted_rate, current * SMALL_DECREASE), current * LARGEST_SMALL_STEP)
         else:

@@ -117,7 +117,8 @@ class LogProgress:
             elif state == "downloaded" and (t.done % self._every == 0 or t.done + t.failed >= t.todo):
                 self._say(f"{t.done}/{t.todo} done, {t.failed} failed, {t.in_flight} in flight")
         elif kind == "rate_limited":
-            self._say(f"rate limited (429): pausing {detail.get('pause_s') or detail.get('retry_after_s') or '?'} s")
+            pause = next((detail[k] for k in ("pause_s", "retry_after_s") if detail.get(k) is not None), "?")
+            self._say(f"rate limited (429): pausing {pause} s")  # (0 is a pause too, not "?")
         elif kind == "retry":
             self._say(f"retry in {detail.get('delay_s')} s: {detail.get('what')}: {detail.get('reason')}")
         elif kind in ("message", "interrupt"):

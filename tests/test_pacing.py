@@ -75,6 +75,17 @@ async def test_first_429_drops_to_the_accepted_rate_and_pauses_for_retry_after()
     assert clock.now == pytest.approx(start + 1.0)
 
 
+async def test_a_429_with_nothing_accepted_halves_the_rate_rather_than_plunging() -> None:
+    clock = FakeTime(100.0)
+    pacer = SubmitPacer(60, clock=clock, sleep=clock.sleep)
+    await pacer.acquire()
+    pacer.rate_limited(2.0)  # the very first submit: no evidence of the server's rate
+    assert pacer.rate(clock.now + 2.0) == pytest.approx(pacer.ceiling / 2)
+    clock.now += 3.0
+    pacer.rate_limited(2.0)  # and again, still nothing accepted: halved again
+    assert pacer.rate(clock.now + 2.0) == pytest.approx(pacer.ceiling / 4, rel=0.01)
+
+
 async def test_429s_of_one_episode_lower_the_rate_once() -> None:
     clock = FakeTime(100.0)
     pacer = SubmitPacer(6000, clock=clock, sleep=clock.sleep)

@@ -53,3 +53,9 @@ def test_every_sink_keeps_the_token_out_whatever_reaches_it() -> None:
         rich.event(kind, detail)
     assert secret not in out.getvalue() and out.getvalue().count("***") == 3
     assert secret not in sink.getvalue() and "***" in sink.getvalue()
+
+
+def test_a_zero_second_pause_is_said_as_zero() -> None:
+    out = io.StringIO()
+    LogProgress(out).event("rate_limited", {"retry_after_s": 0.0, "pause_s": None})
+    assert out.getvalue() == "rate limited (429): pausing 0.0 s\n"
