@@ -618,7 +618,9 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _
         ) from None
     doc.locations = converter.locations
     if not isinstance(doc.data, dict):
-        kind = "a list" if isinstance(doc.data, list) else f"the value {doc.data!r}"
+        # (a value is named by its type only: `extends:` can point at any file, whose text
+        # should not be printed back, and a whole document would not fit a line anyway)
+        kind = "a list" if isinstance(doc.data, list) else "a single value"
         raise RecipeError(
             Problem(
                 display,

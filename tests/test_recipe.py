@@ -170,7 +170,7 @@ def test_bad_indentation_is_located(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "kind"),
-    [("- a\n- b\n", "not a list"), ("just text\n", "not the value 'just text'"), ("42\n", "not the value 42")],
+    [("- a\n- b\n", "not a list"), ("just text\n", "not a single value"), ("42\n", "not a single value")],
 )
 def test_recipe_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
     message = only_problem(write(tmp_path, text))
