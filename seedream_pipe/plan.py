@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.runtime import Context
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_context
+from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import concat
 
@@ -127,15 +127,43 @@ def _refuse_long(value: Any) -> Any:
     return value
 
 
+#: Loop turns and calls one prompt's render may take. A prompt needs a handful; the cap is what
+#: stops nested loops that print nothing (`range(99999)` inside `range(99999)`: 10^10 turns)
+#: from keeping `plan` busy for hours. About a tenth of a second of work.
+MAX_TEMPLATE_STEPS = 100_000
+_TOO_BUSY = f"too much work for a template (over {MAX_TEMPLATE_STEPS:,} loop turns and calls in one prompt)"
+#: The filter each loop's iterable goes through (a name templates have no reason to write).
+_COUNTED = "_counted_turns"
+#: Where a render keeps its step count: in its own context, under a key no template can name.
+_STEPS_KEY = "steps taken"
+
+
+def _step(context: Context, count: int = 1) -> None:
+    steps = context.vars.get(_STEPS_KEY, 0) + count
+    if steps > MAX_TEMPLATE_STEPS:
+        raise SecurityError(_TOO_BUSY)
+    context.vars[_STEPS_KEY] = steps
+
+
+@pass_context
+def _counted(context: Context, iterable: Any) -> Iterator[Any]:
+    """A loop's iterable, each turn counted against the render's MAX_TEMPLATE_STEPS."""
+    for item in iterable:
+        _step(context)
+        yield item
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox, also refusing what would exhaust memory: string/list products
     and powers (`{{ 'a' * 10**10 }}`), padding to huge widths (`{{ a|center(10**9) }}`), and
-    strings grown past MAX_TEMPLATE_TEXT by a loop, a namespace or a recursive macro."""
+    strings grown past MAX_TEMPLATE_TEXT by a loop, a namespace or a recursive macro; and what
+    would take the CPU for good: more than MAX_TEMPLATE_STEPS loop turns and calls."""
 
     intercepted_binops = frozenset({"*", "**"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.filters[_COUNTED] = _counted
         for name in ("center", "indent"):
             self.filters[name] = _width_checked(self.filters[name])
         printf = self.filters["format"]
@@ -146,7 +174,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
         self.filters["format"] = format_checked
 
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """The template's tree, each `for` loop's iterable passed through `_counted`."""
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _COUNTED, [], [], None, None, lineno=loop.lineno)
+        return tree
+
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _step(__context)  # a macro that calls itself: work without a `for`
+        if isinstance(__obj, LoopContext) and args:  # `loop(children)` in a recursive loop
+            args = (_counted(__context, args[0]), *args[1:])
         bound = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
         text = getattr(bound, "__self__", None)
         if isinstance(text, str):

@@ -670,7 +670,7 @@ def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
         "{{ '{:>999999999}'.format(a) }}",
         "{{ '%999999999s'|format(a) }}",
         "{{ '%*s'|format(999999999, a) }}",
-        "{% for i in range(99999) %}{% for j in range(99999) %}{{ a }}{% endfor %}{% endfor %}",
+        "{% for i in range(99999) %}{{ a * 99 }}{% endfor %}",
         "{% set ns = namespace(s=a) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
         "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}{{ f(a, 40) }}",
     ],
@@ -679,6 +679,28 @@ def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: s
     # each of these made `plan` take gigabytes (or hang) before refusing or finishing
     message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
     assert "refused by the sandbox: text too long for a template (over 100,000 characters)" in message
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ a }}{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+        "{{ a }}{% for i in range(99999) %}{% for j in range(99999) if j < 0 %}{% endfor %}{% endfor %}",
+        "{% for x in [range(99999)] * 99 recursive %}{% if x is iterable %}{{ loop(x) }}{% endif %}{% endfor %}{{ a }}",
+        "{% for i in range(99999) %}{{ a.strip()|replace('x', '') }}{% endfor %}",
+    ],
+)
+def test_sandbox_refuses_a_template_that_would_keep_the_cpu(tmp_path: Path, template: str) -> None:
+    # nested loops that print nothing ran for hours: the output cap never saw them
+    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    assert "refused by the sandbox: too much work for a template (over 100,000 loop turns and calls" in message
+
+
+def test_sandbox_counts_each_prompt_apart_and_keeps_loops_working(tmp_path: Path) -> None:
+    # 3 prompts of 60,000 turns each: over the cap together, each well under it alone
+    template = "{% for i in range(60000) %}{% endfor %}{% for x in a|list %}{{ loop.index }}/{{ loop.length }}{% endfor %}"
+    plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [xy, pqr, s]}}\n")
+    assert [job.prompt for job in plan.jobs] == ["1/22/2", "1/32/33/3", "1/1"]
 
 
 def test_sandbox_allows_ordinary_padding_and_formats(tmp_path: Path) -> None:
