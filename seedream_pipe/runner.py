@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -75,6 +75,8 @@ from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
+
+_T = TypeVar("_T")
 
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
 TIMED_OUT = "timed out"
@@ -182,12 +184,12 @@ _STOP_HINTS: dict[type[ApiError], str] = {
 }
 
 def submits_within_limit(
-    submits: list[tuple[int, str]], limit: int | None
-) -> tuple[list[tuple[int, str]], int]:
-    """The (index, job_id) of the jobs a run submits, in plan order, and how many `limit`
-    (--limit) holds back for a later run. Polls and downloads are never held back: those jobs
-    are paid for already."""
-    ordered = sorted(submits)
+    submits: Iterable[_T], limit: int | None, plan_order: Callable[[_T], tuple[int, str]]
+) -> tuple[list[_T], int]:
+    """The jobs a run submits, in plan order (`plan_order` gives a job's (index, job_id)), and
+    how many `limit` (--limit) holds back for a later run. Polls and downloads are never held
+    back: those jobs are paid for already."""
+    ordered = sorted(submits, key=plan_order)
     if limit is None:
         return ordered, 0
     return ordered[:limit], max(0, len(ordered) - limit)
@@ -305,12 +307,9 @@ class Runner:
             if not await asyncio.to_thread(self._file_intact, rec):
                 plan.setdefault("download", []).append(rec)
         resubmits = {rec.job_id for rec in plan.get("resubmit", [])}
-        to_submit, held_back = submits_within_limit(
-            [(rec.job_index, rec.job_id) for rec in plan.get("resubmit", []) + plan.get("submit", [])],
-            self.opt.limit,
+        submit_now, held_back = submits_within_limit(
+            plan.get("resubmit", []) + plan.get("submit", []), self.opt.limit, lambda r: (r.job_index, r.job_id)
         )
-        by_id = {rec.job_id: rec for rec in plan.get("resubmit", []) + plan.get("submit", [])}
-        submit_now = [by_id[job_id] for _, job_id in to_submit]
         todo = len(submit_now) + len(plan.get("poll", [])) + len(plan.get("download", []))
         actions = {
             "submit": sum(1 for rec in submit_now if rec.job_id not in resubmits),
@@ -1186,19 +1185,19 @@ def dry_run_report(
                 check_same_api(store, out_dir, api_host)
             known = {r.job_id: r for r in store.jobs(in_plan=None)}
     actions: dict[str, int] = {}
-    submits: dict[tuple[int, str], str] = {}
+    submits: list[tuple[int, str, str]] = []  # (index, job_id, submit or resubmit)
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
         if action == "verify":
             action = "done"
         if action in ("submit", "resubmit"):
-            submits[(job.index, job.job_id)] = action
+            submits.append((job.index, job.job_id, action))
         else:
             actions[action] = actions.get(action, 0) + 1
-    chosen, held_back = submits_within_limit(list(submits), options.limit)
-    for key in chosen:
-        actions[submits[key]] = actions.get(submits[key], 0) + 1
+    chosen, held_back = submits_within_limit(submits, options.limit, lambda s: (s[0], s[1]))
+    for _, _, action in chosen:
+        actions[action] = actions.get(action, 0) + 1
     order = ("submit", "resubmit", "poll", "download")  # as the run says them; the rest after
     actions = dict(sorted(actions.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     cost = None if recipe.price_per_image is None else len(chosen) * recipe.price_per_image

@@ -414,10 +414,14 @@ def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
     from seedream_pipe.runner import actions_text, submits_within_limit
 
     jobs = [(3, "c"), (1, "a"), (2, "b")]
-    assert submits_within_limit(jobs, None) == ([(1, "a"), (2, "b"), (3, "c")], 0)
-    assert submits_within_limit(jobs, 2) == ([(1, "a"), (2, "b")], 1)
-    assert submits_within_limit(jobs, 0) == ([], 3)
-    assert submits_within_limit(jobs, 9) == ([(1, "a"), (2, "b"), (3, "c")], 0)
+
+    def key(job: tuple[int, str]) -> tuple[int, str]:
+        return job
+
+    assert submits_within_limit(jobs, None, key) == ([(1, "a"), (2, "b"), (3, "c")], 0)
+    assert submits_within_limit(jobs, 2, key) == ([(1, "a"), (2, "b")], 1)
+    assert submits_within_limit(jobs, 0, key) == ([], 3)
+    assert submits_within_limit(jobs, 9, key) == ([(1, "a"), (2, "b"), (3, "c")], 0)
     assert actions_text({"submit": 2, "poll": 0, "download": 1}, 1) == (
         "2 to submit, 1 to download; 1 left for a later run (--limit)"
     )
