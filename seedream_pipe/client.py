@@ -35,6 +35,7 @@ import httpx
 
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import (
+    CONTROL_CHARS,
     MIN_SECRET_LEN,
     ApiError,
     AuthError,
@@ -43,6 +44,7 @@ from seedream_pipe.errors import (
     RateLimited,
     RequestRejected,
     ServiceUnavailable,
+    UnusableAnswer,
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
@@ -74,9 +76,8 @@ CHUNK = 256 * 1024
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}
 #: Characters after which URL parsers disagree about the host (see download_allowed).
 _AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
-#: What a request id may be: it goes into URL paths, file contents and messages. RunComfy's are
-#: UUIDs; this admits any id made of URL-safe characters, and nothing that could be a path.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~-]{0,199}")
+#: The longest request id kept. RunComfy's are UUIDs (36 characters).
+MAX_REQUEST_ID_CHARS = 256
 #: Server text (reasons, errors) is kept to this length, after the token is scrubbed out.
 MAX_REASON_CHARS = 300
 
@@ -546,14 +547,16 @@ class ModelApiClient:
             if not isinstance(request_id, str) or not request_id:
                 self.counters["unknown_submits"] += 1
                 return UnknownOutcome("the answer to the submit carried no request_id", attempts)
-            if not _REQUEST_ID.fullmatch(request_id) or self._link(request_id) is None:
-                # It goes into URLs, the state, the report and every message about the job: an
-                # id that could carry a path, markup or our token is not kept. The job may exist
-                # on the server, so it fails rather than being sent again (a second charge).
-                raise ApiError(
-                    f"{what}: the API answered with a request id seedream-pipe will not use "
-                    f"({len(request_id)} characters, not letters, digits and ._:~-, or holding the "
-                    "token); the job may exist on the server, so it is not sent again"
+            if len(request_id) > MAX_REQUEST_ID_CHARS or CONTROL_CHARS.search(request_id) or (
+                self._link(request_id) is None
+            ):
+                # It goes into the state, the report and every message about the job (and, quoted,
+                # into URLs): an id holding our token, a control character or a page of text is
+                # not kept. Any other id is, whatever its characters.
+                raise UnusableAnswer(
+                    f"{what}: the API answered with a request id seedream-pipe will not keep "
+                    f"({len(request_id)} characters: over {MAX_REQUEST_ID_CHARS}, a control character "
+                    "or the token); the job may exist on the server"
                 )
             self.pacer.accepted()
             return Submission(

@@ -12,6 +12,8 @@
     │   ├── CreditError              75   402: the account is out of credit
     │   ├── RateLimited              75   429 after every retry
     │   ├── ServiceUnavailable       69   5xx / network errors after every retry
+    │   ├── UnusableAnswer           69   an accepted submit whose answer cannot be kept (its
+    │   │                                 request id holds the token, say): the API is broken
     │   ├── RequestRejected          65   400/422: the body does not fit the model's schema
     │   └── NotFound                 65   404: unknown model or request id
     └── Interrupted                 130   Ctrl-C or SIGTERM; state was committed first
@@ -136,6 +138,13 @@ class RateLimited(ApiError):
 
 class ServiceUnavailable(ApiError):
     """5xx, timeouts or dropped connections that outlasted every retry."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class UnusableAnswer(ApiError):
+    """A submit the API accepted (the job may be billed) whose answer cannot be kept: the run
+    stops submitting, since the next answer will be the same."""
 
     exit_code = EX_UNAVAILABLE
 

@@ -64,6 +64,7 @@ from seedream_pipe.errors import (
     RateLimited,
     RequestRejected,
     ServiceUnavailable,
+    UnusableAnswer,
     UsageError,
     redact,
 )
@@ -529,6 +530,13 @@ class Runner:
                 return False
             except RequestRejected as exc:
                 self._transition(rec, "failed", error=f"rejected by the API: {exc}")
+                return False
+            except UnusableAnswer as exc:
+                # Accepted, perhaps billed, but not followable: failed and flagged, so that
+                # --retry-failed and the report say it may be paid for twice; and no more
+                # submits, since every answer will be the same.
+                self._transition(rec, "failed", error=str(exc), possible_duplicate=True)
+                self._stop_for(exc)
                 return False
             except ApiError as exc:
                 self._transition(rec, "failed", error=str(exc))

@@ -15,7 +15,7 @@ from _fakes import FakeTime
 
 from seedream_pipe.client import ModelApiClient, UnknownOutcome, server_time
 from seedream_pipe.config import ApiSettings
-from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable
+from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable, UnusableAnswer
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import RunOptions, run_recipe
@@ -51,15 +51,50 @@ def answering(status: int = 200, **reply: Any) -> Any:
 # --- the token ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "request_id",
-    [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "../../admin", "a" * 500, "<script>", "r1\x00"],
-)
-async def test_a_request_id_that_could_carry_the_token_or_a_path_is_not_kept(request_id: str) -> None:
+@pytest.mark.parametrize("request_id", [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "a" * 500, "r1\x00", "r1\nr2"])
+async def test_a_request_id_holding_the_token_or_not_one_line_is_not_kept(request_id: str) -> None:
     async with client_for(answering(json={"request_id": request_id})) as client:
-        with pytest.raises(ApiError, match="request id seedream-pipe will not use") as caught:
+        with pytest.raises(UnusableAnswer, match="request id seedream-pipe will not keep") as caught:
             await client.submit("m", {"prompt": "x"})
     assert TOKEN not in str(caught.value) and "the job may exist on the server" in str(caught.value)
+
+
+async def test_any_other_request_id_is_kept_and_quoted_into_urls() -> None:
+    seen: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "job/7+a==../x"})
+        return httpx.Response(200, json={"status": "in_queue"})
+
+    async with client_for(api) as client:
+        submitted = await client.submit("m", {"prompt": "x"})
+        assert submitted.request_id == "job/7+a==../x"  # type: ignore[union-attr]
+        await client.status(submitted.request_id)  # type: ignore[union-attr]
+    assert seen[-1] == "/v1/requests/job%2F7%2Ba%3D%3D..%2Fx/status"
+
+
+def test_a_run_stops_submitting_at_an_unusable_request_id_and_flags_the_job(tmp_path: Path) -> None:
+    posts: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        posts.append(request.method)
+        return httpx.Response(200, json={"request_id": f"r-{request.headers['Authorization']}"})
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "{{ x }}"\nvars: {x: [a, b, c]}\nresolutions: [1K]\nrun: {concurrency: 1}\n')
+    result = run_recipe(
+        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
+        options=RunOptions(rpm=6000, concurrency=1), http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+    )  # fmt: skip
+    assert result.exit_code == 69 and posts == ["POST"]  # one job paid for at most, not three
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (failed,) = store.jobs(states=("failed",))
+        assert failed.possible_duplicate and TOKEN not in str(failed.error)
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
 
 
 async def test_the_token_at_the_cut_of_a_long_reason_is_scrubbed_not_cut_in_half() -> None:
