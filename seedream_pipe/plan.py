@@ -28,6 +28,7 @@ import json
 import math
 import random
 import re
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -127,30 +128,64 @@ def _refuse_long(value: Any) -> Any:
     return value
 
 
-#: Loop turns and calls one prompt's render may take. A prompt needs a handful; the cap is what
-#: stops nested loops that print nothing (`range(99999)` inside `range(99999)`: 10^10 turns)
-#: from keeping `plan` busy for hours. About a tenth of a second of work.
+#: Loop turns and calls one prompt's render may take, and the time. A prompt needs a handful
+#: of steps and microseconds; the caps stop nested loops that print nothing (`range(99999)`
+#: inside `range(99999)`: 10^10 turns) or a loop over a slow test from keeping `plan` busy.
 MAX_TEMPLATE_STEPS = 100_000
-_TOO_BUSY = f"too much work for a template (over {MAX_TEMPLATE_STEPS:,} loop turns and calls in one prompt)"
+MAX_TEMPLATE_SECONDS = 1.0
+_TOO_BUSY = (
+    f"too much work for a template (over {MAX_TEMPLATE_STEPS:,} loop turns and calls, or "
+    f"{MAX_TEMPLATE_SECONDS:g} s, in one prompt)"
+)
+#: Where a render keeps its budget: a key no template can name, holding one object that the
+#: contexts derived from the render's (macros, loops) share.
+_BUDGET_KEY = "work budget"
 #: The filter each loop's iterable goes through (a name templates have no reason to write).
 _COUNTED = "_counted_turns"
-#: Where a render keeps its step count: in its own context, under a key no template can name.
-_STEPS_KEY = "steps taken"
+#: Filters that call a test or a filter once per item: their input is counted item by item.
+_PER_ITEM_FILTERS = ("select", "reject", "selectattr", "rejectattr", "map")
+#: Tags a prompt has no use for, each a way around the budget (a scoped block renders in a
+#: context of its own).
+_REFUSED_TAGS = {nodes.Block: "block", nodes.Extends: "extends", nodes.Include: "include",
+                 nodes.Import: "import", nodes.FromImport: "from ... import"}  # fmt: skip
 
 
-def _step(context: Context, count: int = 1) -> None:
-    steps = context.vars.get(_STEPS_KEY, 0) + count
-    if steps > MAX_TEMPLATE_STEPS:
+class _Budget:
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.deadline = time.monotonic() + MAX_TEMPLATE_SECONDS
+
+
+def _fresh_budget(scope: dict[str, Any]) -> dict[str, Any]:
+    scope[_BUDGET_KEY] = _Budget()
+    return scope
+
+
+def _step(context: Context) -> None:
+    budget = context.get(_BUDGET_KEY)
+    if not isinstance(budget, _Budget):  # a template rendered some other way: count from here
+        budget = context.vars[_BUDGET_KEY] = _Budget()
+    budget.steps += 1
+    if budget.steps > MAX_TEMPLATE_STEPS or time.monotonic() > budget.deadline:
         raise SecurityError(_TOO_BUSY)
-    context.vars[_STEPS_KEY] = steps
 
 
 @pass_context
 def _counted(context: Context, iterable: Any) -> Iterator[Any]:
-    """A loop's iterable, each turn counted against the render's MAX_TEMPLATE_STEPS."""
+    """A loop's iterable, each turn counted against the render's budget."""
     for item in iterable:
         _step(context)
         yield item
+
+
+def _counting_input(filter_fn: Any) -> Any:
+    @pass_context
+    def counted(context: Context, value: Any, *args: Any, **kwargs: Any) -> Any:
+        return filter_fn(context, _counted(context, value), *args, **kwargs)
+
+    return counted
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -164,6 +199,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.filters[_COUNTED] = _counted
+        for name in _PER_ITEM_FILTERS:  # (each takes the context first: @pass_context)
+            self.filters[name] = _counting_input(self.filters[name])
         for name in ("center", "indent"):
             self.filters[name] = _width_checked(self.filters[name])
         printf = self.filters["format"]
@@ -177,6 +214,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """The template's tree, each `for` loop's iterable passed through `_counted`."""
         tree = super()._parse(source, name, filename)
+        for kind, tag in _REFUSED_TAGS.items():
+            for node in tree.find_all(kind):
+                raise TemplateSyntaxError(f"{{% {tag} %}} has no use in a prompt template", node.lineno, name, filename)
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, _COUNTED, [], [], None, None, lineno=loop.lineno)
         return tree
@@ -281,10 +321,10 @@ class PromptTemplate:
         compiled = self.compiled
         env = compiled.environment
         try:
-            context = env.context_class(env, parent, compiled.name, compiled.blocks)
+            context = env.context_class(env, _fresh_budget(parent), compiled.name, compiled.blocks)
             return concat(_capped(compiled.root_render_func(context)))
         except Exception:
-            return concat(_capped(compiled.generate(dict(scope))))
+            return concat(_capped(compiled.generate(_fresh_budget(dict(scope)))))
 
 
 # --------------------------------------------------------------------------------------------

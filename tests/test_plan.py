@@ -688,12 +688,22 @@ def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: s
         "{{ a }}{% for i in range(99999) %}{% for j in range(99999) if j < 0 %}{% endfor %}{% endfor %}",
         "{% for x in [range(99999)] * 99 recursive %}{% if x is iterable %}{{ loop(x) }}{% endif %}{% endfor %}{{ a }}",
         "{% for i in range(99999) %}{{ a.strip()|replace('x', '') }}{% endfor %}",
+        # each turn cheap to count but slow to do: stopped by the time budget (28 s of work each)
+        "{{ a }}{{ range(99999)|select('in', range(99999)|list)|list|length }}",
+        "{{ a }}{% set big = range(99999)|list %}{% for i in range(99999) %}{% if -1 in big %}{% endif %}{% endfor %}",
     ],
 )
 def test_sandbox_refuses_a_template_that_would_keep_the_cpu(tmp_path: Path, template: str) -> None:
     # nested loops that print nothing ran for hours: the output cap never saw them
     message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
     assert "refused by the sandbox: too much work for a template (over 100,000 loop turns and calls" in message
+
+
+@pytest.mark.parametrize("tag", ["{% block b scoped %}{{ a }}{% endblock %}", "{% import 'x' as y %}{{ a }}"])
+def test_tags_a_prompt_has_no_use_for_are_refused(tmp_path: Path, tag: str) -> None:
+    # a scoped block in a loop rendered in a fresh context each turn, escaping the work budget
+    message = only_problem(tmp_path, f"template: {json.dumps(tag)}\nvars: {{a: [x]}}\n")
+    assert "has no use in a prompt template" in message
 
 
 def test_sandbox_counts_each_prompt_apart_and_keeps_loops_working(tmp_path: Path) -> None:
