@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import random
 import signal
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
 TIMED_OUT = "timed out"
@@ -1027,6 +1029,21 @@ def folder_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def _takeover_note(store: StateStore, recipe: Recipe, out: Path) -> str | None:
+    """What to tell the user when this recipe takes over a folder another recipe ran into.
+
+    Not refused: a renamed recipe keeps its folder and what was paid for in it. But a --out
+    pointing at another recipe's folder must not take it over unannounced."""
+    earlier = store.get_meta("recipe", {})
+    if not isinstance(earlier, Mapping) or earlier.get("name") in (None, recipe.name):
+        return None
+    return (
+        f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
+        f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on disk "
+        "but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
+    )
+
+
 async def arun_recipe(
     recipe: Recipe,
     *,
@@ -1052,15 +1069,9 @@ async def arun_recipe(
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
-        earlier = store.get_meta("recipe", {})
-        if isinstance(earlier, Mapping) and earlier.get("name") not in (None, recipe.name):
-            # Not refused: a renamed recipe keeps its folder and what was paid for in it. But a
-            # --out pointing at another recipe's folder must not take it over unannounced.
-            progress.event("message", {"text": (
-                f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
-                f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on disk "
-                "but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
-            )})  # fmt: skip
+        note = _takeover_note(store, recipe, out)
+        if note:
+            progress.event("message", {"text": note})
         store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),
@@ -1247,8 +1258,12 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
         if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
             return None
     with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
+        note = _takeover_note(store, recipe, out_dir)
+        if note:
+            log.warning(note)
         store.sync_plan(plan.jobs)
-    return write_outputs(out_dir, recipe)
+        store.set_meta("recipe", recipe_meta(recipe))
+        return write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
 
 
 __all__ = [

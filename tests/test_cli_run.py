@@ -464,3 +464,18 @@ def test_a_folder_taken_over_by_another_recipe_is_announced(recipe: Path, tmp_pa
     assert len(list((out / "images").iterdir())) == 3  # the comet stays on disk
     code, _, err = invoke("run", str(other), "--sim", "--out", str(out))
     assert code == 0 and "held recipe" not in err  # said once, when it happens
+
+
+def test_a_finished_takeover_is_announced_and_the_folder_remembers_the_new_recipe(
+    recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    small = tmp_path / "small.yaml"
+    small.write_text(RECIPE.replace("name: c", "name: small").replace("[a teapot, a comet]", "[a teapot]"))
+    code, stdout, _ = invoke("run", str(small), "--sim", "--out", str(out))
+    assert code == 0 and "Nothing to do" in stdout  # every job of small is in the folder already
+    assert f"held recipe 'c' ({recipe}); this run of 'small' takes it over" in caplog.text
+    assert invoke("report", str(out))[0] == 0  # rewritten from the folder's own memory
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert str(small) in json.dumps(manifest) and str(recipe) not in json.dumps(manifest)
