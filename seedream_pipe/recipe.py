@@ -166,7 +166,7 @@ def _check_name(value: str) -> str:
     """A name is what `default_name` makes of itself: the rule that names a recipe by its file
     (`Été.yaml` -> `été`) is the rule an explicit `name:` follows."""
     fixed = default_name(value)
-    if fixed != value:
+    if fixed != value and not re.fullmatch(r"[a-z0-9_-]+", value):  # (`sweep-`: as ever)
         raise PydanticCustomError(
             "recipe_name",
             "a name uses only lower-case letters (any script), digits, - and _ (it names the "

@@ -113,6 +113,9 @@ def _cannot_connect(exc: aiohttp.ClientConnectorError) -> str:
     error = exc.os_error
     if isinstance(error, socket.gaierror):
         return f"cannot find the host {exc.host} ({error.strerror}): check the URL and this machine's network"
+    if isinstance(error, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+        reason = f"TLS: {getattr(error, 'reason', None) or error}"
+        return f"cannot connect to {exc.host}:{exc.port} ({reason}; is it an https port, or a proxy in the way?)"
     reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error) or type(error).__name__)
     return f"cannot connect to {exc.host}:{exc.port} ({reason})"
 

@@ -567,3 +567,17 @@ def test_a_host_that_does_not_resolve_is_said_in_words() -> None:
     said = str(_map(dns))
     assert said.startswith("cannot find the host model-api.runcomfy.net (Name or service not known)")
     assert "SSLContext" not in said  # aiohttp's own text shows the context's repr
+
+
+def test_a_tls_handshake_that_fails_is_said_as_tls_not_as_an_os_error() -> None:
+    import ssl
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    from seedream_pipe.transport import _map
+
+    key = SimpleNamespace(host="127.0.0.1", port=8765, ssl=True)
+    wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    said = str(_map(aiohttp.ClientConnectorError(key, wrong)))  # type: ignore[arg-type]
+    assert "WRONG_VERSION_NUMBER" in said and "Operation not permitted" not in said
