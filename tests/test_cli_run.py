@@ -479,3 +479,18 @@ def test_a_finished_takeover_is_announced_and_the_folder_remembers_the_new_recip
     assert invoke("report", str(out))[0] == 0  # rewritten from the folder's own memory
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert str(small) in json.dumps(manifest) and str(recipe) not in json.dumps(manifest)
+
+
+def test_json_says_an_unexpected_error_as_an_error_event_too(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seedream_pipe import runner
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "finish_if_done", broken)
+    code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"), "--json")
+    (event,) = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 74 and (event["event"], event["exit_code"]) == ("error", 74)
+    assert "No space left on device" in err and "Traceback" not in err

@@ -29,8 +29,8 @@ from seedream_pipe.errors import (
     AuthError,
     NothingToShow,
     RecipeError,
-    SeedreamPipeError,
     UsageError,
+    exit_code_for,
 )
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
@@ -149,11 +149,13 @@ def _errors_as_json_events(command: Callable[..., int]) -> Callable[..., int]:
     def wrapper(*args: Any, **kwargs: Any) -> int:
         try:
             return command(*args, **kwargs)
-        except SeedreamPipeError as exc:
+        except (click.ClickException, click.exceptions.Abort):
+            raise  # click's own (usage, Ctrl-C at a prompt): said by click
+        except Exception as exc:  # the CLI's one mapping still prints it and picks the exit code
             if kwargs.get("json_lines"):
                 from seedream_pipe.progress import JsonProgress
 
-                detail: dict[str, Any] = {"exit_code": exc.exit_code, "message": str(exc)}
+                detail: dict[str, Any] = {"exit_code": exit_code_for(exc), "message": str(exc)}
                 if isinstance(exc, RecipeError):
                     detail["problems"] = [str(problem) for problem in exc.problems]
                 JsonProgress().event("error", detail)
@@ -203,8 +205,8 @@ def run_command(
     Ctrl-C stops submitting and cancels queued jobs (a second Ctrl-C quits at once).
 
     Exit codes: 0 all done, 1 some jobs failed, 64 usage, 65 bad recipe, 69 service unavailable,
-    70 a bug in seedream-pipe, 75 rate limit or credit, 77 token missing or refused,
-    130 interrupted.
+    70 a bug in seedream-pipe, 73/74 output folder or file system, 75 rate limit or credit,
+    77 token missing or refused, 130 interrupted.
 
     \b
     Example:
