@@ -229,6 +229,10 @@ class Runner:
         self._clock = clock
         self.schedule = PollSchedule(first=options.first_poll_s)
         self.slots = _Slots(options.concurrency)
+        # Downloads at once: jobs in flight hold a slot each, but a resumed folder's finished
+        # jobs are all downloaded without one; this keeps their connections (and .part files)
+        # to the concurrency too, so none waits out its deadline behind a thousand others.
+        self._fetching = asyncio.Semaphore(max(1, options.concurrency))
         self.stop_submitting = False
         self.interrupted = False
         self.fatal: BaseException | None = None
@@ -738,7 +742,8 @@ class Runner:
                 url = fresh
             assert url is not None
             try:
-                fetched = await self.client.fetch(url, self.images_dir)
+                async with self._fetching:
+                    fetched = await self.client.fetch(url, self.images_dir)
             except (NotFound, ServiceUnavailable) as exc:
                 last_error = str(exc)
                 continue

@@ -426,3 +426,38 @@ def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
         "2 to submit, 1 to download; 1 left for a later run (--limit)"
     )
     assert actions_text({"submit": 0}) == "nothing"
+
+
+def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(png, "PNG")
+    now = {"open": 0, "most": 0}
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        now["open"] += 1
+        now["most"] = max(now["most"], now["open"])
+        try:
+            await asyncio.sleep(0.02)
+            return httpx.Response(200, content=png.getvalue(), headers={"Content-Type": "image/png"})
+        finally:
+            now["open"] -= 1
+
+    recipe = load_recipe(write_recipe(tmp_path, 'template: "{{ n }}"\nvars: {n: [a, b, c, d, e, f, g, h]}\n'))
+    (tmp_path / "out").mkdir()
+    with StateStore.for_output_dir(tmp_path / "out") as store:  # a run killed after every job finished
+        store.sync_plan(recipe.plan().jobs)
+        for i, rec in enumerate(store.jobs()):
+            url = f"https://cdn.runcomfy.net/{i}.png"
+            store.transition(rec.job_id, "submitting")
+            store.transition(rec.job_id, "submitted", request_id=f"r{i}")
+            store.transition(rec.job_id, "completed", output_urls=[url], image_url=url)
+    result = run_recipe(
+        recipe, api=ApiSettings("https://model-api.runcomfy.net/v1", TOKEN), out_dir=tmp_path / "out",
+        options=fast(concurrency=2), http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.counts["downloaded"] == 8
+    assert now["most"] == 2
