@@ -494,3 +494,17 @@ def test_json_says_an_unexpected_error_as_an_error_event_too(
     (event,) = [json.loads(line) for line in stdout.splitlines()]
     assert code == 74 and (event["event"], event["exit_code"]) == ("error", 74)
     assert "No space left on device" in err and "Traceback" not in err
+
+
+def test_status_and_cancel_of_a_finished_folder_never_open_it_to_write(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+
+    def read_only(*args: object, **kwargs: object) -> None:  # an archived run on a read-only mount
+        raise AssertionError("opened to write")
+
+    monkeypatch.setattr(StateStore, "for_output_dir", read_only)  # (for_reading is tested in test_state)
+    assert invoke("status", str(out))[:2] == (0, f"{out}: 2 jobs\n  downloaded      2\nlast run: #1 against 127.0.0.1, exit 0\n")
+    assert invoke("cancel", str(out))[:2] == (0, f"nothing to cancel: no job of {out} is queued or running\n")

@@ -279,7 +279,10 @@ def run_command(
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
 
 
-def _open_state(target: Path, out: Path | None, *, read_only: bool = False) -> tuple[Path, StateStore]:
+def _open_state(target: Path, out: Path | None) -> tuple[Path, StateStore]:
+    """The output folder of RECIPE|DIR and its state, read-only where the folder is (`status` of
+    an archived run, or `cancel` of one with nothing left to cancel: cancel_folder opens it to
+    write only when a job is in flight)."""
     out_dir, recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
         where = ""
@@ -287,7 +290,7 @@ def _open_state(target: Path, out: Path | None, *, read_only: bool = False) -> t
             # the default folder is relative to where `run` ran, as a make target's is
             where = f" (the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out)"
         raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}){where}; start one with `seedream-pipe run`")
-    return out_dir, StateStore.for_reading(out_dir) if read_only else StateStore.for_output_dir(out_dir)
+    return out_dir, StateStore.for_reading(out_dir)
 
 
 @click.command("status")
@@ -304,7 +307,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
-    out_dir, store = _open_state(target, out, read_only=True)
+    out_dir, store = _open_state(target, out)
     with store:
         counts = store.counts()
         failed = store.jobs(states=("failed",))
