@@ -192,7 +192,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja2's immutable sandbox, also refusing what would exhaust memory: string/list products
     and powers (`{{ 'a' * 10**10 }}`), padding to huge widths (`{{ a|center(10**9) }}`), and
     strings grown past MAX_TEMPLATE_TEXT by a loop, a namespace or a recursive macro; and what
-    would take the CPU for good: more than MAX_TEMPLATE_STEPS loop turns and calls."""
+    would take the CPU for good: more than MAX_TEMPLATE_STEPS loop turns and calls, or
+    MAX_TEMPLATE_SECONDS, in one render."""
 
     intercepted_binops = frozenset({"*", "**"})
 
@@ -212,7 +213,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self.filters["format"] = format_checked
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """The template's tree, each `for` loop's iterable passed through `_counted`."""
+        """The template's tree, each `for` loop's iterable passed through `_counted`; a tag in
+        _REFUSED_TAGS is a syntax error at its line."""
         tree = super()._parse(source, name, filename)
         for kind, tag in _REFUSED_TAGS.items():
             for node in tree.find_all(kind):
