@@ -36,7 +36,6 @@ import httpx
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import (
     CONTROL_CHARS,
-    MIN_SECRET_LEN,
     ApiError,
     AuthError,
     CreditError,
@@ -45,6 +44,7 @@ from seedream_pipe.errors import (
     RequestRejected,
     ServiceUnavailable,
     UnusableAnswer,
+    holds_secret,
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
@@ -294,8 +294,7 @@ class ModelApiClient:
         link never does, and keeping one would write the token into the state and the report.
         A token too short to be real (`RUNCOMFY_TOKEN=x` for the simulator) is not looked for:
         it would match by chance."""
-        token = self.api.token
-        return None if url is None or (len(token) >= MIN_SECRET_LEN and token in url) else url
+        return None if url is None or holds_secret(url, self.api.token) else url
 
     def _api_url(self, given: str | None, path: str) -> str:
         """A URL the API handed us (if it points at the API's own origin), else one we build.

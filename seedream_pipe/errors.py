@@ -185,11 +185,17 @@ MIN_SECRET_LEN = 6
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Replace every occurrence of each secret in `text` with a fixed marker."""
+    """Replace every occurrence of each secret in `text` with a fixed marker, in any letter case
+    (a server that shouts `BEARER SECRET-...` back gives the token away all the same)."""
     for secret in secrets:
-        if secret and len(secret) >= MIN_SECRET_LEN:
-            text = text.replace(secret, "***")
+        if secret and len(secret) >= MIN_SECRET_LEN and secret.casefold() in text.casefold():
+            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
     return text
+
+
+def holds_secret(text: str, secret: str | None) -> bool:
+    """Whether `text` carries `secret` in any letter case (a stand-in token never counts)."""
+    return secret is not None and len(secret) >= MIN_SECRET_LEN and secret.casefold() in text.casefold()
 
 
 #: C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of

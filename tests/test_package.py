@@ -110,3 +110,9 @@ def test_the_cli_starts_without_loading_the_heavy_libraries() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_redact_finds_the_token_in_any_letter_case() -> None:
+    assert errors.redact("echo: BEARER SK-SECRET-1 and sk-secret-1", "sk-Secret-1") == "echo: BEARER *** and ***"
+    assert errors.holds_secret("https://x/?t=SK-SECRET-1", "sk-secret-1")
+    assert not errors.holds_secret("index", "x")  # a stand-in token is never looked for

@@ -335,7 +335,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         if n:
             click.echo(f"  {state:<15} {n}")
     if duplicates:
-        click.echo(f"  possible duplicates (submit outcome was unknown, submitted again): {duplicates}")
+        click.echo(f"  possible duplicates (maybe paid for twice; report.csv says which): {duplicates}")
     if last:
         code = last["exit_code"]
         ended = "still running or killed" if code is None else f"exit {code}"
