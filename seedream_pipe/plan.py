@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_context
+from jinja2 import (
+    StrictUndefined,
+    TemplateSyntaxError,
+    meta,
+    nodes,
+    pass_context,
+    pass_eval_context,
+)
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import concat
@@ -150,6 +157,32 @@ _REFUSED_TAGS = {nodes.Block: "block", nodes.Extends: "extends", nodes.Include: 
                  nodes.Import: "import", nodes.FromImport: "from ... import"}  # fmt: skip
 
 
+def _longest(values: Any) -> int:
+    return max((len(str(v)) for v in values), default=0)
+
+
+def _replaced_length(text: str, old: str, new: str, count: Any = None) -> int:
+    found = len(text) + 1 if old == "" else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * (len(new) - len(old))
+
+
+def _joined_length(separator: str, items: list[Any]) -> int:
+    return sum(len(str(item)) for item in items) + len(separator) * max(0, len(items) - 1)
+
+
+def _formatted_length(template: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """An upper bound for `template.format(...)` or `template % args`: every field the largest."""
+    fields = template.count("{") + template.count("%")
+    return len(template) + fields * _longest((*args, *kwargs.values()))
+
+
+def _refuse_size(length: int) -> None:
+    if length > MAX_TEMPLATE_TEXT:
+        raise SecurityError(_TOO_LONG)
+
+
 class _Budget:
     __slots__ = ("deadline", "steps")
 
@@ -195,7 +228,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     would take the CPU for good: more than MAX_TEMPLATE_STEPS loop turns and calls, or
     MAX_TEMPLATE_SECONDS, in one render."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -208,9 +241,27 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
         def format_checked(value: Any, *args: Any, **kwargs: Any) -> Any:
             _refuse_huge_format(value, args)
+            if isinstance(value, str):
+                _refuse_size(_formatted_length(value, args, kwargs))
             return printf(value, *args, **kwargs)
 
         self.filters["format"] = format_checked
+        replace, join = self.filters["replace"], self.filters["join"]
+
+        @pass_eval_context
+        def replace_checked(eval_ctx: Any, text: Any, old: Any, new: Any, count: Any = None) -> Any:
+            if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+                _refuse_size(_replaced_length(text, old, new, count))
+            return replace(eval_ctx, text, old, new, count)
+
+        @pass_eval_context
+        def join_checked(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
+            items = list(value)  # (do_join makes a list of it anyway)
+            if attribute is None and isinstance(d, str):
+                _refuse_size(_joined_length(d, items))
+            return _refuse_long(join(eval_ctx, items, d, attribute))
+
+        self.filters["replace"], self.filters["join"] = replace_checked, join_checked
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """The template's tree, each `for` loop's iterable passed through `_counted`; a tag in
@@ -235,6 +286,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                     _refuse_width(arg)
             elif bound.__name__ in ("format", "format_map"):
                 _refuse_huge_format(text)
+                values = args[0].values() if bound.__name__ == "format_map" and args and isinstance(
+                    args[0], Mapping) else (*args, *kwargs.values())  # fmt: skip
+                _refuse_size(_formatted_length(text, tuple(values), {}))
+            elif bound.__name__ == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+                _refuse_size(_replaced_length(text, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count")))
+            elif bound.__name__ == "join" and args:
+                args = (list(args[0]), *args[1:])
+                _refuse_size(_joined_length(text, args[0]))
         # a macro called with ever longer arguments (recursion that doubles a string)
         for arg in (*args, *kwargs.values()):
             _refuse_long(arg)
@@ -247,6 +306,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
             raise SecurityError("exponent too large for a template")
+        if operator == "%" and isinstance(left, str):  # printf-style formatting
+            values = right if isinstance(right, tuple) else (right,)
+            _refuse_size(_formatted_length(left, values, right if isinstance(right, Mapping) else {}))
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
@@ -291,6 +353,8 @@ _ENV = template_environment()
 
 def _template_line(exc: BaseException) -> int | None:
     """The template line a render error happened on (Jinja2 rewrites the traceback to it)."""
+    if hasattr(exc, "template_line"):
+        return exc.template_line
     line = None
     tb = exc.__traceback__
     while tb is not None:
@@ -325,6 +389,14 @@ class PromptTemplate:
         try:
             context = env.context_class(env, _fresh_budget(parent), compiled.name, compiled.blocks)
             return concat(_capped(compiled.root_render_func(context)))
+        except SecurityError as exc:
+            if exc.args == (_TOO_BUSY,):
+                # Not rendered again for Jinja2 to rewrite the traceback: that would spend the
+                # whole budget twice. The line is mapped here from the compiled code's instead.
+                line = _template_line(exc)
+                exc.template_line = compiled.get_corresponding_lineno(line) if line else None  # type: ignore[attr-defined]
+                raise
+            return concat(_capped(compiled.generate(_fresh_budget(dict(scope)))))
         except Exception:
             return concat(_capped(compiled.generate(_fresh_budget(dict(scope)))))
 

@@ -673,6 +673,14 @@ def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
         "{% for i in range(99999) %}{{ a * 99 }}{% endfor %}",
         "{% set ns = namespace(s=a) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
         "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% else %}{{ s }}{% endif %}{% endmacro %}{{ f(a, 40) }}",
+        # one string multiplied by another's size, refused before it is built (about 10 GB each)
+        "{{ ((a * 1000)|replace(a, 'b' * 100000)) }}",
+        "{{ (a * 1000).replace(a, 'b' * 1000) }}",
+        "{{ range(99999)|join(a * 99999) }}",
+        "{{ (a * 99999).join(range(9999)|map('string')) }}",
+        "{{ ('{0}' * 33333).format(a * 99999) }}",
+        "{{ ('%s' * 33333) % (a * 99999,) }}",
+        "{{ ('%s' * 33333)|format(a * 99999) }}",
     ],
 )
 def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: str) -> None:
@@ -713,7 +721,33 @@ def test_sandbox_counts_each_prompt_apart_and_keeps_loops_working(tmp_path: Path
     assert [job.prompt for job in plan.jobs] == ["1/22/2", "1/32/33/3", "1/1"]
 
 
+def test_sandbox_keeps_ordinary_replace_join_and_formatting(tmp_path: Path) -> None:
+    template = (
+        '{{ a|replace("x", "a fox") }}; {{ [a, "b"]|join(", ") }}; {{ "-".join([a, a]) }}; '
+        '{{ "%s at %d" % (a, 3) }}; {{ "{}!".format(a) }}; {{ "{v}".format_map({"v": a}) }}; {{ 7 % 3 }}'
+    )
+    plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    assert plan.jobs[0].prompt == "a fox; x, b; x-x; x at 3; x!; x; 1"
+
+
+def test_a_template_over_its_work_budget_is_refused_once_and_at_its_line(tmp_path: Path) -> None:
+    template = "{{ a }}\n{% for i in range(99999) %}\n{% for j in range(9999) %}{% endfor %}\n{% endfor %}"
+    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    assert "template line 3: refused by the sandbox: too much work" in message
+
+
 def test_sandbox_allows_ordinary_padding_and_formats(tmp_path: Path) -> None:
     template = "{{ '%5s|%-3d'|format(a, 7) }} {{ '{:>6}|{}'.format(a, 10**9) }} {{ a|center(9) }}|{{ a.zfill(3) }}"
     plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
     assert plan.jobs[0].prompt == "x|7 x|1000000000 x |00x"
+
+
+def test_output_sizes_are_worked_out_before_the_string_is_built() -> None:
+    from seedream_pipe.plan import _formatted_length, _joined_length, _replaced_length
+
+    assert _replaced_length("a" * 1000, "a", "b" * 100_000) == 100_000_000
+    assert _replaced_length("abc", "", "xx") == 3 + 4 * 2  # "" matches between every character
+    assert _replaced_length("aaa", "a", "bb", 1) == 4
+    assert _joined_length("a" * 99_999, list(range(10))) == 10 + 9 * 99_999
+    assert _formatted_length("{0}" * 3, ("a" * 10,), {}) == 9 + 3 * 10
+    assert _formatted_length("%s%d", (), {"k": "v" * 5}) == 4 + 2 * 5
