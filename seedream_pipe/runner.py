@@ -733,6 +733,7 @@ class Runner:
         dest, thumb = self._paths(rec)
         url = rec.image_url
         last_error = "no image URL"
+        attempt = -1
         for attempt in range(self.opt.download_attempts):
             if attempt > 0 or not url:
                 await asyncio.sleep(self.client.backoff.delay(attempt - 1) if attempt else 0)
@@ -770,8 +771,9 @@ class Runner:
                 error=None,
             )
             return
+        tries = attempt + 1  # (fewer than download_attempts when a retry could not help)
         self._transition(
-            rec, "failed", error=f"download failed after {self.opt.download_attempts} tries: {last_error}"
+            rec, "failed", error=f"download failed after {tries} {'try' if tries == 1 else 'tries'}: {last_error}"
         )
 
     async def _fresh_url(self, rec: JobRecord) -> str | None:

@@ -174,7 +174,7 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text('template: "a fox"\nresolutions: [1K]\n', encoding="utf-8")
-    options = RunOptions(rpm=6000, first_poll_s=0.01, download_attempts=1, backoff_base_s=0.01)
+    options = RunOptions(rpm=6000, first_poll_s=0.01, backoff_base_s=0.01)  # 4 download attempts
     for _ in range(2):  # the second run retries nothing and still says why, with exit 1
         result = run_recipe(
             load_recipe(recipe),
@@ -186,7 +186,7 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
         assert result.exit_code == 1, result.reason
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
-    assert job.state == "failed" and "refusing to download" in str(job.error)
+    assert job.state == "failed" and "download failed after 1 try: refusing to download" in str(job.error)
 
 
 # --- answers that used to hang a run or fill the memory ----------------------------------------
