@@ -3,8 +3,9 @@
 It speaks RunComfy's Model API protocol (docs/simulator.md lists its routes) over an injectable
 `httpx.AsyncClient` (tests may pass one with a MockTransport; the simulator over a real socket is
 the main partner), paces itself through a `SubmitPacer` (submits) and a `RequestBudget`
-(everything else), and retries what is safe to retry. Every answer it cannot turn into progress becomes one of the classes of
-`seedream_pipe.errors`, with a message that never contains the token.
+(everything else), and retries what is safe to retry. Every answer it cannot turn into progress
+becomes one of the classes of `seedream_pipe.errors`, with a message that never contains the
+token.
 
 The one thing it refuses to decide is what to do when a submit's outcome is unknown (the body
 was sent, then the connection died or the answer was unreadable): the job may exist and be
@@ -331,16 +332,21 @@ class ModelApiClient:
             return RequestRejected(message, status=code)
         return ApiError(message, status=code)
 
-    def _said(self, text: str | None) -> str | None:
+    def _said(self, text: str) -> str:
         """Server text as we keep it: the token scrubbed out *first*, then cut to a line's
         length (cut first, a token straddling the cut would survive in part)."""
-        return None if text is None else self._redact(text)[:MAX_REASON_CHARS]
+        return self._redact(text)[:MAX_REASON_CHARS]
+
+    def _error(self, value: Any) -> str | None:
+        """A status or result answer's `error` field as we keep it, or None."""
+        text = _error_text(value)
+        return None if text is None else self._said(text)
 
     def _reason(self, response: Any) -> str:
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
-            return self._said(response.text.strip() or response.reason_phrase) or ""
+            return self._said(response.text.strip() or response.reason_phrase)
         if isinstance(data, dict):
             text = _error_text(data.get("error")) or _error_text(data.get("detail")) or _error_text(
                 data.get("message")
@@ -348,8 +354,8 @@ class ModelApiClient:
             if text is None and data.get("error_code"):
                 text = _error_text({"code": data.get("error_code"), "message": data.get("error_message")})
             if text:
-                return self._said(text) or ""
-        return self._said(json.dumps(data, ensure_ascii=False)) or ""
+                return self._said(text)
+        return self._said(json.dumps(data, ensure_ascii=False))
 
     def _json(self, response: Any) -> dict[str, Any] | None:
         try:
@@ -465,7 +471,7 @@ class ModelApiClient:
         return JobStatus(
             status=normalize_status(data.get("status")),
             queue_position=position if isinstance(position, int) else None,
-            error=self._said(_error_text(data.get("error"))),
+            error=self._error(data.get("error")),
         )
 
     async def result(self, request_id: str, result_url: str | None = None) -> JobResult:
@@ -474,7 +480,7 @@ class ModelApiClient:
         return JobResult(
             status=normalize_status(data.get("status")),
             output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],
-            error=self._said(_error_text(data.get("error"))),
+            error=self._error(data.get("error")),
             created_at=server_time(data.get("created_at")),
             finished_at=server_time(data.get("finished_at")),
         )
@@ -546,8 +552,10 @@ class ModelApiClient:
             if not isinstance(request_id, str) or not request_id:
                 self.counters["unknown_submits"] += 1
                 return UnknownOutcome("the answer to the submit carried no request_id", attempts)
-            if len(request_id) > MAX_REQUEST_ID_CHARS or CONTROL_CHARS.search(request_id) or (
-                self._link(request_id) is None
+            if (
+                len(request_id) > MAX_REQUEST_ID_CHARS
+                or CONTROL_CHARS.search(request_id)
+                or holds_secret(request_id, self.api.token)
             ):
                 # It goes into the state, the report and every message about the job (and, quoted,
                 # into URLs): an id holding our token, a control character or a page of text is

@@ -284,11 +284,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             if bound.__name__ in _PADDING_METHODS:
                 for arg in (*args, *kwargs.values()):
                     _refuse_width(arg)
-            elif bound.__name__ in ("format", "format_map"):
+            elif bound.__name__ == "format":
                 _refuse_huge_format(text)
-                values = args[0].values() if bound.__name__ == "format_map" and args and isinstance(
-                    args[0], Mapping) else (*args, *kwargs.values())  # fmt: skip
-                _refuse_size(_formatted_length(text, tuple(values), {}))
+                _refuse_size(_formatted_length(text, args, kwargs))
+            elif bound.__name__ == "format_map":
+                _refuse_huge_format(text)
+                if args and isinstance(args[0], Mapping):
+                    _refuse_size(_formatted_length(text, (), args[0]))
             elif bound.__name__ == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
                 _refuse_size(_replaced_length(text, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count")))
             elif bound.__name__ == "join" and args:
