@@ -76,6 +76,7 @@ from seedream_pipe.progress import Progress, QuietProgress
 from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore
 
 if TYPE_CHECKING:
+    from seedream_pipe.plan import Plan
     from seedream_pipe.recipe import Recipe
 
 _T = TypeVar("_T")
@@ -1036,19 +1037,24 @@ def folder_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _takeover_note(store: StateStore, recipe: Recipe, out: Path) -> str | None:
-    """What to tell the user when this recipe takes over a folder another recipe ran into.
+def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> str | None:
+    """Make the folder's state follow this recipe: its plan (jobs it no longer plans leave the
+    outputs, their images stay) and its description for the outputs. Returns what to tell the
+    user when the folder was another recipe's.
 
-    Not refused: a renamed recipe keeps its folder and what was paid for in it. But a --out
-    pointing at another recipe's folder must not take it over unannounced."""
+    A takeover is not refused: a renamed recipe keeps its folder and what was paid for in it.
+    But a --out pointing at another recipe's folder must not take it over unannounced."""
     earlier = store.get_meta("recipe", {})
-    if not isinstance(earlier, Mapping) or earlier.get("name") in (None, recipe.name):
-        return None
-    return (
-        f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
-        f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on disk "
-        "but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
-    )
+    note = None
+    if isinstance(earlier, Mapping) and earlier.get("name") not in (None, recipe.name):
+        note = (
+            f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
+            f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on "
+            "disk but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
+        )
+    store.sync_plan(plan.jobs)
+    store.set_meta("recipe", recipe_meta(recipe))
+    return note
 
 
 async def arun_recipe(
@@ -1076,17 +1082,15 @@ async def arun_recipe(
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
-        note = _takeover_note(store, recipe, out)
+        note = _follow_recipe(store, recipe, plan, out)
         if note:
             progress.event("message", {"text": note})
-        store.sync_plan(plan.jobs)
         store.start_run(
             recipe_path=str(recipe.path),
             recipe_hash=recipe.hash,
             api_host=api.host,
             tool_version=__version__,
         )
-        store.set_meta("recipe", recipe_meta(recipe))
         started = time.time()
         rng = random.Random(opts.seed)
         budget = opts.requests_per_s or max(10.0, 5 * opts.rpm / 60)
@@ -1265,11 +1269,9 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
         if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
             return None
     with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
-        note = _takeover_note(store, recipe, out_dir)
+        note = _follow_recipe(store, recipe, plan, out_dir)
         if note:
             log.warning(note)
-        store.sync_plan(plan.jobs)
-        store.set_meta("recipe", recipe_meta(recipe))
         return write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
 
 
