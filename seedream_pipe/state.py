@@ -323,8 +323,7 @@ class StateStore:
 
     def _check_current(self) -> None:
         """Read-only: the schema must be this version's already, as nothing can be migrated."""
-        done = {row[0] for row in self._db.execute("SELECT name FROM migrations")}
-        if done != {name for name, _ in MIGRATIONS}:
+        if self._migrations_applied() != {name for name, _ in MIGRATIONS}:
             raise StateError(
                 f"{self.path}: written by another version of seedream-pipe, and its folder is "
                 "read-only, so it cannot be brought up to date; copy the folder somewhere writable"
@@ -369,12 +368,15 @@ class StateStore:
 
     # -- schema --
 
+    def _migrations_applied(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT name FROM migrations")}
+
     def migrate(self) -> list[str]:
         """Apply the migrations this database lacks; return their names."""
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
         )
-        done = {row[0] for row in self._db.execute("SELECT name FROM migrations")}
+        done = self._migrations_applied()
         known = {name for name, _ in MIGRATIONS}
         if done - known:
             raise StateError(
