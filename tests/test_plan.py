@@ -661,6 +661,11 @@ def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
     assert [j.prompt for j in plan] == ["".join(t) for t in itertools.product("12", "xyz", "pq")]
 
 
+def one_var_recipe(template: str) -> str:
+    """A recipe of this template with one var, `a`, of one value, "x"."""
+    return f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n"
+
+
 @pytest.mark.parametrize(
     "template",
     [
@@ -685,7 +690,7 @@ def test_expansion_is_the_product_in_written_order(tmp_path: Path) -> None:
 )
 def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: str) -> None:
     # each of these made `plan` take gigabytes (or hang) before refusing or finishing
-    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    message = only_problem(tmp_path, one_var_recipe(template))
     assert "refused by the sandbox: text too long for a template (over 100,000 characters)" in message
 
 
@@ -703,14 +708,14 @@ def test_sandbox_refuses_text_that_would_fill_memory(tmp_path: Path, template: s
 )
 def test_sandbox_refuses_a_template_that_would_keep_the_cpu(tmp_path: Path, template: str) -> None:
     # nested loops that print nothing ran for hours: the output cap never saw them
-    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    message = only_problem(tmp_path, one_var_recipe(template))
     assert "refused by the sandbox: too much work for a template (over 100,000 loop turns and calls" in message
 
 
 @pytest.mark.parametrize("tag", ["{% block b scoped %}{{ a }}{% endblock %}", "{% import 'x' as y %}{{ a }}"])
 def test_tags_a_prompt_has_no_use_for_are_refused(tmp_path: Path, tag: str) -> None:
     # a scoped block in a loop rendered in a fresh context each turn, escaping the work budget
-    message = only_problem(tmp_path, f"template: {json.dumps(tag)}\nvars: {{a: [x]}}\n")
+    message = only_problem(tmp_path, one_var_recipe(tag))
     assert "has no use in a prompt template" in message
 
 
@@ -726,19 +731,19 @@ def test_sandbox_keeps_ordinary_replace_join_and_formatting(tmp_path: Path) -> N
         '{{ a|replace("x", "a fox") }}; {{ [a, "b"]|join(", ") }}; {{ "-".join([a, a]) }}; '
         '{{ "%s at %d" % (a, 3) }}; {{ "{}!".format(a) }}; {{ "{v}".format_map({"v": a}) }}; {{ 7 % 3 }}'
     )
-    plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    plan = plan_of(tmp_path, one_var_recipe(template))
     assert plan.jobs[0].prompt == "a fox; x, b; x-x; x at 3; x!; x; 1"
 
 
 def test_a_template_over_its_work_budget_is_refused_once_and_at_its_line(tmp_path: Path) -> None:
     template = "{{ a }}\n{% for i in range(99999) %}\n{% for j in range(9999) %}{% endfor %}\n{% endfor %}"
-    message = only_problem(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    message = only_problem(tmp_path, one_var_recipe(template))
     assert "template line 3: refused by the sandbox: too much work" in message
 
 
 def test_sandbox_allows_ordinary_padding_and_formats(tmp_path: Path) -> None:
     template = "{{ '%5s|%-3d'|format(a, 7) }} {{ '{:>6}|{}'.format(a, 10**9) }} {{ a|center(9) }}|{{ a.zfill(3) }}"
-    plan = plan_of(tmp_path, f"template: {json.dumps(template)}\nvars: {{a: [x]}}\n")
+    plan = plan_of(tmp_path, one_var_recipe(template))
     assert plan.jobs[0].prompt == "x|7 x|1000000000 x |00x"
 
 
