@@ -41,6 +41,7 @@ from seedream_pipe.errors import (
     AuthError,
     CreditError,
     NotFound,
+    NotRetried,
     RateLimited,
     RequestRejected,
     ServiceUnavailable,
@@ -49,7 +50,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
-from seedream_pipe.transport import AiohttpWire, HttpxWire, Wire
+from seedream_pipe.transport import AiohttpWire, HttpxWire, TlsRefused, Wire
 
 
 def _spare_httpcore_a_failed_import() -> None:
@@ -385,6 +386,13 @@ class ModelApiClient:
             return self._redact(str(exc))  # already a sentence ("cannot connect to ...")
         return self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
 
+    def _unless_for_good(self, exc: httpx.HTTPError, what: str) -> str:
+        """The error said for people; a failure no retry can mend (TlsRefused) ends the call."""
+        said = self._describe(exc)
+        if isinstance(exc, TlsRefused):
+            raise NotRetried(f"{what}: {said} (not retried: it fails the same way every time)")
+        return said
+
     async def _after_transient(
         self, failures: int, what: str, reason: str, *, status: int | None = None
     ) -> None:
@@ -443,7 +451,7 @@ class ModelApiClient:
             try:
                 response = await self._ask(method, url, self._headers, None)
             except httpx.HTTPError as exc:
-                error = self._describe(exc)
+                error = self._unless_for_good(exc, what)
             else:
                 error = None
             if error is not None:
@@ -529,7 +537,7 @@ class ModelApiClient:
                 response = await self._ask("POST", url, headers, payload)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # no connection was made: the body never left, so sending it again is safe
-                error = self._describe(exc)
+                error = self._unless_for_good(exc, what)
             except httpx.HTTPError as exc:
                 self.counters["unknown_submits"] += 1
                 reason = self._describe(exc)

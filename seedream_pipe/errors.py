@@ -12,6 +12,8 @@
     │   ├── CreditError              75   402: the account is out of credit
     │   ├── RateLimited              75   429 after every retry
     │   ├── ServiceUnavailable       69   5xx / network errors after every retry
+    │   │   └── NotRetried           69   a failure every try would repeat (https to a plain
+    │   │                                 http port, an untrusted certificate): given up at once
     │   ├── UnusableAnswer           69   an accepted submit whose answer cannot be kept (its
     │   │                                 request id holds the token, say): the API is broken
     │   ├── RequestRejected          65   400/422: the body does not fit the model's schema
@@ -140,6 +142,11 @@ class ServiceUnavailable(ApiError):
     """5xx, timeouts or dropped connections that outlasted every retry."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class NotRetried(ServiceUnavailable):
+    """A failure that every try would repeat (https sent to a plain-http port, a certificate this
+    machine does not trust): given up at once, and something must change before a run gets on."""
 
 
 class UnusableAnswer(ApiError):

@@ -61,6 +61,7 @@ from seedream_pipe.errors import (
     AuthError,
     CreditError,
     NotFound,
+    NotRetried,
     OutputError,
     RateLimited,
     RequestRejected,
@@ -119,6 +120,7 @@ class RunResult:
     counts: dict[str, int]
     summary: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why the run stopped early, for people
+    fix_first: bool = False  # the same command would stop the same way until something changes
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, error)
     outputs: list[Path] = field(default_factory=list)  # sheet pages, report, gallery, manifest
 
@@ -239,6 +241,7 @@ class Runner:
         self.fatal: BaseException | None = None
         self.stop_code: int | None = None
         self.stop_reason: str | None = None
+        self.stop_fix_first = False
         self.lost_contact = 0
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -276,12 +279,13 @@ class Runner:
             detail["left_flight"] = True
         self._emit("job_state", **detail)
 
-    def _stop(self, code: int, reason: str) -> None:
+    def _stop(self, code: int, reason: str, *, fix_first: bool = False) -> None:
         """Stop submitting; remember the most serious reason for the exit code."""
         self.stop_submitting = True
         if self.stop_code is None or code == EX_NOPERM:
             self.stop_code = code
             self.stop_reason = reason
+            self.stop_fix_first = fix_first
             self._emit("message", text=f"stopping submits: {reason}")
         self._wake.set()
 
@@ -292,7 +296,7 @@ class Runner:
         if isinstance(exc, NotFound) and not urlsplit(base).path.rstrip("/").endswith("/v1"):
             # the commonest 404 of a hand-typed --base-url: the API's version left out
             hint = f" (is the base URL right? {base} does not end in /v1 as RunComfy's does)"
-        self._stop(exc.exit_code, f"{exc}{hint}")
+        self._stop(exc.exit_code, f"{exc}{hint}", fix_first=isinstance(exc, NotRetried))
 
     # -- planning what to do ----------------------------------------------------------------
 
@@ -846,7 +850,13 @@ class Runner:
             **self.summary_extra,
         }
         return RunResult(
-            exit_code=code, out_dir=self.out_dir, counts=counts, summary=summary, reason=reason, failures=failures
+            exit_code=code,
+            out_dir=self.out_dir,
+            counts=counts,
+            summary=summary,
+            reason=reason,
+            failures=failures,
+            fix_first=code == self.stop_code and self.stop_fix_first,
         )
 
 

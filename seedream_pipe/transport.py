@@ -48,6 +48,30 @@ from seedream_pipe.config import is_loopback
 CHUNK = 256 * 1024
 
 
+class TlsRefused(httpx.ConnectError):
+    """A TLS handshake that will fail the same way every time: https sent to a plain-http port
+    (or a port speaking something else), or a certificate this machine does not trust. The
+    client gives up at once instead of retrying for half a minute."""
+
+
+# OpenSSL's reasons for a handshake that no retry can mend: the other end does not speak TLS,
+# or speaks a version this side refuses. (An EOF or reset mid-handshake is not here: a busy
+# load balancer does that, and a retry may well get through.)
+_TLS_FOR_GOOD = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "NO_PROTOCOLS_AVAILABLE",
+        "CERTIFICATE_VERIFY_FAILED",
+    }
+)
+
+
 class Wire(Protocol):
     """Sends one request; raises httpx.HTTPError subclasses for what failed on the way."""
 
@@ -86,7 +110,7 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     """The httpx exception that says the same thing as an aiohttp one."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return httpx.ConnectError(
+        return TlsRefused(
             f"the server's TLS certificate is not trusted ({exc.certificate_error}); "
             "a private CA (a company proxy's, say) can be named with SSL_CERT_FILE"
         )
@@ -98,6 +122,9 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in _TLS_FOR_GOOD:
+            return TlsRefused(_cannot_connect(exc))
         return httpx.ConnectError(_cannot_connect(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(text)

@@ -288,6 +288,19 @@ def test_a_base_url_without_its_version_is_named_as_the_likely_cause(recipe: Pat
     assert "Fix that, then run the same command" in err and "Run the same command again" not in err
 
 
+def test_https_to_the_simulators_plain_port_stops_at_once_and_says_to_fix_it(recipe: Path, tmp_path: Path) -> None:
+    # every try fails the same way: it used to be retried for 26 s, then said "run again"
+    with Simulator(SimConfig(latency=0.01, token="tok")) as sim:
+        https = sim.base_url.replace("http://", "https://", 1)
+        code, _, err = invoke(
+            "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", https, env={"RUNCOMFY_TOKEN": "tok"}
+        )
+        assert sim.stats()["submits_accepted"] == 0
+    assert code == 69
+    assert "WRONG_VERSION_NUMBER" in err and "not retried" in err
+    assert "Fix that, then run the same command" in err and "Run the same command again" not in err
+
+
 def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -> None:
     (tmp_path / "o").write_text("not a folder", encoding="utf-8")
     code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"))

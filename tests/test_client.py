@@ -21,6 +21,7 @@ from seedream_pipe.errors import (
     AuthError,
     CreditError,
     NotFound,
+    NotRetried,
     RequestRejected,
     ServiceUnavailable,
     UsageError,
@@ -525,11 +526,13 @@ async def test_default_wire_refuses_a_certificate_it_cannot_trust(
         await site.start()
         base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
 
-        # a self-signed certificate: refused before anything (the token above all) is sent
+        # a self-signed certificate: refused before anything (the token above all) is sent, and
+        # not tried again, since every try would meet the same certificate
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         async with default_client(base, FakeTime()) as client:
-            with pytest.raises(ServiceUnavailable, match=r"certificate is not trusted .*SSL_CERT_FILE"):
+            with pytest.raises(NotRetried, match=r"certificate is not trusted .*SSL_CERT_FILE"):
                 await client.submit("m", {"prompt": "a cat"})
+            assert client.counters["retries"] == 0
         assert api.seen == []
 
         # the same server, its CA trusted the way httpx is told to: SSL_CERT_FILE
@@ -581,3 +584,37 @@ def test_a_tls_handshake_that_fails_is_said_as_tls_not_as_an_os_error() -> None:
     wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
     said = str(_map(aiohttp.ClientConnectorError(key, wrong)))  # type: ignore[arg-type]
     assert "WRONG_VERSION_NUMBER" in said and "Operation not permitted" not in said
+
+
+async def test_https_to_a_plain_http_port_is_given_up_at_once_not_retried() -> None:
+    async with LoopbackApi() as api:
+        https = api.base.replace("http://", "https://", 1)
+        async with default_client(https, FakeTime()) as client:
+            with pytest.raises(NotRetried, match=r"WRONG_VERSION_NUMBER.*not retried") as info:
+                await client.status("r9")
+            assert info.value.exit_code == 69
+            with pytest.raises(NotRetried):
+                await client.submit("m", {"prompt": "a cat"})
+            assert client.counters["retries"] == 0 and client.counters["unknown_submits"] == 0
+        assert api.seen == []  # nothing readable reached the server
+
+
+def test_only_a_tls_failure_every_try_would_repeat_is_marked_so() -> None:
+    import ssl
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    from seedream_pipe.transport import TlsRefused, _map
+
+    key = SimpleNamespace(host="127.0.0.1", port=8765, ssl=True)
+
+    def mapped(reason: str) -> httpx.HTTPError:
+        error = ssl.SSLError(1, f"[SSL: {reason}] ...")
+        error.reason = reason  # what OpenSSL's errors carry
+        return _map(aiohttp.ClientConnectorError(key, error))  # type: ignore[arg-type]
+
+    assert isinstance(mapped("WRONG_VERSION_NUMBER"), TlsRefused)
+    # a handshake cut off mid-way: a busy load balancer does that, and a retry may get through
+    cut = mapped("UNEXPECTED_EOF_WHILE_READING")
+    assert isinstance(cut, httpx.ConnectError) and not isinstance(cut, TlsRefused)

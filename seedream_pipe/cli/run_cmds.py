@@ -118,7 +118,7 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(printable(text), fg="red", err=True)
-        if result.exit_code in RESUMES_AS_IS:
+        if result.exit_code in RESUMES_AS_IS and not result.fix_first:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
         elif result.exit_code != EX_NOPERM:  # 77's message already says what to do
             click.echo(
