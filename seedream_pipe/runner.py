@@ -245,7 +245,8 @@ class Runner:
         self.lost_contact = 0
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._posting: set[asyncio.Task[Any]] = set()
+        self._posting: set[asyncio.Task[Any]] = set()  # a POST on the wire (or about to be)
+        self._waiting_turn: set[asyncio.Task[Any]] = set()  # at the pacer, nothing sent yet
         self._wake = asyncio.Event()
         self._dispatching = False
         self._polls: dict[str, int] = {}
@@ -287,6 +288,10 @@ class Runner:
             self.stop_reason = reason
             self.stop_fix_first = fix_first
             self._emit("message", text=f"stopping submits: {reason}")
+        # Jobs waiting for their submit turn have sent nothing: they end now, as they were,
+        # rather than each waiting out its turn (at a low rpm, minutes) only to find the stop.
+        for waiting in self._waiting_turn:
+            waiting.cancel()
         self._wake.set()
 
     def _stop_for(self, exc: ApiError) -> None:
@@ -526,9 +531,12 @@ class Runner:
                     error=None,
                 )
                 if me is not None:
+                    self._waiting_turn.discard(me)
                     self._posting.add(me)
                 return True
 
+            if task is not None:
+                self._waiting_turn.add(task)
             try:
                 outcome = await self.client.submit(rec.model, dict(rec.inputs), on_send=on_send)
             except (AuthError, CreditError, RateLimited, ServiceUnavailable, NotFound) as exc:
@@ -555,6 +563,7 @@ class Runner:
             finally:
                 if task is not None:
                     self._posting.discard(task)
+                    self._waiting_turn.discard(task)
             if outcome is None:
                 # not sent this time (earlier tries, if any, were refused): nothing was created
                 self._revert(rec, refused_state)

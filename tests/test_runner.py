@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,21 @@ def test_out_of_credit_finishes_what_is_in_flight_then_exits_75(sim: Simulator, 
     sim.set_faults(credit_limit=None)
     assert run(sim, recipe, out).exit_code == 0
     assert sim.stats()["duplicate_submits"] == 0
+
+
+def test_a_stop_ends_the_jobs_waiting_for_their_submit_turn_at_once(sim: Simulator, tmp_path: Path) -> None:
+    # At 6 rpm, three jobs wait 10, 20 and 30 s for their turn. A 402 on the first submit used
+    # to leave the run waiting out every turn (30 s) only for each to find the stop; they have
+    # sent nothing, so they end at once and stay planned.
+    sim.set_faults(credit_limit=0)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    started = time.monotonic()
+    result = run(sim, recipe, out, options=fast(rpm=6, concurrency=4))
+    took = time.monotonic() - started
+    assert result.exit_code == 75
+    assert result.counts["planned"] == 6 and sim.stats()["submits_accepted"] == 0
+    assert took < 9, f"the run waited {took:.1f} s for submit turns after the stop"
+    sim.set_faults(credit_limit=None)
 
 
 class RejectOne(httpx.AsyncBaseTransport):
