@@ -188,22 +188,23 @@ def normalize_status(word: Any) -> str:
 
 
 def collect_urls(output: Any) -> list[str]:
-    """Every http(s) URL in a result's `output`, in order, once each (never elsewhere)."""
-    found: list[str] = []
+    """Every http(s) URL in a result's `output`, in order, once each (never elsewhere).
 
-    def walk(value: Any) -> None:
+    Walked with a stack of its own, not by recursion: an answer nested a thousand deep would
+    otherwise raise RecursionError here, and a set keeps 100,000 URLs from taking quadratic time.
+    """
+    found: dict[str, None] = {}  # (ordered, and checked in O(1))
+    stack: list[Any] = [output]
+    while stack:
+        value = stack.pop()
         if isinstance(value, str):
-            if value.startswith(("http://", "https://")) and value not in found:
-                found.append(value)
+            if value.startswith(("http://", "https://")):
+                found.setdefault(value)
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            stack.extend(reversed(list(value.values())))
         elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(output)
-    return found
+            stack.extend(reversed(value))
+    return list(found)
 
 
 def _error_text(value: Any) -> str | None:
@@ -217,7 +218,10 @@ def _error_text(value: Any) -> str | None:
             return f"{message} ({code})"
         if message or code:
             return str(message or code)
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:  # nested past Python's stack: json.loads got it, dumps cannot
+            return "an error the API sent nested too deeply to show"
     return str(value)
 
 

@@ -151,6 +151,36 @@ async def test_json_nested_past_pythons_stack_is_an_unreadable_answer_not_a_cras
             await client.status("r1")
 
 
+async def test_a_result_nested_deep_still_gives_its_url_and_its_error() -> None:
+    # as deep as json.loads takes from here; deeper is an unreadable answer (above), which
+    # stops the run with the job's request id kept rather than failing a job that is paid for
+    depth = 900
+    output = b'{"output": ' + b"[" * depth + b'"https://cdn.runcomfy.net/deep.png"' + b"]" * depth
+    error = b', "error": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b', "status": "failed"}'
+    async with client_for(answering(content=output + error)) as client:
+        result = await client.result("r1")
+    assert result.output_urls == ["https://cdn.runcomfy.net/deep.png"]
+    assert result.status == "failed" and result.error
+
+
+def test_urls_are_found_at_any_depth_without_recursion() -> None:
+    from seedream_pipe.client import collect_urls
+
+    deep: Any = ["https://a/deep.png"]
+    for _ in range(5000):  # past Python's recursion limit: a recursive walk raised RecursionError
+        deep = [{"x": deep}]
+    assert collect_urls(deep) == ["https://a/deep.png"]
+
+
+def test_urls_are_collected_in_order_once_each() -> None:
+    from seedream_pipe.client import collect_urls
+
+    output = {"image": "https://a/1", "images": ["https://a/2", {"x": ["https://a/1", "http://b/3", 7]}], "t": "ftp://c"}
+    assert collect_urls(output) == ["https://a/1", "https://a/2", "http://b/3"]
+    many = [f"https://a/{i}" for i in range(20_000)]
+    assert collect_urls({"images": many + many}) == many
+
+
 @pytest.mark.parametrize(
     "url", ["http://[::1/files/a.png", "https://cdn.runcomfy.net\uff0f.evil.com/a.png", "https://[x]:99999/a"]
 )
