@@ -144,6 +144,9 @@ _TOO_BUSY = (
     f"too much work for a template (over {MAX_TEMPLATE_STEPS:,} loop turns and calls, or "
     f"{MAX_TEMPLATE_SECONDS:g} s, in one prompt)"
 )
+#: All of a plan's renders together: a prompt's own caps still let 10,000 distinct prompts take a
+#: second each (hours), and a real plan of 100,000 prompts renders in under a second.
+MAX_PLAN_TEMPLATE_SECONDS = 30.0
 #: Where a render keeps its budget: a key no template can name, holding one object that the
 #: contexts derived from the render's (macros, loops) share.
 _BUDGET_KEY = "work budget"
@@ -1075,6 +1078,8 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     invisible_example: dict[str, str] = {}
     sha256 = hashlib.sha256
     index = 0
+    rendering = 0.0  # seconds spent in templates so far
+    monotonic = time.monotonic
     for combo in combos:
         scope: dict[str, Any] = {}
         for a in positions:
@@ -1102,7 +1107,11 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
                 except TypeError:  # a param value that is a list or mapping: no cache key
                     cache = None
             if prompt is None:
+                started = monotonic()
                 prompt = _render(recipe, template, scope, labels, problems)
+                rendering += monotonic() - started
+                if rendering > MAX_PLAN_TEMPLATE_SECONDS:
+                    _too_slow(recipe, template, index, count * repeats, rendering)
                 if cache is not None:
                     cache[cache_key] = prompt
             if not prompt:
@@ -1210,6 +1219,15 @@ def _render(recipe: Recipe, template: PromptTemplate, scope: Mapping[str, Any],
     if "  " in text or "\t" in text:
         text = _SPACES.sub(" ", text)
     return text
+
+
+def _too_slow(recipe: Recipe, template: PromptTemplate, done: int, of: int, seconds: float) -> NoReturn:
+    message = (
+        f"the templates took over {MAX_PLAN_TEMPLATE_SECONDS:g} s in all, at job {done:,} of {of:,} "
+        f"({seconds / done * 1000:,.0f} ms a prompt, where a prompt needs microseconds): a loop in a "
+        "template does too much work"
+    )
+    raise RecipeError(recipe.problem(template.key_path, message))
 
 
 def _render_failed(recipe: Recipe, template: PromptTemplate, exc: BaseException, message: str) -> NoReturn:

@@ -726,6 +726,21 @@ def test_sandbox_counts_each_prompt_apart_and_keeps_loops_working(tmp_path: Path
     assert [job.prompt for job in plan.jobs] == ["1/22/2", "1/32/33/3", "1/1"]
 
 
+def test_a_plan_whose_prompts_together_take_too_long_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each prompt under its own cap, but 10,000 of them would take minutes: the plan has a cap
+    # of its own (lowered here so that the test takes milliseconds, not 30 s)
+    import seedream_pipe.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "MAX_PLAN_TEMPLATE_SECONDS", 0.001)
+    template = "{% for i in range(90000) %}{% endfor %}{{ a }} {{ b }}"
+    recipe = f"template: {json.dumps(template)}\nvars: {{a: [a1, a2, a3], b: [b1, b2, b3]}}\n"
+    message = only_problem(tmp_path, recipe)
+    assert "the templates took over 0.001 s in all, at job 1 of 9" in message
+    assert "a loop in a template does too much work" in message
+
+
 def test_sandbox_keeps_ordinary_replace_join_and_formatting(tmp_path: Path) -> None:
     template = (
         '{{ a|replace("x", "a fox") }}; {{ [a, "b"]|join(", ") }}; {{ "-".join([a, a]) }}; '
