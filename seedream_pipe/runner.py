@@ -1175,7 +1175,11 @@ async def arun_recipe(
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
         progress.event("run_finished", {"exit_code": result.exit_code, "summary": result.summary})
-    result.outputs = write_outputs(out, recipe)
+    if result.exit_code != EX_INTERRUPTED:
+        # An interrupted run leaves the outputs as they were: make deletes a target when its
+        # command is interrupted, and a report written after that would pass for a finished one.
+        # The next run (or `seedream-pipe report DIR`) writes them.
+        result.outputs = write_outputs(out, recipe)
     return result
 
 

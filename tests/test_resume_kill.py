@@ -133,6 +133,9 @@ def test_ctrl_c_cancels_queued_jobs_and_the_next_run_completes(recipe: Path, tmp
         assert "cancelled 5 queued job(s); kept 1 already running or finished (they are billed" in stderr
         stats = sim.stats()
         assert stats["cancelled"] == 5  # the sixth was running: not cancellable, kept
+        # no report of a run cut short: make deleted its target on Ctrl-C, and a report written
+        # after that would read as a finished run at the next `make`
+        assert not (out / "report.csv").exists() and not (out / "contact_sheet.png").exists()
         with StateStore.for_output_dir(out) as store:
             counts = store.counts()
         assert counts["cancelled"] == 5
