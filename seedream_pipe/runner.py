@@ -826,7 +826,8 @@ class Runner:
             (r.job_index, r.job_id, r.error or "")
             for r in self.store.jobs(states=("failed",))
         ]
-        unfinished = sum(n for state, n in counts.items() if state not in FINAL_STATES)
+        # (a job cancelled by `cancel` or on the API's side is not done: the next run submits it)
+        unfinished = sum(n for state, n in counts.items() if state not in FINAL_STATES) + counts["cancelled"]
         if self.interrupted:
             code = EX_INTERRUPTED
         elif self.fatal is not None:
@@ -932,7 +933,11 @@ def cancel_folder(
             async with ModelApiClient(api, http=http) as client:
                 return await cancel_queued(store, client, on_done=on_done)
 
-    return asyncio.run(go())
+    # A run at work in the folder would take its cancelled jobs as finished; it cancels its
+    # queued jobs itself when interrupted.
+    with folder_lock(out_dir, busy="interrupt it instead (Ctrl-C in its terminal, or `kill -INT {pid}`): "
+                     "it cancels its queued jobs itself"):
+        return asyncio.run(go())
 
 
 #: How long `gone_simulator` waits for a simulator on this machine to accept a connection.
@@ -1029,10 +1034,11 @@ LOCK_FILE = ".run.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(out_dir: Path) -> Iterator[None]:
+def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") -> Iterator[None]:
     """One run per output folder at a time: two runs of the same recipe would both submit the
     jobs still planned, and pay twice. The OS drops the lock when the process dies, even by
-    SIGKILL, so a crashed run never blocks the next one."""
+    SIGKILL, so a crashed run never blocks the next one. `busy` says what to do when the folder
+    is in use ("{pid}" in it is the holder's)."""
     path = out_dir / LOCK_FILE
     try:
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
@@ -1044,9 +1050,7 @@ def folder_lock(out_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise UsageError(
-                f"{out_dir} is in use by another run (pid {holder}); wait for it or stop it first"
-            ) from None
+            raise UsageError(f"{out_dir} is in use by another run (pid {holder}); {busy.format(pid=holder)}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -4,6 +4,7 @@ status, cancel, and one run per folder at a time."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,6 +188,17 @@ def test_cancel_cancels_the_queued_jobs_of_an_earlier_run(paused_sim: Simulator,
         assert store.counts()["cancelled"] == 2
 
 
+def test_cancel_refuses_a_folder_a_run_is_working_in(paused_sim: Simulator, recipe: Path, tmp_path: Path) -> None:
+    # the run would take the jobs cancelled under it as finished, and exit 0 with holes
+    out = tmp_path / "o"
+    submitted_by_an_earlier_run(recipe, out, paused_sim.base_url, "tok")
+    with folder_lock(out):  # what a run holds while it works
+        code, _, err = invoke("cancel", str(out), "--base-url", paused_sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 64
+    assert f"in use by another run (pid {os.getpid()})" in err and f"kill -INT {os.getpid()}" in err
+    assert paused_sim.stats()["cancelled"] == 0
+
+
 def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, tmp_path: Path) -> None:
     # What a `run --sim` killed with SIGKILL leaves: jobs in flight at the address of a simulator
     # that lived in the killed process.
@@ -275,6 +287,15 @@ def test_failed_jobs_are_said_with_what_to_do_quiet_or_not(recipe: Path, tmp_pat
     assert code == 1
     assert (stdout == "") == bool(quiet)
     assert "2 job(s) failed" in err and "seedream-pipe status" in err and "--retry-failed" in err
+    if quiet:  # a make log has nothing else: the reasons are named there
+        assert err.count("generation failed") == 2 and "  job 1 (" in err
+    # the hint to retry is not given to a run that just did
+    with Simulator(SimConfig(latency=0.01, token="tok", faults=Faults(job_fail_rate=1.0))) as sim:
+        code, _, err = invoke(
+            "run", str(recipe), *quiet, "--retry-failed", "--out", str(tmp_path / "o"), "--base-url", sim.base_url,
+            env={"RUNCOMFY_TOKEN": "tok"},
+        )
+    assert code == 1 and "2 job(s) failed" in err and "--retry-failed" not in err
 
 
 def test_a_base_url_without_its_version_is_named_as_the_likely_cause(recipe: Path, tmp_path: Path) -> None:

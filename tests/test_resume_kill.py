@@ -147,6 +147,18 @@ def test_ctrl_c_cancels_queued_jobs_and_the_next_run_completes(recipe: Path, tmp
         check_folder(sim, out, 12)
 
 
+def test_ctrl_c_of_a_quiet_run_still_says_what_it_did(recipe: Path, tmp_path: Path) -> None:
+    # a make log of a --quiet run held only make's own "Error 130"
+    with Simulator(SimConfig(workers=1, latency=2.0, latency_jitter=0.0, token=TOKEN)) as sim:
+        proc = start_cli(recipe, tmp_path / "out", sim.base_url, "--concurrency", "3", "--quiet")
+        wait_until(lambda: sim.stats()["submits_accepted"] >= 3)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stdout == ""
+    assert "interrupted: cancelled 2 queued job(s), kept 1 running; run the same command again to resume" in stderr
+
+
 def test_ctrl_c_during_run_sim_does_not_call_the_simulators_jobs_billed(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("RUNCOMFY_TOKEN", "RUNCOMFY_MODEL_API_BASE")}

@@ -4,7 +4,10 @@ credit stops, resume by state, recipe edits, and a finished recipe that makes no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from seedream_pipe.sim import SimConfig, Simulator, body_hash
 from seedream_pipe.state import StateStore
 
 TOKEN = "test-token-runner"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 RECIPE = """\
 name: t
@@ -291,6 +295,30 @@ def test_a_stop_ends_the_jobs_waiting_for_their_submit_turn_at_once(sim: Simulat
     assert result.counts["planned"] == 6 and sim.stats()["submits_accepted"] == 0
     assert took < 9, f"the run waited {took:.1f} s for submit turns after the stop"
     sim.set_faults(credit_limit=None)
+
+
+def test_jobs_cancelled_on_the_apis_side_are_not_done_and_the_next_run_submits_them(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # A job cancelled from elsewhere (the API's dashboard, say) ended the run with exit 0, "all
+    # done", so a make target counted a sweep with holes in it as finished.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    results: list[RunResult] = []
+    with Simulator(SimConfig(workers=0, latency=0.01)) as paused:  # accepts jobs, never runs them
+        worker = threading.Thread(target=lambda: results.append(run(paused, recipe, out)))
+        worker.start()
+        while worker.is_alive():  # cancel every job as soon as the run has submitted it
+            if (out / "state.sqlite").exists():
+                state = f"file:{out / 'state.sqlite'}?mode=ro"
+                # (suppressed: the run may still be making the file)
+                with contextlib.closing(sqlite3.connect(state, uri=True)) as db, contextlib.suppress(sqlite3.Error):
+                    for (request_id,) in db.execute("SELECT request_id FROM jobs WHERE request_id IS NOT NULL"):
+                        httpx.post(f"{paused.base_url}/requests/{request_id}/cancel", headers=AUTH)
+            worker.join(0.05)
+    assert results[0].exit_code == 1
+    assert results[0].counts["cancelled"] == 6
+    again = run(sim, recipe, out)
+    assert again.exit_code == 0 and again.counts["downloaded"] == 6
 
 
 class RejectOne(httpx.AsyncBaseTransport):

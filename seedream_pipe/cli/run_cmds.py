@@ -89,7 +89,11 @@ def _json_nothing_to_do(out_dir: Path) -> None:
     events.event("run_finished", {"exit_code": EX_OK, "summary": summary})
 
 
-def _print_summary(result: Any, *, quiet: bool) -> None:
+#: Failures a --quiet run names on stderr (a make log's only account of them); `status` has all.
+QUIET_FAILURES_SHOWN = 3
+
+
+def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
     """The same summary `report` prints, then what this run wrote and why it stopped early."""
     from seedream_pipe.outputs import format_summary, summarize
 
@@ -106,10 +110,31 @@ def _print_summary(result: Any, *, quiet: bool) -> None:
     failed = result.counts.get("failed", 0)
     if result.exit_code == EX_SOME_FAILED and failed:
         # quiet or not: a make target failing needs one line of why, and of what to do
+        again = "" if retried else ", `run --retry-failed` tries them again"
         click.secho(
-            f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why, "
-            "`run --retry-failed` tries them again",
+            f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why{again}",
             fg="red",
+            err=True,
+        )
+        if quiet:  # (without --quiet, the summary above lists them)
+            for index, job_id, error in result.failures[:QUIET_FAILURES_SHOWN]:
+                click.echo(f"  job {index} ({job_id}): {printable(error)}", err=True)
+            if failed > QUIET_FAILURES_SHOWN:
+                click.echo(f"  ... and {failed - QUIET_FAILURES_SHOWN} more", err=True)
+    cancelled = result.counts.get("cancelled", 0)
+    if result.exit_code == EX_SOME_FAILED and cancelled:
+        click.secho(
+            f"error: {cancelled} job(s) were cancelled before they ran (by `seedream-pipe cancel`, or on "
+            "the API's side); the next run submits them again",
+            fg="red",
+            err=True,
+        )
+    if quiet and result.exit_code == EX_INTERRUPTED and result.reason == "interrupted":
+        # (without --quiet the run said so as it wound down; a make log has only this line)
+        s = result.summary
+        click.echo(
+            f"interrupted: cancelled {s.get('cancelled_on_interrupt', 0)} queued job(s), kept "
+            f"{s.get('kept_running', 0)} running; run the same command again to resume ({result.out_dir})",
             err=True,
         )
     # Every stop with a reason says it, a bug's (70) included: without this line the user saw a
@@ -272,7 +297,7 @@ def run_command(
             handle_signals=True,
         )
     if not json_lines:
-        _print_summary(result, quiet=quiet)
+        _print_summary(result, quiet=quiet, retried=options.retry_failed)
     return result.exit_code
 
 
