@@ -363,6 +363,12 @@ class Runner:
                 if not self._dispatching and not self._tasks:
                     break
                 await self._wake.wait()
+        except asyncio.CancelledError:
+            # The run itself was cancelled (a second Ctrl-C, a notebook cell's timeout): its
+            # jobs' tasks stop with it rather than go on polling a closed state and session.
+            # Every commit is atomic: what is in flight is polled by the next run.
+            await self._cancel_tasks([dispatcher, *self._tasks])
+            raise
         finally:
             if self.fatal is not None or self.interrupted or not dispatcher.done():
                 dispatcher.cancel()
@@ -1022,8 +1028,9 @@ def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
 def write_outputs(out_dir: Path, recipe: Recipe) -> list[Path]:
     """Write the end-of-run outputs (contact sheet, report, manifest, gallery); return their paths.
 
-    Called after every run, whatever its exit code, and when there was nothing left to do: the
-    report is a make target whose prerequisite is the recipe, so it must be fresh after `run`.
+    Called after every run but an interrupted one, whatever its exit code, and when there was
+    nothing left to do: the report is a make target whose prerequisite is the recipe, so it
+    must be fresh after `run`.
     """
     from seedream_pipe import outputs
 

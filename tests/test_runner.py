@@ -19,7 +19,7 @@ from PIL import Image
 
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import RunOptions, RunResult, run_recipe
+from seedream_pipe.runner import RunOptions, RunResult, arun_recipe, run_recipe
 from seedream_pipe.sim import SimConfig, Simulator, body_hash
 from seedream_pipe.state import StateStore
 
@@ -319,6 +319,30 @@ def test_jobs_cancelled_on_the_apis_side_are_not_done_and_the_next_run_submits_t
     assert results[0].counts["cancelled"] == 6
     again = run(sim, recipe, out)
     assert again.exit_code == 0 and again.counts["downloaded"] == 6
+
+
+def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(tmp_path: Path) -> None:
+    # A notebook cell's timeout cancels the run: its jobs' tasks went on polling for seconds,
+    # then died on the closed state, and the HTTP session was left unclosed.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+
+    async def cancelled_mid_run(sim: Simulator) -> list[asyncio.Task[Any]]:
+        run = asyncio.create_task(
+            arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
+        )
+        while sim.stats()["submits_accepted"] < 4:
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    with Simulator(SimConfig(workers=0, latency=0.01)) as sim:  # the jobs wait in its queue
+        assert asyncio.run(cancelled_mid_run(sim)) == []
+        sim.configure(workers=4)
+        again = run(sim, recipe, out)
+        assert again.exit_code == 0 and again.counts["downloaded"] == 6
+        assert sim.stats()["duplicate_submits"] == 0  # the four in flight were polled, not sent again
 
 
 class RejectOne(httpx.AsyncBaseTransport):
