@@ -54,7 +54,26 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     """The base URL to use, checked: an http(s) URL with a host, without a trailing slash."""
     env = os.environ if env is None else env
     raw = option or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    source = "--base-url" if option else BASE_URL_ENV
+    return _checked_base_url(raw, "--base-url" if option else BASE_URL_ENV)
+
+
+def checked_api(api: ApiSettings) -> ApiSettings:
+    """`api` with the checks `api_settings()` makes, for settings built by hand (a notebook's
+    `ApiSettings(url, token)`): the token never goes over plain http to another machine, nor
+    into a header it would break. Raises UsageError or AuthError before anything is sent."""
+    if not isinstance(api, ApiSettings):
+        raise UsageError(
+            f"api= takes ApiSettings, not {type(api).__name__}: api_settings() finds the URL and token "
+            "as the CLI does, or ApiSettings(base_url, token) names them"
+        )
+    if not isinstance(api.token, str) or not api.token.strip():
+        raise AuthError("the token in ApiSettings is empty: api_settings() finds it as the CLI does")
+    token = _header_safe(api.token.strip(), "ApiSettings")
+    base_url = _checked_base_url(api.base_url if isinstance(api.base_url, str) else "", "ApiSettings.base_url")
+    return api if (base_url, token) == (api.base_url, api.token) else ApiSettings(base_url, token)
+
+
+def _checked_base_url(raw: str, source: str) -> str:
     not_a_url = UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
     try:
         parts = urlsplit(raw.strip())

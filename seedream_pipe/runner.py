@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import random
 import signal
@@ -49,7 +50,7 @@ import httpx
 
 from seedream_pipe import __version__
 from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome
-from seedream_pipe.config import ApiSettings, is_loopback
+from seedream_pipe.config import ApiSettings, checked_api, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
@@ -109,6 +110,47 @@ class RunOptions:
     download_attempts: int = 4
     forget_lost: bool = False  # the built-in simulator forgets its jobs: resubmit unknown ids
     seed: int | None = None  # jitter RNG, for reproducible tests
+
+    def check(self) -> None:
+        """Raise UsageError naming every option whose value a run cannot use (a notebook's
+        `RunOptions(rpm="fast")` failed deep in the pacer, after the run was recorded)."""
+        wrong: list[str] = []
+        for name, least, optional in _OPTION_RANGES:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            whole = name in _WHOLE_OPTIONS
+            number = isinstance(value, int if whole else int | float) and not isinstance(value, bool)
+            above_zero = name in _ABOVE_ZERO
+            if not number or not math.isfinite(value) or (value <= 0 if above_zero else value < least):
+                bound = "above 0" if above_zero else f"at least {least}"
+                wrong.append(f"{name} must be {'a whole number' if whole else 'a number'} {bound}, not {value!r}")
+        for name in ("retry_failed", "resubmit_unknown", "forget_lost"):
+            if not isinstance(getattr(self, name), bool):
+                wrong.append(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            wrong.append(f"seed must be a whole number or None, not {self.seed!r}")
+        if wrong:
+            raise UsageError("RunOptions: " + "; ".join(wrong))
+
+
+#: (option, least value, None allowed) for RunOptions.check.
+_OPTION_RANGES: tuple[tuple[str, int, bool], ...] = (
+    ("rpm", 0, False),
+    ("concurrency", 1, False),
+    ("limit", 0, True),
+    ("timeout_s", 0, False),
+    ("request_timeout_s", 0, False),
+    ("requests_per_s", 0, True),
+    ("first_poll_s", 0, False),
+    ("max_retries", 0, False),
+    ("backoff_base_s", 0, False),
+    ("backoff_cap_s", 0, False),
+    ("download_attempts", 1, False),
+)
+#: Rates and times a run cannot use at 0.
+_ABOVE_ZERO = frozenset({"rpm", "timeout_s", "request_timeout_s", "requests_per_s"})
+_WHOLE_OPTIONS = frozenset({"concurrency", "limit", "max_retries", "download_attempts"})
 
 
 @dataclass
@@ -933,6 +975,7 @@ def cancel_folder(
         from seedream_pipe.errors import NothingToShow
 
         raise NothingToShow(f"{out_dir}: no run here (no {STATE_FILE})")
+    api = checked_api(api)
 
     async def go() -> tuple[int, int]:
         with StateStore.for_output_dir(out_dir) as store:
@@ -1100,8 +1143,20 @@ async def arun_recipe(
     handle_signals: bool = False,
 ) -> RunResult:
     """Run a recipe (async form, for a notebook's running loop). See `run_recipe`."""
-    out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
+    from seedream_pipe.recipe import Recipe
+
+    # A notebook's arguments are checked before anything is written or sent.
+    if not isinstance(recipe, Recipe):
+        raise UsageError(f"the recipe must be a Recipe, not {type(recipe).__name__}: load_recipe(path) makes one")
+    api = checked_api(api)
+    if options is not None and not isinstance(options, RunOptions):
+        raise UsageError(
+            f"options= takes RunOptions, not {type(options).__name__}: options_from_recipe(recipe, rpm=30) "
+            "keeps the recipe's own run: settings and changes the ones named"
+        )
     opts = options or options_from_recipe(recipe)
+    opts.check()
+    out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from seedream_pipe.config import ApiSettings
+from seedream_pipe.errors import AuthError, UsageError
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import RunOptions, RunResult, arun_recipe, run_recipe
 from seedream_pipe.sim import SimConfig, Simulator, body_hash
@@ -343,6 +344,32 @@ def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(t
         again = run(sim, recipe, out)
         assert again.exit_code == 0 and again.counts["downloaded"] == 6
         assert sim.stats()["duplicate_submits"] == 0  # the four in flight were polled, not sent again
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "says"),
+    [
+        # the token over plain http to another machine: api_settings() refused it, ApiSettings did not
+        ({"api": ApiSettings("http://192.0.2.2:9/v1", TOKEN)}, UsageError, "refusing to send the token over plain http"),
+        ({"api": ApiSettings("http://127.0.0.1:9/v1", "tok\nen")}, AuthError, "contains a control character"),
+        ({"api": "http://127.0.0.1:9/v1"}, UsageError, "api= takes ApiSettings, not str"),
+        ({"options": {"rpm": 30}}, UsageError, "options_from_recipe(recipe, rpm=30)"),
+        ({"options": RunOptions(rpm="fast", limit=-1)}, UsageError,  # type: ignore[arg-type]
+         "rpm must be a number above 0, not 'fast'; limit must be a whole number at least 0, not -1"),
+        ({"recipe": "t.yaml"}, UsageError, "load_recipe(path) makes one"),
+    ],
+)
+def test_a_notebooks_wrong_arguments_are_refused_before_anything_is_written(
+    tmp_path: Path, change: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    out = tmp_path / "out"
+    arguments: dict[str, Any] = {
+        "recipe": load_recipe(write_recipe(tmp_path)), "api": ApiSettings("http://127.0.0.1:9/v1", TOKEN), **change,
+    }
+    with pytest.raises(error) as info:
+        run_recipe(arguments.pop("recipe"), out_dir=out, **arguments)
+    assert says in str(info.value) and TOKEN not in str(info.value)
+    assert not out.exists()
 
 
 class RejectOne(httpx.AsyncBaseTransport):
