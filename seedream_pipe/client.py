@@ -50,7 +50,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
-from seedream_pipe.transport import AiohttpWire, HttpxWire, TlsRefused, Wire
+from seedream_pipe.transport import AiohttpWire, HttpxWire, NeverConnects, Wire
 
 
 def _spare_httpcore_a_failed_import() -> None:
@@ -228,8 +228,8 @@ def _error_text(value: Any) -> str | None:
 class ModelApiClient:
     """One API account's client. Use as an async context manager (it closes what it opened).
 
-    Counters (`self.counters`): http_requests, submits, polls, result_reads, cancels, downloads,
-    retries, rate_limited, unknown_submits.
+    Counters (`self.counters`): http_requests, submits (POSTs sent), accepted (answered with a
+    request id), polls, result_reads, cancels, downloads, retries, rate_limited, unknown_submits.
     """
 
     def __init__(
@@ -391,9 +391,9 @@ class ModelApiClient:
         return self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
 
     def _unless_for_good(self, exc: httpx.HTTPError, what: str) -> str:
-        """The error said for people; a failure no retry can mend (TlsRefused) ends the call."""
+        """The error said for people; a connection no retry can make (NeverConnects) ends the call."""
         said = self._describe(exc)
-        if isinstance(exc, TlsRefused):
+        if isinstance(exc, NeverConnects):
             raise NotRetried(f"{what}: {said} (not retried: it fails the same way every time)")
         return said
 
@@ -564,6 +564,7 @@ class ModelApiClient:
             if not isinstance(request_id, str) or not request_id:
                 self.counters["unknown_submits"] += 1
                 return UnknownOutcome("the answer to the submit carried no request_id", attempts)
+            self.counters["accepted"] += 1  # (a job exists on the server, kept or not)
             if (
                 len(request_id) > MAX_REQUEST_ID_CHARS
                 or CONTROL_CHARS.search(request_id)

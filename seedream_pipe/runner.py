@@ -896,6 +896,7 @@ class Runner:
             **{f"jobs_{k}": v for k, v in counts.items()},
             "http_requests": c["http_requests"],
             "submits": c["submits"],
+            "accepted": c["accepted"],
             "polls": c["polls"],
             "result_reads": c["result_reads"],
             "downloads": c["downloads"],
@@ -1269,12 +1270,23 @@ def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
     )
 
 
+def _reached_its_api(run: Mapping[str, Any]) -> bool:
+    """Whether a run got anything from its API host: a job accepted, a submit of unknown outcome,
+    a poll or a download. A run that never reached its host (a typo in --base-url) leaves nothing
+    another host's run could take as done. A run killed before its summary, or recorded by an
+    older version, is taken to have reached it."""
+    summary = run.get("summary")
+    if not isinstance(summary, Mapping) or "accepted" not in summary:
+        return True
+    return any(summary.get(key) for key in ("accepted", "unknown_submits", "polls", "result_reads", "downloads"))
+
+
 def check_same_api(store: StateStore, out: Path, host: str) -> None:
     """Refuse a folder whose jobs went to another API host (UsageError).
 
     E.g. `run --sim`, then the real API: the simulator's images would count as done.
     """
-    earlier = {run["api_host"] for run in store.runs() if run["api_host"]}
+    earlier = {run["api_host"] for run in store.runs() if run["api_host"] and _reached_its_api(run)}
     if earlier and host not in earlier:
         raise UsageError(
             f"{out} holds the jobs of a run against {', '.join(sorted(earlier))}; this run goes to "

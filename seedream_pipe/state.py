@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from seedream_pipe.errors import StateError
+from seedream_pipe.errors import NothingToShow, StateError
 from seedream_pipe.jobs import Job
 
 STATE_FILE = "state.sqlite"
@@ -338,8 +338,11 @@ class StateStore:
     def for_reading(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
         """Open the state of an output folder to read it: as `for_output_dir`, but read-only
         where the folder or file cannot be written (an archived run, a read-only mount), so that
-        looking at a finished run never needs write access."""
+        looking at a finished run never needs write access. A folder with no state yet raises
+        NothingToShow: reading must not leave an empty state.sqlite behind."""
         path = Path(out_dir) / STATE_FILE
+        if not path.exists():
+            raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE})")
         writable = os.access(out_dir, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
         return cls(path, clock=clock, read_only=not writable)
 

@@ -48,10 +48,11 @@ from seedream_pipe.config import is_loopback
 CHUNK = 256 * 1024
 
 
-class TlsRefused(httpx.ConnectError):
-    """A TLS handshake that will fail the same way every time: https sent to a plain-http port
-    (or a port speaking something else), or a certificate this machine does not trust. The
-    client gives up at once instead of retrying for half a minute."""
+class NeverConnects(httpx.ConnectError):
+    """A connection that will fail the same way every time: a TLS handshake that cannot work
+    (https sent to a plain-http port, a certificate this machine does not trust), or nothing
+    listening on this machine's port (a simulator not started). The client gives up at once
+    instead of retrying for half a minute."""
 
 
 # OpenSSL's reasons for a handshake that no retry can mend: the other end does not speak TLS,
@@ -110,7 +111,7 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     """The httpx exception that says the same thing as an aiohttp one."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return TlsRefused(
+        return NeverConnects(
             f"the server's TLS certificate is not trusted ({exc.certificate_error}); "
             "a private CA (a company proxy's, say) can be named with SSL_CERT_FILE"
         )
@@ -124,7 +125,10 @@ def _map(exc: BaseException) -> httpx.HTTPError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         error = exc.os_error
         if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in _TLS_FOR_GOOD:
-            return TlsRefused(_cannot_connect(exc))
+            return NeverConnects(_cannot_connect(exc))
+        if isinstance(error, ConnectionRefusedError) and is_loopback(exc.host):
+            # This machine answers at once that no program has the port: a retry finds the same.
+            return NeverConnects(_cannot_connect(exc))
         return httpx.ConnectError(_cannot_connect(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return httpx.RemoteProtocolError(text)
@@ -144,6 +148,8 @@ def _cannot_connect(exc: aiohttp.ClientConnectorError) -> str:
         reason = f"TLS: {getattr(error, 'reason', None) or error}"
         return f"cannot connect to {exc.host}:{exc.port} ({reason}; is it an https port, or a proxy in the way?)"
     reason = os.strerror(error.errno) if error.errno else (error.strerror or str(error) or type(error).__name__)
+    if isinstance(error, ConnectionRefusedError) and is_loopback(exc.host):
+        return f"nothing listens on {exc.host}:{exc.port} ({reason}): is `seedream-pipe sim` running there?"
     return f"cannot connect to {exc.host}:{exc.port} ({reason})"
 
 

@@ -322,6 +322,22 @@ def test_https_to_the_simulators_plain_port_stops_at_once_and_says_to_fix_it(rec
     assert "Fix that, then run the same command" in err and "Run the same command again" not in err
 
 
+def test_a_run_that_never_reached_its_mistyped_host_does_not_bind_the_folder_to_it(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    with Simulator(SimConfig(latency=0.01, token="tok")) as sim:
+        wrong = sim.base_url.replace("http://127.0.0.1", "https://localhost", 1)  # https: no answer
+        code, _, _ = invoke("run", str(recipe), "--out", str(out), "--base-url", wrong, env={"RUNCOMFY_TOKEN": "tok"})
+        assert code == 69
+        # it said "holds the jobs of a run against localhost" and refused, though no job got anywhere
+        code, _, err = invoke("run", str(recipe), "--out", str(out), "--base-url", sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
+        assert code == 0, err
+        # a folder whose jobs did reach an API is still held to it
+        code, _, err = invoke("run", str(recipe), "--out", str(out), "--base-url", wrong, env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 64 and "holds the jobs of a run against 127.0.0.1" in err
+
+
 def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -> None:
     (tmp_path / "o").write_text("not a folder", encoding="utf-8")
     code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"))

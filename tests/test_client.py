@@ -414,10 +414,11 @@ async def test_default_wire_tells_a_connection_never_made_from_an_answer_lost() 
         closed_port = probe.getsockname()[1]
     clock = FakeTime()
     async with default_client(f"http://127.0.0.1:{closed_port}/v1", clock) as client:
-        # refused: the body never left, so it is retried, then given up on as unavailable
-        with pytest.raises(ServiceUnavailable, match=rf"cannot connect to 127.0.0.1:{closed_port} \(Connection refused\)"):
+        # refused: the body never left (not an unknown outcome); and on this machine a refusal
+        # means no program has the port, which a retry would find again: given up at once
+        with pytest.raises(NotRetried, match=rf"nothing listens on 127.0.0.1:{closed_port} \(Connection refused\)"):
             await client.submit("m", {"prompt": "x"})
-        assert client.counters["submits"] == 3 and client.counters["unknown_submits"] == 0
+        assert client.counters["submits"] == 1 and client.counters["unknown_submits"] == 0
     async with LoopbackApi() as api, default_client(api.base, clock) as client:
         outcome = await client.submit("drop", {"prompt": "x"})
         assert isinstance(outcome, UnknownOutcome)  # the body went out: never retried here
@@ -605,7 +606,7 @@ def test_only_a_tls_failure_every_try_would_repeat_is_marked_so() -> None:
 
     import aiohttp
 
-    from seedream_pipe.transport import TlsRefused, _map
+    from seedream_pipe.transport import NeverConnects, _map
 
     key = SimpleNamespace(host="127.0.0.1", port=8765, ssl=True)
 
@@ -614,7 +615,7 @@ def test_only_a_tls_failure_every_try_would_repeat_is_marked_so() -> None:
         error.reason = reason  # what OpenSSL's errors carry
         return _map(aiohttp.ClientConnectorError(key, error))  # type: ignore[arg-type]
 
-    assert isinstance(mapped("WRONG_VERSION_NUMBER"), TlsRefused)
+    assert isinstance(mapped("WRONG_VERSION_NUMBER"), NeverConnects)
     # a handshake cut off mid-way: a busy load balancer does that, and a retry may get through
     cut = mapped("UNEXPECTED_EOF_WHILE_READING")
-    assert isinstance(cut, httpx.ConnectError) and not isinstance(cut, TlsRefused)
+    assert isinstance(cut, httpx.ConnectError) and not isinstance(cut, NeverConnects)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seedream_pipe.errors import StateError
+from seedream_pipe.errors import NothingToShow, StateError
 from seedream_pipe.jobs import Job
 from seedream_pipe.state import JOB_STATES, MIGRATIONS, StateStore
 
@@ -199,10 +199,17 @@ def test_a_read_only_folder_with_unmerged_commits_is_refused_not_read_stale(
 
 
 def test_reading_a_writable_folder_opens_it_as_usual(tmp_path: Path) -> None:
-    with StateStore.for_reading(tmp_path) as store:  # creates, migrates: the first run's open
+    with StateStore.for_output_dir(tmp_path) as store:
         store.sync_plan([make_job(1)])
     with StateStore.for_reading(tmp_path) as store:
         assert store.counts()["planned"] == 1
+
+
+def test_reading_a_folder_with_no_state_says_so_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    # it made an empty state.sqlite, after which the outputs said "no jobs" instead of "no run"
+    with pytest.raises(NothingToShow, match="no run here yet"):
+        StateStore.for_reading(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_read_only_state_of_another_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
