@@ -1171,6 +1171,8 @@ async def arun_recipe(
         note = _follow_recipe(store, recipe, plan, out)
         if note:
             progress.event("message", {"text": note})
+        for warning in plan.warnings:  # (as `plan` and `validate` show them: merged jobs, long prompts)
+            progress.event("message", {"text": f"warning: {warning}"})
         store.start_run(
             recipe_path=str(recipe.path),
             recipe_hash=recipe.hash,
@@ -1334,6 +1336,7 @@ def dry_run_report(
     cost = None if recipe.price_per_image is None else len(chosen) * recipe.price_per_image
     return {
         "jobs": len(plan.jobs),
+        "warnings": list(plan.warnings),
         "out_dir": str(out_dir),
         "actions": actions,
         "held_back": held_back,

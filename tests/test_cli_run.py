@@ -338,6 +338,19 @@ def test_a_run_that_never_reached_its_mistyped_host_does_not_bind_the_folder_to_
     assert code == 64 and "holds the jobs of a run against 127.0.0.1" in err
 
 
+def test_run_and_dry_run_show_the_plans_warnings_as_plan_does(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"  # two labels of one value: the same body, merged into one job
+    path.write_text('template: "a fox {{ a }}"\nvars:\n  a:\n    - x: in snow\n    - y: in snow\n', encoding="utf-8")
+    merged = "warning: 1 job(s) had the same request body as an earlier job and were merged into it"
+    code, stdout, err = invoke("run", str(path), "--sim", "--out", str(tmp_path / "o"))
+    assert code == 0 and merged in err
+    assert "1 job: 1 done" in stdout
+    code, _, err = invoke("run", str(path), "--sim", "--out", str(tmp_path / "o2"), "--dry-run")
+    assert code == 0 and merged in err
+    code, _, err = invoke("run", str(path), "--sim", "--out", str(tmp_path / "o3"), "--quiet")
+    assert code == 0 and err == ""
+
+
 def test_an_output_folder_that_is_a_file_says_so(recipe: Path, tmp_path: Path) -> None:
     (tmp_path / "o").write_text("not a folder", encoding="utf-8")
     code, _, err = invoke("run", str(recipe), "--sim", "--out", str(tmp_path / "o"))

@@ -272,6 +272,8 @@ def run_command(
                 click.echo(f"  left for a later run (--limit): {report['held_back']}")
             if report.get("estimated_cost") is not None:
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
+            for warning in report["warnings"]:
+                click.secho(f"warning: {printable(warning)}", fg="yellow", err=True)
         return EX_OK
     host = _host_for_run(sim, base_url)
     # A finished recipe: no simulator, no network, so no token needed either (a make target on a

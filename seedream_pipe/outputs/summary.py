@@ -194,7 +194,7 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
         }
         detail = ", ".join(f"{n} {state}" for state, n in in_flight.items())
         parts.append(f"{summary.pending} not done ({detail})")
-    lines = [f"{summary.jobs} jobs: " + ", ".join(parts)]
+    lines = [f"{summary.jobs} job{'' if summary.jobs == 1 else 's'}: " + ", ".join(parts)]
     lines.append(
         f"latency p50 {_seconds(summary.latency_p50)} · p90 {_seconds(summary.latency_p90)} · p99 {_seconds(summary.latency_p99)}"
     )
