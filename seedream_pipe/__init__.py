@@ -13,7 +13,24 @@ package loads only what it needs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from seedream_pipe._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers see of the lazily loaded names ("X as X": re-exported)
+    from seedream_pipe.errors import ApiError as ApiError
+    from seedream_pipe.errors import AuthError as AuthError
+    from seedream_pipe.errors import CreditError as CreditError
+    from seedream_pipe.errors import Interrupted as Interrupted
+    from seedream_pipe.errors import Problem as Problem
+    from seedream_pipe.errors import RecipeError as RecipeError
+    from seedream_pipe.errors import SeedreamPipeError as SeedreamPipeError
+    from seedream_pipe.jobs import Job as Job
+    from seedream_pipe.plan import Plan as Plan
+    from seedream_pipe.recipe import Recipe as Recipe
+    from seedream_pipe.recipe import load_recipe as load_recipe
+    from seedream_pipe.sim import Simulator as Simulator
+    from seedream_pipe.state import StateStore as StateStore
 
 __version__ = "0.1.0"
 

@@ -1135,7 +1135,7 @@ async def arun_recipe(
     recipe: Recipe,
     *,
     api: ApiSettings,
-    out_dir: Path | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
     options: RunOptions | None = None,
     progress: Progress | None = None,
     http: httpx.AsyncClient | None = None,
