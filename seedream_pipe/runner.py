@@ -1252,18 +1252,41 @@ async def arun_recipe(
     return result
 
 
-def run_recipe(recipe: Recipe, *, api: ApiSettings, **kwargs: Any) -> RunResult:
+def run_recipe(
+    recipe: Recipe,
+    *,
+    api: ApiSettings,
+    out_dir: str | os.PathLike[str] | None = None,
+    options: RunOptions | None = None,
+    progress: Progress | None = None,
+    http: httpx.AsyncClient | None = None,
+    max_jobs: int = 10_000,
+    allow_large: bool = False,
+    handle_signals: bool = False,
+) -> RunResult:
     """Run a recipe to completion (or to the first reason to stop) and return what happened.
 
-    Keyword arguments: out_dir, options (RunOptions), progress, http, max_jobs, allow_large,
-    handle_signals (install Ctrl-C/SIGTERM handlers: the CLI does).
+    - `out_dir`: the output folder (default: the recipe's `output`, else outputs/<name>/);
+    - `options`: RunOptions; `options_from_recipe(recipe, rpm=30)` keeps the recipe's `run:`
+      settings and changes the ones named (a bare RunOptions() starts from the defaults);
+    - `progress`: where events go (default: nowhere; `LogProgress()` logs them);
+    - `http`: an httpx.AsyncClient to send through (tests); `max_jobs`/`allow_large`: as --yes;
+    - `handle_signals`: install Ctrl-C/SIGTERM handlers that wind the run down (the CLI does).
+
+    The outcome is in the result (`result.ok`, `result.exit_code`, `result.reason`); arguments
+    a run cannot use raise UsageError or AuthError before anything is written or sent.
 
     In a Jupyter notebook, whose own event loop is running, use `await arun_recipe(...)`.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun_recipe(recipe, api=api, **kwargs))
+        return asyncio.run(
+            arun_recipe(
+                recipe, api=api, out_dir=out_dir, options=options, progress=progress, http=http,
+                max_jobs=max_jobs, allow_large=allow_large, handle_signals=handle_signals,
+            )
+        )  # fmt: skip
     # asyncio.run would fail with "cannot be called from a running event loop", which does not
     # say what to write instead; checked before the coroutine exists, so none is left unawaited
     raise RuntimeError(

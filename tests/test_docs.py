@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from seedream_pipe.cli import cli
@@ -46,3 +48,21 @@ def test_every_doc_the_readme_links_exists() -> None:
     for target in ("docs/recipes.md", "docs/runner.md", "docs/simulator.md", "docs/outputs.md", "docs/demo-sheet.jpg"):
         assert f"({target})" in readme
         assert (ROOT / target).is_file(), target
+
+
+def test_the_readme_notebook_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run as a notebook runs a cell: top-level await, in a folder holding the recipes
+    import ast
+    import asyncio
+    import shutil
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python", readme.index("The same from a notebook")) + len("```python")
+    source = readme[start : readme.index("```", start)]
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    code = compile(source, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    scope: dict[str, Any] = {}
+    asyncio.run(eval(code, scope))  # (the README's own example, as written)
+    assert scope["result"].ok
+    assert len(scope["df"]) == len(scope["plan"].jobs) == 8
