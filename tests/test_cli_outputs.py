@@ -227,3 +227,28 @@ def test_the_docs_show_each_command_s_current_help() -> None:
             cli, [command, "--help"], prog_name="seedream-pipe", terminal_width=100
         )
         assert result.output.strip() in docs, f"docs/outputs.md: refresh the --help of {command}"
+
+
+def test_outputs_drawn_again_unchanged_keep_their_files_and_a_run_writes_anew(tmp_path: Path) -> None:
+    # `report DIR` rewrote report.csv with a new date: make then took it as newer than a recipe
+    # edited since, and skipped the run the edit needed. (The inode tells a file rewritten.)
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(RECIPE + "run: {rpm: 6000, concurrency: 8}\n", encoding="utf-8")
+    assert run("run", recipe, "--sim", "--quiet").exit_code == 0
+    out = tmp_path / "out"
+    names = ["report.csv", "manifest.json", "contact_sheet.png", "gallery.html"]
+
+    def files() -> dict[str, int]:
+        return {name: (out / name).stat().st_ino for name in names}
+
+    after_run = files()
+    for command in ("report", "sheet", "gallery"):
+        assert run(command, out).exit_code == 0
+    assert files() == after_run
+    manifest = (out / "manifest.json").read_text(encoding="utf-8")
+    assert all(f'"{name}"' in manifest for name in names[:1] + names[2:])  # `report` lists them all
+
+    assert run("sheet", out, "--rows", "subject", "--cols", "style").exit_code == 0  # a new layout
+    assert files()["contact_sheet.png"] != after_run["contact_sheet.png"]
+    assert run("run", recipe, "--sim", "--quiet").exit_code == 0  # a run: newer than its recipe
+    assert all(files()[name] != after_run[name] for name in ("report.csv", "manifest.json", "gallery.html"))

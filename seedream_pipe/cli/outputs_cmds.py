@@ -7,15 +7,22 @@ wins over the settings the runner recorded in the folder.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 # Only light constants at import time: the library (Pillow, pandas) loads when a command runs,
 # so `seedream-pipe --help` and the other commands start fast.
 from seedream_pipe.cli import printable
-from seedream_pipe.outputs._folder import REPORT_FORMATS
+from seedream_pipe.outputs._folder import (
+    GALLERY_NAME,
+    REPORT_FORMATS,
+    SHEET_STEM,
+    keeping_unchanged,
+)
 from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
 from seedream_pipe.paths import locate
 
@@ -30,6 +37,18 @@ def _open(target: Path) -> OutputFolder:
 
     out_dir, recipe = locate(target)
     return open_output(out_dir, recipe=recipe)
+
+
+def _drawn_again(command: Callable[..., int]) -> Callable[..., int]:
+    """These commands draw a folder's outputs again from its state: files whose contents do not
+    change keep their dates, so a make target stays older than a recipe edited since."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        with keeping_unchanged():
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 def _warn(message: str) -> None:
@@ -63,6 +82,7 @@ def _warn(message: str) -> None:
     show_default=True,
     help="Image format of the sheet.",
 )
+@_drawn_again
 def sheet_command(
     target: Path,
     rows: str | None,
@@ -111,6 +131,7 @@ def sheet_command(
     show_default=True,
     help="File format of the report.",
 )
+@_drawn_again
 def report_command(target: Path, fmt: str) -> int:
     """Write report.csv (one row per job) and manifest.json, and print the summary.
 
@@ -122,7 +143,10 @@ def report_command(target: Path, fmt: str) -> int:
 
     folder = _open(target)
     report = write_report(folder, fmt=fmt)
-    manifest = write_manifest(folder, outputs=[report])
+    # the manifest lists the folder's outputs as `run` writes them, not only the report
+    sheets = sorted(path for path in folder.path.glob(f"{SHEET_STEM}*") if path.suffix in (".png", ".jpg"))
+    gallery = [path for path in (folder.path / GALLERY_NAME,) if path.is_file()]
+    manifest = write_manifest(folder, outputs=[report, *sheets, *gallery])
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
     click.echo(printable(format_summary(summary), keep_newlines=True))  # failures quote the API
     click.echo(str(report))
@@ -132,6 +156,7 @@ def report_command(target: Path, fmt: str) -> int:
 
 @click.command("gallery")
 @TARGET
+@_drawn_again
 def gallery_command(target: Path) -> int:
     """Write gallery.html: the grid in a browser, a filter per axis, click to enlarge.
 

@@ -10,8 +10,10 @@ run may lack some of it; every reader tolerates that.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +117,26 @@ def open_output(
     )
 
 
+#: Set by `keeping_unchanged()`: a file whose new bytes equal the old is left as it is.
+_KEEP_UNCHANGED: ContextVar[bool] = ContextVar("keep_unchanged", default=False)
+
+
+@contextlib.contextmanager
+def keeping_unchanged() -> Iterator[None]:
+    """Within this block, outputs whose contents would not change keep their files, dates and all.
+
+    For `seedream-pipe report|sheet|gallery DIR`, which draw a folder's outputs again without
+    running anything: a report.csv they rewrote with a new date made make take it as newer
+    than a recipe edited since, and skip the run the edit needs. `run` always writes anew: its
+    report must be newer than its recipe after every run.
+    """
+    token = _KEEP_UNCHANGED.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_UNCHANGED.reset(token)
+
+
 def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` then rename tmp over `dest`, so a reader never sees half a file.
 
@@ -124,6 +146,9 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        if _KEEP_UNCHANGED.get() and _same_bytes(tmp, dest):
+            tmp.unlink()
+            return dest
         os.replace(tmp, dest)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -131,6 +156,18 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
         reason = exc.strerror or str(exc)
         raise OutputError(f"{dest}: cannot write: {reason}") from exc
     return dest
+
+
+def _same_bytes(new: Path, old: Path) -> bool:
+    try:
+        return old.is_file() and new.stat().st_size == old.stat().st_size and filecmp.cmp(new, old, shallow=False)
+    except OSError:  # unreadable: write it anew
+        return False
+
+
+def keeps_unchanged() -> bool:
+    """Whether outputs are being drawn again inside `keeping_unchanged()`."""
+    return _KEEP_UNCHANGED.get()
 
 
 def write_text(dest: Path, text: str) -> Path:

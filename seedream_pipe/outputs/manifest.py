@@ -16,7 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from seedream_pipe import __version__
-from seedream_pipe.outputs._folder import MANIFEST_NAME, OutputFolder, iso_utc, write_text
+from seedream_pipe.outputs._folder import (
+    MANIFEST_NAME,
+    OutputFolder,
+    iso_utc,
+    keeps_unchanged,
+    write_text,
+)
 from seedream_pipe.outputs.summary import summarize_jobs
 
 MANIFEST_VERSION = 1
@@ -131,6 +137,22 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def write_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> Path:
+    dest = folder.path / MANIFEST_NAME
     manifest = build_manifest(folder, outputs=outputs)
+    if keeps_unchanged():
+        # drawn again with nothing else changed: the time it was made stays, and so does the file
+        manifest = json.loads(json.dumps(manifest, default=str))  # as it reads back
+        earlier = _earlier(dest)
+        if earlier.get("generated_at") and {**earlier, "generated_at": None} == {**manifest, "generated_at": None}:
+            manifest["generated_at"] = earlier["generated_at"]
     text = json.dumps(manifest, ensure_ascii=False, indent=2, default=str) + "\n"
-    return write_text(folder.path / MANIFEST_NAME, text)
+    return write_text(dest, text)
+
+
+def _earlier(path: Path) -> dict[str, Any]:
+    """The manifest already in the folder, as plain JSON; {} when there is none to read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
