@@ -115,6 +115,22 @@ def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Pat
     assert "exit 0" in stdout
 
 
+def test_status_of_an_edited_recipe_says_what_its_plan_adds_and_drops(recipe: Path, tmp_path: Path) -> None:
+    # it described the last run only: "2 jobs, downloaded 2" for a recipe now planning more
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a comet, a kite, a bell]"), encoding="utf-8")
+    code, stdout, _ = invoke("status", str(recipe), "--out", str(out))
+    assert code == 0
+    assert (
+        f"the recipe as it is now plans 3 jobs: 2 not run yet, 1 of the jobs above no longer in it; "
+        f"`seedream-pipe run {recipe} --out {out}` brings the folder up to date"
+    ) in stdout
+    code, stdout, _ = invoke("status", str(recipe), "--out", str(out), "--json")
+    assert json.loads(stdout)["recipe_now"] == {"jobs": 3, "not_run_yet": 2, "no_longer_planned": 1}
+    assert "recipe as it is now" not in invoke("status", str(out))[1]  # a folder alone: no recipe to compare
+
+
 def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     with Simulator(SimConfig(latency=0.01, token="tok")) as api:  # stands for the real API

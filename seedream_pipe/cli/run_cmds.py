@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,9 @@ from seedream_pipe.errors import (
 )
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
+
+if TYPE_CHECKING:
+    from seedream_pipe.recipe import Recipe
 
 #: The simulator `run --sim` starts: realistic in shape, quick enough for a demo.
 SIM_LATENCY_S = 1.5
@@ -306,7 +309,7 @@ def run_command(
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
 
 
-def _open_state(target: Path, out: Path | None) -> tuple[Path, StateStore]:
+def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, StateStore]:
     """The output folder of RECIPE|DIR and its state, read-only where the folder is (`status` of
     an archived run, or `cancel` of one with nothing left to cancel: cancel_folder opens it to
     write only when a job is in flight)."""
@@ -317,7 +320,7 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, StateStore]:
             # the default folder is relative to where `run` ran, as a make target's is
             where = f" (the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out)"
         raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}){where}; start one with `seedream-pipe run`")
-    return out_dir, StateStore.for_reading(out_dir)
+    return out_dir, recipe, StateStore.for_reading(out_dir)
 
 
 @click.command("status")
@@ -334,13 +337,20 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
-    out_dir, store = _open_state(target, out)
+    out_dir, recipe, store = _open_state(target, out)
     with store:
         counts = store.counts()
         failed = store.jobs(states=("failed",))
+        planned_here = {r.job_id for r in store.jobs()}
+        known = planned_here | {r.job_id for r in store.jobs(in_plan=False)}
         duplicates = sum(1 for r in store.jobs() if r.possible_duplicate)
         runs = store.runs()
     last = runs[-1] if runs else None
+    # The folder holds the last run's plan; a recipe given by name may have changed since.
+    changes = None
+    if recipe is not None:
+        now = {job.job_id for job in recipe.plan(allow_large=True).jobs}
+        changes = {"jobs": len(now), "not_run_yet": len(now - known), "no_longer_planned": len(planned_here - now)}
     if json_out:
         click.echo(
             json.dumps(
@@ -352,6 +362,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
                     "last_run": {k: last[k] for k in ("id", "started_at", "finished_at", "exit_code", "api_host")}
                     if last
                     else None,
+                    "recipe_now": changes,
                 }
             )
         )
@@ -370,6 +381,15 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     for r in failed:
         # The reason is the API's text (or the simulator's): shown, never obeyed by the terminal.
         click.echo(f"failed: job {r.job_index} ({r.job_id}): {printable(str(r.error))}")
+    if changes and (changes["not_run_yet"] or changes["no_longer_planned"]):
+        parts = [f"{changes['not_run_yet']} not run yet"] if changes["not_run_yet"] else []
+        if changes["no_longer_planned"]:
+            parts.append(f"{changes['no_longer_planned']} of the jobs above no longer in it")
+        command = f"seedream-pipe run {target}" + (f" --out {out}" if out is not None else "")
+        click.echo(
+            f"the recipe as it is now plans {changes['jobs']} jobs: {', '.join(parts)}; "
+            f"`{command}` brings the folder up to date"
+        )
     return EX_OK
 
 
@@ -389,7 +409,7 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     """
     from seedream_pipe.runner import cancel_folder
 
-    out_dir, store = _open_state(target, out)
+    out_dir, _, store = _open_state(target, out)
     with store:
         runs = store.runs()
         in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT) if r.request_id]
