@@ -950,6 +950,9 @@ class Recipe:
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read, resolve and check a recipe file. Raises RecipeError listing every problem found."""
+    if isinstance(path, str) and ("\n" in path or len(path) > 4096):
+        # recipe text given where its file's path goes: not echoed back whole as a file name
+        raise RecipeError(Problem("<text>", "load_recipe takes the path of a recipe file, not its text: write the text to a .yaml file"))
     path = Path(path)
     display = str(path)
     if not path.exists():

@@ -1111,6 +1111,20 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
         handle.close()
 
 
+def run_in_progress(out_dir: Path) -> str | None:
+    """The pid of a run at work in the folder now, or None. Reads only: `--dry-run` and
+    `status` may look at a folder they cannot write."""
+    try:
+        with open(out_dir / LOCK_FILE, encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "unknown"
+    except OSError:  # no lock file: no run ever held one here
+        return None
+    return None
+
+
 def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> str | None:
     """Make the folder's state follow this recipe: its plan (jobs it no longer plans leave the
     outputs, their images stay) and its description for the outputs. Returns what to tell the

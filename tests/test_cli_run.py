@@ -131,6 +131,24 @@ def test_status_of_an_edited_recipe_says_what_its_plan_adds_and_drops(recipe: Pa
     assert "recipe as it is now" not in invoke("status", str(out))[1]  # a folder alone: no recipe to compare
 
 
+def test_dry_run_notes_a_run_at_work_in_the_folder(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    with folder_lock(out):  # what a run holds while it works
+        code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run")
+    assert code == 0 and "submit: 2" in stdout
+    assert f"note: a run (pid {os.getpid()}) is at work in {out} now" in err
+    assert "is at work" not in invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run")[2]
+
+
+def test_load_recipe_given_the_text_of_a_recipe_says_it_takes_a_path() -> None:
+    from seedream_pipe.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="takes the path of a recipe file, not its text") as info:
+        load_recipe(RECIPE)
+    assert "a teapot" not in str(info.value)  # the text is not echoed back as a file name
+
+
 def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     with Simulator(SimConfig(latency=0.01, token="tok")) as api:  # stands for the real API

@@ -277,6 +277,15 @@ def run_command(
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
             for warning in report["warnings"]:
                 click.secho(f"warning: {printable(warning)}", fg="yellow", err=True)
+            from seedream_pipe.runner import run_in_progress
+
+            holder = run_in_progress(out_dir)
+            if holder is not None:  # (`run` itself would refuse the folder until that run ends)
+                click.secho(
+                    f"note: a run (pid {holder}) is at work in {out_dir} now: what it does changes this",
+                    fg="yellow",
+                    err=True,
+                )
         return EX_OK
     host = _host_for_run(sim, base_url)
     # A finished recipe: no simulator, no network, so no token needed either (a make target on a
