@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError
+from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError, redact
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
@@ -69,12 +69,21 @@ def checked_api(api: ApiSettings) -> ApiSettings:
     if not isinstance(api.token, str) or not api.token.strip():
         raise AuthError("the token in ApiSettings is empty: api_settings() finds it as the CLI does")
     token = _header_safe(api.token.strip(), "ApiSettings")
-    base_url = _checked_base_url(api.base_url if isinstance(api.base_url, str) else "", "ApiSettings.base_url")
+    raw = api.base_url if isinstance(api.base_url, str) else ""
+    try:
+        base_url = _checked_base_url(raw, "ApiSettings.base_url", quote=False)
+    except UsageError as exc:  # (never quoted back: with the two swapped, it is the token)
+        raise UsageError(redact(str(exc), token)) from None
     return api if (base_url, token) == (api.base_url, api.token) else ApiSettings(base_url, token)
 
 
-def _checked_base_url(raw: str, source: str) -> str:
-    not_a_url = UsageError(f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}")
+def _checked_base_url(raw: str, source: str, *, quote: bool = True) -> str:
+    not_a_url = UsageError(
+        f"{source}: {raw!r} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL}"
+        if quote
+        else f"{source} is not an http(s) URL with a host, e.g. {DEFAULT_BASE_URL} "
+        "(ApiSettings takes the base URL first, then the token)"
+    )
     try:
         parts = urlsplit(raw.strip())
         hostname = parts.hostname

@@ -354,6 +354,8 @@ def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(t
         # the token over plain http to another machine: api_settings() refused it, ApiSettings did not
         ({"api": ApiSettings("http://192.0.2.2:9/v1", TOKEN)}, UsageError, "refusing to send the token over plain http"),
         ({"api": ApiSettings("http://127.0.0.1:9/v1", "tok\nen")}, AuthError, "contains a control character"),
+        # the two swapped: the token is never quoted back as a bad URL
+        ({"api": ApiSettings(TOKEN, "http://127.0.0.1:9/v1")}, UsageError, "takes the base URL first, then the token"),
         ({"api": "http://127.0.0.1:9/v1"}, UsageError, "api= takes ApiSettings, not str"),
         ({"options": {"rpm": 30}}, UsageError, "options_from_recipe(recipe, rpm=30)"),
         ({"options": RunOptions(rpm="fast", limit=-1)}, UsageError,  # type: ignore[arg-type]
@@ -370,7 +372,8 @@ def test_a_notebooks_wrong_arguments_are_refused_before_anything_is_written(
     }
     with pytest.raises(error) as info:
         run_recipe(arguments.pop("recipe"), out_dir=out, **arguments)
-    assert says in str(info.value) and TOKEN not in str(info.value)
+    assert says in str(info.value)
+    assert TOKEN not in str(info.value) and "tok\nen" not in str(info.value)
     assert not out.exists()
 
 
