@@ -406,10 +406,9 @@ class Runner:
                     break
                 await self._wake.wait()
         except asyncio.CancelledError:
-            # The run itself was cancelled (a second Ctrl-C, a notebook cell's timeout): its
+            # The run itself was cancelled (a notebook cell's timeout, a second Ctrl-C): its
             # jobs' tasks stop with it rather than go on polling a closed state and session.
-            # Every commit is atomic: what is in flight is polled by the next run.
-            await self._cancel_tasks([dispatcher, *self._tasks])
+            await self._halt(dispatcher)
             raise
         finally:
             if self.fatal is not None or self.interrupted or not dispatcher.done():
@@ -420,6 +419,18 @@ class Runner:
             await self._cancel_tasks(self._tasks)
         elif self.interrupted:
             await self._wind_down()
+
+    async def _halt(self, dispatcher: asyncio.Task[None]) -> None:
+        """Stop every task of the run now, except that a POST already on the wire is given its
+        answer (up to one request's deadline): it may have created a job, and once its request
+        id is committed the next run polls that job instead of paying for it again. Another
+        cancel of the run (a second Ctrl-C) cuts even that wait short."""
+        self.stop_submitting = self.interrupted = True  # (posting jobs then stop at their answer)
+        posting = {task for task in self._posting if not task.done()}
+        await self._cancel_tasks([dispatcher, *(self._tasks - posting)])
+        if posting:
+            await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
+        await self._cancel_tasks(self._tasks)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -564,6 +575,8 @@ class Runner:
         refused_state = "submit_unknown" if maybe_exists else "planned"
         duplicate = rec.possible_duplicate or maybe_exists
         while True:
+            if self.stop_submitting:
+                return False  # stopped before this job's first step: it waits for no turn
             task = asyncio.current_task()
 
             def on_send(dup: bool = duplicate, me: asyncio.Task[Any] | None = task) -> bool:
