@@ -149,6 +149,23 @@ def test_load_recipe_given_the_text_of_a_recipe_says_it_takes_a_path() -> None:
     assert "a teapot" not in str(info.value)  # the text is not echoed back as a file name
 
 
+def test_status_counts_a_job_never_sent_as_not_run_and_survives_a_recipe_that_no_longer_plans(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "1")[0] == 0  # a comet: never sent
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot]"), encoding="utf-8")
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0  # the comet leaves the plan
+    recipe.write_text(RECIPE, encoding="utf-8")  # and comes back: it was never run
+    code, stdout, _ = invoke("status", str(recipe), "--out", str(out), "--json")
+    assert json.loads(stdout)["recipe_now"] == {"jobs": 2, "not_run_yet": 1, "no_longer_planned": 0}
+    # loads, but fails to plan: "a teapot" has 8 characters
+    recipe.write_text(RECIPE.replace("{{ thing }}", "{{ thing }} {{ 10 // (thing|length - 8) }}"), encoding="utf-8")
+    code, stdout, err = invoke("status", str(recipe), "--out", str(out))
+    assert code == 0 and f"{out}: 1 job\n" in stdout and "downloaded      1" in stdout
+    assert "the recipe as it is now does not plan" in err and "ZeroDivisionError" in err
+
+
 def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     with Simulator(SimConfig(latency=0.01, token="tok")) as api:  # stands for the real API

@@ -351,15 +351,19 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         counts = store.counts()
         failed = store.jobs(states=("failed",))
         planned_here = {r.job_id for r in store.jobs()}
-        known = planned_here | {r.job_id for r in store.jobs(in_plan=False)}
+        sent = {r.job_id for r in store.jobs(in_plan=None) if r.state != "planned"}  # ever submitted
         duplicates = sum(1 for r in store.jobs() if r.possible_duplicate)
         runs = store.runs()
     last = runs[-1] if runs else None
     # The folder holds the last run's plan; a recipe given by name may have changed since.
-    changes = None
+    changes: dict[str, Any] | None = None
     if recipe is not None:
-        now = {job.job_id for job in recipe.plan(allow_large=True).jobs}
-        changes = {"jobs": len(now), "not_run_yet": len(now - known), "no_longer_planned": len(planned_here - now)}
+        try:
+            now = {job.job_id for job in recipe.plan(allow_large=True).jobs}
+        except RecipeError as exc:  # the folder's state is still worth showing
+            changes = {"error": str(exc)}
+        else:
+            changes = {"jobs": len(now), "not_run_yet": len(now - sent), "no_longer_planned": len(planned_here - now)}
     if json_out:
         click.echo(
             json.dumps(
@@ -377,7 +381,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         )
         return EX_OK
     total = sum(counts.values())
-    click.echo(f"{out_dir}: {total} jobs")
+    click.echo(f"{out_dir}: {total} job{'' if total == 1 else 's'}")
     for state, n in counts.items():
         if n:
             click.echo(f"  {state:<15} {n}")
@@ -390,7 +394,9 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     for r in failed:
         # The reason is the API's text (or the simulator's): shown, never obeyed by the terminal.
         click.echo(f"failed: job {r.job_index} ({r.job_id}): {printable(str(r.error))}")
-    if changes and (changes["not_run_yet"] or changes["no_longer_planned"]):
+    if changes and "error" in changes:
+        click.secho(f"the recipe as it is now does not plan: {printable(changes['error'])}", fg="red", err=True)
+    elif changes and (changes["not_run_yet"] or changes["no_longer_planned"]):
         parts = [f"{changes['not_run_yet']} not run yet"] if changes["not_run_yet"] else []
         if changes["no_longer_planned"]:
             parts.append(f"{changes['no_longer_planned']} of the jobs above no longer in it")
