@@ -250,5 +250,11 @@ def test_outputs_drawn_again_unchanged_keep_their_files_and_a_run_writes_anew(tm
 
     assert run("sheet", out, "--rows", "subject", "--cols", "style").exit_code == 0  # a new layout
     assert files()["contact_sheet.png"] != after_run["contact_sheet.png"]
+    # pages are drawn in threads: the same holds for each of them
+    assert run("sheet", out, "--rows", "subject", "--cols", "resolution", "--page-by", "style").exit_code == 0
+    pages = sorted(out.glob("contact_sheet-*.png"))
+    inodes = [page.stat().st_ino for page in pages]
+    assert len(pages) == 2 and run("sheet", out, "--rows", "subject", "--cols", "resolution", "--page-by", "style").exit_code == 0
+    assert [page.stat().st_ino for page in pages] == inodes
     assert run("run", recipe, "--sim", "--quiet").exit_code == 0  # a run: newer than its recipe
     assert all(files()[name] != after_run[name] for name in ("report.csv", "manifest.json", "gallery.html"))

@@ -8,6 +8,7 @@ show, and writes the pages (`contact_sheet.png`, or `contact_sheet-01.png`, ... 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import time
@@ -234,8 +235,10 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     if total > 1:
         # Pages in threads: Pillow releases the GIL while it decodes thumbnails and encodes
         # PNG, which is most of a page's time; two pages in memory at once, not all of them.
+        # (each in a copy of this context: `keeping_unchanged()` must reach the pages' writes)
+        context = contextvars.copy_context()
         with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
-            drawn = list(pool.map(draw_page, layout.pages))
+            drawn = list(pool.map(lambda page: context.copy().run(draw_page, page), layout.pages))
     else:
         drawn = [draw_page(page) for page in layout.pages]
     paths = [path for path, _ in drawn]
