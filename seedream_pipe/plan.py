@@ -1079,6 +1079,7 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     sha256 = hashlib.sha256
     index = 0
     rendering = 0.0  # seconds spent in templates so far
+    renders = 0
     monotonic = time.monotonic
     for combo in combos:
         scope: dict[str, Any] = {}
@@ -1110,8 +1111,9 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
                 started = monotonic()
                 prompt = _render(recipe, template, scope, labels, problems)
                 rendering += monotonic() - started
+                renders += 1
                 if rendering > MAX_PLAN_TEMPLATE_SECONDS:
-                    _too_slow(recipe, template, index, count * repeats, rendering)
+                    _too_slow(recipe, template, index, count * repeats, rendering / renders)
                 if cache is not None:
                     cache[cache_key] = prompt
             if not prompt:
@@ -1221,10 +1223,10 @@ def _render(recipe: Recipe, template: PromptTemplate, scope: Mapping[str, Any],
     return text
 
 
-def _too_slow(recipe: Recipe, template: PromptTemplate, done: int, of: int, seconds: float) -> NoReturn:
+def _too_slow(recipe: Recipe, template: PromptTemplate, done: int, of: int, each: float) -> NoReturn:
     message = (
         f"the templates took over {MAX_PLAN_TEMPLATE_SECONDS:g} s in all, at job {done:,} of {of:,} "
-        f"({seconds / done * 1000:,.0f} ms a prompt, where a prompt needs microseconds): a loop in a "
+        f"({each * 1000:,.0f} ms a prompt, where a prompt needs microseconds): a loop in a "
         "template does too much work"
     )
     raise RecipeError(recipe.problem(template.key_path, message))

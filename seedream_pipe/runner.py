@@ -40,7 +40,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -1070,6 +1070,10 @@ def recipe_meta(recipe: Recipe) -> dict[str, Any]:
 
 def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
     """The recipe's `run:` settings, with the command line's choices on top (None: not given)."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(RunOptions)})
+    if unknown:  # (a notebook's typo, `rmp=5`, would otherwise be dropped without a word)
+        known = ", ".join(f.name for f in fields(RunOptions))
+        raise UsageError(f"options_from_recipe: no option {', '.join(unknown)}; RunOptions has {known}")
     opts = RunOptions(
         rpm=recipe.run.rpm,
         concurrency=recipe.run.concurrency,
@@ -1114,7 +1118,8 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise UsageError(f"{out_dir} is in use by another run (pid {holder}); {busy.format(pid=holder)}") from None
+            pid = holder if holder.isdigit() else "<its pid>"
+            raise UsageError(f"{out_dir} is in use by another run (pid {holder}); {busy.format(pid=pid)}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -1274,7 +1279,7 @@ async def arun_recipe(
     if result.exit_code != EX_INTERRUPTED:
         # An interrupted run leaves the outputs as they were: make deletes a target when its
         # command is interrupted, and a report written after that would pass for a finished one.
-        # The next run (or `seedream-pipe report DIR`) writes them.
+        # The next run writes them (or `report`, `sheet` and `gallery` DIR).
         result.outputs = write_outputs(out, recipe)
     return result
 

@@ -57,14 +57,14 @@ class NeverConnects(httpx.ConnectError):
 
 # OpenSSL's reasons for a handshake that no retry can mend: the other end does not speak TLS,
 # or speaks a version this side refuses. (An EOF or reset mid-handshake is not here: a busy
-# load balancer does that, and a retry may well get through.)
+# load balancer does that, and a retry may well get through; nor RECORD_LAYER_FAILURE, which
+# some services are reported to give now and then.)
 _TLS_FOR_GOOD = frozenset(
     {
         "WRONG_VERSION_NUMBER",
         "HTTP_REQUEST",
         "UNKNOWN_PROTOCOL",
         "PACKET_LENGTH_TOO_LONG",
-        "RECORD_LAYER_FAILURE",
         "UNSUPPORTED_PROTOCOL",
         "TLSV1_ALERT_PROTOCOL_VERSION",
         "NO_PROTOCOLS_AVAILABLE",

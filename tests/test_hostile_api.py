@@ -163,6 +163,15 @@ async def test_a_result_nested_deep_still_gives_its_url_and_its_error() -> None:
     assert result.status == "failed" and result.error
 
 
+def test_an_error_too_deep_to_show_is_said_so_not_a_crash() -> None:
+    from seedream_pipe.client import _error_text
+
+    deep: Any = {"detail": None}
+    for _ in range(5000):  # past what json.dumps can take from any stack
+        deep = {"x": deep}
+    assert _error_text(deep) == "an error the API sent nested too deeply to show"
+
+
 def test_urls_are_found_at_any_depth_without_recursion() -> None:
     from seedream_pipe.client import collect_urls
 

@@ -373,6 +373,15 @@ def test_a_run_cancelled_while_posts_are_on_the_wire_records_their_answers(tmp_p
         assert sim.stats()["duplicate_submits"] == 0
 
 
+def test_options_from_recipe_refuses_a_name_runoptions_does_not_have(tmp_path: Path) -> None:
+    from seedream_pipe.runner import options_from_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    with pytest.raises(UsageError, match="no option concurency, rmp; RunOptions has rpm, concurrency"):
+        options_from_recipe(recipe, rmp=5, concurency=1)  # it took them without a word
+    assert options_from_recipe(recipe, rpm=5).rpm == 5
+
+
 @pytest.mark.parametrize(
     ("change", "error", "says"),
     [
