@@ -298,6 +298,33 @@ def test_a_stop_ends_the_jobs_waiting_for_their_submit_turn_at_once(sim: Simulat
     sim.set_faults(credit_limit=None)
 
 
+def test_a_job_whose_task_starts_after_a_stop_never_goes_to_the_pacer(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stop landing between a job task's creation and its first step left it out of the set the
+    # stop cancels: it waited out its whole submit turn (10 s at 6 rpm) to find the stop.
+    from seedream_pipe import runner as runner_module
+    from seedream_pipe.client import ModelApiClient
+
+    spawn, submit = runner_module.Runner._spawn, ModelApiClient.submit
+    submits: list[str] = []
+
+    def spawn_then_stop(self: Any, coro: Any) -> Any:
+        task = spawn(self, coro)
+        self._stop(75, "stopped as the first job's task was made")  # before that task's first step
+        return task
+
+    async def counted_submit(self: Any, model: str, body: Any, **kwargs: Any) -> Any:
+        submits.append(model)
+        return await submit(self, model, body, **kwargs)
+
+    monkeypatch.setattr(runner_module.Runner, "_spawn", spawn_then_stop)
+    monkeypatch.setattr(ModelApiClient, "submit", counted_submit)
+    result = run(sim, write_recipe(tmp_path), tmp_path / "out", options=fast(rpm=6))
+    assert result.exit_code == 75 and result.counts["planned"] == 6
+    assert submits == []
+
+
 def test_jobs_cancelled_on_the_apis_side_are_not_done_and_the_next_run_submits_them(
     sim: Simulator, tmp_path: Path
 ) -> None:
