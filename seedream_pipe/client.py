@@ -325,7 +325,8 @@ class ModelApiClient:
             return AuthError(
                 self._redact(
                     f"{what}: the API refused the token (HTTP {code}: {reason}). "
-                    "Check RUNCOMFY_TOKEN or sign in again with `runcomfy login`."
+                    "Check the token (RUNCOMFY_TOKEN, or the one given in code) or sign in again with "
+                    "`runcomfy login`."
                 ),
                 status=code,
             )
