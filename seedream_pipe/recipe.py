@@ -215,7 +215,9 @@ FilterEntry = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # frozen: a recipe is checked and planned from what was loaded (its blueprint is cached), so
+    # `recipe.run.rpm = 5` in a notebook raises rather than being silently ignored
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class RunSettings(_Strict):
@@ -257,6 +259,7 @@ class RecipeSpec(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
+        frozen=True,
         title="seedream-pipe recipe",
         json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
     )

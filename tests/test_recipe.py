@@ -594,3 +594,16 @@ def test_an_endless_input_schema_is_cut_at_the_limit(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["sweep-", "-old", "a--b"])
 def test_a_name_the_old_rule_took_still_loads(tmp_path: Path, name: str) -> None:
     assert load_recipe(write(tmp_path, MINIMAL + f"name: {name}\n")).name == name
+
+
+def test_a_loaded_recipe_is_read_only_rather_than_silently_unplanned(tmp_path: Path) -> None:
+    # its plan comes from a cached blueprint: a notebook's `recipe.spec.template = ...` or
+    # `recipe.run.rpm = 5` was accepted and then ignored without a word
+    import pydantic
+
+    recipe = load_recipe(write(tmp_path, 'template: "a {{ a }}"\nvars: {a: [cat]}\n'))
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        recipe.spec.template = "a dog"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        recipe.run.rpm = 5  # type: ignore[misc]
+    assert recipe.plan().jobs[0].prompt == "a cat"
