@@ -427,10 +427,14 @@ class Runner:
         cancel of the run (a second Ctrl-C) cuts even that wait short."""
         self.stop_submitting = self.interrupted = True  # (posting jobs then stop at their answer)
         posting = {task for task in self._posting if not task.done()}
-        await self._cancel_tasks([dispatcher, *(self._tasks - posting)])
-        if posting:
-            await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
-        await self._cancel_tasks(self._tasks)
+        try:
+            await self._cancel_tasks([dispatcher, *(self._tasks - posting)])
+            if posting:
+                await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
+            await self._cancel_tasks(self._tasks)
+        finally:  # cancelled again while waiting: every task is still told to stop
+            for task in self._tasks:
+                task.cancel()
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)

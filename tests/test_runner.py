@@ -411,6 +411,27 @@ def test_options_from_recipe_refuses_a_name_runoptions_does_not_have(tmp_path: P
     assert options_from_recipe(recipe, rpm=5).rpm == 5
 
 
+def test_a_run_cancelled_twice_stops_at_once_with_no_task_left(tmp_path: Path) -> None:
+    # the second cancel (a second Ctrl-C) cuts short the wait for POSTs on the wire
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+
+    async def cancelled_twice(sim: Simulator) -> list[asyncio.Task[Any]]:
+        run = asyncio.create_task(
+            arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
+        )
+        await asyncio.sleep(0.5)  # POSTs on the wire: every answer takes 5 s
+        run.cancel()
+        await asyncio.sleep(0.1)  # the run now waits for their answers
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await asyncio.sleep(0.1)  # (the tasks told to stop take a step to do so)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    with Simulator(SimConfig(workers=0, latency=0.01, faults=Faults(slow_rate=1.0, slow_s=5.0))) as sim:
+        assert asyncio.run(cancelled_twice(sim)) == []
+
+
 @pytest.mark.parametrize(
     ("change", "error", "says"),
     [
