@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -39,11 +40,11 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 log = logging.getLogger(__name__)
 
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
@@ -1179,7 +1181,21 @@ async def arun_recipe(
     allow_large: bool = False,
     handle_signals: bool = False,
 ) -> RunResult:
-    """Run a recipe (async form, for a notebook's running loop). See `run_recipe`."""
+    """Run a recipe to completion (or to the first reason to stop) and return what happened.
+
+    - `out_dir`: the output folder (default: the recipe's `output`, else outputs/<name>/);
+    - `options`: RunOptions; `options_from_recipe(recipe, rpm=30)` keeps the recipe's `run:`
+      settings and changes the ones named (a bare RunOptions() starts from the defaults);
+    - `progress`: where events go (default: nowhere; `LogProgress()` logs them);
+    - `http`: an httpx.AsyncClient to send through (tests); `max_jobs`/`allow_large`: as --yes;
+    - `handle_signals`: install Ctrl-C/SIGTERM handlers that wind the run down (the CLI does).
+
+    The outcome is in the result (`result.ok`, `result.exit_code`, `result.reason`); arguments
+    a run cannot use raise UsageError or AuthError before anything is written or sent.
+
+    This is the form for a running event loop (`await arun_recipe(...)` in a notebook);
+    `run_recipe(...)` takes the same arguments and blocks until the run ends.
+    """
     from seedream_pipe.recipe import Recipe
 
     # A notebook's arguments are checked before anything is written or sent.
@@ -1288,47 +1304,29 @@ async def arun_recipe(
     return result
 
 
-def run_recipe(
-    recipe: Recipe,
-    *,
-    api: ApiSettings,
-    out_dir: str | os.PathLike[str] | None = None,
-    options: RunOptions | None = None,
-    progress: Progress | None = None,
-    http: httpx.AsyncClient | None = None,
-    max_jobs: int = 10_000,
-    allow_large: bool = False,
-    handle_signals: bool = False,
-) -> RunResult:
-    """Run a recipe to completion (or to the first reason to stop) and return what happened.
+def _blocking(run: Callable[_P, Coroutine[Any, Any, RunResult]]) -> Callable[_P, RunResult]:
+    """`run` made a plain call that runs it on an event loop of its own, same arguments."""
 
-    - `out_dir`: the output folder (default: the recipe's `output`, else outputs/<name>/);
-    - `options`: RunOptions; `options_from_recipe(recipe, rpm=30)` keeps the recipe's `run:`
-      settings and changes the ones named (a bare RunOptions() starts from the defaults);
-    - `progress`: where events go (default: nowhere; `LogProgress()` logs them);
-    - `http`: an httpx.AsyncClient to send through (tests); `max_jobs`/`allow_large`: as --yes;
-    - `handle_signals`: install Ctrl-C/SIGTERM handlers that wind the run down (the CLI does).
+    @functools.wraps(run)
+    def blocking(*args: _P.args, **kwargs: _P.kwargs) -> RunResult:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run(*args, **kwargs))
+        # asyncio.run would fail with "cannot be called from a running event loop", which does
+        # not say what to write instead; checked before the coroutine exists, so none is left
+        # unawaited
+        raise RuntimeError(
+            "run_recipe() cannot run inside a running event loop (a Jupyter notebook has one): "
+            "write `result = await arun_recipe(recipe, api=...)` instead (from seedream_pipe.runner)"
+        )
 
-    The outcome is in the result (`result.ok`, `result.exit_code`, `result.reason`); arguments
-    a run cannot use raise UsageError or AuthError before anything is written or sent.
+    return blocking
 
-    In a Jupyter notebook, whose own event loop is running, use `await arun_recipe(...)`.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(
-            arun_recipe(
-                recipe, api=api, out_dir=out_dir, options=options, progress=progress, http=http,
-                max_jobs=max_jobs, allow_large=allow_large, handle_signals=handle_signals,
-            )
-        )  # fmt: skip
-    # asyncio.run would fail with "cannot be called from a running event loop", which does not
-    # say what to write instead; checked before the coroutine exists, so none is left unawaited
-    raise RuntimeError(
-        "run_recipe() cannot run inside a running event loop (a Jupyter notebook has one): "
-        "write `result = await arun_recipe(recipe, api=...)` instead (from seedream_pipe.runner)"
-    )
+
+#: `arun_recipe` as a plain call, for scripts: `result = run_recipe(recipe, api=...)`.
+run_recipe = _blocking(arun_recipe)
+run_recipe.__name__ = run_recipe.__qualname__ = "run_recipe"
 
 
 def _reached_its_api(run: Mapping[str, Any]) -> bool:
