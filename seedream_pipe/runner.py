@@ -44,7 +44,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -117,16 +117,14 @@ class RunOptions:
         """Raise UsageError naming every option whose value a run cannot use (a notebook's
         `RunOptions(rpm="fast")` failed deep in the pacer, after the run was recorded)."""
         wrong: list[str] = []
-        for name, least, optional in _OPTION_RANGES:
+        for name, rule in _OPTION_RULES.items():
             value = getattr(self, name)
-            if value is None and optional:
+            if value is None and rule.optional:
                 continue
-            whole = name in _WHOLE_OPTIONS
-            number = isinstance(value, int if whole else int | float) and not isinstance(value, bool)
-            above_zero = name in _ABOVE_ZERO
-            if not number or not math.isfinite(value) or (value <= 0 if above_zero else value < least):
-                bound = "above 0" if above_zero else f"at least {least}"
-                wrong.append(f"{name} must be {'a whole number' if whole else 'a number'} {bound}, not {value!r}")
+            number = isinstance(value, int if rule.whole else int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < rule.least or (rule.above and value == rule.least):
+                bound = f"above {rule.least}" if rule.above else f"at least {rule.least}"
+                wrong.append(f"{name} must be {'a whole number' if rule.whole else 'a number'} {bound}, not {value!r}")
         for name in ("retry_failed", "resubmit_unknown", "forget_lost"):
             if not isinstance(getattr(self, name), bool):
                 wrong.append(f"{name} must be True or False, not {getattr(self, name)!r}")
@@ -136,23 +134,28 @@ class RunOptions:
             raise UsageError("RunOptions: " + "; ".join(wrong))
 
 
-#: (option, least value, None allowed) for RunOptions.check.
-_OPTION_RANGES: tuple[tuple[str, int, bool], ...] = (
-    ("rpm", 0, False),
-    ("concurrency", 1, False),
-    ("limit", 0, True),
-    ("timeout_s", 0, False),
-    ("request_timeout_s", 0, False),
-    ("requests_per_s", 0, True),
-    ("first_poll_s", 0, False),
-    ("max_retries", 0, False),
-    ("backoff_base_s", 0, False),
-    ("backoff_cap_s", 0, False),
-    ("download_attempts", 1, False),
-)
-#: Rates and times a run cannot use at 0.
-_ABOVE_ZERO = frozenset({"rpm", "timeout_s", "request_timeout_s", "requests_per_s"})
-_WHOLE_OPTIONS = frozenset({"concurrency", "limit", "max_retries", "download_attempts"})
+class _Rule(NamedTuple):
+    """What RunOptions.check allows for one option."""
+
+    whole: bool = False  # an int, not a float
+    least: int = 0  # the smallest value allowed...
+    above: bool = False  # ...or only the values above it (rates and times a run cannot use at 0)
+    optional: bool = False  # None allowed
+
+
+_OPTION_RULES: dict[str, _Rule] = {
+    "rpm": _Rule(above=True),
+    "concurrency": _Rule(whole=True, least=1),
+    "limit": _Rule(whole=True, optional=True),
+    "timeout_s": _Rule(above=True),
+    "request_timeout_s": _Rule(above=True),
+    "requests_per_s": _Rule(above=True, optional=True),
+    "first_poll_s": _Rule(),
+    "max_retries": _Rule(whole=True),
+    "backoff_base_s": _Rule(),
+    "backoff_cap_s": _Rule(),
+    "download_attempts": _Rule(whole=True, least=1),
+}
 
 
 @dataclass
