@@ -349,11 +349,13 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     out_dir, recipe, store = _open_state(target, out)
     with store:
         counts = store.counts()
-        failed = store.jobs(states=("failed",))
-        planned_here = {r.job_id for r in store.jobs()}
-        sent = {r.job_id for r in store.jobs(in_plan=None) if r.state != "planned"}  # ever submitted
-        duplicates = sum(1 for r in store.jobs() if r.possible_duplicate)
+        every = store.jobs(in_plan=None)  # (read once: a folder may hold 100,000 jobs)
         runs = store.runs()
+    here = [r for r in every if r.in_plan]
+    failed = [r for r in here if r.state == "failed"]
+    duplicates = sum(1 for r in here if r.possible_duplicate)
+    planned_here = {r.job_id for r in here}
+    sent = {r.job_id for r in every if r.state != "planned"}  # ever submitted
     last = runs[-1] if runs else None
     # The folder holds the last run's plan; a recipe given by name may have changed since.
     changes: dict[str, Any] | None = None
