@@ -13,6 +13,9 @@ find the limit from the 429s it gets). Scenarios, each on a fresh simulator and 
   F. the HTTP floor: the same N jobs' requests (submit, polls, result, image to a file), W at a
      time, by bare aiohttp and by a minimal raw-socket client (bench/http_floor.py), with no
      state, pacing or checks: what the requests alone cost in CPU on this machine
+  P. the image floor: what the Pillow work the runner must do per image costs alone, on one of
+     the simulator's images for this recipe (median of repeats): the full decode that proves the
+     file is an image, and that decode plus the thumbnail (the runner's keep_image)
 
 For A and B: HTTP requests per job (goal <= 5), detection delay = when the runner saw a job
 finished minus when the server finished it (goal < 10% of L), runner CPU per job (goal < 2 ms),
@@ -255,6 +258,40 @@ def floor(args: argparse.Namespace, recipe: Path, folder: Path, client: str) -> 
     }
 
 
+def image_floor(recipe: Path, folder: Path, repeats: int = 30) -> dict[str, Any]:
+    """Median CPU ms of the per-image Pillow work alone (scenario P), on one simulator image."""
+    from PIL import Image
+
+    from seedream_pipe.downloads import keep_image
+    from seedream_pipe.sim import render_png
+
+    job = load_recipe(recipe).plan().jobs[0]
+    data = render_png(str(job.inputs["prompt"]), str(job.inputs.get("resolution")))
+    source = folder / "floor-image.png"
+    source.write_bytes(data)
+
+    def decode() -> None:
+        with Image.open(source) as img:
+            img.load()
+
+    def keep() -> None:
+        tmp = folder / "floor-keep.png"
+        tmp.write_bytes(data)  # keep_image renames its input into place
+        keep_image(tmp, folder / "floor-kept.png", folder / "floor-thumb.jpg")
+
+    def median_ms(work: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            work()
+            times.append(time.process_time() - start)
+        return statistics.median(times) * 1000
+
+    with Image.open(source) as img:
+        size = img.size
+    return {"decode_ms": median_ms(decode), "keep_ms": median_ms(keep), "bytes": len(data), "size": size}
+
+
 def show(r: dict[str, Any], latency: float) -> None:
     print(f"\n[{r['name']}] exit {r['exit_code']}, {r['done']} images, duplicates {r['duplicates']}")
     print(f"  makespan            {r['makespan_s']:.2f} s   ideal {r['ideal_s']:.2f} s   "
@@ -281,9 +318,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20, help="server limit R (submits/s)")
     parser.add_argument("--first-poll", type=float, default=1.0)
     parser.add_argument("--naive-jobs", type=int, default=8, help="jobs the naive baseline really runs")
-    parser.add_argument("--only", choices=["A", "B", "C", "F"], action="append")
+    parser.add_argument("--only", choices=["A", "B", "C", "F", "P"], action="append")
     args = parser.parse_args()
-    only = set(args.only or ["A", "B", "C", "F"])
+    only = set(args.only or ["A", "B", "C", "F", "P"])
     print(f"N={args.n} L={args.latency}s (+/-{args.jitter}) W={args.workers} R={args.rate}/s; "
           f"ideal max(N/R, N*L/W) + L = {max(args.n / args.rate, args.n * args.latency / args.workers) + args.latency:.2f} s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,10 +345,12 @@ def main() -> None:
                   f"extrapolated to N={args.n}: {estimate:.0f} s (an extrapolation, not a measurement)")
             if "A" in results:
                 print(f"  runner A is {estimate / results['A']['makespan_s']:.1f}x faster than the naive baseline")
+        floors: dict[str, float] = {}
         if "F" in only:
             print("\n[F: the HTTP floor] the same jobs' requests with nothing else (no state, pacing, checks)")
             for client in ("aiohttp", "raw"):
                 f = floor(args, recipe, folder, client)
+                floors[client] = f["cpu_ms_per_job"]
                 print(f"  {client:8} {f['cpu_ms_per_job']:.2f} ms CPU/job ({f['sys_ms_per_job']:.2f} ms kernel), "
                       f"{f['requests_per_job']:.2f} requests/job = {f['cpu_ms_per_request']:.3f} ms/request")
                 if "A" in results:
@@ -319,6 +358,20 @@ def main() -> None:
                     orchestration = a["cpu_ms_per_job"] - a["image_cpu_ms_per_job"]
                     print(f"           runner A's orchestration {orchestration:.2f} ms/job is "
                           f"{orchestration - f['cpu_ms_per_job']:+.2f} ms over this floor")
+        if "P" in only:
+            p = image_floor(recipe, folder)
+            width, height = p["size"]
+            print(f"\n[P: the image floor] one simulator image ({width}x{height} PNG, {p['bytes'] / 1000:.0f} kB), "
+                  "the Pillow work alone, median of 30")
+            print(f"  full decode         {p['decode_ms']:.2f} ms (the check the runner must make: it proves the file is an image)")
+            print(f"  decode + thumbnail  {p['keep_ms']:.2f} ms (keep_image, as the runner calls it)")
+            if "aiohttp" in floors:
+                least = floors["aiohttp"] + p["keep_ms"]
+                print(f"  least CPU per job with these libraries: HTTP floor {floors['aiohttp']:.2f} + image floor "
+                      f"{p['keep_ms']:.2f} = {least:.2f} ms, {least / 2:.1f}x the 2 ms goal")
+                if "A" in results:
+                    print(f"  runner A: {results['A']['cpu_ms_per_job']:.2f} ms/job, "
+                          f"{results['A']['cpu_ms_per_job'] - least:+.2f} ms over that floor")
 
 
 if __name__ == "__main__":
