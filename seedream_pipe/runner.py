@@ -1183,6 +1183,7 @@ async def arun_recipe(
     max_jobs: int = 10_000,
     allow_large: bool = False,
     handle_signals: bool = False,
+    plan: Plan | None = None,
 ) -> RunResult:
     """Run a recipe to completion (or to the first reason to stop) and return what happened.
 
@@ -1191,7 +1192,9 @@ async def arun_recipe(
       settings and changes the ones named (a bare RunOptions() starts from the defaults);
     - `progress`: where events go (default: nowhere; `LogProgress()` logs them);
     - `http`: an httpx.AsyncClient to send through (tests); `max_jobs`/`allow_large`: as --yes;
-    - `handle_signals`: install Ctrl-C/SIGTERM handlers that wind the run down (the CLI does).
+    - `handle_signals`: install Ctrl-C/SIGTERM handlers that wind the run down (the CLI does);
+    - `plan`: the recipe's plan when it is already made (`recipe.plan(...)`, which applied
+      max_jobs), so that a large recipe is not planned twice.
 
     The outcome is in the result (`result.ok`, `result.exit_code`, `result.reason`); arguments
     a run cannot use raise UsageError or AuthError before anything is written or sent.
@@ -1213,7 +1216,7 @@ async def arun_recipe(
     opts = options or options_from_recipe(recipe)
     opts.check()
     out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
-    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -1404,8 +1407,19 @@ def dry_run_report(
     }
 
 
+def _plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: bool) -> Plan:
+    """The plan given (checked to be this recipe's), else the recipe planned now."""
+    from seedream_pipe.plan import Plan
+
+    if plan is None:
+        return recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    if not isinstance(plan, Plan) or plan.recipe is not recipe:
+        raise UsageError("plan= takes this recipe's own plan, as recipe.plan() makes it")
+    return plan
+
+
 def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, allow_large: bool = False,
-                   api_host: str | None = None) -> list[Path] | None:
+                   api_host: str | None = None, plan: Plan | None = None) -> list[Path] | None:
     """When every job of the recipe's plan is already downloaded with its file intact, bring the
     folder up to date with the recipe without any network call, and return the outputs written.
     None when there is work left: a run is needed.
@@ -1416,11 +1430,11 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
 
     With `api_host`, a folder used with another API host is refused (UsageError), as `run`
     would refuse it. Lets `run` skip starting a simulator, and asking for a token, when a recipe
-    is finished.
+    is finished. `plan`: as for arun_recipe.
     """
     if not (out_dir / STATE_FILE).exists():
         return None
-    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     with StateStore.for_reading(out_dir) as store:
         if api_host is not None:
             check_same_api(store, out_dir, api_host)

@@ -622,3 +622,39 @@ def test_status_and_cancel_of_a_finished_folder_never_open_it_to_write(
     monkeypatch.setattr(StateStore, "for_output_dir", read_only)  # (for_reading is tested in test_state)
     assert invoke("status", str(out))[:2] == (0, f"{out}: 2 jobs\n  downloaded      2\nlast run: #1 against 127.0.0.1, exit 0\n")
     assert invoke("cancel", str(out))[:2] == (0, f"nothing to cancel: no job of {out} is queued or running\n")
+
+
+def test_a_resumed_run_plans_its_recipe_once(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (a 100,000-job recipe takes about a second to plan: `run` used to plan it once to see
+    # whether it was finished and again to run it)
+    from seedream_pipe import plan as plan_module
+
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "1")[0] == 0  # 1 of 2 done
+    calls: list[object] = []
+    real = plan_module.build_plan
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "build_plan", counted)
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0, stdout
+    assert "2 jobs: 2 done" in stdout
+    assert len(calls) == 1
+
+
+def test_a_plan_given_to_a_run_must_be_its_recipes(recipe: Path, tmp_path: Path) -> None:
+    from seedream_pipe.config import ApiSettings
+    from seedream_pipe.errors import UsageError
+    from seedream_pipe.runner import run_recipe
+
+    other = load_recipe(recipe)
+    with pytest.raises(UsageError, match="this recipe's own plan"):
+        run_recipe(
+            load_recipe(recipe), api=ApiSettings("http://127.0.0.1:9/v1", "t"), out_dir=tmp_path / "o", plan=other.plan()
+        )
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -290,7 +290,8 @@ def run_command(
     host = _host_for_run(sim, base_url)
     # A finished recipe: no simulator, no network, so no token needed either (a make target on a
     # machine without one); the folder still follows the recipe and its outputs are rewritten.
-    written = finish_if_done(recipe, out_dir, max_jobs=max_jobs, allow_large=yes, api_host=host)
+    plan = recipe.plan(max_jobs=max_jobs, allow_large=yes)  # once, for both steps
+    written = finish_if_done(recipe, out_dir, api_host=host, plan=plan)
     if written is not None:
         if json_lines:
             _json_nothing_to_do(out_dir)
@@ -306,9 +307,8 @@ def run_command(
             out_dir=out_dir,
             options=options,
             progress=progress,
-            max_jobs=max_jobs,
-            allow_large=yes,
             handle_signals=True,
+            plan=plan,
         )
     if not json_lines:
         _print_summary(result, quiet=quiet, retried=options.retry_failed)
