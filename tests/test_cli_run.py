@@ -658,3 +658,11 @@ def test_a_plan_given_to_a_run_must_be_its_recipes(recipe: Path, tmp_path: Path)
             load_recipe(recipe), api=ApiSettings("http://127.0.0.1:9/v1", "t"), out_dir=tmp_path / "o", plan=other.plan()
         )
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_run_takes_y_for_yes_as_plan_does(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code, _, stderr = invoke("run", str(recipe), "--out", str(out), "--dry-run", "--max-jobs", "1")
+    assert code == 65 and "--yes" in stderr
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run", "--max-jobs", "1", "-y")
+    assert code == 0 and "2 jobs in the plan" in stdout

@@ -201,7 +201,7 @@ def _errors_as_json_events(command: Callable[..., int]) -> Callable[..., int]:
 @click.option("--concurrency", type=click.IntRange(min=1), help="Jobs in flight at most. [default: the recipe's run.concurrency]")
 @click.option("--limit", type=click.IntRange(min=0),
               help="Submit at most N jobs in this run (0: none, only finish what is in flight).")
-@click.option("--yes", is_flag=True, help="Allow a plan over --max-jobs jobs.")
+@click.option("--yes", "-y", is_flag=True, help="Allow a plan over --max-jobs jobs.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=10_000, show_default=True, help="Largest plan run without --yes.")
 @click.option("--retry-failed", is_flag=True, help="Try failed jobs again (timed-out ones are polled, not resubmitted).")
 @click.option("--no-resubmit-unknown", is_flag=True,
