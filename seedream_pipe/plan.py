@@ -444,6 +444,7 @@ class Blueprint:
     excludes: list[Filter]
     includes: list[Filter]
     repeats: int
+    notes: list[str] = field(default_factory=list)  # warnings every plan of the recipe repeats
 
     @property
     def axis_names(self) -> list[str]:
@@ -688,8 +689,25 @@ def _matching(axis: Axis, member: str | None, wanted: list[str], schema: ModelSc
 
 
 def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSchema,
-                   problems: _Problems) -> list[Filter]:
+                   problems: _Problems, notes: list[str]) -> list[Filter]:
+    """Compile exclude/include entries. A name or value that matches nothing is an error (a
+    typo would otherwise filter nothing), except in an exclude entry a base recipe wrote: a
+    recipe that extends it and narrows or removes a var makes that entry exclude less, which is
+    only noted, since what cannot be planned needs no excluding."""
     entries = getattr(recipe.spec, which)
+
+    def inherited(path: KeyPath) -> Problem | None:
+        where = recipe.problem(path, "")
+        return where if which == "exclude" and where.file != recipe.display else None
+
+    def miss(path: KeyPath, message: str) -> None:
+        base = inherited(path)
+        if base is None:
+            problems.add(path, message)
+        else:
+            notes.append(f"{base}{message}. {recipe.display} extends this recipe without it, so there is "
+                         f"nothing of it to exclude (`exclude: ~` in {recipe.display} drops the base's excludes)")
+
     by_name: dict[str, tuple[int, str | None]] = {}
     for position, axis in enumerate(axes):
         by_name[axis.name] = (position, None)
@@ -710,8 +728,8 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
                 ok = False
                 continue
             if key not in by_name:
-                problems.add((*path, key), f"{key!r} names no axis or var" + did_you_mean(key, set(by_name))
-                             + "; axes: " + ", ".join(a.name for a in axes))
+                miss((*path, key), f"{key!r} names no axis or var" + did_you_mean(key, set(by_name))
+                     + "; axes: " + ", ".join(a.name for a in axes))
                 ok = False
                 continue
             position, member = by_name[key]
@@ -723,11 +741,12 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
                 known: list[str] = (
                     axes[position].member_labels[member] if member else axes[position].labels
                 )
-                problems.add((*path, key), f"{shown} matches no value of {key!r}"
-                             + did_you_mean(unmatched[0], set(known))
-                             + "; labels: " + ", ".join(known[:20]) + (" ..." if len(known) > 20 else ""))
-                ok = False
-                continue
+                miss((*path, key), f"{shown} matches no value of {key!r}"
+                     + did_you_mean(unmatched[0], set(known))
+                     + "; labels: " + ", ".join(known[:20]) + (" ..." if len(known) > 20 else ""))
+                if not (inherited((*path, key)) and indices):
+                    ok = False  # (an inherited entry still excludes the values it does match)
+                    continue
             conditions.append((position, indices))
         if ok:
             compiled.append(conditions)
@@ -875,8 +894,9 @@ def prepare(recipe: Recipe) -> Blueprint:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 
-    excludes = _build_filters(recipe, "exclude", axes, schema, problems)
-    includes = _build_filters(recipe, "include", axes, schema, problems)
+    notes: list[str] = []
+    excludes = _build_filters(recipe, "exclude", axes, schema, problems, notes)
+    includes = _build_filters(recipe, "include", axes, schema, problems, notes)
     blueprint = Blueprint(
         axes=axes,
         templates=templates,
@@ -887,6 +907,7 @@ def prepare(recipe: Recipe) -> Blueprint:
         excludes=excludes,
         includes=includes,
         repeats=spec.repeats,
+        notes=notes,
     )
     _check_sheet(recipe, blueprint.axis_names, problems)
 
@@ -1017,7 +1038,7 @@ def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str]) -> tuple[
 def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = False) -> Plan:
     """Expand a recipe into its jobs (see the module docstring for the order)."""
     blueprint = recipe.blueprint
-    warnings: list[str] = []
+    warnings: list[str] = list(blueprint.notes)
     problems = _Problems(recipe)
     repeats = blueprint.repeats
     combos, count, kept = _select(recipe, blueprint, warnings)

@@ -64,6 +64,7 @@ _SAFE_SCALAR_TAGS = {
 }
 _AS_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"  # `~`, `null` or nothing at all; a quoted "null" is text
 
 KeyPath = tuple[str | int, ...]
 LITERAL_BLOCK = "|"  # a pseudo key: where the content of a `|` block scalar starts
@@ -411,6 +412,8 @@ class _Converter:
 
     def scalar(self, node: yaml.ScalarNode, path: KeyPath) -> Any:
         if path and path[0] in _TEXT_KEYS:
+            if node.tag == _NULL_TAG and (len(path) == 1 or (path[0] == "vars" and len(path) == 2)):
+                return None  # `exclude: ~`, `vars: {light: ~}`: remove what a base recipe set
             return node.value
         if node.tag in _AS_TEXT_TAGS:
             return node.value
@@ -844,7 +847,9 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             value = error.get("input")
             if kind in ("var_empty", "var_item", "var_file", "filter_value", "recipe_name"):  # said already
                 pass
-            elif isinstance(value, str | int | float | bool) or value is None:
+            elif value is None:
+                message += ", got nothing"
+            elif isinstance(value, str | int | float | bool):
                 shown = repr(value)
                 if len(shown) > 60:
                     shown = shown[:57] + "..."

@@ -390,6 +390,43 @@ def test_extends_overrides_key_by_key(tmp_path: Path) -> None:
     assert recipe.source_text.startswith("extends: base.yaml")
 
 
+@pytest.mark.parametrize("removal", ["~", "null", ""])
+def test_extends_null_removes_a_var_and_the_excludes_of_the_base(tmp_path: Path, removal: str) -> None:
+    write(tmp_path, BASE + "exclude: [{time: dusk}]\n", "base.yaml")
+    child = write(
+        tmp_path, f'extends: base.yaml\ntemplate: "{{{{ subject }}}}"\nvars:\n  time: {removal}\nexclude: {removal}\n', "c.yaml"
+    )
+    recipe = load_recipe(child)
+    assert recipe.spec.vars == {"subject": ["a fox", "an owl"]}
+    assert recipe.spec.exclude == []
+    assert [job.prompt for job in recipe.plan()] == ["a fox", "an owl"]
+
+
+def test_a_null_var_with_no_base_to_remove_it_from_says_it_has_no_values(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: ~\n  b: ["~"]\n')
+    assert only_problem(path).endswith("vars.a: expected a list of values, or {file: PATH}, got nothing")
+
+
+def test_a_quoted_null_or_one_inside_a_list_stays_a_value(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [~, "null"]\n'))
+    assert [job.prompt for job in recipe.plan()] == ["~", "null"]
+
+
+def test_an_exclude_of_the_base_that_a_narrowed_var_leaves_empty_is_a_warning(tmp_path: Path) -> None:
+    write(tmp_path, BASE + "exclude: [{time: dusk, subject: an owl}, {time: [dawn, dusk], subject: a fox}]\n",
+          "base.yaml")
+    recipe = load_recipe(write(tmp_path, "extends: base.yaml\nvars:\n  time: [dawn, noon]\n", "c.yaml"))
+    plan = recipe.plan()
+    # the fox at dawn is still excluded; the owl at dusk is not planned at all
+    assert [job.prompt for job in plan] == ["a fox at noon", "an owl at dawn", "an owl at noon"]
+    assert len(plan.warnings) == 2
+    assert all(f"{tmp_path / 'base.yaml'}:" in w and "'dusk' matches no value of 'time'" in w for w in plan.warnings)
+    assert "c.yaml extends this recipe without it" in plan.warnings[0]
+    # the recipe's own exclude is still held to naming what it plans (a typo excludes nothing)
+    problem = only_problem(write(tmp_path, "extends: base.yaml\nexclude: [{time: dsuk}]\n", "d.yaml"))
+    assert problem.startswith(f"{tmp_path / 'd.yaml'}:2:") and "'dsuk' matches no value of 'time' (did you mean 'dusk'?)" in problem
+
+
 def test_extends_template_replaces_templates(tmp_path: Path) -> None:
     write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"',
                                  'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'),
