@@ -331,9 +331,34 @@ _MODEL_AT: dict[KeyPath, type[BaseModel]] = {
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    """The JSON Schema of the recipe format (`seedream-pipe schema`)."""
+    """The JSON Schema of a recipe file as written (`seedream-pipe schema`).
+
+    A file that `extends` a base may set any key of a mapping to null to remove what the base
+    set, so each such key also takes null here: an editor checks one file, not the merged recipe.
+    """
     schema = RecipeSpec.model_json_schema()
+    defs = schema.get("$defs", {})
+    for properties in (schema["properties"], *(d.get("properties", {}) for d in defs.values())):
+        for key, rule in properties.items():
+            properties[key] = _or_null(rule)
+    for key in ("vars", "inputs", "params", "templates"):
+        rule = schema["properties"][key]
+        for mapping in (rule, *rule.get("anyOf", ())):
+            if isinstance(mapping.get("additionalProperties"), dict):
+                mapping["additionalProperties"] = _or_null(mapping["additionalProperties"])
     return {"$schema": schema.pop("$schema"), **schema}
+
+
+def _or_null(rule: dict[str, Any]) -> dict[str, Any]:
+    """`rule`, or null (as `extends` removal), unless it takes null already."""
+    choices = rule.get("anyOf", ())
+    if rule.get("type") == "null" or any(c.get("type") == "null" for c in choices):
+        return rule
+    if choices:
+        return {**rule, "anyOf": [*choices, {"type": "null"}]}
+    described = {k: rule[k] for k in ("title", "description", "default") if k in rule}
+    inner = {k: v for k, v in rule.items() if k not in described}
+    return {**described, "anyOf": [inner, {"type": "null"}]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,7 +765,10 @@ def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict
             base.pop(key, None)
             _drop_under(base_locs, here)
             continue
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict):
+            if not isinstance(base.get(key), dict):  # (merged into nothing, so a null in it removes nothing)
+                base[key] = {}
+                _drop_under(base_locs, here)
             if here in child_locs:
                 base_locs[here] = child_locs[here]
             _merge(base[key], base_locs, value, child_locs, here)

@@ -587,6 +587,19 @@ def test_json_schema_accepts_file_vars_and_refuses_unknown_keys() -> None:
     assert list(validator.iter_errors({"templtes": {}}))
 
 
+def test_json_schema_takes_the_nulls_an_extending_file_removes_keys_with(tmp_path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(recipe_json_schema())
+    write(tmp_path, BASE + "exclude: [{time: dusk}]\nsheet: {rows: [subject]}\n", "base.yaml")
+    text = ("extends: base.yaml\nvars: {time: ~}\nexclude: ~\nsheet: ~\nrun: {rpm: ~}\nprice_per_image: ~\n"
+            'template: "{{ subject }}"\ninputs: {seed: ~}\n')
+    load_recipe(write(tmp_path, text, "child.yaml")).plan()  # the tool takes it
+    import yaml
+
+    assert list(validator.iter_errors(yaml.safe_load(text))) == []
+    assert list(validator.iter_errors({"vars": {"time": 3}}))  # (still a check of what is not null)
+    assert list(validator.iter_errors({"run": {"rpm": "fast"}}))
+
+
 def _feed_fifo(path: Path, text: str) -> threading.Thread:
     os.mkfifo(path)
 
