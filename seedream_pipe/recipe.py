@@ -356,7 +356,7 @@ def _or_null(rule: dict[str, Any]) -> dict[str, Any]:
         return rule
     if choices:
         return {**rule, "anyOf": [*choices, {"type": "null"}]}
-    described = {k: rule[k] for k in ("title", "description", "default") if k in rule}
+    described: dict[str, Any] = {k: rule[k] for k in ("title", "description", "default") if k in rule}
     inner = {k: v for k, v in rule.items() if k not in described}
     return {**described, "anyOf": [inner, {"type": "null"}]}
 
