@@ -379,6 +379,7 @@ class PromptTemplate:
     compiled: Template
     uses: frozenset[str]
     tree: nodes.Template
+    optional: frozenset[str] = frozenset()  # names it guards (`x | default(...)`, `x is defined`)
 
     def __post_init__(self) -> None:
         self._globals = dict(self.compiled.globals)
@@ -525,8 +526,24 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
             problems.add_template(path, None, f"refused by the sandbox: {exc}")
             continue
         uses = frozenset(meta.find_undeclared_variables(tree)) - frozenset(_ENV.globals)
-        compiled.append(PromptTemplate(name, source, path, template, uses, tree))
+        compiled.append(PromptTemplate(name, source, path, template, uses, tree, _guarded_names(tree)))
     return compiled
+
+
+def _guarded_names(tree: nodes.Template) -> frozenset[str]:
+    """Names the template itself allows to be missing: `x | default(...)` and `x is defined`.
+    A base recipe's template can so take a var that only some recipes extending it set."""
+    names = {
+        node.node.name
+        for node in tree.find_all(nodes.Filter)
+        if node.name in ("default", "d") and isinstance(node.node, nodes.Name)
+    }
+    names |= {
+        node.node.name
+        for node in tree.find_all(nodes.Test)
+        if node.name in ("defined", "undefined") and isinstance(node.node, nodes.Name)
+    }
+    return frozenset(names)
 
 
 def _first_line_of(template: PromptTemplate, name: str) -> int | None:
@@ -882,7 +899,7 @@ def prepare(recipe: Recipe) -> Blueprint:
     used: set[str] = set()
     for template in templates:
         used |= template.uses
-        for name in sorted(template.uses - scope_names):
+        for name in sorted(template.uses - scope_names - template.optional):
             hint = did_you_mean(name, scope_names)
             problems.add_template(template.key_path, _first_line_of(template, name),
                                   f"{name!r} is undefined{hint}; the template can use: "

@@ -287,6 +287,18 @@ def test_undefined_template_variable_has_line_and_suggestion(tmp_path: Path) -> 
     )
 
 
+def test_a_template_may_guard_a_var_it_can_do_without(tmp_path: Path) -> None:
+    # a base's template that takes a var only some extending recipes set
+    text = ("template: \"{{ mood }} {{ kw | default('plain') }}{{ tone | d('') }}"
+            "{% if extra is defined %} with {{ extra }}{% endif %}\"\nvars: {mood: [calm]}\n")
+    assert [job.prompt for job in plan_of(tmp_path, text)] == ["calm plain"]
+    more = text.replace("vars: {mood: [calm]}", "vars: {mood: [calm], kw: [bold], extra: [rain]}")
+    assert [job.prompt for job in plan_of(tmp_path, more)] == ["calm bold with rain"]
+    # the guard does not cover a bare use of the same name elsewhere: that still fails, at render
+    message = only_problem(tmp_path, "template: \"{{ a }} {{ kw }}{% if kw is defined %}!{% endif %}\"\nvars: {a: [x]}\n")
+    assert "'kw' is undefined" in message
+
+
 def test_template_syntax_error_has_template_line(tmp_path: Path) -> None:
     message = only_problem(tmp_path, "template: |\n  {{ a }}\n  {% if a %}\n  {{ a }\nvars: {a: [x]}\n")
     # a `|` block keeps its lines: template line 3 is line 4 of the file
