@@ -509,7 +509,7 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
             problems.add(("templates",), "`templates:` needs at least one template")
         for name, source in spec.templates.items():
             if not re.match(TEMPLATE_NAME_PATTERN, name):
-                problems.add(("templates", name), "a template name uses only letters, digits, - and _")
+                problems.add(("templates", name), "a template name uses only letters (of any script), digits, - and _")
             written.append((name, source, ("templates", name)))
     else:
         problems.add((), "a recipe needs a prompt `template:` (or several `templates:`)")
@@ -558,8 +558,8 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
     variables = spec.vars
     for name in variables:
         path: KeyPath = ("vars", name)
-        if not re.match(VAR_NAME_PATTERN, name) or name in _JINJA_WORDS:
-            problems.add(path, f"{name!r} cannot be a var name: use letters, digits and _ "
+        if not (re.match(VAR_NAME_PATTERN, name) and name.isidentifier()) or name in _JINJA_WORDS:
+            problems.add(path, f"{name!r} cannot be a var name: use letters (of any script), digits and _ "
                                "(not starting with a digit, not a Jinja2 keyword)")
         elif name in _RESERVED:
             problems.add(path, f"{name!r} is a reserved name (the planner sets "

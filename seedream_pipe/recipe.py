@@ -97,11 +97,13 @@ def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> s
 # --------------------------------------------------------------------------------------------
 # The recipe model (its JSON Schema is `seedream-pipe schema`)
 
-VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Letters of any script, digits and _ (Python's \\w), not starting with a digit: names a
+#: Jinja2 template can use. (Not in the JSON Schema: an editor's regex reads \\w as ASCII only.)
+VAR_NAME_PATTERN = r"^(?!\d)\w+$"
 #: owner/model/task: the id goes into the submit URL, which carries the token, so no `..`, `?`,
 #: `#` or `%` may steer that POST elsewhere on the API's host.
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
-TEMPLATE_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+TEMPLATE_NAME_PATTERN = r"^[\w-]+$"  # letters of any script, digits, - and _ (a label)
 
 _VAR_VALUES_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -285,13 +287,13 @@ class RecipeSpec(_Strict):
     template: str | None = Field(default=None, description="the prompt, a Jinja2 template")
     templates: dict[str, str] | None = Field(
         default=None,
-        description="several named prompt templates; with more than one, `template` is an axis",
-        json_schema_extra={"propertyNames": {"pattern": TEMPLATE_NAME_PATTERN}},
+        description="several named prompt templates (names: letters of any script, digits, - and _); "
+        "with more than one, `template` is an axis",
     )
     vars: dict[str, VarValues] = Field(
         default_factory=dict,
-        description="the template's variables; each is an axis, in the order written",
-        json_schema_extra={"propertyNames": {"pattern": VAR_NAME_PATTERN}},
+        description="the template's variables (names: letters of any script, digits and _, not "
+        "starting with a digit); each is an axis, in the order written",
     )
     resolutions: list[str] | None = Field(
         default=None, min_length=1, description="resolution enum values or aliases (16:9, 1:1, 1k, ...)"

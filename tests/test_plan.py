@@ -622,11 +622,20 @@ def test_input_schema_problems(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [("resolution", "is a reserved name"), ("for", "cannot be a var name"), ("2x", "cannot be a var name"),
-     ("my-var", "cannot be a var name")],
+     ("my-var", "cannot be a var name"), ("x²", "cannot be a var name"), ("٣x", "cannot be a var name")],
 )
 def test_bad_var_names(tmp_path: Path, name: str, fragment: str) -> None:
     found = problems_of(tmp_path, f'template: "x"\nvars:\n  "{name}": [a]\n')
     assert any(f"vars.{name}: " in p and fragment in p for p in found), found
+
+
+def test_var_and_template_names_may_be_words_of_any_script(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        'templates: {写真: "{{ 色 }} {{ couleur_été }}", été-1: "{{ couleur_été }} {{ 色 }}"}\n'
+        "vars: {色: [赤], couleur_été: [rouge]}\n",
+    )
+    assert [(job.axes["template"], job.prompt) for job in plan] == [("写真", "赤 rouge"), ("été-1", "rouge 赤")]
 
 
 def test_sheet_axes_must_exist(tmp_path: Path) -> None:
