@@ -1116,6 +1116,7 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     invisible_example: dict[str, str] = {}
     sha256 = hashlib.sha256
     index = 0
+    failed: set[str] = set()  # templates that could not render a prompt
     rendering = 0.0  # seconds spent in templates so far
     renders = 0
     monotonic = time.monotonic
@@ -1124,6 +1125,8 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
         for a in positions:
             scope.update(scopes[a][combo[a]])
         template = templates[combo[template_position]] if template_position is not None else templates[0]
+        if template.name in failed:
+            continue  # (its first failure is reported; the other templates are still tried)
         part_key = tuple(combo[p] for p in body_positions)
         if part_key in parts:
             part_entry = parts[part_key]
@@ -1147,8 +1150,11 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
                     cache = None
             if prompt is None:
                 started = monotonic()
-                prompt = _render(recipe, template, scope, labels, problems)
+                prompt = _render(template, scope, labels, problems)
                 rendering += monotonic() - started
+                if prompt is None:
+                    failed.add(template.name)
+                    break
                 renders += 1
                 if rendering > MAX_PLAN_TEMPLATE_SECONDS:
                     _too_slow(recipe, template, index, count * repeats, rendering / renders)
@@ -1246,15 +1252,19 @@ def _describe(labels: Mapping[str, str], repeat: int, repeats: int) -> str:
     return f"{text}, repeat={repeat + 1}" if repeats > 1 else text
 
 
-def _render(recipe: Recipe, template: PromptTemplate, scope: Mapping[str, Any],
-            labels: Mapping[str, str], problems: _Problems) -> str:
+def _render(template: PromptTemplate, scope: Mapping[str, Any], labels: Mapping[str, str],
+            problems: _Problems) -> str | None:
+    """The prompt, or None when the template fails (the problem is added to `problems`)."""
     try:
         text = template.render(scope)
     except SecurityError as exc:
-        _render_failed(recipe, template, exc, f"refused by the sandbox: {exc}")
+        problems.add_template(template.key_path, _template_line(exc), f"refused by the sandbox: {exc}")
+        return None
     except Exception as exc:
         kind = "" if type(exc).__name__ == "UndefinedError" else f"{type(exc).__name__}: "
-        _render_failed(recipe, template, exc, f"{kind}{exc} (rendering {_describe(labels, 0, 1)})")
+        problems.add_template(template.key_path, _template_line(exc),
+                              f"{kind}{exc} (rendering {_describe(labels, 0, 1)})")
+        return None
     text = text.strip()
     if "  " in text or "\t" in text:
         text = _SPACES.sub(" ", text)
@@ -1270,9 +1280,5 @@ def _too_slow(recipe: Recipe, template: PromptTemplate, done: int, of: int, each
     raise RecipeError(recipe.problem(template.key_path, message))
 
 
-def _render_failed(recipe: Recipe, template: PromptTemplate, exc: BaseException, message: str) -> NoReturn:
-    line = _template_line(exc)
-    prefix = f"template line {line}: " if line is not None else ""
-    raise RecipeError(recipe.problem(template.key_path, prefix + message, text_line=line)) from None
 
 

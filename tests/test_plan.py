@@ -352,6 +352,17 @@ def test_runtime_error_in_template(tmp_path: Path) -> None:
     assert "template: template line 2: ZeroDivisionError: division by zero (rendering a=x" in message
 
 
+def test_templates_that_fail_to_render_are_reported_together_once_each(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        "templates:\n  ok: '{{ a }}'\n  b: '{{ a }} {{ 1 / 0 }}'\n  c: '{{ a }} {{ range(10**6) }}'\n"
+        "  e: '{{ a }} {{ a | int / 0 }}'\nvars: {a: [x, y, z]}\n",
+    )
+    assert len(found) == 3, found  # one per failing template, not one per job, nor only the first
+    assert [p.split("templates.")[1].split(":")[0] for p in found] == ["b", "c", "e"]
+    assert "ZeroDivisionError: division by zero (rendering template=b, a=x," in found[0]
+
+
 def test_jinja_features_work(tmp_path: Path) -> None:
     plan = plan_of(
         tmp_path,
