@@ -20,7 +20,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -1010,5 +1010,28 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 
 
 def iter_recipe_files(folder: Path) -> Iterator[Path]:
-    """The recipe files in a folder (*.yaml, *.yml), sorted."""
+    """The recipe files in a folder (*.yaml, *.yml), sorted; not its subfolders."""
     yield from sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
+    """Which of `files` another of them `extends` (resolved path -> the files that extend it).
+
+    A base may be only part of a recipe (say, shared `run:` settings with no template): it is
+    checked as part of each recipe that extends it, not on its own. A file that does not parse
+    names no base; loading it says why.
+    """
+    files = list(files)
+    known = {f.resolve() for f in files}
+    bases: dict[Path, list[Path]] = {}
+    for file in files:
+        try:
+            data = parse_yaml(file, str(file)).data
+        except RecipeError:
+            continue
+        parent = data.get("extends")
+        if isinstance(parent, str) and parent:
+            target = (file.parent / parent).resolve()
+            if target in known and target != file.resolve():
+                bases.setdefault(target, []).append(file)
+    return bases

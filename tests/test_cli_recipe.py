@@ -59,6 +59,27 @@ def test_validate_reports_every_problem_of_every_recipe(tmp_path: Path) -> None:
     ]
 
 
+def test_validate_a_folder_checks_a_partial_base_through_the_recipes_that_extend_it(tmp_path: Path) -> None:
+    write(tmp_path, "run: {rpm: 30}\nresolutions: [1K]\n", "common.yaml")  # no template: not a whole recipe
+    write(tmp_path, 'extends: common.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n', "one.yaml")
+    write(tmp_path, 'extends: common.yaml\ntemplate: "{{ b }}"\nvars: {b: [y]}\n', "two.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"base: {tmp_path / 'common.yaml'} (not a whole recipe; checked as part of "
+        f"{tmp_path / 'one.yaml'}, {tmp_path / 'two.yaml'})",
+        f"ok: {tmp_path / 'one.yaml'} (1 job)",
+        f"ok: {tmp_path / 'two.yaml'} (1 job)",
+    ]
+    # a problem in the base is still found, in the base, once
+    write(tmp_path, "run: {rpm: -1}\nresolutions: [1K]\n", "common.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 65
+    assert result.stderr.splitlines() == [f"error: {tmp_path / 'common.yaml'}:1:7: run.rpm: should be greater than 0, got -1"]
+    # given on its own, it is not a recipe
+    assert invoke("validate", str(tmp_path / "common.yaml")).exit_code == 65
+
+
 def test_validate_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("validate", str(path))

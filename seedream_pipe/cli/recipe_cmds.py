@@ -17,7 +17,9 @@ from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
+    bases_among,
     default_name,
+    iter_recipe_files,
     load_recipe,
     recipe_json_schema,
 )
@@ -34,7 +36,7 @@ def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            found = list(iter_recipe_files(path))
             if not found:
                 raise UsageError(f"{path}: no .yaml recipe in this folder")
             files.extend(found)
@@ -48,8 +50,10 @@ def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
 def validate_cmd(recipes: tuple[Path, ...]) -> int:
     """Check recipes without sending anything: syntax, keys, templates, axes, request bodies.
 
-    Each RECIPE is a .yaml file or a folder of them. Every problem is printed on its own line
-    with the file, line and key path; the exit code is 65 if any recipe has one.
+    Each RECIPE is a .yaml file or a folder of them (not its subfolders). Every problem is
+    printed on its own line with the file, line and key path; the exit code is 65 if any recipe
+    has one. A file that another one given `extends` is a base: it may be only part of a recipe,
+    and is checked as part of each recipe that extends it.
 
     \b
     Example:
@@ -57,18 +61,25 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
         seedream-pipe validate recipes/
     """
     problems: list[Problem] = []
-    for path in _recipe_files(recipes):
+    files = _recipe_files(recipes)
+    bases = bases_among(files)
+    for path in files:
         try:
             recipe = load_recipe(path)
             plan = recipe.plan(allow_large=True)
         except RecipeError as exc:
-            problems.extend(exc.problems)
+            extended_by = bases.get(path.resolve())
+            if extended_by is None:
+                problems.extend(exc.problems)
+            else:  # (its problems in what they inherit show under their names)
+                names = ", ".join(printable(str(p)) for p in extended_by)
+                click.echo(f"base: {printable(str(path))} (not a whole recipe; checked as part of {names})")
             continue
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
         click.echo(f"ok: {printable(str(path))} ({len(plan):,} job{'' if len(plan) == 1 else 's'})")
     if problems:
-        raise RecipeError(problems)
+        raise RecipeError(list(dict.fromkeys(problems)))  # (a base's problem, once for all its recipes)
     return 0
 
 
