@@ -287,6 +287,25 @@ def test_invalid_json_is_400(api: Api) -> None:
     assert response.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize(
+    "body", [b"[" * 100_000 + b"]" * 100_000, b'{"prompt": "x", "a": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
+)
+def test_json_nested_too_deep_is_a_400_not_a_500_a_client_would_retry(api: Api, body: bytes) -> None:
+    response = api.submit(content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == {"code": "invalid_json", "message": "Request body is nested too deeply."}
+    assert api.sim.stats()["submits_accepted"] == 0
+    deep = httpx.post(api.sim.base_url.removesuffix("/v1") + "/admin/faults", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+
+
+def test_a_405_says_which_methods_are_allowed(api: Api) -> None:
+    response = api.http.get(f"/models/{MODEL}")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
 def test_body_over_one_mib_is_413(api: Api) -> None:
     response = api.submit({"prompt": "x" * (1024 * 1024)})
     assert response.status_code == 413

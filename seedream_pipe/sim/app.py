@@ -157,7 +157,8 @@ class SimApp:
             if exc.status < 400:
                 raise
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # (a 405 must say)
+            return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", allow)
 
     # -- the gate every API call passes -----------------------------------------------------
 
@@ -270,9 +271,11 @@ class SimApp:
             return self._too_large(), None
         try:
             body = json.loads(raw)
+            error = jsonschema.exceptions.best_match(validator.iter_errors(body))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return error_response(400, "invalid_json", f"Request body is not valid JSON: {exc}"), None
-        error = jsonschema.exceptions.best_match(validator.iter_errors(body))
+        except RecursionError:  # (the body's fault, not the server's: a 5xx would be retried)
+            return error_response(400, "invalid_json", "Request body is nested too deeply."), None
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "body"
             return error_response(422, "validation_error", f"{where}: {error.message}"), None
@@ -476,6 +479,8 @@ class SimApp:
             body = json.loads(await request.read() or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UsageError(f"body is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise UsageError("body is nested too deeply") from None
         if not isinstance(body, dict):
             raise UsageError("body must be a JSON object")
         return body
