@@ -921,6 +921,16 @@ def test_sim_command_beyond_loopback_without_a_token_warns() -> None:
     assert "Traceback" not in err
 
 
+def test_sim_command_says_which_token_and_the_url_seedream_pipe_can_use() -> None:
+    assert "Token: any (e.g. export RUNCOMFY_TOKEN=sim)" in _sim_command_stderr()
+    assert "Token: only the one given with --token" in _sim_command_stderr("--token", "tok-XYZ")
+    # http://0.0.0.0:PORT/v1 is refused by seedream-pipe's own client (a token over plain http
+    # to a non-loopback address): the hint names the URL that works from this machine
+    line, _, err = run_sim_command("--host", "0.0.0.0", "--token", "tok-XYZ")
+    port = line.rsplit(":", 1)[1].removesuffix("/v1")
+    assert f"From this machine: --base-url http://127.0.0.1:{port}/v1" in err
+
+
 @pytest.mark.parametrize("args", [("--host", "0.0.0.0", "--token", "tok-XYZ"), ("--host", "127.0.0.1"), ()])
 def test_sim_command_with_a_token_or_on_loopback_does_not_warn(args: tuple[str, ...]) -> None:
     err = _sim_command_stderr(*args)

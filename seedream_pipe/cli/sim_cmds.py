@@ -130,7 +130,7 @@ def sim_command(
     )
     server = SimServer(cfg, host=host, port=port)
     try:
-        asyncio.run(_serve(server, warning=open_to_the_network(host, token)))
+        asyncio.run(_serve(server, warning=open_to_the_network(host, token), token_given=token is not None))
     except OSError as exc:
         reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         hint = " (pick another --port, or --port 0 for a free one)" if exc.errno == errno.EADDRINUSE else ""
@@ -139,7 +139,24 @@ def sim_command(
     return 0
 
 
-async def _serve(server: Any, *, warning: str | None = None) -> None:
+def how_to_use(host: str, port: int, *, token_given: bool) -> list[str]:
+    """What a newcomer needs next to the URL (stderr): which token, and from a wildcard or
+    network address, the URL seedream-pipe itself can use (it sends a token over plain http to
+    this machine only, so it refuses http://0.0.0.0:PORT/v1)."""
+    lines = ["Token: only the one given with --token" if token_given
+             else "Token: any (e.g. export RUNCOMFY_TOKEN=sim)"]
+    if listens_beyond_loopback(host):
+        local = f"http://127.0.0.1:{port}/v1"
+        if host in ("", "0.0.0.0", "::"):
+            lines.append(f"From this machine: --base-url {local} (seedream-pipe sends a token over "
+                         "plain http to this machine only)")
+        else:
+            lines.append("seedream-pipe sends a token over plain http to this machine only, so its "
+                         "`run --base-url` refuses this address; other clients can use it")
+    return lines
+
+
+async def _serve(server: Any, *, warning: str | None = None, token_given: bool = False) -> None:
     """Listen until SIGINT/SIGTERM, then stop cleanly (exit 0, no traceback).
 
     `warning` goes to stderr once listening: a port that failed to open exposes nothing."""
@@ -153,6 +170,8 @@ async def _serve(server: Any, *, warning: str | None = None) -> None:
         click.echo(f"Simulator listening on {server.base_url}")
         if warning:
             click.secho(f"warning: {warning}", fg="yellow", err=True)
+        for line in how_to_use(server.host, server.port, token_given=token_given):
+            click.echo(line, err=True)
         origin = server.base_url.removesuffix("/v1")
         click.echo(f"Stats: {origin}/admin/stats · stop with Ctrl-C", err=True)
         await stop.wait()
