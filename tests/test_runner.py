@@ -109,6 +109,7 @@ def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -
     assert stats["submits_accepted"] == 6
     assert stats["duplicate_submits"] == 0
     assert stats["peak_in_flight"] <= 4
+    assert stats["downloads"] == 6 and stats["downloads_with_token"] == 0  # files go without the token
     assert_images_intact(out, 6)
     names = sorted(p.name for p in (out / "images").iterdir())
     assert len(names) == 6 and all(n.endswith(".png") and n[:4].isdigit() for n in names)

@@ -493,6 +493,7 @@ def test_stats_count_everything(api: Api) -> None:
         "polls": 3,
         "result_reads": 1,
         "downloads": 1,
+        "downloads_with_token": 0,
         "cancels": 1,
         "cancelled": 0,
         "completed": 3,
@@ -504,6 +505,13 @@ def test_stats_count_everything(api: Api) -> None:
     assert {k: stats[k] for k in expected} == expected
     assert 1 <= stats["peak_in_flight"] <= 3
     assert stats["faults"] == dict.fromkeys(FAULT_NAMES, 0)
+
+
+def test_a_download_that_carries_a_token_is_counted(api: Api) -> None:
+    url = api.image_url(api.submit_ok())
+    assert httpx.get(url).status_code == 200
+    assert httpx.get(url, headers={"Authorization": "Bearer leaked"}).status_code == 200
+    assert api.sim.stats()["downloads_with_token"] == 1
 
 
 def test_admin_stats_matches_the_python_api(api: Api) -> None:
