@@ -518,6 +518,32 @@ def test_a_server_limit_below_the_rpm_is_found_from_429s(tmp_path: Path, monkeyp
     assert result.summary["rate_limited"] == stats["rate_limited"]
 
 
+def test_a_run_accepts_every_answer_form_the_protocol_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every answer in another allowed form (statuses 'succeeded'/'COMPLETED'/'In_Progress', no
+    # URLs in the submit answer, instance_id, 429s without Retry-After), over a real socket.
+    from seedream_pipe.sim import engine
+
+    monkeypatch.setattr(engine.SlidingWindowLimiter, "WINDOW_S", 1.0)
+    config = SimConfig(workers=4, latency=0.05, rpm=4, seed=5, faults=Faults(variant_rate=1.0))
+    with Simulator(config) as varied:
+        result = run(varied, write_recipe(tmp_path), tmp_path / "out")
+        stats = varied.stats()
+    assert result.exit_code == 0, result.reason
+    assert result.counts["downloaded"] == 6
+    assert stats["duplicate_submits"] == 0
+    assert stats["rate_limited"] >= 1  # (each one without a Retry-After)
+    assert stats["faults"]["variant_rate"] >= stats["polls"] + 6
+    assert_images_intact(tmp_path / "out", 6)
+
+
+def test_a_refused_token_as_403_stops_the_run_as_401_does(tmp_path: Path) -> None:
+    config = SimConfig(workers=4, latency=0.02, token="the-right-one", faults=Faults(variant_rate=1.0))
+    with Simulator(config) as varied:
+        result = run(varied, write_recipe(tmp_path), tmp_path / "out")
+        assert varied.stats()["submits_accepted"] == 0
+    assert result.exit_code == 77
+
+
 def test_an_api_error_stops_the_run_with_that_error_s_exit_code(tmp_path: Path) -> None:
     # A 402 while polling (the simulator only sends 402 on submits): the run stops with 75, the
     # code of CreditError, not a generic 69; the jobs keep their request ids for the next run.

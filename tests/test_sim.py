@@ -507,6 +507,26 @@ def test_stats_count_everything(api: Api) -> None:
     assert stats["faults"] == dict.fromkeys(FAULT_NAMES, 0)
 
 
+def test_variant_answers_take_the_other_forms_the_protocol_allows(make_sim: Callable[..., Simulator]) -> None:
+    from seedream_pipe.sim.app import STATUS_SPELLINGS
+
+    sim = make_sim(workers=1, latency=1.0, rpm=1, token="tok", faults=Faults(variant_rate=1.0))
+    api = Api(sim, token="tok")
+    submitted = api.submit()
+    assert submitted.status_code == 200 and set(submitted.json()) == {"request_id"}  # no URLs: build them
+    rid = submitted.json()["request_id"]
+    limited = api.submit()
+    assert limited.status_code == 429 and "Retry-After" not in limited.headers
+    sim.wait_status(rid, "in_progress")
+    seen = api.status(rid).json()
+    assert seen["status"] in STATUS_SPELLINGS["in_progress"] and seen["instance_id"]
+    sim.wait_status(rid, "completed")
+    done = api.result(rid).json()
+    assert done["status"] in STATUS_SPELLINGS["completed"] and done["output"]["image"]
+    wrong = Api(sim, token="nope").status(rid)
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "forbidden"
+
+
 def test_a_download_that_carries_a_token_is_counted(api: Api) -> None:
     url = api.image_url(api.submit_ok())
     assert httpx.get(url).status_code == 200
@@ -742,6 +762,7 @@ def test_every_fault_option_has_a_test() -> None:
     tested = {
         "error_rate", "drop_rate", "slow_rate", "malformed_rate", "job_fail_rate", "result_404_rate",
         "expired_rate", "truncate_rate", "garbage_rate", "revoke_after", "credit_limit", "submit_drop_rate",
+        "variant_rate",
     }  # fmt: skip
     assert set(FAULT_NAMES) == tested
 

@@ -85,6 +85,8 @@ def _rate(flag: str, what: str) -> Any:
 @click.option("--credit-limit", type=click.IntRange(min=0), default=None, metavar="K",
               help="Answer 402 (out of credit) to every submit after K accepted ones.")
 @_rate("--submit-drop-rate", "Probability that a submit is accepted (and billed), then its connection dropped.")
+@_rate("--variant-rate", "Probability that an answer takes another form clients must accept (a status "
+       "spelled 'succeeded' or 'COMPLETED', no URLs in a submit answer, a 429 without Retry-After, 403 for 401).")
 def sim_command(
     host: str,
     port: int,

@@ -42,6 +42,7 @@ from seedream_pipe.sim.engine import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    IN_PROGRESS,
     IN_QUEUE,
     Clock,
     Engine,
@@ -58,6 +59,15 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 # re-reading): bounded by bytes, since one 4K image is several MB.
 IMAGE_CACHE_BYTES = 256 * 1024 * 1024
 JSON = "application/json"
+# Other spellings of each status that RunComfy's docs and CLI show a client must accept
+# (compared case-insensitively), sent with the variant "fault".
+STATUS_SPELLINGS = {
+    IN_QUEUE: ("IN_QUEUE", "In_Queue"),
+    IN_PROGRESS: ("IN_PROGRESS", "In_Progress"),
+    COMPLETED: ("succeeded", "Completed", "SUCCEEDED"),
+    FAILED: ("FAILED", "Failed"),
+    CANCELLED: ("canceled", "Cancelled", "CANCELED"),
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -215,19 +225,40 @@ class SimApp:
             self.stats.incr("submits_rejected")
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
+        denied = self._denied(request)
+        if denied is not None and self._variant():
+            code, message = denied
+            return error_response(403, "forbidden" if code == "unauthorized" else code, message)
+        return None if denied is None else error_response(401, *denied)
+
+    def _denied(self, request: web.Request) -> tuple[str, str] | None:
+        """Why the call's token is refused (code, message), or None."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return error_response(401, "unauthorized", "Missing bearer token: send 'Authorization: Bearer <token>'.")
+            return "unauthorized", "Missing bearer token: send 'Authorization: Bearer <token>'."
         faults = self.cfg.faults
         if faults.revoke_after is not None and self.stats.submits_accepted >= faults.revoke_after:
             self.stats.token_revoked = True
         if self.stats.token_revoked:
             self.stats.fault("revoke_after")
-            return error_response(401, "token_revoked", "This API token has been revoked.")
+            return "token_revoked", "This API token has been revoked."
         if self.cfg.token is not None and not hmac.compare_digest(token.encode(), self.cfg.token.encode()):
-            return error_response(401, "unauthorized", "Invalid API token.")
+            return "unauthorized", "Invalid API token."
         return None
+
+    def _variant(self) -> bool:
+        """Whether this answer takes another form a client must accept (see Faults.variant_rate)."""
+        if self.dice.hit("variant_rate", self.cfg.faults.variant_rate):
+            self.stats.fault("variant_rate")
+            return True
+        return False
+
+    def _spelled(self, status: str) -> str:
+        if status in STATUS_SPELLINGS and self._variant():
+            spellings = STATUS_SPELLINGS[status]
+            return spellings[self.dice.choice("variant_spelling", tuple(range(len(spellings))))]
+        return status
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -259,6 +290,8 @@ class SimApp:
             self.stats.incr("rate_limited")
             seconds = max(1, math.ceil(retry_after))
             message = f"Too many requests: at most {self.limiter.rpm} submits per minute. Retry after {seconds} s."
+            if self._variant():
+                return error_response(429, "rate_limited", "Too many requests."), None  # no Retry-After
             return error_response(429, "rate_limited", message, {"Retry-After": str(seconds)}), None
         model = request.match_info["model_id"]
         validator = self.models.get(model)
@@ -284,7 +317,8 @@ class SimApp:
             self.stats.fault("credit_limit")
             return error_response(402, "insufficient_credit", "Not enough credit to run this request."), None
         job = self.engine.submit(model, body, body_hash(body))
-        return ok({"request_id": job.request_id, **self._links(request, job.request_id)}), job
+        links = {} if self._variant() else self._links(request, job.request_id)  # (build them from the base)
+        return ok({"request_id": job.request_id, **links}), job
 
     @staticmethod
     def _too_large() -> web.Response:
@@ -302,9 +336,11 @@ class SimApp:
         if isinstance(job, web.Response):
             return job
         base = f"{self._base(request)}/requests/{job.request_id}"
-        payload: dict[str, Any] = {"request_id": job.request_id, "status": job.status}
+        payload: dict[str, Any] = {"request_id": job.request_id, "status": self._spelled(job.status)}
         if job.status == IN_QUEUE:
             payload["queue_position"] = self.engine.queue_position(job)
+        elif job.status == IN_PROGRESS and self._variant():
+            payload["instance_id"] = f"sim-{job.request_id[:8]}"
         payload["status_url"] = f"{base}/status"
         payload["result_url"] = f"{base}/result"
         return ok(payload)
@@ -313,7 +349,7 @@ class SimApp:
         job = self._job(request)
         if isinstance(job, web.Response):
             return job
-        payload: dict[str, Any] = {"request_id": job.request_id, "status": job.status}
+        payload: dict[str, Any] = {"request_id": job.request_id, "status": self._spelled(job.status)}
         if job.status == COMPLETED:
             urls = [self._file_url(request, job, 0)]
             payload["output"] = {"images": urls} if self.cfg.images_array else {"image": urls[0]}
@@ -334,7 +370,7 @@ class SimApp:
         if isinstance(job, web.Response):
             return job
         outcome = self.engine.cancel(job)
-        return ok({"request_id": job.request_id, "status": job.status, "outcome": outcome})
+        return ok({"request_id": job.request_id, "status": self._spelled(job.status), "outcome": outcome})
 
     # -- files ------------------------------------------------------------------------------
 
