@@ -177,3 +177,107 @@ def test_every_layout_shows_every_job_once(
     assert html.count("<section>") == max(1, sections)
     first_thead = html[html.index("<thead>") : html.index("</thead>")]
     assert first_thead.count("<tr>") == header_rows
+
+
+# Layout in a real browser. Labels as long as the reviewer's recipes: row labels of several
+# words, ten columns, and a column label far wider than a cell.
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1366, "height": 900}
+ONE_RESOLUTION = {"1K": "1024x1024 (1:1)"}
+TEN_COLOURS = (
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "indigo",
+    "violet",
+    "black",
+    "white",
+    "grey",
+)
+LONG_STYLE = (
+    "extremely detailed photorealistic rendering with shallow depth of field and bokeh, "
+    "35mm film grain"
+)
+LONG_SCENE = (
+    "a very long scene description about a lighthouse standing on a rocky coast during a "
+    "violent storm with waves crashing"
+)
+LONG_WORD = "Supercalifragilisticexpialidociousantidisestablishmentarianism"
+
+
+def _sweep(root: Path, subjects: dict[str, str], styles: dict[str, str]) -> Path:
+    """A finished sweep, subject down the side and style across; its gallery's path."""
+    jobs = plan_jobs(subjects=subjects, styles=styles, resolutions=ONE_RESOLUTION)
+    make_folder(root, jobs=jobs, states={}, recipe_meta={"name": "sweep", "sheet": {}})
+    write_gallery(open_output(root))
+    return root / "gallery.html"
+
+
+@pytest.fixture
+def wide(tmp_path: Path) -> Path:
+    """2 subjects x 10 colours: wider than a desktop screen."""
+    subjects = {"portrait of an old fisherman": "a fisherman", "bowl of fruit": "fruit"}
+    return _sweep(tmp_path, subjects, {colour: colour for colour in TEN_COLOURS})
+
+
+@pytest.fixture
+def long_labels(tmp_path: Path) -> Path:
+    subjects = {LONG_SCENE: "a lighthouse", "short": "short", LONG_WORD: "a word"}
+    return _sweep(tmp_path, subjects, {LONG_STYLE: "photo", "ink": "ink"})
+
+
+def _open(browser: Any, gallery: Path, viewport: dict[str, int]) -> Any:
+    page = browser.new_page(viewport=viewport, is_mobile=viewport["width"] < 800)
+    page.goto(gallery.as_uri())
+    page.wait_for_load_state("load")
+    return page
+
+
+def _boxes(page: Any, selector: str) -> list[dict[str, float]]:
+    boxes: list[dict[str, float]] = page.evaluate(
+        """(selector) => Array.from(document.querySelectorAll(selector), (e) => {
+             const r = e.getBoundingClientRect();
+             return {left: r.left, right: r.right, width: r.width, height: r.height};
+           })""",
+        selector,
+    )
+    return boxes
+
+
+# How many of an element's words the browser broke across two lines.
+BROKEN_WORDS = """(element) => {
+  const text = element.firstChild && element.firstChild.nodeType === 3
+    ? element.firstChild : element.querySelector("*").firstChild;
+  let broken = [], at = 0;
+  for (const word of text.data.split(" ")) {
+    const range = document.createRange();
+    range.setStart(text, at);
+    range.setEnd(text, at + word.length);
+    const lines = new Set(Array.from(range.getClientRects(), (r) => Math.round(r.top)));
+    if (lines.size > 1) broken.push(word);
+    at += word.length + 1;
+  }
+  return broken;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_row_headers_keep_their_width_and_the_grid_scrolls(
+    wide: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    page = _open(browser, wide, viewport)
+    cell = _boxes(page, "figure.job")[0]
+    # the row headers and the corner above them stay wide enough for a word of a label
+    for box in _boxes(page, "th.rowhead") + _boxes(page, "th.axis"):
+        assert box["width"] >= 100
+    # so no word is cut in two and a row is as tall as its images
+    for header in page.locator("th.rowhead").element_handles():
+        assert header.evaluate(BROKEN_WORDS) == []
+    for row in _boxes(page, "tbody tr"):
+        assert row["height"] <= cell["height"] + 1
+    # the grid scrolls sideways inside the page; the page itself does not
+    assert page.evaluate("document.documentElement.scrollWidth") == viewport["width"]
+    assert page.evaluate("(m => m.scrollWidth > m.clientWidth)(document.querySelector('main'))")
+    page.close()
