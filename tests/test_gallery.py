@@ -281,3 +281,21 @@ def test_row_headers_keep_their_width_and_the_grid_scrolls(
     assert page.evaluate("document.documentElement.scrollWidth") == viewport["width"]
     assert page.evaluate("(m => m.scrollWidth > m.clientWidth)(document.querySelector('main'))")
     page.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_long_column_label_wraps_within_its_column(
+    long_labels: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    page = _open(browser, long_labels, viewport)
+    cell = _boxes(page, "figure.job")[0]
+    header = page.locator("thead th.span").first
+    assert header.text_content().strip() == LONG_STYLE  # all of it is in the page
+    assert header.get_attribute("title") == LONG_STYLE  # and shown on hover
+    box = header.bounding_box()
+    assert box["width"] <= cell["width"] + 1  # no wider than the images below it
+    assert box["height"] <= 4 * 20 + 10  # a few lines at most
+    # its column is as wide as the others
+    widths = {round(b["width"]) for b in _boxes(page, "thead th.span")}
+    assert widths == {round(cell["width"])}
+    page.close()
