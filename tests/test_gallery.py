@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ def embedded_data(html: str) -> dict[str, Any]:
     return data
 
 
+def inline_handlers(html: str) -> list[str]:
+    """The on* attributes of every element in the page."""
+    found: list[str] = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(f"{tag} {name}" for name, _ in attrs if name.startswith("on"))
+
+    Collect().feed(html)
+    return found
+
+
 def test_recipe_text_is_escaped_everywhere(hostile: Path) -> None:
     html = hostile.read_text(encoding="utf-8")
     assert SCRIPT not in html
@@ -54,6 +67,9 @@ def test_recipe_text_is_escaped_everywhere(hostile: Path) -> None:
     assert "<!-- " not in html
     assert html.count("</script>") == 2  # the data block and the page's own script, nothing else
     assert "&lt;img src=x onerror=alert(2)&gt;" in html  # shown as text, in labels and filters
+    # and no element carries an inline event handler (onerror=, onsubmit=, ...): the page's one
+    # script attaches its listeners, so nothing in the markup is ever run as code
+    assert inline_handlers(html) == []
     data = embedded_data(html)
     # the JSON block holds the exact text, recovered intact
     assert data["jobs"]["j001"]["prompt"] == f"</script><!-- a cat {SCRIPT}, soft watercolor"
@@ -298,4 +314,40 @@ def test_a_long_column_label_wraps_within_its_column(
     # its column is as wide as the others
     widths = {round(b["width"]) for b in _boxes(page, "thead th.span")}
     assert widths == {round(cell["width"])}
+    page.close()
+
+
+def test_an_image_the_browser_cannot_show_becomes_a_placeholder(
+    tmp_path: Path, browser: Any
+) -> None:
+    folder = make_folder(tmp_path, states={})
+    folder.thumb(1).write_bytes(b"not an image")  # a corrupt thumbnail, its image fine
+    folder.thumb(2).write_bytes(b"not an image")  # both corrupt
+    folder.image(2).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_gallery(open_output(tmp_path))
+    folder.thumb(4).unlink()  # gone after the gallery was written
+    page = browser.new_page()
+    page.goto((tmp_path / "gallery.html").as_uri())
+    page.wait_for_load_state("load")
+
+    for job_id, shown in (
+        ("j001", "thumbs/0001"),
+        ("j002", "thumbs/0002"),
+        ("j004", "thumbs/0004"),
+    ):
+        figure = page.locator(f'figure.job[data-job="{job_id}"]')
+        assert figure.locator("img").count() == 0  # no broken-image glyph
+        text = figure.inner_text()
+        assert "IMAGE UNREADABLE" in text and shown in text
+    widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+    assert len(widths) == 5 and min(widths) > 0  # the other images are untouched
+
+    # the viewer shows the full image when only the thumbnail is bad, else the same placeholder
+    page.locator('figure.job[data-job="j001"]').click()
+    page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")
+    page.locator("#viewer-next").click()
+    page.wait_for_selector("#viewer-picture .placeholder")
+    assert page.locator("#viewer-image").count() == 0
+    note = page.locator("#viewer-picture").inner_text()
+    assert "IMAGE UNREADABLE" in note and "images/0002" in note
     page.close()
