@@ -351,3 +351,40 @@ def test_an_image_the_browser_cannot_show_becomes_a_placeholder(
     note = page.locator("#viewer-picture").inner_text()
     assert "IMAGE UNREADABLE" in note and "images/0002" in note
     page.close()
+
+
+# For each filter label: its box, its fieldset's, and whether its text is cut with an ellipsis.
+FILTER_LABELS = """() => Array.from(document.querySelectorAll("#filters fieldset label"), (label) => {
+  const text = Array.from(label.querySelectorAll("*")).find((e) => e.tagName !== "INPUT");
+  const style = text && getComputedStyle(text);
+  return {
+    title: label.title,
+    right: label.getBoundingClientRect().right,
+    fieldset: label.closest("fieldset").getBoundingClientRect().right,
+    cut: !!text && text.scrollWidth > text.clientWidth,
+    ellipsis: !!style && style.textOverflow === "ellipsis" && style.display !== "inline",
+  };
+})"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_long_filter_labels_end_in_an_ellipsis_within_the_screen(
+    long_labels: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    page = _open(browser, long_labels, viewport)
+    # only the grid scrolls sideways: the filters fit the screen
+    assert page.evaluate("document.documentElement.scrollWidth") == viewport["width"]
+    for box in _boxes(page, "#filters fieldset"):
+        assert box["right"] <= viewport["width"]
+    labels = {label["title"]: label for label in page.evaluate(FILTER_LABELS)}
+    ends: dict[float, float] = {}
+    for label in labels.values():
+        assert label["right"] <= label["fieldset"]
+        ends[label["fieldset"]] = max(ends.get(label["fieldset"], 0), label["right"])
+    # and a fieldset is as wide as its labels need, no wider (its padding and a margin aside)
+    assert all(fieldset - end <= 30 for fieldset, end in ends.items())
+    # a label too long for the line is cut with an ellipsis, its whole text on hover
+    for long in (LONG_SCENE, LONG_STYLE, LONG_WORD):
+        assert labels[long]["cut"] and labels[long]["ellipsis"]
+    assert not labels["short"]["cut"]
+    page.close()
