@@ -977,20 +977,26 @@ class Plan:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per job: job_id, index, one column per axis (labels), prompt, then the other
-        inputs that are not already a column, and repeat (0-based) unless it is an axis."""
+        inputs that are not already a column, and repeat (1-based, as the repeat axis's labels).
+
+        An axis named like another column (a var `job_id`, or a var and an `inputs:` key both
+        called `seed`) is the column `<axis>_label`, so no two columns share a name.
+        """
         import pandas as pd
 
         axis_names = list(self.axes)
-        columns = ["job_id", "index", *axis_names, "prompt"]
+        # (a body axis, resolution or a param, is that input's column; a var is not an input)
+        body_axes = {a.name for a in self.recipe.blueprint.axes if a.kind in ("resolution", "param")}
         extra: list[str] = []
         for job in self.jobs[:1]:
-            extra = [k for k in job.inputs if k != "prompt" and k not in axis_names]
-        # With repeats the "repeat" axis column holds the 1-based label; else the 0-based number.
-        with_repeat = "repeat" not in axis_names
-        columns += [*extra, "repeat"] if with_repeat else extra
+            extra = [k for k in job.inputs if k != "prompt" and k not in body_axes]
+        with_repeat = "repeat" not in axis_names  # (else the repeat axis is the column)
+        taken = {"job_id", "index", "prompt", *extra}
+        axis_columns = [f"{n}_label" if n in taken else n for n in axis_names]
+        columns = ["job_id", "index", *axis_columns, "prompt", *extra, *(["repeat"] if with_repeat else [])]
         rows = [
             (job.job_id, job.index, *(job.axes.get(n) for n in axis_names), job.prompt,
-             *(job.inputs.get(k) for k in extra), *((job.repeat,) if with_repeat else ()))
+             *(job.inputs.get(k) for k in extra), *((job.repeat + 1,) if with_repeat else ()))
             for job in self.jobs
         ]
         return pd.DataFrame.from_records(rows, columns=columns)

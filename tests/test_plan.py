@@ -672,6 +672,19 @@ def test_to_dataframe(tmp_path: Path) -> None:
     assert frame["index"].tolist() == list(range(1, len(plan) + 1))
     single = plan_of(tmp_path, seeded(tmp_path) + 'template: "{{ s }}"\nvars: {s: [x]}\ninputs: {steps: 2}\n').to_dataframe()
     assert list(single.columns) == ["job_id", "index", "s", "resolution", "prompt", "steps", "repeat"]
+    assert single["repeat"].tolist() == [1]  # 1-based, as the repeat axis's labels are
+    assert frame["repeat"].tolist()[:2] == ["1", "2"]
+
+
+def test_to_dataframe_names_an_axis_that_clashes_with_a_column_apart(tmp_path: Path) -> None:
+    frame = plan_of(
+        tmp_path,
+        seeded(tmp_path) + 'template: "{{ job_id }} {{ steps }}"\nvars: {job_id: [a, b], steps: [x]}\ninputs: {steps: 2}\n',
+    ).to_dataframe()
+    columns = list(frame.columns)
+    assert len(set(columns)) == len(columns)
+    assert columns[:4] == ["job_id", "index", "job_id_label", "steps_label"]
+    assert frame["job_id_label"].tolist() == ["a", "b"] and frame["steps"].tolist() == [2, 2]
 
 
 def test_plan_protocol(tmp_path: Path) -> None:
