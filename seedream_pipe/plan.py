@@ -624,13 +624,21 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
 
 
 def _check_unique_labels(problems: _Problems, path: KeyPath, labels: list[str], axis: str) -> None:
-    seen: dict[str, int] = {}
+    """Each label of an axis once. Labels that only look alike count as the same: "café" typed
+    two ways (NFC, NFD) or "x" and "x " would be two jobs, both paid for, shown as one."""
+    seen: dict[str, str] = {}
     for i, label in enumerate(labels):
-        if label in seen:
+        key = unicodedata.normalize("NFC", label).strip()
+        if key in seen:
             where = (*path, i) if path[0] == "vars" else path
-            problems.add(where, f"the label {label!r} appears twice on axis {axis!r} "
-                                "(values and `label:` keys must be distinct)")
-        seen.setdefault(label, i)
+            if seen[key] == label:
+                problems.add(where, f"the label {label!r} appears twice on axis {axis!r} "
+                                    "(values and `label:` keys must be distinct)")
+            else:
+                problems.add(where, f"the label {label!r} looks the same as {seen[key]!r} on axis {axis!r} "
+                                    "(they differ only in Unicode form or spaces): both would be sent, "
+                                    "and paid for, but show as one; keep one")
+        seen.setdefault(key, label)
 
 
 def _build_resolution_axis(recipe: Recipe, schema: ModelSchema, problems: _Problems) -> Axis | None:

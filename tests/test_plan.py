@@ -640,6 +640,16 @@ def test_bad_var_names(tmp_path: Path, name: str, fragment: str) -> None:
     assert any(f"vars.{name}: " in p and fragment in p for p in found), found
 
 
+def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    found = problems_of(tmp_path, f'template: "{{{{ d }}}} now"\nvars:\n  d: ["{nfc}", "{nfd}", tea, "tea "]\n')
+    assert len(found) == 2, found
+    assert f"vars.d[1]: the label {nfd!r} looks the same as {nfc!r} on axis 'd' (they differ only in Unicode form" in found[0]
+    assert "vars.d[3]: the label 'tea ' looks the same as 'tea'" in found[1]
+
+
 def test_var_and_template_names_may_be_words_of_any_script(tmp_path: Path) -> None:
     plan = plan_of(
         tmp_path,
