@@ -174,6 +174,25 @@ def test_plan_table() -> None:
     assert lines[7].startswith("1  ")
 
 
+def test_plan_table_lines_up_wide_characters_by_terminal_columns(tmp_path: Path) -> None:
+    from rich.cells import cell_len
+
+    path = write(tmp_path, 'template: "{{ food }} in {{ style }}"\nvars:\n  food: [ラーメン, sushi]\n'
+                           "  style: [浮世絵の木版画で非常に詳細な描写を伴う長い説明文, ink]\n")
+    lines = invoke("plan", str(path)).stdout.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("#  job_id"))):]
+    header = table[0]
+    for row in table[2:]:
+        # each column starts at the same terminal column as its header
+        food = "sushi" if "sushi" in row else "ラーメン"
+        starts = {"style": row.index(food) + len(food), "resolution": row.index("2048x2048"),
+                  "prompt": row.rindex(f"{food} in ")}
+        starts["style"] = starts["style"] + len(row[starts["style"]:]) - len(row[starts["style"]:].lstrip())
+        for column, at in starts.items():
+            assert cell_len(row[:at]) == cell_len(header[: header.index(column)]), (column, row)
+    assert "…" in table[2]  # the long style is cut, to 30 columns
+
+
 def test_plan_table_limit_and_filtered_counts() -> None:
     result = invoke("plan", str(RECIPES / "showcase.yaml"), "--limit", "3")
     assert result.exit_code == 0, result.output

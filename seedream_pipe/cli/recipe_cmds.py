@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.cells import cell_len, set_cell_size
 
 from seedream_pipe.cli import printable
 from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
@@ -103,9 +104,10 @@ def _summary(plan: Plan) -> list[str]:
     return [printable(line) for line in lines]  # the path and the model come from the user
 
 
+# Widths are terminal columns, not characters: ラーメン takes 8, a combining accent none.
 def _shorten(text: str, width: int) -> str:
     text = printable(" ".join(text.split()))
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if cell_len(text) <= width else set_cell_size(text, width - 1).rstrip() + "…"
 
 
 def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
@@ -115,10 +117,11 @@ def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
          _shorten(job.prompt, PROMPT_WIDTH)]
         for job in jobs
     ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    widths = [max(cell_len(h), *(cell_len(r[i]) for r in rows)) if rows else cell_len(h)
+              for i, h in enumerate(headers)]
+    out = ["  ".join(set_cell_size(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out += ["  ".join(set_cell_size(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return out
 
 
