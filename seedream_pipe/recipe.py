@@ -834,6 +834,17 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
 # Validation
 
 
+# Top-level keys people write from other tools' words, and the key that means it here.
+_MEANT_AT_TOP = {
+    "prompt": "'template'",
+    "prompts": "'templates'",
+    "seed": "`sample: {n: N, seed: S}`",
+    "variables": "'vars'",
+    "size": "'resolutions'",
+    "sizes": "'resolutions'",
+    "image_size": "'resolutions'",
+}
+
 # pydantic's wording for the errors a recipe author meets most, in the author's terms.
 _PLAIN_MESSAGES = {
     "model_type": "should be a mapping (key: value)",
@@ -855,7 +866,9 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             parent, key = loc[:-1], str(loc[-1])
             model = _MODEL_AT.get(tuple(parent))
             allowed = set(model.model_fields) if model else set()
-            if parent == ():
+            if parent == () and key.lower() in _MEANT_AT_TOP:
+                hint = f" (did you mean {_MEANT_AT_TOP[key.lower()]}?)"
+            elif parent == ():
                 hint = did_you_mean(key, allowed) or did_you_mean(key.lower(), allowed)
             else:
                 hint = did_you_mean(key, allowed)

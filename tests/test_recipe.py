@@ -271,6 +271,14 @@ def test_unknown_keys_get_a_did_you_mean(tmp_path: Path) -> None:
     ]
 
 
+def test_keys_from_other_tools_words_get_the_key_meant_here(tmp_path: Path) -> None:
+    path = write(tmp_path, 'prompt: "{{ a }}"\nSeed: 4\nvars: {a: [x]}\n')
+    assert problems_of(path) == [
+        f"{path}:1:1: prompt: unknown key 'prompt' (did you mean 'template'?)",
+        f"{path}:2:1: Seed: unknown key 'Seed' (did you mean `sample: {{n: N, seed: S}}`?)",
+    ]
+
+
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
     assert "unknown key 'flavour' (known keys: n, seed)" in message
