@@ -782,11 +782,17 @@ def _check_sheet(recipe: Recipe, axis_names: list[str], problems: _Problems) -> 
     sheet = recipe.spec.sheet
     known = set(axis_names)
     sides: dict[str, str] = {}
+
+    def hint(name: str) -> str:
+        # a var of a zip group is not an axis of its own: the group is ("city+place")
+        group = next((axis for axis in axis_names if name in axis.split("+") and "+" in axis), None)
+        return f" (did you mean {group!r}? {name!r} varies with it)" if group else did_you_mean(name, known)
+
     for side in ("rows", "cols"):
         for i, name in enumerate(getattr(sheet, side) or []):
             if name not in known:
                 problems.add(("sheet", side, i), f"{name!r} is not an axis of this recipe"
-                             + did_you_mean(name, known) + "; axes: " + ", ".join(axis_names))
+                             + hint(name) + "; axes: " + ", ".join(axis_names))
             elif name in sides:
                 problems.add(("sheet", side, i), f"axis {name!r} is already in sheet.{sides[name]}")
             else:
@@ -794,7 +800,7 @@ def _check_sheet(recipe: Recipe, axis_names: list[str], problems: _Problems) -> 
     if sheet.page_by is not None:
         if sheet.page_by not in known:
             problems.add(("sheet", "page_by"), f"{sheet.page_by!r} is not an axis of this recipe"
-                         + did_you_mean(sheet.page_by, known) + "; axes: " + ", ".join(axis_names))
+                         + hint(sheet.page_by) + "; axes: " + ", ".join(axis_names))
         elif sheet.page_by in sides:
             problems.add(("sheet", "page_by"), f"axis {sheet.page_by!r} is already in sheet.{sides[sheet.page_by]}")
 

@@ -666,6 +666,14 @@ def test_sheet_axes_must_exist(tmp_path: Path) -> None:
     assert any("sheet.page_by: 'repeat' is not an axis of this recipe" in p for p in found)
 
 
+def test_a_sheet_naming_a_var_of_a_zip_group_is_pointed_at_the_group(tmp_path: Path) -> None:
+    message = only_problem(
+        tmp_path, 'template: "{{ city }} {{ place }}"\nvars: {city: [a, b], place: [c, d]}\nzip: [[city, place]]\n'
+        "sheet: {rows: [city]}\n",
+    )
+    assert "sheet.rows[0]: 'city' is not an axis of this recipe (did you mean 'city+place'? 'city' varies with it)" in message
+
+
 def test_several_problems_are_reported_together(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'template: "{{ a }} {{ nope }}"\nvars:\n  a: [x]\n  b: [y]\nresolutions: [7:7]\n')
     assert len(found) == 3
