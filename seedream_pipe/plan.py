@@ -553,12 +553,17 @@ def _first_line_of(template: PromptTemplate, name: str) -> int | None:
     return None
 
 
+def _usable_var_name(name: str) -> bool:
+    """A name a template can use: letters of any script, digits and _, no Jinja2 keyword."""
+    return bool(re.match(VAR_NAME_PATTERN, name)) and name.isidentifier() and name not in _JINJA_WORDS
+
+
 def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) -> list[Axis]:
     spec = recipe.spec
     variables = spec.vars
     for name in variables:
         path: KeyPath = ("vars", name)
-        if not (re.match(VAR_NAME_PATTERN, name) and name.isidentifier()) or name in _JINJA_WORDS:
+        if not _usable_var_name(name):
             problems.add(path, f"{name!r} cannot be a var name: use letters (of any script), digits and _ "
                                "(not starting with a digit, not a Jinja2 keyword)")
         elif name in _RESERVED:
@@ -909,19 +914,27 @@ def prepare(recipe: Recipe) -> Blueprint:
     axes.extend(param_axes)
 
     # Every name a template may use, and every var some template must use.
-    scope_names = set(spec.vars) | set(BUILTIN_SCOPE) | set(spec.params)
+    # (a var whose name was refused above is left out: `{{ my-var }}` reads as my minus var)
+    unusable = [name for name in spec.vars if not _usable_var_name(name)]
+    scope_names = (set(spec.vars) - set(unusable)) | set(BUILTIN_SCOPE) | set(spec.params)
     used: set[str] = set()
     for template in templates:
         used |= template.uses
         for name in sorted(template.uses - scope_names - template.optional):
-            hint = did_you_mean(name, scope_names)
+            part_of = next((bad for bad in unusable if name in re.split(r"\W+", bad)), None)
+            if part_of is not None:
+                renamed = re.sub(r"\W+", "_", part_of)
+                hint = (f" (part of the var {part_of!r}, whose name a template cannot use: rename it, "
+                        f"e.g. {renamed!r})")
+            else:
+                hint = did_you_mean(name, scope_names)
             problems.add_template(template.key_path, _first_line_of(template, name),
                                   f"{name!r} is undefined{hint}; the template can use: "
                                   + ", ".join(sorted(scope_names)))
     written = 1 if spec.template is not None else len(spec.templates or {})
     if templates and len(templates) == written:
         for name in spec.vars:
-            if name not in used:
+            if name not in used and name not in unusable:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 

@@ -650,6 +650,14 @@ def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
     assert "vars.d[3]: the label 'tea ' looks the same as 'tea'" in found[1]
 
 
+def test_a_refused_var_name_does_not_lead_to_misleading_advice(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, 'template: "{{ a }} {{ my-var }}"\nvars:\n  a: [x]\n  my-var: [y]\n  "has space": [z]\n')
+    text = "\n".join(found)
+    assert "did you mean 'my-var'" not in text and "use {{ has space }}" not in text
+    assert "'var' is undefined (part of the var 'my-var', whose name a template cannot use: rename it, e.g. 'my_var')" in text
+    assert len(found) == 4  # two refused names, and the two halves of my-var
+
+
 def test_var_and_template_names_may_be_words_of_any_script(tmp_path: Path) -> None:
     plan = plan_of(
         tmp_path,
