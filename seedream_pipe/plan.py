@@ -493,7 +493,8 @@ class _Problems:
 
     def raise_if_any(self) -> None:
         if self.items:
-            raise RecipeError(self.items)
+            # in file order, as an author fixes them (the checks find them in their own order)
+            raise RecipeError(sorted(self.items, key=lambda p: (p.file, p.line or 0, p.column or 0)))
 
 
 def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTemplate]:

@@ -650,6 +650,12 @@ def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
     assert "vars.d[3]: the label 'tea ' looks the same as 'tea'" in found[1]
 
 
+def test_problems_come_in_file_order(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, "template: |\n  {{ zeta }}\n  {{ alpha }}\n  {{ a }}\nvars:\n  a: [x]\n  b: [y]\n")
+    lines = [int(p.split(":")[1]) for p in found]
+    assert lines == sorted(lines) and len(found) == 3, found  # zeta (line 2) before alpha (line 3)
+
+
 def test_a_refused_var_name_does_not_lead_to_misleading_advice(tmp_path: Path) -> None:
     found = problems_of(tmp_path, 'template: "{{ a }} {{ my-var }}"\nvars:\n  a: [x]\n  my-var: [y]\n  "has space": [z]\n')
     text = "\n".join(found)
