@@ -144,6 +144,12 @@ def _check_var_values(value: Any) -> Any:
         raise PydanticCustomError(
             "var_file", "a var file is written {file: PATH} with no other key"
         )
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), str):
+        ((key, path),) = value.items()
+        if key.lower() in ("path", "filename", "from", "files", "file", "source"):  # (File: too)
+            raise PydanticCustomError(
+                "var_file_key", f"a var file is written {{file: PATH}}: file: {path}, not {key}: {path}"
+            )
     if not isinstance(value, list):
         raise PydanticCustomError(
             "var_values", "expected a list of values, or {file: PATH}"
@@ -803,6 +809,10 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
         cycle = " -> ".join([*(str(p.name) for p in chain[chain.index(real):]), real.name])
         problems.append(Problem(where.file, f"cycle: {cycle}", "extends", where.line, where.column))
         raise RecipeError(problems)
+    if base_path.is_dir():
+        problems.append(Problem(where.file, f"{base_display} is a folder; give the path of a recipe .yaml file",
+                                "extends", where.line, where.column))
+        raise RecipeError(problems)
     if not base_path.is_file():
         problems.append(Problem(where.file, f"recipe not found: {base_display} (paths are relative to the recipe that extends)",
                                 "extends", where.line, where.column))
@@ -877,6 +887,10 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             message = f"unknown key {key!r}{hint}"
         elif kind == "missing":
             message = "missing required key"
+        elif kind == "list_type" and len(loc) == 2 and loc[0] == "zip":
+            # `zip: [a, b]`: one group written as the list of groups
+            loc = ("zip",)
+            message = "a list of groups, each a list of vars that vary together: zip: [[a, b]]"
         elif kind == "string_pattern_mismatch" and loc == ("model",):
             message = (
                 "a model id is names of letters, digits, '.', '_' and '-' joined by '/' (e.g. "
@@ -888,7 +902,7 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
                 if message.startswith(start):
                     message = "should" + message[len(start):]
             value = error.get("input")
-            if kind in ("var_empty", "var_item", "var_file", "filter_value", "recipe_name"):  # said already
+            if kind in ("var_empty", "var_item", "var_file", "var_file_key", "filter_value", "recipe_name"):  # said already
                 pass
             elif value is None:
                 message += ", got nothing"

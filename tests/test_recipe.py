@@ -279,6 +279,21 @@ def test_keys_from_other_tools_words_get_the_key_meant_here(tmp_path: Path) -> N
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('template: "{{ a }} {{ b }}"\nvars: {a: [x], b: [y]}\nzip: [a, b]\n',
+         ":3:1: zip: a list of groups, each a list of vars that vary together: zip: [[a, b]]"),
+        ('template: "{{ a }}"\nvars: {a: {path: x.txt}}\n',
+         ":2:8: vars.a: a var file is written {file: PATH}: file: x.txt, not path: x.txt"),
+        ('extends: sub\n', ":1:1: extends: TMP/sub is a folder; give the path of a recipe .yaml file"),
+    ],
+)
+def test_common_slips_are_said_with_their_fix(tmp_path: Path, text: str, said: str) -> None:
+    (tmp_path / "sub").mkdir()
+    assert problems_of(write(tmp_path, text)) == [f"{tmp_path / 'recipe.yaml'}{said.replace('TMP', str(tmp_path))}"]
+
+
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
     assert "unknown key 'flavour' (known keys: n, seed)" in message
