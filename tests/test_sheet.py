@@ -416,3 +416,24 @@ def test_missing_thumbnails_on_a_paged_sheet(tmp_path: Path) -> None:
     assert near(first.getpixel(centre(result.geometries[0].cell(0, 0).slots[0])), COLOURS[1])
     last = Image.open(result.paths[1]).convert("RGB")
     assert near(last.getpixel(centre(result.geometries[1].cell(1, 1).slots[0])), COLOURS[8])
+
+
+def test_an_excluded_combination_says_no_job_across_its_whole_cell(tmp_path: Path) -> None:
+    # with repeats side by side, a cell whose combination was excluded has no job in any slot:
+    # "no job" must fill the whole cell, not its first slot beside a blank
+    jobs = [job for job in plan_jobs(repeats=2) if job.axes["subject"] != "tea" or job.axes["resolution"] != "16:9"]
+    make_folder(tmp_path, jobs=jobs, states={})
+    result = make_sheet(open_output(tmp_path), cell=64)
+    image = Image.open(result.paths[0]).convert("RGB")
+    geo = result.geometries[0]
+    assert result.layout.slots == 2
+    empty = geo.cell(2, 1)  # tea/watercolor/16:9: excluded
+    fill = PLACEHOLDER_STYLE["no_job"][0]
+    for x in (empty.box.x + 1, centre(empty.box)[0], empty.box.right - 2):
+        assert image.getpixel((x, empty.box.y + 1)) == fill
+    # the gap between the two slots is filled too: one box, one "no job"
+    ink = [
+        x for x in range(empty.box.x, empty.box.right)
+        if image.getpixel((x, centre(empty.box)[1])) != fill
+    ]
+    assert ink and empty.box.x + empty.box.w // 4 < min(ink) and max(ink) < empty.box.right - empty.box.w // 4

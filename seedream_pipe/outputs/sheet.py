@@ -220,11 +220,14 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             _draw_text(draw, block, MUTED)
         for cell in geometry.cells:
             jobs = page.jobs_at(cell.row, cell.col)
+            if not jobs:
+                # an excluded combination: the whole cell says so, not its first slot alone
+                _draw_placeholder(canvas, cell.box, *placeholder_kind(None), metrics)
+                continue
             for s, slot in enumerate(cell.slots):
-                job = jobs[s] if s < len(jobs) else None
-                if job is None and s > 0:
-                    continue  # fewer repeats here than elsewhere: leave the slot blank
-                _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
+                if s >= len(jobs):
+                    break  # fewer repeats here than elsewhere: leave the other slots blank
+                _draw_slot(canvas, slot, jobs[s], sources, pictures, problems, warnings, metrics)
         dest = _page_path(folder.path, page.number, total, options.fmt)
         return _save(canvas, dest, options.fmt), geometry
 
