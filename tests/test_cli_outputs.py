@@ -42,6 +42,16 @@ def test_sheet_of_a_folder(folder: Path) -> None:
     assert str(folder / "contact_sheet.png") in result.output
 
 
+def test_sheet_of_a_single_axis_says_it_wraps(tmp_path: Path) -> None:
+    from _outputs_fixture import plan_jobs
+
+    subjects = {f"s{i}": f"subject {i}" for i in range(1, 8)}
+    make_folder(tmp_path, jobs=plan_jobs(subjects=subjects, styles={"photo": "photo"}, resolutions={"1:1": "1K"}), states={})
+    result = run("sheet", tmp_path, "--cell", "32")
+    assert result.exit_code == 0, result.output
+    assert "1 page(s), subject wrapped 3 across, left to right then down" in result.output
+
+
 def test_sheet_options_page_and_format(folder: Path) -> None:
     result = run(
         "sheet",

@@ -437,3 +437,61 @@ def test_an_excluded_combination_says_no_job_across_its_whole_cell(tmp_path: Pat
         if image.getpixel((x, centre(empty.box)[1])) != fill
     ]
     assert ink and empty.box.x + empty.box.w // 4 < min(ink) and max(ink) < empty.box.right - empty.box.w // 4
+
+
+COLOUR_NAMES = ["red", "orange", "yellow", "green", "blue", "indigo", "violet", "black", "white", "grey", "pink", "brown"]
+
+
+def one_axis_jobs(count: int = 12, repeats: int = 1) -> list:  # type: ignore[type-arg]
+    subjects = {name: f"a {name} balloon" for name in COLOUR_NAMES[:count]}
+    return plan_jobs(subjects=subjects, styles={"photo": "photo"}, resolutions={"1:1": "1K"}, repeats=repeats)
+
+
+def test_a_single_axis_wraps_into_a_grid_in_reading_order(tmp_path: Path) -> None:
+    jobs = records(tmp_path, jobs=one_axis_jobs(), states={})
+    layout = plan_sheet(jobs, AXES, SheetOptions(), wrap=True)
+    assert (layout.rows, layout.cols, layout.wrap) == ([], [], "subject")
+    (page,) = layout.pages
+    assert (len(page.row_keys), len(page.col_keys)) == (3, 4)  # about sqrt(12) across
+    # reading order: left to right, then down; each cell labelled
+    assert [page.cell_labels[(r, c)] for r in range(3) for c in range(4)] == COLOUR_NAMES
+    assert [j.job_index for j in page.jobs_at(1, 2)] == [7]  # violet
+    # a grid that does not fill its last row leaves the rest empty (no "no job" cells)
+    (tmp_path / "ten").mkdir()
+    ten = plan_sheet(records(tmp_path / "ten", jobs=one_axis_jobs(10), states={}), AXES, SheetOptions(), wrap=True)
+    assert (len(ten.pages[0].row_keys), len(ten.pages[0].col_keys)) == (3, 4)
+    assert sorted(ten.pages[0].cell_labels) == [(r, c) for r in range(3) for c in range(4)][:10]
+    # without wrap= (the gallery's grid), or with the axis named, it stays one column
+    assert plan_sheet(jobs, AXES, SheetOptions()).rows == ["subject"]
+    named = plan_sheet(jobs, AXES, SheetOptions(rows=("subject",)), wrap=True)
+    assert (named.rows, named.wrap, len(named.pages[0].row_keys)) == (["subject"], None, 12)
+
+
+def test_a_wrapped_grid_pages_by_whole_rows_and_keeps_repeats_side_by_side(tmp_path: Path) -> None:
+    jobs = records(tmp_path, jobs=one_axis_jobs(), states={})
+    paged = plan_sheet(jobs, AXES, SheetOptions(max_cells=8), wrap=True)
+    assert [(len(p.row_keys), len(p.col_keys)) for p in paged.pages] == [(2, 4), (1, 4)]
+    assert [p.cell_labels[(0, 0)] for p in paged.pages] == ["red", "white"]
+    (tmp_path / "rep").mkdir()
+    two = plan_sheet(records(tmp_path / "rep", jobs=one_axis_jobs(repeats=2), states={}), [*AXES, "repeat"], SheetOptions(), wrap=True)
+    assert two.slots == 2 and two.wrap == "subject"
+    # two images a cell: fewer cells across, so the sheet stays about square
+    assert (len(two.pages[0].row_keys), len(two.pages[0].col_keys)) == (4, 3)
+    assert [j.job_index for j in two.pages[0].jobs_at(0, 1)] == [3, 4]
+
+
+def test_a_wrapped_sheet_labels_every_cell_over_its_image(tmp_path: Path) -> None:
+    make_folder(tmp_path, jobs=one_axis_jobs(), states={})
+    result = make_sheet(open_output(tmp_path), cell=64)
+    geo = result.geometries[0]
+    image = Image.open(result.paths[0]).convert("RGB")
+    assert image.size == (geo.width, geo.height)
+    # a grid of 4 x 3, not one tall column
+    assert (len({c.box.x for c in geo.cells}), len({c.box.y for c in geo.cells})) == (4, 3)
+    assert len(geo.cells) == 12 and len(geo.cell_labels) == 12
+    for label in geo.cell_labels:
+        cell = geo.cell(label.span.start // 4, label.span.start % 4)
+        assert (label.box.x, label.box.w) == (cell.box.x, cell.box.w)
+        assert label.box.bottom < cell.box.y
+        assert label.text.lines == (COLOUR_NAMES[label.span.start],)
+    assert "subject" in geo.subtitle.lines[0] + " ".join(geo.subtitle.lines[1:])

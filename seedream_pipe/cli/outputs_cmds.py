@@ -115,6 +115,9 @@ def sheet_command(
         click.echo(f"made {result.made_thumbnails} missing thumbnails (kept for next time)")
     layout = result.layout
     sides = f"rows: {', '.join(layout.rows) or '-'}; columns: {', '.join(layout.cols) or '-'}"
+    if layout.wrap is not None:
+        across = max((len(page.col_keys) for page in layout.pages), default=0)
+        sides = f"{layout.wrap} wrapped {across} across, left to right then down"
     click.echo(f"{len(result.paths)} page(s), {sides}")
     for path in result.paths:
         click.echo(str(path))

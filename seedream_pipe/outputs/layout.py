@@ -4,12 +4,15 @@
 - `plan_sheet` decides which job goes in which cell of which page: the row axes down the side,
   the column axes across the top, any other axis (repeats, by default) side by side inside a
   cell, one page per `page_by` label and no more than `max_cells` cells per page, and the
-  header spans (an outer axis's header spans all its inner values).
+  header spans (an outer axis's header spans all its inner values). With `wrap=True` (the
+  sheet's), a sweep whose defaults leave a single axis on the sheet wraps its labels into a
+  grid in reading order, each cell under its own label, instead of one tall column.
 - `wrap_label` wraps header text at word boundaries, ending in an ellipsis when it does not fit.
 - `page_geometry` places every header, text line and cell in pixels, given a function that
   measures text (Pillow's in `sheet.py`, a fake one in tests).
 
-The gallery lays its HTML grid out with the same `plan_sheet`, so both agree.
+The gallery lays its HTML grid out with the same `plan_sheet`, so both agree (except that it
+does not wrap a single axis: its template has no label per cell).
 
 Defaults: the sweep's vars (every axis but resolution and repeat) as rows, resolution as
 columns. Axes with a single label are left out of the defaults: a header spanning everything
@@ -18,10 +21,12 @@ says nothing.
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from seedream_pipe.errors import UsageError
 from seedream_pipe.state import JobRecord
@@ -32,6 +37,8 @@ SHEET_FORMATS = ("png", "jpeg")
 RESOLUTION_AXIS = "resolution"
 REPEAT_AXIS = "repeat"
 ELLIPSIS = "…"
+
+_T = TypeVar("_T")
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -121,6 +128,9 @@ class SheetPage:
     row_spans: list[Span]
     col_spans: list[Span]
     page_label: str | None = None  # the page_by label of this page
+    #: A wrapped single axis (`SheetLayout.wrap`): the label over each cell; cells past the
+    #: last label of the last row are absent (no cell at all, not "no job").
+    cell_labels: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def jobs_at(self, row: int, col: int) -> list[JobRecord]:
         return self.cells.get((row, col), [])
@@ -135,6 +145,9 @@ class SheetLayout:
     slots: int  # images side by side per cell
     pages: list[SheetPage]
     warnings: list[str] = field(default_factory=list)
+    #: The one axis on the sheet, its labels wrapped into a grid in reading order (rows and
+    #: cols are then empty and each cell has its label, `SheetPage.cell_labels`); else None.
+    wrap: str | None = None
 
 
 def label_order(jobs: Sequence[JobRecord], axes: Sequence[str]) -> dict[str, list[str]]:
@@ -229,12 +242,48 @@ def spans_of(keys: Sequence[tuple[str, ...]], axes: Sequence[str]) -> list[Span]
     return spans
 
 
+def _window(
+    grid: Mapping[tuple[int, int], _T], corner: tuple[int, int], size: tuple[int, int]
+) -> dict[tuple[int, int], _T]:
+    """The part of `grid` in the `size` rows x columns from `corner`, counted from there."""
+    (r0, c0), (n_rows, n_cols) = corner, size
+    return {
+        (r - r0, c - c0): value
+        for (r, c), value in grid.items()
+        if r0 <= r < r0 + n_rows and c0 <= c < c0 + n_cols
+    }
+
+
+def wrap_columns(count: int, slots: int = 1) -> int:
+    """Cells across for `count` labels wrapped into a grid: about the square root of the count
+    (of images, with `slots` side by side in a cell), so the sheet is about square; one row for
+    three or fewer."""
+    if count <= 3:
+        return max(1, count)
+    return max(1, math.ceil(math.sqrt(count / max(1, slots))))
+
+
 def plan_sheet(
-    jobs: Sequence[JobRecord], axes: Sequence[str], options: SheetOptions
+    jobs: Sequence[JobRecord],
+    axes: Sequence[str],
+    options: SheetOptions,
+    *,
+    wrap: bool = False,
 ) -> SheetLayout:
-    """Decide the sheet: which job goes in which cell of which page."""
+    """Decide the sheet: which job goes in which cell of which page.
+
+    With `wrap`, a sweep whose defaults leave one axis on the sheet (one row axis and no
+    column axis, or the reverse) gets its labels wrapped in reading order into a grid of about
+    the square root of their number across, each cell under its own label, rather than one tall
+    column or one long row. An axis named in --rows/--cols (or the recipe's sheet settings)
+    stays where it was put.
+    """
     labels = label_order(jobs, axes)
     rows, cols, page_by, inline = choose_axes(axes, labels, options)
+    wrapped: str | None = None
+    if wrap and options.rows is None and options.cols is None and len(rows) + len(cols) == 1:
+        wrapped = (rows or cols)[0]
+        rows, cols = [], []
     warnings = []
     shared = [axis for axis in inline if axis != REPEAT_AXIS]
     if shared:
@@ -261,18 +310,41 @@ def plan_sheet(
     def slot_order(job: JobRecord) -> tuple[Any, ...]:
         return (*(inline_rank[a].get(str(job.axes.get(a, "")), 0) for a in inline), job.job_index)
 
+    # A wrapped grid: how many images share a cell decides how many cells go across.
+    wrap_slots = 1
+    if wrapped is not None:
+        shared_cells = Counter(
+            (page_key, str(job.axes.get(wrapped, "")))
+            for page_key, members in groups.items()
+            for job in members
+        )
+        wrap_slots = max(shared_cells.values(), default=1)
+
     pages: list[SheetPage] = []
     slots = 1
     for label, members in groups.items():
         if not members:
             continue
-        row_keys = _key_order({key(j, rows) for j in members}, rows, labels)
-        col_keys = _key_order({key(j, cols) for j in members}, cols, labels)
-        row_of = {k: i for i, k in enumerate(row_keys)}
-        col_of = {k: i for i, k in enumerate(col_keys)}
         cells: dict[tuple[int, int], list[JobRecord]] = {}
-        for job in members:
-            cells.setdefault((row_of[key(job, rows)], col_of[key(job, cols)]), []).append(job)
+        cell_labels: dict[tuple[int, int], str] = {}
+        if wrapped is not None:
+            present = {str(job.axes.get(wrapped, "")) for job in members}
+            order = [name for name in labels[wrapped] if name in present]
+            order += sorted(present - set(order))  # (a job without the axis: last, not lost)
+            across = min(wrap_columns(len(order), wrap_slots), options.max_cells)
+            place = {name: divmod(i, across) for i, name in enumerate(order)}
+            cell_labels = {where: name for name, where in place.items()}
+            row_keys: list[tuple[str, ...]] = [()] * math.ceil(len(order) / across)
+            col_keys: list[tuple[str, ...]] = [()] * min(across, len(order))
+            for job in members:
+                cells.setdefault(place[str(job.axes.get(wrapped, ""))], []).append(job)
+        else:
+            row_keys = _key_order({key(j, rows) for j in members}, rows, labels)
+            col_keys = _key_order({key(j, cols) for j in members}, cols, labels)
+            row_of = {k: i for i, k in enumerate(row_keys)}
+            col_of = {k: i for i, k in enumerate(col_keys)}
+            for job in members:
+                cells.setdefault((row_of[key(job, rows)], col_of[key(job, cols)]), []).append(job)
         for cell_jobs in cells.values():
             cell_jobs.sort(key=slot_order)
             slots = max(slots, len(cell_jobs))
@@ -284,23 +356,20 @@ def plan_sheet(
             for c0 in range(0, len(col_keys), col_chunk):
                 page_rows = row_keys[r0 : r0 + rows_per_page]
                 page_cols = col_keys[c0 : c0 + col_chunk]
-                page_cells = {
-                    (r - r0, c - c0): cell_jobs
-                    for (r, c), cell_jobs in cells.items()
-                    if r0 <= r < r0 + len(page_rows) and c0 <= c < c0 + len(page_cols)
-                }
+                corner, size = (r0, c0), (len(page_rows), len(page_cols))
                 pages.append(
                     SheetPage(
                         number=len(pages) + 1,
                         row_keys=page_rows,
                         col_keys=page_cols,
-                        cells=page_cells,
+                        cells=_window(cells, corner, size),
                         row_spans=spans_of(page_rows, rows),
                         col_spans=spans_of(page_cols, cols),
                         page_label=label,
+                        cell_labels=_window(cell_labels, corner, size),
                     )
                 )
-    return SheetLayout(rows, cols, page_by, inline, slots, pages, warnings)
+    return SheetLayout(rows, cols, page_by, inline, slots, pages, warnings, wrap=wrapped)
 
 
 def placeholder_kind(job: JobRecord | None) -> tuple[str, str]:
@@ -448,6 +517,9 @@ class PageGeometry:
     col_headers: list[HeaderBox]
     axis_names: list[TextBlock]  # in the corner: each column axis by its band, each row axis over its headers
     cells: list[CellBox]
+    #: A wrapped single axis: the label over each cell (its span's `start` is the cell's place
+    #: in reading order on the page).
+    cell_labels: list[HeaderBox] = field(default_factory=list)
 
     def cell(self, row: int, col: int) -> CellBox:
         return next(c for c in self.cells if c.row == row and c.col == col)
@@ -532,6 +604,10 @@ def page_geometry(
     n_rows, n_cols = max(1, len(page.row_keys)), max(1, len(page.col_keys))
     cell_w = layout.slots * m.cell + (layout.slots - 1) * m.slot_gap
     cell_h = m.cell
+    # A wrapped axis has no header bands: each cell's label sits just over it, in a band of
+    # its own, so a row of the grid is that band and the cell.
+    label_h = m.band_height + m.slot_gap if layout.wrap is not None else 0
+    row_h = label_h + cell_h
     row_levels = len(layout.rows)
     col_levels = len(layout.cols)
     grid_x = m.margin + row_levels * (m.row_header_width + m.gap)
@@ -546,7 +622,7 @@ def page_geometry(
     subtitle_box = Box(m.margin, title_box.bottom, text_w, len(subtitle_lines) * subtitle_line)
     title_h = title_box.h + subtitle_box.h + 10
     grid_y = m.margin + title_h + col_levels * (m.band_height + m.gap)
-    grid_h = n_rows * cell_h + (n_rows - 1) * m.gap
+    grid_h = n_rows * row_h + (n_rows - 1) * m.gap
     height = grid_y + grid_h + m.margin
 
     title_block = text_block(
@@ -577,8 +653,8 @@ def page_geometry(
     row_headers = []
     for span in page.row_spans:
         x = m.margin + span.level * (m.row_header_width + m.gap)
-        y = grid_y + span.start * (cell_h + m.gap)
-        h = span.count * (cell_h + m.gap) - m.gap
+        y = grid_y + span.start * (row_h + m.gap)
+        h = span.count * (row_h + m.gap) - m.gap
         box = Box(x, y, m.row_header_width, h)
         text = text_block(
             box,
@@ -616,14 +692,25 @@ def page_geometry(
             )  # fmt: skip
 
     cells = []
+    cell_labels = []
     for r in range(n_rows):
         for c in range(n_cols):
             x = grid_x + c * (cell_w + m.gap)
-            y = grid_y + r * (cell_h + m.gap)
+            y = grid_y + r * (row_h + m.gap)
+            if layout.wrap is not None:
+                name = page.cell_labels.get((r, c))
+                if name is None:
+                    continue  # past the last label: no cell at all
+                span = Span(layout.wrap, name, 0, r * n_cols + c, 1)
+                box = Box(x, y, cell_w, m.band_height)
+                text = text_block(box, name, m.label_size, measure, line_height=m.line_height, pad=m.pad)
+                cell_labels.append(HeaderBox(span, box, text))
+                y += label_h
             slots = tuple(
                 Box(x + s * (m.cell + m.slot_gap), y, m.cell, m.cell) for s in range(layout.slots)
             )
             cells.append(CellBox(r, c, Box(x, y, cell_w, cell_h), slots))
     return PageGeometry(
-        width, height, title_block, subtitle_block, row_headers, col_headers, axis_names, cells
-    )
+        width, height, title_block, subtitle_block, row_headers, col_headers, axis_names, cells,
+        cell_labels,
+    )  # fmt: skip

@@ -138,6 +138,8 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
         parts.append("rows: " + " › ".join(layout.rows))
     if layout.cols:
         parts.append("columns: " + " › ".join(layout.cols))
+    if layout.wrap is not None:
+        parts.append(f"{layout.wrap}: left to right, then down")
     if layout.slots > 1 and layout.inline:
         parts.append("side by side: " + ", ".join(layout.inline))
     return title, " · ".join(parts)
@@ -166,7 +168,7 @@ def _remove_stale_pages(out_dir: Path, keep: set[Path]) -> None:
 
 def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     """Lay out and draw every page; write them into the output folder."""
-    layout = plan_sheet(folder.jobs, folder.axis_names, options)
+    layout = plan_sheet(folder.jobs, folder.axis_names, options, wrap=True)
     warnings = list(layout.warnings)
     metrics = Metrics(options.cell)
     total = len(layout.pages)
@@ -211,7 +213,7 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         draw = ImageDraw.Draw(canvas)
         _draw_text(draw, geometry.title, INK)
         _draw_text(draw, geometry.subtitle, MUTED)
-        for header in (*geometry.col_headers, *geometry.row_headers):
+        for header in (*geometry.col_headers, *geometry.row_headers, *geometry.cell_labels):
             fill = HEADER_FILLS[min(header.span.level, len(HEADER_FILLS) - 1)]
             b = header.box
             draw.rectangle((b.x, b.y, b.right - 1, b.bottom - 1), fill=fill)
