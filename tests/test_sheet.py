@@ -495,3 +495,14 @@ def test_a_wrapped_sheet_labels_every_cell_over_its_image(tmp_path: Path) -> Non
         assert label.box.bottom < cell.box.y
         assert label.text.lines == (COLOUR_NAMES[label.span.start],)
     assert "subject" in geo.subtitle.lines[0] + " ".join(geo.subtitle.lines[1:])
+
+
+def test_the_title_counts_one_job_in_the_singular(tmp_path: Path) -> None:
+    jobs = plan_jobs(subjects={"cat": "a cat"}, styles={"photo": "photo"}, resolutions={"1:1": "1K"})
+    make_folder(tmp_path, jobs=jobs, states={})
+    subtitle = " ".join(make_sheet(open_output(tmp_path), cell=32).geometries[0].subtitle.lines)
+    assert "1 job: 1 done" in subtitle, subtitle
+    (tmp_path / "two").mkdir()
+    make_folder(tmp_path / "two", jobs=one_axis_jobs(2), states={})
+    subtitle = " ".join(make_sheet(open_output(tmp_path / "two"), cell=32).geometries[0].subtitle.lines)
+    assert "2 jobs: 2 done" in subtitle, subtitle

@@ -127,7 +127,8 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     stamps = [run.get("finished_at") or run.get("started_at") for run in folder.runs]
     moment = max((s for s in stamps if s is not None), default=None) or time.time()
     date = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [date, f"{len(folder.jobs)} jobs: {done} done"]
+    total = len(folder.jobs)
+    parts = [date, f"{total} job{'' if total == 1 else 's'}: {done} done"]  # as `report` says it
     if failed:
         parts[-1] += f", {failed} failed"
     if cancelled:
