@@ -90,3 +90,29 @@ def test_write_outputs_writes_all_four_and_the_manifest_lists_them(tmp_path: Pat
     ]
     manifest = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["outputs"] == ["report.csv", "contact_sheet.png", "gallery.html"]
+
+
+def test_api_host_is_the_host_the_folder_is_bound_to_and_the_docs_say_so(tmp_path: Path) -> None:
+    # `run --sim` serves on a new port each time and a folder is bound to the API's host name
+    # (config.api_host, runner.check_same_api), so the runs record the host without its port:
+    # the manifest shows exactly that, and the docs must not promise a port.
+    from click.testing import CliRunner
+
+    from seedream_pipe.cli import cli
+
+    recipe = tmp_path / "one.yaml"
+    for colours in ("red", "red, blue"):  # the second run, on another port, is let into the folder
+        recipe.write_text(
+            f'name: one\ntemplate: "a {{{{ c }}}} cat"\nvars: {{c: [{colours}]}}\nresolutions: ["1K"]\n'
+            "output: out\nrun: {rpm: 6000}\n",
+            encoding="utf-8",
+        )
+        result = CliRunner().invoke(cli, ["run", str(recipe), "--sim", "--quiet"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["api_host"] == "127.0.0.1"
+    assert [run["api_host"] for run in manifest["runs"]] == ["127.0.0.1", "127.0.0.1"]
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text(encoding="utf-8")
+    assert "host[:port]" not in docs
+    assert '"api_host": "model-api.runcomfy.net"' in docs
+    assert "`api_host` is the API's host name alone" in docs

@@ -3,7 +3,9 @@
 `manifest.json` holds the recipe as written and as resolved (after `extends`) and its hash, the
 tool's version, the model id, the API host, the start and end of the runs, the counts, and for
 every image on disk the job that made it (job_id, path, sha256). It never holds a token: the host
-is reduced to `host[:port]`, and run summaries keep only numbers.
+is the host name the runs recorded (the runner records no port: a folder is bound to a host, and
+`run --sim` serves on a new port each time); `safe_host` still strips anything but `host[:port]`
+from a value written otherwise. Run summaries keep only numbers.
 """
 
 from __future__ import annotations
