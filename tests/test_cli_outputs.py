@@ -268,3 +268,32 @@ def test_outputs_drawn_again_unchanged_keep_their_files_and_a_run_writes_anew(tm
     assert [page.stat().st_ino for page in pages] == inodes
     assert run("run", recipe, "--sim", "--quiet").exit_code == 0  # a run: newer than its recipe
     assert all(files()[name] != after_run[name] for name in ("report.csv", "manifest.json", "gallery.html"))
+
+
+def test_the_manifest_lists_the_outputs_as_they_are_after_sheet_and_gallery(folder: Path) -> None:
+    import json
+
+    def listed() -> list[str]:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["outputs"]
+
+    assert run("sheet", folder, "--cell", "32").exit_code == 0
+    assert run("report", folder).exit_code == 0
+    assert listed() == ["report.csv", "contact_sheet.png"]
+    assert run("sheet", folder, "--cell", "32", "--format", "jpeg").exit_code == 0
+    assert listed() == ["report.csv", "contact_sheet.jpg"]
+    assert run("sheet", folder, "--cell", "32", "--max-cells", "3").exit_code == 0
+    assert listed() == ["report.csv", *(f"contact_sheet-0{i}.png" for i in range(1, 5))]
+    assert run("gallery", folder).exit_code == 0
+    assert listed() == ["report.csv", *(f"contact_sheet-0{i}.png" for i in range(1, 5)), "gallery.html"]
+    assert all((folder / name).is_file() for name in listed())
+    # nothing changed: the manifest keeps its file (the rule `report` and `sheet` DIR follow)
+    inode = (folder / "manifest.json").stat().st_ino
+    assert run("sheet", folder, "--cell", "32", "--max-cells", "3").exit_code == 0
+    assert run("gallery", folder).exit_code == 0
+    assert (folder / "manifest.json").stat().st_ino == inode
+
+
+def test_sheet_and_gallery_make_no_manifest_where_there_is_none(folder: Path) -> None:
+    assert run("sheet", folder, "--cell", "32").exit_code == 0
+    assert run("gallery", folder).exit_code == 0
+    assert not (folder / "manifest.json").exists()

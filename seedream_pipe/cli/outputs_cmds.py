@@ -103,12 +103,13 @@ def sheet_command(
 
         seedream-pipe sheet outputs/demo --rows style --cols resolution
     """
-    from seedream_pipe.outputs import make_sheet
+    from seedream_pipe.outputs import make_sheet, refresh_manifest
 
     folder = _open(target)
     result = make_sheet(
         folder, rows=rows, cols=cols, page_by=page_by, cell=cell, max_cells=max_cells, fmt=fmt
     )
+    refresh_manifest(folder, written=result.paths)  # its list of outputs stays true
     for warning in result.warnings:
         _warn(warning)
     if result.made_thumbnails:
@@ -170,10 +171,11 @@ def gallery_command(target: Path) -> int:
 
         seedream-pipe gallery outputs/demo && xdg-open outputs/demo/gallery.html
     """
-    from seedream_pipe.outputs import write_gallery
+    from seedream_pipe.outputs import refresh_manifest, write_gallery
 
     folder = _open(target)
     path = write_gallery(folder)
+    refresh_manifest(folder, written=[path])
     click.echo(str(path))
     return 0
 

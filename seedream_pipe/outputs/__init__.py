@@ -24,7 +24,7 @@ from seedream_pipe._lazy import lazy_exports
 if TYPE_CHECKING:
     from seedream_pipe.outputs._folder import OutputFolder, open_output
     from seedream_pipe.outputs.gallery import write_gallery
-    from seedream_pipe.outputs.manifest import build_manifest, write_manifest
+    from seedream_pipe.outputs.manifest import build_manifest, refresh_manifest, write_manifest
     from seedream_pipe.outputs.report import report_frame, write_report
     from seedream_pipe.outputs.sheet import SheetResult, make_sheet
     from seedream_pipe.outputs.summary import Summary, format_summary, summarize, summarize_jobs
@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "format_summary": "seedream_pipe.outputs.summary",
     "make_sheet": "seedream_pipe.outputs.sheet",
     "open_output": "seedream_pipe.outputs._folder",
+    "refresh_manifest": "seedream_pipe.outputs.manifest",
     "report_frame": "seedream_pipe.outputs.report",
     "summarize": "seedream_pipe.outputs.summary",
     "summarize_jobs": "seedream_pipe.outputs.summary",
@@ -58,6 +59,7 @@ __all__ = [
     "format_summary",
     "make_sheet",
     "open_output",
+    "refresh_manifest",
     "report_frame",
     "summarize",
     "summarize_jobs",

@@ -11,6 +11,7 @@ from a value written otherwise. Run summaries keep only numbers.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,10 @@ from urllib.parse import urlsplit
 
 from seedream_pipe import __version__
 from seedream_pipe.outputs._folder import (
+    GALLERY_NAME,
     MANIFEST_NAME,
+    REPORT_STEM,
+    SHEET_STEM,
     OutputFolder,
     iso_utc,
     keeps_unchanged,
@@ -158,3 +162,39 @@ def _earlier(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _output_rank(name: str) -> tuple[int, str]:
+    """The order `run` lists its outputs in: report, sheet pages, gallery, anything else."""
+    if re.fullmatch(rf"{REPORT_STEM}\.\w+", name):
+        return (0, "")
+    if re.fullmatch(rf"{SHEET_STEM}(-\d+)?\.(png|jpg)", name):
+        return (1, name)
+    if name == GALLERY_NAME:
+        return (2, "")
+    return (3, "")
+
+
+def refresh_manifest(folder: OutputFolder, *, written: Sequence[Path]) -> Path | None:
+    """The folder's manifest again after `sheet` or `gallery` rewrote `written`, its `outputs`
+    naming the files as they are now (a sheet in another format or with other pages removes
+    the old ones); None, and nothing written, when the folder has no manifest yet.
+
+    What it listed and is still on disk stays listed, `written` joins it; unchanged, the file
+    is left as it is inside `keeping_unchanged()`, as `write_manifest` leaves it.
+    """
+    earlier = _earlier(folder.path / MANIFEST_NAME)
+    if not earlier:
+        return None
+    listed = earlier.get("outputs")
+    names = [
+        name
+        for name in (listed if isinstance(listed, list) else [])
+        if isinstance(name, str) and (folder.path / name).is_file()
+    ]
+    for path in written:
+        name = _relative(path, folder.path)
+        if name not in names:
+            names.append(name)
+    names.sort(key=_output_rank)  # (stable: what the manifest held keeps its order)
+    return write_manifest(folder, outputs=[folder.path / name for name in names])
