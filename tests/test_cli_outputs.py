@@ -297,3 +297,19 @@ def test_sheet_and_gallery_make_no_manifest_where_there_is_none(folder: Path) ->
     assert run("sheet", folder, "--cell", "32").exit_code == 0
     assert run("gallery", folder).exit_code == 0
     assert not (folder / "manifest.json").exists()
+
+
+def test_report_warns_of_image_files_gone_from_disk(folder: Path) -> None:
+    from _outputs_fixture import IMAGES_DIR
+
+    images = sorted((folder / IMAGES_DIR).iterdir())
+    images[0].unlink()
+    images[3].write_bytes(b"garbage")
+    result = CliRunner().invoke(cli, ["report", str(folder)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "warning: 2 image files of done jobs are not on disk as downloaded (1 missing, 1 changed): "
+        "run the recipe again to fetch them (report.csv's image_file column names them)"
+    )
+    clean = CliRunner().invoke(cli, ["report", str(make_folder(folder.parent / "clean").path)])
+    assert clean.exit_code == 0 and clean.stderr == ""

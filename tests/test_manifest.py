@@ -116,3 +116,30 @@ def test_api_host_is_the_host_the_folder_is_bound_to_and_the_docs_say_so(tmp_pat
     assert "host[:port]" not in docs
     assert '"api_host": "model-api.runcomfy.net"' in docs
     assert "`api_host` is the API's host name alone" in docs
+
+
+def test_the_manifest_lists_only_image_files_still_on_disk(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path)
+    fx.image(1).unlink()
+    fx.image(5).write_bytes(b"corrupt")
+    manifest = json.loads(write_manifest(open_output(tmp_path)).read_text(encoding="utf-8"))
+    assert sorted(entry["job_id"] for entry in manifest["files"]) == ["j002", "j004", "j007"]
+    assert manifest["missing_files"] == [
+        {"path": fx.image(1).relative_to(tmp_path).as_posix(), "job_id": "j001", "index": 1, "image_file": "missing"},
+        {"path": fx.image(5).relative_to(tmp_path).as_posix(), "job_id": "j005", "index": 5, "image_file": "changed"},
+    ]
+
+
+def test_the_outputs_a_run_writes_warn_of_missing_image_files(tmp_path: Path, caplog: object) -> None:
+    import logging
+
+    from seedream_pipe.outputs import write_outputs
+
+    fx = make_folder(tmp_path)
+    fx.image(1).unlink()
+    fx.thumb(1).unlink()
+    with caplog.at_level(logging.WARNING):  # type: ignore[attr-defined]
+        write_outputs(tmp_path)
+    text = caplog.text  # type: ignore[attr-defined]
+    assert "1 image file of a done job is not on disk as downloaded (1 missing)" in text
+    assert "run the recipe again to fetch it" in text

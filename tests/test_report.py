@@ -175,3 +175,29 @@ def test_throughput_without_run_records_uses_first_submit_to_last_image(tmp_path
     make_folder(tmp_path, with_run=False)
     summary = summarize(tmp_path)
     assert summary.wall_s == 72.5
+
+
+def test_the_report_says_which_image_files_are_no_longer_as_downloaded(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path)
+    fx.image(1).unlink()  # deleted (its thumbnail stays)
+    fx.image(5).write_bytes(b"not the image any more")  # overwritten: another size
+    frame = pd.read_csv(write_report(open_output(tmp_path)))
+    assert list(frame.columns[: len(EXPECTED_COLUMNS)]) == EXPECTED_COLUMNS  # the fixed ones stay
+    assert list(frame.columns[len(EXPECTED_COLUMNS) :]) == ["retries", "thumb_path", "model", "image_file"]
+    files = dict(zip(frame["job_id"], frame["image_file"], strict=True))
+    assert (files["j001"], files["j005"], files["j002"]) == ("missing", "changed", "present")
+    assert pd.isna(files["j003"]) and pd.isna(files["j008"])  # no image to have: failed, in queue
+    # the job's state and what was downloaded stay as they were: the new column tells the file
+    first = frame.iloc[0]
+    assert (first["status"], first["sha256"], first["width"]) == ("downloaded", "ab" * 32, 64)
+
+
+def test_image_file_state_is_a_stat_not_a_hash(tmp_path: Path) -> None:
+    from seedream_pipe.outputs._folder import image_file_state
+
+    fx = make_folder(tmp_path, states={})
+    jobs = {job.job_index: job for job in open_output(tmp_path).jobs}
+    assert image_file_state(jobs[2], tmp_path) == "present"  # its sha256 is fake: never hashed
+    fx.image(2).unlink()
+    fx.image(2).mkdir()  # not a file
+    assert image_file_state(jobs[2], tmp_path) == "missing"

@@ -506,3 +506,16 @@ def test_the_title_counts_one_job_in_the_singular(tmp_path: Path) -> None:
     make_folder(tmp_path / "two", jobs=one_axis_jobs(2), states={})
     subtitle = " ".join(make_sheet(open_output(tmp_path / "two"), cell=32).geometries[0].subtitle.lines)
     assert "2 jobs: 2 done" in subtitle, subtitle
+
+
+def test_an_image_deleted_with_its_thumbnail_left_is_shown_marked_with_a_warning(tmp_path: Path) -> None:
+    fx = make_folder(tmp_path, states={})
+    fx.image(1).unlink()  # the thumbnail stays
+    result = make_sheet(open_output(tmp_path), cell=64)
+    image = Image.open(result.paths[0]).convert("RGB")
+    slot = result.geometries[0].cell(0, 0).slots[0]
+    assert near(image.getpixel((slot.x + 2, slot.y + 2)), COLOURS[1])  # the thumbnail still shows
+    assert image.getpixel((slot.x + 1, slot.bottom - 2)) == PLACEHOLDER_STYLE["missing"][0]  # marked
+    assert len(result.warnings) == 1
+    assert "j001" in result.warnings[0] and "image file missing" in result.warnings[0]
+    assert "run the recipe again to fetch it" in result.warnings[0]

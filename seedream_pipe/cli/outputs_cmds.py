@@ -144,9 +144,13 @@ def report_command(target: Path, fmt: str) -> int:
         seedream-pipe report outputs/demo --format parquet
     """
     from seedream_pipe.outputs import format_summary, summarize_jobs, write_manifest, write_report
+    from seedream_pipe.outputs._folder import image_files_warning
 
     folder = _open(target)
     report = write_report(folder, fmt=fmt)
+    gone = image_files_warning(folder)
+    if gone:
+        _warn(f"{gone} ({report.name}'s image_file column names them)")
     # the manifest lists the folder's outputs as `run` writes them, not only the report
     sheets = sorted(path for path in folder.path.glob(f"{SHEET_STEM}*") if path.suffix in (".png", ".jpg"))
     gallery = [path for path in (folder.path / GALLERY_NAME,) if path.is_file()]

@@ -80,13 +80,16 @@ def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     folder with no jobs and OutputError when a file cannot be written; a missing or corrupt
     image only gives a placeholder (and a logged warning).
     """
-    from seedream_pipe.outputs._folder import open_output
+    from seedream_pipe.outputs._folder import image_files_warning, open_output
     from seedream_pipe.outputs.gallery import write_gallery
     from seedream_pipe.outputs.manifest import write_manifest
     from seedream_pipe.outputs.report import write_report
     from seedream_pipe.outputs.sheet import make_sheet
 
     folder = open_output(Path(out_dir), recipe=recipe)
+    gone = image_files_warning(folder)
+    if gone:
+        log.warning("%s (report.csv's image_file column names them)", gone)
     written: list[Path] = [write_report(folder)]
     sheet = make_sheet(folder)
     for warning in sheet.warnings:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import functools
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -69,6 +71,12 @@ class OutputFolder:
         )
         return float(price) if isinstance(price, int | float) else None
 
+    @functools.cached_property
+    def image_files(self) -> dict[str, str]:
+        """job_id -> `image_file_state` of every job with an image recorded (a stat each)."""
+        states = {job.job_id: image_file_state(job, self.path) for job in self.jobs}
+        return {job_id: state for job_id, state in states.items() if state is not None}
+
     @property
     def axis_names(self) -> list[str]:
         """Every axis of the jobs, in the planner's order (first seen in plan order)."""
@@ -77,6 +85,44 @@ class OutputFolder:
             for axis in job.axes:
                 names.setdefault(axis, None)
         return list(names)
+
+
+#: `image_file_state` values: the file is there at its recorded size, gone, or another size.
+IMAGE_PRESENT, IMAGE_MISSING, IMAGE_CHANGED = "present", "missing", "changed"
+
+
+def image_file_state(job: JobRecord, out_dir: Path) -> str | None:
+    """Whether a job's image file is still on disk as downloaded, by one stat (no hashing):
+    "present", "missing" (no file) or "changed" (another size than it was downloaded at);
+    None for a job with no image recorded. A file changed at the same size reads as present:
+    `run` compares sha256 and downloads again whatever differs."""
+    if not job.image_path:
+        return None
+    try:
+        found = (out_dir / job.image_path).stat()
+    except OSError:
+        return IMAGE_MISSING
+    if not stat.S_ISREG(found.st_mode):
+        return IMAGE_MISSING
+    if job.bytes is not None and found.st_size != job.bytes:
+        return IMAGE_CHANGED
+    return IMAGE_PRESENT
+
+
+def image_files_warning(folder: OutputFolder) -> str | None:
+    """What to say when image files of done jobs are not on disk as downloaded; else None."""
+    gone = [state for state in folder.image_files.values() if state != IMAGE_PRESENT]
+    if not gone:
+        return None
+    how = ", ".join(
+        f"{gone.count(state)} {state}" for state in (IMAGE_MISSING, IMAGE_CHANGED) if state in gone
+    )
+    if len(gone) == 1:
+        return f"1 image file of a done job is not on disk as downloaded ({how}): run the recipe again to fetch it"
+    return (
+        f"{len(gone)} image files of done jobs are not on disk as downloaded ({how}): "
+        "run the recipe again to fetch them"
+    )
 
 
 def open_output(

@@ -2,7 +2,8 @@
 
 `manifest.json` holds the recipe as written and as resolved (after `extends`) and its hash, the
 tool's version, the model id, the API host, the start and end of the runs, the counts, and for
-every image on disk the job that made it (job_id, path, sha256). It never holds a token: the host
+every image on disk the job that made it (job_id, path, sha256); a done job's image no longer
+on disk as downloaded (a stat: gone, or another size) is in `missing_files` instead. It never holds a token: the host
 is the host name the runs recorded (the runner records no port: a folder is bound to a host, and
 `run --sim` serves on a new port each time); `safe_host` still strips anything but `host[:port]`
 from a value written otherwise. Run summaries keep only numbers.
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 from seedream_pipe import __version__
 from seedream_pipe.outputs._folder import (
     GALLERY_NAME,
+    IMAGE_PRESENT,
     MANIFEST_NAME,
     REPORT_STEM,
     SHEET_STEM,
@@ -94,8 +96,14 @@ def build_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> dic
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
 
     files = []
+    missing = []
     for job in folder.jobs:
         if not job.image_path:
+            continue
+        on_disk = folder.image_files.get(job.job_id)
+        if on_disk != IMAGE_PRESENT:
+            where = {"path": job.image_path, "job_id": job.job_id, "index": job.job_index}
+            missing.append({**where, "image_file": on_disk})
             continue
         files.append(
             {
@@ -131,6 +139,7 @@ def build_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> dic
             "by_state": {state: n for state, n in summary.counts.items() if n},
         },
         "files": files,
+        "missing_files": missing,
         "outputs": [_relative(path, folder.path) for path in outputs],
     }
 

@@ -4,7 +4,9 @@ The first columns are fixed, in this order: job_id, index, one label column per 
 the axis), one value column per axis (`<axis>_value`), prompt, resolution, status, request_id,
 error, attempts, polls, submitted_at, started_at, finished_at (ISO 8601 UTC), queue_s,
 generation_s, latency_s, image_url, image_path, width, height, bytes, sha256,
-possible_duplicate. A few more follow (retries, thumb_path, model). An axis whose name would
+possible_duplicate. A few more follow (retries, thumb_path, model, image_file). width to sha256
+describe the image as downloaded; image_file says whether its file is still on disk so
+("present", "missing", "changed": one stat per job, no hashing). An axis whose name would
 clash with a fixed column (`resolution`, above all) gets `<axis>_label` and `<axis>_value`: the
 resolution axis's columns are `resolution_label` ("16:9") and `resolution_value`
 ("2560x1440 (16:9)"), while `resolution` is the request's.
@@ -13,7 +15,7 @@ resolution axis's columns are `resolution_label` ("16:9") and `resolution_value`
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +57,7 @@ TAIL_COLUMNS: tuple[str, ...] = (
     "sha256",
     "possible_duplicate",
 )
-EXTRA_COLUMNS: tuple[str, ...] = ("retries", "thumb_path", "model")
+EXTRA_COLUMNS: tuple[str, ...] = ("retries", "thumb_path", "model", "image_file")
 TIME_COLUMNS: tuple[str, ...] = ("submitted_at", "started_at", "finished_at")
 _RESERVED = frozenset(HEAD_COLUMNS + TAIL_COLUMNS + EXTRA_COLUMNS)
 
@@ -78,8 +80,18 @@ def _value_text(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def report_frame(jobs: Sequence[JobRecord], axes: Sequence[str] | None = None) -> pd.DataFrame:
-    """The report as a DataFrame (a notebook's entry point)."""
+def report_frame(
+    jobs: Sequence[JobRecord],
+    axes: Sequence[str] | None = None,
+    *,
+    image_files: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The report as a DataFrame (a notebook's entry point).
+
+    `image_files` (an OutputFolder's `image_files`) fills the image_file column; without it the
+    column is empty, since the jobs alone do not say where their folder is.
+    """
+    image_files = image_files or {}
     if axes is None:
         seen: dict[str, None] = {}
         for job in jobs:
@@ -117,6 +129,7 @@ def report_frame(jobs: Sequence[JobRecord], axes: Sequence[str] | None = None) -
             retries=job.retries,
             thumb_path=job.thumb_path,
             model=job.model,
+            image_file=image_files.get(job.job_id),
         )
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns)
@@ -135,7 +148,7 @@ def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: Path | None = 
         raise UsageError(
             f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}"
         )
-    frame = report_frame(folder.jobs, folder.axis_names)
+    frame = report_frame(folder.jobs, folder.axis_names, image_files=folder.image_files)
     dest = dest if dest is not None else folder.path / f"{REPORT_STEM}.{fmt}"
 
     def write(tmp: Path) -> None:

@@ -21,7 +21,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from seedream_pipe.images import THUMB_SIZE
-from seedream_pipe.outputs._folder import SHEET_STEM, OutputFolder, write_atomically
+from seedream_pipe.outputs._folder import (
+    IMAGE_PRESENT,
+    SHEET_STEM,
+    OutputFolder,
+    write_atomically,
+)
 from seedream_pipe.outputs.fonts import Font, font_for
 from seedream_pipe.outputs.layout import (
     Box,
@@ -183,6 +188,13 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     problems: dict[str, tuple[str, str]] = {}
     sources: dict[str, Path | bytes] = {}
     to_make: list[Picture] = []
+    # A done job whose image is gone (or another size) but whose thumbnail is left: the
+    # thumbnail still shows what the job made, marked, with a warning.
+    stale = {
+        job_id: state
+        for job_id, state in folder.image_files.items()
+        if state != IMAGE_PRESENT and job_id in pictures and not pictures[job_id].problem
+    }
     for job_id, picture in pictures.items():
         if picture.problem:
             problems[job_id] = ("missing", picture.problem)
@@ -230,7 +242,10 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             for s, slot in enumerate(cell.slots):
                 if s >= len(jobs):
                     break  # fewer repeats here than elsewhere: leave the other slots blank
-                _draw_slot(canvas, slot, jobs[s], sources, pictures, problems, warnings, metrics)
+                job = jobs[s]
+                shown = _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
+                if shown and job.job_id in stale:
+                    _mark_stale(canvas, slot, job, stale[job.job_id], warnings, metrics)
         dest = _page_path(folder.path, page.number, total, options.fmt)
         return _save(canvas, dest, options.fmt), geometry
 
@@ -262,11 +277,12 @@ def _draw_slot(
     problems: dict[str, tuple[str, str]],
     warnings: list[str],
     metrics: Metrics,
-) -> None:
+) -> bool:
+    """Draw one slot; True when it shows the job's picture, False for a placeholder."""
     if job is None or job.state != "downloaded":
         kind, reason = placeholder_kind(job)
         _draw_placeholder(canvas, slot, kind, reason, metrics)
-        return
+        return False
     source = sources.get(job.job_id)
     if source is not None:
         picture = _load_or_remake(
@@ -280,12 +296,31 @@ def _draw_slot(
                 picture,
                 (slot.x + (slot.w - picture.width) // 2, slot.y + (slot.h - picture.height) // 2),
             )
-            return
+            return True
     kind, reason = problems.get(job.job_id, ("missing", "no picture"))
     warnings.append(
         f"job {job.job_id} (#{job.job_index}): {reason}; a placeholder stands in its cell"
     )
     _draw_placeholder(canvas, slot, kind, reason, metrics)
+    return False
+
+
+def _mark_stale(
+    canvas: Image.Image, slot: Box, job: JobRecord, state: str, warnings: list[str], metrics: Metrics
+) -> None:
+    """A band across the foot of a picture shown from the thumbnail of an image no longer on disk."""
+    fill, ink, _ = PLACEHOLDER_STYLE["missing"]
+    title = f"IMAGE {state.upper()}"  # IMAGE MISSING, IMAGE CHANGED
+    size = metrics.label_size
+    band = Box(slot.x, slot.bottom - round(size * 1.6), slot.w, round(size * 1.6))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((band.x, band.y, band.right - 1, band.bottom - 1), fill=fill)
+    _draw_text(draw, text_block(band, title, size, pillow_measure, bold=True, max_lines=1, pad=1), ink)
+    what = "missing" if state == "missing" else "changed on disk (another size than downloaded)"
+    warnings.append(
+        f"job {job.job_id} (#{job.job_index}): image file {what}: {job.image_path}; its thumbnail "
+        "is shown, marked (run the recipe again to fetch it)"
+    )
 
 
 def _load_or_remake(
