@@ -104,6 +104,9 @@ VAR_NAME_PATTERN = r"^(?!\d)\w+$"
 #: `#` or `%` may steer that POST elsewhere on the API's host.
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
 TEMPLATE_NAME_PATTERN = r"^[\w-]+$"  # letters of any script, digits, - and _ (a label)
+#: Top-level keys that start so are the author's own and ignored: a place for YAML anchors
+#: (`x-styles: &styles [...]`), as in Compose files.
+EXTENSION_PREFIX = "x-"
 
 _VAR_VALUES_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -349,6 +352,7 @@ def recipe_json_schema() -> dict[str, Any]:
     for properties in (schema["properties"], *(d.get("properties", {}) for d in defs.values())):
         for key, rule in properties.items():
             properties[key] = _or_null(rule)
+    schema["patternProperties"] = {f"^{EXTENSION_PREFIX}": {"description": "the author's own: ignored (YAML anchors)"}}
     for key in ("vars", "inputs", "params", "templates"):
         rule = schema["properties"][key]
         for mapping in (rule, *rule.get("anyOf", ())):
@@ -789,6 +793,9 @@ def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict
 def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[Path],
                        problem_at: Problem | None = None) -> _Document:
     doc = parse_yaml(path, display, problem_at)
+    for key in [k for k in doc.data if isinstance(k, str) and k.startswith(EXTENSION_PREFIX)]:
+        del doc.data[key]  # (its anchors have been copied where aliases use them)
+        _drop_under(doc.locations, (key,))
     problems: list[Problem] = []
     _inline_var_files(doc, problems)
     _rebase_paths(doc, top_folder)

@@ -294,6 +294,17 @@ def test_common_slips_are_said_with_their_fix(tmp_path: Path, text: str, said: s
     assert problems_of(write(tmp_path, text)) == [f"{tmp_path / 'recipe.yaml'}{said.replace('TMP', str(tmp_path))}"]
 
 
+def test_top_level_x_keys_are_the_authors_own_a_place_for_anchors(tmp_path: Path) -> None:
+    text = ("x-styles: &styles [ink, oil]\nx-note: anything at all\n"
+            'template: "{{ a }} in {{ style }}"\nvars:\n  a: [x]\n  style: *styles\n')
+    recipe = load_recipe(write(tmp_path, text))
+    assert recipe.spec.vars["style"] == ["ink", "oil"]
+    assert "x-styles" not in recipe.resolved
+    assert recipe.hash == load_recipe(write(tmp_path, text.replace("anything at all", "else"), "b.yaml")).hash
+    jsonschema.Draft202012Validator(recipe_json_schema()).validate({"x-styles": ["a"], "template": "t"})
+    assert "unknown key 'y-styles'" in only_problem(write(tmp_path, text.replace("x-note", "y-styles"), "c.yaml"))
+
+
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
     assert "unknown key 'flavour' (known keys: n, seed)" in message
