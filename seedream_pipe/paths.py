@@ -51,12 +51,27 @@ def slug(text: str, *, max_length: int = 40) -> str:
     Accents are folded to ASCII; everything else (slashes, dots, spaces, quotes, control
     characters, other scripts) becomes a single hyphen.
     """
+    return _cleaned(text, max_length) or "x"
+
+
+def _cleaned(text: str, max_length: int) -> str:
+    """`slug` that may be empty (text with nothing to keep)."""
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    cleaned = _UNSAFE.sub("-", folded.lower()).strip("-")
-    return cleaned[:max_length].rstrip("-") or "x"
+    return _UNSAFE.sub("-", folded.lower()).strip("-")[:max_length].rstrip("-")
+
+
+#: The labels' part of an image file name, and the least share of it each label gets.
+_LABELS_LENGTH = 60
+_LEAST_PER_LABEL = 8
 
 
 def image_file_name(index: int, job_id: str, labels: list[str] | tuple[str, ...]) -> str:
-    """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`."""
-    label_part = slug("-".join(labels), max_length=60)
+    """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`.
+
+    Each label gets its share of the name, so a long first label does not push out the short
+    ones after it that tell two images apart.
+    """
+    share = max(_LEAST_PER_LABEL, _LABELS_LENGTH // max(1, len(labels)))
+    parts = [_cleaned(label, share) for label in labels]
+    label_part = slug("-".join(p for p in parts if p), max_length=_LABELS_LENGTH)
     return f"{index:04d}_{slug(job_id, max_length=32)}_{label_part}.png"

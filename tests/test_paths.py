@@ -37,6 +37,14 @@ def test_image_file_name_is_a_plain_name() -> None:
     assert len(long) < 100
 
 
+def test_a_long_first_label_leaves_room_for_the_labels_after_it() -> None:
+    scene = "a very long scene description about a lighthouse standing on a rocky coast"
+    names = {image_file_name(1, "abc", [scene, style, "16:9"]) for style in ("ink", "oil")}
+    assert len(names) == 2  # the style and resolution still tell them apart
+    assert all(n.endswith(("-ink-16-9.png", "-oil-16-9.png")) for n in names)
+    assert image_file_name(1, "abc", ["ラーメン", "ink"]) == "0001_abc_ink.png"  # (other scripts: a hyphen, dropped)
+
+
 def test_locate_dir_and_missing(tmp_path: Path) -> None:
     assert locate(tmp_path) == (tmp_path, None)
     with pytest.raises(UsageError, match="no such recipe file or output folder"):
