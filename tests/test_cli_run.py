@@ -115,6 +115,20 @@ def test_run_with_sim_then_nothing_to_do_then_status(recipe: Path, tmp_path: Pat
     assert "exit 0" in stdout
 
 
+def test_status_says_when_a_done_jobs_image_file_is_gone(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    first = sorted((out / "images").iterdir())[0]
+    first.unlink()
+    code, stdout, _ = invoke("status", str(out))
+    assert code == 0
+    assert "done, but the image file is not on disk as downloaded: 1 (1 missing); `run` fetches them again" in stdout
+    code, stdout, _ = invoke("status", str(out), "--json")
+    assert json.loads(stdout)["image_files_off_disk"] == {"missing": 1}
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    assert "not on disk" not in invoke("status", str(out))[1]
+
+
 def test_status_of_an_edited_recipe_says_what_its_plan_adds_and_drops(recipe: Path, tmp_path: Path) -> None:
     # it described the last run only: "2 jobs, downloaded 2" for a recipe now planning more
     out = tmp_path / "o"

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -353,6 +354,13 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         runs = store.runs()
     here = [r for r in every if r.in_plan]
     failed = [r for r in here if r.state == "failed"]
+    # (a stat per done job, no hashing: what `report` warns of, and `run` fetches again)
+    from seedream_pipe.outputs._folder import IMAGE_PRESENT, image_file_state
+
+    off_disk = Counter(
+        state for r in here if r.state == "downloaded"
+        if (state := image_file_state(r, out_dir)) not in (None, IMAGE_PRESENT)
+    )
     duplicates = sum(1 for r in here if r.possible_duplicate)
     planned_here = {r.job_id for r in here}
     sent = {r.job_id for r in every if r.state != "planned"}  # ever submitted
@@ -378,6 +386,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
                     if last
                     else None,
                     "recipe_now": changes,
+                    "image_files_off_disk": dict(off_disk),
                 }
             )
         )
@@ -389,6 +398,10 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
             click.echo(f"  {state:<15} {n}")
     if duplicates:
         click.echo(f"  possible duplicates (maybe paid for twice; report.csv says which): {duplicates}")
+    if off_disk:
+        how = ", ".join(f"{n} {state}" for state, n in sorted(off_disk.items()))
+        click.echo(f"  done, but the image file is not on disk as downloaded: {sum(off_disk.values())} ({how}); "
+                   "`run` fetches them again, without paying twice")
     if last:
         code = last["exit_code"]
         ended = "still running or killed" if code is None else f"exit {code}"
