@@ -388,3 +388,31 @@ def test_long_filter_labels_end_in_an_ellipsis_within_the_screen(
         assert labels[long]["cut"] and labels[long]["ellipsis"]
     assert not labels["short"]["cut"]
     page.close()
+
+
+@pytest.fixture
+def excluded_with_repeats(tmp_path: Path) -> Path:
+    """subject > style x resolution, two repeats, tea/photo at 16:9 excluded from the plan."""
+    jobs = [
+        job
+        for job in plan_jobs(repeats=2)
+        if (job.axes["subject"], job.axes["style"], job.axes["resolution"]) != ("tea", "photo", "16:9")
+    ]
+    make_folder(tmp_path, jobs=jobs, states={}, recipe_meta={"name": "sweep", "sheet": {}})
+    write_gallery(open_output(tmp_path))
+    return tmp_path / "gallery.html"
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_an_excluded_combination_fills_its_whole_cell(
+    excluded_with_repeats: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    page = _open(browser, excluded_with_repeats, viewport)
+    (none,) = _boxes(page, "td.nojob .none")
+    (column,) = _boxes(page, "td.nojob")
+    slots = _boxes(page, "td:not(.nojob) .slots")
+    assert {round(s["width"]) for s in slots} == {round(column["width"])}  # two repeats a cell
+    # "no job" spans the cell, both repeat slots, as on the contact sheet
+    assert round(none["width"]) == round(column["width"])
+    assert none["left"] == column["left"]
+    page.close()

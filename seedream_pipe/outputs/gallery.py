@@ -222,6 +222,7 @@ def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) ->
         row_levels=len(layout.rows),
         page_by=layout.page_by,
         cell=GALLERY_CELL,
+        slots=layout.slots,
         lazy=len(folder.jobs) > LAZY_FROM,
         data_json=json_for_script({"name": folder.name, "jobs": data}),
     )
