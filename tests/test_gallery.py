@@ -416,3 +416,86 @@ def test_an_excluded_combination_fills_its_whole_cell(
     assert round(none["width"]) == round(column["width"])
     assert none["left"] == column["left"]
     page.close()
+
+
+TWELVE_COLOURS = (*TEN_COLOURS, "pink", "brown")
+
+# Each figure in page order: its job, its box, and the label of the cell it sits in.
+WRAPPED_FIGURES = """() => Array.from(document.querySelectorAll("figure.job"), (figure) => {
+  const r = figure.getBoundingClientRect();
+  const label = figure.closest(".cell").querySelector(".cell-label");
+  const l = label.getBoundingClientRect();
+  return {job: figure.dataset.job, top: Math.round(r.top), left: Math.round(r.left),
+          label: label.textContent.trim(), title: label.title,
+          labelBottom: l.bottom, labelLeft: Math.round(l.left), labelWidth: l.width, width: r.width};
+})"""
+
+
+def _single_axis(root: Path, settings: dict[str, Any], repeats: int = 1) -> Path:
+    """12 colours, one style and one resolution: a single axis on the sheet."""
+    jobs = plan_jobs(
+        subjects={colour: colour for colour in TWELVE_COLOURS},
+        styles={"photo": "photo"},
+        resolutions=ONE_RESOLUTION,
+        repeats=repeats,
+    )
+    make_folder(root, jobs=jobs, states={}, recipe_meta={"name": "tall", "sheet": settings})
+    write_gallery(open_output(root))
+    return root / "gallery.html"
+
+
+@pytest.mark.parametrize(("repeats", "across"), [(1, 4), (2, 3)])
+def test_a_single_axis_wraps_into_a_labelled_grid_in_reading_order(
+    tmp_path: Path, browser: Any, repeats: int, across: int
+) -> None:
+    page = _open(browser, _single_axis(tmp_path, {}, repeats), DESKTOP)
+    figures = page.evaluate(WRAPPED_FIGURES)
+    assert len(figures) == 12 * repeats
+    # about sqrt(N) cells across, as on the sheet (fewer with two repeats a cell)
+    lefts = sorted({f["left"] for f in figures})
+    assert len(lefts) == across * repeats
+    assert len({f["top"] for f in figures}) == -(-12 // across)
+    # read left to right, then down, in plan order, each image under its own label
+    assert sorted(figures, key=lambda f: (f["top"], f["left"])) == figures
+    labels = [f["label"] for f in figures]
+    assert labels == [colour for colour in TWELVE_COLOURS for _ in range(repeats)]
+    for figure in figures:
+        assert figure["title"] == figure["label"]
+        assert figure["labelBottom"] <= figure["top"]
+        assert figure["left"] - figure["labelLeft"] in {0, round(figure["width"]) + 4}
+        assert figure["labelWidth"] >= repeats * figure["width"]
+    assert page.locator("th").count() == 0  # no header bands
+    page.close()
+
+
+def test_a_wrapped_grid_filters_and_steps_in_reading_order(tmp_path: Path, browser: Any) -> None:
+    page = _open(browser, _single_axis(tmp_path, {}), DESKTOP)
+    page.locator('#filters input[data-axis="subject"][value="green"]').uncheck()
+    assert page.locator("#count").text_content() == "11 of 12 shown"
+    assert page.locator('figure.job[data-job="j004"]').is_hidden()
+    # from yellow, the last visible of the first row, → goes to blue, the first of the next
+    page.locator('figure.job[data-job="j003"]').click()
+    assert page.locator("#viewer-title").text_content().startswith("#3 · yellow")
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#viewer-title").text_content().startswith("#5 · blue")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#viewer-title").text_content().startswith("#2 · orange")
+    page.close()
+
+
+def test_a_wrapped_grid_fits_a_phone(tmp_path: Path, browser: Any) -> None:
+    page = _open(browser, _single_axis(tmp_path, {}), PHONE)
+    figures = page.evaluate(WRAPPED_FIGURES)
+    assert sorted(figures, key=lambda f: (f["top"], f["left"])) == figures
+    assert [f["label"] for f in figures] == list(TWELVE_COLOURS)
+    # fewer cells across on a narrow screen: neither the page nor the grid scrolls sideways
+    assert page.evaluate("document.documentElement.scrollWidth") == PHONE["width"]
+    assert page.evaluate("(m => m.scrollWidth <= m.clientWidth)(document.querySelector('main'))")
+    page.close()
+
+
+def test_a_named_single_axis_keeps_its_labelled_column(tmp_path: Path) -> None:
+    html = _single_axis(tmp_path, {"rows": ["subject"]}).read_text(encoding="utf-8")
+    assert html.count('<th class="rowhead') == 12
+    assert "cell-label" not in html.split("</style>")[1]

@@ -1,6 +1,7 @@
 """The gallery: one self-contained HTML file to browse a sweep in any browser, offline.
 
-The sheet's grid (same rows, columns and nested headers as the contact sheet, without paging),
+The sheet's grid (same rows, columns and nested headers as the contact sheet, without paging;
+a single axis wrapped into a grid of labelled cells, as on the sheet),
 a filter per axis, and a viewer that enlarges a job with its prompt, timings and, for a failed
 job, the reason. Images are linked by relative path (thumbs/ in the grid, images/ in the
 viewer), so the file is small and the folder can be moved or zipped as a whole.
@@ -168,15 +169,28 @@ def _environment() -> jinja2.Environment:
 def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) -> str:
     """The gallery page as HTML text."""
     options = options or resolve_options(folder.sheet_settings)
-    # One long page: no paging by cell count, but a page_by axis still makes sections.
-    layout = plan_sheet(folder.jobs, folder.axis_names, replace(options, max_cells=10**9))
+    # One long page: no paging by cell count, but a page_by axis still makes sections. A single
+    # axis wraps into a grid, each cell under its own label, as on the sheet.
+    layout = plan_sheet(
+        folder.jobs, folder.axis_names, replace(options, max_cells=10**9), wrap=True
+    )
     views: dict[str, _JobView] = {}
     data: dict[str, dict[str, Any]] = {}
     for job in folder.jobs:
         views[job.job_id], data[job.job_id] = _job_view(job, folder, GALLERY_CELL)
 
-    sections = []
+    sections: list[dict[str, Any]] = []
     for page in layout.pages:
+        if layout.wrap is not None:
+            # Reading order; the grid's width in cells is a maximum (a narrow window shows fewer).
+            wrapped = [
+                {"label": label, "jobs": [views[job.job_id] for job in page.jobs_at(r, c)]}
+                for (r, c), label in sorted(page.cell_labels.items())
+            ]
+            sections.append(
+                {"label": page.page_label, "across": len(page.col_keys), "cells": wrapped}
+            )
+            continue
         col_levels = [
             {"axis": axis, "spans": [s for s in page.col_spans if s.level == level]}
             for level, axis in enumerate(layout.cols)
@@ -189,7 +203,9 @@ def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) ->
                 for c in range(max(1, len(page.col_keys)))
             ]
             rows.append({"spans": spans, "cells": cells})
-        sections.append({"label": page.page_label, "col_levels": col_levels, "rows": rows})
+        sections.append(
+            {"label": page.page_label, "col_levels": col_levels, "rows": rows, "cells": None}
+        )
 
     labels: dict[str, dict[str, None]] = {axis: {} for axis in folder.axis_names}
     for job in sorted(folder.jobs, key=lambda j: j.job_index):
@@ -205,6 +221,8 @@ def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) ->
         layout_parts.append("rows: " + " › ".join(layout.rows))
     if layout.cols:
         layout_parts.append("columns: " + " › ".join(layout.cols))
+    if layout.wrap is not None:
+        layout_parts.append(f"{layout.wrap}: left to right, then down")
     if layout.slots > 1 and layout.inline:
         layout_parts.append("side by side in a cell: " + ", ".join(layout.inline))
     layout_parts.append("click an image to enlarge it")

@@ -5,14 +5,13 @@
   the column axes across the top, any other axis (repeats, by default) side by side inside a
   cell, one page per `page_by` label and no more than `max_cells` cells per page, and the
   header spans (an outer axis's header spans all its inner values). With `wrap=True` (the
-  sheet's), a sweep whose defaults leave a single axis on the sheet wraps its labels into a
+  sheet's and the gallery's), a sweep whose defaults leave a single axis on the sheet wraps its labels into a
   grid in reading order, each cell under its own label, instead of one tall column.
 - `wrap_label` wraps header text at word boundaries, ending in an ellipsis when it does not fit.
 - `page_geometry` places every header, text line and cell in pixels, given a function that
   measures text (Pillow's in `sheet.py`, a fake one in tests).
 
-The gallery lays its HTML grid out with the same `plan_sheet`, so both agree (except that it
-does not wrap a single axis: its template has no label per cell).
+The gallery lays its HTML grid out with the same `plan_sheet` (wrapped too), so both agree.
 
 Defaults: the sweep's vars (every axis but resolution and repeat) as rows, resolution as
 columns. Axes with a single label are left out of the defaults: a header spanning everything
