@@ -313,3 +313,15 @@ def test_report_warns_of_image_files_gone_from_disk(folder: Path) -> None:
     )
     clean = CliRunner().invoke(cli, ["report", str(make_folder(folder.parent / "clean").path)])
     assert clean.exit_code == 0 and clean.stderr == ""
+
+
+def test_gallery_warns_of_image_files_gone_from_disk(folder: Path) -> None:
+    from _outputs_fixture import IMAGES_DIR
+
+    sorted((folder / IMAGES_DIR).iterdir())[0].unlink()
+    result = CliRunner().invoke(cli, ["gallery", str(folder)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "warning: 1 image file of a done job is not on disk as downloaded (1 missing): "
+        "run the recipe again to fetch it (the gallery marks it)"
+    )

@@ -187,7 +187,7 @@ def test_every_layout_shows_every_job_once(
 
     make_folder(tmp_path, recipe_meta={"name": "sweep", "sheet": settings})
     html = render_gallery(open_output(tmp_path))
-    jobs = re.findall(r'<figure class="job [a-z_]+" data-job="(j\d+)"', html)
+    jobs = re.findall(r'<figure class="job [a-z_ ]+" data-job="(j\d+)"', html)
     assert sorted(jobs) == [f"j{i:03d}" for i in range(1, 9)]
     assert html.count("<h2>") == sections
     assert html.count("<section>") == max(1, sections)
@@ -499,3 +499,58 @@ def test_a_named_single_axis_keeps_its_labelled_column(tmp_path: Path) -> None:
     html = _single_axis(tmp_path, {"rows": ["subject"]}).read_text(encoding="utf-8")
     assert html.count('<th class="rowhead') == 12
     assert "cell-label" not in html.split("</style>")[1]
+
+
+# Each figure's band (an image file no longer on disk as downloaded), against its figure's box.
+BANDS = """() => Object.fromEntries(Array.from(document.querySelectorAll("figure.job"), (figure) => {
+  const band = figure.querySelector(".band");
+  if (!band) return [figure.dataset.job, null];
+  const f = figure.getBoundingClientRect(), b = band.getBoundingClientRect();
+  const img = figure.querySelector("img");
+  return [figure.dataset.job, {text: band.textContent.trim(), visible: b.height > 0,
+    bottom: b.bottom - f.bottom, left: b.left - f.left, right: b.right - f.right,
+    loaded: !!img && img.naturalWidth > 0}];
+}))"""
+
+
+def test_an_image_file_no_longer_on_disk_as_downloaded_is_marked(
+    tmp_path: Path, browser: Any
+) -> None:
+    folder = make_folder(tmp_path, states={})
+    folder.image(1).unlink()  # deleted, its thumbnail left
+    with folder.image(2).open("ab") as changed:  # overwritten at another size
+        changed.write(b"\0" * 100)
+    folder.image(4).unlink()  # deleted with its thumbnail: nothing to show
+    folder.thumb(4).unlink()
+    write_gallery(open_output(tmp_path))
+    page = _open(browser, tmp_path / "gallery.html", DESKTOP)
+
+    bands = page.evaluate(BANDS)
+    # the thumbnail still shows what the job made, banded across its foot as on the sheet
+    for job_id, text in (("j001", "IMAGE MISSING"), ("j002", "IMAGE CHANGED")):
+        band = bands[job_id]
+        assert band is not None and band["text"] == text and band["visible"] and band["loaded"]
+        assert band["bottom"] == 0 and band["left"] == 0 and band["right"] == 0
+    assert bands["j003"] is None and bands["j005"] is None
+    # nothing at all left: the placeholder says so, as before
+    assert bands["j004"] is None
+    assert "IMAGE MISSING" in page.locator('figure.job[data-job="j004"]').inner_text()
+
+    # the viewer shows the thumbnail of a deleted image (not a broken one) and says why
+    page.locator('figure.job[data-job="j001"]').click()
+    assert page.locator("#viewer-image").get_attribute("src").startswith("thumbs/0001")
+    page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")
+    notice = page.locator("#viewer-notice")
+    assert notice.is_visible()
+    assert "IMAGE MISSING" in notice.inner_text() and "images/0001" in notice.inner_text()
+    assert "IMAGE MISSING" in page.locator("#viewer-picture").inner_text()
+    # a changed file: shown as it is on disk, said to differ from the one downloaded
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#viewer-image").get_attribute("src").startswith("images/0002")
+    assert "IMAGE CHANGED" in notice.inner_text() and "images/0002" in notice.inner_text()
+    assert "IMAGE CHANGED" in page.locator("#viewer-picture").inner_text()
+    # an image on disk as downloaded: no notice
+    page.keyboard.press("ArrowRight")
+    assert notice.is_hidden()
+    assert page.locator("#viewer-picture .band").count() == 0
+    page.close()

@@ -176,9 +176,14 @@ def gallery_command(target: Path) -> int:
         seedream-pipe gallery outputs/demo && xdg-open outputs/demo/gallery.html
     """
     from seedream_pipe.outputs import refresh_manifest, write_gallery
+    from seedream_pipe.outputs._folder import IMAGE_PRESENT, image_files_warning
 
     folder = _open(target)
     path = write_gallery(folder)
+    gone = image_files_warning(folder)
+    if gone:
+        one = sum(state != IMAGE_PRESENT for state in folder.image_files.values()) == 1
+        _warn(f"{gone} (the gallery marks {'it' if one else 'them'})")
     refresh_manifest(folder, written=[path])
     click.echo(str(path))
     return 0

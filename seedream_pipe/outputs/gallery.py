@@ -1,10 +1,11 @@
 """The gallery: one self-contained HTML file to browse a sweep in any browser, offline.
 
 The sheet's grid (same rows, columns and nested headers as the contact sheet, without paging;
-a single axis wrapped into a grid of labelled cells, as on the sheet),
-a filter per axis, and a viewer that enlarges a job with its prompt, timings and, for a failed
-job, the reason. Images are linked by relative path (thumbs/ in the grid, images/ in the
-viewer), so the file is small and the folder can be moved or zipped as a whole.
+a single axis wrapped into a grid of labelled cells, as on the sheet), a filter per axis, and a
+viewer that enlarges a job with its prompt, timings and, for a failed job, the reason; an image
+file no longer on disk as downloaded is marked as the sheet marks it. Images are linked by
+relative path (thumbs/ in the grid, images/ in the viewer), so the file is small and the
+folder can be moved or zipped as a whole.
 
 Every recipe value and API text is untrusted: the template is rendered by Jinja2 with
 autoescaping, and the per-job data travels in a `<script type="application/json">` block whose
@@ -25,7 +26,14 @@ import jinja2
 from markupsafe import Markup
 
 from seedream_pipe import __version__
-from seedream_pipe.outputs._folder import GALLERY_NAME, OutputFolder, iso_utc, write_text
+from seedream_pipe.outputs._folder import (
+    GALLERY_NAME,
+    IMAGE_CHANGED,
+    IMAGE_MISSING,
+    OutputFolder,
+    iso_utc,
+    write_text,
+)
 from seedream_pipe.outputs.layout import SheetOptions, placeholder_kind, plan_sheet, resolve_options
 from seedream_pipe.outputs.summary import format_summary, summarize_jobs
 from seedream_pipe.outputs.thumbs import fit_size, locate_picture
@@ -86,18 +94,39 @@ class _JobView:
     thumb_h: int | None
     badge: str
     reason: str
+    band: str  # IMAGE MISSING / IMAGE CHANGED across the foot of a picture shown nonetheless
+
+
+def _stale_notice(job: JobRecord, state: str) -> str:
+    """What the viewer says of a done job's image file no longer on disk as downloaded."""
+    if state == IMAGE_MISSING:
+        return (
+            f"IMAGE MISSING: {job.image_path} is no longer on disk; its thumbnail is shown "
+            "(run the recipe again to fetch it)"
+        )
+    size = f" ({job.bytes:,} bytes)" if job.bytes is not None else ""
+    return (
+        f"IMAGE CHANGED: {job.image_path} is another size than it was downloaded at{size}, so it "
+        "may not be the image the job made (run the recipe again to fetch it)"
+    )
 
 
 def _job_view(job: JobRecord, folder: OutputFolder, cell: int) -> tuple[_JobView, dict[str, Any]]:
     title = " · ".join(str(label) for label in job.axes.values()) or job.job_id
     thumb = image = None
     thumb_size: tuple[int, int] | None = None
-    kind, reason = "image", ""
+    kind, reason, band, notice = "image", "", "", ""
+    image_file = folder.image_files.get(job.job_id)
     if job.state == "downloaded":
         picture = locate_picture(job, folder.path)
         if picture.problem:
             kind, reason = "missing", picture.problem
         else:
+            # A picture still to show (the thumbnail of a deleted image, or a changed file) is
+            # shown, marked as the sheet marks it, and the viewer says why.
+            if image_file in (IMAGE_MISSING, IMAGE_CHANGED):
+                band = f"IMAGE {image_file.upper()}"
+                notice = _stale_notice(job, image_file)
             if picture.thumb is not None:
                 thumb = _url(picture.thumb.relative_to(folder.path).as_posix())
             if picture.image is not None:
@@ -116,6 +145,7 @@ def _job_view(job: JobRecord, folder: OutputFolder, cell: int) -> tuple[_JobView
         thumb_h=thumb_size[1] if thumb_size else None,
         badge=_BADGES.get(kind, ""),
         reason=reason,
+        band=band,
     )
     data = {
         "job_id": job.job_id,
@@ -130,6 +160,10 @@ def _job_view(job: JobRecord, folder: OutputFolder, cell: int) -> tuple[_JobView
         "badge": _BADGES.get(kind, ""),
         "reason": reason,
         "request_id": job.request_id,
+        "band": band,
+        "notice": notice,
+        "image_path": job.image_path,
+        "image_file": image_file,
         "image": image,
         "thumb": thumb,
         "width": job.width,
