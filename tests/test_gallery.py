@@ -554,3 +554,22 @@ def test_an_image_file_no_longer_on_disk_as_downloaded_is_marked(
     assert notice.is_hidden()
     assert page.locator("#viewer-picture .band").count() == 0
     page.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_long_row_label_is_cut_to_its_row(
+    long_labels: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    page = _open(browser, long_labels, viewport)
+    cell = _boxes(page, "figure.job")[0]
+    # a row is as tall as its images, however long its label
+    for row in _boxes(page, "tbody tr"):
+        assert row["height"] <= cell["height"] + 1
+    header = page.locator("th.rowhead").first
+    assert header.text_content().strip() == LONG_SCENE  # all of it is in the page
+    assert header.get_attribute("title") == LONG_SCENE  # and shown on hover
+    # cut with an ellipsis after a few lines
+    label = header.locator(".label")
+    assert label.evaluate("(e) => e.scrollHeight > e.clientHeight")
+    assert label.evaluate("(e) => getComputedStyle(e).webkitLineClamp") in {"5", "6"}
+    page.close()
