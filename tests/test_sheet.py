@@ -519,3 +519,29 @@ def test_an_image_deleted_with_its_thumbnail_left_is_shown_marked_with_a_warning
     assert len(result.warnings) == 1
     assert "j001" in result.warnings[0] and "image file missing" in result.warnings[0]
     assert "run the recipe again to fetch it" in result.warnings[0]
+
+
+def test_a_character_no_font_draws_is_spelled_out_so_two_emoji_labels_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # as on a machine with no emoji font: every character goes to DejaVu Sans
+    monkeypatch.setattr(fonts_module, "font_for", lambda text, size, bold=False: fonts_module.default_font(size, bold))
+    fonts_module._drawable.cache_clear()
+    try:
+        assert fonts_module.spelled_out("✨ magic") == "[sparkles] magic"
+        assert fonts_module.spelled_out("🌙") == "[crescent moon]"
+        # what the font draws stays as written: accents, other alphabets, arrows, combining marks
+        for text in ("café", "Привет", "→ ★", "e\u0301", "plain"):
+            assert fonts_module.spelled_out(text) == text
+    finally:
+        fonts_module._drawable.cache_clear()
+
+
+def test_the_sheet_measures_and_draws_text_as_spelled_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedream_pipe.outputs import sheet as sheet_module
+
+    drawn: list[str] = []
+    monkeypatch.setattr(sheet_module, "spelled_out", lambda text: text.replace("🌙", "[moon]"))
+    monkeypatch.setattr(sheet_module, "font_for", lambda text, size, bold=False: drawn.append(text) or fonts_module.default_font(size, bold))
+    assert sheet_module.pillow_measure("🌙", 20, False) == sheet_module.pillow_measure("[moon]", 20, False)
+    assert drawn == ["[moon]", "[moon]"]

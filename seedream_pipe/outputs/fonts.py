@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,3 +99,35 @@ def font_for(text: str, size: int, *, bold: bool = False) -> Font:
             if len(blocks) >= _MAX_LOOKUPS:
                 break
     return default_font(size, bold)
+
+
+# A code point no font draws (a private-use noncharacter): what a font shows for a missing glyph.
+_NO_GLYPH = "\U0010fffd"
+
+
+@lru_cache(maxsize=4096)
+def _drawable(char: str) -> bool:
+    """Whether some font of this machine draws `char` (else it shows as an empty box)."""
+    if _covered(char) and unicodedata.category(char) not in ("So", "Sk"):
+        return True
+    font = font_for(char, 24)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        return _covered(char)
+    drawn, blank = font.getmask(char), font.getmask(_NO_GLYPH)
+    return drawn.size != blank.size or bytes(drawn) != bytes(blank)
+
+
+def spelled_out(text: str) -> str:
+    """`text` with each character no font here can draw replaced by its Unicode name in
+    brackets: with no emoji font, labels "✨" and "🌙" would be two identical boxes; they read
+    "[sparkles]" and "[crescent moon]". Text that draws is returned as it is."""
+    if text.isascii():
+        return text
+    out = []
+    for char in text:
+        if char.isspace() or unicodedata.category(char) in ("Mn", "Me", "Cf") or _drawable(char):
+            out.append(char)
+        else:
+            name = unicodedata.name(char, f"U+{ord(char):04X}").lower()
+            out.append(f"[{name}]")
+    return "".join(out)

@@ -27,7 +27,7 @@ from seedream_pipe.outputs._folder import (
     OutputFolder,
     write_atomically,
 )
-from seedream_pipe.outputs.fonts import Font, font_for
+from seedream_pipe.outputs.fonts import font_for, spelled_out
 from seedream_pipe.outputs.layout import (
     Box,
     Metrics,
@@ -80,17 +80,17 @@ class SheetResult:
     geometries: list[PageGeometry] = field(default_factory=list)  # one per page, where things are
 
 
+# Text is measured and drawn as `spelled_out` shows it: a character no font here draws (an
+# emoji, with no emoji font) goes by its name, so "✨" and "🌙" are not two identical boxes.
 def pillow_measure(text: str, size: int, bold: bool) -> float:
-    return float(font_for(text, size, bold=bold).getlength(text))
-
-
-def _font(text: str, size: int, bold: bool) -> Font:
-    return font_for(text, size, bold=bold)
+    shown = spelled_out(text)
+    return float(font_for(shown, size, bold=bold).getlength(shown))
 
 
 def _draw_text(draw: ImageDraw.ImageDraw, block: TextBlock, fill: tuple[int, int, int]) -> None:
     for line, origin in zip(block.lines, block.origins, strict=True):
-        draw.text(origin, line, font=_font(line, block.size, block.bold), fill=fill)
+        shown = spelled_out(line)
+        draw.text(origin, shown, font=font_for(shown, block.size, bold=block.bold), fill=fill)
 
 
 def _draw_placeholder(
