@@ -722,14 +722,16 @@ def _matching(axis: Axis, member: str | None, wanted: list[str], schema: ModelSc
 def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSchema,
                    problems: _Problems, notes: list[str]) -> list[Filter]:
     """Compile exclude/include entries. A name or value that matches nothing is an error (a
-    typo would otherwise filter nothing), except in an exclude entry a base recipe wrote: a
-    recipe that extends it and narrows or removes a var makes that entry exclude less, which is
-    only noted, since what cannot be planned needs no excluding."""
+    typo would otherwise filter nothing), except in an exclude entry a base recipe wrote about
+    an axis that a recipe extending it set or removed: that entry may now exclude less, which
+    is only noted, since what cannot be planned needs no excluding. (A typo in a base, on an
+    axis no extending file touched, is still an error.)"""
     entries = getattr(recipe.spec, which)
 
     def inherited(path: KeyPath) -> Problem | None:
         where = recipe.problem(path, "")
-        return where if which == "exclude" and where.file != recipe.display else None
+        narrowed = which == "exclude" and where.file != recipe.display and str(path[-1]) in recipe.narrowed
+        return where if narrowed else None
 
     def miss(path: KeyPath, message: str) -> None:
         base = inherited(path)

@@ -394,6 +394,9 @@ class _Document:
     text: str
     data: Any
     locations: dict[KeyPath, Location] = field(default_factory=dict)
+    # Axes (var and param names, "resolution") that a file extending a base set or removed: an
+    # exclude entry of the base may then match less, or nothing (plan.py's _build_filters).
+    narrowed: set[str] = field(default_factory=set)
 
 
 class _Converter:
@@ -837,6 +840,7 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
             _drop_under(base.locations, (other,))
     child = dict(doc.data)
     child.pop("extends", None)
+    narrowed = base.narrowed | _axes_written(child, base.data)
     _merge(base.data, base.locations, child, doc.locations)
     # Keep this file's own keys that were not inherited.
     for key in ("name", "output"):
@@ -844,7 +848,20 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
             base.data[key] = doc.data[key]
     doc.data = base.data
     doc.locations = base.locations
+    doc.narrowed = narrowed
     return doc
+
+
+def _axes_written(child: dict[str, Any], base: dict[str, Any]) -> set[str]:
+    """The axes an extending file sets or removes (`vars: ~` removes every var of the base)."""
+    names: set[str] = set()
+    for key in ("vars", "params"):
+        if key in child:
+            written = child[key]
+            names |= set(written) if isinstance(written, dict) else set(base.get(key) or {})
+    if "resolutions" in child:
+        names.add("resolution")
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -964,8 +981,9 @@ class Recipe:
     """A loaded, checked recipe. Build one with `load_recipe(path)`; expand it with `plan()`."""
 
     def __init__(self, spec: RecipeSpec, path: Path, source_text: str, resolved: dict[str, Any],
-                 locations: dict[KeyPath, Location], display: str) -> None:
+                 locations: dict[KeyPath, Location], display: str, narrowed: frozenset[str] = frozenset()) -> None:
         self.spec = spec
+        self.narrowed = narrowed  # axes a file extending a base set or removed
         self.path = path
         self.display = display
         self.source_text = source_text
@@ -1038,7 +1056,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         spec = RecipeSpec.model_validate(resolved)
     except ValidationError as exc:
         raise RecipeError(_pydantic_problems(exc, doc)) from None
-    recipe = Recipe(spec, path, doc.text, json.loads(json.dumps(resolved)), doc.locations, display)
+    recipe = Recipe(spec, path, doc.text, json.loads(json.dumps(resolved)), doc.locations, display,
+                    frozenset(doc.narrowed))
     recipe.blueprint  # noqa: B018 - check templates, axes and inputs now, reporting all at once
     return recipe
 
@@ -1048,24 +1067,41 @@ def iter_recipe_files(folder: Path) -> Iterator[Path]:
     yield from sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
-    """Which of `files` another of them `extends` (resolved path -> the files that extend it).
+def partial_bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
+    """Which of `files` are partial bases (resolved path -> the files among them that extend it).
 
-    A base may be only part of a recipe (say, shared `run:` settings with no template): it is
-    checked as part of each recipe that extends it, not on its own. A file that does not parse
-    names no base; loading it says why.
+    A partial base is a file another of them `extends` that has no prompt template of its own
+    (say, shared `run:` settings): not a recipe by itself, so it is checked as part of each
+    recipe that extends it. A base with a template is a recipe too, and is checked as one. A
+    file that does not parse names no base; loading it says why.
     """
     files = list(files)
     known = {f.resolve() for f in files}
-    bases: dict[Path, list[Path]] = {}
+    extended_by: dict[Path, list[Path]] = {}
+    data_of: dict[Path, dict[str, Any]] = {}
     for file in files:
         try:
             data = parse_yaml(file, str(file)).data
         except RecipeError:
             continue
+        data_of[file.resolve()] = data
         parent = data.get("extends")
         if isinstance(parent, str) and parent:
             target = (file.parent / parent).resolve()
             if target in known and target != file.resolve():
-                bases.setdefault(target, []).append(file)
-    return bases
+                extended_by.setdefault(target, []).append(file)
+    return {
+        base: children for base, children in extended_by.items()
+        if base in data_of and not _has_template(base, data_of)
+    }
+
+
+def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], depth: int = 0) -> bool:
+    """Whether a file, or a base it extends, writes `template:` or `templates:`."""
+    data = data_of.get(path)
+    if data is None or depth > 20:
+        return False
+    if data.get("template") is not None or data.get("templates") is not None:
+        return True
+    parent = data.get("extends")
+    return isinstance(parent, str) and _has_template((path.parent / parent).resolve(), data_of, depth + 1)

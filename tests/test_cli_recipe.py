@@ -80,6 +80,17 @@ def test_validate_a_folder_checks_a_partial_base_through_the_recipes_that_extend
     assert invoke("validate", str(tmp_path / "common.yaml")).exit_code == 65
 
 
+def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: Path) -> None:
+    # a base with a template is a recipe too (`run base.yaml` works or fails on its own): its
+    # problems are its own, even where the recipe extending it overrides the broken part
+    write(tmp_path, 'template: "a {{ subjcet }} in {{ style }}"\nvars: {subject: [fox], style: [ink]}\n', "base.yaml")
+    write(tmp_path, 'extends: base.yaml\ntemplate: "a {{ subject }} in {{ style }}"\n', "child.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 65
+    assert "'subjcet' is undefined" in result.stderr and "base: " not in result.stdout
+    assert f"ok: {tmp_path / 'child.yaml'} (1 job)" in result.stdout
+
+
 def test_validate_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("validate", str(path))

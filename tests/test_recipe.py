@@ -456,6 +456,12 @@ def test_an_exclude_of_the_base_that_a_narrowed_var_leaves_empty_is_a_warning(tm
     assert len(plan.warnings) == 2
     assert all(f"{tmp_path / 'base.yaml'}:" in w and "'dusk' matches no value of 'time'" in w for w in plan.warnings)
     assert "c.yaml extends this recipe without it" in plan.warnings[0]
+    # a typo in the base, on an axis no extending file touched, is still an error (it would
+    # otherwise run, and pay for, what the author meant to exclude)
+    write(tmp_path, BASE + "exclude: [{tmie: dusk}, {subject: an olw}]\n", "typo.yaml")
+    found = problems_of(write(tmp_path, "extends: typo.yaml\nvars:\n  time: [dawn, noon]\n", "e.yaml"))
+    assert len(found) == 2 and all(f"{tmp_path / 'typo.yaml'}:" in p for p in found), found
+    assert "'tmie' names no axis or var" in found[0] and "'an olw' matches no value of 'subject'" in found[1]
     # the recipe's own exclude is still held to naming what it plans (a typo excludes nothing)
     problem = only_problem(write(tmp_path, "extends: base.yaml\nexclude: [{time: dsuk}]\n", "d.yaml"))
     assert problem.startswith(f"{tmp_path / 'd.yaml'}:2:") and "'dsuk' matches no value of 'time' (did you mean 'dusk'?)" in problem

@@ -18,10 +18,10 @@ from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
-    bases_among,
     default_name,
     iter_recipe_files,
     load_recipe,
+    partial_bases_among,
     recipe_json_schema,
 )
 
@@ -53,8 +53,8 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
 
     Each RECIPE is a .yaml file or a folder of them (not its subfolders). Every problem is
     printed on its own line with the file, line and key path; the exit code is 65 if any recipe
-    has one. A file that another one given `extends` is a base: it may be only part of a recipe,
-    and is checked as part of each recipe that extends it.
+    has one. A file that another one given `extends` and that has no template of its own is a
+    partial base, checked as part of each recipe that extends it.
 
     \b
     Example:
@@ -63,7 +63,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
     """
     problems: list[Problem] = []
     files = _recipe_files(recipes)
-    bases = bases_among(files)
+    bases = partial_bases_among(files)
     for path in files:
         try:
             recipe = load_recipe(path)
