@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -955,9 +956,27 @@ def test_sim_command_says_which_token_and_the_url_seedream_pipe_can_use() -> Non
     assert "Token: only the one given with --token" in _sim_command_stderr("--token", "tok-XYZ")
     # http://0.0.0.0:PORT/v1 is refused by seedream-pipe's own client (a token over plain http
     # to a non-loopback address): the hint names the URL that works from this machine
-    line, _, err = run_sim_command("--host", "0.0.0.0", "--token", "tok-XYZ")
-    port = line.rsplit(":", 1)[1].removesuffix("/v1")
-    assert f"From this machine: --base-url http://127.0.0.1:{port}/v1" in err
+    hosts = [("0.0.0.0", "127.0.0.1")]
+    if _ipv6_loopback():
+        hosts.append(("::", "[::1]"))  # (asyncio makes "::" IPv6 only: 127.0.0.1 is refused there)
+    for host, local in hosts:
+
+        def answers(line: str, local: str = local) -> None:
+            port = line.rsplit(":", 1)[1].removesuffix("/v1")
+            assert httpx.get(f"http://{local}:{port}/admin/stats").status_code == 200
+
+        line, _, err = run_sim_command("--host", host, "--token", "tok-XYZ", use=answers)
+        port = line.rsplit(":", 1)[1].removesuffix("/v1")
+        assert f"From this machine: --base-url http://{local}:{port}/v1" in err
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("args", [("--host", "0.0.0.0", "--token", "tok-XYZ"), ("--host", "127.0.0.1"), ()])

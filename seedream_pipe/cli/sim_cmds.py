@@ -148,7 +148,8 @@ def how_to_use(host: str, port: int, *, token_given: bool) -> list[str]:
     lines = ["Token: only the one given with --token" if token_given
              else "Token: any (e.g. export RUNCOMFY_TOKEN=sim)"]
     if listens_beyond_loopback(host):
-        local = f"http://127.0.0.1:{port}/v1"
+        # (on "::" asyncio's socket is IPv6 only: 127.0.0.1 would be refused there)
+        local = f"http://[::1]:{port}/v1" if host == "::" else f"http://127.0.0.1:{port}/v1"
         if host in ("", "0.0.0.0", "::"):
             lines.append(f"From this machine: --base-url {local} (seedream-pipe sends a token over "
                          "plain http to this machine only)")
