@@ -68,10 +68,18 @@ _LEAST_PER_LABEL = 8
 def image_file_name(index: int, job_id: str, labels: list[str] | tuple[str, ...]) -> str:
     """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`.
 
-    Each label gets its share of the name, so a long first label does not push out the short
-    ones after it that tell two images apart.
+    Each label gets a fair share of the name, and the room short labels leave goes to the
+    long ones: a long first label does not push out the short ones after it that tell two
+    images apart.
     """
-    share = max(_LEAST_PER_LABEL, _LABELS_LENGTH // max(1, len(labels)))
-    parts = [_cleaned(label, share) for label in labels]
-    label_part = slug("-".join(p for p in parts if p), max_length=_LABELS_LENGTH)
+    parts = [p for p in (_cleaned(label, _LABELS_LENGTH) for label in labels) if p]
+    room = _LABELS_LENGTH - max(0, len(parts) - 1)  # (less the hyphens between them)
+    cut: dict[int, int] = {}
+    # shortest first: each takes what it needs, up to an equal share of the room left
+    for done, i in enumerate(sorted(range(len(parts)), key=lambda i: len(parts[i]))):
+        share = max(_LEAST_PER_LABEL, room // (len(parts) - done))
+        cut[i] = min(len(parts[i]), share)
+        room -= cut[i]
+    shortened = [parts[i][: cut[i]].rstrip("-") for i in range(len(parts))]
+    label_part = slug("-".join(p for p in shortened if p), max_length=_LABELS_LENGTH)
     return f"{index:04d}_{slug(job_id, max_length=32)}_{label_part}.png"

@@ -97,8 +97,9 @@ def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> s
 # --------------------------------------------------------------------------------------------
 # The recipe model (its JSON Schema is `seedream-pipe schema`)
 
-#: Letters of any script, digits and _ (Python's \\w), not starting with a digit: names a
-#: Jinja2 template can use. (Not in the JSON Schema: an editor's regex reads \\w as ASCII only.)
+#: Letters of any script, digits and _ (Python's \w), not starting with a digit: names a
+#: Jinja2 template can use. (The JSON Schema checks only part of it: an editor's regex reads \w
+#: as ASCII only.)
 VAR_NAME_PATTERN = r"^(?!\d)\w+$"
 #: owner/model/task: the id goes into the submit URL, which carries the token, so no `..`, `?`,
 #: `#` or `%` may steer that POST elsewhere on the API's host.
@@ -303,6 +304,8 @@ class RecipeSpec(_Strict):
         default_factory=dict,
         description="the template's variables (names: letters of any script, digits and _, not "
         "starting with a digit); each is an axis, in the order written",
+        # (the part of the name rule an editor's ASCII-only \w can still check)
+        json_schema_extra={"propertyNames": {"pattern": r"^[^0-9\s\-][^\s\-]*$"}},
     )
     resolutions: list[str] | None = Field(
         default=None, min_length=1, description="resolution enum values or aliases (16:9, 1:1, 1k, ...)"

@@ -43,6 +43,10 @@ def test_a_long_first_label_leaves_room_for_the_labels_after_it() -> None:
     assert len(names) == 2  # the style and resolution still tell them apart
     assert all(n.endswith(("-ink-16-9.png", "-oil-16-9.png")) for n in names)
     assert image_file_name(1, "abc", ["ラーメン", "ink"]) == "0001_abc_ink.png"  # (other scripts: a hyphen, dropped)
+    # the room a short label leaves goes to the long one
+    name = image_file_name(1, "abc", ["red", scene])
+    assert name == f"0001_abc_red-{slug(scene, max_length=200)[:56].rstrip('-')}.png"
+    assert len(name.removeprefix("0001_abc_").removesuffix(".png")) <= 60
 
 
 def test_locate_dir_and_missing(tmp_path: Path) -> None:

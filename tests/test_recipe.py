@@ -294,6 +294,14 @@ def test_common_slips_are_said_with_their_fix(tmp_path: Path, text: str, said: s
     assert problems_of(write(tmp_path, text)) == [f"{tmp_path / 'recipe.yaml'}{said.replace('TMP', str(tmp_path))}"]
 
 
+def test_json_schema_checks_the_part_of_a_var_name_an_editor_can() -> None:
+    validator = jsonschema.Draft202012Validator(recipe_json_schema())
+    for good in ("color", "couleur_été", "色", "_x2"):
+        assert not list(validator.iter_errors({"vars": {good: ["a"]}})), good
+    for bad in ("my-var", "has space", "2x"):
+        assert list(validator.iter_errors({"vars": {bad: ["a"]}})), bad
+
+
 def test_top_level_x_keys_are_the_authors_own_a_place_for_anchors(tmp_path: Path) -> None:
     text = ("x-styles: &styles [ink, oil]\nx-note: anything at all\n"
             'template: "{{ a }} in {{ style }}"\nvars:\n  a: [x]\n  style: *styles\n')
