@@ -573,3 +573,25 @@ def test_a_long_row_label_is_cut_to_its_row(
     assert label.evaluate("(e) => e.scrollHeight > e.clientHeight")
     assert label.evaluate("(e) => getComputedStyle(e).webkitLineClamp") in {"5", "6"}
     page.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_the_viewer_opens_at_its_top_with_the_picture_in_view(
+    tmp_path: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    # on a phone the stacked viewer is taller than the screen: showModal focused its first
+    # button, at the bottom, and scrolled the picture out of view
+    make_folder(tmp_path, states={})
+    write_gallery(open_output(tmp_path))
+    page = _open(browser, tmp_path / "gallery.html", viewport)
+    for _ in range(2):  # opened, and opened again after a step
+        page.locator("figure.job").first.click()
+        page.wait_for_function("document.getElementById('viewer-image').naturalWidth > 0")
+        top = page.evaluate(
+            "() => document.getElementById('viewer-picture').getBoundingClientRect().top"
+            " - document.getElementById('viewer').getBoundingClientRect().top"
+        )
+        assert top == 0
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("Escape")
+    page.close()
