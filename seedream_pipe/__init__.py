@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what type checkers see of the lazily loaded names ("X as X"
     from seedream_pipe.plan import Plan as Plan
     from seedream_pipe.recipe import Recipe as Recipe
     from seedream_pipe.recipe import load_recipe as load_recipe
+    from seedream_pipe.recipe import parse_recipe as parse_recipe
     from seedream_pipe.sim import Simulator as Simulator
     from seedream_pipe.state import StateStore as StateStore
 
@@ -49,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "Simulator": "seedream_pipe.sim",
     "StateStore": "seedream_pipe.state",
     "load_recipe": "seedream_pipe.recipe",
+    "parse_recipe": "seedream_pipe.recipe",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

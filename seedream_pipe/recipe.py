@@ -611,11 +611,15 @@ def _yaml_hint(text: str, *marks: yaml.Mark | None) -> str:
     return ""
 
 
-def parse_yaml(path: Path, display: str, problem_at: Problem | None = None) -> _Document:
-    """Read one YAML file into data plus key-path locations; RecipeError if it cannot be."""
-    at = problem_at or Problem(display, "")
-    raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
-    text = _decode(raw, display, "the recipe")
+def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, text: str | None = None) -> _Document:
+    """Read one YAML file (or `text`, said to be that file) into data plus key-path
+    locations; RecipeError if it cannot be."""
+    if text is None:
+        at = problem_at or Problem(display, "")
+        raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
+        text = _decode(raw, display, "the recipe")
+    elif len(text.encode("utf-8")) > MAX_RECIPE_BYTES:
+        raise RecipeError(Problem(display, f"the recipe is over the limit of {MAX_RECIPE_BYTES:,} bytes"))
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         _check_depth(text, display, loader)
@@ -797,8 +801,8 @@ def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict
 
 
 def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[Path],
-                       problem_at: Problem | None = None) -> _Document:
-    doc = parse_yaml(path, display, problem_at)
+                       problem_at: Problem | None = None, *, text: str | None = None) -> _Document:
+    doc = parse_yaml(path, display, problem_at, text=text)
     for key in [k for k in doc.data if isinstance(k, str) and k.startswith(EXTENSION_PREFIX)]:
         del doc.data[key]  # (its anchors have been copied where aliases use them)
         _drop_under(doc.locations, (key,))
@@ -1045,14 +1049,33 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read, resolve and check a recipe file. Raises RecipeError listing every problem found."""
     if isinstance(path, str) and ("\n" in path or len(path) > 4096):
         # recipe text given where its file's path goes: not echoed back whole as a file name
-        raise RecipeError(Problem("<text>", "load_recipe takes the path of a recipe file, not its text: write the text to a .yaml file"))
+        raise RecipeError(Problem("<text>", "load_recipe takes the path of a recipe file, not its text: parse_recipe(text) reads text"))
     path = Path(path)
     display = str(path)
     if not path.exists():
         raise RecipeError(Problem(display, "no such recipe file"))
     if path.is_dir():
         raise RecipeError(Problem(display, "is a folder; give the path of a recipe .yaml file"))
-    doc = _load_with_extends(path, display, path.parent, [path.resolve()])
+    return _checked(path, display, _load_with_extends(path, display, path.parent, [path.resolve()]))
+
+
+def parse_recipe(text: str, *, folder: str | os.PathLike[str] = ".", name: str = "recipe") -> Recipe:
+    """A recipe from its YAML text, as `load_recipe` reads one from a file (for a notebook).
+
+    It stands as if it were the file `<folder>/<name>.yaml`: `extends`, var files and
+    `input_schema` are relative to `folder`, and `name` is its name unless the text sets one.
+    Raises RecipeError listing every problem found, located in `<name>.yaml`.
+    """
+    if not isinstance(text, str):
+        raise RecipeError(Problem("<text>", f"parse_recipe takes the recipe's YAML text, not {type(text).__name__}"))
+    path = Path(folder) / f"{name}.yaml"
+    display = f"{name}.yaml"
+    doc = _load_with_extends(path, display, path.parent, [path.resolve()], text=text)
+    return _checked(path, display, doc)
+
+
+def _checked(path: Path, display: str, doc: _Document) -> Recipe:
+    """The Recipe of a document whose extends are resolved: validated, its templates checked."""
     resolved = dict(doc.data)
     resolved.pop("extends", None)
     try:

@@ -313,6 +313,26 @@ def test_top_level_x_keys_are_the_authors_own_a_place_for_anchors(tmp_path: Path
     assert "unknown key 'y-styles'" in only_problem(write(tmp_path, text.replace("x-note", "y-styles"), "c.yaml"))
 
 
+def test_parse_recipe_reads_text_as_if_it_were_a_file_in_a_folder(tmp_path: Path) -> None:
+    import seedream_pipe as sp
+
+    write(tmp_path, BASE, "base.yaml")
+    (tmp_path / "moods.txt").write_text("calm\nwild\n", encoding="utf-8")
+    text = 'extends: base.yaml\ntemplate: "{{ subject }}, {{ mood }}"\nvars:\n  time: ~\n  mood: {file: moods.txt}\n'
+    recipe = sp.parse_recipe(text, folder=tmp_path, name="notebook")
+    assert recipe.name == "notebook" and recipe.source_text == text
+    assert [job.prompt for job in recipe.plan()] == ["a fox, calm", "a fox, wild", "an owl, calm", "an owl, wild"]
+    assert recipe.hash == load_recipe(write(tmp_path, text, "notebook.yaml")).hash  # the same recipe as a file
+    with pytest.raises(RecipeError) as caught:
+        sp.parse_recipe('template: "{{ a }}"\nvars:\n  a: [x]\n  b: [y]\n')
+    assert [str(p) for p in caught.value.problems] == [
+        "recipe.yaml:4:3: vars.b: var 'b' is used by no template (it would only repeat the same prompts); "
+        "use {{ b }} or remove it"
+    ]
+    with pytest.raises(RecipeError, match="takes the recipe's YAML text, not dict"):
+        sp.parse_recipe({"template": "x"})  # type: ignore[arg-type]
+
+
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
     assert "unknown key 'flavour' (known keys: n, seed)" in message
