@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import json
@@ -101,6 +102,11 @@ STATUS_WORDS = {
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
+
+
+#: The job a call is made for: the runner sets it in each job's task, so that the client can
+#: count retries per job (report.csv's `retries`) as well as in all.
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job", default=None)
 
 @dataclass(frozen=True, slots=True)
 class Submission:
@@ -270,6 +276,7 @@ class ModelApiClient:
         self._headers = {"Authorization": f"Bearer {api.token}", "Accept": "application/json"}
         self._on_event = on_event
         self.counters: Counter[str] = Counter()
+        self.retries_by_job: Counter[str] = Counter()  # the retries counted while `current_job` was set
         base = urlsplit(api.base_url)
         self._base_host = (base.hostname or "").lower()
         self._base_origin = f"{base.scheme}://{base.netloc}"
@@ -381,6 +388,9 @@ class ModelApiClient:
 
     async def _retry_pause(self, attempt: int, what: str, reason: str) -> None:
         self.counters["retries"] += 1
+        job = current_job.get()
+        if job is not None:
+            self.retries_by_job[job] += 1
         delay = self.backoff.delay(attempt)
         self._event("retry", what=what, reason=reason, delay_s=round(delay, 3), attempt=attempt + 1)
         await self._sleep(delay)

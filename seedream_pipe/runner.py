@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import functools
 import logging
@@ -50,7 +51,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from seedream_pipe import __version__
-from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome
+from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome, current_job
 from seedream_pipe.config import ApiSettings, checked_api, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
@@ -297,6 +298,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._dispatching = False
         self._polls: dict[str, int] = {}
+        self._retries_before: dict[str, int] = {}  # a job's retries recorded by earlier runs
         self._ran_again: set[str] = set()
         self.summary_extra: dict[str, Any] = {}
 
@@ -314,6 +316,9 @@ class Runner:
             fields["error"] = self._redact(str(fields["error"]))
         if rec.job_id in self._polls:
             fields.setdefault("polls", self._polls[rec.job_id])
+        retried = self.client.retries_by_job.get(rec.job_id)
+        if retried:  # (this run's, on top of what earlier runs recorded)
+            fields.setdefault("retries", self._retries_before.setdefault(rec.job_id, rec.retries) + retried)
         self.store.transition(rec.job_id, state, **fields)
         rec.state = state
         setattr(rec, f"{state}_at", self._clock())  # the store stamped the same moment
@@ -397,9 +402,9 @@ class Runner:
     async def _work(self, to_poll: list[JobRecord], to_download: list[JobRecord], to_submit: list[JobRecord]) -> None:
         for rec in to_poll:
             self.slots.take()  # already in flight on the server, whatever the limit
-            self._spawn(self._follow(rec))
+            self._spawn(self._follow(rec), rec)
         for rec in to_download:
-            self._spawn(self._download(rec))
+            self._spawn(self._download(rec), rec)
         self._dispatching = True
         dispatcher = asyncio.create_task(self._dispatch(to_submit))
         try:
@@ -441,8 +446,11 @@ class Runner:
             for task in self._tasks:
                 task.cancel()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+    def _spawn(self, coro: Any, rec: JobRecord) -> asyncio.Task[None]:
+        """A task working on one job; the client counts the retries of its calls for that job."""
+        context = contextvars.copy_context()
+        context.run(current_job.set, rec.job_id)
+        task: asyncio.Task[None] = asyncio.create_task(coro, context=context)
         self._tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -469,7 +477,7 @@ class Runner:
                 if self.stop_submitting or self.interrupted:
                     break
                 self.slots.take()
-                self._spawn(self._submit_and_follow(rec))
+                self._spawn(self._submit_and_follow(rec), rec)
                 await asyncio.sleep(0)  # let the job take its place at the pacer in order
         finally:
             self._dispatching = False

@@ -205,6 +205,18 @@ def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simula
     assert "--no-resubmit-unknown" in result.failures[0][2]
 
 
+def test_each_jobs_retries_are_recorded_and_add_up_to_the_runs(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(error_rate=0.3)
+    out = tmp_path / "out"
+    result = run(sim, write_recipe(tmp_path), out, options=fast(max_retries=20))
+    assert result.exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        retries = {r.job_id: r.retries for r in store.jobs()}
+    assert result.summary["retries"] > 0
+    assert sum(retries.values()) == result.summary["retries"]  # each retry is some job's
+    assert sum(1 for n in retries.values() if n) >= 2
+
+
 @pytest.mark.parametrize(
     "fault",
     [
