@@ -201,3 +201,14 @@ def test_image_file_state_is_a_stat_not_a_hash(tmp_path: Path) -> None:
     fx.image(2).unlink()
     fx.image(2).mkdir()  # not a file
     assert image_file_state(jobs[2], tmp_path) == "missing"
+
+
+def test_the_summary_counts_possible_duplicates_of_every_run_as_status_does(folder: Path) -> None:
+    with StateStore.for_output_dir(folder) as store:
+        for job in store.jobs()[:2]:
+            store.update(job.job_id, possible_duplicate=True)
+    summary = summarize(folder)
+    assert summary.possible_duplicates == 2
+    assert summary.estimated_cost == pytest.approx((5 + 2) * 0.03)  # the same jobs the cost counts
+    assert "possible duplicates: 2 (a submit whose outcome was unknown was sent again" in format_summary(summary)
+    assert "possible duplicates" not in format_summary(summarize(make_folder(folder.parent / "clean").path))

@@ -104,12 +104,6 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
     if not quiet:
         # The summary lists failures with the API's own words: shown, not obeyed.
         click.echo(printable(format_summary(summarize(result.out_dir)), keep_newlines=True))
-        s = result.summary
-        if s.get("possible_duplicates"):
-            click.echo(
-                f"possible duplicates: {s['possible_duplicates']} (a submit whose outcome was "
-                "unknown was sent again; see report.csv)"
-            )
         _print_written(result.out_dir, result.outputs)
     failed = result.counts.get("failed", 0)
     if result.exit_code == EX_SOME_FAILED and failed:

@@ -36,6 +36,7 @@ class Summary:
     price_per_image: float | None = None
     wall_s: float | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)  # (job_id, reason)
+    possible_duplicates: int = 0  # jobs maybe sent (and paid for) twice, over all runs
 
     @property
     def done(self) -> int:
@@ -151,6 +152,7 @@ def summarize_jobs(
         failures=[
             (job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
         ],
+        possible_duplicates=sum(1 for job in jobs if job.possible_duplicate),
     )
 
 
@@ -215,6 +217,11 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
     if summary.http_requests is not None:
         pushback += f" · HTTP requests {summary.http_requests}"
     lines.append(pushback)
+    if summary.possible_duplicates:
+        lines.append(
+            f"possible duplicates: {summary.possible_duplicates} (a submit whose outcome was unknown "
+            "was sent again, so it may be paid for twice; report.csv's possible_duplicate says which)"
+        )
     for job_id, reason in summary.failures[:max_failures]:
         lines.append(f"  failed {job_id}: {reason}")
     if len(summary.failures) > max_failures:
