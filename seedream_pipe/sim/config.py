@@ -56,7 +56,7 @@ class Faults:
     - `revoke_after`: after that many accepted submits the token is revoked: every API call 401.
     - `credit_limit`: after that many accepted submits every submit answers 402.
     - `submit_drop_rate`: a submit is accepted (and counted), then its connection is dropped.
-    - `variant_rate`: an answer takes one of the other forms PROTOCOL.md says a client must
+    - `variant_rate`: an answer takes one of the other forms RunComfy's docs and CLI show a client must
       accept: a status spelled `succeeded`/`canceled` or in other letter case, `instance_id`
       while in progress, a submit answer without its URLs, a 429 without `Retry-After`, a
       refused token as 403. Not a fault, but drawn and counted like one.
