@@ -80,6 +80,31 @@ def image_file_name(index: int, job_id: str, labels: list[str] | tuple[str, ...]
         share = max(_LEAST_PER_LABEL, room // (len(parts) - done))
         cut[i] = min(len(parts[i]), share)
         room -= cut[i]
-    shortened = [parts[i][: cut[i]].rstrip("-") for i in range(len(parts))]
+    shortened = [_cut(parts[i], cut[i]) for i in range(len(parts))]
     label_part = slug("-".join(p for p in shortened if p), max_length=_LABELS_LENGTH)
     return f"{index:04d}_{slug(job_id, max_length=32)}_{label_part}.png"
+
+
+def _cut(part: str, length: int) -> str:
+    """`part` cut to `length`, at a hyphen when that keeps most of it, and never inside a run
+    of numbers: "2560x1440-16-9" (2560x1440, 16:9) cut to 13 is "2560x1440", not "2560x1440-16",
+    which would read as another size."""
+    if len(part) <= length:
+        return part
+    cut = part[:length]
+    if part[length] != "-" and "-" in cut and cut.rindex("-") >= length // 2:
+        cut = cut[: cut.rindex("-")]  # (a word cut short: drop it)
+    cut = cut.rstrip("-")
+    while "-" in cut and _numbers_go_on(part, cut):
+        shorter = cut[: cut.rindex("-")]
+        if len(shorter) < length // 2:
+            break
+        cut = shorter
+    return cut
+
+
+def _numbers_go_on(part: str, cut: str) -> bool:
+    """Whether `cut` ends in a number that `part` continues with more (16 of 16-9)."""
+    last = cut[cut.rindex("-") + 1 :]
+    rest = part[len(cut) :]
+    return last.isdigit() and len(rest) > 1 and rest[0] == "-" and rest[1].isdigit()

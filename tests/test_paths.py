@@ -43,9 +43,12 @@ def test_a_long_first_label_leaves_room_for_the_labels_after_it() -> None:
     assert len(names) == 2  # the style and resolution still tell them apart
     assert all(n.endswith(("-ink-16-9.png", "-oil-16-9.png")) for n in names)
     assert image_file_name(1, "abc", ["ラーメン", "ink"]) == "0001_abc_ink.png"  # (other scripts: a hyphen, dropped)
+    # a label is cut at a hyphen where one keeps most of it: never "16:9" read as "16"
+    name = image_file_name(1, "abc", ["terraced rice fields in Bali", "golden hour", "mist", "watercolor illustration", "2560x1440 (16:9)"])
+    assert "-2560x1440" in name and "-2560x1440-16" not in name
     # the room a short label leaves goes to the long one
     name = image_file_name(1, "abc", ["red", scene])
-    assert name == f"0001_abc_red-{slug(scene, max_length=200)[:56].rstrip('-')}.png"
+    assert name == "0001_abc_red-a-very-long-scene-description-about-a-lighthouse.png"  # (cut between words)
     assert len(name.removeprefix("0001_abc_").removesuffix(".png")) <= 60
 
 
