@@ -324,8 +324,8 @@ def test_a_job_whose_task_starts_after_a_stop_never_goes_to_the_pacer(
     spawn, submit = runner_module.Runner._spawn, ModelApiClient.submit
     submits: list[str] = []
 
-    def spawn_then_stop(self: Any, coro: Any) -> Any:
-        task = spawn(self, coro)
+    def spawn_then_stop(self: Any, coro: Any, rec: Any) -> Any:
+        task = spawn(self, coro, rec)
         self._stop(75, "stopped as the first job's task was made")  # before that task's first step
         return task
 
