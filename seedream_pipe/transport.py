@@ -50,9 +50,9 @@ CHUNK = 256 * 1024
 
 class NeverConnects(httpx.ConnectError):
     """A connection that will fail the same way every time: a TLS handshake that cannot work
-    (https sent to a plain-http port, a certificate this machine does not trust), or nothing
-    listening on this machine's port (a simulator not started). The client gives up at once
-    instead of retrying for half a minute."""
+    (https sent to a plain-http port, a certificate this machine does not trust), nothing
+    listening on this machine's port (a simulator not started), or a host name that does not
+    exist. The client gives up at once instead of retrying for half a minute."""
 
 
 # OpenSSL's reasons for a handshake that no retry can mend: the other end does not speak TLS,
@@ -128,6 +128,10 @@ def _map(exc: BaseException) -> httpx.HTTPError:
             return NeverConnects(_cannot_connect(exc))
         if isinstance(error, ConnectionRefusedError) and is_loopback(exc.host):
             # This machine answers at once that no program has the port: a retry finds the same.
+            return NeverConnects(_cannot_connect(exc))
+        if isinstance(error, socket.gaierror) and error.errno == socket.EAI_NONAME:
+            # The name does not exist (a mistyped host, or no DNS at all). A resolver that is
+            # only slow or down for a moment says EAI_AGAIN, which is retried.
             return NeverConnects(_cannot_connect(exc))
         return httpx.ConnectError(_cannot_connect(exc))
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):

@@ -387,6 +387,17 @@ def test_https_to_the_simulators_plain_port_stops_at_once_and_says_to_fix_it(rec
     assert "Fix that, then run the same command" in err and "Run the same command again" not in err
 
 
+def test_a_host_name_that_does_not_exist_stops_at_once_and_says_to_fix_it(recipe: Path, tmp_path: Path) -> None:
+    # (.invalid never resolves, RFC 2606) it used to be retried, one line a try, for 25 s
+    code, _, err = invoke(
+        "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", "https://model-api.runcomfy.invalid/v1",
+        env={"RUNCOMFY_TOKEN": "tok"},
+    )
+    assert code == 69
+    assert "cannot find the host model-api.runcomfy.invalid" in err and "not retried" in err
+    assert "retry in" not in err and "Fix that, then run the same command" in err
+
+
 def test_a_run_that_never_reached_its_mistyped_host_does_not_bind_the_folder_to_it(
     recipe: Path, tmp_path: Path
 ) -> None:

@@ -571,6 +571,12 @@ def test_a_host_that_does_not_resolve_is_said_in_words() -> None:
     said = str(_map(dns))
     assert said.startswith("cannot find the host model-api.runcomfy.net (Name or service not known)")
     assert "SSLContext" not in said  # aiohttp's own text shows the context's repr
+    # a name that does not exist is not retried; a resolver down for a moment is
+    from seedream_pipe.transport import NeverConnects
+
+    assert isinstance(_map(dns), NeverConnects)
+    flaky = aiohttp.ClientConnectorError(key, socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))  # type: ignore[arg-type]
+    assert not isinstance(_map(flaky), NeverConnects)
 
 
 def test_a_tls_handshake_that_fails_is_said_as_tls_not_as_an_os_error() -> None:
