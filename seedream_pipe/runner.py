@@ -1376,10 +1376,13 @@ def dry_run_report(
     api_host: str | None = None,
     max_jobs: int = 10_000,
     allow_large: bool = False,
+    fresh_simulator: bool = False,
 ) -> dict[str, Any]:
     """What `run` would do, from the plan and the folder's state, with no network and no writes.
 
     With `api_host`, a folder used with another API is refused as the real run would refuse it.
+    `fresh_simulator` (`run --sim`): the run starts a new simulator, which knows none of the
+    request ids an earlier one handed out, so jobs to poll or download are submitted again.
     """
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     known: dict[str, JobRecord] = {}
@@ -1395,6 +1398,8 @@ def dry_run_report(
         action = "submit" if rec is None else action_for(rec, options)
         if action == "verify":
             action = "done"
+        if fresh_simulator and action in ("poll", "download"):
+            action = "resubmit"  # (as the run does once the new simulator answers 404)
         if action in ("submit", "resubmit"):
             submits.append((job.index, job.job_id, action))
         else:

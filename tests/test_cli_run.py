@@ -145,6 +145,21 @@ def test_status_of_an_edited_recipe_says_what_its_plan_adds_and_drops(recipe: Pa
     assert "recipe as it is now" not in invoke("status", str(out))[1]  # a folder alone: no recipe to compare
 
 
+def test_dry_run_with_sim_says_an_earlier_simulators_jobs_are_submitted_again(recipe: Path, tmp_path: Path) -> None:
+    # `run --sim` starts a new simulator: it knows no request id an earlier one handed out
+    out = tmp_path / "o"
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(load_recipe(recipe).plan().jobs)
+        first = store.jobs()[0]
+        store.transition(first.job_id, "in_progress", request_id="r-from-a-gone-sim")
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run", "--sim")
+    assert code == 0
+    assert "resubmit: 1" in stdout and "poll" not in stdout
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run", env={"RUNCOMFY_TOKEN": "t"})
+    assert code == 0 and "poll: 1" in stdout  # (another API still knows its request ids)
+
+
 def test_dry_run_notes_a_run_at_work_in_the_folder(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()

@@ -257,7 +257,8 @@ def run_command(
     )
     if dry_run:
         report = dry_run_report(
-            recipe, out_dir, options, api_host=_host_for_run(sim, base_url), max_jobs=max_jobs, allow_large=yes
+            recipe, out_dir, options, api_host=_host_for_run(sim, base_url), max_jobs=max_jobs, allow_large=yes,
+            fresh_simulator=sim,
         )
         if json_lines:
             click.echo(json.dumps(report))
