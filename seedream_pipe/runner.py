@@ -1284,12 +1284,11 @@ async def arun_recipe(
         except asyncio.CancelledError:
             if presses < 2:
                 raise
-            result = RunResult(
-                exit_code=EX_INTERRUPTED,
-                out_dir=out,
-                counts=store.counts(),
-                reason="interrupted twice: stopped at once (state is consistent; run again to resume)",
-            )
+            # The counters so far, as any run records them: the summary's requests, and the
+            # record that this run reached its API (check_same_api), if it did.
+            result = runner._result()
+            result.exit_code = EX_INTERRUPTED
+            result.reason = "interrupted twice: stopped at once (state is consistent; run again to resume)"
         except AuthError as exc:
             result = runner._result()
             result.exit_code = EX_NOPERM
