@@ -15,6 +15,7 @@ import time
 from typing import IO, Any, Protocol
 
 from seedream_pipe.errors import printable, redact
+from seedream_pipe.words import counted
 
 #: Events the runner sends (kind -> meaning):
 #: run_started, job_state (a job changed state), retry, rate_limited, interrupt, cancel,
@@ -107,7 +108,7 @@ class LogProgress:
         t = self.tally
         if kind == "run_started":
             self._say(
-                f"run: {t.total} job{'' if t.total == 1 else 's'} in the plan, {t.todo} to do "
+                f"run: {counted(t.total, 'job')} in the plan, {t.todo} to do "
                 f"({detail.get('actions_text', '')}) -> {detail.get('out_dir')}"
             )
         elif kind == "job_state":

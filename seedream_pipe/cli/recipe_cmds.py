@@ -24,6 +24,7 @@ from seedream_pipe.recipe import (
     partial_bases_among,
     recipe_json_schema,
 )
+from seedream_pipe.words import counted
 
 TABLE_LIMIT = 50  # jobs a table shows unless --limit says otherwise
 PROMPT_WIDTH = 70
@@ -78,7 +79,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             continue
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
-        click.echo(f"ok: {printable(str(path))} ({len(plan):,} job{'' if len(plan) == 1 else 's'})")
+        click.echo(f"ok: {printable(str(path))} ({counted(len(plan), 'job')})")
     if problems:
         raise RecipeError(list(dict.fromkeys(problems)))  # (a base's problem, once for all its recipes)
     return 0

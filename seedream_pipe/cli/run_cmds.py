@@ -35,6 +35,7 @@ from seedream_pipe.errors import (
 )
 from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
+from seedream_pipe.words import counted
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -264,7 +265,7 @@ def run_command(
             click.echo(json.dumps(report))
         else:
             jobs = report["jobs"]
-            click.echo(f"{jobs} job{'' if jobs == 1 else 's'} in the plan; output folder {report['out_dir']}")
+            click.echo(f"{counted(jobs, 'job')} in the plan; output folder {report['out_dir']}")
             for action, n in report["actions"].items():
                 click.echo(f"  {action}: {n}")
             if report["held_back"]:
@@ -387,7 +388,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         )
         return EX_OK
     total = sum(counts.values())
-    click.echo(f"{out_dir}: {total} job{'' if total == 1 else 's'}")
+    click.echo(f"{out_dir}: {counted(total, 'job')}")
     for state, n in counts.items():
         if n:
             click.echo(f"  {state:<15} {n}")

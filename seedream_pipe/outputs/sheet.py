@@ -52,6 +52,7 @@ from seedream_pipe.outputs.thumbs import (
     make_thumbnails,
 )
 from seedream_pipe.state import JobRecord
+from seedream_pipe.words import counted
 
 # Colours (RGB)
 BACKGROUND = (255, 255, 255)
@@ -133,7 +134,7 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     moment = max((s for s in stamps if s is not None), default=None) or time.time()
     date = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
     total = len(folder.jobs)
-    parts = [date, f"{total} job{'' if total == 1 else 's'}: {done} done"]  # as `report` says it
+    parts = [date, f"{counted(total, 'job')}: {done} done"]  # as `report` says it
     if failed:
         parts[-1] += f", {failed} failed"
     if cancelled:

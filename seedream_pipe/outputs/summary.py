@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from seedream_pipe.state import JOB_STATES, JobRecord, StateStore
+from seedream_pipe.words import counted
 
 #: Summary keys the runner records per run (in `runs.summary`) that we add up across runs.
 _RATE_LIMITED_KEYS = ("rate_limited", "http_429", "429s")
@@ -196,7 +197,7 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
         }
         detail = ", ".join(f"{n} {state}" for state, n in in_flight.items())
         parts.append(f"{summary.pending} not done ({detail})")
-    lines = [f"{summary.jobs} job{'' if summary.jobs == 1 else 's'}: " + ", ".join(parts)]
+    lines = [f"{counted(summary.jobs, 'job')}: " + ", ".join(parts)]
     lines.append(
         f"latency p50 {_seconds(summary.latency_p50)} · p90 {_seconds(summary.latency_p90)} · p99 {_seconds(summary.latency_p99)}"
     )
