@@ -8,8 +8,8 @@ possible_duplicate. A few more follow (retries, thumb_path, model, image_file). 
 describe the image as downloaded; image_file says whether its file is still on disk so
 ("present", "missing", "changed": one stat per job, no hashing). An axis whose name would
 clash with a fixed column (`resolution`, above all) gets `<axis>_label` and `<axis>_value`: the
-resolution axis's columns are `resolution_label` ("16:9") and `resolution_value`
-("2560x1440 (16:9)"), while `resolution` is the request's.
+resolution axis's columns are `resolution_label` and `resolution_value` (both the canonical
+value, "2560x1440 (16:9)", as a resolution's label is), while `resolution` is the request's.
 """
 
 from __future__ import annotations
