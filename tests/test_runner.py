@@ -112,7 +112,8 @@ def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -
     assert stats["downloads"] == 6 and stats["downloads_with_token"] == 0  # files go without the token
     assert_images_intact(out, 6)
     names = sorted(p.name for p in (out / "images").iterdir())
-    assert len(names) == 6 and all(n.endswith(".png") and n[:4].isdigit() for n in names)
+    # the simulator serves JPEG, as Seedream 4.0 makes: kept under the suffix of its real format
+    assert len(names) == 6 and all(n.endswith(".jpg") and n[:4].isdigit() for n in names)
     with StateStore.for_output_dir(out) as store:
         runs = store.runs()
         meta = store.get_meta("recipe")
@@ -120,6 +121,16 @@ def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -
     assert runs[-1]["summary"]["http_requests"] == result.summary["http_requests"]
     assert meta["name"] == "t" and meta["hash"] and "template" in meta["source_text"]
     assert set(meta["sheet"]) >= {"rows", "cols"}
+
+
+def test_png_images_are_kept_as_png_with_their_thumbnails(sim: Simulator, tmp_path: Path) -> None:
+    sim.configure(image_format="png")  # what other models, and Seedream from 5.0, can make
+    out = tmp_path / "out"
+    result = run(sim, write_recipe(tmp_path), out)
+    assert result.exit_code == 0 and result.counts["downloaded"] == 6
+    assert_images_intact(out, 6)
+    assert all(p.suffix == ".png" for p in (out / "images").iterdir())
+    assert len(list((out / "thumbs").glob("*.jpg"))) == 6
 
 
 def test_a_finished_recipe_run_again_makes_no_request(sim: Simulator, tmp_path: Path) -> None:

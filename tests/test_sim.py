@@ -30,6 +30,7 @@ from seedream_pipe.sim import (
     Simulator,
     body_hash,
     image_size,
+    render_file,
     render_png,
 )
 from seedream_pipe.sim.app import SimApp
@@ -179,7 +180,7 @@ def test_jobs_complete_with_a_result(api: Api) -> None:
     assert data["request_id"] == rid
     assert data["status"] == "completed"
     assert set(data["output"]) == {"image"}
-    assert data["output"]["image"].startswith(api.sim.base_url.removesuffix("/v1") + f"/files/{rid}/0.png?expires=")
+    assert data["output"]["image"].startswith(api.sim.base_url.removesuffix("/v1") + f"/files/{rid}/0.jpg?expires=")
     for key in ("created_at", "finished_at"):
         assert data[key].endswith("Z") and "T" in data[key]
     assert data["created_at"] <= data["finished_at"]
@@ -370,14 +371,40 @@ def test_image_size_per_resolution(resolution: str | None, prompt: str, size: tu
         ({"prompt": "a fox", "resolution": "2560x1440 (16:9)"}, (2560, 1440)),
     ],
 )
-def test_downloaded_png_has_the_requested_size(api: Api, body: dict[str, str], size: tuple[int, int]) -> None:
+def test_downloaded_image_has_the_requested_size(api: Api, body: dict[str, str], size: tuple[int, int]) -> None:
     rid = api.submit_ok(body)
     response = httpx.get(api.image_url(rid))  # no token: file URLs are pre-signed
     assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
+    assert response.headers["content-type"] == "image/jpeg"  # what Seedream 4.0 makes
     image = Image.open(io.BytesIO(response.content))
-    assert image.format == "PNG"
+    assert image.format == "JPEG"
     assert image.size == size
+
+
+def test_image_format_png_serves_pngs_and_a_handed_out_url_keeps_its_format(
+    make_sim: Callable[..., Simulator],
+) -> None:
+    sim = make_sim(image_format="png")
+    api = Api(sim)
+    rid = api.submit_ok({"prompt": "a fox", "resolution": "1K"})
+    png_url = api.image_url(rid)
+    assert "/0.png?" in png_url
+    response = httpx.get(png_url)
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).format == "PNG"
+    assert response.content == render_png("a fox", "1K")
+
+    # switched while running: new result reads hand out JPEG URLs; the PNG URL still serves PNG
+    sim.configure(image_format="jpeg")
+    jpeg_url = api.image_url(rid)
+    assert "/0.jpg?" in jpeg_url
+    assert Image.open(io.BytesIO(httpx.get(jpeg_url).content)).format == "JPEG"
+    assert Image.open(io.BytesIO(httpx.get(png_url).content)).format == "PNG"
+
+    # a suffix it does not serve is no file
+    assert httpx.get(png_url.replace("/0.png?", "/0.gif?")).status_code == 404
+    with pytest.raises(UsageError, match="image_format must be one of 'jpeg', 'png'"):
+        sim.configure(image_format="gif")
 
 
 def test_images_are_deterministic_per_body_and_differ_per_prompt(api: Api) -> None:
@@ -387,7 +414,7 @@ def test_images_are_deterministic_per_body_and_differ_per_prompt(api: Api) -> No
     data = {rid: httpx.get(api.image_url(rid)).content for rid in (first, again, other)}
     assert data[first] == data[again]
     assert data[first] != data[other]
-    assert data[first] == render_png("a fox", "1K")
+    assert data[first] == render_file("a fox", "1K", "jpeg")
     # visibly different: the background colours differ, not only the text
     corner = [Image.open(io.BytesIO(data[rid])).convert("RGB").getpixel((1023, 1023)) for rid in (first, other)]
     assert corner[0] != corner[1]
@@ -718,7 +745,7 @@ def test_garbage_rate_serves_bytes_that_are_not_an_image(make_sim: Callable[...,
     api = Api(sim)
     response = httpx.get(api.image_url(api.submit_ok()))
     assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
+    assert response.headers["content-type"] == "image/jpeg"  # garbage under the image's own type
     with pytest.raises(OSError):
         Image.open(io.BytesIO(response.content))
     assert sim.stats()["faults"]["garbage_rate"] == 1
@@ -870,11 +897,11 @@ def test_images_render_once_in_the_render_threads(
 
     calls: list[str] = []
 
-    def spy(prompt: str, resolution: str | None) -> bytes:
+    def spy(prompt: str, resolution: str | None, image_format: str) -> bytes:
         calls.append(threading.current_thread().name)
-        return render_png(prompt, resolution)
+        return render_file(prompt, resolution, image_format)
 
-    monkeypatch.setattr(app_module, "render_png", spy)
+    monkeypatch.setattr(app_module, "render_file", spy)
     sim = make_sim()
     api = Api(sim)
     url = api.image_url(api.submit_ok({"prompt": "cached", "resolution": "1K"}))

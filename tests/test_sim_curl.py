@@ -111,12 +111,12 @@ def test_page_commands_on_a_completed_request(fast: Simulator, tmp_path: Path) -
     assert set(result) == {"request_id", "status", "output", "created_at", "finished_at"}
     assert result["status"] == "completed"
     url = result["output"]["image"]
-    assert url.startswith(f"{origin}/files/{rid}/0.png?expires=")
+    assert url.startswith(f"{origin}/files/{rid}/0.jpg?expires=")
 
     # the hosted file: fetched without the token, as a pre-signed CDN link
-    target = tmp_path / "image.png"
+    target = tmp_path / "image.jpg"
     subprocess.run(["curl", "--silent", "--fail", "--output", str(target), url], check=True, timeout=30)
     image = Image.open(io.BytesIO(target.read_bytes()))
-    assert (image.format, image.size) == ("PNG", (2048, 2048))
+    assert (image.format, image.size) == ("JPEG", (2048, 2048))
 
     assert curl(CANCEL, origin, rid) == {"request_id": rid, "status": "completed", "outcome": "not_cancellable"}

@@ -17,12 +17,14 @@ import click
 from seedream_pipe.errors import EX_UNAVAILABLE
 from seedream_pipe.sim.config import (
     DEFAULT_HOST,
+    DEFAULT_IMAGE_FORMAT,
     DEFAULT_LATENCY_JITTER_S,
     DEFAULT_LATENCY_S,
     DEFAULT_PORT,
     DEFAULT_SLOW_S,
     DEFAULT_URL_TTL_S,
     DEFAULT_WORKERS,
+    IMAGE_FORMATS,
     Faults,
     SimConfig,
     listens_beyond_loopback,
@@ -69,6 +71,8 @@ def _rate(flag: str, what: str) -> Any:
 @click.option("--url-ttl", "url_ttl_s", type=SECONDS, default=DEFAULT_URL_TTL_S, show_default=True, metavar="S",
               help="Lifetime in seconds of the signed image URLs a result hands out.")
 @click.option("--images-array", is_flag=True, help='Results carry {"images": [URL]} instead of {"image": URL}.')
+@click.option("--image-format", type=click.Choice(list(IMAGE_FORMATS)), default=DEFAULT_IMAGE_FORMAT,
+              show_default=True, help="Format of the images served: JPEG, as Seedream 4.0 makes, or PNG.")
 @_rate("--error-rate", "Probability that an API call answers 500/502/503.")
 @_rate("--drop-rate", "Probability that an API call's connection closes with no answer.")
 @_rate("--slow-rate", "Probability that an API call is answered only after --slow-seconds.")
@@ -98,12 +102,13 @@ def sim_command(
     seed: int,
     url_ttl_s: float,
     images_array: bool,
+    image_format: str,
     **fault_options: Any,
 ) -> int:
     """Run the built-in RunComfy Model API simulator until Ctrl-C.
 
     It speaks the Model API (submit, status, result, cancel) under /v1 with bearer auth,
-    generates labelled PNGs, serves them under signed expiring URLs, and injects the faults
+    generates labelled JPEGs (or PNGs), serves them under signed expiring URLs, and injects the faults
     you ask for, reproducibly from --seed. GET /admin/stats (loopback only, no token) counts
     what it saw; POST /admin/faults and /admin/config change it while it runs.
 
@@ -128,6 +133,7 @@ def sim_command(
         token=token,
         url_ttl_s=url_ttl_s,
         images_array=images_array,
+        image_format=image_format,
         faults=Faults(**fault_options),
     )
     server = SimServer(cfg, host=host, port=port)

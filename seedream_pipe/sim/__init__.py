@@ -20,7 +20,7 @@ from seedream_pipe._lazy import lazy_exports
 if TYPE_CHECKING:
     from seedream_pipe.sim.config import FAULT_NAMES, Faults, SimConfig
     from seedream_pipe.sim.engine import body_hash
-    from seedream_pipe.sim.render import image_size, render_image, render_png
+    from seedream_pipe.sim.render import image_size, render_file, render_image, render_png
     from seedream_pipe.sim.server import SimServer, Simulator
 
 _EXPORTS: dict[str, str] = {
@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Simulator": "seedream_pipe.sim.server",
     "body_hash": "seedream_pipe.sim.engine",
     "image_size": "seedream_pipe.sim.render",
+    "render_file": "seedream_pipe.sim.render",
     "render_image": "seedream_pipe.sim.render",
     "render_png": "seedream_pipe.sim.render",
 }
@@ -43,6 +44,7 @@ __all__ = [
     "Simulator",
     "body_hash",
     "image_size",
+    "render_file",
     "render_image",
     "render_png",
 ]

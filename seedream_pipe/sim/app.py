@@ -33,6 +33,7 @@ from aiohttp import web
 
 from seedream_pipe.errors import UsageError
 from seedream_pipe.sim.config import (
+    IMAGE_FORMATS,
     MAX_BODY_BYTES,
     SimConfig,
     checked_fault_changes,
@@ -52,13 +53,14 @@ from seedream_pipe.sim.engine import (
     body_hash,
 )
 from seedream_pipe.sim.faults import Dice
-from seedream_pipe.sim.render import render_png
+from seedream_pipe.sim.render import render_file
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-# Rendered PNGs kept for repeated downloads (a runner retrying a truncated download, a sheet
+# Rendered images kept for repeated downloads (a runner retrying a truncated download, a sheet
 # re-reading): bounded by bytes, since one 4K image is several MB.
 IMAGE_CACHE_BYTES = 256 * 1024 * 1024
 JSON = "application/json"
+_FORMAT_OF_SUFFIX = {suffix: name for name, (suffix, _) in IMAGE_FORMATS.items()}
 # Other spellings of each status that RunComfy's docs and CLI show a client must accept
 # (compared case-insensitively), sent with the variant "fault".
 STATUS_SPELLINGS = {
@@ -386,7 +388,8 @@ class SimApp:
         else:
             expires = math.ceil(now + self.cfg.url_ttl_s)
         sig = self._sign(job.request_id, n, expires)
-        return f"{request.scheme}://{request.host}/files/{job.request_id}/{n}.png?expires={expires}&sig={sig}"
+        suffix = IMAGE_FORMATS[self.cfg.image_format][0]
+        return f"{request.scheme}://{request.host}/files/{job.request_id}/{n}{suffix}?expires={expires}&sig={sig}"
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         self.stats.incr("downloads")
@@ -397,8 +400,11 @@ class SimApp:
         request_id = request.match_info["request_id"]
         name = request.match_info["name"]
         stem, dot, ext = name.partition(".")
+        # the suffix names the format: a URL handed out before /admin/config changed
+        # image_format still serves the file it named
+        image_format = _FORMAT_OF_SUFFIX.get(dot + ext)
         job = self.engine.jobs.get(request_id)
-        if job is None or job.status != COMPLETED or not stem.isdigit() or dot + ext != ".png" or int(stem) != 0:
+        if job is None or job.status != COMPLETED or not stem.isdigit() or image_format is None or int(stem) != 0:
             return error_response(404, "file_not_found", "No such file.")
         try:
             expires = int(request.query.get("expires", ""))
@@ -418,39 +424,46 @@ class SimApp:
         if self.dice.hit("garbage_rate", faults.garbage_rate):
             self.stats.fault("garbage_rate")
             junk = b"\x00not an image\x00" + self.dice.stream("garbage_bytes").randbytes(2048)
-            return web.Response(body=junk, content_type="image/png")
-        data = await self._image(job)
+            return web.Response(body=junk, content_type=IMAGE_FORMATS[image_format][1])
+        data = await self._image(job, image_format)
         if self.dice.hit("truncate_rate", faults.truncate_rate):
             self.stats.fault("truncate_rate")
-            response = web.StreamResponse(headers={"Content-Type": "image/png"})
+            response = web.StreamResponse(headers={"Content-Type": IMAGE_FORMATS[image_format][1]})
             response.content_length = len(data)
             await response.prepare(request)
             await response.write(data[: len(data) // 2])
             if request.transport is not None:
                 request.transport.close()
             return response
-        return web.Response(body=data, content_type="image/png")
+        return web.Response(body=data, content_type=IMAGE_FORMATS[image_format][1])
 
-    async def _image(self, job: SimJob) -> bytes:
-        """The job's PNG: rendered once, off the loop, then served from a small LRU cache."""
-        cached = self._images.get(job.digest)
+    async def _image(self, job: SimJob, image_format: str) -> bytes:
+        """The job's image file: rendered once, off the loop, then served from a small LRU cache."""
+        key = f"{job.digest}.{image_format}"
+        cached = self._images.get(key)
         if cached is not None:
-            self._images.move_to_end(job.digest)
+            self._images.move_to_end(key)
             return cached
-        pending = self._rendering.get(job.digest)
+        pending = self._rendering.get(key)
         if pending is None:
             loop = asyncio.get_running_loop()
             prompt = str(job.body.get("prompt", ""))
             resolution = job.body.get("resolution")
             pending = asyncio.ensure_future(
-                loop.run_in_executor(self._executor, render_png, prompt, None if resolution is None else str(resolution))
+                loop.run_in_executor(
+                    self._executor,
+                    render_file,
+                    prompt,
+                    None if resolution is None else str(resolution),
+                    image_format,
+                )
             )
-            self._rendering[job.digest] = pending
+            self._rendering[key] = pending
             try:
                 data = await asyncio.shield(pending)
             finally:
-                self._rendering.pop(job.digest, None)
-            self._remember(job.digest, data)
+                self._rendering.pop(key, None)
+            self._remember(key, data)
             return data
         return await asyncio.shield(pending)
 

@@ -26,6 +26,10 @@ DEFAULT_LATENCY_JITTER_S = 0.5
 DEFAULT_URL_TTL_S = 3600.0
 DEFAULT_SLOW_S = 30.0  # longer than any sensible client timeout
 MAX_BODY_BYTES = 1024 * 1024
+#: The image formats the simulator serves (`SimConfig.image_format`), each with the file suffix
+#: and Content-Type it is served under. JPEG first: it is what Seedream 4.0 makes.
+IMAGE_FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
+DEFAULT_IMAGE_FORMAT = "jpeg"
 
 
 def listens_beyond_loopback(host: str) -> bool:
@@ -52,7 +56,8 @@ class Faults:
     - `expired_rate`: a result read hands out an image URL whose signature already expired.
     - `truncate_rate`: an image download sends the full Content-Length, part of the body, then
       closes the connection.
-    - `garbage_rate`: an image download answers 200 `image/png` with bytes that are no image.
+    - `garbage_rate`: an image download answers 200 with the image's Content-Type and bytes
+      that are no image.
     - `revoke_after`: after that many accepted submits the token is revoked: every API call 401.
     - `credit_limit`: after that many accepted submits every submit answers 402.
     - `submit_drop_rate`: a submit is accepted (and counted), then its connection is dropped.
@@ -94,6 +99,8 @@ class SimConfig:
     - `token`: the only bearer token accepted (None: any non-empty token).
     - `url_ttl_s`: lifetime of a signed image URL, from the result read that handed it out.
     - `images_array`: results carry `{"images": [URL]}` instead of `{"image": URL}`.
+    - `image_format`: "jpeg" (what Seedream 4.0 makes) or "png" (what other models, and
+      Seedream from 5.0, can make): the file behind an image URL.
     """
 
     workers: int = DEFAULT_WORKERS
@@ -104,6 +111,7 @@ class SimConfig:
     token: str | None = None
     url_ttl_s: float = DEFAULT_URL_TTL_S
     images_array: bool = False
+    image_format: str = DEFAULT_IMAGE_FORMAT
     faults: Faults = field(default_factory=Faults)
 
     def __repr__(self) -> str:
@@ -187,6 +195,10 @@ def check_setting(name: str, value: Any) -> Any:
     if name == "images_array":
         if not isinstance(value, bool):
             raise UsageError(f"images_array must be true or false, got {value!r}")
+        return value
+    if name == "image_format":
+        if value not in IMAGE_FORMATS:
+            raise UsageError(f"image_format must be one of {', '.join(map(repr, IMAGE_FORMATS))}, got {value!r}")
         return value
     known = ", ".join(f.name for f in dataclasses.fields(SimConfig))
     raise UsageError(f"unknown setting {name!r}; known settings: {known}")

@@ -1,6 +1,6 @@
-"""The simulator's images: real PNGs, sized like Seedream's, that show what was asked for.
+"""The simulator's images: real JPEGs (or PNGs), sized like Seedream's, that show what was asked for.
 
-Pure functions (prompt and resolution in, pixels or PNG bytes out), used by the simulator's file
+Pure functions (prompt and resolution in, pixels or file bytes out), used by the simulator's file
 endpoint and by anyone who needs stand-in images (the contact-sheet benchmark). An image is
 deterministic for a given (prompt, resolution) and visibly different per prompt: its colours come
 from a hash of the prompt, and the prompt and the resolution are drawn on it, so a contact sheet
@@ -19,6 +19,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from seedream_pipe.sim.config import IMAGE_FORMATS
+
 DEFAULT_RESOLUTION = "2048x2048 (1:1)"  # the schema's default
 # 1K/2K/4K name a pixel budget of about side x side; the model picks the aspect ratio.
 BUDGET_SIDES = {"1K": 1024, "2K": 2048, "4K": 4096}
@@ -27,6 +29,9 @@ SIZE_STEP = 8
 # zlib level 1: a 2048x2048 image encodes several times faster than at the default level 6
 # for a file not much larger; speed matters more here than bytes on a loopback socket.
 PNG_COMPRESS_LEVEL = 1
+# Seedream 4.0 makes JPEGs (its providers document PNG output only from Seedream 5.0 on), at a
+# quality that keeps fine detail: 90, a common choice for generated images.
+JPEG_QUALITY = 90
 
 _FIXED_SIZE = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\b")
 # "16:9", "3 : 4", "21:9"; only the aspect ratios people write, so that a time of day like
@@ -194,6 +199,17 @@ def render_image(prompt: str, resolution: str | None = None) -> Image.Image:
 
 def render_png(prompt: str, resolution: str | None = None) -> bytes:
     """`render_image` encoded as PNG (fast compression)."""
+    return render_file(prompt, resolution, "png")
+
+
+def render_file(prompt: str, resolution: str | None = None, image_format: str = "jpeg") -> bytes:
+    """`render_image` encoded as a file of `image_format` ("jpeg" or "png")."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}")
     buffer = io.BytesIO()
-    render_image(prompt, resolution).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    image = render_image(prompt, resolution)
+    if image_format == "png":
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
