@@ -1,8 +1,9 @@
 """What the runner's HTTP requests cost on their own: the floor under its CPU per job.
 
-Two clients do each job's requests the way the runner does (submit; a first status poll after
-`first_poll` seconds, then every `poll_every`; the result; the image, written to a file), W at
-a time, with nothing else: no state, no pacing, no retries, no checks, no thumbnail.
+Two clients do each job's requests the way the runner does (submit; a first look at the
+result after `first_poll` seconds, then every `poll_every` until it says the job finished; the
+image, written to a file), W at a time, with nothing else: no state, no pacing, no retries, no
+checks, no thumbnail.
 
 - `aiohttp`: the same HTTP stack the runner sends through (aiohttp's pool).
 - `raw`: a minimal HTTP/1.1 client on an asyncio Protocol, written here only as a lower bound.
@@ -48,14 +49,14 @@ async def run_jobs(
             request_id = json.loads(answer)["request_id"]
             await asyncio.sleep(first_poll)
             while True:
-                _, answer = await send("GET", f"{base_url}/requests/{request_id}/status", headers, b"")
-                if json.loads(answer)["status"] in ("completed", "failed", "cancelled"):
+                _, answer = await send("GET", f"{base_url}/requests/{request_id}/result", headers, b"")
+                result = json.loads(answer)
+                if result["status"] in ("completed", "failed", "cancelled"):
                     break
                 await asyncio.sleep(poll_every)
-            _, answer = await send("GET", f"{base_url}/requests/{request_id}/result", headers, b"")
-            url = json.loads(answer)["output"]["image"]
+            url = result["output"]["image"]
             _, data = await send("GET", url, {}, b"")
-            (folder / f"{i}.png").write_bytes(data)
+            (folder / f"{i}.jpg").write_bytes(data)
 
     await asyncio.gather(*(one(i, body) for i, body in enumerate(bodies)))
 

@@ -145,6 +145,11 @@ class JobResult:
     error: str | None = None
     created_at: str | None = None
     finished_at: str | None = None
+    queue_position: int | None = None  # (a result read of a job still queued may carry it)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,14 +503,26 @@ class ModelApiClient:
         )
 
     async def result(self, request_id: str, result_url: str | None = None) -> JobResult:
+        return await self._result(request_id, result_url, "result_reads")
+
+    async def look(self, request_id: str, result_url: str | None = None) -> JobResult:
+        """A poll by the result endpoint, counted as a poll. RunComfy's result endpoint answers
+        a job not yet finished with its current state "so you can continue polling" (its API
+        page), and a finished one with its outputs: the look that sees a job finish also reads
+        what it made, one request fewer than a status poll followed by a result read."""
+        return await self._result(request_id, result_url, "polls")
+
+    async def _result(self, request_id: str, result_url: str | None, counter: str) -> JobResult:
         url = self._api_url(result_url, f"/requests/{quote(request_id, safe='')}/result")
-        data = await self._call("GET", url, f"result of {request_id}", "result_reads")
+        data = await self._call("GET", url, f"result of {request_id}", counter)
+        position = data.get("queue_position")
         return JobResult(
             status=normalize_status(data.get("status")),
             output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],
             error=self._error(data.get("error")),
             created_at=server_time(data.get("created_at")),
             finished_at=server_time(data.get("finished_at")),
+            queue_position=position if isinstance(position, int) and not isinstance(position, bool) else None,
         )
 
     async def cancel(self, request_id: str, cancel_url: str | None = None) -> CancelOutcome:

@@ -51,7 +51,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from seedream_pipe import __version__
-from seedream_pipe.client import JobResult, ModelApiClient, Submission, UnknownOutcome, current_job
+from seedream_pipe.client import (
+    JobResult,
+    JobStatus,
+    ModelApiClient,
+    Submission,
+    UnknownOutcome,
+    current_job,
+)
 from seedream_pipe.config import ApiSettings, checked_api, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
@@ -104,7 +111,7 @@ class RunOptions:
     timeout_s: float = 900.0  # a job not finished this long after its submit is given up on
     request_timeout_s: float = 20.0
     # polls, result reads, cancels, downloads; None: 5 per submit the rpm allows (a job needs
-    # about 3-4), at least 10/s
+    # about 2-3), at least 10/s
     requests_per_s: float | None = None
     first_poll_s: float = 1.0
     max_retries: int = 5
@@ -298,6 +305,9 @@ class Runner:
         self._wake = asyncio.Event()
         self._dispatching = False
         self._polls: dict[str, int] = {}
+        # Looks read the result endpoint until the API shows it will not answer it for a job
+        # still running; from then on, status (see _look)
+        self._looks_read_result = True
         self._retries_before: dict[str, int] = {}  # a job's retries recorded by earlier runs
         self._ran_again: set[str] = set()
         self.summary_extra: dict[str, Any] = {}
@@ -706,7 +716,7 @@ class Runner:
             await asyncio.sleep(gap)
             last_gap = gap
             try:
-                status = await self.client.status(rec.request_id, rec.status_url)
+                status = await self._look(rec)
             except AuthError as exc:
                 self._stop_for(exc)
                 raise
@@ -725,7 +735,33 @@ class Runner:
                 self._transition(rec, status.status, queue_position=status.queue_position)
             if status.finished:
                 break
-        return await self._finish(rec, status.status, status.error)
+        return await self._finish(rec, status.status, status.error, status if isinstance(status, JobResult) else None)
+
+    async def _look(self, rec: JobRecord) -> JobResult | JobStatus:
+        """One look at a job in flight: a result read (which for a finished job carries its
+        outputs, saving the result read after a status poll), else a status poll.
+
+        RunComfy documents that its result endpoint answers a job not yet finished with its
+        state. Should an API refuse that instead (a 4xx a status read does not give), one status
+        read checks the job is there, and this run's looks use status from then on: a 404 of
+        the result endpoint alone never makes a job lost.
+        """
+        assert rec.request_id is not None
+        if self._looks_read_result:
+            try:
+                return await self.client.look(rec.request_id, rec.result_url)
+            except (NotFound, RequestRejected) as exc:
+                if exc.status is None or exc.status < 400:
+                    raise  # an error_code in a 2xx answer: about the job, not the endpoint
+                status = await self.client.status(rec.request_id, rec.status_url)
+                self._looks_read_result = False
+                self._emit(
+                    "message",
+                    text=f"the API answered a result read of a job still running with {exc.status}; "
+                    "polling its status instead",
+                )
+                return status
+        return await self.client.status(rec.request_id, rec.status_url)
 
     def _lose_contact(self, rec: JobRecord, exc: ApiError) -> None:
         """The API stopped answering about a job in flight: stop submitting, say so, and leave the
@@ -746,14 +782,15 @@ class Runner:
         )
         return "failed"
 
-    async def _finish(self, rec: JobRecord, status: str, error: str | None) -> str:
-        """A finished job: read its result and record it."""
+    async def _finish(self, rec: JobRecord, status: str, error: str | None, result: JobResult | None = None) -> str:
+        """A finished job: read its result (unless the look that saw it finish was one) and record it."""
         assert rec.request_id is not None
         if status == "cancelled":
             self._transition(rec, "cancelled", left_flight=True)
             return "cancelled"
         try:
-            result = await self.client.result(rec.request_id, rec.result_url)
+            if result is None:
+                result = await self.client.result(rec.request_id, rec.result_url)
         except AuthError as exc:
             self._stop_for(exc)
             raise

@@ -228,6 +228,52 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
     assert job.state == "failed" and "download failed after 1 try: refusing to download" in str(job.error)
 
 
+# --- an API whose result endpoint does not answer a running job ---------------------------------
+
+
+@pytest.mark.parametrize("refusal", [404, 400])
+def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_path: Path, refusal: int) -> None:
+    # RunComfy documents that a result read of a running job answers its state; should an API
+    # refuse instead, that refusal must not fail or lose the job: the run polls status instead.
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    status_reads: dict[str, int] = {}
+    refused: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST":
+            rid = f"r{len(status_reads) + 1}"
+            status_reads[rid] = 0
+            return httpx.Response(200, json={"request_id": rid})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=buffer.getvalue())
+        rid = path.split("/")[3]
+        if path.endswith("/status"):
+            status_reads[rid] += 1
+            return httpx.Response(200, json={"status": "completed" if status_reads[rid] >= 2 else "in_progress"})
+        if status_reads[rid] < 2:
+            refused.append(rid)
+            return httpx.Response(refusal, json={"error": {"message": "not finished yet"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "{{ x }}"\nvars: {x: [a, b, c]}\nresolutions: [1K]\n', encoding="utf-8")
+    result = run_recipe(
+        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
+        options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01),
+        http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.reason
+    assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
+    assert refused == ["r1"]  # asked once; the other jobs were polled by status from the start
+    assert all(n == 2 for n in status_reads.values())
+
+
 # --- answers that used to hang a run or fill the memory ----------------------------------------
 
 

@@ -133,6 +133,23 @@ def test_png_images_are_kept_as_png_with_their_thumbnails(sim: Simulator, tmp_pa
     assert len(list((out / "thumbs").glob("*.jpg"))) == 6
 
 
+def test_the_look_that_sees_a_job_finish_also_reads_its_outputs(sim: Simulator, tmp_path: Path) -> None:
+    # Looks read the result endpoint, which answers a running job with its state: no separate
+    # result read after the poll that sees a job finish, so each job costs one request less.
+    sim.configure(latency=0.15)  # long enough that most jobs are looked at before they finish
+    out = tmp_path / "out"
+    result = run(sim, write_recipe(tmp_path), out)
+    assert result.exit_code == 0 and result.counts["downloaded"] == 6
+    stats = sim.stats()
+    assert stats["polls"] == 0  # the status endpoint was never needed
+    looks = stats["result_reads"]
+    assert looks > 6  # some looks saw a job still running, and went on
+    assert (result.summary["polls"], result.summary["result_reads"]) == (looks, 0)
+    assert stats["requests_total"] == 6 + looks + 6  # submit, looks, download: nothing else
+    with StateStore.for_output_dir(out) as store:
+        assert sum(rec.polls for rec in store.jobs()) == looks
+
+
 def test_a_finished_recipe_run_again_makes_no_request(sim: Simulator, tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     assert run(sim, recipe, out).exit_code == 0
@@ -555,7 +572,8 @@ def test_a_run_accepts_every_answer_form_the_protocol_allows(tmp_path: Path, mon
     assert result.counts["downloaded"] == 6
     assert stats["duplicate_submits"] == 0
     assert stats["rate_limited"] >= 1  # (each one without a Retry-After)
-    assert stats["faults"]["variant_rate"] >= stats["polls"] + 6
+    # every submit answer, every poll and every result read came in another form
+    assert stats["faults"]["variant_rate"] >= stats["polls"] + stats["result_reads"] + 6
     assert_images_intact(tmp_path / "out", 6)
 
 
