@@ -101,6 +101,7 @@ STATUS_WORDS = {
     "canceled": "cancelled",
 }
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+KNOWN_STATES = TERMINAL | {"in_queue", "in_progress"}
 
 
 

@@ -52,6 +52,7 @@ import httpx
 
 from seedream_pipe import __version__
 from seedream_pipe.client import (
+    KNOWN_STATES,
     JobResult,
     JobStatus,
     ModelApiClient,
@@ -742,26 +743,34 @@ class Runner:
         outputs, saving the result read after a status poll), else a status poll.
 
         RunComfy documents that its result endpoint answers a job not yet finished with its
-        state. Should an API refuse that instead (a 4xx a status read does not give), one status
-        read checks the job is there, and this run's looks use status from then on: a 404 of
-        the result endpoint alone never makes a job lost.
+        state. Should an API not do that (a 4xx a status read does not give, or an answer with
+        no state it names), one status read checks the job, and this run's looks use status
+        from then on: the result endpoint alone never makes a job lost, failed or timed out.
         """
         assert rec.request_id is not None
-        if self._looks_read_result:
-            try:
-                return await self.client.look(rec.request_id, rec.result_url)
-            except (NotFound, RequestRejected) as exc:
-                if exc.status is None or exc.status < 400:
-                    raise  # an error_code in a 2xx answer: about the job, not the endpoint
-                status = await self.client.status(rec.request_id, rec.status_url)
-                self._looks_read_result = False
-                self._emit(
-                    "message",
-                    text=f"the API answered a result read of a job still running with {exc.status}; "
-                    "polling its status instead",
-                )
-                return status
-        return await self.client.status(rec.request_id, rec.status_url)
+        if not self._looks_read_result:
+            return await self.client.status(rec.request_id, rec.status_url)
+        try:
+            result = await self.client.look(rec.request_id, rec.result_url)
+        except (NotFound, RequestRejected) as exc:
+            if exc.status is None or exc.status < 400:
+                raise  # an error_code in a 2xx answer: about the job, not the endpoint
+            return await self._look_by_status(rec, f"with {exc.status}")
+        if result.status not in KNOWN_STATES:
+            return await self._look_by_status(rec, f"with no state it names ({result.status[:40]!r})")
+        return result
+
+    async def _look_by_status(self, rec: JobRecord, how: str) -> JobStatus:
+        assert rec.request_id is not None
+        status = await self.client.status(rec.request_id, rec.status_url)
+        if status.status in KNOWN_STATES:  # (else the status endpoint is no clearer: keep both)
+            self._looks_read_result = False
+            self._emit(
+                "message",
+                text=f"the API answered a result read of a job still running {self._redact(how)}; "
+                "polling its status instead",
+            )
+        return status
 
     def _lose_contact(self, rec: JobRecord, exc: ApiError) -> None:
         """The API stopped answering about a job in flight: stop submitting, say so, and leave the

@@ -231,10 +231,11 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
 # --- an API whose result endpoint does not answer a running job ---------------------------------
 
 
-@pytest.mark.parametrize("refusal", [404, 400])
+@pytest.mark.parametrize("refusal", [404, 400, 200])
 def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_path: Path, refusal: int) -> None:
     # RunComfy documents that a result read of a running job answers its state; should an API
-    # refuse instead, that refusal must not fail or lose the job: the run polls status instead.
+    # refuse instead (or answer 200 with no state), that must not fail, lose or time out the
+    # job: the run polls status instead.
     import io
 
     from PIL import Image
@@ -258,6 +259,8 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_p
             return httpx.Response(200, json={"status": "completed" if status_reads[rid] >= 2 else "in_progress"})
         if status_reads[rid] < 2:
             refused.append(rid)
+            if refusal == 200:
+                return httpx.Response(200, json={"request_id": rid})
             return httpx.Response(refusal, json={"error": {"message": "not finished yet"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
 
