@@ -752,9 +752,13 @@ class Runner:
             return await self.client.status(rec.request_id, rec.status_url)
         try:
             result = await self.client.look(rec.request_id, rec.result_url)
-        except (NotFound, RequestRejected) as exc:
-            if exc.status is None or exc.status < 400:
-                raise  # an error_code in a 2xx answer: about the job, not the endpoint
+        except ApiError as exc:
+            # Any 4xx but a 429 (the limit, already waited out) may be this endpoint refusing a
+            # job that is not finished: even a 401/403/404, which the status read then confirms
+            # (and which then stops the run or loses the job as before). An error_code in a 2xx
+            # answer is about the job, not the endpoint.
+            if exc.status is None or not 400 <= exc.status < 500 or exc.status == 429:
+                raise
             return await self._look_by_status(rec, f"with {exc.status}")
         if result.status not in KNOWN_STATES:
             return await self._look_by_status(rec, f"with no state it names ({result.status[:40]!r})")

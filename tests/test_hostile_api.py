@@ -231,7 +231,7 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
 # --- an API whose result endpoint does not answer a running job ---------------------------------
 
 
-@pytest.mark.parametrize("refusal", [404, 400, 200])
+@pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200])
 def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_path: Path, refusal: int) -> None:
     # RunComfy documents that a result read of a running job answers its state; should an API
     # refuse instead (or answer 200 with no state), that must not fail, lose or time out the

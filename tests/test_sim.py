@@ -194,6 +194,7 @@ def test_result_before_completion_is_200_with_status_and_no_output(make_sim: Cal
     assert response.status_code == 200
     data = response.json()
     assert data["status"] == "in_queue"
+    assert data["queue_position"] == 0  # as a status read says it
     assert "output" not in data
     assert "finished_at" not in data
 

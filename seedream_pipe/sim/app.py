@@ -359,6 +359,8 @@ class SimApp:
             payload["error"] = job.error
         elif job.status not in (CANCELLED,):
             # not finished: the same answer as a status read, with no output yet
+            if job.status == IN_QUEUE:
+                payload["queue_position"] = self.engine.queue_position(job)
             links = self._links(request, job.request_id)
             payload["status_url"] = links["status_url"]
             payload["result_url"] = links["result_url"]
