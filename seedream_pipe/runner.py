@@ -900,6 +900,7 @@ class Runner:
             except NotAnImage as exc:
                 last_error = str(exc)
                 continue
+            replaced = rec.image_path
             self._transition(
                 rec,
                 "downloaded",
@@ -912,11 +913,22 @@ class Runner:
                 bytes=fetched.bytes,
                 error=None,
             )
+            self._drop_replaced(replaced, kept.path)
             return
         tries = attempt + 1  # (fewer than download_attempts when a retry could not help)
         self._transition(
             rec, "failed", error=f"download failed after {tries} {'try' if tries == 1 else 'tries'}: {last_error}"
         )
+
+    def _drop_replaced(self, replaced: str | None, kept: Path) -> None:
+        """Delete the file a job had before it was downloaded again, when the new one has another
+        name (the image came back in another format): it changed on disk or went missing, and
+        no job refers to it any more. After the commit, so the state never names a gone file."""
+        if not replaced:
+            return
+        old = self.out_dir / replaced
+        if old != kept and old.parent == self.images_dir:  # (only ever a file of images/)
+            old.unlink(missing_ok=True)
 
     async def _fresh_url(self, rec: JobRecord) -> str | None:
         """Read the result again for a freshly signed URL (None: the job ended otherwise)."""

@@ -133,6 +133,26 @@ def test_png_images_are_kept_as_png_with_their_thumbnails(sim: Simulator, tmp_pa
     assert len(list((out / "thumbs").glob("*.jpg"))) == 6
 
 
+def test_an_image_downloaded_again_in_another_format_leaves_no_old_file(sim: Simulator, tmp_path: Path) -> None:
+    sim.configure(image_format="png")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path)
+    assert run(sim, recipe, out).exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        rec = store.jobs()[0]
+        # its URL no longer works, so the next run reads the result again: now a JPEG's
+        store.update(rec.job_id, image_url=str(rec.image_url).replace("sig=", "sig=0"))
+    assert rec.image_path is not None
+    changed = out / rec.image_path
+    changed.write_bytes(changed.read_bytes() + b"edited")  # changed on disk: downloaded again
+    sim.configure(image_format="jpeg")
+    assert run(sim, recipe, out).exit_code == 0
+    assert_images_intact(out, 6)
+    assert not changed.exists()
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert len(names) == 6 and sum(n.endswith(".jpg") for n in names) == 1
+
+
 def test_the_look_that_sees_a_job_finish_also_reads_its_outputs(sim: Simulator, tmp_path: Path) -> None:
     # Looks read the result endpoint, which answers a running job with its state: no separate
     # result read after the poll that sees a job finish, so each job costs one request less.
