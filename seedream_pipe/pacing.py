@@ -303,9 +303,12 @@ class PollSchedule:
         `last_gap` is the gap used before this one (None for the first look).
         """
         if not self._targets:
-            gap = self.first if last_gap is None else last_gap * self.growth
             if last_gap is None:
                 gap = max(self.first - elapsed, self.min_gap)
+            else:
+                # (at least `first`: a job resumed long after its submit is looked at at once,
+                # and if still running, then at a fresh job's pace, not from a 10 ms gap up)
+                gap = max(last_gap * self.growth, self.first)
             return min(max(gap, self.min_gap), self.max_gap)
         i = bisect.bisect_right(self._targets, elapsed + self.min_gap / 2)
         if i < len(self._targets):

@@ -167,6 +167,15 @@ def test_poll_schedule_starts_soon_and_backs_off_before_learning() -> None:
     assert schedule.next_delay(3.5, last_gap=2.0) == 3.0  # capped
 
 
+def test_a_job_resumed_long_after_its_submit_is_looked_at_once_then_at_a_fresh_jobs_pace() -> None:
+    # (a resumed run knows no durations yet): no run of looks 10 ms apart at a job still running
+    schedule = PollSchedule(first=1.0, growth=1.5, max_gap=30.0)
+    first = schedule.next_delay(600.0)
+    assert first == schedule.min_gap
+    assert schedule.next_delay(600.0 + first, last_gap=first) == 1.0
+    assert schedule.next_delay(601.0, last_gap=1.0) == 1.5
+
+
 def test_poll_schedule_polls_at_quantiles_of_observed_durations() -> None:
     schedule = PollSchedule(first=0.5, quantiles=(0.5, 0.8, 1.0))
     for duration in [1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9]:
