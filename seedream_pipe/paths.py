@@ -66,7 +66,8 @@ _LEAST_PER_LABEL = 8
 
 
 def image_file_name(index: int, job_id: str, labels: list[str] | tuple[str, ...]) -> str:
-    """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`.
+    """`<index>_<job_id>_<labels>.png`, e.g. `0007_3f9a0c1b22de_mist-watercolor-16-9.png`
+    (the runner then keeps the file under the suffix of its real format: `.jpg` for a JPEG).
 
     Each label gets a fair share of the name, and the room short labels leave goes to the
     long ones: a long first label does not push out the short ones after it that tell two
