@@ -4,7 +4,8 @@ How polls are measured: the simulator runs as `seedream-pipe sim` in its own pro
 one CPU core (sched_setaffinity); this process, pinned to another core when there is one, drives
 it with an aiohttp client: many concurrent tasks on keep-alive connections, each polling the
 status of one job in a loop, for a fixed time after a warm-up; once with 8 jobs, once with a
-deep queue (2,000 jobs: queue positions must stay cheap). Every answer is
+deep queue (2,000 jobs: queue positions must stay cheap); then the same deep queue read through
+the result endpoint, which is what the runner's looks at a running job use. Every answer is
 checked to be a 200. Render time: `render_file` at 2048x2048 (the API's default size), as the
 JPEG the simulator serves and as a PNG, in this process, median of a few runs; 4096x4096 once
 for scale.
@@ -51,7 +52,7 @@ def _pin(pid: int, core: int) -> bool:
 
 
 async def _drive(
-    base: str, seconds: float, connections: int, jobs: int, server_pid: int
+    base: str, seconds: float, connections: int, jobs: int, server_pid: int, endpoint: str
 ) -> tuple[int, float, int, float | None]:
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
@@ -63,7 +64,7 @@ async def _drive(
 
         ids = await asyncio.gather(*(submit(i) for i in range(jobs)))
         # spread the pollers over the whole queue, the deep end included
-        urls = [f"{base}/requests/{rid}/status" for rid in ids]
+        urls = [f"{base}/requests/{rid}/{endpoint}" for rid in ids]
         counting = False
         done = 0
         errors = 0
@@ -99,7 +100,7 @@ async def _drive(
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def bench_polls(seconds: float, connections: int, jobs: int) -> None:
+def bench_polls(seconds: float, connections: int, jobs: int, endpoint: str = "status") -> None:
     cores = CORES
     # the jobs must stay queued/running while we poll: one worker, an hour per job
     cmd = [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--workers", "1", "--latency", "3600"]
@@ -111,14 +112,15 @@ def bench_polls(seconds: float, connections: int, jobs: int) -> None:
         pinned = bool(cores) and _pin(server.pid, cores[0])
         if len(cores) > 1:
             _pin(0, cores[1])
-        done, elapsed, errors, busy = asyncio.run(_drive(base, seconds, connections, jobs, server.pid))
+        done, elapsed, errors, busy = asyncio.run(_drive(base, seconds, connections, jobs, server.pid, endpoint))
     finally:
         server.terminate()
         server.wait(timeout=10)
     rate = done / elapsed
     where = f"server pinned to core {cores[0]}" if pinned else "server not pinned (no sched_setaffinity)"
     client = f"client on core {cores[1]}" if len(cores) > 1 else "client sharing the core"
-    print(f"status polls, {jobs:,} jobs in flight: {rate:,.0f}/s  ({done:,} polls in {elapsed:.1f} s, {errors} non-200)")
+    what = "status polls" if endpoint == "status" else "result reads of running jobs (the runner's looks)"
+    print(f"{what}, {jobs:,} jobs in flight: {rate:,.0f}/s  ({done:,} in {elapsed:.1f} s, {errors} non-200)")
     print(f"  measured: `seedream-pipe sim` in its own process, {where}; aiohttp client, {client},")
     print(f"  {connections} concurrent keep-alive connections, each polling one job spread over the queue")
     if busy is not None:
@@ -152,8 +154,8 @@ def main() -> None:
     parser.add_argument("--deep-queue", type=int, default=2000, help="queued jobs in the second run")
     parser.add_argument("--render-runs", type=int, default=5)
     args = parser.parse_args()
-    for jobs in (8, args.deep_queue):
-        bench_polls(args.seconds, args.connections, jobs)
+    for jobs, endpoint in ((8, "status"), (args.deep_queue, "status"), (args.deep_queue, "result")):
+        bench_polls(args.seconds, args.connections, jobs, endpoint)
     bench_render(args.render_runs)
 
 
