@@ -14,7 +14,7 @@ import pytest
 from _outputs_fixture import make_folder, plan_jobs
 
 from seedream_pipe.outputs import open_output, write_gallery
-from seedream_pipe.outputs.gallery import json_for_script
+from seedream_pipe.outputs.gallery import GALLERY_CELL, json_for_script
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -431,12 +431,17 @@ WRAPPED_FIGURES = """() => Array.from(document.querySelectorAll("figure.job"), (
 })"""
 
 
-def _single_axis(root: Path, settings: dict[str, Any], repeats: int = 1) -> Path:
+def _single_axis(
+    root: Path,
+    settings: dict[str, Any],
+    repeats: int = 1,
+    resolutions: dict[str, str] = ONE_RESOLUTION,
+) -> Path:
     """12 colours, one style and one resolution: a single axis on the sheet."""
     jobs = plan_jobs(
         subjects={colour: colour for colour in TWELVE_COLOURS},
         styles={"photo": "photo"},
-        resolutions=ONE_RESOLUTION,
+        resolutions=resolutions,
         repeats=repeats,
     )
     make_folder(root, jobs=jobs, states={}, recipe_meta={"name": "tall", "sheet": settings})
@@ -492,6 +497,50 @@ def test_a_wrapped_grid_fits_a_phone(tmp_path: Path, browser: Any) -> None:
     # fewer cells across on a narrow screen: neither the page nor the grid scrolls sideways
     assert page.evaluate("document.documentElement.scrollWidth") == PHONE["width"]
     assert page.evaluate("(m => m.scrollWidth <= m.clientWidth)(document.querySelector('main'))")
+    page.close()
+
+
+# Each figure of a wrapped grid: its cell's label, its box, and how its picture is fitted in it.
+REPEAT_FIGURES = """() => Array.from(document.querySelectorAll("figure.job"), (figure) => {
+  const r = figure.getBoundingClientRect();
+  const img = figure.querySelector("img"), i = img.getBoundingClientRect();
+  return {label: figure.closest(".cell").querySelector(".cell-label").textContent.trim(),
+          left: r.left, right: r.right, top: r.top, width: r.width, height: r.height,
+          inside: i.left >= r.left - 0.5 && i.right <= r.right + 0.5 && i.top >= r.top - 0.5
+                  && i.bottom <= r.bottom + 0.5,
+          boxRatio: i.width / i.height, imageRatio: img.naturalWidth / img.naturalHeight,
+          fit: getComputedStyle(img).objectFit};
+})"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_wrapped_cell_of_two_repeats_fits_a_phone(
+    tmp_path: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    # two repeats side by side are 404 px, wider than a phone: the cell scrolled sideways
+    gallery = _single_axis(tmp_path, {}, repeats=2, resolutions={"16:9": "2560x1440 (16:9)"})
+    page = _open(browser, gallery, viewport)
+    page.wait_for_function("Array.from(document.images).every((i) => i.naturalWidth > 0)")
+    assert page.evaluate("document.documentElement.scrollWidth") == viewport["width"]
+    assert page.evaluate("(m => m.scrollWidth <= m.clientWidth)(document.querySelector('main'))")
+    figures = page.evaluate(REPEAT_FIGURES)
+    assert len(figures) == 24
+    for first, second in zip(figures[::2], figures[1::2], strict=True):
+        # a cell's repeats stay side by side under its label, within the screen
+        assert first["label"] == second["label"]
+        assert first["top"] == second["top"] and first["right"] < second["left"]
+        assert second["right"] <= viewport["width"]
+    for figure in figures:
+        # each a square box, its picture inside it at its own aspect ratio
+        assert abs(figure["width"] - figure["height"]) < 1
+        assert figure["inside"]
+        assert figure["fit"] == "contain" or (abs(figure["boxRatio"] - figure["imageRatio"]) < 0.05)
+    # at full size on a desktop, smaller on a phone but still big enough to see
+    sizes = {round(figure["width"]) for figure in figures}
+    if viewport is DESKTOP:
+        assert sizes == {GALLERY_CELL}
+    else:
+        assert len(sizes) == 1 and 150 <= sizes.pop() < GALLERY_CELL
     page.close()
 
 
