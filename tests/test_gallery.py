@@ -544,6 +544,83 @@ def test_a_wrapped_cell_of_two_repeats_fits_a_phone(
     page.close()
 
 
+# Each row, column and cell label as laid out (width null), then made each width in turn: its
+# lines as laid out (spaces left out), and the widths at which a line of it starts with
+# punctuation or a letter of it lies outside its box.
+LABEL_BREAKS = r"""(widths) => Array.from(document.querySelectorAll("th .label, .cell-label > span"), (label) => {
+  const bad = [];
+  let natural = null;
+  for (const width of widths) {
+    if (width !== null) {
+      Object.assign(label.style, {width: width + "px", minWidth: "0", maxWidth: "none", flex: "none"});
+    }
+    const edge = label.getBoundingClientRect();
+    const lines = [], walker = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+    let outside = false;
+    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+      for (let i = 0; i < text.data.length; i++) {
+        if (text.data[i] === " ") continue;
+        const range = document.createRange();
+        range.setStart(text, i);
+        range.setEnd(text, i + 1);
+        const box = Array.from(range.getClientRects()).find((r) => r.width > 0);
+        if (!box) continue;
+        outside ||= box.left < edge.left - 0.5 || box.right > edge.right + 0.5;
+        const top = Math.round(box.top);
+        if (!lines.length || lines[lines.length - 1].top !== top) lines.push({top, text: ""});
+        lines[lines.length - 1].text += text.data[i];
+      }
+    }
+    const texts = lines.map((line) => line.text);
+    if (width === null) natural = texts;
+    if (outside || texts.slice(1).some((line) => /^[,.;:!?)\]、。]/.test(line))) {
+      bad.push({width, lines: texts, outside});
+    }
+  }
+  label.removeAttribute("style");
+  return {label: label.textContent, natural, bad};
+})"""
+PUNCTUATED_LABELS = (
+    "photorealistic, cinematic, dramatic",
+    f"{LONG_WORD}, bright",
+    "low mist; soft dawn light",
+    "neon (rainy street)!",
+    "写真、夜景。東京",
+    "red, bold",
+)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"rows": ["subject"]}, {"rows": [], "cols": ["subject"]}, {}],
+    ids=["rows", "columns", "wrapped"],
+)
+def test_a_label_never_starts_a_line_with_punctuation(
+    tmp_path: Path, browser: Any, settings: dict[str, Any]
+) -> None:
+    # a word too long for the line breaks anywhere (overflow-wrap), and broke right before its
+    # comma when it filled the line to just there: "photorealistic" / ", cinematic,"
+    jobs = plan_jobs(
+        subjects={label: label for label in PUNCTUATED_LABELS},
+        styles={"photo": "photo"},
+        resolutions=ONE_RESOLUTION,
+    )
+    make_folder(tmp_path, jobs=jobs, states={}, recipe_meta={"name": "commas", "sheet": settings})
+    write_gallery(open_output(tmp_path))
+    page = _open(browser, tmp_path / "gallery.html", PHONE)
+    labels = {
+        label["label"]: label for label in page.evaluate(LABEL_BREAKS, [None, *range(30, 241)])
+    }
+    assert sorted(labels) == sorted(PUNCTUATED_LABELS)
+    # at the width the layout gives it, and at any other, a label breaks at its spaces or inside
+    # a word too long for the line, never before the punctuation that ends a word, and never
+    # overflows
+    assert [label for label in labels.values() if label["bad"]] == []
+    # and a short one is on one line, as before
+    assert labels["red, bold"]["natural"] == ["red,bold"]
+    page.close()
+
+
 def test_a_named_single_axis_keeps_its_labelled_column(tmp_path: Path) -> None:
     html = _single_axis(tmp_path, {"rows": ["subject"]}).read_text(encoding="utf-8")
     assert html.count('<th class="rowhead') == 12

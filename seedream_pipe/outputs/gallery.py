@@ -16,6 +16,7 @@ the page's script only ever sets it with `textContent`.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from seedream_pipe import __version__
 from seedream_pipe.outputs._folder import (
@@ -65,6 +66,45 @@ def json_for_script(value: Any) -> Markup:
     ):
         text = text.replace(char, escaped)
     return Markup(text)
+
+
+#: Punctuation that ends a word (Po: , . ; : ! ? 、 。; Pe: ) ] }; Pf: » ’ ”; Pd: - –).
+_TRAILING = frozenset({"Po", "Pe", "Pf", "Pd"})
+#: At most this many marks are kept with the character before them: a longer run may wrap.
+_GLUED = 3
+
+
+def label_html(label: object) -> Markup:
+    """A grid label as HTML text, each punctuation mark kept on the line of the word it ends.
+
+    A label breaks at its spaces and, in a word too long for its width, anywhere
+    (overflow-wrap: anywhere): a word that filled the line to just before its comma put the comma
+    at the start of the next line. So the character before a run of such marks and the run are
+    one `nowrap` span: the word may still break, one character earlier.
+    """
+    text = str(label)
+    pieces: list[str] = []
+    done = i = 0
+    while i < len(text):
+        end = i + 1
+        while (
+            end < len(text) and end - i <= _GLUED and unicodedata.category(text[end]) in _TRAILING
+        ):
+            end += 1
+        if end > i + 1 and not text[i].isspace():
+            # the whole character before the marks: its combining marks and a ZWJ sequence too
+            start = i
+            while start > done and (
+                unicodedata.category(text[start]).startswith("M")
+                or "\u200d" in (text[start], text[start - 1])
+            ):
+                start -= 1
+            pieces.append(escape(text[done:start]))
+            pieces.append(Markup('<span class="nobr">{}</span>').format(text[start:end]))
+            done = end
+        i = end
+    pieces.append(escape(text[done:]))
+    return Markup("").join(pieces)
 
 
 def _url(relative: str) -> str:
@@ -187,7 +227,7 @@ def _job_view(job: JobRecord, folder: OutputFolder, cell: int) -> tuple[_JobView
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FunctionLoader(
             lambda name: (resources.files("seedream_pipe.outputs") / name).read_text(
                 encoding="utf-8"
@@ -198,6 +238,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["label"] = label_html
+    return environment
 
 
 def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) -> str:
