@@ -24,7 +24,7 @@ from seedream_pipe.sim.config import (
     DEFAULT_SLOW_S,
     DEFAULT_URL_TTL_S,
     DEFAULT_WORKERS,
-    IMAGE_FORMATS,
+    SERVED_FORMATS,
     Faults,
     SimConfig,
     listens_beyond_loopback,
@@ -71,7 +71,7 @@ def _rate(flag: str, what: str) -> Any:
 @click.option("--url-ttl", "url_ttl_s", type=SECONDS, default=DEFAULT_URL_TTL_S, show_default=True, metavar="S",
               help="Lifetime in seconds of the signed image URLs a result hands out.")
 @click.option("--images-array", is_flag=True, help='Results carry {"images": [URL]} instead of {"image": URL}.')
-@click.option("--image-format", type=click.Choice(list(IMAGE_FORMATS)), default=DEFAULT_IMAGE_FORMAT,
+@click.option("--image-format", type=click.Choice(list(SERVED_FORMATS)), default=DEFAULT_IMAGE_FORMAT,
               show_default=True, help="Format of the images served: JPEG, as Seedream 4.0 makes, or PNG.")
 @_rate("--error-rate", "Probability that an API call answers 500/502/503.")
 @_rate("--drop-rate", "Probability that an API call's connection closes with no answer.")

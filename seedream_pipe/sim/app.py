@@ -33,8 +33,8 @@ from aiohttp import web
 
 from seedream_pipe.errors import UsageError
 from seedream_pipe.sim.config import (
-    IMAGE_FORMATS,
     MAX_BODY_BYTES,
+    SERVED_FORMATS,
     SimConfig,
     checked_fault_changes,
     checked_setting_changes,
@@ -60,7 +60,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 # re-reading): bounded by bytes, since one 4K image is several MB.
 IMAGE_CACHE_BYTES = 256 * 1024 * 1024
 JSON = "application/json"
-_FORMAT_OF_SUFFIX = {suffix: name for name, (suffix, _) in IMAGE_FORMATS.items()}
+_FORMAT_OF_SUFFIX = {suffix: name for name, (suffix, _) in SERVED_FORMATS.items()}
 # Other spellings of each status that RunComfy's docs and CLI show a client must accept
 # (compared case-insensitively), sent with the variant "fault".
 STATUS_SPELLINGS = {
@@ -390,7 +390,7 @@ class SimApp:
         else:
             expires = math.ceil(now + self.cfg.url_ttl_s)
         sig = self._sign(job.request_id, n, expires)
-        suffix = IMAGE_FORMATS[self.cfg.image_format][0]
+        suffix = SERVED_FORMATS[self.cfg.image_format][0]
         return f"{request.scheme}://{request.host}/files/{job.request_id}/{n}{suffix}?expires={expires}&sig={sig}"
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -426,18 +426,18 @@ class SimApp:
         if self.dice.hit("garbage_rate", faults.garbage_rate):
             self.stats.fault("garbage_rate")
             junk = b"\x00not an image\x00" + self.dice.stream("garbage_bytes").randbytes(2048)
-            return web.Response(body=junk, content_type=IMAGE_FORMATS[image_format][1])
+            return web.Response(body=junk, content_type=SERVED_FORMATS[image_format][1])
         data = await self._image(job, image_format)
         if self.dice.hit("truncate_rate", faults.truncate_rate):
             self.stats.fault("truncate_rate")
-            response = web.StreamResponse(headers={"Content-Type": IMAGE_FORMATS[image_format][1]})
+            response = web.StreamResponse(headers={"Content-Type": SERVED_FORMATS[image_format][1]})
             response.content_length = len(data)
             await response.prepare(request)
             await response.write(data[: len(data) // 2])
             if request.transport is not None:
                 request.transport.close()
             return response
-        return web.Response(body=data, content_type=IMAGE_FORMATS[image_format][1])
+        return web.Response(body=data, content_type=SERVED_FORMATS[image_format][1])
 
     async def _image(self, job: SimJob, image_format: str) -> bytes:
         """The job's image file: rendered once, off the loop, then served from a small LRU cache."""

@@ -28,7 +28,7 @@ DEFAULT_SLOW_S = 30.0  # longer than any sensible client timeout
 MAX_BODY_BYTES = 1024 * 1024
 #: The image formats the simulator serves (`SimConfig.image_format`), each with the file suffix
 #: and Content-Type it is served under. JPEG first: it is what Seedream 4.0 makes.
-IMAGE_FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
+SERVED_FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 DEFAULT_IMAGE_FORMAT = "jpeg"
 
 
@@ -197,8 +197,8 @@ def check_setting(name: str, value: Any) -> Any:
             raise UsageError(f"images_array must be true or false, got {value!r}")
         return value
     if name == "image_format":
-        if value not in IMAGE_FORMATS:
-            raise UsageError(f"image_format must be one of {', '.join(map(repr, IMAGE_FORMATS))}, got {value!r}")
+        if value not in SERVED_FORMATS:
+            raise UsageError(f"image_format must be one of {', '.join(map(repr, SERVED_FORMATS))}, got {value!r}")
         return value
     known = ", ".join(f.name for f in dataclasses.fields(SimConfig))
     raise UsageError(f"unknown setting {name!r}; known settings: {known}")

@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from seedream_pipe.sim.config import IMAGE_FORMATS
+from seedream_pipe.sim.config import SERVED_FORMATS
 
 DEFAULT_RESOLUTION = "2048x2048 (1:1)"  # the schema's default
 # 1K/2K/4K name a pixel budget of about side x side; the model picks the aspect ratio.
@@ -204,8 +204,8 @@ def render_png(prompt: str, resolution: str | None = None) -> bytes:
 
 def render_file(prompt: str, resolution: str | None = None, image_format: str = "jpeg") -> bytes:
     """`render_image` encoded as a file of `image_format` ("jpeg" or "png")."""
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}")
+    if image_format not in SERVED_FORMATS:
+        raise ValueError(f"image_format must be one of {', '.join(SERVED_FORMATS)}, not {image_format!r}")
     buffer = io.BytesIO()
     image = render_image(prompt, resolution)
     if image_format == "png":
