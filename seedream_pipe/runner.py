@@ -1077,9 +1077,14 @@ def cancel_folder(
 
     # A run at work in the folder would take its cancelled jobs as finished; it cancels its
     # queued jobs itself when interrupted.
-    with folder_lock(out_dir, busy="interrupt it instead (Ctrl-C in its terminal, or `kill -INT {pid}`): "
-                     "it cancels its queued jobs itself"):
+    with folder_lock(out_dir, busy=CANCEL_WHILE_RUNNING):
         return asyncio.run(go())
+
+
+#: What `cancel` says of a folder a run is at work in ("{pid}": that run's).
+CANCEL_WHILE_RUNNING = (
+    "interrupt it instead (Ctrl-C in its terminal, or `kill -INT {pid}`): it cancels its queued jobs itself"
+)
 
 
 #: How long `gone_simulator` waits for a simulator on this machine to accept a connection.
@@ -1422,8 +1427,15 @@ def check_same_api(store: StateStore, out: Path, host: str) -> None:
     """
     earlier = {run["api_host"] for run in store.runs() if run["api_host"] and _reached_its_api(run)}
     if earlier and host not in earlier:
+        hosts = ", ".join(sorted(earlier))
+        if all(is_loopback(h) for h in earlier):  # (plain http goes to this machine only: a simulator)
+            raise UsageError(
+                f"{out} holds the jobs of a run against {hosts}, a simulator on this machine; this "
+                f"run goes to {host} and would take them as done. To go on with the simulator, add "
+                f"--sim; for {host}, give the run its own folder with --out, or delete {out}"
+            )
         raise UsageError(
-            f"{out} holds the jobs of a run against {', '.join(sorted(earlier))}; this run goes to "
+            f"{out} holds the jobs of a run against {hosts}; this run goes to "
             f"{host} and would take them as done. Give it its own folder with --out, or delete "
             f"{out} to start afresh"
         )

@@ -138,8 +138,8 @@ def test_status_of_an_edited_recipe_says_what_its_plan_adds_and_drops(recipe: Pa
     assert code == 0
     assert (
         f"the recipe as it is now plans 3 jobs: 2 not run yet, 1 of the jobs above no longer in it; "
-        f"`seedream-pipe run {recipe} --out {out}` brings the folder up to date"
-    ) in stdout
+        f"`seedream-pipe run {recipe} --sim --out {out}` brings the folder up to date"
+    ) in stdout  # (--sim: without it the run would be refused, the folder being a simulator's)
     code, stdout, _ = invoke("status", str(recipe), "--out", str(out), "--json")
     assert json.loads(stdout)["recipe_now"] == {"jobs": 3, "not_run_yet": 2, "no_longer_planned": 1}
     assert "recipe as it is now" not in invoke("status", str(out))[1]  # a folder alone: no recipe to compare
@@ -219,6 +219,7 @@ def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, 
     # a finished folder of another API is still refused, as a run with work to do would be
     code, _, err = invoke("run", str(recipe), "--out", str(tmp_path / "s"), "--base-url", base, env=no_token)
     assert code == 64 and "holds the jobs of a run against 127.0.0.1" in err
+    assert "a simulator on this machine" in err and "add --sim" in err  # the way to go on with it
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused(recipe: Path, tmp_path: Path) -> None:
@@ -274,8 +275,12 @@ def test_cancel_refuses_a_folder_a_run_is_working_in(paused_sim: Simulator, reci
     submitted_by_an_earlier_run(recipe, out, paused_sim.base_url, "tok")
     with folder_lock(out):  # what a run holds while it works
         code, _, err = invoke("cancel", str(out), "--base-url", paused_sim.base_url, env={"RUNCOMFY_TOKEN": "tok"})
+        # said first, whatever else is missing: it asked for a token, then for the host (review)
+        no_token = {"RUNCOMFY_TOKEN": "", "RUNCOMFY_API_TOKEN": "", "RUNCOMFY_CONFIG_DIR": str(tmp_path / "none")}
+        code_without, _, err_without = invoke("cancel", str(out), env=no_token)
     assert code == 64
     assert f"in use by another run (pid {os.getpid()})" in err and f"kill -INT {os.getpid()}" in err
+    assert code_without == 64 and f"in use by another run (pid {os.getpid()})" in err_without
     assert paused_sim.stats()["cancelled"] == 0
 
 

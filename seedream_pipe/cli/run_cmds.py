@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from seedream_pipe.cli import printable
-from seedream_pipe.config import ApiSettings, api_host, api_settings, resolve_base_url
+from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
     EX_NOPERM,
@@ -411,7 +411,9 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         parts = [f"{changes['not_run_yet']} not run yet"] if changes["not_run_yet"] else []
         if changes["no_longer_planned"]:
             parts.append(f"{changes['no_longer_planned']} of the jobs above no longer in it")
-        command = f"seedream-pipe run {target}" + (f" --out {out}" if out is not None else "")
+        # (a folder of runs against this machine was a simulator's: `--sim` goes on with it)
+        sim = " --sim" if last and is_loopback(str(last["api_host"])) else ""
+        command = f"seedream-pipe run {target}{sim}" + (f" --out {out}" if out is not None else "")
         click.echo(
             f"the recipe as it is now plans {changes['jobs']} jobs: {', '.join(parts)}; "
             f"`{command}` brings the folder up to date"
@@ -443,7 +445,12 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
         return EX_OK
-    from seedream_pipe.runner import gone_simulator
+    from seedream_pipe.runner import CANCEL_WHILE_RUNNING, gone_simulator, run_in_progress
+
+    # before the token and the host are asked for: neither is what stands in the way
+    pid = run_in_progress(out_dir)
+    if pid is not None:
+        raise UsageError(f"{out_dir} is in use by another run (pid {pid}); {CANCEL_WHILE_RUNNING.format(pid=pid)}")
 
     gone = gone_simulator(runs[-1]["api_host"] if runs else None, in_flight)
     if gone:
