@@ -790,6 +790,13 @@ def _check_sheet(recipe: Recipe, axis_names: list[str], problems: _Problems) -> 
     sheet = recipe.spec.sheet
     known = set(axis_names)
     sides: dict[str, str] = {}
+    # an axis the recipe writes that could not be built was refused with its own error already:
+    # saying the sheet names no axis would send the reader after a second, false problem
+    spec = recipe.spec
+    unbuilt = ({"resolution"} if spec.resolutions else set()) | set(spec.params) | set(spec.vars)
+    unbuilt -= {member for axis in axis_names for member in axis.split("+")}
+    if problems.items:
+        known |= unbuilt
 
     def hint(name: str) -> str:
         # a var of a zip group is not an axis of its own: the group is ("city+place")

@@ -680,6 +680,16 @@ def test_sheet_axes_must_exist(tmp_path: Path) -> None:
     assert any("sheet.page_by: 'repeat' is not an axis of this recipe" in p for p in found)
 
 
+def test_a_sheet_naming_an_axis_refused_for_its_values_is_not_a_second_problem(tmp_path: Path) -> None:
+    # the resolution axis could not be built: the sheet naming it is no problem of its own
+    recipe = 'template: "{{ subject }}"\nvars: {subject: [fox, owl]}\nresolutions: ["5:4"]\n'
+    message = only_problem(tmp_path, recipe + "sheet: {cols: [resolution]}\n")
+    assert "unknown resolution '5:4'" in message
+    # a sheet naming an axis the recipe does not write is still said
+    found = problems_of(tmp_path, recipe + "sheet: {cols: [style]}\n")
+    assert len(found) == 2 and any("sheet.cols[0]: 'style' is not an axis" in p for p in found)
+
+
 def test_a_sheet_naming_a_var_of_a_zip_group_is_pointed_at_the_group(tmp_path: Path) -> None:
     message = only_problem(
         tmp_path, 'template: "{{ city }} {{ place }}"\nvars: {city: [a, b], place: [c, d]}\nzip: [[city, place]]\n'
