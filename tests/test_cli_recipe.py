@@ -91,6 +91,22 @@ def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: 
     assert f"ok: {tmp_path / 'child.yaml'} (1 job)" in result.stdout
 
 
+def test_a_problem_a_recipe_makes_in_its_base_names_that_recipe(tmp_path: Path) -> None:
+    # the child removed a var the base's template uses: the error is at the base's template,
+    # but the base itself is fine; it said only "base.yaml:1:1 ... 'style' is undefined"
+    write(tmp_path, 'template: "a {{ subject }}, {{ style }}"\nvars: {subject: [fox], style: [ink]}\n', "base.yaml")
+    write(tmp_path, "extends: base.yaml\nvars: {style: ~}\n", "child.yaml")
+    write(tmp_path, "extends: base.yaml\nvars: {style: ~}\n", "child2.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 65
+    assert f"ok: {tmp_path / 'base.yaml'} (1 job)" in result.stdout
+    (line,) = result.stderr.splitlines()  # once, naming both
+    assert line.startswith(f"error: {tmp_path / 'base.yaml'}:1:1: template") and "'style' is undefined" in line
+    assert line.endswith(f"(checking {tmp_path / 'child.yaml'}, {tmp_path / 'child2.yaml'}, which extend it)")
+    alone = invoke("validate", str(tmp_path / "child.yaml"))
+    assert alone.stderr.strip().endswith(f"(checking {tmp_path / 'child.yaml'}, which extends it)")
+
+
 def test_validate_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("validate", str(path))

@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -63,6 +64,8 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
         seedream-pipe validate recipes/
     """
     problems: list[Problem] = []
+    # problems located in a base, found through the recipes extending it (which are named)
+    inherited: dict[Problem, list[Path]] = {}
     files = _recipe_files(recipes)
     bases = partial_bases_among(files)
     for path in files:
@@ -72,7 +75,12 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
         except RecipeError as exc:
             extended_by = bases.get(path.resolve())
             if extended_by is None:
-                problems.extend(exc.problems)
+                for problem in exc.problems:
+                    # (a partial base's problems are its own: its `base:` line names who found them)
+                    if _same_file(problem.file, path) or any(_same_file(problem.file, b) for b in bases):
+                        problems.append(problem)
+                    else:  # e.g. the child removed a var its base's template uses: name the child
+                        inherited.setdefault(problem, []).append(path)
             else:  # (its problems in what they inherit show under their names)
                 names = ", ".join(printable(str(p)) for p in extended_by)
                 click.echo(f"base: {printable(str(path))} (not a whole recipe; checked as part of {names})")
@@ -80,9 +88,22 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
         click.echo(f"ok: {printable(str(path))} ({counted(len(plan), 'job')})")
+    # a base's own problem is said once, as the base's, not again for each recipe extending it
+    for located, through in inherited.items():
+        if located not in problems:
+            names = ", ".join(str(p) for p in through)
+            which = "which extends it" if len(through) == 1 else "which extend it"
+            problems.append(replace(located, message=f"{located.message} (checking {names}, {which})"))
     if problems:
-        raise RecipeError(list(dict.fromkeys(problems)))  # (a base's problem, once for all its recipes)
+        raise RecipeError(list(dict.fromkeys(problems)))
     return 0
+
+
+def _same_file(name: str, path: Path) -> bool:
+    try:
+        return Path(name).resolve() == path.resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def _summary(plan: Plan) -> list[str]:
