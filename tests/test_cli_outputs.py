@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -98,6 +99,9 @@ def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Pa
     assert (folder / "manifest.json").is_file()
     assert run("report", folder, "--format", "parquet").exit_code == 0
     assert len(pd.read_parquet(folder / "report.parquet")) == 8
+    # both reports are there, and the manifest says so (it listed report.parquet alone)
+    outputs = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["outputs"]
+    assert {"report.csv", "report.parquet"} <= set(outputs)
 
 
 def test_report_shows_the_api_s_failure_text_with_control_characters_escaped(folder: Path) -> None:

@@ -20,6 +20,7 @@ from seedream_pipe.cli import printable
 from seedream_pipe.outputs._folder import (
     GALLERY_NAME,
     REPORT_FORMATS,
+    REPORT_STEM,
     SHEET_STEM,
     keeping_unchanged,
 )
@@ -151,10 +152,12 @@ def report_command(target: Path, fmt: str) -> int:
     gone = image_files_warning(folder)
     if gone:
         _warn(f"{gone} ({report.name}'s image_file column names them)")
-    # the manifest lists the folder's outputs as `run` writes them, not only the report
+    # the manifest lists the folder's outputs as `run` writes them, not only the report (and a
+    # report in another format written before, still there: report.parquet does not undo report.csv)
+    others = [folder.path / f"{REPORT_STEM}.{other}" for other in REPORT_FORMATS if other != fmt]
     sheets = sorted(path for path in folder.path.glob(f"{SHEET_STEM}*") if path.suffix in (".png", ".jpg"))
     gallery = [path for path in (folder.path / GALLERY_NAME,) if path.is_file()]
-    manifest = write_manifest(folder, outputs=[report, *sheets, *gallery])
+    manifest = write_manifest(folder, outputs=[report, *(p for p in others if p.is_file()), *sheets, *gallery])
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
     click.echo(printable(format_summary(summary), keep_newlines=True))  # failures quote the API
     click.echo(str(report))
