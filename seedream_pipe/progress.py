@@ -114,7 +114,7 @@ class LogProgress:
         elif kind == "job_state":
             state = detail.get("state")
             if state == "failed":
-                self._say(f"failed: job {detail.get('index')} {detail.get('job_id')}: {detail.get('error')}")
+                self._say(f"failed: job {detail.get('index')} ({detail.get('job_id')}): {detail.get('error')}")
             elif state == "downloaded" and (t.done % self._every == 0 or t.done + t.failed >= t.todo):
                 self._say(f"{t.done}/{t.todo} done, {t.failed} failed, {t.in_flight} in flight")
         elif kind == "rate_limited":

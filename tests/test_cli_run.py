@@ -309,6 +309,19 @@ def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, 
         assert store.counts()["submitted"] == 2  # nothing was asked, nothing recorded
 
 
+def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(recipe: Path, tmp_path: Path) -> None:
+    sim = Simulator(SimConfig(latency=0.05, latency_jitter=0.0, faults=Faults(revoke_after=1))).start()
+    try:
+        code, _, err = invoke(
+            "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", sim.base_url, env={"RUNCOMFY_TOKEN": "tok"}
+        )
+    finally:
+        sim.stop()
+    assert code == 77
+    assert "refused the token" in err
+    assert f"Fix that, then run the same command: it resumes where it stopped ({tmp_path / 'o'})." in err
+
+
 def test_cancel_with_nothing_in_flight_needs_no_token(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0

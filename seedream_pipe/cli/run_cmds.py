@@ -21,7 +21,6 @@ from seedream_pipe.cli import printable
 from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
-    EX_NOPERM,
     EX_OK,
     EX_SOFTWARE,
     EX_SOME_FAILED,
@@ -144,7 +143,7 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
         click.secho(printable(text), fg="red", err=True)
         if result.exit_code in RESUMES_AS_IS and not result.fix_first:
             click.echo(f"Run the same command again to resume: nothing paid for is lost ({result.out_dir}).", err=True)
-        elif result.exit_code != EX_NOPERM:  # 77's message already says what to do
+        else:  # (77 included: its message says how to fix the token, this that nothing is lost)
             click.echo(
                 f"Fix that, then run the same command: it resumes where it stopped ({result.out_dir}).", err=True
             )
