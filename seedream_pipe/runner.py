@@ -1053,6 +1053,12 @@ async def cancel_queued(
     return cancelled, kept
 
 
+#: What `cancel` says of a folder a run is at work in ("{pid}": that run's).
+CANCEL_WHILE_RUNNING = (
+    "interrupt it instead (Ctrl-C in its terminal, or `kill -INT {pid}`): it cancels its queued jobs itself"
+)
+
+
 def cancel_folder(
     out_dir: Path,
     *,
@@ -1079,12 +1085,6 @@ def cancel_folder(
     # queued jobs itself when interrupted.
     with folder_lock(out_dir, busy=CANCEL_WHILE_RUNNING):
         return asyncio.run(go())
-
-
-#: What `cancel` says of a folder a run is at work in ("{pid}": that run's).
-CANCEL_WHILE_RUNNING = (
-    "interrupt it instead (Ctrl-C in its terminal, or `kill -INT {pid}`): it cancels its queued jobs itself"
-)
 
 
 #: How long `gone_simulator` waits for a simulator on this machine to accept a connection.
