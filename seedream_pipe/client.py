@@ -26,7 +26,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -496,10 +496,9 @@ class ModelApiClient:
     async def status(self, request_id: str, status_url: str | None = None) -> JobStatus:
         url = self._api_url(status_url, f"/requests/{quote(request_id, safe='')}/status")
         data = await self._call("GET", url, f"status of {request_id}", "polls")
-        position = data.get("queue_position")
         return JobStatus(
             status=normalize_status(data.get("status")),
-            queue_position=position if isinstance(position, int) else None,
+            queue_position=_queue_position(data),
             error=self._error(data.get("error")),
         )
 
@@ -516,14 +515,13 @@ class ModelApiClient:
     async def _result(self, request_id: str, result_url: str | None, counter: str) -> JobResult:
         url = self._api_url(result_url, f"/requests/{quote(request_id, safe='')}/result")
         data = await self._call("GET", url, f"result of {request_id}", counter)
-        position = data.get("queue_position")
         return JobResult(
             status=normalize_status(data.get("status")),
             output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],
             error=self._error(data.get("error")),
             created_at=server_time(data.get("created_at")),
             finished_at=server_time(data.get("finished_at")),
-            queue_position=position if isinstance(position, int) and not isinstance(position, bool) else None,
+            queue_position=_queue_position(data),
         )
 
     async def cancel(self, request_id: str, cancel_url: str | None = None) -> CancelOutcome:
@@ -722,6 +720,12 @@ def _removed_on_error(path: Path) -> Iterator[None]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def _queue_position(data: Mapping[str, Any]) -> int | None:
+    """A status or result answer's queue position, when it gives a whole number (not a bool)."""
+    position = data.get("queue_position")
+    return position if isinstance(position, int) and not isinstance(position, bool) else None
 
 
 def _str_or_none(value: Any) -> str | None:
