@@ -265,11 +265,10 @@ def image_floor(
 ) -> dict[str, Any]:
     """Median CPU ms of the per-image Pillow work alone (scenario P), on one simulator image.
 
-    `grain` adds sheet_bench's photographic noise first: the simulator's pictures are flat, and
-    a photograph's JPEG carries more detail for the decoder to read."""
+    `grain` adds sheet_bench's photographic noise first (`with_grain`): the simulator's pictures
+    are flat, and a photograph's JPEG carries more detail for the decoder to read."""
     import io
 
-    import numpy as np
     from PIL import Image
 
     from seedream_pipe.downloads import keep_image
@@ -279,14 +278,10 @@ def image_floor(
     job = load_recipe(recipe).plan().jobs[0]
     prompt, resolution = str(job.inputs["prompt"]), str(job.inputs.get("resolution"))
     if grain:
-        from bench.sheet_bench import CHROMA_SIGMA, LUMA_SIGMA
+        from bench.sheet_bench import with_grain
 
-        base = np.asarray(render_image(prompt, resolution), dtype=np.int16)
-        rng = np.random.default_rng(0)
-        noise = rng.normal(0, LUMA_SIGMA, size=(*base.shape[:2], 1)) + rng.normal(0, CHROMA_SIGMA, size=base.shape)
         buffer = io.BytesIO()
-        grained = Image.fromarray(np.clip(base + noise.astype(np.int16), 0, 255).astype(np.uint8), "RGB")
-        grained.save(buffer, "JPEG", quality=JPEG_QUALITY)
+        with_grain(render_image(prompt, resolution), seed=0).save(buffer, "JPEG", quality=JPEG_QUALITY)
         data = buffer.getvalue()
     else:
         data = render_file(prompt, resolution, image_format)

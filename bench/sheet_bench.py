@@ -80,18 +80,23 @@ def _render(prompt: str) -> Image.Image:
         return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
+def with_grain(image: Image.Image, *, seed: int) -> Image.Image:
+    """`image` with photographic noise (luminance grain and a little chroma noise), seeded: the
+    simulator's pictures are flat, and a photograph carries more detail for a decoder to read."""
+    base = np.asarray(image.convert("RGB"), dtype=np.int16)
+    rng = np.random.default_rng(seed)
+    grain = rng.normal(0, LUMA_SIGMA, size=(*base.shape[:2], 1)).astype(np.int16)
+    chroma = rng.normal(0, CHROMA_SIGMA, size=base.shape).astype(np.int16)
+    return Image.fromarray(np.clip(base + grain + chroma, 0, 255).astype(np.uint8), "RGB")
+
+
 def make_source_image(index: int) -> str:
     dest = SOURCE / f"{index:03d}.png"
     if dest.is_file():
         return str(dest)
     prompt = f"{SUBJECTS[index // 10]}, {STYLES[index % 10]}"
-    base = np.asarray(_render(prompt), dtype=np.int16)
-    rng = np.random.default_rng(index)
-    grain = rng.normal(0, LUMA_SIGMA, size=(SIDE, SIDE, 1)).astype(np.int16)
-    chroma = rng.normal(0, CHROMA_SIGMA, size=base.shape).astype(np.int16)
-    pixels = np.clip(base + grain + chroma, 0, 255).astype(np.uint8)
     tmp = dest.with_suffix(".tmp")
-    Image.fromarray(pixels, "RGB").save(tmp, "PNG")  # default zlib level, as real files are
+    with_grain(_render(prompt), seed=index).save(tmp, "PNG")  # default zlib level, as real files are
     os.replace(tmp, dest)
     return str(dest)
 
