@@ -123,6 +123,28 @@ def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -
     assert set(meta["sheet"]) >= {"rows", "cols"}
 
 
+def test_repeats_send_the_same_body_and_get_different_pictures(sim: Simulator, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, RECIPE.replace("  place: [in snow, at sea, on a roof]\n", "  place: [in snow]\n")
+                          + "repeats: 3\n")
+    out = tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    assert_images_intact(out, 6)
+    with StateStore.for_output_dir(out) as store:
+        jobs = store.jobs()
+    by_prompt: dict[str, set[str | None]] = {}
+    for rec in jobs:
+        by_prompt.setdefault(str(rec.inputs["prompt"]), set()).add(rec.sha256)
+    # each combination's three repeats: one body sent three times, three pictures, as the real
+    # model's would be (the simulator draws each take of a body anew)
+    assert {len(shas) for shas in by_prompt.values()} == {3} and len(by_prompt) == 2
+    assert sorted(sim.stats()["submits_per_body"].values()) == [3, 3]
+    assert not any(rec.possible_duplicate for rec in jobs)  # repeats are asked for, not duplicates
+    # run again: nothing to do, nothing sent
+    before = sim.stats()["requests_total"]
+    assert run(sim, recipe, out).exit_code == 0
+    assert sim.stats()["requests_total"] == before
+
+
 def test_png_images_are_kept_as_png_with_their_thumbnails(sim: Simulator, tmp_path: Path) -> None:
     sim.configure(image_format="png")  # what other models, and Seedream from 5.0, can make
     out = tmp_path / "out"

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageChops
 
 from seedream_pipe.cli import cli
 from seedream_pipe.errors import UsageError
@@ -408,17 +408,34 @@ def test_image_format_png_serves_pngs_and_a_handed_out_url_keeps_its_format(
         sim.configure(image_format="gif")
 
 
-def test_images_are_deterministic_per_body_and_differ_per_prompt(api: Api) -> None:
+def test_images_are_deterministic_per_body_and_take_and_differ_per_prompt(api: Api) -> None:
     first = api.submit_ok({"prompt": "a fox", "resolution": "1K"})
-    again = api.submit_ok({"prompt": "a fox", "resolution": "1K"})
+    again = api.submit_ok({"prompt": "a fox", "resolution": "1K"})  # a repeat: the second take
     other = api.submit_ok({"prompt": "a heron", "resolution": "1K"})
     data = {rid: httpx.get(api.image_url(rid)).content for rid in (first, again, other)}
-    assert data[first] == data[again]
-    assert data[first] != data[other]
+    assert httpx.get(api.image_url(first)).content == data[first]  # the same file every time
     assert data[first] == render_file("a fox", "1K", "jpeg")
-    # visibly different: the background colours differ, not only the text
-    corner = [Image.open(io.BytesIO(data[rid])).convert("RGB").getpixel((1023, 1023)) for rid in (first, other)]
-    assert corner[0] != corner[1]
+    assert data[again] == render_file("a fox", "1K", "jpeg", take=2)
+    assert data[other] == render_file("a heron", "1K", "jpeg")
+    pixels = {rid: Image.open(io.BytesIO(data[rid])).convert("RGB") for rid in data}
+    # visibly different per prompt: the background colours differ, not only the text
+    assert pixels[first].getpixel((1023, 1023)) != pixels[other].getpixel((1023, 1023))
+    # a repeat is another picture, as the real model's would be, not the same file again
+    diff = ImageChops.difference(pixels[first], pixels[again]).convert("L")
+    changed = sum(diff.histogram()[25:])  # pixels more than a JPEG's noise apart
+    assert changed > 0.05 * 1024 * 1024
+
+
+def test_takes_are_counted_per_body(api: Api) -> None:
+    body = {"prompt": "an owl", "resolution": "1K"}
+    rids = [api.submit_ok(body) for _ in range(3)]
+    api.submit_ok({"prompt": "a wren", "resolution": "1K"})  # another body: its own first take
+    assert sorted(api.sim.stats()["submits_per_body"].values()) == [1, 3]
+    assert api.sim.stats()["duplicate_submits"] == 2
+    data = [httpx.get(api.image_url(rid)).content for rid in reversed(rids)]  # any fetch order
+    assert data == [render_file("an owl", "1K", "jpeg", take=t) for t in (3, 2, 1)]
+    with pytest.raises(ValueError, match="take must be 1 or more"):
+        render_file("an owl", "1K", "jpeg", take=0)
 
 
 def test_tampered_or_unsigned_file_urls_are_403(api: Api) -> None:
@@ -898,19 +915,21 @@ def test_images_render_once_in_the_render_threads(
 
     calls: list[str] = []
 
-    def spy(prompt: str, resolution: str | None, image_format: str) -> bytes:
+    def spy(prompt: str, resolution: str | None, image_format: str, take: int) -> bytes:
         calls.append(threading.current_thread().name)
-        return render_file(prompt, resolution, image_format)
+        return render_file(prompt, resolution, image_format, take)
 
     monkeypatch.setattr(app_module, "render_file", spy)
     sim = make_sim()
     api = Api(sim)
     url = api.image_url(api.submit_ok({"prompt": "cached", "resolution": "1K"}))
     twin = api.image_url(api.submit_ok({"prompt": "cached", "resolution": "1K"}))
-    bodies = {httpx.get(u).content for u in (url, url, twin)}
-    assert len(bodies) == 1
-    assert len(calls) == 1  # same body, same bytes: rendered once, then from the cache
-    assert calls[0].startswith("sim-render")  # off the event loop's thread
+    assert len({httpx.get(u).content for u in (url, url, url)}) == 1
+    assert len(calls) == 1  # same job, same bytes: rendered once, then from the cache
+    assert httpx.get(twin).content != httpx.get(url).content  # the body's second take
+    assert httpx.get(twin).status_code == 200
+    assert len(calls) == 2  # each take rendered once
+    assert all(name.startswith("sim-render") for name in calls)  # off the event loop's thread
 
 
 async def test_queue_positions_follow_the_queue_through_cancels_starts_and_a_stop() -> None:

@@ -440,8 +440,9 @@ class SimApp:
         return web.Response(body=data, content_type=SERVED_FORMATS[image_format][1])
 
     async def _image(self, job: SimJob, image_format: str) -> bytes:
-        """The job's image file: rendered once, off the loop, then served from a small LRU cache."""
-        key = f"{job.digest}.{image_format}"
+        """The job's image file: rendered once, off the loop, then served from a small LRU cache.
+        (A repeat of a body is another take: another picture, as the real model would draw.)"""
+        key = f"{job.digest}.{job.take}.{image_format}"
         cached = self._images.get(key)
         if cached is not None:
             self._images.move_to_end(key)
@@ -458,6 +459,7 @@ class SimApp:
                     prompt,
                     None if resolution is None else str(resolution),
                     image_format,
+                    job.take,
                 )
             )
             self._rendering[key] = pending
@@ -469,8 +471,8 @@ class SimApp:
             return data
         return await asyncio.shield(pending)
 
-    def _remember(self, digest: str, data: bytes) -> None:
-        self._images[digest] = data
+    def _remember(self, key: str, data: bytes) -> None:
+        self._images[key] = data
         self._image_bytes += len(data)
         while self._image_bytes > IMAGE_CACHE_BYTES and len(self._images) > 1:
             _, old = self._images.popitem(last=False)

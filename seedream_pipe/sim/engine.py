@@ -75,12 +75,14 @@ class Stats:
         with self._lock:
             self._faults[name] += 1
 
-    def accepted(self, digest: str) -> None:
+    def accepted(self, digest: str) -> int:
+        """Count an accepted submit; returns how many of this body there now are (its take)."""
         with self._lock:
             self._counters["submits_accepted"] += 1
-            self._per_body[digest] = self._per_body.get(digest, 0) + 1
+            take = self._per_body[digest] = self._per_body.get(digest, 0) + 1
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            return take
 
     def finished(self, status: str) -> None:
         """A job reached a terminal state (counted once per job)."""
@@ -165,6 +167,7 @@ class SimJob:
     finished_at: float | None = None
     error: dict[str, str] | None = None
     ticket: int = 0  # order of arrival in the queue, for O(log n) queue positions
+    take: int = 1  # the n-th accepted submit of this body: its image is the n-th drawn for it
 
 
 class Engine:
@@ -248,7 +251,7 @@ class Engine:
         job.ticket = self._next_ticket
         self._next_ticket += 1
         self._queue.append(job)
-        self.stats.accepted(digest)
+        job.take = self.stats.accepted(digest)
         self._wake_workers()
         self._announce_change()
         return job

@@ -2,9 +2,13 @@
 
 Pure functions (prompt and resolution in, pixels or file bytes out), used by the simulator's file
 endpoint and by anyone who needs stand-in images (the contact-sheet benchmark). An image is
-deterministic for a given (prompt, resolution) and visibly different per prompt: its colours come
-from a hash of the prompt, and the prompt and the resolution are drawn on it, so a contact sheet
-of simulator output is meaningful to look at.
+deterministic for a given (prompt, resolution, take) and visibly different per prompt: its colours
+come from a hash of the prompt, and the prompt and the resolution are drawn on it, so a contact
+sheet of simulator output is meaningful to look at.
+
+`take` counts the images made for the same request, 1 for the first: the real model draws a new
+picture each time it is asked (a recipe's `repeats` send the same body N times to get N
+pictures), so a later take keeps the prompt's colours, moves its shapes and says "take N".
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _font(size: int, bold: bool) -> Font:
 
 
 def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int], bytes]:
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    digest = _digest(prompt)
     hue = digest[0] / 255
     hue2 = (hue + 0.25 + digest[1] / 255 * 0.5) % 1.0
     sat = 0.45 + digest[2] / 255 * 0.4
@@ -109,9 +113,17 @@ def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int], b
     return rgb(c1), rgb(c2), digest
 
 
-def _background(prompt: str, width: int, height: int) -> Image.Image:
-    """A diagonal two-colour gradient with soft blobs, both chosen by the prompt's hash."""
+def _digest(prompt: str, take: int = 1) -> bytes:
+    # (the first take hashes the prompt alone, as every image did before takes existed)
+    text = prompt if take == 1 else f"{prompt}\x00take {take}"
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _background(prompt: str, width: int, height: int, take: int = 1) -> Image.Image:
+    """A diagonal two-colour gradient with soft blobs: the colours chosen by the prompt's hash,
+    the gradient's angle and the blobs by the hash of the prompt and the take."""
     c1, c2, digest = _palette(prompt)
+    digest = digest if take == 1 else _digest(prompt, take)
     # Drawn small and scaled up: cheap at any size, and the upscale makes the blobs soft.
     small_w = 256
     small_h = max(16, round(256 * height / width))
@@ -159,11 +171,15 @@ def _wrap(text: str, font: Font, max_width: float) -> list[str]:
     return lines
 
 
-def render_image(prompt: str, resolution: str | None = None) -> Image.Image:
-    """The RGB image for a request: background from the prompt's hash, resolution and prompt on it."""
+def render_image(prompt: str, resolution: str | None = None, take: int = 1) -> Image.Image:
+    """The RGB image for a request: background from the prompt's hash, resolution and prompt on it.
+
+    `take`: which image this is of those made for the same request (1 for the first)."""
+    if take < 1:
+        raise ValueError(f"take must be 1 or more, not {take}")
     resolution = DEFAULT_RESOLUTION if resolution is None else resolution
     width, height = image_size(resolution, prompt)
-    image = _background(prompt, width, height)
+    image = _background(prompt, width, height, take)
     draw = ImageDraw.Draw(image)
     short = min(width, height)
     margin = round(short * 0.06)
@@ -180,7 +196,8 @@ def render_image(prompt: str, resolution: str | None = None) -> Image.Image:
     y = margin
     draw.text((margin, y), resolution, font=title_font, fill="white", stroke_width=stroke * 2, stroke_fill="black")
     y += round(title_size * 1.25)
-    draw.text((margin, y), f"{width} x {height}", font=size_font, fill="white", stroke_width=stroke, stroke_fill="black")
+    size_line = f"{width} x {height}" if take == 1 else f"{width} x {height} · take {take}"
+    draw.text((margin, y), size_line, font=size_font, fill="white", stroke_width=stroke, stroke_fill="black")
     y += round(short / 20 * 1.8)
 
     prompt_size = max(8, round(short / 24))
@@ -202,12 +219,12 @@ def render_png(prompt: str, resolution: str | None = None) -> bytes:
     return render_file(prompt, resolution, "png")
 
 
-def render_file(prompt: str, resolution: str | None = None, image_format: str = "jpeg") -> bytes:
+def render_file(prompt: str, resolution: str | None = None, image_format: str = "jpeg", take: int = 1) -> bytes:
     """`render_image` encoded as a file of `image_format` ("jpeg" or "png")."""
     if image_format not in SERVED_FORMATS:
         raise ValueError(f"image_format must be one of {', '.join(SERVED_FORMATS)}, not {image_format!r}")
     buffer = io.BytesIO()
-    image = render_image(prompt, resolution)
+    image = render_image(prompt, resolution, take)
     if image_format == "png":
         image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
