@@ -350,7 +350,8 @@ class Runner:
             self.stop_code = code
             self.stop_reason = reason
             self.stop_fix_first = fix_first
-            self._emit("message", text=f"stopping submits: {reason}")
+            if code != EX_NOPERM:  # (a refused token ends the run at once, which then says why)
+                self._emit("message", text=f"stopping submits: {reason}")
         # Jobs waiting for their submit turn have sent nothing: they end now, as they were,
         # rather than each waiting out its turn (at a low rpm, minutes) only to find the stop.
         for waiting in self._waiting_turn:
@@ -1375,7 +1376,9 @@ async def arun_recipe(
                     result.summary["reason"] = result.reason
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
-        progress.event("run_finished", {"exit_code": result.exit_code, "summary": result.summary})
+        progress.event(
+            "run_finished", {"exit_code": result.exit_code, "reason": result.reason, "summary": result.summary}
+        )
     if result.exit_code != EX_INTERRUPTED:
         # An interrupted run leaves the outputs as they were: make deletes a target when its
         # command is interrupted, and a report written after that would pass for a finished one.

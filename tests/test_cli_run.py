@@ -215,6 +215,7 @@ def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, 
         assert [e["event"] for e in events] == ["run_started", "run_finished"]
         assert events[0]["todo"] == 0 and events[0]["total"] == 2
         assert events[1]["exit_code"] == 0 and events[1]["summary"]["jobs_downloaded"] == 2
+        assert events[1]["reason"] is None  # the same shape as a run that did something
         assert events[1]["summary"]["http_requests"] == 0
     # a finished folder of another API is still refused, as a run with work to do would be
     code, _, err = invoke("run", str(recipe), "--out", str(tmp_path / "s"), "--base-url", base, env=no_token)
@@ -318,7 +319,8 @@ def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(rec
     finally:
         sim.stop()
     assert code == 77
-    assert "refused the token" in err
+    # said once, at the end with its fix (the run stops at once: no "stopping submits" line first)
+    assert err.count("refused the token") == 1
     assert f"Fix that, then run the same command: it resumes where it stopped ({tmp_path / 'o'})." in err
 
 
@@ -514,6 +516,19 @@ def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     done = [e for e in events if e["event"] == "job_state" and e["state"] == "downloaded"]
     assert len(done) == 2 and all(e["job_id"] and e["index"] for e in done)
     assert events[-1]["exit_code"] == 0 and events[-1]["summary"]["jobs_downloaded"] == 2
+    assert events[-1]["reason"] is None
+
+
+def test_json_run_finished_says_why_a_run_stopped(recipe: Path, tmp_path: Path) -> None:
+    with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
+        code, stdout, _ = invoke(
+            "run", str(recipe), "--base-url", sim.base_url, "--out", str(tmp_path / "o"), "--json",
+            env={"RUNCOMFY_TOKEN": "not-the-token"},
+        )
+    assert code == 77
+    finished = json.loads(stdout.splitlines()[-1])
+    assert finished["event"] == "run_finished" and finished["exit_code"] == 77
+    assert "refused the token" in finished["reason"] and "not-the-token" not in stdout
 
 
 @pytest.mark.parametrize("quiet", [[], ["--quiet"]])

@@ -90,7 +90,7 @@ def _json_nothing_to_do(out_dir: Path) -> None:
         "actions_text": "nothing", "out_dir": str(out_dir),
     })  # fmt: skip
     summary = {**{f"jobs_{state}": n for state, n in counts.items()}, "http_requests": 0, "exit_code": EX_OK}
-    events.event("run_finished", {"exit_code": EX_OK, "summary": summary})
+    events.event("run_finished", {"exit_code": EX_OK, "reason": None, "summary": summary})
 
 
 #: Failures a --quiet run names on stderr (a make log's only account of them); `status` has all.
