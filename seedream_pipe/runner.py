@@ -99,6 +99,30 @@ log = logging.getLogger(__name__)
 TIMED_OUT = "timed out"
 LOST_CONTACT = "lost contact"
 
+#: Two interrupts closer than this are one: `timeout -s INT` sends its signal to the run and
+#: then to its whole process group, microseconds apart. A second Ctrl-C by hand comes later.
+SAME_INTERRUPT_S = 0.1
+
+
+class Presses:
+    """The Ctrl-C presses (SIGINT, SIGTERM) a run has had: the first winds it down, the second
+    stops it at once. A signal within SAME_INTERRUPT_S of the first is that press again."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.count = 0
+        self._clock = clock
+        self._first = 0.0
+
+    def press(self) -> int | None:
+        """Count a signal: the press it is (1, 2, ...), or None when it repeats the first."""
+        now = self._clock()
+        if self.count == 1 and now - self._first < SAME_INTERRUPT_S:
+            return None
+        self.count += 1
+        if self.count == 1:
+            self._first = now
+        return self.count
+
 
 @dataclass
 class RunOptions:
@@ -1329,14 +1353,13 @@ async def arun_recipe(
         runner = Runner(store, client, out, opts, progress=progress)
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
-        presses = 0
+        presses = Presses()
 
         def on_signal() -> None:
-            nonlocal presses
-            presses += 1
-            if presses == 1:
+            press = presses.press()
+            if press == 1:
                 runner.interrupt()
-            elif main_task is not None:
+            elif press == 2 and main_task is not None:
                 main_task.cancel()  # second Ctrl-C: out at once (every commit is atomic)
 
         installed: list[signal.Signals] = []
@@ -1350,7 +1373,7 @@ async def arun_recipe(
             async with client:
                 result = await runner.run(store.jobs())
         except asyncio.CancelledError:
-            if presses < 2:
+            if presses.count < 2:
                 raise
             # The counters so far, as any run records them: the summary's requests, and the
             # record that this run reached its API (check_same_api), if it did.

@@ -755,3 +755,20 @@ def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_pat
     )  # fmt: skip
     assert result.exit_code == 0 and result.counts["downloaded"] == 8
     assert now["most"] == 2
+
+
+def test_a_signal_repeated_at_once_is_the_same_ctrl_c() -> None:
+    from _fakes import FakeTime
+
+    from seedream_pipe.runner import SAME_INTERRUPT_S, Presses
+
+    clock = FakeTime(100.0)
+    presses = Presses(clock=clock)
+    assert presses.press() == 1
+    clock.now += SAME_INTERRUPT_S / 10  # `timeout -s INT` signals the run, then its group
+    assert presses.press() is None
+    assert presses.count == 1
+    clock.now += SAME_INTERRUPT_S  # a second Ctrl-C by hand
+    assert presses.press() == 2
+    assert presses.press() == 3  # (after the second, every signal counts)
+
