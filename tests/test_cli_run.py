@@ -623,6 +623,7 @@ def test_limit_submits_that_many_and_says_what_it_leaves(recipe: Path, tmp_path:
     assert code == 0
     assert "submit:" not in stdout and "left for a later run (--limit): 1" in stdout and "$0.00" in stdout
     report = json.loads(invoke("run", str(recipe), "--out", str(out), "--sim", "--dry-run", "--json")[1])
+    assert report["event"] == "dry_run"  # one event, the shape of every other --json line
     assert (report["actions"], report["held_back"], report["estimated_cost"]) == ({"submit": 1, "done": 1}, 0, 0.5)
     code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--limit", "5")
     assert code == 0 and "2 jobs: 2 done" in stdout

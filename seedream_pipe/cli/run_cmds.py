@@ -260,8 +260,10 @@ def run_command(
             recipe, out_dir, options, api_host=_host_for_run(sim, base_url), max_jobs=max_jobs, allow_large=yes,
             fresh_simulator=sim,
         )
-        if json_lines:
-            click.echo(json.dumps(report))
+        if json_lines:  # (an event as every --json line is, so a script dispatches on "event")
+            from seedream_pipe.progress import JsonProgress
+
+            JsonProgress().event("dry_run", report)
         else:
             jobs = report["jobs"]
             click.echo(f"{counted(jobs, 'job')} in the plan; output folder {report['out_dir']}")
