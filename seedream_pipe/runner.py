@@ -1399,15 +1399,30 @@ async def arun_recipe(
                     result.summary["reason"] = result.reason
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
-        progress.event(
-            "run_finished", {"exit_code": result.exit_code, "reason": result.reason, "summary": result.summary}
-        )
     if result.exit_code != EX_INTERRUPTED:
-        # An interrupted run leaves the outputs as they were: make deletes a target when its
-        # command is interrupted, and a report written after that would pass for a finished one.
-        # The next run writes them (or `report`, `sheet` and `gallery` DIR).
+        # An interrupted run leaves the outputs as they were: a report written now would pass
+        # for a finished run's (to make, too: the target would look up to date). The next run
+        # writes them (or `report`, `sheet` and `gallery` DIR).
         result.outputs = write_outputs(out, recipe)
+    # last, so that what it names is there: the outputs, relative to the output folder
+    progress.event("run_finished", _finished_event(result))
     return result
+
+
+def _finished_event(result: RunResult) -> dict[str, Any]:
+    """The detail of --json's last line: how the run ended and what it wrote."""
+    return {
+        "exit_code": result.exit_code,
+        "reason": result.reason,
+        "summary": result.summary,
+        "out_dir": str(result.out_dir),
+        "outputs": outputs_named(result.out_dir, result.outputs),
+    }
+
+
+def outputs_named(out_dir: Path, written: Iterable[Path]) -> list[str]:
+    """The files written, named from the output folder (as `wrote ... in DIR` names them)."""
+    return [str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p) for p in written]
 
 
 def _blocking(run: Callable[_P, Coroutine[Any, Any, RunResult]]) -> Callable[_P, RunResult]:

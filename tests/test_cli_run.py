@@ -216,6 +216,7 @@ def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, 
         assert events[0]["todo"] == 0 and events[0]["total"] == 2
         assert events[1]["exit_code"] == 0 and events[1]["summary"]["jobs_downloaded"] == 2
         assert events[1]["reason"] is None  # the same shape as a run that did something
+        assert "report.csv" in events[1]["outputs"] and events[1]["out_dir"] == str(out)
         assert events[1]["summary"]["http_requests"] == 0
     # a finished folder of another API is still refused, as a run with work to do would be
     code, _, err = invoke("run", str(recipe), "--out", str(tmp_path / "s"), "--base-url", base, env=no_token)
@@ -517,6 +518,10 @@ def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
     assert len(done) == 2 and all(e["job_id"] and e["index"] for e in done)
     assert events[-1]["exit_code"] == 0 and events[-1]["summary"]["jobs_downloaded"] == 2
     assert events[-1]["reason"] is None
+    # what it wrote, written before this last line, named from the output folder
+    assert events[-1]["out_dir"] == str(tmp_path / "o")
+    assert set(events[-1]["outputs"]) == {"contact_sheet.png", "report.csv", "gallery.html", "manifest.json"}
+    assert all((tmp_path / "o" / name).is_file() for name in events[-1]["outputs"])
 
 
 def test_json_run_finished_says_why_a_run_stopped(recipe: Path, tmp_path: Path) -> None:

@@ -77,9 +77,10 @@ def _host_for_run(sim: bool, base_url: str | None) -> str:
     return DEFAULT_HOST
 
 
-def _json_nothing_to_do(out_dir: Path) -> None:
+def _json_nothing_to_do(out_dir: Path, written: list[Path]) -> None:
     """The events a run with nothing to do sends with --json, so scripts see the same shape."""
     from seedream_pipe.progress import JsonProgress
+    from seedream_pipe.runner import outputs_named
 
     with StateStore.for_output_dir(out_dir) as store:
         counts = store.counts()
@@ -90,7 +91,10 @@ def _json_nothing_to_do(out_dir: Path) -> None:
         "actions_text": "nothing", "out_dir": str(out_dir),
     })  # fmt: skip
     summary = {**{f"jobs_{state}": n for state, n in counts.items()}, "http_requests": 0, "exit_code": EX_OK}
-    events.event("run_finished", {"exit_code": EX_OK, "reason": None, "summary": summary})
+    events.event("run_finished", {
+        "exit_code": EX_OK, "reason": None, "summary": summary,
+        "out_dir": str(out_dir), "outputs": outputs_named(out_dir, written),
+    })  # fmt: skip
 
 
 #: Failures a --quiet run names on stderr (a make log's only account of them); `status` has all.
@@ -292,7 +296,7 @@ def run_command(
     written = finish_if_done(recipe, out_dir, api_host=host, plan=plan)
     if written is not None:
         if json_lines:
-            _json_nothing_to_do(out_dir)
+            _json_nothing_to_do(out_dir, written)
         elif not quiet:
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
             _print_written(out_dir, written)
