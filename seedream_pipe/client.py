@@ -81,6 +81,10 @@ _DOWNLOAD_HEADERS = {"Accept": "*/*"}
 _AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 #: The longest request id kept. RunComfy's are UUIDs (36 characters).
 MAX_REQUEST_ID_CHARS = 256
+#: Answers to a submit that come from a gateway in front of the API, after the body went through:
+#: it got no usable answer from the API (502) or gave up waiting for one (504), so the API may
+#: have taken the job. A 500 or 503 is the API's own refusal: nothing was created.
+GATEWAY_LOST_ANSWER = frozenset({502, 504})
 #: Server text (reasons, errors) is kept to this length, after the token is scrubbed out.
 MAX_REASON_CHARS = 300
 
@@ -123,6 +127,16 @@ class Submission:
 @dataclass(frozen=True, slots=True)
 class UnknownOutcome:
     """The body went out and no usable answer came back: the job may or may not exist."""
+
+    reason: str
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedUnread:
+    """A 2xx answer to a submit with no request id that can be read: the API accepted the body
+    (the job exists and will be billed), and nothing can follow it. Sending it again would pay
+    twice for sure, not maybe."""
 
     reason: str
     attempts: int = 1
@@ -542,13 +556,15 @@ class ModelApiClient:
         body: dict[str, Any],
         *,
         on_send: Callable[[], bool | None] | None = None,
-    ) -> Submission | UnknownOutcome | None:
+    ) -> Submission | UnknownOutcome | AcceptedUnread | None:
         """POST a body. `on_send` runs right before each POST goes out (after pacing), so the
         caller can commit "submitting" first; if it returns False nothing is sent and None is
         returned (the caller stopped submitting while this one waited for its turn).
 
-        Refusals that prove nothing was created (429, 5xx, a connection that never opened) are
-        retried here; what might have created a job is returned as `UnknownOutcome`.
+        Refusals that prove nothing was created (429, 500, 503, a connection that never opened)
+        are retried here; what might have created a job is returned as `UnknownOutcome` (a 502 or
+        504 too: a gateway that lost or gave up waiting for the API's answer), and a 2xx answer
+        with no request id to read as `AcceptedUnread`.
         """
         url = f"{self.api.base_url}/models/{quote(model, safe='/')}"  # (recipes check it; a notebook may not)
         what = f"submit to {model}"
@@ -579,31 +595,40 @@ class ModelApiClient:
                 tries.failures += 1
                 await self._after_transient(tries.failures, what, error)
                 continue
+            if response.status_code in GATEWAY_LOST_ANSWER:
+                # the body went through a gateway to the API, which may have taken it
+                self.counters["unknown_submits"] += 1
+                reason = f"HTTP {response.status_code} from a gateway: {self._reason(response)}"
+                return UnknownOutcome(f"no answer to the submit ({reason})", attempts)
             if await self._ask_again(response, what, tries, self.pacer.rate_limited):
                 continue
             data = self._json(response)
+            accepted = f"the API accepted the submit (HTTP {response.status_code}) but its answer"
             if data is None:
-                self.counters["unknown_submits"] += 1
-                return UnknownOutcome("the answer to the submit was not readable JSON", attempts)
+                self.counters["accepted"] += 1  # (a 2xx: the job exists, though we cannot follow it)
+                return AcceptedUnread(f"{accepted} was not readable JSON", attempts)
             if data.get("error_code"):
                 raise RequestRejected(self._redact(f"{what}: {self._reason(response)}"), status=response.status_code)
             request_id = data.get("request_id")
-            if not isinstance(request_id, str) or not request_id:
-                self.counters["unknown_submits"] += 1
-                return UnknownOutcome("the answer to the submit carried no request_id", attempts)
+            if isinstance(request_id, int) and not isinstance(request_id, bool):
+                request_id = str(request_id)  # (an id is a name: a number names a job as well)
             self.counters["accepted"] += 1  # (a job exists on the server, kept or not)
+            if not isinstance(request_id, str) or not request_id:
+                return AcceptedUnread(f"{accepted} carried no request_id", attempts)
             if (
                 len(request_id) > MAX_REQUEST_ID_CHARS
                 or CONTROL_CHARS.search(request_id)
+                or request_id in (".", "..")
                 or holds_secret(request_id, self.api.token)
             ):
                 # It goes into the state, the report and every message about the job (and, quoted,
-                # into URLs): an id holding our token, a control character or a page of text is
-                # not kept. Any other id is, whatever its characters.
+                # into URLs, where "." and ".." would be read as the path's own dots): an id holding
+                # our token, a control character or a page of text is not kept. Any other id is,
+                # whatever its characters.
                 raise UnusableAnswer(
                     f"{what}: the API answered with a request id seedream-pipe will not keep "
-                    f"({len(request_id)} characters: over {MAX_REQUEST_ID_CHARS}, a control character "
-                    "or the token); the job may exist on the server"
+                    f"({len(request_id)} characters: over {MAX_REQUEST_ID_CHARS}, a control character, "
+                    "a dot path or the token); the job may exist on the server"
                 )
             self.pacer.accepted()
             return Submission(

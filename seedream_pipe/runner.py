@@ -53,6 +53,7 @@ import httpx
 from seedream_pipe import __version__
 from seedream_pipe.client import (
     KNOWN_STATES,
+    AcceptedUnread,
     JobResult,
     JobStatus,
     ModelApiClient,
@@ -68,6 +69,7 @@ from seedream_pipe.errors import (
     EX_OK,
     EX_SOFTWARE,
     EX_SOME_FAILED,
+    EX_UNAVAILABLE,
     ApiError,
     AuthError,
     CreditError,
@@ -98,6 +100,10 @@ log = logging.getLogger(__name__)
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
 TIMED_OUT = "timed out"
 LOST_CONTACT = "lost contact"
+
+#: Submits accepted with answers that cannot be read (no request id) before the run stops
+#: submitting: one is a garbled answer, several an API whose answers changed.
+UNREAD_ANSWERS_STOP = 3
 
 #: Two interrupts closer than this are one: `timeout -s INT` sends its signal to the run and
 #: then to its whole process group, microseconds apart. A second Ctrl-C by hand comes later.
@@ -323,6 +329,7 @@ class Runner:
         self.stop_reason: str | None = None
         self.stop_fix_first = False
         self.lost_contact = 0
+        self.accepted_unread = 0  # submits accepted with answers that could not be read
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._posting: set[asyncio.Task[Any]] = set()  # a POST on the wire (or about to be)
@@ -697,6 +704,24 @@ class Runner:
                 )
                 self._polls[rec.job_id] = 0
                 return True
+            if isinstance(outcome, AcceptedUnread):
+                # Billed, and nothing to follow: sending it again would pay twice for sure. It
+                # fails flagged, so --retry-failed (the user's choice) counts it as a duplicate.
+                self._transition(
+                    rec,
+                    "failed",
+                    error=f"{outcome.reason}: it is billed and cannot be followed; not submitted again "
+                    "(--retry-failed sends it again, and pays again)",
+                    possible_duplicate=True,
+                )
+                self.accepted_unread += 1
+                if self.accepted_unread == UNREAD_ANSWERS_STOP:
+                    self._stop(
+                        EX_UNAVAILABLE,
+                        f"{UNREAD_ANSWERS_STOP} submits were accepted with answers seedream-pipe could not "
+                        "read: no more submits, which would each be paid for nothing",
+                    )
+                return False
             assert isinstance(outcome, UnknownOutcome)
             self._transition(rec, "submit_unknown", error=outcome.reason)
             if not self.opt.resubmit_unknown:

@@ -14,7 +14,13 @@ import httpx
 import pytest
 from _fakes import FakeTime
 
-from seedream_pipe.client import ModelApiClient, Submission, UnknownOutcome, collect_urls
+from seedream_pipe.client import (
+    AcceptedUnread,
+    ModelApiClient,
+    Submission,
+    UnknownOutcome,
+    collect_urls,
+)
 from seedream_pipe.config import ApiSettings, api_settings, find_token, resolve_base_url
 from seedream_pipe.errors import (
     ApiError,
@@ -118,10 +124,23 @@ async def test_submit_retries_5xx_and_connect_errors_then_gives_up() -> None:
     assert len(seen) == 3
     assert client.counters["retries"] == 2
 
-    client, seen = make_client(sequence(httpx.Response(502)))
+    client, seen = make_client(sequence(httpx.Response(500)))
     with pytest.raises(ServiceUnavailable, match="after 4 tries"):
         await client.submit(MODEL, {"prompt": "x"})
     assert len(seen) == 4
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateways_502_or_504_to_a_submit_is_an_unknown_outcome_never_retried(status: int) -> None:
+    # the body went through the gateway; the API behind it may have taken (and billed) the job
+    page = f"<html><body><h1>{status} Gateway Time-out</h1></body></html>"
+    client, seen = make_client(sequence(httpx.Response(status, text=page)))
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, UnknownOutcome) and f"HTTP {status} from a gateway" in result.reason
+    assert len(seen) == 1 and client.counters["unknown_submits"] == 1
+    # a poll's 502 is still only a failed read: asked again
+    client, seen = make_client(sequence(httpx.Response(502), httpx.Response(200, json={"status": "in_queue"})))
+    assert (await client.status("r1")).status == "in_queue" and len(seen) == 2
 
 
 @pytest.mark.parametrize(
@@ -135,9 +154,29 @@ async def test_submit_without_an_answer_is_an_unknown_outcome_never_retried(fail
     assert len(seen) == 1
 
 
-async def test_submit_with_an_unreadable_200_is_an_unknown_outcome() -> None:
-    client, _ = make_client(sequence(httpx.Response(200, text='{"request_id": "r')))
-    assert isinstance(await client.submit(MODEL, {"prompt": "x"}), UnknownOutcome)
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (httpx.Response(200, text='{"request_id": "r'), "was not readable JSON"),
+        (httpx.Response(201, text="<html>ok</html>"), "was not readable JSON"),
+        (httpx.Response(200, json={"id": "r1"}), "carried no request_id"),
+        (httpx.Response(200, json={"request_id": ""}), "carried no request_id"),
+        (httpx.Response(200, json={"request_id": True}), "carried no request_id"),
+    ],
+)
+async def test_a_2xx_submit_answer_with_no_request_id_is_accepted_and_unread(answer: httpx.Response, said: str) -> None:
+    # a 2xx says the job was taken (and will be billed): not an unknown outcome to send again
+    client, seen = make_client(sequence(answer))
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, AcceptedUnread) and said in result.reason
+    assert f"accepted the submit (HTTP {answer.status_code})" in result.reason
+    assert len(seen) == 1 and client.counters["accepted"] == 1 and client.counters["unknown_submits"] == 0
+
+
+async def test_a_numeric_request_id_is_kept_as_its_digits() -> None:
+    client, _ = make_client(sequence(httpx.Response(200, json={"request_id": 1000})))
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, Submission) and result.request_id == "1000"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from _fakes import FakeTime
 
-from seedream_pipe.client import ModelApiClient, UnknownOutcome, server_time
+from seedream_pipe.client import AcceptedUnread, ModelApiClient, UnknownOutcome, server_time
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable, UnusableAnswer
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
@@ -51,8 +51,10 @@ def answering(status: int = 200, **reply: Any) -> Any:
 # --- the token ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_id", [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "a" * 500, "r1\x00", "r1\nr2"])
-async def test_a_request_id_holding_the_token_or_not_one_line_is_not_kept(request_id: str) -> None:
+@pytest.mark.parametrize(
+    "request_id", [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "a" * 500, "r1\x00", "r1\nr2", "..", "."]
+)
+async def test_a_request_id_holding_the_token_not_one_line_or_a_dot_path_is_not_kept(request_id: str) -> None:
     async with client_for(answering(json={"request_id": request_id})) as client:
         with pytest.raises(UnusableAnswer, match="request id seedream-pipe will not keep") as caught:
             await client.submit("m", {"prompt": "x"})
@@ -145,7 +147,7 @@ async def test_json_nested_past_pythons_stack_is_an_unreadable_answer_not_a_cras
     async with client_for(answering(content=nested)) as client:
         with pytest.raises(ServiceUnavailable, match="not a JSON object"):
             await client.status("r1")
-        assert isinstance(await client.submit("m", {"prompt": "x"}), UnknownOutcome)
+        assert isinstance(await client.submit("m", {"prompt": "x"}), AcceptedUnread)
     async with client_for(answering(400, content=nested)) as client:
         with pytest.raises(RequestRejected):
             await client.status("r1")

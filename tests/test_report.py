@@ -139,7 +139,7 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     assert lines[1] == "latency p50 12.0s · p90 12.0s · p99 12.0s"
     assert "estimated cost $0.15" in lines[2]
     assert lines[3] == "429s 2 · retries 3 · HTTP requests 40"
-    assert lines[4] == "  failed j003: content policy: the prompt was rejected"
+    assert lines[4] == "  failed: job 3 (j003): content policy: the prompt was rejected"  # as `status` says
 
 
 def test_summary_without_price_or_runs(tmp_path: Path) -> None:
@@ -210,5 +210,5 @@ def test_the_summary_counts_possible_duplicates_of_every_run_as_status_does(fold
     summary = summarize(folder)
     assert summary.possible_duplicates == 2
     assert summary.estimated_cost == pytest.approx((5 + 2) * 0.03)  # the same jobs the cost counts
-    assert "possible duplicates: 2 (a submit whose outcome was unknown was sent again" in format_summary(summary)
+    assert "possible duplicates: 2 (jobs the API may have taken without a usable answer" in format_summary(summary)
     assert "possible duplicates" not in format_summary(summarize(make_folder(folder.parent / "clean").path))

@@ -20,7 +20,7 @@ from PIL import Image
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import AuthError, UsageError
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import RunOptions, RunResult, arun_recipe, run_recipe
+from seedream_pipe.runner import UNREAD_ANSWERS_STOP, RunOptions, RunResult, arun_recipe, run_recipe
 from seedream_pipe.sim import Faults, SimConfig, Simulator, body_hash
 from seedream_pipe.state import StateStore
 
@@ -313,13 +313,40 @@ def test_faults_are_survived(sim: Simulator, tmp_path: Path, fault: dict[str, An
     name = next(iter(fault))
     assert sim.stats()["faults"][name] > 0, "the fault never struck: the test proves nothing"
     no_unflagged_duplicates(sim, out)
-    # jobs whose submit outcome stayed unknown twice fail (by design); everything else is done
+    # jobs whose submit outcome stayed unknown twice fail (by design), as do jobs whose submit was
+    # accepted with an answer that could not be read (billed: never sent again); the rest is done
+    unread = [error for _, _, error in result.failures if "it is billed and cannot be followed" in error]
     for _, _, error in result.failures:
-        assert "twice" in error
-    assert result.counts["downloaded"] + result.counts["failed"] == 6
-    assert result.exit_code == (1 if result.failures else 0)
+        assert "twice" in error or error in unread
+    if len(unread) >= UNREAD_ANSWERS_STOP:  # then the run stops submitting, as it should
+        assert result.exit_code == 69 and "could not read" in (result.reason or "")
+    else:
+        assert result.counts["downloaded"] + result.counts["failed"] == 6
+        assert result.exit_code == (1 if result.failures else 0)
     assert_images_intact(out, result.counts["downloaded"])
     assert not list((out / "images").glob(".download-*")), "a partial download was left behind"
+
+
+def test_a_submit_accepted_with_an_unreadable_answer_is_never_sent_again(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(malformed_rate=1.0)  # every 200 answer garbled, submits' first
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out, options=fast(concurrency=1))
+    stats = sim.stats()
+    # billed once each, and never sent again; after the third the run stops paying for nothing
+    assert stats["submits_accepted"] == UNREAD_ANSWERS_STOP and stats["duplicate_submits"] == 0
+    assert result.exit_code == 69 and "could not read" in (result.reason or "")
+    with StateStore.for_output_dir(out) as store:
+        jobs = store.jobs()
+    failed = [rec for rec in jobs if rec.state == "failed"]
+    assert len(failed) == UNREAD_ANSWERS_STOP and all(rec.possible_duplicate for rec in failed)
+    assert all("was not readable JSON: it is billed" in (rec.error or "") for rec in failed)
+    assert sum(rec.state == "planned" for rec in jobs) == 6 - UNREAD_ANSWERS_STOP
+    # the user's choice: --retry-failed sends them again, counted as possible duplicates
+    sim.set_faults(malformed_rate=0.0)
+    again = run(sim, recipe, out, options=fast(retry_failed=True))
+    assert again.exit_code == 0 and again.counts["downloaded"] == 6
+    assert again.summary["possible_duplicates"] == UNREAD_ANSWERS_STOP
+    no_unflagged_duplicates(sim, out)
 
 
 def test_failed_jobs_fail_with_the_servers_reason_and_retry_failed_retries(sim: Simulator, tmp_path: Path) -> None:

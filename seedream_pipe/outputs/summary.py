@@ -36,7 +36,7 @@ class Summary:
     http_requests: int | None = None
     price_per_image: float | None = None
     wall_s: float | None = None
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (job_id, reason)
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, reason)
     possible_duplicates: int = 0  # jobs maybe sent (and paid for) twice, over all runs
 
     @property
@@ -151,7 +151,7 @@ def summarize_jobs(
         price_per_image=price_per_image,
         wall_s=wall,
         failures=[
-            (job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
+            (job.job_index, job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
         ],
         possible_duplicates=sum(1 for job in jobs if job.possible_duplicate),
     )
@@ -220,11 +220,12 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
     lines.append(pushback)
     if summary.possible_duplicates:
         lines.append(
-            f"possible duplicates: {summary.possible_duplicates} (a submit whose outcome was unknown "
-            "was sent again, so it may be paid for twice; report.csv's possible_duplicate says which)"
+            f"possible duplicates: {summary.possible_duplicates} (jobs the API may have taken without "
+            "a usable answer: one sent again may be paid for twice; report.csv's possible_duplicate "
+            "says which)"
         )
-    for job_id, reason in summary.failures[:max_failures]:
-        lines.append(f"  failed {job_id}: {reason}")
+    for index, job_id, reason in summary.failures[:max_failures]:
+        lines.append(f"  failed: job {index} ({job_id}): {reason}")  # (as `status` names a job)
     if len(summary.failures) > max_failures:
         lines.append(
             f"  ... and {len(summary.failures) - max_failures} more failures (see report.csv)"
