@@ -100,10 +100,16 @@ log = logging.getLogger(__name__)
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
 TIMED_OUT = "timed out"
 LOST_CONTACT = "lost contact"
+#: The error of a job the API said failed.
+GENERATION_FAILED = "generation failed"
 
 #: Submits accepted with answers that cannot be read (no request id) before the run stops
 #: submitting: one is a garbled answer, several an API whose answers changed.
 UNREAD_ANSWERS_STOP = 3
+
+#: Looks at a job whose request id answers 404 before it counts as lost (the first may come
+#: from a part of the API that has not heard of the job yet).
+NOT_FOUND_LOOKS = 3
 
 #: Two interrupts closer than this are one: `timeout -s INT` sends its signal to the run and
 #: then to its whole process group, microseconds apart. A second Ctrl-C by hand comes later.
@@ -330,6 +336,7 @@ class Runner:
         self.stop_fix_first = False
         self.lost_contact = 0
         self.accepted_unread = 0  # submits accepted with answers that could not be read
+        self._not_found: dict[str, int] = {}  # 404s for a job's request id in this run
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._posting: set[asyncio.Task[Any]] = set()  # a POST on the wire (or about to be)
@@ -633,7 +640,12 @@ class Runner:
         # What to fall back to if the server refuses this attempt: a job that may exist stays
         # "submit_unknown"; one that surely does not goes back to "planned".
         refused_state = "submit_unknown" if maybe_exists else "planned"
-        duplicate = rec.possible_duplicate or maybe_exists
+        # A failed job sent again (--retry-failed) that had a request id existed on the server:
+        # unless the API said its generation failed, it may have been billed.
+        billed_before = (
+            rec.state == "failed" and rec.request_id is not None and not (rec.error or "").startswith(GENERATION_FAILED)
+        )
+        duplicate = rec.possible_duplicate or maybe_exists or billed_before
         while True:
             if self.stop_submitting:
                 return False  # stopped before this job's first step: it waits for no turn
@@ -772,6 +784,8 @@ class Runner:
                 self._stop_for(exc)
                 raise
             except NotFound:
+                if self._may_look_again(rec):
+                    continue
                 return self._lost(rec)
             except RequestRejected as exc:
                 self._transition(rec, "failed", left_flight=True, error=str(exc))
@@ -785,8 +799,18 @@ class Runner:
             if status.status in ("in_queue", "in_progress") and status.status != rec.state:
                 self._transition(rec, status.status, queue_position=status.queue_position)
             if status.finished:
-                break
-        return await self._finish(rec, status.status, status.error, status if isinstance(status, JobResult) else None)
+                done = await self._finish(
+                    rec, status.status, status.error, status if isinstance(status, JobResult) else None
+                )
+                if done != "again":
+                    return done
+
+    def _may_look_again(self, rec: JobRecord) -> bool:
+        """After a 404 for a job's request id: whether to look once more before it counts as
+        lost. The API gave us that id; a 404 for it may be a replica that has not seen it yet,
+        and losing the job would make --retry-failed pay for it again."""
+        misses = self._not_found[rec.job_id] = self._not_found.get(rec.job_id, 0) + 1
+        return misses < NOT_FOUND_LOOKS
 
     async def _look(self, rec: JobRecord) -> JobResult | JobStatus:
         """One look at a job in flight: a result read (which for a finished job carries its
@@ -846,7 +870,8 @@ class Runner:
         return "failed"
 
     async def _finish(self, rec: JobRecord, status: str, error: str | None, result: JobResult | None = None) -> str:
-        """A finished job: read its result (unless the look that saw it finish was one) and record it."""
+        """A finished job: read its result (unless the look that saw it finish was one) and record it.
+        "again": the result read answered 404, and the job is to be looked at once more."""
         assert rec.request_id is not None
         if status == "cancelled":
             self._transition(rec, "cancelled", left_flight=True)
@@ -858,7 +883,7 @@ class Runner:
             self._stop_for(exc)
             raise
         except NotFound:
-            return self._lost(rec)
+            return "again" if self._may_look_again(rec) else self._lost(rec)
         except ApiError as exc:
             self._lose_contact(rec, exc)
             return "gone"
@@ -866,7 +891,7 @@ class Runner:
         server_times = {"server_created_at": result.created_at, "server_finished_at": result.finished_at}
         if status == "failed" or result.status == "failed":
             reason = result.error or error or "the API reported the job failed"
-            self._transition(rec, "failed", left_flight=True, error=f"generation failed: {reason}", **server_times)
+            self._transition(rec, "failed", left_flight=True, error=f"{GENERATION_FAILED}: {reason}", **server_times)
             return "failed"
         if not result.output_urls:
             self._transition(

@@ -18,7 +18,7 @@ from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable, UnusableAnswer
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.runner import NOT_FOUND_LOOKS, RunOptions, run_recipe
 from seedream_pipe.state import StateStore
 
 TOKEN = "tok-SECRET-0123456789abcdef"
@@ -277,6 +277,67 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_p
     assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
     assert refused == ["r1"]  # asked once; the other jobs were polled by status from the start
     assert all(n == 2 for n in status_reads.values())
+
+
+@pytest.mark.parametrize("forgotten", [False, True])
+def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_is_lost(
+    tmp_path: Path, forgotten: bool
+) -> None:
+    # A result read answering 404 for a job the status calls completed (a replica that has not
+    # seen it yet) must not fail a job that is done and billed. Only an API that keeps saying it
+    # does not know the id, NOT_FOUND_LOOKS times, loses the job.
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    posts: list[str] = []
+    reads: dict[str, int] = {}
+    not_found = {"error": {"message": "request not found"}}
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posts.append(f"r{len(posts) + 1}")
+            return httpx.Response(200, json={"request_id": posts[-1]})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=buffer.getvalue())
+        rid, endpoint = request.url.path.split("/")[3:5]
+        key = f"{rid} {endpoint}"
+        reads[key] = reads.get(key, 0) + 1
+        if rid == "r1" and (forgotten or (endpoint == "result" and reads[key] <= 2)):
+            return httpx.Response(404, json=not_found)
+        if endpoint == "status":
+            return httpx.Response(200, json={"status": "completed"})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "{{ x }}"\nvars: {x: [a]}\nresolutions: [1K]\n', encoding="utf-8")
+
+    def run(**changes: Any) -> Any:
+        return run_recipe(
+            load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
+            options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01, **changes),
+            http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        )  # fmt: skip
+
+    result = run()
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    if not forgotten:
+        # look: result 404 -> status completed -> result 404 (looked at again) -> result read
+        assert result.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
+        assert reads["r1 result"] == 3
+        return
+    assert result.exit_code == 1 and job.state == "failed" and "no longer knows request r1 (404)" in str(job.error)
+    assert reads["r1 status"] == NOT_FOUND_LOOKS and posts == ["r1"]
+    # --retry-failed sends it again, and says it may have paid twice (r1 may have been billed)
+    again = run(retry_failed=True)
+    assert again.exit_code == 0 and posts == ["r1", "r2"]
+    assert again.summary["possible_duplicates"] == 1
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert job.state == "downloaded" and job.possible_duplicate
 
 
 # --- answers that used to hang a run or fill the memory ----------------------------------------
