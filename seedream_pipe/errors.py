@@ -31,8 +31,11 @@ might have echoed it.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
 
 # sysexits(3), as the official runcomfy CLI uses them
 EX_OK = 0
@@ -191,23 +194,51 @@ def exit_code_for(exc: BaseException) -> int:
 MIN_SECRET_LEN = 6
 
 
+def _forms(secret: str) -> list[str]:
+    """A secret as a server may echo it: as is, percent-encoded (in a URL or a form), escaped in
+    JSON or in HTML. Longest first, so that no form is left half replaced by a shorter one."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        html.escape(secret),
+    }
+    return sorted(forms, key=len, reverse=True)
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret in `text` with a fixed marker, in any letter case
-    (a server that shouts `BEARER SECRET-...` back gives the token away all the same)."""
+    (a server that shouts `BEARER SECRET-...` back gives the token away all the same) and in the
+    forms a server may echo it in (`Bearer%20tok%2Ben`)."""
+    folded = text.casefold()
     for secret in secrets:
-        if secret and len(secret) >= MIN_SECRET_LEN and secret.casefold() in text.casefold():
-            text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+        if not secret or len(secret) < MIN_SECRET_LEN:
+            continue
+        for form in _forms(secret):
+            if form.casefold() in folded:
+                text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
+                folded = text.casefold()
     return text
 
 
 def holds_secret(text: str, secret: str | None) -> bool:
-    """Whether `text` carries `secret` in any letter case (a stand-in token never counts)."""
-    return secret is not None and len(secret) >= MIN_SECRET_LEN and secret.casefold() in text.casefold()
+    """Whether `text` carries `secret`, in any letter case and any form `redact` replaces (a
+    stand-in token never counts)."""
+    if secret is None or len(secret) < MIN_SECRET_LEN:
+        return False
+    folded = text.casefold()
+    return any(form.casefold() in folded for form in _forms(secret))
 
 
 #: C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of
 #: showing, and what no HTTP header may carry.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+#: What printable() escapes: the controls above, and the invisible marks that reorder text on a
+#: terminal (bidirectional overrides and isolates): "\u202egnp.exe" reads as "exe.png".
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str, *, keep_newlines: bool = False) -> str:
@@ -222,4 +253,4 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
         char = match.group()
         return char if keep_newlines and char == "\n" else char.encode("unicode_escape").decode("ascii")
 
-    return CONTROL_CHARS.sub(escaped, text)
+    return _UNSHOWN.sub(escaped, text)

@@ -136,3 +136,27 @@ def test_redact_finds_the_token_in_any_letter_case() -> None:
     assert errors.redact("echo: BEARER SK-SECRET-1 and sk-secret-1", "sk-Secret-1") == "echo: BEARER *** and ***"
     assert errors.holds_secret("https://x/?t=SK-SECRET-1", "sk-secret-1")
     assert not errors.holds_secret("index", "x")  # a stand-in token is never looked for
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        "seen Authorization=Bearer%20rc_AbC%2BdEf%2FGhI%3DjklMN%26Opq",  # percent-encoded
+        "seen Authorization=Bearer+rc_AbC%2BdEf%2FGhI%3DjklMN%26Opq",  # a form's encoding
+        "seen Authorization=Bearer%20RC_ABC%2bDEF%2fGHI%3dJKLMN%26OPQ",  # in other letter case
+        '{"seen": "Bearer rc_AbC+dEf\\/GhI=jklMN&Opq"}'.replace("\\/", "/"),  # as is, in JSON
+        "<p>Bearer rc_AbC+dEf/GhI=jklMN&amp;Opq</p>",  # escaped in HTML
+    ],
+)
+def test_redact_finds_the_token_in_the_forms_a_server_echoes_it_in(echo: str) -> None:
+    token = "rc_AbC+dEf/GhI=jklMN&Opq"
+    assert errors.holds_secret(echo, token)
+    cleaned = errors.redact(echo, token)
+    assert "***" in cleaned and "jklMN" not in cleaned and "JKLMN" not in cleaned
+
+
+def test_printable_escapes_controls_and_the_marks_that_reorder_text() -> None:
+    assert errors.printable("\u202egnp.exe") == "\\u202egnp.exe"  # read as "exe.png" if shown
+    assert errors.printable("a\u2066b\u2069c \x1b[2J\r") == "a\\u2066b\\u2069c \\x1b[2J\\r"
+    assert errors.printable("line\nnext", keep_newlines=True) == "line\nnext"
+    assert errors.printable("日本語 é ✓ café") == "日本語 é ✓ café"  # text is text
