@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import httpx
 
@@ -130,6 +130,12 @@ class UnknownOutcome:
 
     reason: str
     attempts: int = 1
+
+
+def _port_of(parts: SplitResult) -> int:
+    """The port a URL connects to: the one it names, else its scheme's (raises ValueError for a
+    port that is no number)."""
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +305,7 @@ class ModelApiClient:
         self.retries_by_job: Counter[str] = Counter()  # the retries counted while `current_job` was set
         base = urlsplit(api.base_url)
         self._base_host = (base.hostname or "").lower()
+        self._base_port = _port_of(base)
         self._base_origin = f"{base.scheme}://{base.netloc}"
 
     def __repr__(self) -> str:
@@ -642,24 +649,29 @@ class ModelApiClient:
     # -- downloads ------------------------------------------------------------------------------
 
     def download_allowed(self, url: str) -> bool:
-        """Only https/http from *.runcomfy.net, *.runcomfy.com or the API's own host.
+        """Only https/http from *.runcomfy.net or *.runcomfy.com on the web's own ports, or from
+        the API's own host and port: an answer cannot point a download at another service of
+        the API's machine (say, a database on 127.0.0.1:5432).
 
         A URL with a backslash, white space or a control character is refused outright: parsers
         disagree about where its host ends (`https://evil.com\\@x.runcomfy.net/` is x.runcomfy.net
-        to urlsplit and evil.com to others), so no host check on it can be trusted.
+        to urlsplit and evil.com to others), so no host check on it can be trusted. So is one
+        with a user name or password, which would be sent along (as Basic auth) to the host.
         """
         if _AMBIGUOUS_URL_CHARS.search(url):
             return False
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
-        except ValueError:  # "http://[::1/x", a netloc that NFKC would change: no host to trust
+            port = _port_of(parts)
+        except ValueError:  # "http://[::1/x", a netloc NFKC would change, a port that is no number
             return False
-        if parts.scheme not in ("http", "https") or not host:
+        if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
             return False
         if host == self._base_host:
-            return True
-        return any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES)
+            return port == self._base_port
+        on_runcomfy = any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES)
+        return on_runcomfy and port in (80, 443)
 
     async def fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         """Stream a file URL (no Authorization header) to a temporary file in `dest_dir`.

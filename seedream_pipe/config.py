@@ -92,6 +92,14 @@ def _checked_base_url(raw: str, source: str, *, quote: bool = True) -> str:
         raise not_a_url from None
     if parts.scheme not in ("http", "https") or not hostname:
         raise not_a_url
+    if "@" in parts.netloc:
+        # The API takes the token, not a user and password: with both, aiohttp refuses the
+        # request (after the job was marked as being submitted), and the password would be
+        # stored and shown with the URL.
+        raise UsageError(
+            f"{source}: the URL carries a user name or password (user:password@host); remove it: "
+            "the token (RUNCOMFY_TOKEN) is what the API takes"
+        )
     if parts.scheme == "http" and not is_loopback(hostname):
         # Every API call carries the bearer token: over plain http anyone on the path can read it.
         raise UsageError(

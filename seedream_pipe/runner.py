@@ -599,7 +599,7 @@ class Runner:
 
     async def _after(self, rec: JobRecord, done: str) -> None:
         if done == "completed":
-            await self._download(rec)
+            await self._download(rec, url_from_this_run=True)
         elif done == "lost":
             await self._run_again(rec)
 
@@ -945,10 +945,11 @@ class Runner:
             remake_thumbnail(image, thumb)
         return True
 
-    async def _download(self, rec: JobRecord) -> None:
+    async def _download(self, rec: JobRecord, *, url_from_this_run: bool = False) -> None:
         """Fetch, prove, thumbnail and record the job's image; retry with fresh URLs."""
         dest, thumb = self._paths(rec)
         url = rec.image_url
+        from_api_now = url_from_this_run  # (else the URL an earlier run stored: a simulator's of then)
         last_error = "no image URL"
         attempt = -1
         for attempt in range(self.opt.download_attempts):
@@ -957,7 +958,7 @@ class Runner:
                 fresh = await self._fresh_url(rec)
                 if fresh is None:
                     return
-                url = fresh
+                url, from_api_now = fresh, True
             assert url is not None
             try:
                 async with self._fetching:
@@ -967,8 +968,10 @@ class Runner:
                 continue
             except ApiError as exc:
                 last_error = str(exc)
-                if "refusing to download" in last_error or exc.status is None:
-                    break  # a host we will not fetch from, or over the size cap: no retry helps
+                if "refusing to download" in last_error and not from_api_now:
+                    continue  # stored by an earlier run (a simulator's port of then): ask for today's
+                if exc.status is None:
+                    break  # a place we will not fetch from, or over the size cap: no retry helps
                 continue  # e.g. 403: the signed URL expired
             try:
                 kept = await asyncio.to_thread(keep_image, fetched.path, dest, thumb)

@@ -70,6 +70,17 @@ def test_a_bad_base_url_exits_64(recipe: Path) -> None:
     assert "--base-url" in err
 
 
+def test_a_base_url_with_a_user_and_password_is_refused_before_anything_is_recorded(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    for url in ("http://user:pw-secret@127.0.0.1:1/v1", "https://user@model-api.runcomfy.net/v1"):
+        code, _, err = invoke("run", str(recipe), "--base-url", url, "--out", str(out), env={"RUNCOMFY_TOKEN": "t"})
+        assert code == 64, err
+        assert "carries a user name or password" in err and "Traceback" not in err
+    assert not out.exists()  # no job marked as being submitted, nothing to resume as unknown
+
+
 def test_dry_run_says_what_would_happen_without_writing(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run")

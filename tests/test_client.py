@@ -292,6 +292,29 @@ async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
+    ("base", "url", "ok"),
+    [
+        ("http://127.0.0.1:8765/v1", "http://127.0.0.1:8765/files/r1/0.jpg", True),
+        # the API's host, but another service on it: no
+        ("http://127.0.0.1:8765/v1", "http://127.0.0.1:5432/files/r1/0.jpg", False),
+        ("http://127.0.0.1:8765/v1", "http://127.0.0.1/files/r1/0.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://model-api.runcomfy.net:443/f/x.jpg", True),
+        ("https://model-api.runcomfy.net/v1", "https://model-api.runcomfy.net:8443/f/x.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://cdn.runcomfy.com/f/x.jpg", True),
+        ("https://model-api.runcomfy.net/v1", "http://cdn.runcomfy.com:80/f/x.jpg", True),
+        ("https://model-api.runcomfy.net/v1", "https://cdn.runcomfy.com:2379/f/x.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://cdn.runcomfy.com:99999/f/x.jpg", False),
+        # a user name or password would go along to the host as Basic auth
+        ("http://127.0.0.1:8765/v1", "http://evil.example@127.0.0.1:8765/files/x.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://u:p@cdn.runcomfy.com/f/x.jpg", False),
+    ],
+)
+def test_downloads_come_from_runcomfy_on_web_ports_or_the_apis_own_host_and_port(base: str, url: str, ok: bool) -> None:
+    client = ModelApiClient(ApiSettings(base, TOKEN))
+    assert client.download_allowed(url) is ok
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://evil.example.com\\@cdn.runcomfy.net/x.png",
