@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from jinja2 import Template
 
-    from seedream_pipe.recipe import Recipe
+    from seedream_pipe.recipe import Recipe, SheetSettings
 
 PROMPT_WORD_LIMIT = 600  # the seed page's advice: longer prompts lose details
 MAX_PLAN_JOBS = 1_000_000  # even with --yes: beyond this a plan would not fit in memory
@@ -477,10 +477,54 @@ def _var_entries(items: list[Any]) -> tuple[list[str], list[str]]:
     return labels, values
 
 
+@dataclass(frozen=True)
+class _Unknown:
+    """What the problems found in loading left unknown (`Recipe.unknown`), in the planner's
+    terms: a check that needs it is skipped rather than failed, since its failure would only
+    repeat a problem already reported."""
+
+    names: bool  # vars or params as a whole: any name may be one of them
+    templates: bool  # some template's text: which vars are used is not known
+    zip: bool
+    schema: bool  # the model or its input schema: which resolutions it accepts is not known
+    axes: frozenset[str]  # axes (or zipped vars) whose values are not known
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> _Unknown:
+        paths = recipe.unknown
+        tops = {path[0] for path in paths}
+        axes = {str(path[1]) for path in paths if len(path) == 2 and path[0] in ("vars", "params")}
+        templates = bool(tops & {"template", "templates"})
+        schema = bool(tops & {"model", "input_schema"})
+        if "resolutions" in tops or schema:
+            axes.add("resolution")
+        if templates:
+            axes.add("template")
+        return cls(names=("vars",) in paths or ("params",) in paths, templates=templates,
+                   zip="zip" in tops, schema=schema, axes=frozenset(axes))
+
+
 class _Problems:
+    """The problems found so far, from loading the recipe on, and what they left unknown."""
+
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
-        self.items: list[Problem] = []
+        self.items: list[Problem] = list(recipe.loading_problems)
+        self.unknown = _Unknown.of(recipe)
+
+    def may_be_axis(self, name: str, built: Iterable[str]) -> bool:
+        """Whether `name` may be an axis that a problem already reported kept from being built
+        (a refused resolution or param, a zip group naming no var, a misspelt `vars:`): naming
+        it in the sheet or a filter is then no second problem, only the first one again."""
+        if not self.items:
+            return False
+        spec = self.recipe.spec
+        written = ({"resolution"} if spec.resolutions else set()) | set(spec.params) | set(spec.vars)
+        written |= {"+".join(group) for group in spec.zip} | self.unknown.axes
+        built = set(built)
+        # (a var of a built zip group is not an axis of its own, and is said so)
+        written -= built | {member for axis in built for member in axis.split("+")}
+        return name in written or self.unknown.names or (self.unknown.zip and "+" in name)
 
     def add(self, path: KeyPath, message: str) -> None:
         problem = self.recipe.problem(path, message)
@@ -506,14 +550,15 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
     if spec.template is not None:
         written.append(("template", spec.template, ("template",)))
     elif spec.templates is not None:
-        if not spec.templates:
+        if not spec.templates and not problems.unknown.templates:
             problems.add(("templates",), "`templates:` needs at least one template")
         for name, source in spec.templates.items():
             if not re.match(TEMPLATE_NAME_PATTERN, name):
                 problems.add(("templates", name), "a template name uses only letters (of any script), digits, - and _")
             written.append((name, source, ("templates", name)))
     else:
-        problems.add((), "a recipe needs a prompt `template:` (or several `templates:`)")
+        if not problems.unknown.templates:  # (else a problem about the one written was said)
+            problems.add((), "a recipe needs a prompt `template:` (or several `templates:`)")
         return []
     compiled: list[PromptTemplate] = []
     for name, source, path in written:
@@ -585,8 +630,9 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
             continue
         for member in group:
             if member not in variables:
-                problems.add(path, f"zip names {member!r}, which is not a var"
-                                   + did_you_mean(member, set(variables)))
+                if not problems.unknown.names:  # (any name may be a var of the vars unknown)
+                    problems.add(path, f"zip names {member!r}, which is not a var"
+                                       + did_you_mean(member, set(variables)))
                 ok = False
             elif member in grouped:
                 problems.add(path, f"{member!r} is in two zip groups")
@@ -594,7 +640,7 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
         if not ok:
             continue
         lengths = {member: len(variables[member]) for member in group}
-        if len(set(lengths.values())) > 1:
+        if len(set(lengths.values())) > 1 and not problems.unknown.axes & set(group):
             detail = ", ".join(f"{m} has {n}" for m, n in lengths.items())
             problems.add(path, f"zipped vars need the same number of values: {detail}")
             continue
@@ -617,7 +663,8 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
         done.add(g)
         members = groups[g]
         entries = [_var_entries(variables[m]) for m in members]
-        n = len(entries[0][0])
+        # (a member whose values are unknown leaves the group's combined values unknown)
+        n = 0 if problems.unknown.axes & set(members) else len(entries[0][0])
         axis_labels = [" / ".join(entry[0][i] for entry in entries) for i in range(n)]
         axis_values = [{m: entry[1][i] for m, entry in zip(members, entries, strict=True)} for i in range(n)]
         axis_name = "+".join(members)
@@ -656,6 +703,8 @@ def _build_resolution_axis(recipe: Recipe, schema: ModelSchema, problems: _Probl
         # The model's default, sent explicitly: the same body as a recipe that lists it.
         return Axis("resolution", "resolution", [str(default)], [default],
                     [{"resolution": default}], ("resolutions",))
+    if problems.unknown.schema:
+        return None  # (which resolutions the model meant accepts is not known)
     labels: list[str] = []
     values: list[Any] = []
     for i, text in enumerate(written):
@@ -760,12 +809,18 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
                 problems.add((*path, key), f"repeats are made after {which}; `repeat` cannot be filtered")
                 ok = False
                 continue
+            if key not in by_name and problems.may_be_axis(key, [a.name for a in axes]):
+                ok = False
+                continue
             if key not in by_name:
                 miss((*path, key), f"{key!r} names no axis or var" + did_you_mean(key, set(by_name))
                      + "; axes: " + ", ".join(a.name for a in axes))
                 ok = False
                 continue
             position, member = by_name[key]
+            if problems.unknown.axes & ({member} if member else {key, *axes[position].member_labels}):
+                ok = False  # (its values are unknown: what they match cannot be told)
+                continue
             wanted_list = wanted if isinstance(wanted, list) else [wanted]
             indices = _matching(axes[position], member, wanted_list, schema)
             unmatched = [w for w in wanted_list if not _matching(axes[position], member, [w], schema)]
@@ -788,15 +843,10 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
 
 def _check_sheet(recipe: Recipe, axis_names: list[str], problems: _Problems) -> None:
     sheet = recipe.spec.sheet
-    known = set(axis_names)
-    sides: dict[str, str] = {}
     # an axis the recipe writes that could not be built was refused with its own error already:
     # saying the sheet names no axis would send the reader after a second, false problem
-    spec = recipe.spec
-    unbuilt = ({"resolution"} if spec.resolutions else set()) | set(spec.params) | set(spec.vars)
-    unbuilt -= {member for axis in axis_names for member in axis.split("+")}
-    if problems.items:
-        known |= unbuilt
+    known = set(axis_names) | {name for name in _sheet_names(sheet) if problems.may_be_axis(name, axis_names)}
+    sides: dict[str, str] = {}
 
     def hint(name: str) -> str:
         # a var of a zip group is not an axis of its own: the group is ("city+place")
@@ -818,6 +868,10 @@ def _check_sheet(recipe: Recipe, axis_names: list[str], problems: _Problems) -> 
                          + hint(sheet.page_by) + "; axes: " + ", ".join(axis_names))
         elif sheet.page_by in sides:
             problems.add(("sheet", "page_by"), f"axis {sheet.page_by!r} is already in sheet.{sides[sheet.page_by]}")
+
+
+def _sheet_names(sheet: SheetSettings) -> list[str]:
+    return [*(sheet.rows or []), *(sheet.cols or []), *([sheet.page_by] if sheet.page_by else [])]
 
 
 def _body_problem_path(recipe: Recipe, blueprint_axes: list[Axis], where: str,
@@ -899,7 +953,7 @@ def prepare(recipe: Recipe) -> Blueprint:
         schema = load_model_schema(spec.model, recipe.input_schema)
     except SchemaError as exc:
         problems.add(("input_schema",) if spec.input_schema else ("model",), str(exc))
-        raise RecipeError(problems.items) from exc
+        raise RecipeError(sorted(problems.items, key=lambda p: (p.file, p.line or 0, p.column or 0))) from exc
     for name in spec.inputs:
         if name == "prompt":
             problems.add(("inputs", name), "the prompt comes from `template:`, not `inputs:`")
@@ -930,6 +984,8 @@ def prepare(recipe: Recipe) -> Blueprint:
     used: set[str] = set()
     for template in templates:
         used |= template.uses
+        if problems.unknown.names:
+            continue  # (which names the vars or params are is not known)
         for name in sorted(template.uses - scope_names - template.optional):
             part_of = next((bad for bad in unusable if name in re.split(r"\W+", bad)), None)
             if part_of is not None:
@@ -942,7 +998,7 @@ def prepare(recipe: Recipe) -> Blueprint:
                                   f"{name!r} is undefined{hint}; the template can use: "
                                   + ", ".join(sorted(scope_names)))
     written = 1 if spec.template is not None else len(spec.templates or {})
-    if templates and len(templates) == written:
+    if templates and len(templates) == written and not problems.unknown.templates:
         for name in spec.vars:
             if name not in used and name not in unusable:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "

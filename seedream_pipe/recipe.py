@@ -36,7 +36,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from seedream_pipe.errors import Problem, RecipeError
 from seedream_pipe.models import DEFAULT_MODEL
@@ -88,10 +88,16 @@ def format_key_path(path: KeyPath) -> str:
     return out
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice `word` is most likely a slip for, or None."""
+    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def did_you_mean(word: str, choices: list[str] | set[str] | frozenset[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or ''."""
-    found = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {found[0]!r}?)" if found else ""
+    found = closest(word, choices)
+    return f" (did you mean {found!r}?)" if found else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +406,10 @@ class _Document:
     # Axes (var and param names, "resolution") that a file extending a base set or removed: an
     # exclude entry of the base may then match less, or nothing (plan.py's _build_filters).
     narrowed: set[str] = field(default_factory=set)
+    # Problems that leave the rest checkable (a var file not found), reported with the rest, and
+    # the key paths whose values they left unknown (see `Recipe.unknown`).
+    problems: list[Problem] = field(default_factory=list)
+    unknown: set[KeyPath] = field(default_factory=set)
 
 
 class _Converter:
@@ -750,14 +760,18 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     return values, locations
 
 
-def _inline_var_files(doc: _Document, problems: list[Problem]) -> None:
+def _inline_var_files(doc: _Document) -> None:
+    """Replace each `{file: ...}` var by the file's values. A file that cannot be read is a
+    problem of the document, and its var a var whose values are unknown: it still exists for the
+    template, zip, exclude and sheet checks, so they say nothing false about it."""
     variables = doc.data.get("vars")
     if not isinstance(variables, dict):
         return
     for name, value in list(variables.items()):
         if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
-            found = _read_var_file(doc, name, value["file"], problems)
+            found = _read_var_file(doc, name, value["file"], doc.problems)
             if found is None:
+                doc.unknown.add(("vars", name))
                 continue
             variables[name], locations = found
             for path in [p for p in doc.locations if p[:2] == ("vars", name) and len(p) > 2]:
@@ -806,14 +820,14 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
     for key in [k for k in doc.data if isinstance(k, str) and k.startswith(EXTENSION_PREFIX)]:
         del doc.data[key]  # (its anchors have been copied where aliases use them)
         _drop_under(doc.locations, (key,))
-    problems: list[Problem] = []
-    _inline_var_files(doc, problems)
+    _inline_var_files(doc)
     _rebase_paths(doc, top_folder)
     parent = doc.data.get("extends")
     if parent is None:
-        if problems:
-            raise RecipeError(problems)
         return doc
+    # Without its base a recipe cannot be checked: a problem of `extends` ends the checks, with
+    # the problems found so far.
+    problems = doc.problems
     where = _problem_at(doc.locations, display, ("extends",), "")
     if not isinstance(parent, str) or not parent:
         problems.append(Problem(where.file, "expected the path of a recipe file",
@@ -834,9 +848,10 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
         problems.append(Problem(where.file, f"recipe not found: {base_display} (paths are relative to the recipe that extends)",
                                 "extends", where.line, where.column))
         raise RecipeError(problems)
-    if problems:
-        raise RecipeError(problems)
-    base = _load_with_extends(base_path, base_display, top_folder, [*chain, real], where)
+    try:
+        base = _load_with_extends(base_path, base_display, top_folder, [*chain, real], where)
+    except RecipeError as exc:
+        raise RecipeError([*problems, *exc.problems]) from None
     for key in _NOT_INHERITED:
         base.data.pop(key, None)
         _drop_under(base.locations, (key,))
@@ -856,7 +871,22 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
     doc.data = base.data
     doc.locations = base.locations
     doc.narrowed = narrowed
+    doc.problems = [*base.problems, *doc.problems]
+    # (a var the base could not read is known again where this file sets or removes it)
+    doc.unknown |= {p for p in base.unknown if not _written(child, p)}
     return doc
+
+
+def _written(data: dict[str, Any], path: KeyPath) -> bool:
+    """Whether `data` sets the value at `path`, or removes it (`key: ~` on the way there)."""
+    here: Any = data
+    for key in path:
+        if not isinstance(here, dict) or key not in here:
+            return False
+        here = here[key]
+        if here is None:
+            return True
+    return True
 
 
 def _axes_written(child: dict[str, Any], base: dict[str, Any]) -> set[str]:
@@ -877,14 +907,22 @@ def _axes_written(child: dict[str, Any], base: dict[str, Any]) -> set[str]:
 
 # Top-level keys people write from other tools' words, and the key that means it here.
 _MEANT_AT_TOP = {
-    "prompt": "'template'",
-    "prompts": "'templates'",
-    "seed": "`sample: {n: N, seed: S}`",
-    "variables": "'vars'",
-    "size": "'resolutions'",
-    "sizes": "'resolutions'",
-    "image_size": "'resolutions'",
+    "prompt": "template",
+    "prompts": "templates",
+    "seed": "sample",
+    "variables": "vars",
+    "size": "resolutions",
+    "sizes": "resolutions",
+    "image_size": "resolutions",
 }
+_SHOWN_AS = {"sample": "`sample: {n: N, seed: S}`"}  # (how a did-you-mean names it, when not 'key')
+
+
+def _meant_key(key: str) -> str | None:
+    """The recipe key an unknown top-level key is most likely a slip for."""
+    fields = set(RecipeSpec.model_fields)
+    return _MEANT_AT_TOP.get(key.lower()) or closest(key, fields) or closest(key.lower(), fields)
+
 
 # pydantic's wording for the errors a recipe author meets most, in the author's terms.
 _PLAIN_MESSAGES = {
@@ -907,10 +945,9 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
             parent, key = loc[:-1], str(loc[-1])
             model = _MODEL_AT.get(tuple(parent))
             allowed = set(model.model_fields) if model else set()
-            if parent == () and key.lower() in _MEANT_AT_TOP:
-                hint = f" (did you mean {_MEANT_AT_TOP[key.lower()]}?)"
-            elif parent == ():
-                hint = did_you_mean(key, allowed) or did_you_mean(key.lower(), allowed)
+            if parent == ():
+                meant = _meant_key(key)
+                hint = f" (did you mean {_SHOWN_AS.get(meant, repr(meant))}?)" if meant else ""
             else:
                 hint = did_you_mean(key, allowed)
             if not hint and allowed:
@@ -988,9 +1025,16 @@ class Recipe:
     """A loaded, checked recipe. Build one with `load_recipe(path)`; expand it with `plan()`."""
 
     def __init__(self, spec: RecipeSpec, path: Path, source_text: str, resolved: dict[str, Any],
-                 locations: dict[KeyPath, Location], display: str, narrowed: frozenset[str] = frozenset()) -> None:
+                 locations: dict[KeyPath, Location], display: str, narrowed: frozenset[str] = frozenset(),
+                 *, unknown: frozenset[KeyPath] = frozenset(), problems: Iterable[Problem] = ()) -> None:
         self.spec = spec
         self.narrowed = narrowed  # axes a file extending a base set or removed
+        # Key paths whose values a problem found in loading left unknown: a var whose file is
+        # missing (in spec.vars, with no values), a value the model refused, or the key a
+        # misspelt one meant (`resolutons` -> ("resolutions",)). The blueprint's checks skip
+        # what needs them, so nothing is said that fixing the first problem would unsay.
+        self.unknown = unknown
+        self.loading_problems = tuple(problems)  # reported with the blueprint's own
         self.path = path
         self.display = display
         self.source_text = source_text
@@ -1075,17 +1119,89 @@ def parse_recipe(text: str, *, folder: str | os.PathLike[str] = ".", name: str =
 
 
 def _checked(path: Path, display: str, doc: _Document) -> Recipe:
-    """The Recipe of a document whose extends are resolved: validated, its templates checked."""
+    """The Recipe of a document whose extends are resolved: validated, its templates checked.
+
+    Every problem is reported at once: an unknown key or a value of the wrong kind is left out
+    (the default stands in) and what it held marked unknown, and the templates, axes and inputs
+    are checked all the same; the checks that would need an unknown value skip it (see
+    `Recipe.unknown`).
+    """
     resolved = dict(doc.data)
     resolved.pop("extends", None)
-    try:
-        spec = RecipeSpec.model_validate(resolved)
-    except ValidationError as exc:
-        raise RecipeError(_pydantic_problems(exc, doc)) from None
+    problems = list(doc.problems)
+    unknown = set(doc.unknown)
+    spec = _validated(resolved, doc, problems, unknown)
     recipe = Recipe(spec, path, doc.text, json.loads(json.dumps(resolved)), doc.locations, display,
-                    frozenset(doc.narrowed))
+                    frozenset(doc.narrowed), unknown=frozenset(unknown), problems=problems)
     recipe.blueprint  # noqa: B018 - check templates, axes and inputs now, reporting all at once
     return recipe
+
+
+# Top-level mappings whose entries are checked one by one: a refused entry leaves the others.
+_MAPPINGS = ("vars", "params", "inputs", "templates", "run", "sheet")
+# Entries whose names the planner still needs when their values are unknown (a template uses
+# them): they stay, with no values.
+_NAMED_AXES = ("vars", "params")
+_MAX_PASSES = 5  # validations of what is left (one, and a second that finds nothing, in practice)
+
+
+def _validated(data: dict[str, Any], doc: _Document, problems: list[Problem], unknown: set[KeyPath]) -> RecipeSpec:
+    """`data` checked against the recipe model. Each problem is added to `problems`, the value
+    it refuses is left out and its key path added to `unknown`, and what is left is checked
+    again, so that the spec returned holds every value that could be read."""
+    data = _without(data, [p for p in unknown if p[:1] == ("vars",)])
+    for _ in range(_MAX_PASSES):
+        try:
+            spec = RecipeSpec.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(p for p in _pydantic_problems(exc, doc) if p not in problems)
+            refused = {_refused_part(error) for error in exc.errors()}
+            unknown |= refused
+            for key in {str(p[0]) for p in refused if len(p) == 1}:
+                unknown |= _meant_unknown(key, data)
+            data = _without(data, refused)
+            continue
+        names: dict[str, dict[str, Any]] = {}
+        for key in _NAMED_AXES:
+            written = doc.data.get(key)
+            if isinstance(written, dict) and (key,) not in unknown:
+                kept = getattr(spec, key)
+                names[key] = {n: kept.get(n, []) for n in written if n in kept or (key, n) in unknown}
+        return spec.model_copy(update=names)
+    raise RecipeError(problems)  # pragma: no cover - each pass leaves out what the last refused
+
+
+def _meant_unknown(key: str, data: dict[str, Any]) -> set[KeyPath]:
+    """For an unknown top-level key, the key it is a slip for when that is not written too:
+    what it holds is then unknown rather than absent (`resolutons: [2K]` says nothing of the
+    resolutions meant, so an exclude of 2K is not refused as matching none)."""
+    if key in RecipeSpec.model_fields:
+        return set()  # (a key of the recipe, refused for its value)
+    meant = _meant_key(key)
+    spellings = {"template", "templates"} if meant in ("template", "templates") else {meant} if meant else set()
+    return set() if spellings & set(data) else {(spelling,) for spelling in spellings}
+
+
+def _refused_part(error: ErrorDetails) -> KeyPath:
+    """The key path a validation error refuses: an entry of a mapping in _MAPPINGS, else the
+    whole top-level key (`missing` refuses the mapping that lacks the key)."""
+    loc = tuple(p for p in error["loc"] if isinstance(p, int) or not str(p).startswith("function-"))
+    if error["type"] == "missing":
+        loc = loc[:-1]
+    if len(loc) >= 2 and loc[0] in _MAPPINGS:
+        return (loc[0], str(loc[1]))
+    return loc[:1]
+
+
+def _without(data: dict[str, Any], paths: Iterable[KeyPath]) -> dict[str, Any]:
+    """A copy of `data` less the values at `paths` (top-level keys, or an entry of one)."""
+    out = dict(data)
+    for path in paths:
+        if len(path) == 1:
+            out.pop(str(path[0]), None)
+        elif isinstance(out.get(str(path[0])), dict):
+            out[str(path[0])] = {k: v for k, v in out[str(path[0])].items() if k != path[1]}
+    return out
 
 
 def iter_recipe_files(folder: Path) -> Iterator[Path]:

@@ -59,6 +59,68 @@ def test_validate_reports_every_problem_of_every_recipe(tmp_path: Path) -> None:
     ]
 
 
+# A new user's recipes (review): each problem was shown only once the one before it was fixed.
+MISSPELT_KEY = """\
+name: t1
+template: "{{ subject }} at {{ tme }}"
+vars:
+  subject: [a fox, a cat]
+  time: [dawn, dusk]
+resolutons: [1K]
+"""
+EVERY_KIND = """\
+name: "bad name!"
+template: "{{ animal }} in {{ colour }}"
+vars:
+  animal: {file: missing.txt}
+  colour: [red, blue]
+resolutions: ["5:4"]
+zip: [[animal, color]]
+exclude: [{colour: red}]
+sheet: {rows: [animl]}
+price_per_image: free
+run: {rpm: -1, concurency: 2}
+"""
+
+
+def test_validate_reports_every_problem_of_a_recipe_at_once_in_file_order(tmp_path: Path) -> None:
+    t1 = write(tmp_path, MISSPELT_KEY, "t1.yaml")
+    t3 = write(tmp_path, EVERY_KIND, "t3.yaml")
+    result = invoke("validate", str(t1), str(t3))
+    assert result.exit_code == 65
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {t1}:2:1: template: template line 1: 'tme' is undefined (did you mean 'time'?); "
+        "the template can use: index, repeat, resolution, subject, time",
+        f"error: {t1}:5:3: vars.time: var 'time' is used by no template (it would only repeat the same "
+        "prompts); use {{ time }} or remove it",
+        f"error: {t1}:6:1: resolutons: unknown key 'resolutons' (did you mean 'resolutions'?)",
+        f"error: {t3}:1:1: name: a name uses only lower-case letters (any script), digits, - and _ "
+        "(it names the output folder), got 'bad name!'; 'bad-name' would do",
+        f"error: {t3}:4:12: vars.animal.file: var file not found: {tmp_path / 'missing.txt'}",
+        f"error: {t3}:6:15: resolutions[0]: unknown resolution '5:4'; bytedance/seedream-4-0/text-to-image "
+        "accepts: 1K, 2K, 4K, 2048x2048 (1:1), 2304x1728 (4:3), 1728x2304 (3:4), 2560x1440 (16:9), "
+        "1440x2560 (9:16), 2496x1664 (3:2), 1664x2496 (2:3), 3024x1296 (21:9) (or a shorthand: 9:16, "
+        "2:3, 3:4, 1:1, 4:3, 3:2, 16:9, 21:9, or WIDTHxHEIGHT alone)",
+        f"error: {t3}:7:7: zip[0]: zip names 'color', which is not a var (did you mean 'colour'?)",
+        f"error: {t3}:9:16: sheet.rows[0]: 'animl' is not an axis of this recipe (did you mean 'animal'?); "
+        "axes: animal, colour",
+        f"error: {t3}:10:1: price_per_image: should be a valid number, got 'free'",
+        f"error: {t3}:11:7: run.rpm: should be greater than 0, got -1",
+        f"error: {t3}:11:16: run.concurency: unknown key 'concurency' (did you mean 'concurrency'?)",
+    ]
+
+
+def test_plan_and_run_report_every_problem_at_once_as_validate_does(tmp_path: Path) -> None:
+    t1 = write(tmp_path, MISSPELT_KEY, "t1.yaml")
+    for command in ("plan", "run"):
+        result = invoke(command, str(t1), "--sim") if command == "run" else invoke(command, str(t1))
+        assert result.exit_code == 65, result.output
+        assert [line.split(": ")[2] for line in result.stderr.splitlines()] == [
+            "template", "vars.time", "resolutons"
+        ], result.stderr
+
+
 def test_validate_a_folder_checks_a_partial_base_through_the_recipes_that_extend_it(tmp_path: Path) -> None:
     write(tmp_path, "run: {rpm: 30}\nresolutions: [1K]\n", "common.yaml")  # no template: not a whole recipe
     write(tmp_path, 'extends: common.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n', "one.yaml")

@@ -690,6 +690,15 @@ def test_a_sheet_naming_an_axis_refused_for_its_values_is_not_a_second_problem(t
     assert len(found) == 2 and any("sheet.cols[0]: 'style' is not an axis" in p for p in found)
 
 
+def test_a_filter_naming_an_axis_refused_for_its_values_is_not_a_second_problem(tmp_path: Path) -> None:
+    # as for the sheet: 'resolution names no axis' would vanish with the resolution fixed
+    recipe = 'template: "{{ subject }}"\nvars: {subject: [fox, owl]}\nresolutions: ["5:4"]\n'
+    message = only_problem(tmp_path, recipe + 'exclude: [{resolution: "5:4"}]\ninclude: [{resolution: 1K}]\n')
+    assert "unknown resolution '5:4'" in message
+    found = problems_of(tmp_path, recipe + "exclude: [{style: ink}]\n")
+    assert len(found) == 2 and any("exclude[0].style: 'style' names no axis or var" in p for p in found)
+
+
 def test_a_sheet_naming_a_var_of_a_zip_group_is_pointed_at_the_group(tmp_path: Path) -> None:
     message = only_problem(
         tmp_path, 'template: "{{ city }} {{ place }}"\nvars: {city: [a, b], place: [c, d]}\nzip: [[city, place]]\n'

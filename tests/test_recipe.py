@@ -346,6 +346,9 @@ def test_wrong_types(tmp_path: Path) -> None:
     )
     assert problems_of(path) == [
         f"{path}:4:3: vars.b: expected a list of values, or {{file: PATH}}, got 'hello'",
+        # (b is used by no template whatever its values: a problem of its own, said at once)
+        f"{path}:4:3: vars.b: var 'b' is used by no template (it would only repeat the same prompts); "
+        "use {{ b }} or remove it",
         f"{path}:5:1: repeats: should be a valid integer, got 'many'",
         f"{path}:6:7: run.rpm: should be a valid number, got 'fast'",
         f"{path}:6:20: run.concurrency: should be greater than or equal to 1, got 0",
@@ -466,7 +469,10 @@ def test_extends_null_removes_a_var_and_the_excludes_of_the_base(tmp_path: Path,
 
 def test_a_null_var_with_no_base_to_remove_it_from_says_it_has_no_values(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: ~\n  b: ["~"]\n')
-    assert only_problem(path).endswith("vars.a: expected a list of values, or {file: PATH}, got nothing")
+    first, second = problems_of(path)
+    assert first.endswith("vars.a: expected a list of values, or {file: PATH}, got nothing")
+    assert second.endswith("vars.b: var 'b' is used by no template (it would only repeat the same prompts); "
+                           "use {{ b }} or remove it")  # (whatever a holds: said at once)
 
 
 def test_a_quoted_null_or_one_inside_a_list_stays_a_value(tmp_path: Path) -> None:
@@ -625,6 +631,75 @@ def test_var_file_not_utf8(tmp_path: Path) -> None:
 def test_var_file_with_other_keys(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars:\n  s: {file: a.txt, sep: ","}\n')
     assert only_problem(path) == f"{path}:3:3: vars.s: a var file is written {{file: PATH}} with no other key"
+
+
+# --- every problem at once, and none that only follows from another --------------------------
+
+
+def test_a_misspelt_vars_key_is_the_one_problem_not_every_name_the_template_uses(tmp_path: Path) -> None:
+    # Which names are vars is unknown: 'undefined' for each, a zip naming no var, an exclude or
+    # sheet naming no axis would all vanish with the spelling fixed.
+    path = write(tmp_path, 'template: "{{ subject }} by {{ style }}"\nvar:\n  subject: [a fox]\n  style: [ink]\n'
+                           "zip: [[subject, style]]\nexclude: [{style: oil}]\nsheet: {rows: [subject]}\n")
+    assert problems_of(path) == [f"{path}:2:1: var: unknown key 'var' (did you mean 'vars'?)"]
+    path = write(tmp_path, 'template: "{{ a }}"\nvariables: {a: [x]}\n', "other.yaml")
+    assert problems_of(path) == [f"{path}:2:1: variables: unknown key 'variables' (did you mean 'vars'?)"]
+
+
+def test_a_misspelt_template_key_leaves_no_prompt_and_no_unused_var_to_report(tmp_path: Path) -> None:
+    path = write(tmp_path, 'templte: "{{ a }}"\nvars: {a: [x], b: [y]}\n')
+    assert problems_of(path) == [f"{path}:1:1: templte: unknown key 'templte' (did you mean 'template'?)"]
+
+
+def test_a_misspelt_key_is_checked_as_absent_without_follow_on_errors(tmp_path: Path) -> None:
+    # the model's default resolution stands in, but what resolutions were meant is not known
+    path = write(tmp_path, MINIMAL + "resolutons: [2K]\nexclude: [{resolution: 2K}]\nsheet: {cols: [resolution]}\n"
+                                     "repeats: 0\n")
+    assert problems_of(path) == [
+        f"{path}:5:1: resolutons: unknown key 'resolutons' (did you mean 'resolutions'?)",
+        f"{path}:8:1: repeats: should be greater than or equal to 1, got 0",
+    ]
+
+
+def test_a_var_whose_file_is_missing_is_still_a_var_with_unknown_values(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ animal }} in {{ colour }} {{ mood }}"\nvars:\n'
+                           "  animal: {file: missing.txt}\n  colour: [red, blue]\n  extra: [x]\n"
+                           "zip: [[animal, colour]]\nexclude: [{animal: fox}, {colour: green}]\n"
+                           "sheet: {rows: [animal+colour]}\n")
+    assert problems_of(path) == [
+        f"{path}:1:1: template: template line 1: 'mood' is undefined; the template can use: animal, colour, "
+        "extra, index, repeat, resolution",
+        f"{path}:3:12: vars.animal.file: var file not found: {tmp_path / 'missing.txt'}",
+        f"{path}:5:3: vars.extra: var 'extra' is used by no template (it would only repeat the same prompts); "
+        "use {{ extra }} or remove it",
+        # (an exclude on the known var is checked; one on the var of unknown values is not)
+        f"{path}:7:27: exclude[1].colour: 'green' matches no value of 'colour'; labels: red, blue",
+    ]
+
+
+def test_a_refused_value_is_reported_with_the_rest_and_checked_no_further(tmp_path: Path) -> None:
+    path = write(tmp_path, 'template: "{{ a }} {{ b }} {{ c }}"\nvars:\n  a: [x, y]\n  b: hello\n'
+                           "zip: [[a, b]]\nparams: {seed: []}\nsheet: {rows: [a+b], cols: [seed]}\n"
+                           "model: ''\nresolutions: [5:4]\n")
+    assert problems_of(path) == [
+        f"{path}:1:1: template: template line 1: 'c' is undefined; the template can use: a, b, index, repeat, "
+        "resolution, seed",
+        f"{path}:4:3: vars.b: expected a list of values, or {{file: PATH}}, got 'hello'",
+        f"{path}:6:10: params.seed: needs at least one value",
+        f"{path}:8:1: model: a model id is names of letters, digits, '.', '_' and '-' joined by '/' (e.g. "
+        "bytedance/seedream-4-0/text-to-image), got ''",
+    ]
+
+
+def test_problems_of_a_base_and_of_the_recipe_extending_it_are_reported_together(tmp_path: Path) -> None:
+    base = write(tmp_path, BASE.replace("  time: [dawn, dusk]", "  time: {file: times.txt}"), "base.yaml")
+    child = write(tmp_path, 'extends: base.yaml\ntemplate: "{{ subject }} at {{ time }}, {{ mood }}"\n'
+                            "vars: {mood: {file: moods.txt}}\nrepeats: -1\n", "child.yaml")
+    assert problems_of(child) == [
+        f"{base}:7:10: vars.time.file: var file not found: {tmp_path / 'times.txt'}",
+        f"{child}:3:15: vars.mood.file: var file not found: {tmp_path / 'moods.txt'}",
+        f"{child}:4:1: repeats: should be greater than or equal to 1, got -1",
+    ]
 
 
 # --- the JSON Schema ---------------------------------------------------------------------------
