@@ -22,6 +22,7 @@ precomputed prefix and suffix around the prompt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -953,7 +954,10 @@ def prepare(recipe: Recipe) -> Blueprint:
         schema = load_model_schema(spec.model, recipe.input_schema)
     except SchemaError as exc:
         problems.add(("input_schema",) if spec.input_schema else ("model",), str(exc))
-        raise RecipeError(sorted(problems.items, key=lambda p: (p.file, p.line or 0, p.column or 0))) from exc
+        # The rest is checked all the same, against a schema that takes anything: what the
+        # model accepts (its resolutions, its bodies) is unknown, and so not checked.
+        problems.unknown = dataclasses.replace(problems.unknown, schema=True, axes=problems.unknown.axes | {"resolution"})
+        schema = ModelSchema(spec.model, {"type": "object"}, "unknown")
     for name in spec.inputs:
         if name == "prompt":
             problems.add(("inputs", name), "the prompt comes from `template:`, not `inputs:`")

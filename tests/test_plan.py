@@ -699,6 +699,20 @@ def test_a_filter_naming_an_axis_refused_for_its_values_is_not_a_second_problem(
     assert len(found) == 2 and any("exclude[0].style: 'style' names no axis or var" in p for p in found)
 
 
+def test_an_input_schema_that_cannot_be_read_leaves_the_rest_checked(tmp_path: Path) -> None:
+    # the templates and vars need no schema; the resolutions, which need one, are not checked
+    found = problems_of(tmp_path, 'template: "{{ s }} {{ t }}"\nvars: {s: [x], u: [y]}\nmodel: x/y\n'
+                                  "input_schema: nope.json\nresolutions: [5:4]\nexclude: [{resolution: 5:4}]\n")
+    path = tmp_path / "recipe.yaml"
+    assert found == [
+        f"{path}:1:1: template: template line 1: 't' is undefined; the template can use: index, repeat, "
+        "resolution, s, u",
+        f"{path}:2:16: vars.u: var 'u' is used by no template (it would only repeat the same prompts); "
+        "use {{ u }} or remove it",
+        f"{path}:4:1: input_schema: cannot read input schema {path.parent / 'nope.json'}: No such file or directory",
+    ]
+
+
 def test_a_sheet_naming_a_var_of_a_zip_group_is_pointed_at_the_group(tmp_path: Path) -> None:
     message = only_problem(
         tmp_path, 'template: "{{ city }} {{ place }}"\nvars: {city: [a, b], place: [c, d]}\nzip: [[city, place]]\n'
