@@ -663,6 +663,23 @@ def test_error_rate_answers_5xx(make_sim: Callable[..., Simulator]) -> None:
     assert (stats["submits_accepted"], stats["submits_rejected"]) == (0, 1)
 
 
+def test_error_rate_on_a_submit_creates_nothing_and_never_answers_502_or_504(
+    make_sim: Callable[..., Simulator],
+) -> None:
+    # a 502/504 to a submit means "outcome unknown" (gateway_rate); error_rate creates nothing,
+    # so it answers a submit only what says "not created, retry"
+    sim = make_sim(faults=Faults(error_rate=1.0))
+    api = Api(sim)
+    answers = [api.submit() for _ in range(30)]
+    assert {r.status_code for r in answers} == {500, 503}
+    assert {r.json()["error"]["code"] for r in answers} == {"internal_error", "service_unavailable"}
+    stats = sim.stats()
+    assert (stats["submits_accepted"], stats["submits_rejected"], stats["faults"]["error_rate"]) == (0, 30, 30)
+    assert (stats["submits_per_body"], stats["in_flight"]) == ({}, 0)
+    # other calls still get all three
+    assert {api.status("x").status_code for _ in range(30)} == {500, 502, 503}
+
+
 def test_faults_are_reproducible_from_the_seed(make_sim: Callable[..., Simulator]) -> None:
     def codes(seed: int) -> list[int]:
         sim = make_sim(seed=seed, faults=Faults(error_rate=0.5))
@@ -804,11 +821,46 @@ def test_submit_drop_rate_accepts_the_job_then_drops_the_answer(make_sim: Callab
     assert api.status("x").status_code == 404
 
 
+def test_gateway_rate_accepts_the_submit_then_answers_a_gateway_error(make_sim: Callable[..., Simulator]) -> None:
+    sim = make_sim(faults=Faults(gateway_rate=1.0))
+    api = Api(sim)
+    body = {"prompt": "a red fox in snow", "resolution": "1K"}
+    answers = [api.submit(body) for _ in range(12)]
+    assert {r.status_code for r in answers} == {502, 504}
+    for response in answers:
+        # a gateway's own page, not the API's JSON: no request id to be found in it
+        assert response.headers["Content-Type"].startswith("text/html")
+        title = "502 Bad Gateway" if response.status_code == 502 else "504 Gateway Time-out"
+        assert f"<title>{title}</title>" in response.text and "request_id" not in response.text
+    sim.wait_idle()
+    stats = sim.stats()
+    # every job stands, runs and finishes (and is billed): only its answer was lost
+    assert (stats["submits_accepted"], stats["submits_rejected"], stats["completed"]) == (12, 0, 12)
+    assert stats["submits_per_body"] == {body_hash(body): 12}
+    assert stats["faults"]["gateway_rate"] == 12
+    # only submits: polls are untouched by this fault
+    assert api.status("x").status_code == 404
+
+
+def test_gateway_rate_is_reproducible_from_the_seed(make_sim: Callable[..., Simulator]) -> None:
+    def codes(seed: int) -> list[int]:
+        sim = make_sim(seed=seed, faults=Faults(gateway_rate=0.5))
+        api = Api(sim)
+        answers = [api.submit().status_code for _ in range(24)]
+        assert sim.stats()["submits_accepted"] == 24
+        return answers
+
+    first = codes(7)
+    assert first == codes(7)
+    assert first != codes(8)
+    assert {200, 502, 504} <= set(first)
+
+
 def test_every_fault_option_has_a_test() -> None:
     tested = {
         "error_rate", "drop_rate", "slow_rate", "malformed_rate", "job_fail_rate", "result_404_rate",
         "expired_rate", "truncate_rate", "garbage_rate", "revoke_after", "credit_limit", "submit_drop_rate",
-        "variant_rate",
+        "gateway_rate", "variant_rate",
     }  # fmt: skip
     assert set(FAULT_NAMES) == tested
 

@@ -73,7 +73,7 @@ def _rate(flag: str, what: str) -> Any:
 @click.option("--images-array", is_flag=True, help='Results carry {"images": [URL]} instead of {"image": URL}.')
 @click.option("--image-format", type=click.Choice(list(SERVED_FORMATS)), default=DEFAULT_IMAGE_FORMAT,
               show_default=True, help="Format of the images served: JPEG, as Seedream 4.0 makes, or PNG.")
-@_rate("--error-rate", "Probability that an API call answers 500/502/503.")
+@_rate("--error-rate", "Probability that an API call answers 500/502/503 (a submit 500/503), having done nothing.")
 @_rate("--drop-rate", "Probability that an API call's connection closes with no answer.")
 @_rate("--slow-rate", "Probability that an API call is answered only after --slow-seconds.")
 @click.option("--slow-seconds", "slow_s", type=SECONDS, default=DEFAULT_SLOW_S, show_default=True, metavar="S",
@@ -89,6 +89,8 @@ def _rate(flag: str, what: str) -> Any:
 @click.option("--credit-limit", type=click.IntRange(min=0), default=None, metavar="K",
               help="Answer 402 (out of credit) to every submit after K accepted ones.")
 @_rate("--submit-drop-rate", "Probability that a submit is accepted (and billed), then its connection dropped.")
+@_rate("--gateway-rate", "Probability that a submit is accepted (and billed), then answered 502/504 by a "
+       "gateway (an HTML page): its outcome is unknown to the client.")
 @_rate("--variant-rate", "Probability that an answer takes another form clients must accept (a status "
        "spelled 'succeeded' or 'COMPLETED', no URLs in a submit answer, a 429 without Retry-After, 403 for 401).")
 def sim_command(

@@ -7,6 +7,7 @@ methods, which run on the event loop (the in-process `Simulator` hops there firs
 How an API call is answered, in order (faults first, as a load balancer in front of the real
 service would fail before the service sees the call):
 drop -> slow -> 5xx -> auth (401) -> the endpoint -> maybe malformed JSON in place of a 200.
+(A submit, once accepted, may then lose its answer: dropped, or replaced by a gateway's 502/504.)
 File downloads carry no token and have their own faults: signature (403) -> expiry (403) ->
 404 -> garbage bytes -> truncated body.
 """
@@ -98,6 +99,20 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 def ok(payload: dict[str, Any]) -> web.Response:
     return web.Response(text=json.dumps(payload), content_type=JSON)
+
+
+# What nginx, the usual gateway in front of an API, sends when the upstream's answer was lost
+# (502) or did not come in time (504): HTML, not the API's JSON error.
+GATEWAY_PAGES = {502: "502 Bad Gateway", 504: "504 Gateway Time-out"}
+
+
+def _gateway_error(status: int) -> web.Response:
+    title = GATEWAY_PAGES[status]
+    page = (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return web.Response(status=status, text=page, content_type="text/html")
 
 
 def _drop(request: web.Request) -> web.Response:
@@ -200,8 +215,15 @@ class SimApp:
                 await asyncio.sleep(faults.slow_s)
             if dice.hit("error_rate", faults.error_rate):
                 self.stats.fault("error_rate")
-                self._count_rejected_submit(request)
-                status = dice.choice("error_status", (500, 502, 503))
+                # Nothing is created, so a submit answers only what says so: a 502 or 504 to a
+                # submit means a gateway lost the upstream's answer, outcome unknown (that is
+                # gateway_rate). Submits draw from their own stream, so the codes other calls
+                # get do not depend on how many submits came between.
+                if self._is_submit(request):
+                    self.stats.incr("submits_rejected")
+                    status = dice.choice("submit_error_status", (500, 503))
+                else:
+                    status = dice.choice("error_status", (500, 502, 503))
                 code = {500: "internal_error", 502: "bad_gateway", 503: "service_unavailable"}[status]
                 return error_response(status, code, "Simulated server error; retry later.")
             denied = self._check_auth(request)
@@ -222,8 +244,12 @@ class SimApp:
 
         return gated
 
+    @staticmethod
+    def _is_submit(request: web.Request) -> bool:
+        return request.method == "POST" and request.path.startswith("/v1/models/")
+
     def _count_rejected_submit(self, request: web.Request) -> None:
-        if request.method == "POST" and request.path.startswith("/v1/models/"):
+        if self._is_submit(request):
             self.stats.incr("submits_rejected")
 
     def _check_auth(self, request: web.Request) -> web.Response | None:
@@ -284,6 +310,10 @@ class SimApp:
             # the job stands (and is billed); only the answer is lost
             self.stats.fault("submit_drop_rate")
             return _drop(request)
+        if self.dice.hit("gateway_rate", faults.gateway_rate):
+            # the job stands (and is billed); a gateway in front answers in its place
+            self.stats.fault("gateway_rate")
+            return _gateway_error(self.dice.choice("gateway_status", (502, 504)))
         return response
 
     async def _admit(self, request: web.Request) -> tuple[web.Response, SimJob | None]:

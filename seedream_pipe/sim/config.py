@@ -45,7 +45,9 @@ def listens_beyond_loopback(host: str) -> bool:
 class Faults:
     """What goes wrong, and how often. Probabilities are 0..1; every draw is seeded.
 
-    - `error_rate`: an API call answers 500, 502 or 503 (nothing happens server-side).
+    - `error_rate`: an API call answers 500, 502 or 503, a submit only 500 or 503 (nothing
+      happens server-side: the answers that mean "not created, retry"; a 502 or 504 to a submit
+      means its outcome is unknown, which is `gateway_rate`).
     - `drop_rate`: an API call's connection is closed with no answer (nothing happens).
     - `slow_rate`, `slow_s`: an API call is answered only after `slow_s` seconds (then
       processed normally: a slow submit is still accepted, even if the client gave up).
@@ -61,6 +63,9 @@ class Faults:
     - `revoke_after`: after that many accepted submits the token is revoked: every API call 401.
     - `credit_limit`: after that many accepted submits every submit answers 402.
     - `submit_drop_rate`: a submit is accepted (and counted), then its connection is dropped.
+    - `gateway_rate`: a submit is accepted (and counted), then answered 502 or 504 with a
+      gateway's HTML page, as a proxy in front of the API sends when it lost or timed out
+      waiting for the upstream's answer.
     - `variant_rate`: an answer takes one of the other forms RunComfy's docs and CLI show a client must
       accept: a status spelled `succeeded`/`canceled` or in other letter case, `instance_id`
       while in progress, a submit answer without its URLs, a 429 without `Retry-After`, a
@@ -80,6 +85,7 @@ class Faults:
     revoke_after: int | None = None
     credit_limit: int | None = None
     submit_drop_rate: float = 0.0
+    gateway_rate: float = 0.0
     variant_rate: float = 0.0
 
 
