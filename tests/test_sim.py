@@ -298,7 +298,11 @@ def test_json_nested_too_deep_is_a_400_not_a_500_a_client_would_retry(api: Api, 
     assert response.status_code == 400
     assert response.json()["error"] == {"code": "invalid_json", "message": "Request body is nested too deeply."}
     assert api.sim.stats()["submits_accepted"] == 0
-    deep = httpx.post(api.sim.base_url.removesuffix("/v1") + "/admin/faults", content=b"[" * 100_000 + b"]" * 100_000)
+    deep = httpx.post(
+        api.sim.base_url.removesuffix("/v1") + "/admin/faults",
+        content=b"[" * 100_000 + b"]" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
     assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
 
 
@@ -641,10 +645,93 @@ async def test_admin_answers_loopback_clients_only() -> None:
     for peer, status in ((("10.1.2.3", 5000), 403), (("127.0.0.1", 5000), 200), (("::1", 5000, 0, 0), 200)):
         transport = mock.Mock()
         transport.get_extra_info.side_effect = lambda name, default=None, peer=peer: peer if name == "peername" else default
-        request = make_mocked_request("GET", "/admin/stats", transport=transport)
+        request = make_mocked_request("GET", "/admin/stats", {"Host": "127.0.0.1:8765"}, transport=transport)
         response = await handler(request)
         assert isinstance(response, web.Response)
         assert response.status == status
+
+
+def test_admin_posts_need_a_json_content_type(api: Api) -> None:
+    # a web page can POST text/plain (or a form) anywhere without asking; application/json it
+    # can send cross-site only after a CORS preflight, which the simulator never grants
+    origin = api.sim.base_url.removesuffix("/v1")
+    for path, body in (("faults", b'{"error_rate": 1.0}'), ("config", b'{"workers": 0}'), ("revoke", b"{}")):
+        for headers in ({"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+            response = httpx.post(f"{origin}/admin/{path}", content=body, headers=headers)
+            assert response.status_code == 415, (path, headers)
+            error = response.json()["error"]
+            assert error["code"] == "unsupported_media_type"
+            assert "Content-Type: application/json" in error["message"]
+    assert (api.sim.cfg.faults.error_rate, api.sim.cfg.workers, api.sim.stats()["token_revoked"]) == (0.0, 4, False)
+    # a charset parameter is still JSON
+    with_charset = {"Content-Type": "application/json; charset=utf-8"}
+    response = httpx.post(f"{origin}/admin/faults", content=b'{"error_rate": 0.5}', headers=with_charset)
+    assert response.status_code == 200 and api.sim.cfg.faults.error_rate == 0.5
+
+
+def test_admin_refuses_calls_from_another_origin(api: Api) -> None:
+    port = api.sim.port
+    origin = api.sim.base_url.removesuffix("/v1")
+    foreign = ["http://evil.example", f"http://evil.example:{port}", "null", f"http://localhost:{port + 1}",
+               f"https://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]  # fmt: skip
+    for other in foreign:
+        response = httpx.post(f"{origin}/admin/faults", json={"error_rate": 1.0}, headers={"Origin": other})
+        assert response.status_code == 403, other
+        assert response.json()["error"] == {
+            "code": "forbidden",
+            "message": f"/admin refuses calls from web pages: Origin {other!r} is not this simulator's own origin.",
+        }
+        assert httpx.get(f"{origin}/admin/stats", headers={"Origin": other}).status_code == 403
+    assert api.sim.cfg.faults.error_rate == 0.0
+    # the security review's request: a page's text/plain POST carrying its Origin
+    review = httpx.post(
+        f"{origin}/admin/faults",
+        content=b'{"error_rate":1.0}',
+        headers={"Content-Type": "text/plain", "Origin": "http://evil.example"},
+    )
+    assert review.status_code == 403 and api.sim.cfg.faults.error_rate == 0.0
+    # the simulator's own origin (any spelling of it) is no stranger
+    for own in (origin, origin.upper(), f"{origin}/"):
+        response = httpx.post(f"{origin}/admin/faults", json={"slow_s": 1.0}, headers={"Origin": own})
+        assert response.status_code == 200, own
+    assert api.sim.cfg.faults.slow_s == 1.0
+
+
+def test_admin_answers_only_requests_addressed_to_a_loopback_name(api: Api) -> None:
+    # DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 is same-origin
+    # to the browser; the Host it sends is what gives it away
+    port = api.sim.port
+    origin = api.sim.base_url.removesuffix("/v1")
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "10.0.0.1", "localhost.", ""):
+        response = httpx.get(f"{origin}/admin/stats", headers={"Host": host})
+        assert response.status_code == 403, host
+        error = response.json()["error"]
+        assert error["code"] == "forbidden"
+        assert error["message"].startswith("/admin answers only requests addressed to a loopback name")
+        assert f"Host {host!r}" in error["message"]
+        refused = httpx.post(f"{origin}/admin/faults", json={"error_rate": 1.0}, headers={"Host": host})
+        assert refused.status_code == 403, host
+    assert api.sim.cfg.faults.error_rate == 0.0
+    for host in ("localhost", f"localhost:{port}", f"LocalHost:{port}", "127.0.0.1", f"127.0.0.1:{port}",
+                 "127.1.2.3", "[::1]", f"[::1]:{port}"):  # fmt: skip
+        response = httpx.get(f"{origin}/admin/stats", headers={"Host": host})
+        assert response.status_code == 200, host
+        assert response.json()["submits_accepted"] == 0
+    # the API itself answers any name (a simulator on 0.0.0.0 is reached by many), and builds its
+    # links from the name used
+    submitted = api.submit(headers={"Host": f"sim.example:{port}"})
+    assert submitted.status_code == 200
+    assert submitted.json()["status_url"].startswith(f"http://sim.example:{port}/v1/requests/")
+
+
+async def test_admin_refuses_a_request_with_no_host_header() -> None:
+    app = SimApp(SimConfig(), clock=lambda: 0.0, wall_clock=lambda: 0.0)
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: ("127.0.0.1", 5000) if name == "peername" else default
+    response = await app._admin(app.admin_stats)(make_mocked_request("GET", "/admin/stats", transport=transport))
+    assert isinstance(response, web.Response)
+    assert response.status == 403
+    assert "this one has no Host header" in json.loads(response.text or "")["error"]["message"]
 
 
 # -- faults -----------------------------------------------------------------------------------

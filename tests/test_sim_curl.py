@@ -120,3 +120,43 @@ def test_page_commands_on_a_completed_request(fast: Simulator, tmp_path: Path) -
     assert (image.format, image.size) == ("JPEG", (2048, 2048))
 
     assert curl(CANCEL, origin, rid) == {"request_id": rid, "status": "completed", "outcome": "not_cancellable"}
+
+
+def run_curl(command: str) -> tuple[int, Any]:
+    """Run a curl command line through bash; its HTTP status and parsed JSON body."""
+    done = subprocess.run(
+        ["bash", "-c", f"{command} --silent --write-out '\n%{{http_code}}'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), json.loads(body)
+
+
+def test_admin_refuses_what_a_web_page_could_send(fast: Simulator) -> None:
+    """The security review's requests, with real curl: a cross-site text/plain POST was applied,
+    and a request naming another host (DNS rebinding) was answered."""
+    origin = origin_of(fast)
+    code, answer = run_curl(
+        "curl -X POST -H 'Content-Type: text/plain' -H 'Origin: http://evil.example' "
+        f"""--data '{{"error_rate":1.0}}' {origin}/admin/faults"""
+    )
+    assert (code, answer["error"]["code"]) == (403, "forbidden")
+    code, answer = run_curl(
+        f"""curl -X POST -H 'Content-Type: text/plain' --data '{{"error_rate":1.0}}' {origin}/admin/faults"""
+    )
+    assert (code, answer["error"]["code"]) == (415, "unsupported_media_type")
+    code, answer = run_curl(f"curl -H 'Host: evil.example' {origin}/admin/stats")
+    assert (code, answer["error"]["code"]) == (403, "forbidden")
+    assert fast.cfg.faults.error_rate == 0.0
+
+    # what the docs tell a user to type still works
+    code, answer = run_curl(f"curl {origin}/admin/stats")
+    assert (code, answer["submits_accepted"]) == (200, 0)
+    code, answer = run_curl(
+        f"""curl -X POST -H 'Content-Type: application/json' --data '{{"error_rate":0.5}}' {origin}/admin/faults"""
+    )
+    assert (code, answer["error_rate"]) == (200, 0.5)
+    assert fast.cfg.faults.error_rate == 0.5

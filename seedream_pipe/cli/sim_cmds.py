@@ -112,7 +112,8 @@ def sim_command(
     It speaks the Model API (submit, status, result, cancel) under /v1 with bearer auth,
     generates labelled JPEGs (or PNGs), serves them under signed expiring URLs, and injects the faults
     you ask for, reproducibly from --seed. GET /admin/stats (loopback only, no token) counts
-    what it saw; POST /admin/faults and /admin/config change it while it runs.
+    what it saw; POST /admin/faults and /admin/config (JSON, with Content-Type: application/json)
+    change it while it runs. /admin refuses web pages: another Origin, or a Host not loopback.
 
     Example:
 

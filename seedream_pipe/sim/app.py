@@ -31,7 +31,9 @@ from typing import Any
 
 import jsonschema
 from aiohttp import web
+from yarl import URL
 
+from seedream_pipe.config import is_loopback
 from seedream_pipe.errors import UsageError
 from seedream_pipe.sim.config import (
     MAX_BODY_BYTES,
@@ -115,6 +117,79 @@ def _gateway_error(status: int) -> web.Response:
     return web.Response(status=status, text=page, content_type="text/html")
 
 
+def _host_name(host: str) -> str:
+    """The name a Host header gives, without its port: "[::1]:8765" -> "::1"."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host  # no port, or a bare IPv6 address
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """Whether an Origin header names the origin the request was addressed to."""
+    try:
+        theirs = URL(origin)
+        ours = URL(f"{request.scheme}://{request.headers.get('Host', '')}")
+        return (
+            theirs.absolute
+            and (theirs.scheme, (theirs.host or "").lower(), theirs.port)
+            == (ours.scheme, (ours.host or "").lower(), ours.port)
+            and theirs.path in ("", "/")
+        )
+    except ValueError:
+        return False
+
+
+def _admin_refusal(request: web.Request) -> web.Response | None:
+    """Why an /admin call is refused, or None. /admin takes no token, so only what its
+    transport tells keeps others out:
+
+    - the peer must be on this machine (a simulator listening on 0.0.0.0 is reachable by others);
+    - the Host header must name a loopback address or localhost: a web page whose name an attacker
+      rebinds to 127.0.0.1 (DNS rebinding) is same-origin to the browser, and the only sign left
+      is the name it sends in Host;
+    - a browser sends Origin with every cross-site POST (and with cross-origin reads): a call
+      from another origin, even another port of localhost, is a web page, not a test or script;
+    - a POST must say `Content-Type: application/json`: a browser sends that type cross-site only
+      after a CORS preflight, which the simulator never grants, while a plain form or
+      `fetch(..., {mode: "no-cors"})` can send `text/plain` with a JSON body.
+
+    httpx, curl and aiohttp clients send no Origin and put the address they dialled in Host.
+    """
+    remote = request.remote
+    try:
+        loopback_peer = remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        loopback_peer = False
+    if not loopback_peer:
+        return error_response(403, "forbidden", "/admin answers loopback clients only.")
+    host = request.headers.get("Host")
+    if host is None or not is_loopback(_host_name(host).lower()):
+        named = "no Host header" if host is None else f"Host {host!r}"
+        return error_response(
+            403,
+            "forbidden",
+            f"/admin answers only requests addressed to a loopback name (127.0.0.1, [::1] or localhost, "
+            f"with or without the port); this one has {named}.",
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_origin(origin, request):
+        return error_response(
+            403,
+            "forbidden",
+            f"/admin refuses calls from web pages: Origin {origin!r} is not this simulator's own origin.",
+        )
+    if request.method == "POST" and request.content_type != JSON:
+        return error_response(
+            415,
+            "unsupported_media_type",
+            f"POST {request.path} takes a JSON object with 'Content-Type: {JSON}', "
+            f"not {request.content_type!r}.",
+        )
+    return None
+
+
 def _drop(request: web.Request) -> web.Response:
     """Close the socket with no answer. The returned response is never written."""
     transport = request.transport
@@ -191,7 +266,16 @@ class SimApp:
 
     def _api(self, handler: Handler, counter: str | None = None) -> Handler:
         """Wrap an API endpoint in the faults and auth every API call passes. `counter` counts
-        every call received, whatever its answer: a poll that got a 502 was still a poll."""
+        every call received, whatever its answer: a poll that got a 502 was still a poll.
+
+        Unlike /admin, API calls get no Host check (nor Origin check), on purpose: a simulator
+        listening beyond loopback is meant to be reached by whatever name or address the client
+        uses (links are built from its Host, as the real service's would be), and a call needs a
+        bearer token, which a cross-site page cannot add without a CORS preflight the simulator
+        never grants. A page that rebinds its name to 127.0.0.1 could still submit jobs of its own
+        to a simulator that takes any token (and so move its counters), but it cannot read or
+        cancel anyone else's: request ids are random UUIDs, and it cannot read /admin.
+        """
 
         async def gated(request: web.Request) -> web.StreamResponse:
             if counter is not None:
@@ -546,13 +630,9 @@ class SimApp:
 
     def _admin(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            remote = request.remote
-            try:
-                loopback = remote is not None and ipaddress.ip_address(remote).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                return error_response(403, "forbidden", "/admin answers loopback clients only.")
+            refused = _admin_refusal(request)
+            if refused is not None:
+                return refused
             try:
                 return await handler(request)
             except UsageError as exc:
