@@ -291,6 +291,7 @@ def test_each_jobs_retries_are_recorded_and_add_up_to_the_runs(sim: Simulator, t
     "fault",
     [
         {"error_rate": 0.3},
+        {"gateway_rate": 0.3},  # a submit taken, its answer a gateway's 502/504: unknown, sent again once
         {"drop_rate": 0.15},
         {"malformed_rate": 0.2},
         {"result_404_rate": 0.3},
