@@ -563,10 +563,13 @@ class ModelApiClient:
         body: dict[str, Any],
         *,
         on_send: Callable[[], bool | None] | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> Submission | UnknownOutcome | AcceptedUnread | None:
         """POST a body. `on_send` runs right before each POST goes out (after pacing), so the
         caller can commit "submitting" first; if it returns False nothing is sent and None is
         returned (the caller stopped submitting while this one waited for its turn).
+        `on_refused` runs when an answer proves nothing was created, before the wait for the
+        next try: the job is back to waiting for its turn (and may be stopped there).
 
         Refusals that prove nothing was created (429, 500, 503, a connection that never opened)
         are retried here; what might have created a job is returned as `UnknownOutcome` (a 502 or
@@ -599,6 +602,8 @@ class ModelApiClient:
             else:
                 error = None
             if error is not None:
+                if on_refused is not None:
+                    on_refused()
                 tries.failures += 1
                 await self._after_transient(tries.failures, what, error)
                 continue
@@ -607,6 +612,8 @@ class ModelApiClient:
                 self.counters["unknown_submits"] += 1
                 reason = f"HTTP {response.status_code} from a gateway: {self._reason(response)}"
                 return UnknownOutcome(f"no answer to the submit ({reason})", attempts)
+            if on_refused is not None and (response.status_code == 429 or response.status_code >= 500):
+                on_refused()  # (429, 500, 503: the API's own refusals, asked again below)
             if await self._ask_again(response, what, tries, self.pacer.rate_limited):
                 continue
             data = self._json(response)

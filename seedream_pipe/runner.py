@@ -390,11 +390,15 @@ class Runner:
             self.stop_fix_first = fix_first
             if code != EX_NOPERM:  # (a refused token ends the run at once, which then says why)
                 self._emit("message", text=f"stopping submits: {reason}")
-        # Jobs waiting for their submit turn have sent nothing: they end now, as they were,
-        # rather than each waiting out its turn (at a low rpm, minutes) only to find the stop.
+        self._end_waiting_turns()
+        self._wake.set()
+
+    def _end_waiting_turns(self) -> None:
+        """Jobs waiting for their submit turn have sent nothing: they end now, as they were,
+        rather than each waiting out its turn (at a low rpm, or in a 429's pause: minutes) only
+        to find the run stopped."""
         for waiting in self._waiting_turn:
             waiting.cancel()
-        self._wake.set()
 
     def _stop_for(self, exc: ApiError) -> None:
         """Stop submitting because of an API error; its exit code comes from the error itself."""
@@ -544,6 +548,7 @@ class Runner:
                 "interrupt",
                 text="interrupted: no more submits; cancelling queued jobs (Ctrl-C again to quit at once)",
             )
+            self._end_waiting_turns()
             self._wake.set()
 
     async def _wind_down(self) -> None:
@@ -668,10 +673,22 @@ class Runner:
                     self._posting.add(me)
                 return True
 
+            def on_refused(state: str = refused_state, me: asyncio.Task[Any] | None = task) -> None:
+                # nothing was created: back to where it was, waiting for its turn like any job
+                # (so that a stop or an interrupt ends it now, not after the 429's pause)
+                self._revert(rec, state)
+                if me is not None:
+                    self._posting.discard(me)
+                    self._waiting_turn.add(me)
+                    if self.stop_submitting:
+                        me.cancel()
+
             if task is not None:
                 self._waiting_turn.add(task)
             try:
-                outcome = await self.client.submit(rec.model, dict(rec.inputs), on_send=on_send)
+                outcome = await self.client.submit(
+                    rec.model, dict(rec.inputs), on_send=on_send, on_refused=on_refused
+                )
             except (AuthError, CreditError, RateLimited, ServiceUnavailable, NotFound) as exc:
                 # Refusals that created nothing: the job goes back to where it was, and the run
                 # stops submitting (401/403 stops everything at once).

@@ -184,6 +184,25 @@ def test_ctrl_c_during_run_sim_does_not_call_the_simulators_jobs_billed(recipe: 
     assert "they are billed" not in stderr
 
 
+def test_ctrl_c_during_a_429_pause_ends_the_run_without_waiting_the_pause_out(recipe: Path, tmp_path: Path) -> None:
+    # the server admits one submit a minute: the second gets a 429 whose Retry-After is ~60 s
+    with Simulator(SimConfig(workers=1, latency=30.0, latency_jitter=0.0, rpm=1, token=TOKEN)) as sim:
+        proc = start_cli(recipe, tmp_path / "out", sim.base_url)
+        wait_until(lambda: sim.stats()["rate_limited"] >= 1)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=15)  # not the minute the pause would take
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("the interrupted run waited out the 429 pause")
+        assert proc.returncode == 130, stderr
+        assert "interrupted: cancelled" in stderr  # the wind-down ran, the one accepted job seen to
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        counts = store.counts()
+    assert counts["planned"] == 11 and counts["submitting"] == 0  # the waiting ones sent nothing
+
+
 def test_one_interrupt_delivered_twice_at_once_is_one_ctrl_c(recipe: Path, tmp_path: Path) -> None:
     # `timeout -s INT 60 seedream-pipe run ...` (a CI job's time limit) signals the run, then its
     # whole process group: two SIGINTs microseconds apart, which read as "Ctrl-C twice"
