@@ -4,6 +4,7 @@ outputs (which lay sheets out from them and remake any that are missing).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def save_thumbnail(image: Image.Image, dest: Path) -> tuple[int, int]:
     """Write a thumbnail of `image` (longest side THUMB_SIZE) to `dest` atomically; return its size."""
     thumb = image.copy() if image.mode == "RGB" else image.convert("RGB")
     thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if dest.parent.is_symlink():  # (a thumbs/ pointing elsewhere: never written through)
+        raise OSError(errno.ELOOP, f"{dest.parent.name}/ is a symbolic link", str(dest.parent))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     thumb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=False)

@@ -1278,6 +1278,34 @@ def write_outputs(out_dir: Path, recipe: Recipe) -> list[Path]:
 
 
 LOCK_FILE = ".run.lock"
+#: What a run opens or writes into inside its folder other than by renaming a finished file
+#: into place: none of these may be a symbolic link, or the run would write where it points.
+_OPENED_IN_PLACE = (LOCK_FILE, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", IMAGES_DIR, THUMBS_DIR)
+
+
+def refuse_links(out_dir: Path) -> None:
+    """Raise OutputError when a file or folder a run writes into is a symbolic link: a folder
+    shared with others (or unpacked from an archive) could point it at ~/.bashrc."""
+    linked = [name for name in _OPENED_IN_PLACE if (out_dir / name).is_symlink()]
+    if linked:
+        raise OutputError(
+            f"{out_dir}: {', '.join(linked)} {'is a symbolic link' if len(linked) == 1 else 'are symbolic links'}; "
+            "seedream-pipe writes only into its own files and folders: remove the link or use another --out"
+        )
+
+
+def refuse_foreign(out_dir: Path) -> None:
+    """Raise OutputError when a folder a first run would write into already holds files of
+    someone else's: the run would add its own and replace any report.csv or gallery.html."""
+    if (out_dir / STATE_FILE).exists():
+        return
+    theirs = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise OutputError(
+            f"{out_dir}: holds {shown} but no {STATE_FILE}, so it is no seedream-pipe output folder "
+            "(or one whose state was deleted); give --out a new or empty folder, or empty this one"
+        )
 
 
 @contextlib.contextmanager
@@ -1285,10 +1313,14 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
     """One run per output folder at a time: two runs of the same recipe would both submit the
     jobs still planned, and pay twice. The OS drops the lock when the process dies, even by
     SIGKILL, so a crashed run never blocks the next one. `busy` says what to do when the folder
-    is in use ("{pid}" in it is the holder's)."""
+    is in use ("{pid}" in it is the holder's). Whoever writes in a folder takes this lock first,
+    so it is also where a folder whose files are links is refused (see refuse_links)."""
+    refuse_links(out_dir)
     path = out_dir / LOCK_FILE
     try:
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        # (O_NOFOLLOW: a link put there after the check above is refused all the same)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        handle = open(fd, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
     except OSError as exc:  # a read-only folder, say: nothing was written, so nothing is lost
         raise OutputError(f"{out_dir}: cannot write in the output folder: {exc.strerror or exc}") from exc
     try:
@@ -1393,6 +1425,8 @@ async def arun_recipe(
         raise OutputError(f"{out}: is a file, not a folder; give the output folder another path (--out)") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
+    refuse_links(out)  # (first: a state.sqlite that is a dangling link is not "no state")
+    refuse_foreign(out)
     progress = progress or QuietProgress()
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)

@@ -756,3 +756,48 @@ def test_run_takes_y_for_yes_as_plan_does(recipe: Path, tmp_path: Path) -> None:
     assert code == 65 and "--yes" in stderr
     code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run", "--max-jobs", "1", "-y")
     assert code == 0 and "2 jobs in the plan" in stdout
+
+
+def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "report.csv").write_text("my own precious report\n", encoding="utf-8")
+    (project / "gallery.html").write_text("<html>my site</html>", encoding="utf-8")
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(project))
+    assert code == 73, err
+    assert "holds gallery.html, report.csv but no state.sqlite" in err and "new or empty folder" in err
+    assert sorted(p.name for p in project.iterdir()) == ["gallery.html", "report.csv"]  # untouched
+    assert (project / "report.csv").read_text(encoding="utf-8") == "my own precious report\n"
+    # a folder holding only hidden files (a .gitkeep) is as good as empty
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / ".gitkeep").touch()
+    assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
+
+
+@pytest.mark.parametrize("name", [".run.lock", "state.sqlite", "images", "thumbs"])
+def test_a_folder_whose_files_are_links_is_not_written_through(recipe: Path, tmp_path: Path, name: str) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("ORIGINAL", encoding="utf-8")
+    out = tmp_path / "out"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0  # a folder of its own
+    target = victim / "precious" if name == ".run.lock" else victim / f"made-{name}"
+    for path in (out / name,):
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        path.symlink_to(target)
+    recipe.write_text(recipe.read_text(encoding="utf-8").replace("a comet", "a comet, a kite"), encoding="utf-8")
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 73, err
+    assert f"{name} is a symbolic link" in err
+    # the outputs commands replace their files by renaming (a link is replaced, not followed),
+    # and a sheet that remakes missing thumbnails keeps them in memory rather than write there
+    # (with state.sqlite a dangling link, there is no run to draw: 66, as for any such folder)
+    assert invoke("sheet", str(out))[0] == (66 if name == "state.sqlite" else 0)
+    assert (victim / "precious").read_text(encoding="utf-8") == "ORIGINAL"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious"]  # nothing made through the link
