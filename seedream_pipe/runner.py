@@ -1441,6 +1441,9 @@ async def arun_recipe(
             api_host=api.host,
             tool_version=__version__,
         )
+        # what a later run needs to go on with the same API (see go_on_with): a simulator of
+        # `run --sim` is started anew each time, one of `seedream-pipe sim` lives at its URL
+        store.set_meta(LAST_API, {"base_url": api.base_url, "built_in_simulator": opts.forget_lost})
         started = time.time()
         rng = random.Random(opts.seed)
         budget = opts.requests_per_s or max(10.0, 5 * opts.rpm / 60)
@@ -1565,6 +1568,20 @@ def _reached_its_api(run: Mapping[str, Any]) -> bool:
     return any(summary.get(key) for key in ("accepted", "unknown_submits", "polls", "result_reads", "downloads"))
 
 
+#: The meta key of the API the folder's last run went to: {"base_url", "built_in_simulator"}.
+LAST_API = "last_api"
+
+
+def go_on_with(store: StateStore) -> str:
+    """The option that sends a run to the simulator this folder's last run used: `--sim` for
+    the built-in one (and for folders of older versions, which did not say), else the base URL
+    of the `seedream-pipe sim` it ran against, whose jobs only that simulator knows."""
+    last = store.get_meta(LAST_API)
+    if isinstance(last, dict) and last.get("built_in_simulator") is False and last.get("base_url"):
+        return f"--base-url {last['base_url']}"
+    return "--sim"
+
+
 def check_same_api(store: StateStore, out: Path, host: str) -> None:
     """Refuse a folder whose jobs went to another API host (UsageError).
 
@@ -1577,7 +1594,7 @@ def check_same_api(store: StateStore, out: Path, host: str) -> None:
             raise UsageError(
                 f"{out} holds the jobs of a run against {hosts}, a simulator on this machine; this "
                 f"run goes to {host} and would take them as done. To go on with the simulator, add "
-                f"--sim; for {host}, give the run its own folder with --out, or delete {out}"
+                f"{go_on_with(store)}; for {host}, give the run its own folder with --out, or delete {out}"
             )
         raise UsageError(
             f"{out} holds the jobs of a run against {hosts}; this run goes to "

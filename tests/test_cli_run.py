@@ -801,3 +801,35 @@ def test_a_folder_whose_files_are_links_is_not_written_through(recipe: Path, tmp
     assert invoke("sheet", str(out))[0] == (66 if name == "state.sqlite" else 0)
     assert (victim / "precious").read_text(encoding="utf-8") == "ORIGINAL"
     assert sorted(p.name for p in victim.iterdir()) == ["precious"]  # nothing made through the link
+
+
+def test_a_folder_of_an_external_simulator_says_to_go_on_with_that_simulator(recipe: Path, tmp_path: Path) -> None:
+    # `seedream-pipe sim` in another terminal, its URL in RUNCOMFY_MODEL_API_BASE: a later
+    # `--sim` would start another simulator that knows none of that one's jobs
+    out = tmp_path / "o"
+    with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
+        code, _, err = invoke(
+            "run", str(recipe), "--base-url", sim.base_url, "--out", str(out), env={"RUNCOMFY_TOKEN": "tok"}
+        )
+        assert code == 0, err
+        code, _, err = invoke(  # the env var forgotten: the default, the real API
+            "run", str(recipe), "--out", str(out), env={"RUNCOMFY_TOKEN": "tok", "RUNCOMFY_MODEL_API_BASE": ""}
+        )
+        assert code == 64
+        assert f"To go on with the simulator, add --base-url {sim.base_url};" in err and "add --sim" not in err
+        recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot, a comet, a kite]"), encoding="utf-8")
+        code, stdout, _ = invoke("status", str(recipe), "--out", str(out))
+        assert f"`seedream-pipe run {recipe} --base-url {sim.base_url} --out {out}` brings" in stdout
+
+
+def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_path: Path) -> None:
+    from seedream_pipe.runner import folder_lock
+
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    with StateStore.for_output_dir(out) as store:
+        run_id = store.start_run(api_host="127.0.0.1")  # started, never finished
+    with folder_lock(out):  # as a run at work holds it
+        assert f"last run: #{run_id} against 127.0.0.1, running now (pid {os.getpid()})" in invoke("status", str(out))[1]
+    stdout = invoke("status", str(out))[1]  # nobody holds it: that run died
+    assert f"last run: #{run_id} against 127.0.0.1, killed before it ended (run again to resume)" in stdout

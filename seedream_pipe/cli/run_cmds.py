@@ -348,11 +348,14 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
+    from seedream_pipe.runner import go_on_with, run_in_progress
+
     out_dir, recipe, store = _open_state(target, out)
     with store:
         counts = store.counts()
         every = store.jobs(in_plan=None)  # (read once: a folder may hold 100,000 jobs)
         runs = store.runs()
+        same_simulator = go_on_with(store)
     here = [r for r in every if r.in_plan]
     failed = [r for r in here if r.state == "failed"]
     # (a stat per done job, no hashing: what `report` warns of, and `run` fetches again)
@@ -405,7 +408,11 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
                    "`run` fetches them again, without paying twice")
     if last:
         code = last["exit_code"]
-        ended = "still running or killed" if code is None else f"exit {code}"
+        if code is not None:
+            ended = f"exit {code}"
+        else:  # (the folder's lock says which: a run holds it while at work)
+            holder = run_in_progress(out_dir)
+            ended = f"running now (pid {holder})" if holder else "killed before it ended (run again to resume)"
         click.echo(f"last run: #{last['id']} against {printable(str(last['api_host']))}, {ended}")
     for r in failed:
         # The reason is the API's text (or the simulator's): shown, never obeyed by the terminal.
@@ -416,8 +423,8 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         parts = [f"{changes['not_run_yet']} not run yet"] if changes["not_run_yet"] else []
         if changes["no_longer_planned"]:
             parts.append(f"{changes['no_longer_planned']} of the jobs above no longer in it")
-        # (a folder of runs against this machine was a simulator's: `--sim` goes on with it)
-        sim = " --sim" if last and is_loopback(str(last["api_host"])) else ""
+        # (a folder of runs against this machine was a simulator's: go on with that one)
+        sim = f" {same_simulator}" if last and is_loopback(str(last["api_host"])) else ""
         command = f"seedream-pipe run {target}{sim}" + (f" --out {out}" if out is not None else "")
         click.echo(
             f"the recipe as it is now plans {changes['jobs']} jobs: {', '.join(parts)}; "
