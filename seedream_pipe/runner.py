@@ -1371,7 +1371,36 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
         )
     store.sync_plan(plan.jobs)
     store.set_meta("recipe", recipe_meta(recipe))
+    _rename_to_plan(store, out)
     return note
+
+
+def _rename_to_plan(store: StateStore, out: Path) -> None:
+    """Give each kept image (and its thumbnail) the name the plan gives it now: a value added
+    at the front of a list moves every index after it, and a renamed label changes names, and
+    `ls images/` would otherwise follow neither. The file is renamed, then the state follows
+    (a crash between the two leaves a job whose file is missing: the next run fetches it again,
+    without paying twice)."""
+    for rec in store.jobs(states=("downloaded",)):
+        if not rec.image_path or not rec.image_path.startswith(f"{IMAGES_DIR}/"):
+            continue
+        old = out / rec.image_path
+        name = Path(image_file_name(rec.job_index, rec.job_id, list(rec.axes.values()))).stem + old.suffix
+        if old.name == name or not old.is_file():
+            continue
+        new = old.with_name(name)
+        if new.exists():  # (names hold the job id: only a file not ours could be there)
+            continue
+        os.replace(old, new)
+        fields: dict[str, Any] = {"image_path": str(new.relative_to(out))}
+        new_thumb = out / THUMBS_DIR / thumb_name(name)
+        if rec.thumb_path and (out / rec.thumb_path).is_file():
+            if not new_thumb.exists():
+                os.replace(out / rec.thumb_path, new_thumb)
+                fields["thumb_path"] = str(new_thumb.relative_to(out))
+        else:  # (gone: remade under the new name when next needed)
+            fields["thumb_path"] = str(new_thumb.relative_to(out))
+        store.update(rec.job_id, **fields)
 
 
 async def arun_recipe(

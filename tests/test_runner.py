@@ -800,3 +800,31 @@ def test_a_signal_repeated_at_once_is_the_same_ctrl_c() -> None:
     assert presses.press() == 2
     assert presses.press() == 3  # (after the second, every signal counts)
 
+
+
+def test_kept_images_are_renamed_to_follow_an_edited_recipe_without_a_download(sim: Simulator, tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path, RECIPE.replace("[in snow, at sea, on a roof]", "[in snow, at sea]")), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    before = {p.name for p in (out / "images").iterdir()}
+    assert "0001_" in min(before) and any("red-fox-in-snow" in n for n in before)
+    downloads = sim.stats()["downloads"]
+    # a value added at the front (every index moves) and a label given to a value
+    edited = RECIPE.replace("[a red fox, a blue whale]", "[an owl, a red fox, a blue whale]").replace(
+        "[in snow, at sea, on a roof]", "[{snowy: in snow}, at sea]"
+    )
+    recipe.write_text(edited, encoding="utf-8")
+    assert run(sim, recipe, out).exit_code == 0
+    assert sim.stats()["downloads"] == downloads + 2  # the owl's two images only
+    with StateStore.for_output_dir(out) as store:
+        jobs = store.jobs()
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert len(names) == 6 and not set(names) & before  # every index moved by two, every name with it
+    for rec in jobs:
+        assert rec.image_path is not None and rec.thumb_path is not None
+        image, thumb = out / rec.image_path, out / rec.thumb_path
+        assert image.name.startswith(f"{rec.job_index:04d}_{rec.job_id}_") and image.is_file()
+        assert thumb.is_file() and thumb.stem == image.stem
+        assert hashlib.sha256(image.read_bytes()).hexdigest() == rec.sha256
+    assert any(n.endswith("red-fox-snowy-1k.jpg") for n in names)  # the label, not the value
+    assert not any("in-snow" in n for n in names)
+    assert sorted(p.name for p in (out / "thumbs").iterdir()) == sorted(Path(n).stem + ".jpg" for n in names)
