@@ -833,3 +833,19 @@ def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_p
         assert f"last run: #{run_id} against 127.0.0.1, running now (pid {os.getpid()})" in invoke("status", str(out))[1]
     stdout = invoke("status", str(out))[1]  # nobody holds it: that run died
     assert f"last run: #{run_id} against 127.0.0.1, killed before it ended (run again to resume)" in stdout
+
+
+def test_a_run_keeps_every_report_format_the_folder_has_fresh(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    assert invoke("report", str(out), "--format", "json")[0] == 0
+    assert len(json.loads((out / "report.json").read_text(encoding="utf-8"))) == 2
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot, a comet, a kite]"), encoding="utf-8")
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0
+    # report.json follows report.csv: a script reading it saw 2 jobs of a folder holding 3
+    assert len(json.loads((out / "report.json").read_text(encoding="utf-8"))) == 3
+    assert "report.json" in stdout
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert "report.json" in json.dumps(manifest["outputs"])
+    assert not (out / "report.parquet").exists()  # only the formats it already had

@@ -74,13 +74,20 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)
 
 
 def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
-    """Write the sheet (its pages), report.csv, gallery.html and manifest.json; return their paths.
+    """Write the sheet (its pages), report.csv (and report.json / .parquet when the folder has
+    them), gallery.html and manifest.json; return their paths.
 
     The manifest comes last so that it can list the other files. Raises NothingToShow for a
     folder with no jobs and OutputError when a file cannot be written; a missing or corrupt
     image only gives a placeholder (and a logged warning).
     """
-    from seedream_pipe.outputs._folder import image_files_warning, open_output
+    from seedream_pipe.errors import SeedreamPipeError
+    from seedream_pipe.outputs._folder import (
+        REPORT_FORMATS,
+        REPORT_STEM,
+        image_files_warning,
+        open_output,
+    )
     from seedream_pipe.outputs.gallery import write_gallery
     from seedream_pipe.outputs.manifest import write_manifest
     from seedream_pipe.outputs.report import write_report
@@ -91,6 +98,14 @@ def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     if gone:
         log.warning("%s (report.csv's image_file column names them)", gone)
     written: list[Path] = [write_report(folder)]
+    # A report in another format (`report --format json` once) is kept as fresh as report.csv:
+    # left as it was, it would tell a script of fewer jobs than the folder holds.
+    for fmt in REPORT_FORMATS[1:]:
+        if (folder.path / f"{REPORT_STEM}.{fmt}").exists():
+            try:
+                written.append(write_report(folder, fmt=fmt))
+            except SeedreamPipeError as exc:  # (parquet with pyarrow gone since)
+                log.warning("%s.%s left as it was: %s", REPORT_STEM, fmt, exc)
     sheet = make_sheet(folder)
     for warning in sheet.warnings:
         log.warning("sheet: %s", warning)
