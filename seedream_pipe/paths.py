@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seedream_pipe.errors import UsageError
+from seedream_pipe.errors import NothingToShow
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -42,7 +42,9 @@ def locate(target: str | Path, *, out: str | Path | None = None) -> tuple[Path, 
 
         recipe = load_recipe(path)
         return (Path(out) if out is not None else default_output_dir(recipe)), recipe
-    raise UsageError(f"{target}: no such recipe file or output folder")
+    # (66, as for a folder no run wrote into: the thing to read is not there. A recipe command,
+    # given a recipe that is not there, says 65, a recipe problem)
+    raise NothingToShow(f"{target}: no such recipe file or output folder")
 
 
 def slug(text: str, *, max_length: int = 40) -> str:

@@ -189,7 +189,7 @@ def test_a_read_only_output_folder_is_a_clear_error(folder: Path) -> None:
 def test_a_folder_under_a_regular_file_is_not_a_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = run("report", tmp_path / "file" / "out")
-    assert result.exit_code == EX_USAGE
+    assert result.exit_code == EX_NOINPUT  # nothing there to read, as for any path that is not there
     assert "no such recipe file or output folder" in result.output
 
 

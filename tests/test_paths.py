@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from seedream_pipe.errors import UsageError
+from seedream_pipe.errors import NothingToShow
 from seedream_pipe.images import THUMB_SIZE, save_thumbnail, thumb_name
 from seedream_pipe.paths import image_file_name, locate, slug
 
@@ -54,8 +54,9 @@ def test_a_long_first_label_leaves_room_for_the_labels_after_it() -> None:
 
 def test_locate_dir_and_missing(tmp_path: Path) -> None:
     assert locate(tmp_path) == (tmp_path, None)
-    with pytest.raises(UsageError, match="no such recipe file or output folder"):
+    with pytest.raises(NothingToShow, match="no such recipe file or output folder") as caught:
         locate(tmp_path / "missing.yaml")
+    assert caught.value.exit_code == 66  # as `status` of a folder no run wrote into
 
 
 def test_thumbnail_is_jpeg_with_longest_side_512(tmp_path: Path) -> None:
