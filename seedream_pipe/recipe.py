@@ -1045,7 +1045,8 @@ class Recipe:
         self.run: RunSettings = spec.run
         self.sheet: SheetSettings = spec.sheet
         self.price_per_image: float | None = spec.price_per_image
-        self.output: Path | None = path.parent / spec.output if spec.output else None
+        # (lexically tidied, "recipes/../outputs/x" to "outputs/x": it is said in messages)
+        self.output: Path | None = Path(os.path.normpath(path.parent / spec.output)) if spec.output else None
         self.input_schema: Path | None = (
             path.parent / spec.input_schema if spec.input_schema else None
         )

@@ -82,7 +82,8 @@ def test_defaults_name_from_stem_and_output_relative_to_recipe(tmp_path: Path) -
     path = write(tmp_path / "sub", MINIMAL + "output: ../out/here\n", "My Sweep.yaml")
     recipe = load_recipe(path)
     assert recipe.name == "my-sweep"
-    assert recipe.output == tmp_path / "sub" / "../out/here"
+    # relative to the recipe, and tidied: messages say "out/here", not "sub/../out/here"
+    assert recipe.output == tmp_path / "out" / "here" and ".." not in str(recipe.output)
     assert recipe.price_per_image is None
     assert recipe.sheet.rows is None and recipe.sheet.cols is None
     assert default_name("___") == "___"
