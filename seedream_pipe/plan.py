@@ -42,11 +42,14 @@ from jinja2 import (
     meta,
     nodes,
     pass_context,
+    pass_environment,
     pass_eval_context,
 )
+from jinja2.filters import make_attrgetter
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from jinja2.utils import concat
+from jinja2.utils import Namespace, concat
+from jinja2.visitor import NodeTransformer
 
 from seedream_pipe.errors import Problem, RecipeError
 from seedream_pipe.jobs import Job
@@ -118,9 +121,24 @@ _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"}
 _HUGE_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*\d{7}|%[^a-zA-Z%]*\d{7}")
 
 
+#: A replacement field whose spec takes a value of its own: `'{:>{}}'.format(a, 10**9)`.
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")
+#: A value that, put in a format spec, is a width or precision over MAX_TEMPLATE_TEXT.
+_HUGE_NUMBER = re.compile(r"\d{7}")
+
+
+def _as_text(text: str | bytes) -> str:
+    return text if isinstance(text, str) else text.decode("latin-1")
+
+
 def _refuse_huge_format(text: Any, args: tuple[Any, ...] = ()) -> None:
-    if isinstance(text, str) and (
-        _HUGE_FORMAT_WIDTH.search(text) or ("*" in text and any(isinstance(a, int) and a > MAX_TEMPLATE_TEXT for a in args))
+    if isinstance(text, str | bytes) and (
+        _HUGE_FORMAT_WIDTH.search(_as_text(text))
+        or (
+            ("*" in _as_text(text) or _NESTED_FIELD.search(_as_text(text)))
+            and any(_HUGE_NUMBER.search(a) if isinstance(a, str) else isinstance(a, int | float) and abs(a) > MAX_TEMPLATE_TEXT
+                    for a in args)
+        )
     ):
         raise SecurityError(_TOO_LONG)
 
@@ -153,8 +171,18 @@ MAX_PLAN_TEMPLATE_SECONDS = 30.0
 _BUDGET_KEY = "work budget"
 #: The filter each loop's iterable goes through (a name templates have no reason to write).
 _COUNTED = "_counted_turns"
+#: The filter a value the template builds goes through to be measured (see `_parse`).
+_MEASURED = "_measured_value"
 #: Filters that call a test or a filter once per item: their input is counted item by item.
 _PER_ITEM_FILTERS = ("select", "reject", "selectattr", "rejectattr", "map")
+#: Filters whose result can be larger than what they were given (escaping, quoting, the text of
+#: a list), so repeating them grows a value without bound: their result is measured.
+_GROWING_FILTERS = ("e", "escape", "forceescape", "string", "list", "pprint", "tojson", "urlize", "urlencode",
+                    "xmlattr", "filesizeformat", "dictsort", "items", "groupby", "center", "indent", "wordwrap",
+                    "batch", "slice", "sum", "format", "join", "replace")
+#: Filters that make a list of what they are given: a lazy sequence (`map('center', 99999)`)
+#: is measured item by item as it is gathered, not once it is all in memory.
+_GATHERING_FILTERS = ("list", "sort", "unique", "reverse", "groupby", "dictsort", "items")
 #: Tags a prompt has no use for, each a way around the budget (a scoped block renders in a
 #: context of its own).
 _REFUSED_TAGS = {nodes.Block: "block", nodes.Extends: "extends", nodes.Include: "include",
@@ -162,21 +190,21 @@ _REFUSED_TAGS = {nodes.Block: "block", nodes.Extends: "extends", nodes.Include: 
 
 
 def _longest(values: Any) -> int:
-    return max((len(str(v)) for v in values), default=0)
+    return max((_size(v) for v in values), default=0)
 
 
-def _replaced_length(text: str, old: str, new: str, count: Any = None) -> int:
+def _replaced_length(text: Any, old: Any, new: Any, count: Any = None) -> int:
     found = len(text) + 1 if old == "" else text.count(old)
     if isinstance(count, int) and count >= 0:
         found = min(found, count)
     return len(text) + found * (len(new) - len(old))
 
 
-def _joined_length(separator: str, items: list[Any]) -> int:
-    return sum(len(str(item)) for item in items) + len(separator) * max(0, len(items) - 1)
+def _joined_length(separator: Any, items: list[Any]) -> int:
+    return _size(items) + len(separator) * max(0, len(items) - 1)
 
 
-def _formatted_length(template: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+def _formatted_length(template: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
     """An upper bound for `template.format(...)` or `template % args`: every field the largest."""
     fields = template.count("{") + template.count("%")
     return len(template) + fields * _longest((*args, *kwargs.values()))
@@ -184,6 +212,57 @@ def _formatted_length(template: str, args: tuple[Any, ...], kwargs: Mapping[str,
 
 def _refuse_size(length: int) -> None:
     if length > MAX_TEMPLATE_TEXT:
+        raise SecurityError(_TOO_LONG)
+
+
+#: The most digits an integer a template computes may have (`9**100` has 96).
+MAX_TEMPLATE_DIGITS = 10_000
+_MAX_BITS = int(MAX_TEMPLATE_DIGITS * 3.33)
+_TOO_BIG_NUMBER = f"number too large for a template (over {MAX_TEMPLATE_DIGITS:,} digits)"
+
+
+def _size(value: Any, limit: int = MAX_TEMPLATE_TEXT) -> int:
+    """A value's size: characters of its strings plus items of its lists, tuples, sets, dicts
+    and namespaces, nested ones counted each time they are held, so a list holding one big list
+    99,999 times is as big as its text would be. Counting stops past `limit` (so a value of any
+    size costs at most `limit` steps to measure) and returns `limit + 1`."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, list | tuple | set | frozenset | dict):
+            total += len(item)
+            if total > limit:
+                return limit + 1
+            stack.extend(item)
+            if isinstance(item, dict):
+                stack.extend(item.values())
+        elif isinstance(item, Namespace):
+            stack.append(item._Namespace__attrs)
+        elif isinstance(item, int) and item.bit_length() > 64:
+            total += item.bit_length() // 3
+        if total > limit:
+            return limit + 1
+    return total
+
+
+def _refuse_big(value: Any) -> Any:
+    """The value, refused when its text would be over MAX_TEMPLATE_TEXT (see `_size`)."""
+    if isinstance(value, str):
+        if len(value) > MAX_TEMPLATE_TEXT:
+            raise SecurityError(_TOO_LONG)
+    elif isinstance(value, bytes | list | tuple | set | frozenset | dict | Namespace) and _size(value) > MAX_TEMPLATE_TEXT:
+        raise SecurityError(_TOO_LONG)
+    return value
+
+
+def _refuse_count(count: Any, *, each: Any = None) -> None:
+    """A filter argument that is a number of items made (`slice(10**8)`), each maybe `each`."""
+    if isinstance(count, int) and count * max(1, _size(each) if each is not None else 1) > MAX_TEMPLATE_TEXT:
         raise SecurityError(_TOO_LONG)
 
 
@@ -232,11 +311,12 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     would take the CPU for good: more than MAX_TEMPLATE_STEPS loop turns and calls, or
     MAX_TEMPLATE_SECONDS, in one render."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.filters[_COUNTED] = _counted
+        self.filters[_MEASURED] = _refuse_big
         for name in _PER_ITEM_FILTERS:  # (each takes the context first: @pass_context)
             self.filters[name] = _counting_input(self.filters[name])
         for name in ("center", "indent"):
@@ -260,12 +340,73 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
         @pass_eval_context
         def join_checked(eval_ctx: Any, value: Any, d: Any = "", attribute: Any = None) -> Any:
-            items = list(value)  # (do_join makes a list of it anyway)
-            if attribute is None and isinstance(d, str):
+            items = _gathered(value)  # (do_join makes a list of it anyway)
+            if attribute is not None:
+                items, attribute = list(map(make_attrgetter(eval_ctx.environment, attribute), items)), None
+            if isinstance(d, str):
                 _refuse_size(_joined_length(d, items))
             return _refuse_long(join(eval_ctx, items, d, attribute))
 
         self.filters["replace"], self.filters["join"] = replace_checked, join_checked
+        self._check_sizes()
+        # A prompt has no use for placeholder text, and `lipsum(n=10**7)` took minutes.
+        del self.globals["lipsum"]
+
+    def _check_sizes(self) -> None:
+        """Filters whose cost or result is driven by an argument (a count, a width, a string put
+        between pieces) are refused before they start when it would be over MAX_TEMPLATE_TEXT;
+        the others that can make a bigger value than they were given are checked on the result."""
+        filters = self.filters
+        batch, slice_, indent, wordwrap = filters["batch"], filters["slice"], filters["indent"], filters["wordwrap"]
+        total, rounded = filters["sum"], filters["round"]
+
+        def batch_checked(value: Any, linecount: Any, fill_with: Any = None) -> Any:
+            if fill_with is not None:
+                _refuse_count(linecount, each=fill_with)
+            return batch(value, linecount, fill_with)
+
+        @pass_eval_context
+        def slice_checked(eval_ctx: Any, value: Any, slices: Any, fill_with: Any = None) -> Any:
+            _refuse_count(slices, each=fill_with)
+            return slice_(eval_ctx, value, slices, fill_with)
+
+        def indent_checked(text: Any, width: Any = 4, first: bool = False, blank: bool = False) -> Any:
+            _refuse_width(width)
+            if isinstance(text, str) and isinstance(width, str):
+                _refuse_size(len(text) + (text.count("\n") + 1) * len(width))
+            return indent(text, width, first, blank)
+
+        @pass_environment
+        def wordwrap_checked(environment: Any, text: Any, width: Any = 79, *args: Any, **kwargs: Any) -> Any:
+            wrapstring = kwargs.get("wrapstring", args[1] if len(args) > 1 else None)
+            if isinstance(text, str) and isinstance(width, int):
+                lines = len(text) // max(width, 1) + text.count("\n") + 1
+                _refuse_size(len(text) + lines * len(wrapstring if isinstance(wrapstring, str) else "\n"))
+            return wordwrap(environment, text, width, *args, **kwargs)
+
+        @pass_environment
+        def sum_checked(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+            if isinstance(start, list | tuple):  # (Python's sum refuses strings itself)
+                # concatenation: each addition copies what came before (100,000 one-item lists
+                # took minutes), so the pieces are measured first and joined in one go
+                pieces = _gathered(iterable) if attribute is None else list(map(make_attrgetter(environment, attribute), iterable))
+                _refuse_size(_size(start) + _size(pieces))
+                if all(type(piece) is type(start) for piece in pieces):
+                    return type(start)(itertools.chain(start, *pieces))
+                return total(environment, pieces, None, start)
+            return total(environment, iterable, attribute, start)
+
+        def round_checked(value: Any, precision: Any = 0, method: Any = "common") -> Any:
+            if isinstance(precision, int) and abs(precision) > MAX_TEMPLATE_DIGITS:
+                raise SecurityError(_TOO_BIG_NUMBER)  # round(5, -10**9) computes 10**(10**9)
+            return rounded(value, precision, method)
+
+        filters.update(batch=batch_checked, slice=slice_checked, indent=indent_checked, wordwrap=wordwrap_checked,
+                       sum=sum_checked, round=round_checked)
+        for name in _GROWING_FILTERS:
+            filters[name] = _result_checked(filters[name])
+        for name in _GATHERING_FILTERS:
+            filters[name] = _gathering(filters[name])
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         """The template's tree, each `for` loop's iterable passed through `_counted`; a tag in
@@ -276,6 +417,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 raise TemplateSyntaxError(f"{{% {tag} %}} has no use in a prompt template", node.lineno, name, filename)
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, _COUNTED, [], [], None, None, lineno=loop.lineno)
+        # What makes a value that holds others several times over, with no call to check: `~`,
+        # a list, tuple or dict written with variables in it (`[a, a, a, a]` of `[b, b, b, b]`
+        # ...), and `{% set s %}{{ s }}{{ s }}{% endset %}`. Written in the source, each only
+        # multiplies by a few, but one after another they multiply without bound.
+        _Measured().visit(tree)
+        for block in tree.find_all(nodes.AssignBlock):
+            block.filter = nodes.Filter(block.filter, _MEASURED, [], [], None, None, lineno=block.lineno)
         return tree
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -283,47 +431,139 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if isinstance(__obj, LoopContext) and args:  # `loop(children)` in a recursive loop
             args = (_counted(__context, args[0]), *args[1:])
         bound = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
-        text = getattr(bound, "__self__", None)
-        if isinstance(text, str):
-            if bound.__name__ in _PADDING_METHODS:
+        text: Any = getattr(bound, "__self__", None)
+        if isinstance(text, str | bytes):  # (`'a'.encode()` has the same methods)
+            method = bound.__name__
+            if method in _PADDING_METHODS:
                 for arg in (*args, *kwargs.values()):
                     _refuse_width(arg)
-            elif bound.__name__ == "format":
-                _refuse_huge_format(text)
+                if method == "expandtabs":  # each tab becomes up to tabsize spaces
+                    tabsize = args[0] if args else kwargs.get("tabsize", 8)
+                    if isinstance(tabsize, int):
+                        _refuse_size(len(text) + _as_text(text).count("\t") * tabsize)
+            elif method == "format":
+                _refuse_huge_format(text, (*args, *kwargs.values()))
                 _refuse_size(_formatted_length(text, args, kwargs))
-            elif bound.__name__ == "format_map":
-                _refuse_huge_format(text)
+            elif method == "format_map":
                 if args and isinstance(args[0], Mapping):
+                    _refuse_huge_format(text, tuple(args[0].values()))
                     _refuse_size(_formatted_length(text, (), args[0]))
-            elif bound.__name__ == "replace" and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+            elif method == "replace" and len(args) >= 2 and all(isinstance(a, str | bytes) for a in args[:2]):
                 _refuse_size(_replaced_length(text, args[0], args[1], args[2] if len(args) > 2 else kwargs.get("count")))
-            elif bound.__name__ == "join" and args:
+            elif method == "join" and args:
                 args = (list(args[0]), *args[1:])
                 _refuse_size(_joined_length(text, args[0]))
+            elif method == "translate" and args and isinstance(args[0], Mapping):
+                # each character may become one of the table's strings
+                _refuse_size(len(text) * max(1, _longest(args[0].values())))
         # a macro called with ever longer arguments (recursion that doubles a string)
         for arg in (*args, *kwargs.values()):
             _refuse_long(arg)
-        return _refuse_long(super().call(__context, __obj, *args, **kwargs))
+        # (`{}.fromkeys(range(99999), big)` or `dict(...)` holding one big value many times)
+        return _refuse_big(super().call(__context, __obj, *args, **kwargs))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # `{% set ns.s = ns.s ~ ns.s %}` in a loop doubles a string without any call
         return _refuse_long(super().getattr(obj, attribute))
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+":
+            if isinstance(left, list | tuple | str | bytes) and isinstance(right, list | tuple | str | bytes):
+                # `{% set ns.l = ns.l + ns.l %}` in a loop doubles a list each turn
+                _refuse_size(_size(left) + _size(right))
+            return left + right
         if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
             raise SecurityError("exponent too large for a template")
-        if operator == "%" and isinstance(left, str):  # printf-style formatting
+        if operator in ("*", "**") and isinstance(left, int) and isinstance(right, int):
+            # a product of big numbers is as long as both, a power as long as the base times the
+            # exponent: `(((9**100)**100)**100)**100` has 95 million digits
+            bits = left.bit_length() * abs(right) if operator == "**" else left.bit_length() + right.bit_length()
+            if bits > _MAX_BITS:
+                raise SecurityError(_TOO_BIG_NUMBER)
+        if operator == "%" and isinstance(left, str | bytes):  # printf-style formatting
             values = right if isinstance(right, tuple) else (right,)
-            _refuse_size(_formatted_length(left, values, right if isinstance(right, Mapping) else {}))
+            _refuse_huge_format(_as_text(left), values)
+            _refuse_size(_formatted_length(_as_text(left), values, right if isinstance(right, Mapping) else {}))
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if (
-                    isinstance(seq, str | list | tuple)
+                    isinstance(seq, str | bytes | list | tuple)
                     and isinstance(times, int)
-                    and len(seq) * times > 100_000
+                    and _size(seq) * times > MAX_TEMPLATE_TEXT
                 ):
                     raise SecurityError("repetition too large for a template")
         return super().call_binop(context, operator, left, right)
+
+
+class _Measured(NodeTransformer):
+    """Passes each list, tuple or dict written with variables in it, and each `~`, through
+    `_MEASURED` (constants alone are as big as the source)."""
+
+    def _measure(self, node: nodes.Node) -> nodes.Node:
+        self.generic_visit(node)
+        if all(isinstance(n, _CONSTANT_NODES) for n in node.find_all(nodes.Node)):
+            return node
+        return nodes.Filter(node, _MEASURED, [], [], None, None, lineno=node.lineno)
+
+    visit_Concat = visit_List = visit_Dict = _measure
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        return self._measure(node) if node.ctx == "load" else self.generic_visit(node)
+
+
+_CONSTANT_NODES = (nodes.Const, nodes.Pair, nodes.List, nodes.Tuple, nodes.Dict)
+
+
+def _result_checked(filter_fn: Any) -> Any:
+    """The filter, its result refused when over MAX_TEMPLATE_TEXT (a list by `_size`); a result
+    that is a lazy sequence (`batch`, `slice`) is refused once it has made that many items."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        result = filter_fn(*args, **kwargs)
+        if isinstance(result, Iterator):
+            return _counted_items(result)
+        return _refuse_big(result)
+
+    for attr in ("jinja_pass_arg",):  # keep @pass_context / @pass_environment
+        if hasattr(filter_fn, attr):
+            setattr(checked, attr, getattr(filter_fn, attr))
+    return checked
+
+
+def _gathered(items: Any) -> Any:
+    """A lazy sequence made a list, refused as soon as it is over MAX_TEMPLATE_TEXT (see
+    `_size`); anything else as it is (it was measured when it was made)."""
+    if not isinstance(items, Iterator):
+        return list(items)
+    gathered = []
+    total = 0
+    for item in items:
+        total += 1 + _size(item)
+        if total > MAX_TEMPLATE_TEXT:
+            raise SecurityError(_TOO_LONG)
+        gathered.append(item)
+    return gathered
+
+
+def _gathering(filter_fn: Any) -> Any:
+    """The filter, a lazy sequence it is given gathered by `_gathered` first."""
+    skip = 1 if hasattr(filter_fn, "jinja_pass_arg") else 0  # (the context or environment)
+
+    def gathering(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > skip and isinstance(args[skip], Iterator):
+            args = (*args[:skip], _gathered(args[skip]), *args[skip + 1 :])
+        return filter_fn(*args, **kwargs)
+
+    if skip:
+        gathering.jinja_pass_arg = filter_fn.jinja_pass_arg  # type: ignore[attr-defined]
+    return gathering
+
+
+def _counted_items(items: Iterator[Any]) -> Iterator[Any]:
+    for count, item in enumerate(items, 1):
+        if count > MAX_TEMPLATE_TEXT:
+            raise SecurityError(_TOO_LONG)
+        yield item
 
 
 def _width_checked(filter_fn: Any) -> Any:

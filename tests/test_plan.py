@@ -9,7 +9,9 @@ import random
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from seedream_pipe.cli import cli
 from seedream_pipe.errors import RecipeError
 from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan, canonical_json, job_id_for
@@ -881,3 +883,73 @@ def test_output_sizes_are_worked_out_before_the_string_is_built() -> None:
     assert _joined_length("a" * 99_999, list(range(10))) == 10 + 9 * 99_999
     assert _formatted_length("{0}" * 3, ("a" * 10,), {}) == 9 + 3 * 10
     assert _formatted_length("%s%d", (), {"k": "v" * 5}) == 4 + 2 * 5
+
+
+# Templates whose cost is driven by a number or a string they are given: each took seconds to
+# minutes and gigabytes (or the machine's memory) before it was refused or finished.
+_R = "{% set r = range(99999)|list %}"
+_TOO_LONG_ANYWAY = [
+    "{{ range(9)|slice(10**8)|list|length }}",
+    "{{ range(99999)|map('string')|map('center', 99999)|list|length }}",
+    "{{ range(99999)|map('string')|map('center', 99999)|join }}",
+    "{{ range(9)|batch(10**9, 'x')|list|length }}",
+    "{{ ('\\n' * 99999)|indent('x' * 99999) }}",
+    "{{ ('a ' * 50000)|wordwrap(1, wrapstring='x' * 99999) }}",
+    "{{ range(99999)|batch(1)|sum(start=[])|length }}",
+    _R + "{{ [r, r]|length }}",
+    _R + "{{ {}.fromkeys(range(99999), r)|length }}",
+    "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}",
+    "{% set s = 'a' * 99999 %}{% set s = s ~ s %}{{ s|length }}",
+    "{% set s = 'a' * 99999 %}{% set s %}{{ s }}{{ s }}{% endset %}{{ s|length }}",
+    "{{ ('a' * 99999)|list|string|list|string|list|string|length }}",
+    "{{ ('&' * 99999)|forceescape|forceescape|forceescape|length }}",
+    "{{ 'a'.encode().center(10**9) }}",
+    "{{ ('\\t' * 99999).expandtabs(99999)|length }}",
+    "{{ ('a' * 99999).translate({97: 'b' * 99999})|length }}",
+    "{{ '{:>{}}'.format('a', 10**9)|length }}",
+    "{{ '{:.{}f}'.format(1.0, 10**9)|length }}",
+    "{{ ('%999999999s'.encode() % 'a'.encode())|length }}",
+]
+_NUMBER_TOO_LARGE = [
+    "{{ (((9**100)**100)**100)**100 }}",
+    "{% set ns = namespace(n=9) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n > 0 }}",
+    "{{ 5|round(-10**9) }}",
+]
+_REPETITION = [
+    _R + "{{ [r] * 99999 }}",
+    _R + "{{ ([r] * 99999)|join(',')|length }}",
+    "{{ 'a'.encode() * 10**9 }}",
+]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [(t, "text too long for a template (over 100,000 characters)") for t in _TOO_LONG_ANYWAY]
+    + [(t, "number too large for a template (over 10,000 digits)") for t in _NUMBER_TOO_LARGE]
+    + [(t, "repetition too large for a template") for t in _REPETITION]
+    + [("{{ lipsum(n=10**7)|length }}", "'lipsum' is undefined")],
+)
+def test_validate_refuses_a_filter_or_call_that_would_fill_memory(tmp_path: Path, template: str, expected: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(f"template: {json.dumps('{{x}} ' + template)}\nvars: {{x: [abc]}}\nresolutions: [1K]\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 65, result.output
+    assert f"template: template line 1: {'' if 'lipsum' in template else 'refused by the sandbox: '}{expected}" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("template", "prompt"),
+    [
+        ("{{ a|upper }} {{ a|title }} {{ (a ~ 'q')|replace('x', 'X') }} {{ a|first }}{{ a|last }}", "X X Xq xx"),
+        ("{{ ['b', a]|join(', ') }} {{ [{'n': a}, {'n': 'b'}]|join('-', attribute='n') }}", "b, x x-b"),
+        ("{{ range(9)|slice(3)|list }} {{ range(5)|batch(2, a)|list }}", "[[0, 1, 2], [3, 4, 5], [6, 7, 8]] [[0, 1], [2, 3], [4, 'x']]"),
+        ("{{ [1, 2]|sum }} {{ [[1], [2]]|sum(start=[]) }} {{ [3, 1, 2]|sort|list }} {{ u|default('d') }} {{ a }}", "3 [1, 2] [1, 2, 3] d x"),
+        ("{{ '%s-%s'|format(a, 1) }} [{{ a|center(5) }}] {{ a + 'z' }} {{ 2**10 }} {{ a * 3 }} {{ a }}", "x-1 [ x ] xz 1024 xxx x"),
+        ("{% set s %}{{ a }}{{ a }}{% endset %}{{ s|upper }}{% for n, v in [(1, a), (2, a)] %} {{ n }}{{ v }}{% endfor %}", "XX 1x 2x"),
+        ("{{ ['a', a]|map('upper')|list|join }} {{ dict(k=a)|items|list }} {{ 'a b c'|wordwrap(3, wrapstring='/') }}", "AX [('k', 'x')] a b/c"),
+    ],
+)
+def test_filters_a_prompt_uses_still_render(tmp_path: Path, template: str, prompt: str) -> None:
+    assert [job.prompt for job in plan_of(tmp_path, one_var_recipe(template)).jobs] == [prompt]
