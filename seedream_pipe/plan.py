@@ -166,6 +166,11 @@ _TOO_BUSY = (
 #: All of a plan's renders together: a prompt's own caps still let 10,000 distinct prompts take a
 #: second each (hours), and a real plan of 100,000 prompts renders in under a second.
 MAX_PLAN_TEMPLATE_SECONDS = 30.0
+#: Why a filter Jinja has is not here, said after its "No filter named" (see _Sandbox).
+_WHY_NOT_HERE = {
+    "No filter named 'random'.": "a plan is the same every time it is made, or each run would submit "
+    "new jobs and pay again; `sample: {n: N, seed: S}` picks jobs at random, reproducibly",
+}
 #: Where a render keeps its budget: a key no template can name, holding one object that the
 #: contexts derived from the render's (macros, loops) share.
 _BUDGET_KEY = "work budget"
@@ -351,6 +356,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         self._check_sizes()
         # A prompt has no use for placeholder text, and `lipsum(n=10**7)` took minutes.
         del self.globals["lipsum"]
+        # A plan is the same every time it is made: a prompt drawn by `random` would be a new job
+        # (a new job_id) at each run, submitted and paid for again. `sample:` draws from a seed.
+        del self.filters["random"]
 
     def _check_sizes(self) -> None:
         """Filters whose cost or result is driven by an argument (a count, a width, a string put
@@ -807,7 +815,8 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
             tree = _ENV.parse(source)
             template = _ENV.from_string(tree)
         except TemplateSyntaxError as exc:
-            problems.add_template(path, exc.lineno, f"syntax error: {exc.message}")
+            why = _WHY_NOT_HERE.get(str(exc.message))
+            problems.add_template(path, exc.lineno, f"syntax error: {exc.message}" + (f" ({why})" if why else ""))
             continue
         except SecurityError as exc:  # pragma: no cover - parse-time sandbox refusals
             problems.add_template(path, None, f"refused by the sandbox: {exc}")

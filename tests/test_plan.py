@@ -953,3 +953,11 @@ def test_validate_refuses_a_filter_or_call_that_would_fill_memory(tmp_path: Path
 )
 def test_filters_a_prompt_uses_still_render(tmp_path: Path, template: str, prompt: str) -> None:
     assert [job.prompt for job in plan_of(tmp_path, one_var_recipe(template)).jobs] == [prompt]
+
+
+def test_the_random_filter_is_refused_as_a_plan_must_be_the_same_every_time(tmp_path: Path) -> None:
+    # `{{ [...]|random }}` drew another prompt, so another job_id, at every plan: each run of the
+    # recipe would submit (and pay for) new jobs, and never find the last run's done
+    text = "template: \"{{ s }} {{ ['red', 'blue']|random }}\"\nvars: {s: [a fox]}\nresolutions: [1K]\n"
+    problem = only_problem(tmp_path, text)
+    assert "No filter named 'random'" in problem and "sample: {n: N, seed: S}" in problem
