@@ -629,6 +629,7 @@ class Runner:
                     "failed",
                     error="submit outcome unknown: not submitted again (--no-resubmit-unknown); "
                     "it may still run and be billed",
+                    possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
                 )
                 return False
             if rec.possible_duplicate:
@@ -728,8 +729,7 @@ class Runner:
                     status_url=outcome.status_url,
                     result_url=outcome.result_url,
                     cancel_url=outcome.cancel_url,
-                    attempts=rec.attempts + outcome.attempts - 1,
-                    possible_duplicate=duplicate,
+                    possible_duplicate=duplicate,  # (attempts: on_send counted each POST)
                 )
                 self._polls[rec.job_id] = 0
                 return True
@@ -759,6 +759,7 @@ class Runner:
                     "failed",
                     error=f"{outcome.reason}; not submitted again (--no-resubmit-unknown): "
                     "it may still run and be billed",
+                    possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
                 )
                 return False
             if duplicate:

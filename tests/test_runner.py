@@ -273,6 +273,23 @@ def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simula
     assert result.exit_code == 1
     assert result.counts["failed"] == 1 and result.counts["downloaded"] == 5
     assert "--no-resubmit-unknown" in result.failures[0][2]
+    # that job may have been billed: sending it again later (the user's choice) is flagged
+    again = run(sim, recipe_path, out2, options=fast(retry_failed=True))
+    assert again.exit_code == 0 and again.summary["possible_duplicates"] == 1
+    with StateStore.for_output_dir(out2) as store:
+        assert store.get(plan.jobs[0].job_id).possible_duplicate  # type: ignore[union-attr]
+
+
+def test_a_jobs_attempts_count_the_posts_sent_for_it(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(error_rate=0.4)  # a submit refused with 500/503 is sent again
+    result = run(sim, write_recipe(tmp_path), tmp_path / "out", options=fast(max_retries=20))
+    assert result.exit_code == 0
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        attempts = [rec.attempts for rec in store.jobs()]
+    stats = sim.stats()
+    assert stats["submits_rejected"] > 0  # (else this proves nothing)
+    # each POST counted once: they were counted twice over on a job sent more than once
+    assert sum(attempts) == stats["submits_accepted"] + stats["submits_rejected"]
 
 
 def test_each_jobs_retries_are_recorded_and_add_up_to_the_runs(sim: Simulator, tmp_path: Path) -> None:
