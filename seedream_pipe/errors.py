@@ -35,7 +35,7 @@ import html
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 # sysexits(3), as the official runcomfy CLI uses them
 EX_OK = 0
@@ -195,16 +195,30 @@ MIN_SECRET_LEN = 6
 
 
 def _forms(secret: str) -> list[str]:
-    """A secret as a server may echo it: as is, percent-encoded (in a URL or a form), escaped in
-    JSON or in HTML. Longest first, so that no form is left half replaced by a shorter one."""
+    """A secret as a server may echo it: as is, percent-encoded (in a URL or a form, `/` kept
+    or not), escaped in JSON or in HTML. Longest first, so that no form is left half replaced by
+    a shorter one."""
     forms = {
         secret,
         quote(secret, safe=""),
+        quote(secret),
         quote_plus(secret, safe=""),
+        quote_plus(secret),
         json.dumps(secret)[1:-1],
         html.escape(secret),
     }
     return sorted(forms, key=len, reverse=True)
+
+
+def _decoded(text: str) -> list[str]:
+    """`text` as a browser or a URL parser would read it: whatever way a server encoded the
+    token when it echoed it (`&#45;` entities, say), it is plain in one of these."""
+    unescaped = html.unescape(text)
+    return [unquote(text), unquote_plus(text), unescaped, unquote_plus(unescaped)]
+
+
+#: What stands for a text that still holds the token in an encoding `redact` cannot cut out.
+WITHHELD = "[the server's text is not shown: it echoed the token]"
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -219,6 +233,11 @@ def redact(text: str, *secrets: str | None) -> str:
             if form.casefold() in folded:
                 text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
                 folded = text.casefold()
+        if "%" in text or "&" in text or "+" in text:
+            # encoded some other way (entities, a partly encoded URL): not cut out, all withheld
+            wanted = secret.casefold()
+            if any(wanted in decoded.casefold() for decoded in _decoded(text)):
+                return WITHHELD
     return text
 
 
@@ -227,8 +246,10 @@ def holds_secret(text: str, secret: str | None) -> bool:
     stand-in token never counts)."""
     if secret is None or len(secret) < MIN_SECRET_LEN:
         return False
-    folded = text.casefold()
-    return any(form.casefold() in folded for form in _forms(secret))
+    folded, wanted = text.casefold(), secret.casefold()
+    return any(form.casefold() in folded for form in _forms(secret)) or any(
+        wanted in decoded.casefold() for decoded in _decoded(text)
+    )
 
 
 #: C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import IO, Any, Protocol
 
-from seedream_pipe.errors import printable, redact
+from seedream_pipe.errors import WITHHELD, printable, redact
 from seedream_pipe.words import counted
 
 #: Events the runner sends (kind -> meaning):
@@ -84,8 +84,11 @@ class JsonProgress:
         self._secret = secret
 
     def event(self, kind: str, detail: dict[str, Any]) -> None:
-        line = json.dumps({"event": kind, "t": round(time.time(), 3), **detail}, default=str)
-        self._stream.write(redact(line, self._secret) + "\n")
+        t = round(time.time(), 3)
+        line = redact(json.dumps({"event": kind, "t": t, **detail}, default=str), self._secret)
+        if line == WITHHELD:  # (still one JSON object: a script reading the lines goes on)
+            line = json.dumps({"event": kind, "t": t, "withheld": WITHHELD})
+        self._stream.write(line + "\n")
         self._stream.flush()
 
 

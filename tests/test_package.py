@@ -155,6 +155,27 @@ def test_redact_finds_the_token_in_the_forms_a_server_echoes_it_in(echo: str) ->
     assert "***" in cleaned and "jklMN" not in cleaned and "JKLMN" not in cleaned
 
 
+def test_a_token_percent_encoded_with_its_slash_kept_is_cut_out() -> None:
+    token = "abcdef/ghijk+lmn"
+    assert errors.redact("seen Bearer%20abcdef/ghijk%2Blmn", token) == "seen Bearer%20***"  # quote()
+
+
+@pytest.mark.parametrize(
+    ("token", "echo"),
+    [
+        ("some-secret-token-123", "<p>Bearer some&#45;secret&#45;token&#45;123</p>"),  # entities
+        ("some-secret-token-123", "x=some%2dsecret%2Dtoken%2d123"),  # needless escapes
+    ],
+)
+def test_a_token_echoed_in_an_encoding_redact_cannot_cut_out_withholds_the_text(token: str, echo: str) -> None:
+    assert errors.holds_secret(echo, token)
+    cleaned = errors.redact(f"HTTP 400: {echo}", token)
+    assert cleaned == errors.WITHHELD
+    assert "secret" not in cleaned and "ghijk" not in cleaned
+    # text that merely has a % or & in it is left alone
+    assert errors.redact("100% done & dusted", token) == "100% done & dusted"
+
+
 def test_printable_escapes_controls_and_the_marks_that_reorder_text() -> None:
     assert errors.printable("\u202egnp.exe") == "\\u202egnp.exe"  # read as "exe.png" if shown
     assert errors.printable("a\u2066b\u2069c \x1b[2J\r") == "a\\u2066b\\u2069c \\x1b[2J\\r"

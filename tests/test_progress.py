@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 from seedream_pipe.progress import LogProgress, RichProgress
 
@@ -53,6 +54,16 @@ def test_every_sink_keeps_the_token_out_whatever_reaches_it() -> None:
         rich.event(kind, detail)
     assert secret not in out.getvalue() and out.getvalue().count("***") == 3
     assert secret not in sink.getvalue() and "***" in sink.getvalue()
+
+
+def test_a_json_line_holding_the_token_in_another_encoding_stays_one_json_object() -> None:
+    from seedream_pipe.progress import JsonProgress
+
+    secret = "some-secret-token-123"
+    out = io.StringIO()
+    JsonProgress(out, secret=secret).event("message", {"text": "seen some&#45;secret&#45;token&#45;123"})
+    event = json.loads(out.getvalue())
+    assert event["event"] == "message" and "withheld" in event and "secret" not in out.getvalue()
 
 
 def test_a_zero_second_pause_is_said_as_zero() -> None:
