@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import html
 import importlib.util
 import json
 import os
@@ -130,6 +131,18 @@ class UnknownOutcome:
 
     reason: str
     attempts: int = 1
+
+
+_TAG = re.compile(r"<[^>]{0,1000}>")
+
+
+def _plain_text(body: str) -> str:
+    """A non-JSON answer as one line to show: a gateway's HTML error page ("<html><head><title>
+    504 Gateway Time-out</title>...") as its words, any text with its line breaks folded."""
+    text = body.strip()
+    if text.startswith("<"):
+        text = html.unescape(_TAG.sub(" ", text))
+    return " ".join(text.split())
 
 
 def _port_of(parts: SplitResult) -> int:
@@ -386,7 +399,7 @@ class ModelApiClient:
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
-            return self._said(response.text.strip() or response.reason_phrase)
+            return self._said(_plain_text(response.text) or response.reason_phrase)
         if isinstance(data, dict):
             text = _error_text(data.get("error")) or _error_text(data.get("detail")) or _error_text(
                 data.get("message")
@@ -680,6 +693,22 @@ class ModelApiClient:
         on_runcomfy = any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES)
         return on_runcomfy and port in (80, 443)
 
+    def _why_not(self, url: str) -> str:
+        """What download_allowed refused in `url`, in words."""
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = _port_of(parts)
+        except ValueError:
+            return "a malformed URL (its host cannot be read)"
+        if "@" in parts.netloc:
+            return "a URL with a user name or password in it"
+        if host == self._base_host:
+            return f"from {host}:{port}: the API's host, but not its port ({self._base_port})"
+        if any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES):
+            return f"from {host}:{port}: a RunComfy host, but not on a web port (80, 443)"
+        return f"from {host or url}: not a RunComfy host"
+
     async def fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         """Stream a file URL (no Authorization header) to a temporary file in `dest_dir`.
 
@@ -702,11 +731,7 @@ class ModelApiClient:
                     "refusing to download a malformed URL (backslash, space or control character)"
                 )
             if not self.download_allowed(url):
-                try:
-                    host = urlsplit(url).hostname or url
-                except ValueError:
-                    raise ApiError("refusing to download a malformed URL (its host cannot be read)") from None
-                raise ApiError(self._redact(f"refusing to download from {host}: not a RunComfy host"))
+                raise ApiError(self._redact(f"refusing to download {self._why_not(url)}"))
             await self.budget.acquire()
             self.counters["http_requests"] += 1
             self.counters["downloads"] += 1

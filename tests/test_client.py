@@ -315,6 +315,35 @@ def test_downloads_come_from_runcomfy_on_web_ports_or_the_apis_own_host_and_port
 
 
 @pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:5432/f.jpg", "from 127.0.0.1:5432: the API's host, but not its port (8765)"),
+        ("https://cdn.runcomfy.com:2379/f.jpg", "from cdn.runcomfy.com:2379: a RunComfy host, but not on a web port (80, 443)"),
+        ("http://u@127.0.0.1:8765/f.jpg", "a URL with a user name or password in it"),
+        ("https://evil.example.com/f.jpg", "from evil.example.com: not a RunComfy host"),
+    ],
+)
+async def test_a_refused_download_says_what_was_wrong_with_its_url(url: str, said: str, tmp_path: Path) -> None:
+    client = ModelApiClient(ApiSettings("http://127.0.0.1:8765/v1", TOKEN))
+    with pytest.raises(ApiError, match="refusing to download") as caught:
+        await client.fetch(url, tmp_path)
+    assert str(caught.value) == f"refusing to download {said}"
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateways_html_error_page_is_said_as_its_words_on_one_line(status: int) -> None:
+    page = (
+        f"<html>\r\n<head><title>{status} Gateway Time-out</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    client, _ = make_client(sequence(httpx.Response(status, text=page)))
+    result = await client.submit(MODEL, {"prompt": "x"})
+    assert isinstance(result, UnknownOutcome)
+    assert f"from a gateway: {status} Gateway Time-out {status} Gateway Time-out nginx)" in result.reason
+    assert "<" not in result.reason and "\r" not in result.reason
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://evil.example.com\\@cdn.runcomfy.net/x.png",
