@@ -58,6 +58,7 @@ from seedream_pipe.recipe import (
     TEMPLATE_NAME_PATTERN,
     VAR_NAME_PATTERN,
     KeyPath,
+    closest,
     did_you_mean,
 )
 
@@ -1235,6 +1236,7 @@ def prepare(recipe: Recipe) -> Blueprint:
     unusable = [name for name in spec.vars if not _usable_var_name(name)]
     scope_names = (set(spec.vars) - set(unusable)) | set(BUILTIN_SCOPE) | set(spec.params)
     used: set[str] = set()
+    meant: set[str] = set()  # names an undefined one is a slip for: not also "used by no template"
     for template in templates:
         used |= template.uses
         if problems.unknown.names:
@@ -1246,14 +1248,16 @@ def prepare(recipe: Recipe) -> Blueprint:
                 hint = (f" (part of the var {part_of!r}, whose name a template cannot use: rename it, "
                         f"e.g. {renamed!r})")
             else:
-                hint = did_you_mean(name, scope_names)
+                guess = closest(name, scope_names)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                meant |= {guess} if guess else set()
             problems.add_template(template.key_path, _first_line_of(template, name),
                                   f"{name!r} is undefined{hint}; the template can use: "
                                   + ", ".join(sorted(scope_names)))
     written = 1 if spec.template is not None else len(spec.templates or {})
     if templates and len(templates) == written and not problems.unknown.templates:
         for name in spec.vars:
-            if name not in used and name not in unusable:
+            if name not in used and name not in unusable and name not in meant:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 

@@ -961,3 +961,13 @@ def test_the_random_filter_is_refused_as_a_plan_must_be_the_same_every_time(tmp_
     text = "template: \"{{ s }} {{ ['red', 'blue']|random }}\"\nvars: {s: [a fox]}\nresolutions: [1K]\n"
     problem = only_problem(tmp_path, text)
     assert "No filter named 'random'" in problem and "sample: {n: N, seed: S}" in problem
+
+
+def test_a_misspelt_var_in_a_template_is_one_problem_not_two(tmp_path: Path) -> None:
+    # "'plce' is undefined (did you mean 'place'?)" was followed by "var 'place' is used by no
+    # template", which fixing the first makes untrue
+    text = 'template: "a {{ animal }} {{ plce }}"\nvars: {animal: [fox], place: [here, there], mood: [calm]}\nresolutions: [1K]\n'
+    problems = problems_of(tmp_path, text)
+    assert any("'plce' is undefined (did you mean 'place'?)" in p for p in problems)
+    assert not any("var 'place' is used by no template" in p for p in problems)
+    assert any("var 'mood' is used by no template" in p for p in problems)  # a var no slip points at
