@@ -1018,6 +1018,19 @@ def run_sim_command(
     return line, out, err
 
 
+def test_a_request_the_server_cannot_parse_is_one_log_line_not_a_traceback() -> None:
+    def bad_request(line: str) -> None:
+        host_port = line.split("http://", 1)[1].split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"GET /admin/stats HTTP/1.1\r\n\r\n")  # no Host header
+            assert b" 400 " in conn.recv(100)
+
+    _, _, err = run_sim_command(use=bad_request)
+    assert "Traceback" not in err
+    assert "answered 400, Missing 'Host' header in request." in err
+
+
 def test_simulator_on_a_port_in_use_raises_oserror(sim: Simulator) -> None:
     with pytest.raises(OSError):
         Simulator(SimConfig(), port=sim.port).start()

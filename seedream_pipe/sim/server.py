@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -20,12 +21,32 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from seedream_pipe.sim.app import SimApp
 from seedream_pipe.sim.config import DEFAULT_HOST, SimConfig, validate_config
 from seedream_pipe.sim.engine import TERMINAL, Clock
 
 T = TypeVar("T")
+
+
+class _MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (no Host header, a bad request line) with its whole
+    traceback, after answering it 400. For a simulator that is a client's mistake, not ours:
+    one line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: answered 400, {' '.join(str(error.message).split())}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_aiohttp_server_log = logging.getLogger("aiohttp.server")
+if not any(isinstance(f, _MalformedRequestsInOneLine) for f in _aiohttp_server_log.filters):
+    _aiohttp_server_log.addFilter(_MalformedRequestsInOneLine())
 # How long stopping waits for answers still being written (a slow fault sleeps far longer:
 # it is cut short, as a real server restart would cut it).
 SHUTDOWN_GRACE_S = 0.25
