@@ -262,6 +262,15 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+BIDI_MARKS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_marks(text: str) -> str:
+    """`text` with its bidirectional marks written out (`\\u202e`), for pages and files read by
+    people: "\u202egnp.exe" would show as "exe.png". Nothing else is changed."""
+    return BIDI_MARKS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def printable(text: str, *, keep_newlines: bool = False) -> str:
     """Text from a recipe or a server, safe to print on a terminal: `\x1b` -> `\\x1b`, `\r` -> `\\r`.
 

@@ -76,6 +76,17 @@ def test_recipe_text_is_escaped_everywhere(hostile: Path) -> None:
     assert data["jobs"]["j005"]["axes"]["subject"] == ATTR
 
 
+def test_bidi_marks_are_shown_as_text_not_obeyed(tmp_path: Path) -> None:
+    # "\u202egnp.exe" shows as "exe.png": in labels, prompts and the viewer's data alike
+    make_folder(tmp_path, jobs=plan_jobs(subjects={"cat \u202egnp.exe": "a cat"}, prompt_prefix="\u2066x\u2069 "))
+    write_gallery(open_output(tmp_path))
+    html = (tmp_path / "gallery.html").read_text(encoding="utf-8")
+    assert not any(mark in html for mark in "\u202e\u2066\u2069")
+    assert "cat \\u202egnp.exe" in html  # the label, as text
+    data = embedded_data(html)
+    assert data["jobs"]["j001"]["prompt"].startswith("\\u2066x\\u2069 ")  # the viewer shows it so
+
+
 def test_json_for_script_escapes_what_could_end_the_element() -> None:
     text = str(json_for_script({"a": "</script><!--&\u2028"}))
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text

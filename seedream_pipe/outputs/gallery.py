@@ -27,6 +27,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from seedream_pipe import __version__
+from seedream_pipe.errors import BIDI_MARKS, visible_marks
 from seedream_pipe.outputs._folder import (
     GALLERY_NAME,
     IMAGE_CHANGED,
@@ -57,6 +58,9 @@ _BADGES = {
 def json_for_script(value: Any) -> Markup:
     """JSON that is safe inside a <script> element: no `</script>`, no `<!--`, no HTML at all."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    # bidi marks as the text "\u202e" (an escaped backslash in JSON): the viewer shows them, and
+    # "\u202egnp.exe" does not read as "exe.png"
+    text = BIDI_MARKS.sub(lambda match: f"\\\\u{ord(match.group()):04x}", text)
     for char, escaped in (
         ("<", "\\u003c"),
         (">", "\\u003e"),
@@ -82,7 +86,7 @@ def label_html(label: object) -> Markup:
     at the start of the next line. So the character before a run of such marks and the run are
     one `nowrap` span: the word may still break, one character earlier.
     """
-    text = str(label)
+    text = visible_marks(str(label))
     pieces: list[str] = []
     done = i = 0
     while i < len(text):
@@ -234,6 +238,8 @@ def _environment() -> jinja2.Environment:
             )
         ),
         autoescape=True,
+        # every value shown with its bidi marks written out (labels go through label_html)
+        finalize=lambda value: visible_marks(value) if type(value) is str else value,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
