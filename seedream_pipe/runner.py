@@ -337,6 +337,7 @@ class Runner:
         self.lost_contact = 0
         self.accepted_unread = 0  # submits accepted with answers that could not be read
         self._not_found: dict[str, int] = {}  # 404s for a job's request id in this run
+        self._run_again_left: int | None = None  # submits --limit still allows (None: no limit)
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._posting: set[asyncio.Task[Any]] = set()  # a POST on the wire (or about to be)
@@ -433,6 +434,8 @@ class Runner:
         submit_now, held_back = submits_within_limit(
             plan.get("resubmit", []) + plan.get("submit", []), self.opt.limit, lambda r: (r.job_index, r.job_id)
         )
+        # what --limit leaves for jobs a restarted simulator forgot, made again (_run_again)
+        self._run_again_left = None if self.opt.limit is None else max(0, self.opt.limit - len(submit_now))
         todo = len(submit_now) + len(plan.get("poll", [])) + len(plan.get("download", []))
         actions = {
             "submit": sum(1 for rec in submit_now if rec.job_id not in resubmits),
@@ -612,6 +615,10 @@ class Runner:
         """The built-in simulator forgot the job (it restarted): make the image again, once."""
         if self.stop_submitting or rec.job_id in self._ran_again:
             return
+        if self._run_again_left is not None:
+            if self._run_again_left == 0:
+                return  # (planned: --limit holds it for a later run, as any submit past it)
+            self._run_again_left -= 1
         self._ran_again.add(rec.job_id)
         await self.slots.wait_free()
         if self.stop_submitting:

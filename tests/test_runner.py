@@ -626,6 +626,19 @@ def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_p
     assert_images_intact(out, 6)
 
 
+def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
+        assert run(first, recipe, out, options=fast(timeout_s=0.3)).counts["failed"] == 6  # ids kept
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:  # knows none of them
+        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True, limit=2))
+        assert second.stats()["submits_accepted"] == 2  # --limit 2: two made again, not six
+    with StateStore.for_output_dir(out) as store:
+        counts = store.counts()
+    assert counts["downloaded"] == 2 and counts["planned"] == 4  # held for a later run
+    assert result.exit_code == 0
+
+
 def test_a_server_limit_below_the_rpm_is_found_from_429s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from seedream_pipe.sim import engine
 
