@@ -833,7 +833,10 @@ class Runner:
     def _may_look_again(self, rec: JobRecord) -> bool:
         """After a 404 for a job's request id: whether to look once more before it counts as
         lost. The API gave us that id; a 404 for it may be a replica that has not seen it yet,
-        and losing the job would make --retry-failed pay for it again."""
+        and losing the job would make --retry-failed pay for it again. (Not so for a simulator
+        started afresh, `forget_lost`: it never knew the jobs of the one before.)"""
+        if self.opt.forget_lost:
+            return False
         misses = self._not_found[rec.job_id] = self._not_found.get(rec.job_id, 0) + 1
         return misses < NOT_FOUND_LOOKS
 

@@ -338,6 +338,12 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
     assert job.state == "downloaded" and job.possible_duplicate
+    # a simulator started afresh (`run --sim`: forget_lost) never knew the job: one look, made again
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        store.transition(job.job_id, "submitted", request_id="r1", possible_duplicate=False)
+    reads.clear()
+    again = run(forget_lost=True)
+    assert again.exit_code == 0 and posts == ["r1", "r2", "r3"] and reads["r1 status"] == 1
 
 
 # --- answers that used to hang a run or fill the memory ----------------------------------------
