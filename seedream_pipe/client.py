@@ -42,6 +42,7 @@ from seedream_pipe.errors import (
     ApiError,
     AuthError,
     CreditError,
+    DownloadRefused,
     NotFound,
     NotRetried,
     RateLimited,
@@ -727,11 +728,11 @@ class ModelApiClient:
     async def _fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         for _hop in range(MAX_REDIRECTS + 1):
             if _AMBIGUOUS_URL_CHARS.search(url):
-                raise ApiError(
+                raise DownloadRefused(
                     "refusing to download a malformed URL (backslash, space or control character)"
                 )
             if not self.download_allowed(url):
-                raise ApiError(self._redact(f"refusing to download {self._why_not(url)}"))
+                raise DownloadRefused(self._redact(f"refusing to download {self._why_not(url)}"))
             await self.budget.acquire()
             self.counters["http_requests"] += 1
             self.counters["downloads"] += 1
@@ -745,7 +746,7 @@ class ModelApiClient:
                         try:
                             url = urljoin(url, response.headers["Location"])
                         except ValueError:
-                            raise ApiError("refusing to follow a malformed redirect") from None
+                            raise DownloadRefused("refusing to follow a malformed redirect") from None
                         continue
                     if code == 429:
                         self.counters["rate_limited"] += 1

@@ -152,6 +152,11 @@ class NotRetried(ServiceUnavailable):
     machine does not trust): given up at once, and something must change before a run gets on."""
 
 
+class DownloadRefused(ApiError):
+    """A file URL seedream-pipe will not fetch: malformed, or not RunComfy's nor the API's own
+    place. Fetching the same URL again cannot help; a freshly read one may."""
+
+
 class UnusableAnswer(ApiError):
     """A submit the API accepted (the job may be billed) whose answer cannot be kept: the run
     stops submitting, since the next answer will be the same."""

@@ -73,6 +73,7 @@ from seedream_pipe.errors import (
     ApiError,
     AuthError,
     CreditError,
+    DownloadRefused,
     NotFound,
     NotRetried,
     OutputError,
@@ -994,12 +995,15 @@ class Runner:
             except (NotFound, ServiceUnavailable) as exc:
                 last_error = str(exc)
                 continue
+            except DownloadRefused as exc:
+                last_error = str(exc)
+                if from_api_now:
+                    break  # the API's own answer, now: asking again gives the same
+                continue  # stored by an earlier run (a simulator's port of then): ask for today's
             except ApiError as exc:
                 last_error = str(exc)
-                if "refusing to download" in last_error and not from_api_now:
-                    continue  # stored by an earlier run (a simulator's port of then): ask for today's
                 if exc.status is None:
-                    break  # a place we will not fetch from, or over the size cap: no retry helps
+                    break  # over the size cap: no retry helps
                 continue  # e.g. 403: the signed URL expired
             try:
                 kept = await asyncio.to_thread(keep_image, fetched.path, dest, thumb)
@@ -1465,6 +1469,7 @@ async def arun_recipe(
         raise OutputError(f"{out}: is a file, not a folder; give the output folder another path (--out)") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
+    # (before the lock, which creates .run.lock: a folder refused is left as it was found)
     refuse_links(out)  # (first: a state.sqlite that is a dangling link is not "no state")
     refuse_foreign(out)
     progress = progress or QuietProgress()
