@@ -670,7 +670,13 @@ class ModelApiClient:
     # -- downloads ------------------------------------------------------------------------------
 
     def download_allowed(self, url: str) -> bool:
-        """Only https/http from *.runcomfy.net or *.runcomfy.com on the web's own ports, or from
+        """Whether a file may be fetched from `url` (see `download_refusal`)."""
+        return self.download_refusal(url) is None
+
+    def download_refusal(self, url: str) -> str | None:
+        """Why a file is not fetched from `url`, in words, or None when it may be.
+
+        Only https/http from *.runcomfy.net or *.runcomfy.com on the web's own ports, or from
         the API's own host and port: an answer cannot point a download at another service of
         the API's machine (say, a database on 127.0.0.1:5432).
 
@@ -680,35 +686,26 @@ class ModelApiClient:
         with a user name or password, which would be sent along (as Basic auth) to the host.
         """
         if _AMBIGUOUS_URL_CHARS.search(url):
-            return False
+            return "a malformed URL (backslash, space or control character)"
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
             port = _port_of(parts)
         except ValueError:  # "http://[::1/x", a netloc NFKC would change, a port that is no number
-            return False
-        if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
-            return False
-        if host == self._base_host:
-            return port == self._base_port
-        on_runcomfy = any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES)
-        return on_runcomfy and port in (80, 443)
-
-    def _why_not(self, url: str) -> str:
-        """What download_allowed refused in `url`, in words."""
-        try:
-            parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-            port = _port_of(parts)
-        except ValueError:
             return "a malformed URL (its host cannot be read)"
         if "@" in parts.netloc:
             return "a URL with a user name or password in it"
+        if parts.scheme not in ("http", "https") or not host:
+            return f"from {host or url}: not a RunComfy host"
         if host == self._base_host:
+            if port == self._base_port:
+                return None
             return f"from {host}:{port}: the API's host, but not its port ({self._base_port})"
-        if any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES):
+        if not any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES):
+            return f"from {host}: not a RunComfy host"
+        if port not in (80, 443):
             return f"from {host}:{port}: a RunComfy host, but not on a web port (80, 443)"
-        return f"from {host or url}: not a RunComfy host"
+        return None
 
     async def fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         """Stream a file URL (no Authorization header) to a temporary file in `dest_dir`.
@@ -727,12 +724,9 @@ class ModelApiClient:
 
     async def _fetch(self, url: str, dest_dir: Path) -> FetchedFile:
         for _hop in range(MAX_REDIRECTS + 1):
-            if _AMBIGUOUS_URL_CHARS.search(url):
-                raise DownloadRefused(
-                    "refusing to download a malformed URL (backslash, space or control character)"
-                )
-            if not self.download_allowed(url):
-                raise DownloadRefused(self._redact(f"refusing to download {self._why_not(url)}"))
+            refusal = self.download_refusal(url)
+            if refusal is not None:
+                raise DownloadRefused(self._redact(f"refusing to download {refusal}"))
             await self.budget.acquire()
             self.counters["http_requests"] += 1
             self.counters["downloads"] += 1
