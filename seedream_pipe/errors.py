@@ -262,12 +262,11 @@ def holds_secret(text: str, secret: str | None) -> bool:
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-#: What printable() escapes: the controls above, and the invisible marks that reorder text on a
-#: terminal (bidirectional overrides and isolates): "\u202egnp.exe" reads as "exe.png".
-_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
+#: The invisible marks that reorder text (bidirectional overrides and isolates): shown as they
+#: are, "\u202egnp.exe" reads as "exe.png".
 BIDI_MARKS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: What printable() escapes: both of the above.
+_UNSHOWN = re.compile(f"{CONTROL_CHARS.pattern}|{BIDI_MARKS.pattern}")
 
 
 def visible_marks(text: str) -> str:
