@@ -514,12 +514,17 @@ def test_cancel_that_the_api_refuses_is_an_error_not_kept(paused_sim: Simulator,
     assert "0 running job(s) kept" in stdout
 
 
-def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
+def run_json(recipe: Path, out: Path, token: str) -> tuple[int, str]:
+    """`run --json` against a simulator that takes the token "tok": (exit code, stdout)."""
     with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
         code, stdout, _ = invoke(
-            "run", str(recipe), "--base-url", sim.base_url, "--out", str(tmp_path / "o"), "--json",
-            env={"RUNCOMFY_TOKEN": "tok"},
+            "run", str(recipe), "--base-url", sim.base_url, "--out", str(out), "--json", env={"RUNCOMFY_TOKEN": token}
         )
+    return code, stdout
+
+
+def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
+    code, stdout = run_json(recipe, tmp_path / "o", "tok")
     assert code == 0
     events = [json.loads(line) for line in stdout.splitlines()]
     kinds = [e["event"] for e in events]
@@ -536,11 +541,7 @@ def test_json_prints_one_event_per_line(recipe: Path, tmp_path: Path) -> None:
 
 
 def test_json_run_finished_says_why_a_run_stopped(recipe: Path, tmp_path: Path) -> None:
-    with Simulator(SimConfig(workers=2, latency=0.01, token="tok")) as sim:
-        code, stdout, _ = invoke(
-            "run", str(recipe), "--base-url", sim.base_url, "--out", str(tmp_path / "o"), "--json",
-            env={"RUNCOMFY_TOKEN": "not-the-token"},
-        )
+    code, stdout = run_json(recipe, tmp_path / "o", "not-the-token")
     assert code == 77
     finished = json.loads(stdout.splitlines()[-1])
     assert finished["event"] == "run_finished" and finished["exit_code"] == 77
