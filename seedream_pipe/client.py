@@ -476,10 +476,17 @@ class ModelApiClient:
             raise RateLimited(f"{what}: still rate limited after {limited} tries", status=429)
 
     async def _ask_again(
-        self, response: httpx.Response, what: str, tries: _Tries, throttle: Callable[[float | None], float | None]
+        self,
+        response: httpx.Response,
+        what: str,
+        tries: _Tries,
+        throttle: Callable[[float | None], float | None],
+        *,
+        retry_answers: bool = True,
     ) -> bool:
         """True when this answer means "ask again": a 429 or a 5xx, after its pause (or an error
-        once past the limits). Any other non-2xx answer raises its ApiError; a 2xx is False."""
+        once past the limits). Any other non-2xx answer raises its ApiError; a 2xx is False.
+        Without `retry_answers`, a 5xx raises ServiceUnavailable at once."""
         code = response.status_code
         if code == 429:
             tries.limited += 1
@@ -488,6 +495,8 @@ class ModelApiClient:
         if code >= 500:
             tries.failures += 1
             reason = f"HTTP {code}: {self._reason(response)}"
+            if not retry_answers:
+                raise ServiceUnavailable(f"{what}: {reason}", status=code)
             await self._after_transient(tries.failures, what, reason, status=code)
             return True
         if code >= 300:
@@ -496,8 +505,15 @@ class ModelApiClient:
 
     # -- idempotent calls: status, result, cancel -------------------------------------------
 
-    async def _call(self, method: str, url: str, what: str, counter: str) -> dict[str, Any]:
-        """One idempotent API call with the request budget, 429 pauses and transient retries."""
+    async def _call(
+        self, method: str, url: str, what: str, counter: str, *, retry_answers: bool = True
+    ) -> dict[str, Any]:
+        """One idempotent API call with the request budget, 429 pauses and transient retries.
+
+        `retry_answers=False`: a 5xx or an unreadable answer raises ServiceUnavailable at once,
+        with the answer's status (network errors and 429s are still waited out and retried):
+        for a caller to whom such an answer says something about the endpoint itself.
+        """
         tries = _Tries()
         error: str | None  # a transient network error of this try, if any
         while True:
@@ -514,10 +530,12 @@ class ModelApiClient:
                 tries.failures += 1
                 await self._after_transient(tries.failures, what, error)
                 continue
-            if await self._ask_again(response, what, tries, self.budget.rate_limited):
+            if await self._ask_again(response, what, tries, self.budget.rate_limited, retry_answers=retry_answers):
                 continue
             data = self._json(response)
             if data is None:
+                if not retry_answers:
+                    raise ServiceUnavailable(f"{what}: the answer was not a JSON object", status=response.status_code)
                 # an unreadable 200: the call did nothing we rely on, so asking again is safe
                 tries.failures += 1
                 await self._after_transient(
@@ -540,16 +558,19 @@ class ModelApiClient:
     async def result(self, request_id: str, result_url: str | None = None) -> JobResult:
         return await self._result(request_id, result_url, "result_reads")
 
-    async def look(self, request_id: str, result_url: str | None = None) -> JobResult:
-        """A poll by the result endpoint, counted as a poll. RunComfy's result endpoint answers
-        a job not yet finished with its current state "so you can continue polling" (its API
-        page), and a finished one with its outputs: the look that sees a job finish also reads
-        what it made, one request fewer than a status poll followed by a result read."""
-        return await self._result(request_id, result_url, "polls")
+    async def look(self, request_id: str, result_url: str | None = None, *, retry_answers: bool = True) -> JobResult:
+        """A poll by the result endpoint, counted as a poll. Where the result endpoint answers a
+        job not yet finished with its state, the look that sees a job finish also reads what it
+        made: one request fewer than a status poll followed by a result read. RunComfy documents
+        the result endpoint for finished jobs only, so the runner checks that it does
+        (`retry_answers=False` until then: a 5xx may be its way of saying "not finished")."""
+        return await self._result(request_id, result_url, "polls", retry_answers=retry_answers)
 
-    async def _result(self, request_id: str, result_url: str | None, counter: str) -> JobResult:
+    async def _result(
+        self, request_id: str, result_url: str | None, counter: str, *, retry_answers: bool = True
+    ) -> JobResult:
         url = self._api_url(result_url, f"/requests/{quote(request_id, safe='')}/result")
-        data = await self._call("GET", url, f"result of {request_id}", counter)
+        data = await self._call("GET", url, f"result of {request_id}", counter, retry_answers=retry_answers)
         return JobResult(
             status=normalize_status(data.get("status")),
             output_urls=[url for url in collect_urls(data.get("output")) if self._link(url)],

@@ -347,8 +347,10 @@ class Runner:
         self._dispatching = False
         self._polls: dict[str, int] = {}
         # Looks read the result endpoint until the API shows it will not answer it for a job
-        # still running; from then on, status (see _look)
+        # still running; from then on, status (see _look). Proven: it has answered one with
+        # its state, so its 5xx are outages like any other, retried.
         self._looks_read_result = True
+        self._result_looks_proven = False
         self._retries_before: dict[str, int] = {}  # a job's retries recorded by earlier runs
         self._ran_again: set[str] = set()
         self.summary_extra: dict[str, Any] = {}
@@ -845,32 +847,43 @@ class Runner:
         """One look at a job in flight: a result read (which for a finished job carries its
         outputs, saving the result read after a status poll), else a status poll.
 
-        RunComfy documents that its result endpoint answers a job not yet finished with its
-        state. Should an API not do that (a 4xx a status read does not give, or an answer with
-        no state it names), one status read checks the job, and this run's looks use status
-        from then on: the result endpoint alone never makes a job lost, failed or timed out.
+        RunComfy documents status polls, then a result read once the job is completed; what its
+        result endpoint answers for a job still running is not documented. So a look reads the
+        result, and any answer that is not a state (a 4xx a status read does not give; before
+        the endpoint has answered a running job with its state, a 5xx or an unreadable answer,
+        not retried; a state it does not name) is checked by one status read. If that shows
+        the job still running, this run's looks use status from then on: the result endpoint
+        alone never makes a job lost, failed or timed out, and never stops the run.
         """
         assert rec.request_id is not None
         if not self._looks_read_result:
             return await self.client.status(rec.request_id, rec.status_url)
+        proven = self._result_looks_proven
         try:
-            result = await self.client.look(rec.request_id, rec.result_url)
+            result = await self.client.look(rec.request_id, rec.result_url, retry_answers=proven)
         except ApiError as exc:
             # Any 4xx but a 429 (the limit, already waited out) may be this endpoint refusing a
             # job that is not finished: even a 401/403/404, which the status read then confirms
             # (and which then stops the run or loses the job as before). An error_code in a 2xx
-            # answer is about the job, not the endpoint.
-            if exc.status is None or not 400 <= exc.status < 500 or exc.status == 429:
+            # answer is about the job, not the endpoint. A network error is not an answer.
+            refused = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+            unproven = not proven and isinstance(exc, ServiceUnavailable) and exc.status is not None
+            if not (refused or unproven):
                 raise
-            return await self._look_by_status(rec, f"with {exc.status}")
+            said = "with an answer that was not JSON" if exc.status is not None and exc.status < 300 else f"with {exc.status}"
+            return await self._look_by_status(rec, said)
         if result.status not in KNOWN_STATES:
             return await self._look_by_status(rec, f"with no state it names ({result.status[:40]!r})")
+        if not result.finished:
+            self._result_looks_proven = True
         return result
 
     async def _look_by_status(self, rec: JobRecord, how: str) -> JobStatus:
         assert rec.request_id is not None
         status = await self.client.status(rec.request_id, rec.status_url)
-        if status.status in KNOWN_STATES:  # (else the status endpoint is no clearer: keep both)
+        # (a job finished: the result endpoint's answer was about something else, a passing
+        # fault; a state the status endpoint does not name either: it is no clearer. Keep both.)
+        if status.status in ("in_queue", "in_progress") and self._looks_read_result:
             self._looks_read_result = False
             self._emit(
                 "message",

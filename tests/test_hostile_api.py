@@ -233,11 +233,13 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
 # --- an API whose result endpoint does not answer a running job ---------------------------------
 
 
-@pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200])
-def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_path: Path, refusal: int) -> None:
-    # RunComfy documents that a result read of a running job answers its state; should an API
-    # refuse instead (or answer 200 with no state), that must not fail, lose or time out the
-    # job: the run polls status instead.
+@pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200, "not json", 500, 502, 503])
+def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
+    tmp_path: Path, refusal: int | str
+) -> None:
+    # RunComfy documents the result endpoint for finished jobs only; the looks read it for a
+    # running job too. Should an API refuse there (a 4xx, a 5xx, 200 with no state or not JSON),
+    # that must not fail, lose or time out the job, nor stop the run: it polls status instead.
     import io
 
     from PIL import Image
@@ -263,7 +265,9 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_p
             refused.append(rid)
             if refusal == 200:
                 return httpx.Response(200, json={"request_id": rid})
-            return httpx.Response(refusal, json={"error": {"message": "not finished yet"}})
+            if refusal == "not json":
+                return httpx.Response(200, text="<html><body>Not ready</body></html>")
+            return httpx.Response(int(refusal), json={"error": {"message": "not finished yet"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
 
     recipe = tmp_path / "r.yaml"
@@ -275,8 +279,62 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(tmp_p
     )  # fmt: skip
     assert result.exit_code == 0, result.reason
     assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
-    assert refused == ["r1"]  # asked once; the other jobs were polled by status from the start
+    assert refused == ["r1"]  # asked once, not retried; the other jobs were polled by status from the start
     assert all(n == 2 for n in status_reads.values())
+
+
+@pytest.mark.parametrize("proven", [True, False])
+def test_a_5xx_from_the_result_endpoint_after_it_answered_a_running_job_is_an_outage(
+    tmp_path: Path, proven: bool
+) -> None:
+    # Once the result endpoint has answered a running job with its state, a 5xx from it is a
+    # passing fault like any other: retried, the looks stay on the result endpoint. Before that,
+    # a 5xx for a job that has in fact finished is checked by one status read, which says so:
+    # the job is finished from there and the looks stay on the result endpoint too.
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    reads: dict[str, int] = {}
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=buffer.getvalue())
+        endpoint = request.url.path.split("/")[4]
+        reads[endpoint] = reads.get(endpoint, 0) + 1
+        if endpoint == "status":
+            return httpx.Response(200, json={"status": "completed"})
+        n = reads["result"]
+        if proven and n == 1:
+            return httpx.Response(200, json={"status": "in_progress"})
+        if n == (2 if proven else 1):
+            return httpx.Response(500, json={"error": {"message": "upstream hiccup"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "{{ x }}"\nvars: {x: [a]}\nresolutions: [1K]\n', encoding="utf-8")
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Heard:
+        def event(self, kind: str, detail: dict[str, Any]) -> None:
+            events.append((kind, detail))
+
+    result = run_recipe(
+        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
+        options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01),
+        http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        progress=Heard(),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.reason
+    assert not any("polling its status instead" in str(detail) for _, detail in events)
+    if proven:  # in_progress, 500 (retried), completed: no status read
+        assert reads == {"result": 3}
+    else:  # 500 (not retried), status: completed, the result read
+        assert reads == {"result": 2, "status": 1}
 
 
 @pytest.mark.parametrize("forgotten", [False, True])
