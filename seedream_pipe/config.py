@@ -143,6 +143,17 @@ def find_token(env: Mapping[str, str] | None = None) -> str | None:
     return None if token is None else _header_safe(token, str(path))
 
 
+def token_source(env: Mapping[str, str] | None = None) -> str | None:
+    """Where `find_token` takes the token from (a variable's name, or the login file's path),
+    for a message about a refused token: a stale RUNCOMFY_API_TOKEN beats a fresh login."""
+    env = os.environ if env is None else env
+    for name in TOKEN_ENVS:
+        if env.get(name, "").strip():
+            return name
+    path = config_dir(env) / TOKEN_FILE
+    return str(path) if _read_token_file(path)[0] is not None else None
+
+
 def _read_token_file(path: Path) -> tuple[str | None, str | None]:
     """The token in the official CLI's token.json, or None and what is wrong with the file
     (None too when there is no file: no login at all)."""

@@ -322,11 +322,20 @@ def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, 
         assert store.counts()["submitted"] == 2  # nothing was asked, nothing recorded
 
 
-def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(recipe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "said"),
+    [
+        ("RUNCOMFY_TOKEN", "RUNCOMFY_TOKEN; it is used before RUNCOMFY_API_TOKEN and the token of `runcomfy login`."),
+        ("RUNCOMFY_API_TOKEN", "RUNCOMFY_API_TOKEN; it is used before the token of `runcomfy login`."),
+    ],
+)
+def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(
+    recipe: Path, tmp_path: Path, variable: str, said: str
+) -> None:
     sim = Simulator(SimConfig(latency=0.05, latency_jitter=0.0, faults=Faults(revoke_after=1))).start()
     try:
         code, _, err = invoke(
-            "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", sim.base_url, env={"RUNCOMFY_TOKEN": "tok"}
+            "run", str(recipe), "--out", str(tmp_path / "o"), "--base-url", sim.base_url, env={variable: "tok"}
         )
     finally:
         sim.stop()
@@ -334,6 +343,9 @@ def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(rec
     # said once, at the end with its fix (the run stops at once: no "stopping submits" line first)
     assert err.count("refused the token") == 1
     assert f"Fix that, then run the same command: it resumes where it stopped ({tmp_path / 'o'})." in err
+    # which token was sent: a stale variable set long ago beats a fresh `runcomfy login`
+    assert err.rstrip().endswith(f"The token sent was read from {said}")
+    assert "tok\n" not in err and "'tok'" not in err
 
 
 def test_cancel_with_nothing_in_flight_needs_no_token(recipe: Path, tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from seedream_pipe.client import (
     UnknownOutcome,
     collect_urls,
 )
-from seedream_pipe.config import ApiSettings, api_settings, find_token, resolve_base_url
+from seedream_pipe.config import (
+    ApiSettings,
+    api_settings,
+    find_token,
+    resolve_base_url,
+    token_source,
+)
 from seedream_pipe.errors import (
     ApiError,
     AuthError,
@@ -386,6 +392,11 @@ def test_token_discovery(tmp_path: Path) -> None:
     (home / ".config" / "runcomfy").mkdir(parents=True)
     (home / ".config" / "runcomfy" / "token.json").write_text("not json")
     assert find_token({"HOME": str(home)}) is None
+    # where each came from, as a refused run says it
+    assert token_source({"RUNCOMFY_TOKEN": " a ", "RUNCOMFY_API_TOKEN": "b"}) == "RUNCOMFY_TOKEN"
+    assert token_source({"RUNCOMFY_TOKEN": " ", "RUNCOMFY_API_TOKEN": "b"}) == "RUNCOMFY_API_TOKEN"
+    assert token_source({"RUNCOMFY_CONFIG_DIR": str(conf)}) == str(conf / "token.json")
+    assert token_source({"HOME": str(home)}) is None
     with pytest.raises(AuthError, match=r"RUNCOMFY_TOKEN.*--sim") as info:
         api_settings(None, {"HOME": str(home)})
     assert info.value.exit_code == 77

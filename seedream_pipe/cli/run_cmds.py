@@ -21,6 +21,7 @@ from seedream_pipe.cli import printable
 from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
+    EX_NOPERM,
     EX_OK,
     EX_SOFTWARE,
     EX_SOME_FAILED,
@@ -314,7 +315,24 @@ def run_command(
         )
     if not json_lines:
         _print_summary(result, quiet=quiet, retried=options.retry_failed)
+        if result.exit_code == EX_NOPERM and not sim:
+            _say_token_source()
     return result.exit_code
+
+
+def _say_token_source() -> None:
+    """Which token a refused run used: with two variables and a login file, the one fixed may
+    not be the one read."""
+    from seedream_pipe.config import TOKEN_ENVS, token_source
+
+    source = token_source()
+    if source is None:
+        return
+    shadowing = ""
+    if source in TOKEN_ENVS:
+        after = [*TOKEN_ENVS[TOKEN_ENVS.index(source) + 1 :], "the token of `runcomfy login`"]
+        shadowing = f"; it is used before {' and '.join(after)}"
+    click.echo(f"The token sent was read from {source}{shadowing}.", err=True)
 
 
 TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_type=Path))
