@@ -1527,12 +1527,15 @@ async def arun_recipe(
             elif press == 2 and main_task is not None:
                 main_task.cancel()  # second Ctrl-C: out at once (every commit is atomic)
 
-        installed: list[signal.Signals] = []
+        # sig -> the handler it had before: asyncio's remove_signal_handler leaves the default
+        # behind, and a caller's own (a script's SIGTERM handler, a kernel's SIGINT) must come back
+        installed: dict[signal.Signals, Any] = {}
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
+                    before = signal.getsignal(sig)
                     loop.add_signal_handler(sig, on_signal)
-                    installed.append(sig)
+                    installed[sig] = before
         result: RunResult | None = None
         try:
             async with client:
@@ -1550,8 +1553,10 @@ async def arun_recipe(
             result.exit_code = EX_NOPERM
             result.reason = redact(str(exc), api.token)
         finally:
-            for sig in installed:
+            for sig, before in installed.items():
                 loop.remove_signal_handler(sig)
+                if before is not None:  # (None: a handler not set from Python, which cannot be put back)
+                    signal.signal(sig, before)
             ended = time.time()
             if result is not None:
                 result.summary.update(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import signal
 import sqlite3
 import threading
 import time
@@ -537,6 +538,24 @@ def test_options_from_recipe_refuses_a_name_runoptions_does_not_have(tmp_path: P
     with pytest.raises(UsageError, match="no option concurency, rmp; RunOptions has rpm, concurrency"):
         options_from_recipe(recipe, rmp=5, concurency=1)  # it took them without a word
     assert options_from_recipe(recipe, rpm=5).rpm == 5
+
+
+def test_handle_signals_gives_back_the_signal_handlers_it_found(sim: Simulator, tmp_path: Path) -> None:
+    # asyncio's remove_signal_handler leaves default_int_handler / SIG_DFL behind: a script's own
+    # SIGTERM handler (a scheduler's graceful stop) was gone after run_recipe(handle_signals=True),
+    # and the next SIGTERM killed the process outright.
+    def mine(signum: int, frame: Any) -> None:
+        return None
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in before:
+            signal.signal(sig, mine)
+        assert run(sim, write_recipe(tmp_path), tmp_path / "out", handle_signals=True).exit_code == 0
+        assert {sig: signal.getsignal(sig) for sig in before} == {signal.SIGINT: mine, signal.SIGTERM: mine}
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_a_run_cancelled_twice_stops_at_once_with_no_task_left(tmp_path: Path) -> None:
