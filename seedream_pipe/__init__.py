@@ -22,9 +22,13 @@ if TYPE_CHECKING:  # what type checkers see of the lazily loaded names ("X as X"
     from seedream_pipe.errors import AuthError as AuthError
     from seedream_pipe.errors import CreditError as CreditError
     from seedream_pipe.errors import Interrupted as Interrupted
+    from seedream_pipe.errors import NothingToShow as NothingToShow
+    from seedream_pipe.errors import OutputError as OutputError
     from seedream_pipe.errors import Problem as Problem
     from seedream_pipe.errors import RecipeError as RecipeError
     from seedream_pipe.errors import SeedreamPipeError as SeedreamPipeError
+    from seedream_pipe.errors import StateError as StateError
+    from seedream_pipe.errors import UsageError as UsageError
     from seedream_pipe.jobs import Job as Job
     from seedream_pipe.plan import Plan as Plan
     from seedream_pipe.recipe import Recipe as Recipe
@@ -42,13 +46,17 @@ _EXPORTS: dict[str, str] = {
     "CreditError": "seedream_pipe.errors",
     "Interrupted": "seedream_pipe.errors",
     "Job": "seedream_pipe.jobs",
+    "NothingToShow": "seedream_pipe.errors",
+    "OutputError": "seedream_pipe.errors",
     "Plan": "seedream_pipe.plan",
     "Problem": "seedream_pipe.errors",
     "Recipe": "seedream_pipe.recipe",
     "RecipeError": "seedream_pipe.errors",
     "SeedreamPipeError": "seedream_pipe.errors",
     "Simulator": "seedream_pipe.sim",
+    "StateError": "seedream_pipe.errors",
     "StateStore": "seedream_pipe.state",
+    "UsageError": "seedream_pipe.errors",
     "load_recipe": "seedream_pipe.recipe",
     "parse_recipe": "seedream_pipe.recipe",
 }

@@ -181,3 +181,12 @@ def test_printable_escapes_controls_and_the_marks_that_reorder_text() -> None:
     assert errors.printable("a\u2066b\u2069c \x1b[2J\r") == "a\\u2066b\\u2069c \\x1b[2J\\r"
     assert errors.printable("line\nnext", keep_newlines=True) == "line\nnext"
     assert errors.printable("日本語 é ✓ café") == "日本語 é ✓ café"  # text is text
+
+
+def test_every_branch_of_the_exception_tree_is_exported() -> None:
+    # A notebook's `except sp.UsageError:` (what arun_recipe raises for arguments it cannot use)
+    # was an AttributeError: only some branches of the tree were exported.
+    branches = {cls.__name__ for cls in errors.SeedreamPipeError.__subclasses__()}
+    assert branches <= set(seedream_pipe.__all__), sorted(branches - set(seedream_pipe.__all__))
+    for name in branches:
+        assert getattr(seedream_pipe, name) is getattr(errors, name)
