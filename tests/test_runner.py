@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import signal
 import sqlite3
 import threading
@@ -556,6 +557,22 @@ def test_handle_signals_gives_back_the_signal_handlers_it_found(sim: Simulator, 
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_with_handle_signals_an_interrupt_cancels_the_queued_jobs_and_returns_the_result(tmp_path: Path) -> None:
+    # What the README tells a notebook (whose interrupt is a SIGINT) and a script: without
+    # handle_signals the run is only cancelled, and its queued jobs stay queued on the API.
+    with Simulator(SimConfig(workers=0, latency=0.01)) as sim:  # the jobs wait in its queue
+        def interrupt_once_jobs_are_queued() -> None:
+            sim.wait_for(lambda stats: stats["submits_accepted"] >= 4, timeout=10)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_once_jobs_are_queued, daemon=True).start()
+        result = run(sim, write_recipe(tmp_path), tmp_path / "out", options=fast(timeout_s=20), handle_signals=True)
+        accepted = sim.stats()["submits_accepted"]
+        assert result.exit_code == 130 and result.reason == "interrupted"
+        assert result.summary["cancelled_on_interrupt"] == accepted == sim.stats()["cancelled"]
+        assert result.counts["cancelled"] == accepted
 
 
 def test_a_run_cancelled_twice_stops_at_once_with_no_task_left(tmp_path: Path) -> None:
