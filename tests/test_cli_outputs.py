@@ -243,6 +243,7 @@ def test_the_docs_show_each_command_s_current_help() -> None:
         assert result.output.strip() in docs, f"docs/outputs.md: refresh the --help of {command}"
 
 
+@pytest.mark.usefixtures("quick_runs")  # (two `run --sim`: their timings are not what is tested)
 def test_outputs_drawn_again_unchanged_keep_their_files_and_a_run_writes_anew(tmp_path: Path) -> None:
     # `report DIR` rewrote report.csv with a new date: make then took it as newer than a recipe
     # edited since, and skipped the run the edit needed. (The inode tells a file rewritten.)

@@ -18,6 +18,9 @@ from seedream_pipe.runner import folder_lock
 from seedream_pipe.sim import Faults, SimConfig, Simulator
 from seedream_pipe.state import StateStore
 
+# every `run` here at the quick timings: what these tests check is what the commands say and do
+pytestmark = pytest.mark.usefixtures("quick_runs")
+
 RECIPE = """\
 name: c
 template: "{{ thing }}"

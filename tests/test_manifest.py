@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from _outputs_fixture import MODEL, make_folder
 
 from seedream_pipe import __version__
@@ -92,6 +93,7 @@ def test_write_outputs_writes_all_four_and_the_manifest_lists_them(tmp_path: Pat
     assert manifest["outputs"] == ["report.csv", "contact_sheet.png", "gallery.html"]
 
 
+@pytest.mark.usefixtures("quick_runs")  # (two `run --sim`: their timings are not what is tested)
 def test_api_host_is_the_host_the_folder_is_bound_to_and_the_docs_say_so(tmp_path: Path) -> None:
     # `run --sim` serves on a new port each time and a folder is bound to the API's host name
     # (config.api_host, runner.check_same_api), so the runs record the host without its port:
