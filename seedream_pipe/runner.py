@@ -89,6 +89,7 @@ from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPac
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
 from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore
+from seedream_pipe.words import counted
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Plan
@@ -1106,6 +1107,9 @@ class Runner:
             reason = self._redact(str(self.fatal))
         elif self.interrupted:
             reason = "interrupted"
+        elif code == EX_SOME_FAILED:
+            # (for a notebook's `assert result.ok, result.reason`; the CLI prints its own lines)
+            reason = _not_all_done(counts["failed"], unfinished, failures)
         c = self.client.counters
         summary: dict[str, Any] = {
             **{f"jobs_{k}": v for k, v in counts.items()},
@@ -1132,6 +1136,18 @@ class Runner:
             failures=failures,
             fix_first=code == self.stop_code and self.stop_fix_first,
         )
+
+
+def _not_all_done(failed: int, unfinished: int, failures: list[tuple[int, str, str]]) -> str:
+    """Why a run ended with some jobs not done, in a line: how many, and the first failure."""
+    parts = []
+    if failed:
+        index, job_id, error = failures[0]
+        more = f" (and {failed - 1} more)" if failed > 1 else ""
+        parts.append(f"{counted(failed, 'job')} failed: job {index} ({job_id}): {error}{more}")
+    if unfinished:
+        parts.append(f"{counted(unfinished, 'job')} not done (the next run takes them up)")
+    return "; ".join(parts)
 
 
 # --- the library entry points ------------------------------------------------------------------

@@ -275,6 +275,9 @@ def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simula
     assert result.exit_code == 1
     assert result.counts["failed"] == 1 and result.counts["downloaded"] == 5
     assert "--no-resubmit-unknown" in result.failures[0][2]
+    # a notebook's `assert result.ok, result.reason` says which job and why, not "None"
+    index, job_id, error = result.failures[0]
+    assert result.reason == f"1 job failed: job {index} ({job_id}): {error}"
     # that job may have been billed: sending it again later (the user's choice) is flagged
     again = run(sim, recipe_path, out2, options=fast(retry_failed=True))
     assert again.exit_code == 0 and again.summary["possible_duplicates"] == 1

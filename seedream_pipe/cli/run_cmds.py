@@ -142,7 +142,8 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
         )
     # Every stop with a reason says it, a bug's (70) included: without this line the user saw a
     # summary with no failed job and no word of what went wrong.
-    if result.exit_code != EX_OK and result.reason and result.reason != "interrupted":
+    said_above = result.exit_code == EX_SOME_FAILED and (failed or cancelled)  # (the lines above)
+    if result.exit_code != EX_OK and result.reason and result.reason != "interrupted" and not said_above:
         prefix = "interrupted" if result.exit_code == EX_INTERRUPTED else "error"
         text = result.reason if result.reason.startswith("interrupted") else f"{prefix}: {result.reason}"
         click.secho(printable(text), fg="red", err=True)
