@@ -545,3 +545,14 @@ def test_the_sheet_measures_and_draws_text_as_spelled_out(monkeypatch: pytest.Mo
     monkeypatch.setattr(sheet_module, "font_for", lambda text, size, bold=False: drawn.append(text) or fonts_module.default_font(size, bold))
     assert sheet_module.pillow_measure("🌙", 20, False) == sheet_module.pillow_measure("[moon]", 20, False)
     assert drawn == ["[moon]", "[moon]"]
+
+
+def test_the_results_a_notebook_shows_are_one_line(tmp_path: Path) -> None:
+    # A cell ending in either showed every job with its signed URLs: pages of text.
+    make_folder(tmp_path)
+    folder = open_output(tmp_path)
+    assert repr(folder) == f"<OutputFolder {str(tmp_path)!r}: 8 jobs, 1 run>"
+    result = make_sheet(folder)
+    shown = repr(result)
+    assert "\n" not in shown and len(shown) < 300 and "req-j001" not in shown
+    assert shown.startswith(f"<SheetResult [{str(tmp_path / 'contact_sheet.png')!r}]: ")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from seedream_pipe.errors import NothingToShow, OutputError
 from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
+from seedream_pipe.words import counted
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -45,6 +46,10 @@ class OutputFolder:
     runs: list[dict[str, Any]] = field(default_factory=list)
     #: The recipe file given on the command line, if any: its settings win over the recorded ones.
     recipe: Recipe | None = None
+
+    def __repr__(self) -> str:
+        # (the dataclass's would print every job with its signed URLs: pages, in a notebook)
+        return f"<OutputFolder {str(self.path)!r}: {counted(len(self.jobs), 'job')}, {counted(len(self.runs), 'run')}>"
 
     @property
     def name(self) -> str:

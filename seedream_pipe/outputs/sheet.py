@@ -80,6 +80,13 @@ class SheetResult:
     made_thumbnails: int = 0
     geometries: list[PageGeometry] = field(default_factory=list)  # one per page, where things are
 
+    def __repr__(self) -> str:
+        # (the dataclass's would print every cell's job: pages, in a notebook)
+        layout = self.layout
+        axes = f"rows={layout.rows}, cols={layout.cols}" if layout.wrap is None else f"wrap={layout.wrap!r}"
+        pages = ", ".join(repr(str(path)) for path in self.paths)
+        return f"<SheetResult [{pages}]: {axes}, {counted(len(self.warnings), 'warning')}>"
+
 
 # Text is measured and drawn as `spelled_out` shows it: a character no font here draws (an
 # emoji, with no emoji font) goes by its name, so "✨" and "🌙" are not two identical boxes.
