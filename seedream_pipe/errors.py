@@ -177,7 +177,12 @@ class NotFound(ApiError):
 
 
 class Interrupted(SeedreamPipeError):
-    """Ctrl-C or SIGTERM. State was committed before this was raised."""
+    """Ctrl-C or SIGTERM: its exit code, 130, is what an interrupted run ends with.
+
+    The library does not raise it: `run_recipe(..., handle_signals=True)` interrupted returns a
+    RunResult with exit_code 130 (queued jobs cancelled, state committed); without
+    handle_signals the interrupt arrives as Python's own KeyboardInterrupt or CancelledError.
+    """
 
     exit_code = EX_INTERRUPTED
 

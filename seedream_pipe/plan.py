@@ -1327,7 +1327,8 @@ class Plan:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per job: job_id, index, one column per axis (labels), prompt, then the other
-        inputs that are not already a column, and repeat (1-based, as the repeat axis's labels).
+        inputs that are not already a column, and repeat (1-based, as the repeat axis's labels;
+        a number, whether or not the recipe's repeats make it an axis: `df[df.repeat == 1]`).
 
         An axis named like another column (a var `job_id`, or a var and an `inputs:` key both
         called `seed`) is the column `<axis>_label`, so no two columns share a name.
@@ -1345,7 +1346,7 @@ class Plan:
         axis_columns = [f"{n}_label" if n in taken else n for n in axis_names]
         columns = ["job_id", "index", *axis_columns, "prompt", *extra, *(["repeat"] if with_repeat else [])]
         rows = [
-            (job.job_id, job.index, *(job.axes.get(n) for n in axis_names), job.prompt,
+            (job.job_id, job.index, *(job.repeat + 1 if n == "repeat" else job.axes.get(n) for n in axis_names), job.prompt,
              *(job.inputs.get(k) for k in extra), *((job.repeat + 1,) if with_repeat else ()))
             for job in self.jobs
         ]
