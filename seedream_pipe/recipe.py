@@ -637,6 +637,11 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, t
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or "malformed YAML"
+        if "maximum nesting depth" in message:
+            # (PyYAML 6.0.4's own limit, met while it scans ahead of the depth check above:
+            # the same refusal in the same words, at the place PyYAML stopped)
+            where = (mark.line + 1, mark.column + 1) if mark else (None, None)
+            raise RecipeError(Problem(display, f"nested more than {MAX_YAML_DEPTH} levels deep", "", *where)) from None
         if exc.context:
             message = f"{message} ({exc.context})"
         message += _yaml_hint(text, exc.problem_mark, exc.context_mark)

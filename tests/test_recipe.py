@@ -229,7 +229,9 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
 def test_deep_nesting_is_refused_without_crashing(tmp_path: Path, depth: int) -> None:
     # libyaml's composer recurses per level: this deep, it would crash the interpreter
     path = write(tmp_path, "template: x\nvars: " + "[" * depth + "]" * depth + "\n")
-    assert only_problem(path) == f"{path}:2:56: nested more than 50 levels deep"
+    message = only_problem(path)
+    # (where: the 51st bracket, or where PyYAML >= 6.0.4 met its own limit while scanning ahead)
+    assert message.startswith(f"{path}:2:") and message.endswith(": nested more than 50 levels deep")
 
 
 def test_deep_nesting_through_aliases_is_refused(tmp_path: Path) -> None:
