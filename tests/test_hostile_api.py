@@ -233,6 +233,28 @@ def test_a_run_whose_result_names_a_malformed_url_fails_that_job_and_resumes_the
 # --- an API whose result endpoint does not answer a running job ---------------------------------
 
 
+def teal_jpeg() -> bytes:
+    """A small, whole JPEG: what the mock APIs below serve as every job's image."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def run_against(api: Any, tmp_path: Path, values: str = "[a]", progress: Any = None, **changes: Any) -> Any:
+    """run_recipe of a one-var recipe over `values` against the mock API `api`, at quick pace."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f'template: "{{{{ x }}}}"\nvars: {{x: {values}}}\nresolutions: [1K]\n', encoding="utf-8")
+    return run_recipe(
+        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
+        options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01, **changes),
+        http=httpx.AsyncClient(transport=httpx.MockTransport(api)), progress=progress,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200, "not json", 500, 502, 503])
 def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     tmp_path: Path, refusal: int | str
@@ -240,12 +262,7 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     # RunComfy documents the result endpoint for finished jobs only; the looks read it for a
     # running job too. Should an API refuse there (a 4xx, a 5xx, 200 with no state or not JSON),
     # that must not fail, lose or time out the job, nor stop the run: it polls status instead.
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    image = teal_jpeg()
     status_reads: dict[str, int] = {}
     refused: list[str] = []
 
@@ -256,7 +273,7 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
             status_reads[rid] = 0
             return httpx.Response(200, json={"request_id": rid})
         if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=buffer.getvalue())
+            return httpx.Response(200, content=image)
         rid = path.split("/")[3]
         if path.endswith("/status"):
             status_reads[rid] += 1
@@ -270,13 +287,7 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
             return httpx.Response(int(refusal), json={"error": {"message": "not finished yet"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text('template: "{{ x }}"\nvars: {x: [a, b, c]}\nresolutions: [1K]\n', encoding="utf-8")
-    result = run_recipe(
-        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
-        options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01),
-        http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
-    )  # fmt: skip
+    result = run_against(api, tmp_path, "[a, b, c]")
     assert result.exit_code == 0, result.reason
     assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
     assert refused == ["r1"]  # asked once, not retried; the other jobs were polled by status from the start
@@ -291,19 +302,14 @@ def test_a_5xx_from_the_result_endpoint_after_it_answered_a_running_job_is_an_ou
     # passing fault like any other: retried, the looks stay on the result endpoint. Before that,
     # a 5xx for a job that has in fact finished is checked by one status read, which says so:
     # the job is finished from there and the looks stay on the result endpoint too.
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    image = teal_jpeg()
     reads: dict[str, int] = {}
 
     def api(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             return httpx.Response(200, json={"request_id": "r1"})
         if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=buffer.getvalue())
+            return httpx.Response(200, content=image)
         endpoint = request.url.path.split("/")[4]
         reads[endpoint] = reads.get(endpoint, 0) + 1
         if endpoint == "status":
@@ -315,20 +321,13 @@ def test_a_5xx_from_the_result_endpoint_after_it_answered_a_running_job_is_an_ou
             return httpx.Response(500, json={"error": {"message": "upstream hiccup"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text('template: "{{ x }}"\nvars: {x: [a]}\nresolutions: [1K]\n', encoding="utf-8")
     events: list[tuple[str, dict[str, Any]]] = []
 
     class Heard:
         def event(self, kind: str, detail: dict[str, Any]) -> None:
             events.append((kind, detail))
 
-    result = run_recipe(
-        load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
-        options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01),
-        http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
-        progress=Heard(),
-    )  # fmt: skip
+    result = run_against(api, tmp_path, progress=Heard())
     assert result.exit_code == 0, result.reason
     assert not any("polling its status instead" in str(detail) for _, detail in events)
     if proven:  # in_progress, 500 (retried), completed: no status read
@@ -344,12 +343,7 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     # A result read answering 404 for a job the status calls completed (a replica that has not
     # seen it yet) must not fail a job that is done and billed. Only an API that keeps saying it
     # does not know the id, NOT_FOUND_LOOKS times, loses the job.
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "teal").save(buffer, "JPEG")
+    image = teal_jpeg()
     posts: list[str] = []
     reads: dict[str, int] = {}
     not_found = {"error": {"message": "request not found"}}
@@ -359,7 +353,7 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
             posts.append(f"r{len(posts) + 1}")
             return httpx.Response(200, json={"request_id": posts[-1]})
         if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=buffer.getvalue())
+            return httpx.Response(200, content=image)
         rid, endpoint = request.url.path.split("/")[3:5]
         key = f"{rid} {endpoint}"
         reads[key] = reads.get(key, 0) + 1
@@ -369,17 +363,7 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
             return httpx.Response(200, json={"status": "completed"})
         return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text('template: "{{ x }}"\nvars: {x: [a]}\nresolutions: [1K]\n', encoding="utf-8")
-
-    def run(**changes: Any) -> Any:
-        return run_recipe(
-            load_recipe(recipe), api=ApiSettings(BASE, TOKEN), out_dir=tmp_path / "out",
-            options=RunOptions(rpm=6000, concurrency=1, first_poll_s=0.01, **changes),
-            http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
-        )  # fmt: skip
-
-    result = run()
+    result = run_against(api, tmp_path)
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
     if not forgotten:
@@ -390,7 +374,7 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     assert result.exit_code == 1 and job.state == "failed" and "no longer knows request r1 (404)" in str(job.error)
     assert reads["r1 status"] == NOT_FOUND_LOOKS and posts == ["r1"]
     # --retry-failed sends it again, and says it may have paid twice (r1 may have been billed)
-    again = run(retry_failed=True)
+    again = run_against(api, tmp_path, retry_failed=True)
     assert again.exit_code == 0 and posts == ["r1", "r2"]
     assert again.summary["possible_duplicates"] == 1
     with StateStore.for_output_dir(tmp_path / "out") as store:
@@ -400,7 +384,7 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     with StateStore.for_output_dir(tmp_path / "out") as store:
         store.transition(job.job_id, "submitted", request_id="r1", possible_duplicate=False)
     reads.clear()
-    again = run(forget_lost=True)
+    again = run_against(api, tmp_path, forget_lost=True)
     assert again.exit_code == 0 and posts == ["r1", "r2", "r3"] and reads["r1 status"] == 1
 
 
