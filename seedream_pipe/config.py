@@ -133,25 +133,26 @@ def find_token(env: Mapping[str, str] | None = None) -> str | None:
 
     A token holding a control character raises AuthError naming where it came from.
     """
-    env = os.environ if env is None else env
-    for name in TOKEN_ENVS:
-        value = env.get(name, "").strip()
-        if value:
-            return _header_safe(value, name)
-    path = config_dir(env) / TOKEN_FILE
-    token, _problem = _read_token_file(path)
-    return None if token is None else _header_safe(token, str(path))
+    token, source = _token_and_source(env)
+    return None if token is None or source is None else _header_safe(token, source)
 
 
 def token_source(env: Mapping[str, str] | None = None) -> str | None:
     """Where `find_token` takes the token from (a variable's name, or the login file's path),
     for a message about a refused token: a stale RUNCOMFY_API_TOKEN beats a fresh login."""
+    return _token_and_source(env)[1]
+
+
+def _token_and_source(env: Mapping[str, str] | None) -> tuple[str | None, str | None]:
+    """The token, unchecked, and where it was found, in the order the official CLI reads them."""
     env = os.environ if env is None else env
     for name in TOKEN_ENVS:
-        if env.get(name, "").strip():
-            return name
+        value = env.get(name, "").strip()
+        if value:
+            return value, name
     path = config_dir(env) / TOKEN_FILE
-    return str(path) if _read_token_file(path)[0] is not None else None
+    token, _problem = _read_token_file(path)
+    return (token, str(path)) if token is not None else (None, None)
 
 
 def _read_token_file(path: Path) -> tuple[str | None, str | None]:
