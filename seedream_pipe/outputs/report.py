@@ -185,11 +185,10 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
             continue  # (text is `object` before pandas 3, `str` from it)
         try:
             # (a first-character test, vectorised, narrows 100,000 rows to the few the regex reads)
-            risky = column.str[:1].isin(FORMULA_STARTS).fillna(False).astype(bool)
+            risky = column.str[:1].isin(FORMULA_STARTS)
         except AttributeError:  # pandas' word for "no text in this column" (all booleans, say)
             continue
-        if risky.any():
-            risky[risky] = column[risky].map(lambda v: FORMULA_LIKE.match(v) is not None)
+        risky[risky] = column[risky].map(lambda v: FORMULA_LIKE.match(v) is not None)
         if risky.any():
             safe[name] = column.mask(risky, "'" + column[risky].astype(str))
     return safe
