@@ -23,6 +23,9 @@ from seedream_pipe.words import counted
 
 
 class Progress(Protocol):
+    """Where a run's events go. A sink may also have `close()`: the run calls it when it ends,
+    however it ends (a run stopped by an exception sends no run_finished)."""
+
     def event(self, kind: str, detail: dict[str, Any]) -> None: ...
 
 
@@ -186,6 +189,12 @@ class RichProgress:
             self._bar.stop()
             return
         self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
+
+    def close(self) -> None:
+        """Stop the bar and its refresh thread, if the run did not (it was cancelled); the
+        bar stays on screen as it last was."""
+        if self._bar.live.is_started:
+            self._bar.stop()
 
 
 def make_progress(*, quiet: bool = False, json_lines: bool = False, secret: str | None = None) -> Progress:

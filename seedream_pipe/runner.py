@@ -1502,6 +1502,21 @@ async def arun_recipe(
     refuse_links(out)  # (first: a state.sqlite that is a dangling link is not "no state")
     refuse_foreign(out)
     progress = progress or QuietProgress()
+    try:
+        return await _run_in_folder(recipe, api, out, plan, opts, progress, http, handle_signals)
+    finally:
+        # A run that stops by an exception (a notebook's interrupt cancels it) sends no
+        # run_finished: a live bar would go on redrawing from its thread after the cell ends.
+        close = getattr(progress, "close", None)
+        if callable(close):
+            close()
+
+
+async def _run_in_folder(
+    recipe: Recipe, api: ApiSettings, out: Path, plan: Plan, opts: RunOptions, progress: Progress,
+    http: httpx.AsyncClient | None, handle_signals: bool,
+) -> RunResult:
+    """The run of `arun_recipe`, its arguments checked and its output folder made."""
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
         note = _follow_recipe(store, recipe, plan, out)

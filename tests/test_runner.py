@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
 import signal
 import sqlite3
@@ -506,6 +507,32 @@ def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(t
         again = run(sim, recipe, out)
         assert again.exit_code == 0 and again.counts["downloaded"] == 6
         assert sim.stats()["duplicate_submits"] == 0  # the jobs in flight were polled, not sent again
+
+
+def test_a_cancelled_run_stops_its_live_bar(tmp_path: Path) -> None:
+    # A notebook cell interrupted mid-run: the run raised CancelledError without run_finished,
+    # and the bar's refresh thread went on redrawing it after the cell had ended.
+    from seedream_pipe.progress import RichProgress
+
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    bar = RichProgress()
+    bar.console.file = io.StringIO()
+
+    async def cancelled_mid_run(sim: Simulator) -> None:
+        run = asyncio.create_task(arun_recipe(
+            load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast(), progress=bar,
+        ))  # fmt: skip
+        while sim.stats()["submits_accepted"] < 2:
+            await asyncio.sleep(0.01)
+        assert bar._bar.live.is_started  # (the bar was live: what the run must stop)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    with Simulator(SimConfig(workers=0, latency=0.01)) as sim:
+        asyncio.run(cancelled_mid_run(sim))
+    assert not bar._bar.live.is_started
+    assert not any(type(t).__name__ == "_RefreshThread" for t in threading.enumerate())  # (rich's)
 
 
 def test_a_run_cancelled_while_posts_are_on_the_wire_records_their_answers(tmp_path: Path) -> None:
