@@ -20,7 +20,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -1109,19 +1109,52 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     return _checked(path, display, _load_with_extends(path, display, path.parent, [path.resolve()]))
 
 
-def parse_recipe(text: str, *, folder: str | os.PathLike[str] = ".", name: str = "recipe") -> Recipe:
+def parse_recipe(
+    text: str | Mapping[str, Any], *, folder: str | os.PathLike[str] = ".", name: str = "recipe"
+) -> Recipe:
     """A recipe from its YAML text, as `load_recipe` reads one from a file (for a notebook).
 
     It stands as if it were the file `<folder>/<name>.yaml`: `extends`, var files and
     `input_schema` are relative to `folder`, and `name` is its name unless the text sets one.
     Raises RecipeError listing every problem found, located in `<name>.yaml`.
+
+    A dict (a recipe built in Python: `"vars": {"hour": list(range(6, 22, 4))}`) is written as YAML
+    first and read as that text, so it is the same recipe as that file would be;
+    `recipe.source_text` shows the YAML its problems are located in.
     """
+    if isinstance(text, Mapping):
+        text = _as_yaml(text)
     if not isinstance(text, str):
-        raise RecipeError(Problem("<text>", f"parse_recipe takes the recipe's YAML text, not {type(text).__name__}"))
+        raise RecipeError(Problem(
+            "<text>", f"parse_recipe takes the recipe's YAML text or a dict, not {type(text).__name__}"
+        ))  # fmt: skip
     path = Path(folder) / f"{name}.yaml"
     display = f"{name}.yaml"
     doc = _load_with_extends(path, display, path.parent, [path.resolve()], text=text)
     return _checked(path, display, doc)
+
+
+def _as_yaml(data: Mapping[str, Any]) -> str:
+    """The YAML text of a recipe given as a dict (tuples as lists), or RecipeError saying which
+    value YAML cannot hold."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+
+    try:
+        return yaml.safe_dump(plain(data), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+    except RecursionError:
+        raise RecipeError(Problem("<dict>", "the recipe dict is nested too deeply to be a recipe")) from None
+    except yaml.representer.RepresenterError as exc:  # (an object YAML has no form for)
+        kind = type(exc.args[1]).__name__ if len(exc.args) > 1 else "unknown"
+        raise RecipeError(Problem(
+            "<dict>", f"the recipe dict holds a value of type {kind}, which YAML cannot hold; use str, int, float, bool, "
+            "None, lists and dicts"
+        )) from None  # fmt: skip
 
 
 def _checked(path: Path, display: str, doc: _Document) -> Recipe:

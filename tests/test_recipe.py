@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -332,8 +333,28 @@ def test_parse_recipe_reads_text_as_if_it_were_a_file_in_a_folder(tmp_path: Path
         "recipe.yaml:4:3: vars.b: var 'b' is used by no template (it would only repeat the same prompts); "
         "use {{ b }} or remove it"
     ]
-    with pytest.raises(RecipeError, match="takes the recipe's YAML text, not dict"):
-        sp.parse_recipe({"template": "x"})  # type: ignore[arg-type]
+    with pytest.raises(RecipeError, match="takes the recipe's YAML text or a dict, not bytes"):
+        sp.parse_recipe(b"template: x")  # type: ignore[arg-type]
+
+
+def test_parse_recipe_takes_a_recipe_built_in_python(tmp_path: Path) -> None:
+    import seedream_pipe as sp
+
+    text = 'name: nb\ntemplate: "{{ animal }} {{ n }}"\nvars:\n  animal: [fox, owl]\n  n: [0, 1, 2]\n'
+    built = {"name": "nb", "template": "{{ animal }} {{ n }}", "vars": {"animal": ("fox", "owl"), "n": list(range(3))}}
+    recipe = sp.parse_recipe(built, folder=tmp_path)
+    assert recipe.hash == sp.parse_recipe(text, folder=tmp_path).hash  # the same recipe as its YAML
+    assert len(recipe.plan()) == 6 and "animal:" in recipe.source_text
+    with pytest.raises(RecipeError) as caught:  # located in the YAML source_text shows
+        sp.parse_recipe({"template": "{{ a }}", "vars": {"a": [1], "b": ["y"]}})
+    assert [p.key_path for p in caught.value.problems] == ["vars.b"]
+    with pytest.raises(RecipeError, match="holds a value of type object, which YAML cannot hold"):
+        sp.parse_recipe({"template": "{{ a }}", "vars": {"a": [object()]}})
+    deep: dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"x": deep}
+    with pytest.raises(RecipeError, match="nested too deeply"):
+        sp.parse_recipe(deep)
 
 
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
