@@ -1439,10 +1439,12 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     # Local to this call (not kept on the blueprint), so that plans never share state.
     caches: dict[str, dict[tuple[Any, ...], str]] = {}
     cache_names: dict[str, tuple[str, ...]] = {}
+    # (a name a template only guards, `x | default('')`, that no axis sets is not in any scope)
+    supplied = {name for axis in axes for name in axis.scope[0]} | {"repeat", "index"}
     for template in templates:
         if "index" not in template.uses and not varying <= template.uses:
             caches[template.name] = {}
-            cache_names[template.name] = tuple(sorted(template.uses))
+            cache_names[template.name] = tuple(sorted(template.uses & supplied))
 
     # Per distinct non-prompt part: the body's other inputs and the canonical JSON around the prompt.
     parts: dict[tuple[int, ...], tuple[dict[str, Any], str, str] | None] = {}
@@ -1468,9 +1470,13 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     merged_example = ""
     long_prompts = 0
     long_example = 0
+    # Where an empty (or invisible) prompt was rendered: its position among every job the grid
+    # makes, in plan order (such a job has no index in the plan), and the first one named.
     empty: dict[str, list[int]] = {}
     invisible: dict[str, list[int]] = {}
     invisible_example: dict[str, str] = {}
+    first_empty: dict[str, str] = {}
+    position = 0
     sha256 = hashlib.sha256
     index = 0
     failed: set[str] = set()  # templates that could not render a prompt
@@ -1495,6 +1501,7 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
         values = {names[a]: all_values[a][combo[a]] for a in positions}
         for r in range(repeats):
             index = len(jobs) + 1
+            position += 1
             scope["repeat"] = r + 1
             scope["index"] = index
             cache = caches.get(template.name)
@@ -1518,12 +1525,14 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
                 if cache is not None:
                     cache[cache_key] = prompt
             if not prompt:
-                empty.setdefault(template.name, []).append(index)
+                empty.setdefault(template.name, []).append(position)
+                first_empty.setdefault(template.name, _describe(labels, r, repeats))
                 continue
             # Rendered prompts are stripped, so a first visible character settles it at once.
             if unicodedata.category(prompt[0]) in _INVISIBLE and _shows_nothing(prompt):
-                invisible.setdefault(template.name, []).append(index)
+                invisible.setdefault(template.name, []).append(position)
                 invisible_example.setdefault(template.name, prompt)
+                first_empty.setdefault(template.name, _describe(labels, r, repeats))
                 continue
             if len(prompt) > 2 * PROMPT_WORD_LIMIT and len(prompt.split()) > PROMPT_WORD_LIMIT:
                 long_prompts += 1
@@ -1561,11 +1570,13 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     for name, indices in empty.items():
         template = next(t for t in templates if t.name == name)
         problems.add(template.key_path, f"the template renders an empty prompt for {len(indices):,} "
-                                        f"job(s) (at plan positions {_positions(indices)})")
+                                        f"job(s), first for {first_empty[name]} (grid positions "
+                                        f"{_positions(indices)})")
     for name, indices in invisible.items():
         template = next(t for t in templates if t.name == name)
         problems.add(template.key_path, f"the template renders a prompt with nothing visible for "
-                                        f"{len(indices):,} job(s) (at plan positions {_positions(indices)}): "
+                                        f"{len(indices):,} job(s), first for {first_empty[name]} (grid "
+                                        f"positions {_positions(indices)}): "
                                         f"only {_invisible_names(invisible_example[name])}")
     problems.raise_if_any()
     if merged:

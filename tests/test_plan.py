@@ -377,9 +377,25 @@ def test_jinja_features_work(tmp_path: Path) -> None:
 def test_empty_prompt_is_an_error(tmp_path: Path) -> None:
     message = only_problem(tmp_path, "template: \"{% if a == 'x' %}{{ a }}{% endif %}  \"\nvars: {a: [x, y]}\n")
     assert message == (
-        f"{tmp_path / 'recipe.yaml'}:1:1: template: the template renders an empty prompt for 1 job(s) "
-        "(at plan positions 2)"
+        f"{tmp_path / 'recipe.yaml'}:1:1: template: the template renders an empty prompt for 1 job(s), "
+        "first for a=y, resolution=2048x2048 (1:1) (grid positions 2)"
     )
+
+
+def test_empty_prompts_are_placed_in_the_grid_not_in_the_plan_they_never_reach(tmp_path: Path) -> None:
+    # Positions were counted among the jobs kept so far: two empty prompts in a row read "2, 2".
+    message = only_problem(tmp_path, 'template: "{{ x }}"\nvars:\n  x: [a, e1: "", e2: " ", b, e3: ""]\n')
+    assert message.endswith("renders an empty prompt for 3 job(s), first for x=e1, resolution=2048x2048 (1:1) "
+                            "(grid positions 2, 3, 5)")
+
+
+@pytest.mark.parametrize("more", ["resolutions: [1K, 2K]\n", "repeats: 2\n"])
+@pytest.mark.parametrize("guard", ["{{ lihgt | default('') }}", "{% if lihgt is defined %}{{ lihgt }}{% endif %}"])
+def test_a_guarded_name_no_axis_sets_plans_when_prompts_are_shared(tmp_path: Path, guard: str, more: str) -> None:
+    # With an axis the template ignores, prompts are cached by the names the template uses; a
+    # guarded name that nothing sets was in that key, and planning failed with a KeyError.
+    plan = plan_of(tmp_path, f'template: "{{{{ a }}}} {guard}"\nvars: {{a: [a1, a2]}}\n{more}')
+    assert [job.prompt for job in plan] == ["a1", "a1", "a2", "a2"]
 
 
 @pytest.mark.parametrize(
@@ -393,9 +409,10 @@ def test_empty_prompt_is_an_error(tmp_path: Path) -> None:
 )
 def test_a_prompt_with_nothing_visible_is_an_empty_prompt(tmp_path: Path, value: str, shown: str) -> None:
     message = only_problem(tmp_path, f'template: "{{{{ a }}}}"\nvars: {{a: [x, "{value}", y]}}\n')
+    invisible = value.encode().decode("unicode_escape")  # (the label is the value itself)
     assert message == (
         f"{tmp_path / 'recipe.yaml'}:1:1: template: the template renders a prompt with nothing visible "
-        f"for 1 job(s) (at plan positions 2): only {shown}"
+        f"for 1 job(s), first for a={invisible}, resolution=2048x2048 (1:1) (grid positions 2): only {shown}"
     )
 
 
