@@ -310,6 +310,20 @@ def test_plan_csv() -> None:
     assert rows[0]["resolution"] == "2048x2048 (1:1)"
 
 
+def test_plan_csv_writes_an_input_that_is_a_mapping_or_list_as_json(tmp_path: Path) -> None:
+    # pandas wrote Python's repr ("{'a': [1, 2], 'b': None}"), which no JSON reader takes
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}, "style": {"type": "object"},
+                                               "tags": {"type": "array"}}}  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(schema), encoding="utf-8")
+    path = write(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ a }}"\nvars: {a: [x]}\n'
+                           'inputs: {style: {a: [1, 2], b: null, c: true, d: "é"}, tags: [p, q]}\n')
+    result = invoke("plan", str(path), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(io.StringIO(result.stdout))
+    assert json.loads(row["style"]) == {"a": [1, 2], "b": None, "c": True, "d": "é"}
+    assert json.loads(row["tags"]) == ["p", "q"] and row["prompt"] == "x"
+
+
 def test_plan_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("plan", str(path), "--format", "json")

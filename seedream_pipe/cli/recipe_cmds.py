@@ -9,6 +9,7 @@ import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.cells import cell_len, set_cell_size
@@ -203,10 +204,21 @@ def plan_cmd(recipe: Path, fmt: str, limit: int | None, max_jobs: int, yes: bool
             frame = plan.to_dataframe()
             if limit:
                 frame = frame.head(limit)
+            from pandas.api.types import is_object_dtype
+
+            for column in frame.columns:
+                # an input that is a mapping or a list goes in as its JSON, as the body sends it
+                # (pandas would write Python's repr: single quotes, None, True)
+                if is_object_dtype(frame[column]):
+                    frame[column] = frame[column].map(_json_if_nested)
             frame.to_csv(sys.stdout, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     for warning in plan.warnings:
         _warn(warning)
     return 0
+
+
+def _json_if_nested(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
 
 
 @click.command("schema")
