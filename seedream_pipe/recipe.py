@@ -255,8 +255,13 @@ class RunSettings(_Strict):
 class SheetSettings(_Strict):
     """How the contact sheet lays the images out."""
 
-    rows: list[str] | None = Field(default=None, description="axes down the side (default: the vars)")
-    cols: list[str] | None = Field(default=None, description="axes across the top (default: resolution)")
+    rows: list[str] | None = Field(
+        default=None, description="axes down the side (default: the axes that vary, but resolution and repeat)"
+    )
+    cols: list[str] | None = Field(
+        default=None,
+        description="axes across the top (default: resolution if it varies, else the innermost row axis)",
+    )
     page_by: str | None = Field(default=None, description="one page per label of this axis")
     cell: int = Field(default=256, ge=32, le=2048, description="cell size in pixels")
     max_cells: int = Field(default=100, ge=1, description="cells per page at most")
@@ -720,6 +725,9 @@ def _join_display(display: str, relative: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(display), relative))
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def _read_var_file(doc: _Document, name: str, written: str, problems: list[Problem]) -> tuple[list[str], dict[KeyPath, Location]] | None:
     """The values of a `{file: ...}` var, one per line, and where each came from."""
     key: KeyPath = ("vars", name, "file")
@@ -750,7 +758,9 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
         return None
     values: list[str] = []
     locations: dict[KeyPath, Location] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines as an editor counts them: str.splitlines() would also break a value at a form feed,
+    # U+0085 or U+2028, and number the lines after it differently from the editor.
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
         value = line.strip()
         if not value or value.startswith("#"):
             continue
@@ -1143,6 +1153,8 @@ def _as_yaml(data: Mapping[str, Any]) -> str:
             return {key: plain(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(item) for item in value]
+        if isinstance(value, (set, frozenset)):  # (YAML would write a !!set the loader refuses)
+            raise RecipeError(Problem("<dict>", "the recipe dict holds a set, which has no order; use a list"))
         return value
 
     try:

@@ -350,6 +350,8 @@ def test_parse_recipe_takes_a_recipe_built_in_python(tmp_path: Path) -> None:
     assert [p.key_path for p in caught.value.problems] == ["vars.b"]
     with pytest.raises(RecipeError, match="holds a value of type object, which YAML cannot hold"):
         sp.parse_recipe({"template": "{{ a }}", "vars": {"a": [object()]}})
+    with pytest.raises(RecipeError, match="holds a set, which has no order; use a list"):
+        sp.parse_recipe({"template": "{{ a }}", "vars": {"a": {"x", "y"}}})
     deep: dict[str, Any] = {}
     for _ in range(100_000):
         deep = {"x": deep}
@@ -600,6 +602,19 @@ def test_var_file_with_windows_line_ends(tmp_path: Path) -> None:
     write(tmp_path, b"ink\r\n# note\r\nwatercolor\r\n", "styles.txt")
     recipe = load_recipe(write(tmp_path, b'template: "{{ style }}"\r\nvars:\r\n  style: {file: styles.txt}\r\n'))
     assert recipe.spec.vars["style"] == ["ink", "watercolor"]
+
+
+def test_var_file_lines_break_only_where_an_editor_breaks_them(tmp_path: Path) -> None:
+    # str.splitlines() also split at U+2028, U+0085 and a form feed, and numbered the lines
+    # after one differently from the editor the author reads the problem's line in.
+    styles = write(tmp_path, "ink\u2028wash\noil\x85paint\r\nchalk\x0cdust\r\nink\u2028wash\n", "styles.txt")
+    path = write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: styles.txt}\n')
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    assert (str(problem.file), problem.line) == (str(styles), 4)  # the repeated value, on line 4
+    styles.write_text("ink\u2028wash\noil\x85paint\r\nchalk\x0cdust\r\n", encoding="utf-8")
+    assert load_recipe(path).spec.vars["style"] == ["ink\u2028wash", "oil\x85paint", "chalk\x0cdust"]
 
 
 def test_var_file_change_changes_the_hash(tmp_path: Path) -> None:
