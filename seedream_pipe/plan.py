@@ -864,8 +864,8 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
             problems.add(path, f"{name!r} cannot be a var name: use letters (of any script), digits and _ "
                                "(not starting with a digit, not a Jinja2 keyword)")
         elif name in _RESERVED:
-            problems.add(path, f"{name!r} is a reserved name (the planner sets "
-                               f"{', '.join(sorted(_RESERVED))})")
+            problems.add(path, f"{name!r} is a reserved name (the planner's own: "
+                               f"{', '.join(sorted(_RESERVED))}); give the var another name")
         elif name in param_names:
             problems.add(path, f"{name!r} is both a var and a param")
     grouped: dict[str, int] = {}
@@ -1257,7 +1257,8 @@ def prepare(recipe: Recipe) -> Blueprint:
     written = 1 if spec.template is not None else len(spec.templates or {})
     if templates and len(templates) == written and not problems.unknown.templates:
         for name in spec.vars:
-            if name not in used and name not in unusable and name not in meant:
+            # (a reserved name has its own problem: `{{ index }}` would use the planner's, not the var)
+            if name not in used and name not in unusable and name not in meant and name not in _RESERVED:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 

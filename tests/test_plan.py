@@ -659,6 +659,16 @@ def test_bad_var_names(tmp_path: Path, name: str, fragment: str) -> None:
     assert any(f"vars.{name}: " in p and fragment in p for p in found), found
 
 
+@pytest.mark.parametrize("name", ["index", "repeat"])
+def test_a_reserved_var_name_gets_one_problem_not_a_hint_to_use_it(tmp_path: Path, name: str) -> None:
+    # The "used by no template; use {{ index }}" that came with it pointed at the planner's
+    # own index, which the template would get instead of the var.
+    assert only_problem(tmp_path, f'template: "{{{{ a }}}}"\nvars:\n  a: [x]\n  {name}: [d]\n').endswith(
+        f"vars.{name}: {name!r} is a reserved name (the planner's own: index, prompt, repeat, resolution, "
+        "template); give the var another name"
+    )
+
+
 def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
     import unicodedata
 
