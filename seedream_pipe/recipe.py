@@ -186,11 +186,13 @@ def _check_name(value: str) -> str:
     (`Été.yaml` -> `été`) is the rule an explicit `name:` follows."""
     fixed = default_name(value)
     if fixed != value and not re.fullmatch(r"[a-z0-9_-]+", value):  # (`sweep-`: as ever)
+        # (two spellings that look alike, `é` as one code point or as e + U+0301: say so)
+        how = " (its letters composed, NFC)" if unicodedata.normalize("NFC", value) == fixed else ""
         raise PydanticCustomError(
             "recipe_name",
             "a name uses only lower-case letters (any script), digits, - and _ (it names the "
-            "output folder), got {got}; {fixed} would do",
-            {"got": repr(value), "fixed": repr(fixed)},
+            "output folder), got {got}; {fixed}{how} would do",
+            {"got": repr(value), "fixed": repr(fixed), "how": how},
         )
     return value
 

@@ -403,6 +403,12 @@ def test_bad_name(tmp_path: Path) -> None:
     )
 
 
+def test_a_name_spelt_with_a_combining_accent_is_told_apart_from_the_fix(tmp_path: Path) -> None:
+    # "got 'éte'; 'éte' would do": the two look the same on screen
+    message = only_problem(write(tmp_path, MINIMAL + 'name: "e\u0301te"\n'))
+    assert message.endswith("got 'e\u0301te'; '\u00e9te' (its letters composed, NFC) would do")
+
+
 @pytest.mark.parametrize("name", ["été", "東京-2024", "a_b-1"])
 def test_a_name_may_be_any_name_a_file_would_give(tmp_path: Path, name: str) -> None:
     assert load_recipe(write(tmp_path, MINIMAL + f"name: {name}\n")).name == name
