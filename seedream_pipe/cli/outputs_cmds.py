@@ -59,10 +59,10 @@ def _warn(message: str) -> None:
 @click.command("sheet")
 @TARGET
 @click.option(
-    "--rows", metavar="A,B", help="Axes down the side, outermost first. [default: the vars]"
+    "--rows", metavar="A,B", help="Axes down the side, outermost first. [default: the axes that vary, but resolution]"
 )
 @click.option(
-    "--cols", metavar="C", help="Axes across the top, outermost first. [default: resolution]"
+    "--cols", metavar="C", help="Axes across the top, outermost first. [default: resolution, else the innermost row axis]"
 )
 @click.option("--page-by", metavar="D", help="One page per label of this axis.")
 @click.option(
