@@ -223,6 +223,20 @@ class RunResult:
         return self.exit_code == EX_OK
 
 
+def image_intact(out_dir: Path, rec: JobRecord) -> bool:
+    """A downloaded job's image file is in the folder as it was downloaded (size, then sha256)."""
+    if not rec.image_path:
+        return False
+    image = out_dir / rec.image_path
+    if rec.bytes is not None:
+        try:
+            if image.stat().st_size != rec.bytes:
+                return False
+        except OSError:
+            return False
+    return file_sha256(image) == rec.sha256
+
+
 def action_for(rec: JobRecord, opt: RunOptions) -> str:
     """What a run does with a job: skip, submit, resubmit, poll, download or verify."""
     state = rec.state
@@ -972,17 +986,9 @@ class Runner:
 
     def _file_intact(self, rec: JobRecord) -> bool:
         """A downloaded job's file is there with the recorded sha256 (thumbnail remade if gone)."""
-        if not rec.image_path:
+        if not image_intact(self.out_dir, rec):
             return False
-        image = self.out_dir / rec.image_path
-        if rec.bytes is not None:
-            try:
-                if image.stat().st_size != rec.bytes:
-                    return False
-            except OSError:
-                return False
-        if file_sha256(image) != rec.sha256:
-            return False
+        image = self.out_dir / str(rec.image_path)
         thumb = self.out_dir / rec.thumb_path if rec.thumb_path else self._paths(rec)[1]
         if not thumb.exists():
             remake_thumbnail(image, thumb)
@@ -1714,6 +1720,11 @@ def dry_run_report(
     request ids an earlier one handed out, so jobs to poll or download are submitted again.
     """
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    if out_dir.exists():  # (what the run would refuse, refused here too)
+        if not out_dir.is_dir():
+            raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path (--out)")
+        refuse_links(out_dir)
+        refuse_foreign(out_dir)
     known: dict[str, JobRecord] = {}
     if (out_dir / STATE_FILE).exists():
         with StateStore.for_reading(out_dir) as store:
@@ -1725,8 +1736,8 @@ def dry_run_report(
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
-        if action == "verify":
-            action = "done"
+        if action == "verify":  # (the run downloads again a file gone or changed)
+            action = "done" if rec is not None and image_intact(out_dir, rec) else "download"
         if fresh_simulator and action in ("poll", "download"):
             action = "resubmit"  # (as the run does once the new simulator answers 404)
         if action in ("submit", "resubmit"):
@@ -1784,9 +1795,7 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
     for job in plan.jobs:
         rec = known.get(job.job_id)
         # (failed jobs go to the runner, which reports them and exits 1 with no network call)
-        if rec is None or rec.state != "downloaded":
-            return None
-        if not rec.image_path or file_sha256(out_dir / rec.image_path) != rec.sha256:
+        if rec is None or rec.state != "downloaded" or not image_intact(out_dir, rec):
             return None
     with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
         note = _follow_recipe(store, recipe, plan, out_dir)

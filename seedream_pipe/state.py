@@ -275,6 +275,31 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
 
+def _refuse_emptied(out_dir: Path) -> None:
+    """Raise StateError for a state.sqlite of 0 bytes in a folder that holds more than it.
+
+    SQLite opens an empty file as a new database: the folder's jobs (and the record of what was
+    paid for) would be gone without a word, and a run would submit every job again and write
+    over the images. A 0-byte state alone in its folder is a first run cut short: fine.
+    """
+    path = out_dir / STATE_FILE
+    try:
+        if path.stat().st_size != 0:
+            return
+        others = sorted(
+            entry.name for entry in out_dir.iterdir()
+            if not entry.name.startswith(".") and not entry.name.startswith(STATE_FILE)
+        )  # fmt: skip
+    except OSError:
+        return  # (no state yet, or a folder that cannot be listed: opening it says what is wrong)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise StateError(
+            f"{path}: is empty, but its folder holds {shown}: the record of its jobs (and of what was "
+            "paid for) is gone; restore state.sqlite from a copy, or give the run a new folder (--out)"
+        )
+
+
 class StateStore:
     """The jobs, events and runs of one output folder.
 
@@ -332,6 +357,7 @@ class StateStore:
     @classmethod
     def for_output_dir(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
         """Open (creating if needed) the state of an output folder."""
+        _refuse_emptied(Path(out_dir))
         return cls(Path(out_dir) / STATE_FILE, clock=clock)
 
     @classmethod
@@ -343,6 +369,7 @@ class StateStore:
         path = Path(out_dir) / STATE_FILE
         if not path.exists():
             raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE})")
+        _refuse_emptied(Path(out_dir))
         writable = os.access(out_dir, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
         return cls(path, clock=clock, read_only=not writable)
 

@@ -791,6 +791,52 @@ def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_p
     assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
 
 
+def test_dry_run_refuses_the_folders_run_refuses(recipe: Path, tmp_path: Path) -> None:
+    # It said "submit: 2 ... $1.00" and exit 0 for a folder `run` then refused with 73.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine\n", encoding="utf-8")
+    code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(project), "--dry-run")
+    assert code == 73 and "holds notes.txt but no state.sqlite" in err and "submit" not in stdout
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(a_file), "--dry-run")
+    assert code == 73 and "is a file, not a folder" in err
+
+
+def test_an_emptied_state_is_not_taken_for_a_new_folder(recipe: Path, tmp_path: Path) -> None:
+    # A state.sqlite truncated to 0 bytes opened as a new, empty state: the run submitted every
+    # job again (paid twice on the real API) and overwrote the images.
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    images = sorted((out / "images").iterdir())
+    before = [path.read_bytes() for path in images]
+    (out / "state.sqlite").write_bytes(b"")
+    for extra in ([], ["--dry-run"]):
+        code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out), *extra)
+        assert code == 74, err
+        assert "state.sqlite: is empty, but its folder holds contact_sheet.png, gallery.html, images and 3 more" in err
+        assert "restore state.sqlite from a copy" in err
+    code, _, err = invoke("status", str(out))
+    assert code == 74 and "is empty" in err
+    assert [path.read_bytes() for path in images] == before
+
+
+def test_dry_run_counts_a_lost_or_changed_image_as_work_to_do(recipe: Path, tmp_path: Path) -> None:
+    # It said "done: 2" where the run then fetched both again.
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    first, second = sorted((out / "images").iterdir())
+    first.unlink()
+    second.write_bytes(b"not the image")
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run", "--json")
+    assert code == 0
+    # (a new simulator knows no URL of the last one: the run submits them again, free)
+    assert json.loads(stdout)["actions"] == {"resubmit": 2}
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--json")
+    assert code == 0 and json.loads(stdout.splitlines()[-1])["summary"]["jobs_downloaded"] == 2
+
+
 @pytest.mark.parametrize("name", [".run.lock", "state.sqlite", "images", "thumbs"])
 def test_a_folder_whose_files_are_links_is_not_written_through(recipe: Path, tmp_path: Path, name: str) -> None:
     victim = tmp_path / "victim"
