@@ -375,6 +375,18 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     assert target.read_text().startswith("# A seedream-pipe recipe")
 
 
+def test_init_given_a_folder_writes_recipe_yaml_in_it(tmp_path: Path) -> None:
+    # `init dd` for a folder said "already exists; pass --force", then --force failed with
+    # "Is a directory"; `init newdir/` wrote a file named newdir.
+    (tmp_path / "dd").mkdir()
+    for given, written in (("dd", "dd/recipe.yaml"), ("newdir/", "newdir/recipe.yaml")):
+        result = invoke("init", f"{tmp_path}/{given}")  # (a Path would drop the slash)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / written).read_text(encoding="utf-8").startswith("# A seedream-pipe recipe")
+        assert invoke("plan", str(tmp_path / written)).exit_code == 0
+    assert invoke("init", str(tmp_path / "dd")).exit_code == 64  # the file in it is kept as ever
+
+
 def test_init_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert invoke("init").exit_code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shlex
 import sys
@@ -279,10 +280,11 @@ def _name_line(stem: str) -> str:
 
 
 @click.command("init")
-@click.argument("path", type=click.Path(path_type=Path), default=Path("recipe.yaml"), required=False)
+@click.argument("written", metavar="[PATH]", default="recipe.yaml", required=False)
 @click.option("--force", is_flag=True, help="overwrite PATH if it exists")
-def init_cmd(path: Path, force: bool) -> int:
-    """Write a commented starter recipe to PATH (default: recipe.yaml).
+def init_cmd(written: str, force: bool) -> int:
+    """Write a commented starter recipe to PATH (default: recipe.yaml); a folder (or a path
+    ending in /) gets PATH/recipe.yaml.
 
     It plans 8 jobs (2 subjects x 2 lights x 2 styles). An existing file is never overwritten
     unless --force is given.
@@ -292,6 +294,14 @@ def init_cmd(path: Path, force: bool) -> int:
         seedream-pipe init my-sweep.yaml
         seedream-pipe plan my-sweep.yaml
     """
+    path = Path(written)
+    if written.endswith(("/", os.sep)) or path.is_dir():  # (Path() drops the slash: keep its meaning)
+        path = path / "recipe.yaml"
+        if not path.parent.is_dir():
+            try:
+                path.parent.mkdir(parents=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     try:
