@@ -1373,8 +1373,12 @@ def _keep(combo: tuple[int, ...], excludes: list[Filter], includes: list[Filter]
 
 def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool) -> None:
     if count > MAX_PLAN_JOBS:
+        # (exclude/include cannot help a grid too large to filter: say what can)
+        how = ("sample, or fewer values (exclude/include filter grids of at most "
+               f"{MAX_FILTERED_GRID:,} combinations)" if recipe.blueprint.grid_size > MAX_FILTERED_GRID
+               else "exclude/include/sample")
         raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs; seedream-pipe plans at most "
-                                              f"{MAX_PLAN_JOBS:,}: narrow it with exclude/include/sample"))
+                                              f"{MAX_PLAN_JOBS:,}: narrow it with {how}"))
     if count > limit and not allow_large:
         raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs, over the limit of {limit:,}; "
                                               "pass --yes to go ahead anyway, or raise --max-jobs"))
@@ -1390,7 +1394,8 @@ def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str]) -> tuple[
     if filtered:
         if total > MAX_FILTERED_GRID:
             raise RecipeError(recipe.problem((), f"the grid has {total:,} combinations before exclude/include; "
-                                                  f"at most {MAX_FILTERED_GRID:,} can be filtered"))
+                                                  f"at most {MAX_FILTERED_GRID:,} can be filtered: use sample "
+                                                  "(it draws without listing them), or fewer values"))
         kept = [c for c in itertools.product(*map(range, sizes))
                 if _keep(c, blueprint.excludes, blueprint.includes)]
         if not kept:

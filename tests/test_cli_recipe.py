@@ -46,6 +46,17 @@ def test_validate_a_folder() -> None:
     assert result.stdout.count("ok: ") == len(list(RECIPES.glob("*.yaml")))
 
 
+def test_validate_says_when_a_valid_recipe_is_over_the_job_limit(tmp_path: Path) -> None:
+    # "ok: big.yaml (30,000 jobs)" and exit 0, then plan and run refused it with 65
+    values = ", ".join(f"v{i}" for i in range(100))
+    big = write(tmp_path, f'template: "{{{{ a }}}} {{{{ b }}}} {{{{ c }}}}"\nvars: {{a: [{values}], b: [{values}], c: [x, y, z]}}\n')
+    result = invoke("validate", str(big))
+    assert result.exit_code == 0
+    assert result.stdout == (f"ok: {big} (30,000 jobs; over the 10,000 that plan and run take without --yes "
+                             "or --max-jobs)\n")
+    assert "over the" not in invoke("validate", str(RECIPES / "demo.yaml")).stdout
+
+
 def test_validate_reports_every_problem_of_every_recipe(tmp_path: Path) -> None:
     a = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: [x]\n  b: [y]\n', "a.yaml")
     b = write(tmp_path, "- not a mapping\n", "b.yaml")

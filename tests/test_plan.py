@@ -336,6 +336,23 @@ def test_sandbox_escape_is_refused(tmp_path: Path, expression: str) -> None:
     assert "unsafe" in message or "undefined" in message or "refused" in message
 
 
+def test_a_grid_too_large_to_filter_is_told_what_narrows_it(tmp_path: Path) -> None:
+    # "narrow it with exclude/include/sample", then exclude/include refused: the grid was too
+    # large to filter, and only sample (or fewer values) could narrow it.
+    values = "\n".join(f"  {name}: [{', '.join(f'{name}{i}' for i in range(100))}]" for name in "abcd")
+    grid = f'template: "{{{{ a }}}} {{{{ b }}}} {{{{ c }}}} {{{{ d }}}}"\nvars:\n{values}\n'
+    assert only_problem(tmp_path, grid).endswith(
+        "the plan has 100,000,000 jobs; seedream-pipe plans at most 1,000,000: narrow it with sample, or "
+        "fewer values (exclude/include filter grids of at most 5,000,000 combinations)"
+    )
+    assert only_problem(tmp_path, grid + "include: [{a: a1}]\n").endswith(
+        "at most 5,000,000 can be filtered: use sample (it draws without listing them), or fewer values"
+    )
+    assert len(plan_of(tmp_path, grid + "sample: {n: 10, seed: 1}\n")) == 10
+    small = 'template: "{{ a }}"\nvars:\n  a: [' + ", ".join(f"v{i}" for i in range(1100)) + "]\nrepeats: 1000\n"
+    assert only_problem(tmp_path, small).endswith("plans at most 1,000,000: narrow it with exclude/include/sample")
+
+
 def test_sandbox_refuses_huge_repetition(tmp_path: Path) -> None:
     message = only_problem(tmp_path, "template: \"{{ a * 100000000 }}\"\nvars: {a: [x]}\n")
     assert "refused by the sandbox: repetition too large for a template" in message

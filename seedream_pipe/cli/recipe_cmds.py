@@ -89,7 +89,9 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             continue
         for warning in plan.warnings:
             _warn(f"{path}: {warning}")
-        click.echo(f"ok: {printable(str(path))} ({counted(len(plan), 'job')})")
+        over = (f"; over the {DEFAULT_MAX_JOBS:,} that plan and run take without --yes or --max-jobs"
+                if len(plan) > DEFAULT_MAX_JOBS else "")  # (valid all the same: a size is no mistake)
+        click.echo(f"ok: {printable(str(path))} ({counted(len(plan), 'job')}{over})")
     # a base's own problem is said once, as the base's, not again for each recipe extending it
     for located, through in inherited.items():
         if located not in problems:
