@@ -1026,7 +1026,8 @@ def _name_char(char: str) -> str:
 
 
 def default_name(stem: str) -> str:
-    """The recipe name a file stem gives: `Été` -> `été`, `My Sweep` -> `my-sweep`.
+    """The recipe name a file stem gives: `Été` -> `été`, `My Sweep` -> `my-sweep`, `🐱` ->
+    `recipe-` and 8 hex digits of its SHA-256.
 
     It names the output folder `outputs/<name>/`, so it keeps only what is safe in a folder name:
     lower case, letters and digits of any script, '-' and '_'; runs of anything else -> '-'.
@@ -1035,7 +1036,11 @@ def default_name(stem: str) -> str:
     text = unicodedata.normalize("NFC", stem.lower())
     kept = "".join(_name_char(char) for char in text)
     slug = re.sub(" +", "-", kept).strip("-")
-    return slug or "recipe"
+    if slug or text.isascii():
+        return slug or "recipe"
+    # A stem of symbols with no letter or digit to keep (`🐱.yaml`, `🐶.yaml`): one folder each,
+    # not one `recipe` that both would run into, each replacing the other's sheet and report.
+    return "recipe-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 class Recipe:

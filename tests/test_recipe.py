@@ -101,6 +101,8 @@ def test_defaults_name_from_stem_and_output_relative_to_recipe(tmp_path: Path) -
         ("हिन्दी", "हिन्दी"),  # vowel signs and virama are marks: a word keeps them
         ("a/b\\c", "a-b-c"),
         ("..", "recipe"),
+        ("🐱", "recipe-" + hashlib.sha256("🐱".encode()).hexdigest()[:8]),  # (not one `recipe` for all)
+        ("🐶", "recipe-" + hashlib.sha256("🐶".encode()).hexdigest()[:8]),
         ("..Été..", "été"),
         ("a\x1b[31mb\r", "a-31mb"),
         ("zero\u200bwidth", "zerowidth"),  # an invisible format character would hide in the name

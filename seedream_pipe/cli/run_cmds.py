@@ -446,7 +446,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         sim = f" {same_simulator}" if last and is_loopback(str(last["api_host"])) else ""
         command = f"seedream-pipe run {target}{sim}" + (f" --out {out}" if out is not None else "")
         click.echo(
-            f"the recipe as it is now plans {changes['jobs']} jobs: {', '.join(parts)}; "
+            f"the recipe as it is now plans {counted(changes['jobs'], 'job')}: {', '.join(parts)}; "
             f"`{command}` brings the folder up to date"
         )
     return EX_OK
