@@ -275,6 +275,33 @@ def test_outputs_drawn_again_unchanged_keep_their_files_and_a_run_writes_anew(tm
     assert all(files()[name] != after_run[name] for name in ("report.csv", "manifest.json", "gallery.html"))
 
 
+@pytest.mark.usefixtures("quick_runs")
+@pytest.mark.parametrize("command", ["sheet", "report", "gallery"])
+def test_a_recipe_edited_since_its_run_leaves_the_manifest_s_recipe_the_one_that_ran(
+    tmp_path: Path, command: str
+) -> None:
+    # The edited recipe never ran: a manifest crediting it with the run's files would re-run
+    # another experiment than the one on disk.
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(RECIPE + "run: {rpm: 6000, concurrency: 8}\n", encoding="utf-8")
+    assert run("run", recipe, "--sim", "--quiet").exit_code == 0
+    out = tmp_path / "out"
+    ran = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    recipe.write_text(RECIPE.replace("[watercolor, photo]", "[watercolor, photo, ink]") + "run: {rpm: 6000}\n", encoding="utf-8")
+
+    result = CliRunner().invoke(cli, [command, str(recipe)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["recipe"] == ran["recipe"]
+    assert manifest["recipe"]["hash"] == manifest["runs"][-1]["recipe_hash"]
+    assert "ink" not in manifest["recipe"]["source_text"]
+    assert manifest["counts"]["jobs"] == len(manifest["files"]) == 8
+    assert result.stderr.strip() == (
+        f"warning: {recipe} was edited since its last run: the outputs show the jobs of the recipe "
+        "that ran, and manifest.json keeps that recipe; run it to bring them up to date"
+    )
+
+
 def test_the_manifest_lists_the_outputs_as_they_are_after_sheet_and_gallery(folder: Path) -> None:
     import json
 

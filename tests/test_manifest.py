@@ -78,6 +78,38 @@ def test_a_folder_without_recipe_meta_still_gets_a_manifest(tmp_path: Path) -> N
     assert manifest["runs"] == [] and manifest["started_at"] is None
 
 
+def test_a_recipe_given_keeps_the_recorded_recipe_in_the_manifest(tmp_path: Path) -> None:
+    # A recipe file given (`report RECIPE`, a notebook's open_output(recipe=...)) may have been
+    # edited since the run: its sheet settings may lay the sheet out, but the manifest records
+    # the recipe the folder's jobs follow, which the runner recorded.
+    from seedream_pipe.recipe import load_recipe
+
+    make_folder(tmp_path / "out")
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(
+        'name: sweep\ntemplate: "{{ s }}"\nvars: {s: [a, b, c]}\noutput: out\n',
+        encoding="utf-8",
+    )
+    folder = open_output(tmp_path / "out", recipe=load_recipe(edited))
+    manifest = json.loads(write_manifest(folder).read_text(encoding="utf-8"))
+    assert manifest["recipe"] == {
+        "name": "sweep",
+        "path": "recipes/sweep.yaml",
+        "hash": "f" * 64,
+        "source_text": "name: sweep\n",
+        "resolved": {"name": "sweep"},
+    }
+    assert manifest["model"] == MODEL
+
+    from seedream_pipe.outputs._folder import edited_recipe_warning
+
+    assert edited_recipe_warning(folder) == (
+        f"{edited} was edited since its last run: the outputs show the jobs of the recipe that ran, "
+        "and manifest.json keeps that recipe; run it to bring them up to date"
+    )
+    assert edited_recipe_warning(open_output(tmp_path / "out")) is None
+
+
 def test_write_outputs_writes_all_four_and_the_manifest_lists_them(tmp_path: Path) -> None:
     from seedream_pipe.outputs import write_outputs
 

@@ -2,7 +2,8 @@
 
 Each takes `RECIPE|DIR` (a recipe file, whose output folder is used, or the folder itself),
 calls `seedream_pipe.outputs` and prints what it wrote. A recipe given on the command line
-wins over the settings the runner recorded in the folder.
+wins over the sheet settings and price the runner recorded in the folder; the manifest keeps
+the recipe the runner recorded, and a recipe edited since its last run gets a warning.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_typ
 
 def _open(target: Path) -> OutputFolder:
     from seedream_pipe.outputs import open_output
+    from seedream_pipe.outputs._folder import edited_recipe_warning
 
     out_dir, recipe = locate(target)
-    return open_output(out_dir, recipe=recipe)
+    folder = open_output(out_dir, recipe=recipe)
+    edited = edited_recipe_warning(folder)
+    if edited:
+        _warn(edited)
+    return folder
 
 
 def _drawn_again(command: Callable[..., int]) -> Callable[..., int]:

@@ -85,6 +85,7 @@ def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     from seedream_pipe.outputs._folder import (
         REPORT_FORMATS,
         REPORT_STEM,
+        edited_recipe_warning,
         image_files_warning,
         open_output,
     )
@@ -94,6 +95,9 @@ def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
     from seedream_pipe.outputs.sheet import make_sheet
 
     folder = open_output(Path(out_dir), recipe=recipe)
+    edited = edited_recipe_warning(folder)
+    if edited:
+        log.warning("%s", edited)
     gone = image_files_warning(folder)
     if gone:
         log.warning("%s (report.csv's image_file column names them)", gone)

@@ -44,7 +44,8 @@ class OutputFolder:
     jobs: list[JobRecord]
     recipe_meta: dict[str, Any] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
-    #: The recipe file given on the command line, if any: its settings win over the recorded ones.
+    #: The recipe file given on the command line, if any: its sheet settings and price win over
+    #: the recorded ones (the manifest's record of the recipe stays the recorded one).
     recipe: Recipe | None = None
 
     def __repr__(self) -> str:
@@ -127,6 +128,19 @@ def image_files_warning(folder: OutputFolder) -> str | None:
     return (
         f"{len(gone)} image files of done jobs are not on disk as downloaded ({how}): "
         "run the recipe again to fetch them"
+    )
+
+
+def edited_recipe_warning(folder: OutputFolder) -> str | None:
+    """What to say when the recipe file given is not the one the folder's jobs follow (edited
+    since its last run); else None. Its sheet settings and price still apply, but the jobs, and
+    the manifest's record of the recipe, stay those of the run."""
+    recorded = folder.recipe_meta.get("hash")
+    if folder.recipe is None or not recorded or folder.recipe.hash == recorded:
+        return None
+    return (
+        f"{folder.recipe.display} was edited since its last run: the outputs show the jobs of the "
+        f"recipe that ran, and manifest.json keeps that recipe; run it to bring them up to date"
     )
 
 

@@ -1,8 +1,9 @@
 """The manifest: enough to re-run the same experiment later and to know what produced each file.
 
-`manifest.json` holds the recipe as written and as resolved (after `extends`) and its hash, the
-tool's version, the model id, the API host, the start and end of the runs, the counts, and for
-every image on disk the job that made it (job_id, path, sha256); a done job's image no longer
+`manifest.json` holds the recipe as written and as resolved (after `extends`) and its hash, as
+the runner recorded it (a recipe file given to `sheet` or `report` may have been edited since,
+and never ran), the tool's version, the model id, the API host, the start and end of the runs,
+the counts, and for every image on disk the job that made it (job_id, path, sha256); a done job's image no longer
 on disk as downloaded (a stat: gone, or another size) is in `missing_files` instead. It never holds a token: the host
 is the host name the runs recorded (the runner records no port: a folder is bound to a host, and
 `run --sim` serves on a new port each time); `safe_host` still strips anything but `host[:port]`
@@ -76,19 +77,18 @@ def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_manifest(folder: OutputFolder, *, outputs: Sequence[Path] = ()) -> dict[str, Any]:
     """The manifest as a dict; `outputs` are other files just written (sheet, report, gallery)."""
+    # The recipe the folder's jobs follow, as the runner recorded it, even when a recipe file is
+    # given: edited since, it never ran, and the manifest would credit it with files it did not make.
     meta = folder.recipe_meta
-    recipe = folder.recipe
     recipe_part: dict[str, Any] = {
-        "name": folder.name,
-        "path": str(recipe.path) if recipe is not None else meta.get("path"),
-        "hash": recipe.hash if recipe is not None else meta.get("hash"),
-        "source_text": recipe.source_text if recipe is not None else meta.get("source_text"),
-        "resolved": recipe.resolved if recipe is not None else meta.get("resolved"),
+        "name": meta.get("name") or folder.name,
+        "path": meta.get("path"),
+        "hash": meta.get("hash"),
+        "source_text": meta.get("source_text"),
+        "resolved": meta.get("resolved"),
     }
     models = sorted({job.model for job in folder.jobs})
-    model = (
-        recipe.model if recipe is not None else meta.get("model") or (models[0] if models else None)
-    )
+    model = meta.get("model") or (models[0] if models else None)
     runs = [_run_entry(run) for run in folder.runs]
     hosts = [run["api_host"] for run in runs if run["api_host"]]
     starts = [run["started_at"] for run in folder.runs if run.get("started_at") is not None]
