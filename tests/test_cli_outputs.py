@@ -169,6 +169,38 @@ def test_the_same_axis_on_both_sides(folder: Path) -> None:
     assert "axis 'style' is named in both --rows and --cols" in result.output
 
 
+@pytest.mark.parametrize("given", ["recipe", "folder"])
+def test_one_sheet_option_wins_over_the_recipe_s_sheet_settings(tmp_path: Path, given: str) -> None:
+    # The recipe puts style down the side and subject, resolution across; naming one of those
+    # axes elsewhere moves it there, and was refused as if the user had named it twice.
+    sheet = {"rows": ["style"], "cols": ["subject", "resolution"], "page_by": None, "cell": 64}
+    make_folder(tmp_path / "out", recipe_meta={"name": "sweep", "sheet": sheet})
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    target = recipe if given == "recipe" else tmp_path / "out"
+    for option, sides in [
+        (["--cols", "style"], "rows: subject; columns: style"),  # (the recipe's rows emptied: the default)
+        (["--rows", "subject"], "rows: subject; columns: resolution"),
+        (["--rows", "subject,resolution"], "rows: subject, resolution; columns: -"),
+        (["--page-by", "subject"], "2 page(s), rows: style; columns: resolution"),
+    ]:
+        result = run("sheet", target, *option)
+        assert result.exit_code == 0, result.output
+        assert sides in result.output, option
+    result = run("sheet", target, "--rows", "subject", "--cols", "subject")
+    assert result.exit_code == EX_USAGE
+    assert "error: axis 'subject' is named in both --rows and --cols" in result.output
+
+
+def test_a_clash_in_the_recorded_sheet_settings_names_them_not_the_options(tmp_path: Path) -> None:
+    clash = {"rows": ["style"], "cols": ["style", "resolution"], "page_by": None}
+    make_folder(tmp_path, recipe_meta={"name": "sweep", "sheet": clash})
+    result = run("sheet", tmp_path, "--cell", "32")
+    assert result.exit_code == EX_USAGE
+    assert "error: axis 'style' is named in both sheet.rows and sheet.cols" in result.output
+    assert run("sheet", tmp_path, "--cols", "resolution", "--cell", "32").exit_code == 0  # one side given: no clash
+
+
 def test_a_read_only_output_folder_is_a_clear_error(folder: Path) -> None:
     # Tests run as root, for whom chmod does not bite: make each output path something a file
     # cannot replace, which fails the same way a read-only folder does.

@@ -94,6 +94,52 @@ def test_recipe_settings_apply_and_the_command_line_wins() -> None:
         resolve_options({}, fmt="gif")
 
 
+def test_an_axis_the_command_line_names_leaves_the_recipe_s_other_side(tmp_path: Path) -> None:
+    # The user typed one option: a clash with the recipe's sheet settings is theirs to win, not
+    # an error blaming the option. The sides they did not name keep the recipe's other axes.
+    jobs = records(tmp_path)
+    settings = {"rows": ["subject", "style"], "cols": ["resolution"], "page_by": None}
+
+    def sides(**given: str) -> tuple[list[str], list[str], str | None]:
+        layout = plan_sheet(jobs, AXES, resolve_options(settings, **given))
+        return layout.rows, layout.cols, layout.page_by
+
+    assert sides(cols="style") == (["subject"], ["style"], None)
+    assert sides(rows="resolution") == (["resolution"], [], None)  # the recipe's cols emptied: the default
+    assert sides(page_by="subject") == (["style"], ["resolution"], "subject")
+    assert sides(rows="style", cols="subject") == (["style"], ["subject"], None)
+    # a side the command line empties falls back to its default, as if the recipe had not set it
+    assert resolve_options({"rows": ["style"], "cols": ["subject"]}, cols="style").rows is None
+    # the recipe's page_by put on a side no longer pages
+    assert resolve_options({**settings, "page_by": "style"}, rows="style").page_by is None
+    # two options of the command line still clash
+    with pytest.raises(UsageError, match=r"axis 'style' is named in both --rows and --cols"):
+        sides(rows="style", cols="style")
+    with pytest.raises(UsageError, match=r"--page-by 'style' is also a row or column axis"):
+        sides(rows="style", page_by="style")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rows": ["style"], "cols": ["style"]}, r"axis 'style' is named in both sheet.rows and sheet.cols"),
+        ({"rows": ["style"], "page_by": "style"}, r"sheet.page_by 'style' is also a row or column axis"),
+        ({"rows": ["mood"]}, r"sheet.rows: no axis 'mood' in this sweep"),
+        ({"cols": ["style", "style"]}, r"sheet.cols: axis style named twice"),
+    ],
+)
+def test_a_clash_within_the_recipe_s_sheet_settings_names_them(
+    tmp_path: Path, settings: dict[str, object], message: str
+) -> None:
+    # (recipe validation refuses these; a folder's recorded settings may still hold them)
+    jobs = records(tmp_path)
+    with pytest.raises(UsageError, match=message):
+        plan_sheet(jobs, AXES, resolve_options(settings))
+    # an unrelated option of the command line does not make them its own
+    with pytest.raises(UsageError, match=message):
+        plan_sheet(jobs, AXES, resolve_options(settings, max_cells=50))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -1,6 +1,7 @@
 """Where everything on a contact sheet goes: pure functions, no Pillow, no disk.
 
-- `resolve_options` merges the command line over the recipe's `sheet:` settings over the defaults.
+- `resolve_options` merges the command line over the recipe's `sheet:` settings over the defaults:
+  an axis named on the command line leaves whatever side or page the recipe gave it.
 - `plan_sheet` decides which job goes in which cell of which page: the row axes down the side,
   the column axes across the top, any other axis (repeats, by default) side by side inside a
   cell, one page per `page_by` label and no more than `max_cells` cells per page, and the
@@ -54,6 +55,9 @@ class SheetOptions:
     max_cells: int = DEFAULT_MAX_CELLS
     repeats: str = "inline"  # or "axis": the repeat axis goes on a side like any other
     fmt: str = "png"
+    #: Which of "rows", "cols" and "page_by" are the recipe's `sheet:` settings rather than the
+    #: command line's: a message about them names sheet.rows, not a --rows the user never typed.
+    from_recipe: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 def split_axes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -74,7 +78,12 @@ def resolve_options(
     max_cells: int | None = None,
     fmt: str | None = None,
 ) -> SheetOptions:
-    """Command-line values over the recipe's `sheet:` settings over the defaults."""
+    """Command-line values over the recipe's `sheet:` settings over the defaults.
+
+    An axis named by --rows, --cols or --page-by is moved there: it leaves the recipe's other
+    side (or its page_by), which otherwise keeps the recipe's axes, or its default when none is
+    left. Only two command-line options naming the same axis clash.
+    """
 
     def pick(given: Any, key: str, default: Any) -> Any:
         if given is not None:
@@ -82,14 +91,33 @@ def resolve_options(
         value = settings.get(key)
         return default if value is None else value
 
+    given_rows, given_cols = split_axes(rows), split_axes(cols)
+    moved = {*(given_rows or ()), *(given_cols or ()), *([page_by] if page_by else [])}
+
+    def recipe_side(key: str) -> tuple[str, ...] | None:
+        axes = split_axes(settings.get(key))
+        if axes is None:
+            return None
+        kept = tuple(axis for axis in axes if axis not in moved)
+        # (a side the command line emptied is as if the recipe had not set it: the default)
+        return kept if kept or not axes else None
+
+    page = page_by if page_by is not None else settings.get("page_by")
+    if page_by is None and page in moved:  # the recipe's page_by, put on a side by --rows/--cols
+        page = None
     options = SheetOptions(
-        rows=split_axes(pick(rows, "rows", None)),
-        cols=split_axes(pick(cols, "cols", None)),
-        page_by=pick(page_by, "page_by", None) or None,
+        rows=given_rows if given_rows is not None else recipe_side("rows"),
+        cols=given_cols if given_cols is not None else recipe_side("cols"),
+        page_by=page or None,
         cell=int(pick(cell, "cell", DEFAULT_CELL)),
         max_cells=int(pick(max_cells, "max_cells", DEFAULT_MAX_CELLS)),
         repeats=str(settings.get("repeats") or "inline"),
         fmt=(fmt or "png").lower(),
+        from_recipe=frozenset(
+            key
+            for key, given in (("rows", rows), ("cols", cols), ("page_by", page_by))
+            if given is None and settings.get(key) is not None
+        ),
     )
     if options.fmt == "jpg":
         options = replace(options, fmt="jpeg")
@@ -179,20 +207,26 @@ def choose_axes(
     rows = list(options.rows) if options.rows is not None else None
     cols = list(options.cols) if options.cols is not None else None
     page_by = options.page_by
+    # (resolve_options moves an axis the command line names off the recipe's sides, so a clash
+    # is between two options of the command line, or two settings of the recipe)
+    name = {
+        key: f"sheet.{key}" if key in options.from_recipe else f"--{key.replace('_', '-')}"
+        for key in ("rows", "cols", "page_by")
+    }
     if rows is not None:
-        _check_named(axes, rows, "--rows")
+        _check_named(axes, rows, name["rows"])
     if cols is not None:
-        _check_named(axes, cols, "--cols")
+        _check_named(axes, cols, name["cols"])
     if page_by is not None:
-        _check_named(axes, [page_by], "--page-by")
+        _check_named(axes, [page_by], name["page_by"])
     both = [axis for axis in rows or [] if axis in (cols or [])]
     if both:
         raise UsageError(
-            f"axis {', '.join(repr(a) for a in both)} is named in both --rows and --cols; "
-            "an axis goes on one side only"
+            f"axis {', '.join(repr(a) for a in both)} is named in both {name['rows']} and "
+            f"{name['cols']}; an axis goes on one side only"
         )
     if page_by is not None and page_by in (rows or []) + (cols or []):
-        raise UsageError(f"--page-by {page_by!r} is also a row or column axis; choose one")
+        raise UsageError(f"{name['page_by']} {page_by!r} is also a row or column axis; choose one")
 
     def varies(axis: str) -> bool:
         return len(labels.get(axis, ())) > 1
