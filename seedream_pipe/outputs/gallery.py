@@ -326,9 +326,9 @@ def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) ->
         lazy=len(folder.jobs) > LAZY_FROM,
         # the filters' labels exactly: a browser rewrites a checkbox's value (a CR becomes LF,
         # a NUL U+FFFD), so the boxes point into this list and are never read for their text
-        data_json=json_for_script({
-            "name": folder.name, "jobs": data, "filters": {f["name"]: f["labels"] for f in filters},
-        }),  # fmt: skip
+        data_json=json_for_script(
+            {"name": folder.name, "jobs": data, "filters": {f["name"]: f["labels"] for f in filters}}
+        ),
     )
 
 
