@@ -223,6 +223,22 @@ class RunResult:
         return self.exit_code == EX_OK
 
 
+#: The states of a job the API took (and bills) whose image is not fetched yet.
+PAID_NOT_FETCHED = ("submitted", "in_queue", "in_progress", "completed")
+
+
+def paid_not_fetched(rec: JobRecord) -> bool:
+    """The API took the job, and bills it, and its image is still to fetch (poll, download)."""
+    return rec.state in PAID_NOT_FETCHED and bool(rec.request_id or (rec.state == "completed" and rec.image_url))
+
+
+def paid_for_off_plan(store: StateStore) -> list[JobRecord]:
+    """Jobs a recipe edit dropped that the API took, whose image is not fetched yet: a run
+    still follows them to their image (polls them, downloads them), and never submits one.
+    Their images stay in images/ and out of the sheet and report, as any dropped job's."""
+    return [rec for rec in store.jobs(in_plan=False, states=PAID_NOT_FETCHED) if paid_not_fetched(rec)]
+
+
 def image_intact(out_dir: Path, rec: JobRecord) -> bool:
     """A downloaded job's image file is in the folder as it was downloaded (size, then sha256)."""
     if not rec.image_path:
@@ -631,8 +647,8 @@ class Runner:
 
     async def _run_again(self, rec: JobRecord) -> None:
         """The built-in simulator forgot the job (it restarted): make the image again, once."""
-        if self.stop_submitting or rec.job_id in self._ran_again:
-            return
+        if self.stop_submitting or rec.job_id in self._ran_again or not rec.in_plan:
+            return  # (a job a recipe edit dropped is fetched if paid for, never made again)
         if self._run_again_left is not None:
             if self._run_again_left == 0:
                 return  # (planned: --limit holds it for a later run, as any submit past it)
@@ -1576,7 +1592,7 @@ async def _run_in_folder(
         result: RunResult | None = None
         try:
             async with client:
-                result = await runner.run(store.jobs())
+                result = await runner.run(store.jobs() + paid_for_off_plan(store))
         except asyncio.CancelledError:
             if presses.count < 2:
                 raise
@@ -1744,6 +1760,12 @@ def dry_run_report(
             submits.append((job.index, job.job_id, action))
         else:
             actions[action] = actions.get(action, 0) + 1
+    if not fresh_simulator:  # (a new simulator knows none of them: they are lost, not made again)
+        planned = {job.job_id for job in plan.jobs}
+        for rec in known.values():
+            if rec.job_id not in planned and paid_not_fetched(rec):  # fetched, as run fetches them
+                action = "download" if rec.state == "completed" else "poll"
+                actions[action] = actions.get(action, 0) + 1
     chosen, held_back = submits_within_limit(submits, options.limit, lambda s: (s[0], s[1]))
     for _, _, action in chosen:
         actions[action] = actions.get(action, 0) + 1
@@ -1792,6 +1814,9 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
         if api_host is not None:
             check_same_api(store, out_dir, api_host)
         known = {r.job_id: r for r in store.jobs(in_plan=None)}
+    planned = {job.job_id for job in plan.jobs}
+    if any(paid_not_fetched(r) for r in known.values() if r.job_id not in planned):
+        return None  # (a job the recipe no longer plans, taken by the API: its image is still to fetch)
     for job in plan.jobs:
         rec = known.get(job.job_id)
         # (failed jobs go to the runner, which reports them and exits 1 with no network call)

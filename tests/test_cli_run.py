@@ -791,6 +791,23 @@ def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_p
     assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
 
 
+def test_status_and_dry_run_show_dropped_jobs_the_api_took(recipe: Path, tmp_path: Path) -> None:
+    # `status` left them out of every count, and nothing said the next run would fetch them
+    out = tmp_path / "o"
+    out.mkdir()
+    jobs = load_recipe(recipe).plan().jobs
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(jobs)
+        store.transition(jobs[1].job_id, "in_queue", request_id="r-2")
+        store.sync_plan(jobs[:1])  # a recipe edit dropped the second, queued on the API
+    code, stdout, _ = invoke("status", str(out))
+    assert code == 0 and "no longer planned, but taken by the API (paid for): 1; `run` fetches" in stdout
+    assert json.loads(invoke("status", str(out), "--json")[1])["no_longer_planned_to_fetch"] == 1
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot]"), encoding="utf-8")
+    code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run", env={"RUNCOMFY_TOKEN": "t"})
+    assert code == 0 and "submit: 1" in stdout and "poll: 1" in stdout
+
+
 def test_dry_run_refuses_the_folders_run_refuses(recipe: Path, tmp_path: Path) -> None:
     # It said "submit: 2 ... $1.00" and exit 0 for a folder `run` then refused with 73.
     project = tmp_path / "project"

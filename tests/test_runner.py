@@ -509,6 +509,74 @@ def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(t
         assert sim.stats()["duplicate_submits"] == 0  # the jobs in flight were polled, not sent again
 
 
+def test_jobs_a_recipe_edit_drops_while_the_api_has_them_are_still_fetched(tmp_path: Path) -> None:
+    # Dropped from the plan while queued on the API, they were never looked at again: billed
+    # images never downloaded, and gone from `status`.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+
+    async def cancelled_mid_run(sim: Simulator) -> None:
+        run = asyncio.create_task(
+            arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
+        )
+        while sim.stats()["submits_accepted"] < 4:
+            await asyncio.sleep(0.01)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    with Simulator(SimConfig(workers=0, latency=0.01)) as sim:  # the jobs wait in its queue
+        asyncio.run(cancelled_mid_run(sim))
+        with StateStore.for_output_dir(out) as store:
+            taken = {r.job_id for r in store.jobs() if r.request_id}
+        assert len(taken) == 4
+        write_recipe(tmp_path, RECIPE.replace("a red fox, a blue whale", "a blue whale"))  # fox dropped
+        sim.configure(workers=4)
+        result = run(sim, recipe, out)
+        assert result.exit_code == 0 and result.counts == {**result.counts, "downloaded": 3}
+        with StateStore.for_output_dir(out) as store:
+            records = {r.job_id: r for r in store.jobs(in_plan=None)}
+        off_plan_taken = [records[j] for j in taken if not records[j].in_plan]
+        assert off_plan_taken and all(r.state == "downloaded" for r in off_plan_taken)
+        assert all((out / str(r.image_path)).is_file() for r in off_plan_taken)
+        stats = sim.stats()
+        assert stats["duplicate_submits"] == 0
+        # every job the API took was fetched, and none of the dropped ones it had not was made
+        assert stats["submits_accepted"] == len(taken | {j for j, r in records.items() if r.in_plan})
+
+
+def test_a_finished_recipe_still_fetches_what_an_edit_dropped_in_flight(sim: Simulator, tmp_path: Path) -> None:
+    # Every planned job done, so `run` took the recipe as finished (no network call), while jobs
+    # an edit had just dropped were still queued on the API, paid for.
+    from seedream_pipe.runner import finish_if_done
+
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    wider = RECIPE.replace("on a roof]", "on a roof, in a forest]")
+
+    async def cancelled_mid_run() -> None:
+        task = asyncio.create_task(arun_recipe(
+            load_recipe(write_recipe(tmp_path, wider)), api=ApiSettings(sim.base_url, TOKEN), out_dir=out,
+            options=fast(),
+        ))  # fmt: skip
+        while sim.stats()["submits_accepted"] < 8:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    sim.configure(workers=0)  # the two new jobs wait in the API's queue
+    asyncio.run(cancelled_mid_run())
+    write_recipe(tmp_path)  # the edit undone: the two queued jobs are no longer planned
+    assert finish_if_done(load_recipe(recipe), out) is None  # work left: their images
+    sim.configure(workers=4)
+    assert run(sim, recipe, out).exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        dropped = store.jobs(in_plan=False)
+    assert len(dropped) == 2 and all(r.state == "downloaded" for r in dropped)
+    assert finish_if_done(load_recipe(recipe), out) is not None
+    assert sim.stats()["duplicate_submits"] == 0
+
+
 def test_a_cancelled_run_stops_its_live_bar(tmp_path: Path) -> None:
     # A notebook cell interrupted mid-run: the run raised CancelledError without run_finished,
     # and the bar's refresh thread went on redrawing it after the cell had ended.

@@ -367,7 +367,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
-    from seedream_pipe.runner import go_on_with, run_in_progress
+    from seedream_pipe.runner import go_on_with, paid_not_fetched, run_in_progress
 
     out_dir, recipe, store = _open_state(target, out)
     with store:
@@ -385,6 +385,8 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         if (state := image_file_state(r, out_dir)) not in (None, IMAGE_PRESENT)
     )
     duplicates = sum(1 for r in here if r.possible_duplicate)
+    # jobs a recipe edit dropped that the API took: paid for, so the next run still fetches them
+    dropped_paid = sum(1 for r in every if not r.in_plan and paid_not_fetched(r))
     planned_here = {r.job_id for r in here}
     sent = {r.job_id for r in every if r.state != "planned"}  # ever submitted
     last = runs[-1] if runs else None
@@ -410,6 +412,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
                     else None,
                     "recipe_now": changes,
                     "image_files_off_disk": dict(off_disk),
+                    "no_longer_planned_to_fetch": dropped_paid,
                 }
             )
         )
@@ -421,6 +424,9 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
             click.echo(f"  {state:<15} {n}")
     if duplicates:
         click.echo(f"  possible duplicates (maybe paid for twice; report.csv says which): {duplicates}")
+    if dropped_paid:
+        click.echo(f"  no longer planned, but taken by the API (paid for): {dropped_paid}; `run` fetches "
+                   "their images into images/ (they stay out of the sheet and report)")
     if off_disk:
         how = ", ".join(f"{n} {state}" for state, n in sorted(off_disk.items()))
         click.echo(f"  done, but the image file is not on disk as downloaded: {sum(off_disk.values())} ({how}); "
