@@ -65,9 +65,9 @@ from seedream_pipe.config import ApiSettings, checked_api, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
+    EX_IOERR,
     EX_NOPERM,
     EX_OK,
-    EX_SOFTWARE,
     EX_SOME_FAILED,
     EX_UNAVAILABLE,
     ApiError,
@@ -82,6 +82,7 @@ from seedream_pipe.errors import (
     ServiceUnavailable,
     UnusableAnswer,
     UsageError,
+    exit_code_for,
     redact,
 )
 from seedream_pipe.images import thumb_name
@@ -1117,7 +1118,7 @@ class Runner:
         if self.interrupted:
             code = EX_INTERRUPTED
         elif self.fatal is not None:
-            code = getattr(self.fatal, "exit_code", EX_SOFTWARE)
+            code = exit_code_for(self.fatal)  # (a disk full while writing an image: 74, not a bug's 70)
         elif self.stop_code is not None:
             code = self.stop_code
         elif counts["failed"] or (unfinished and self.opt.limit is None):
@@ -1622,10 +1623,11 @@ async def _run_in_folder(
                     result.summary["reason"] = result.reason
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
-    if result.exit_code != EX_INTERRUPTED:
+    if result.exit_code not in (EX_INTERRUPTED, EX_IOERR):
         # An interrupted run leaves the outputs as they were: a report written now would pass
         # for a finished run's (to make, too: the target would look up to date). The next run
-        # writes them (or `report`, `sheet` and `gallery` DIR).
+        # writes them (or `report`, `sheet` and `gallery` DIR). Nor are they written after the
+        # file system refused (a full disk): they would fail the same way, and hide why.
         result.outputs = write_outputs(out, recipe)
     # last, so that what it names is there: the outputs, relative to the output folder
     progress.event("run_finished", _finished_event(result))

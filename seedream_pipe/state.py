@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -387,14 +387,30 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. SQLite's own failures (a
+        full disk, a file gone read-only) are StateError: exit 74, not a bug's 70."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._cannot_write(exc) from exc
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:  # (a failed COMMIT may have rolled back already)
+                with suppress(sqlite3.DatabaseError):
+                    self._db.execute("ROLLBACK")
+            # (what the disk or the file refused: full, read-only, locked, an I/O error; a
+            # constraint broken is a bug, and stays one)
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                raise self._cannot_write(exc) from exc
             raise
-        self._db.execute("COMMIT")
+
+    def _cannot_write(self, exc: sqlite3.Error) -> StateError:
+        return StateError(
+            f"{self.path or ':memory:'}: cannot write the state: {exc} (free space, or make the folder "
+            "writable, and run again: nothing committed before is lost)"
+        )
 
     # -- schema --
 

@@ -577,6 +577,29 @@ def test_a_finished_recipe_still_fetches_what_an_edit_dropped_in_flight(sim: Sim
     assert sim.stats()["duplicate_submits"] == 0
 
 
+def test_a_full_disk_stops_the_run_with_74_not_a_bugs_70(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ENOSPC writing an image stopped the run as "a bug" (70), and the outputs written after it
+    # failed the same way, so the CLI's last word was "report.csv: cannot write" (73).
+    import errno
+
+    from seedream_pipe import client as client_module
+
+    def full(path: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(client_module, "open", full, raising=False)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out)
+    assert result.exit_code == 74 and "No space left on device" in str(result.reason)
+    assert not (out / "report.csv").exists()
+    monkeypatch.undo()  # space again: the run goes on, nothing paid for twice unflagged
+    assert run(sim, recipe, out).exit_code == 0
+    no_unflagged_duplicates(sim, out)
+    assert_images_intact(out, 6)
+
+
 def test_a_cancelled_run_stops_its_live_bar(tmp_path: Path) -> None:
     # A notebook cell interrupted mid-run: the run raised CancelledError without run_finished,
     # and the bar's refresh thread went on redrawing it after the cell had ended.

@@ -180,7 +180,7 @@ def test_a_read_only_folder_is_read_without_writing_to_it(tmp_path: Path, monkey
     monkeypatch.setattr("os.access", lambda *args, **kwargs: False)  # the folder is read-only
     with StateStore.for_reading(tmp_path) as store:
         assert store.counts()["submitting"] == 1 and store.counts()["planned"] == 1
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(StateError, match="cannot write the state: attempt to write a readonly database"):
             store.transition("job002", "submitting")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no -wal, no -shm made
 
@@ -218,3 +218,19 @@ def test_a_read_only_state_of_another_version_is_refused(tmp_path: Path, monkeyp
     monkeypatch.setattr("os.access", lambda *args, **kwargs: False)
     with pytest.raises(StateError, match="another version"):
         StateStore.for_reading(tmp_path)
+
+
+def test_a_full_disk_is_a_state_error_and_loses_nothing_committed(tmp_path: Path) -> None:
+    # SQLite's "database or disk is full" at a commit escaped as an OperationalError: exit 70,
+    # "a bug in seedream-pipe".
+    store = StateStore.for_output_dir(tmp_path)
+    store.add_event("before")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    with pytest.raises(StateError, match="cannot write the state: database or disk is full") as caught:
+        for _ in range(10_000):
+            store.add_event("x", detail={"pad": "x" * 2000})
+    assert caught.value.exit_code == 74
+    kinds = [e["kind"] for e in store.events()]
+    assert kinds[0] == "before" and set(kinds[1:]) <= {"x"}  # what was committed is still there
+    store.close()
