@@ -104,6 +104,18 @@ def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Pa
     assert {"report.csv", "report.parquet"} <= set(outputs)
 
 
+def test_reports_in_two_formats_leave_the_manifest_as_it_was(folder: Path) -> None:
+    # Each switch of format put the report just written first, so a make file with a csv and a
+    # json target rewrote manifest.json (and its generated_at) at every make.
+    assert run("report", folder, "--format", "csv").exit_code == 0
+    assert run("report", folder, "--format", "json").exit_code == 0
+    manifest = (folder / "manifest.json").read_text(encoding="utf-8")
+    assert json.loads(manifest)["outputs"][:2] == ["report.csv", "report.json"]
+    for fmt in ("csv", "json", "csv"):
+        assert run("report", folder, "--format", fmt).exit_code == 0
+        assert (folder / "manifest.json").read_text(encoding="utf-8") == manifest
+
+
 def test_report_shows_the_api_s_failure_text_with_control_characters_escaped(folder: Path) -> None:
     from seedream_pipe.state import StateStore
 

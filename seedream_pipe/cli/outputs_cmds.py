@@ -161,10 +161,12 @@ def report_command(target: Path, fmt: str) -> int:
         _warn(f"{gone} ({report.name}'s image_file column names them)")
     # the manifest lists the folder's outputs as `run` writes them, not only the report (and a
     # report in another format written before, still there: report.parquet does not undo report.csv)
-    others = [folder.path / f"{REPORT_STEM}.{other}" for other in REPORT_FORMATS if other != fmt]
+    # (in one order whichever format was just written: a make file with a csv and a json target
+    # would otherwise rewrite manifest.json at every make)
+    reports = [path for path in (folder.path / f"{REPORT_STEM}.{f}" for f in REPORT_FORMATS) if path.is_file()]
     sheets = sorted(path for path in folder.path.glob(f"{SHEET_STEM}*") if path.suffix in (".png", ".jpg"))
     gallery = [path for path in (folder.path / GALLERY_NAME,) if path.is_file()]
-    manifest = write_manifest(folder, outputs=[report, *(p for p in others if p.is_file()), *sheets, *gallery])
+    manifest = write_manifest(folder, outputs=[*reports, *sheets, *gallery])
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
     click.echo(printable(format_summary(summary), keep_newlines=True))  # failures quote the API
     click.echo(str(report))
