@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,14 @@ class JobRecord:
 
     @property
     def finished_at(self) -> float | None:
-        """When the API reported the job finished (completed, failed or cancelled)."""
-        return self.completed_at or self.failed_at or self.cancelled_at
+        """When the job finished (completed, failed or cancelled): the API's own time when it
+        gave one that fits (after the submit, before this tool saw it), else when this tool saw
+        it. A run stopped for an hour sees a job finish an hour late; the API's time is not."""
+        seen = self.completed_at or self.failed_at or self.cancelled_at
+        server = _unix_seconds(self.server_finished_at)
+        if seen is None or server is None or self.submitted_at is None:
+            return seen
+        return server if self.submitted_at <= server <= seen else seen
 
     @property
     def queue_s(self) -> float | None:
@@ -204,11 +211,22 @@ class JobRecord:
 
     @property
     def generation_s(self) -> float | None:
-        return _span(self.started_at, self.completed_at)
+        return _span(self.started_at, self.finished_at if self.completed_at is not None else None)
 
     @property
     def latency_s(self) -> float | None:
         return _span(self.submitted_at, self.finished_at)
+
+
+def _unix_seconds(text: str | None) -> float | None:
+    """An API's ISO 8601 time as Unix seconds; None when absent or not such a time."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None  # (no zone: whose clock?)
 
 
 def _span(start: float | None, end: float | None) -> float | None:

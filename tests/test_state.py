@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,30 @@ def test_sync_plan_keeps_history_and_marks_dropped_jobs(tmp_path: Path) -> None:
     everything = store.jobs(in_plan=None)
     assert {r.job_id for r in everything} == {"job001", "job002", "job003"}
     assert store.counts()["planned"] == 1
+    store.close()
+
+
+def test_a_jobs_finish_is_the_apis_time_when_it_fits_not_when_a_later_run_saw_it(tmp_path: Path) -> None:
+    # A job that finished while the run was stopped for a minute got a minute more latency in
+    # report.csv and the summary's percentiles: the time the next run looked.
+    clock = FakeClock(100.0)
+    store = StateStore.for_output_dir(tmp_path, clock=clock)
+    store.sync_plan([make_job(1), make_job(2, "a dog"), make_job(3, "an owl")])
+    for job_id in ("job001", "job002", "job003"):
+        store.transition(job_id, "submitted", request_id=job_id)
+    clock.now = 102.0
+    store.transition("job001", "in_progress")
+    clock.now = 170.0  # seen a minute after the API finished them (at 105 s)
+    finished = datetime.fromtimestamp(105.0, UTC).isoformat().replace("+00:00", "Z")
+    store.transition("job001", "completed", server_finished_at=finished)
+    store.transition("job002", "failed", server_finished_at=finished)
+    # a clock the API keeps far off (after this tool saw it) is not taken: the time seen stands
+    store.transition("job003", "completed", server_finished_at="2999-01-01T00:00:00Z")
+    one, two, three = (store.get(j) for j in ("job001", "job002", "job003"))
+    assert one and two and three
+    assert (one.finished_at, one.latency_s, one.generation_s) == (105.0, 5.0, 3.0)
+    assert (two.finished_at, two.latency_s, two.generation_s) == (105.0, 5.0, None)
+    assert (three.finished_at, three.latency_s) == (170.0, 70.0)
     store.close()
 
 
