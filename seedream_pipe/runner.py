@@ -1535,11 +1535,51 @@ async def arun_recipe(
             close()
 
 
+class _SignalHandlers:
+    """Ctrl-C and SIGTERM handlers on the run's event loop, and the ones they replaced."""
+
+    def __init__(self) -> None:
+        # sig -> the handler it had before: asyncio's remove_signal_handler leaves the default
+        # behind, and a caller's own (a script's SIGTERM handler, a kernel's SIGINT) must come back
+        self._before: dict[signal.Signals, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
+        self._loop = loop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                before = signal.getsignal(sig)
+                loop.add_signal_handler(sig, handler)
+                self._before[sig] = before
+
+    def restore(self) -> None:
+        for sig, before in self._before.items():
+            if self._loop is not None:
+                self._loop.remove_signal_handler(sig)
+            if before is not None:  # (None: a handler not set from Python, which cannot be put back)
+                signal.signal(sig, before)
+        self._before.clear()
+
+
 async def _run_in_folder(
     recipe: Recipe, api: ApiSettings, out: Path, plan: Plan, opts: RunOptions, progress: Progress,
     http: httpx.AsyncClient | None, handle_signals: bool,
 ) -> RunResult:
     """The run of `arun_recipe`, its arguments checked and its output folder made."""
+    signals = _SignalHandlers()
+    try:
+        return await _run_and_write(recipe, api, out, plan, opts, progress, http, signals if handle_signals else None)
+    finally:
+        # Put back only now: a signal while the outputs are written (after the jobs ended) is
+        # taken by the run's handler, which has nothing left to stop, instead of killing the
+        # process half way (SIGTERM's default) or raising into it (Ctrl-C's).
+        signals.restore()
+
+
+async def _run_and_write(
+    recipe: Recipe, api: ApiSettings, out: Path, plan: Plan, opts: RunOptions, progress: Progress,
+    http: httpx.AsyncClient | None, signals: _SignalHandlers | None,
+) -> RunResult:
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
         note = _follow_recipe(store, recipe, plan, out)
@@ -1581,15 +1621,8 @@ async def _run_in_folder(
             elif press == 2 and main_task is not None:
                 main_task.cancel()  # second Ctrl-C: out at once (every commit is atomic)
 
-        # sig -> the handler it had before: asyncio's remove_signal_handler leaves the default
-        # behind, and a caller's own (a script's SIGTERM handler, a kernel's SIGINT) must come back
-        installed: dict[signal.Signals, Any] = {}
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    before = signal.getsignal(sig)
-                    loop.add_signal_handler(sig, on_signal)
-                    installed[sig] = before
+        if signals is not None:
+            signals.install(loop, on_signal)
         result: RunResult | None = None
         try:
             async with client:
@@ -1607,10 +1640,6 @@ async def _run_in_folder(
             result.exit_code = EX_NOPERM
             result.reason = redact(str(exc), api.token)
         finally:
-            for sig, before in installed.items():
-                loop.remove_signal_handler(sig)
-                if before is not None:  # (None: a handler not set from Python, which cannot be put back)
-                    signal.signal(sig, before)
             ended = time.time()
             if result is not None:
                 result.summary.update(

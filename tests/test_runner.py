@@ -680,6 +680,32 @@ def test_handle_signals_gives_back_the_signal_handlers_it_found(sim: Simulator, 
             signal.signal(sig, handler)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_outputs_are_written_does_not_break_them_off(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    # The handlers were given back before the outputs were written: a Ctrl-C then raised
+    # KeyboardInterrupt into them (exit 130 after run_finished said 0), and a SIGTERM killed
+    # the process by its default with no message and no outputs.
+    from seedream_pipe import runner as runner_module
+
+    write_outputs = runner_module.write_outputs
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(sig)  # (as from another terminal, mid-way)
+        return write_outputs(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "write_outputs", signalled)
+    caught: list[int] = []
+    before = signal.signal(sig, lambda signum, frame: caught.append(signum))  # (the test's own, put back)
+    try:
+        result = run(sim, write_recipe(tmp_path), tmp_path / "out", handle_signals=True)
+    finally:
+        signal.signal(sig, before)
+    assert result.exit_code == 0 and (tmp_path / "out" / "report.csv").is_file()
+    assert caught == []  # the run's handler took it, not the one it gives back
+
+
 def test_with_handle_signals_an_interrupt_cancels_the_queued_jobs_and_returns_the_result(tmp_path: Path) -> None:
     # What the README tells a notebook (whose interrupt is a SIGINT) and a script: without
     # handle_signals the run is only cancelled, and its queued jobs stay queued on the API.
