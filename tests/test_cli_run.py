@@ -325,6 +325,25 @@ def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, 
         assert store.counts()["submitted"] == 2  # nothing was asked, nothing recorded
 
 
+def test_cancel_after_a_stopped_seedream_pipe_sim_says_what_a_restarted_one_does(recipe: Path, tmp_path: Path) -> None:
+    # It said "the next `run --sim` submits them again" of jobs a run sent with --base-url to a
+    # `seedream-pipe sim`, which a restarted sim answers 404 for.
+    from seedream_pipe.runner import LAST_API
+
+    out = tmp_path / "o"
+    sim = Simulator(SimConfig(workers=0)).start()
+    try:
+        submitted_by_an_earlier_run(recipe, out, sim.base_url, "x")
+        with StateStore.for_output_dir(out) as store:
+            store.set_meta(LAST_API, {"base_url": sim.base_url, "built_in_simulator": False})
+    finally:
+        sim.stop()
+    code, stdout, _ = invoke("cancel", str(out))
+    assert code == 0
+    assert "that is no longer running (a `seedream-pipe sim` that was stopped)" in stdout
+    assert "`run --retry-failed` makes them again" in stdout and "run --sim" not in stdout
+
+
 @pytest.mark.parametrize(
     ("variable", "said"),
     [

@@ -475,9 +475,12 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     from seedream_pipe.runner import cancel_folder
 
     out_dir, _, store = _open_state(target, out)
+    from seedream_pipe.runner import go_on_with
+
     with store:
         runs = store.runs()
         in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT) if r.request_id]
+        built_in = go_on_with(store) == "--sim"  # (else a `seedream-pipe sim` at its URL)
     if not in_flight:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
@@ -493,11 +496,17 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     if gone:
         # Exit 0 as for any folder with nothing to cancel: the jobs are not queued anywhere, and
         # 69 ("try again later") would send a script retrying a server that will never answer.
+        then = (
+            "(the built-in simulator of `run --sim` stops with its run, and its jobs with it); simulator "
+            "jobs are never billed. The next `run --sim` submits them again."
+            if built_in
+            else "(a `seedream-pipe sim` that was stopped); simulator jobs are never billed. Started "
+            "again, a simulator knows none of them: a run against it fails them (the API no longer "
+            "knows them, 404), and `run --retry-failed` makes them again."
+        )
         click.echo(
             f"nothing to cancel: the {len(in_flight)} queued or running job(s) of {out_dir} were "
-            f"submitted to a simulator at {gone} that is no longer running (the built-in simulator "
-            "of `run --sim` stops with its run, and its jobs with it); simulator jobs are never "
-            "billed. The next `run --sim` submits them again."
+            f"submitted to a simulator at {gone} that is no longer running {then}"
         )
         return EX_OK
     try:
