@@ -13,19 +13,22 @@ from seedream_pipe.outputs import open_output, write_manifest
 from seedream_pipe.outputs.manifest import safe_host
 from seedream_pipe.state import StateStore
 
+#: The recipe make_folder records for its run, as the manifest names it.
+RECORDED_RECIPE = {
+    "name": "sweep",
+    "path": "recipes/sweep.yaml",
+    "hash": "f" * 64,
+    "source_text": "name: sweep\n",
+    "resolved": {"name": "sweep"},
+}
+
 
 def test_manifest_names_the_recipe_versions_host_times_counts_and_files(tmp_path: Path) -> None:
     fx = make_folder(tmp_path)
     path = write_manifest(open_output(tmp_path), outputs=[tmp_path / "report.csv"])
     manifest = json.loads(path.read_text(encoding="utf-8"))
     assert manifest["tool"] == {"name": "seedream-pipe", "version": __version__}
-    assert manifest["recipe"] == {
-        "name": "sweep",
-        "path": "recipes/sweep.yaml",
-        "hash": "f" * 64,
-        "source_text": "name: sweep\n",
-        "resolved": {"name": "sweep"},
-    }
+    assert manifest["recipe"] == RECORDED_RECIPE
     assert manifest["model"] == MODEL
     assert manifest["api_host"] == "127.0.0.1:8765"
     assert manifest["started_at"] == "2026-09-21T14:13:20.000Z"
@@ -92,13 +95,7 @@ def test_a_recipe_given_keeps_the_recorded_recipe_in_the_manifest(tmp_path: Path
     )
     folder = open_output(tmp_path / "out", recipe=load_recipe(edited))
     manifest = json.loads(write_manifest(folder).read_text(encoding="utf-8"))
-    assert manifest["recipe"] == {
-        "name": "sweep",
-        "path": "recipes/sweep.yaml",
-        "hash": "f" * 64,
-        "source_text": "name: sweep\n",
-        "resolved": {"name": "sweep"},
-    }
+    assert manifest["recipe"] == RECORDED_RECIPE
     assert manifest["model"] == MODEL
 
     from seedream_pipe.outputs._folder import edited_recipe_warning

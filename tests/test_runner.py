@@ -485,24 +485,28 @@ def test_jobs_cancelled_on_the_apis_side_are_not_done_and_the_next_run_submits_t
     assert again.exit_code == 0 and again.counts["downloaded"] == 6
 
 
+async def cancelled_once_submitted(
+    sim: Simulator, recipe: Path, out: Path, submits: int, **kwargs: Any
+) -> list[asyncio.Task[Any]]:
+    """Run the recipe and cancel it, as a notebook's interrupt does, once the simulator has taken
+    `submits` jobs; return the tasks left behind."""
+    run = asyncio.create_task(
+        arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast(), **kwargs)
+    )
+    while sim.stats()["submits_accepted"] < submits:
+        await asyncio.sleep(0.01)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
 def test_a_cancelled_run_stops_every_task_it_started_and_the_next_run_finishes(tmp_path: Path) -> None:
     # A notebook cell's timeout cancels the run: its jobs' tasks went on polling for seconds,
     # then died on the closed state, and the HTTP session was left unclosed.
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
-
-    async def cancelled_mid_run(sim: Simulator) -> list[asyncio.Task[Any]]:
-        run = asyncio.create_task(
-            arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
-        )
-        while sim.stats()["submits_accepted"] < 4:
-            await asyncio.sleep(0.01)
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
-        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-
     with Simulator(SimConfig(workers=0, latency=0.01)) as sim:  # the jobs wait in its queue
-        assert asyncio.run(cancelled_mid_run(sim)) == []
+        assert asyncio.run(cancelled_once_submitted(sim, recipe, out, 4)) == []
         sim.configure(workers=4)
         again = run(sim, recipe, out)
         assert again.exit_code == 0 and again.counts["downloaded"] == 6
@@ -513,19 +517,8 @@ def test_jobs_a_recipe_edit_drops_while_the_api_has_them_are_still_fetched(tmp_p
     # Dropped from the plan while queued on the API, they were never looked at again: billed
     # images never downloaded, and gone from `status`.
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
-
-    async def cancelled_mid_run(sim: Simulator) -> None:
-        run = asyncio.create_task(
-            arun_recipe(load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
-        )
-        while sim.stats()["submits_accepted"] < 4:
-            await asyncio.sleep(0.01)
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
-
     with Simulator(SimConfig(workers=0, latency=0.01)) as sim:  # the jobs wait in its queue
-        asyncio.run(cancelled_mid_run(sim))
+        asyncio.run(cancelled_once_submitted(sim, recipe, out, 4))
         with StateStore.for_output_dir(out) as store:
             taken = {r.job_id for r in store.jobs() if r.request_id}
         assert len(taken) == 4
@@ -551,21 +544,9 @@ def test_a_finished_recipe_still_fetches_what_an_edit_dropped_in_flight(sim: Sim
 
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     assert run(sim, recipe, out).exit_code == 0
-    wider = RECIPE.replace("on a roof]", "on a roof, in a forest]")
-
-    async def cancelled_mid_run() -> None:
-        task = asyncio.create_task(arun_recipe(
-            load_recipe(write_recipe(tmp_path, wider)), api=ApiSettings(sim.base_url, TOKEN), out_dir=out,
-            options=fast(),
-        ))  # fmt: skip
-        while sim.stats()["submits_accepted"] < 8:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
+    wider = write_recipe(tmp_path, RECIPE.replace("on a roof]", "on a roof, in a forest]"))
     sim.configure(workers=0)  # the two new jobs wait in the API's queue
-    asyncio.run(cancelled_mid_run())
+    asyncio.run(cancelled_once_submitted(sim, wider, out, 8))
     write_recipe(tmp_path)  # the edit undone: the two queued jobs are no longer planned
     assert finish_if_done(load_recipe(recipe), out) is None  # work left: their images
     sim.configure(workers=4)
@@ -609,19 +590,9 @@ def test_a_cancelled_run_stops_its_live_bar(tmp_path: Path) -> None:
     bar = RichProgress()
     bar.console.file = io.StringIO()
 
-    async def cancelled_mid_run(sim: Simulator) -> None:
-        run = asyncio.create_task(arun_recipe(
-            load_recipe(recipe), api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast(), progress=bar,
-        ))  # fmt: skip
-        while sim.stats()["submits_accepted"] < 2:
-            await asyncio.sleep(0.01)
-        assert bar._bar.live.is_started  # (the bar was live: what the run must stop)
-        run.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await run
-
     with Simulator(SimConfig(workers=0, latency=0.01)) as sim:
-        asyncio.run(cancelled_mid_run(sim))
+        asyncio.run(cancelled_once_submitted(sim, recipe, out, 2, progress=bar))
+    assert bar.tally.todo == 6  # (run_started came, which starts the bar: what the run must stop)
     assert not bar._bar.live.is_started
     assert not any(type(t).__name__ == "_RefreshThread" for t in threading.enumerate())  # (rich's)
 
