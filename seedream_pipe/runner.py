@@ -465,7 +465,10 @@ class Runner:
         for rec in plan.pop("verify", []):
             if not await asyncio.to_thread(self._file_intact, rec):
                 plan.setdefault("download", []).append(rec)
-        resubmits = {rec.job_id for rec in plan.get("resubmit", [])}
+        # those that may not be sent again are failed (after the start line), not announced as resubmits
+        stuck = [rec for rec in plan.get("resubmit", []) if self._may_not_resend(rec)]
+        plan["resubmit"] = [rec for rec in plan.get("resubmit", []) if not self._may_not_resend(rec)]
+        resubmits = {rec.job_id for rec in plan["resubmit"]}
         submit_now, held_back = submits_within_limit(
             plan.get("resubmit", []) + plan.get("submit", []), self.opt.limit, lambda r: (r.job_index, r.job_id)
         )
@@ -480,13 +483,15 @@ class Runner:
         }
         self._emit(
             "run_started",
-            total=len(records),
+            total=sum(1 for rec in records if rec.in_plan),  # (not the dropped jobs it fetches)
             todo=todo,
             actions=actions,
             held_back=held_back,
             actions_text=actions_text(actions, held_back),
             out_dir=str(self.out_dir),
         )
+        for rec in stuck:
+            self._gives_up(rec)
         if todo:
             await self._work(plan.get("poll", []), plan.get("download", []), submit_now)
         return self._result()
@@ -661,30 +666,40 @@ class Runner:
         self.slots.take()
         await self._submit_and_follow(rec)
 
+    def _may_not_resend(self, rec: JobRecord) -> bool:
+        """For a job whose submit outcome is unknown: it may not be sent again
+        (--no-resubmit-unknown, or it was sent again once already)."""
+        return not self.opt.resubmit_unknown or rec.possible_duplicate
+
+    def _gives_up(self, rec: JobRecord) -> bool:
+        """For a job whose submit outcome is unknown: fail it, and say True, when it may not be
+        sent again (see _may_not_resend)."""
+        if not self.opt.resubmit_unknown:
+            self._transition(
+                rec,
+                "failed",
+                error="submit outcome unknown: not submitted again (--no-resubmit-unknown); "
+                "it may still run and be billed",
+                possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
+            )
+            return True
+        if rec.possible_duplicate:
+            # it was submitted again once already, and that outcome is unknown too (the answer
+            # was lost, or the runner died mid-submit): a third try could mean a third charge
+            self._transition(
+                rec,
+                "failed",
+                error="submit outcome unknown twice: not submitted a third time "
+                "(--retry-failed submits it again)",
+            )
+            return True
+        return False
+
     async def _submit(self, rec: JobRecord) -> bool:
         """Submit a job. True when it now has a request id (and is in flight)."""
         maybe_exists = rec.state in ("submitting", "submit_unknown", "submitted", "in_queue", "in_progress")
-        if maybe_exists:
-            if not self.opt.resubmit_unknown:
-                self._transition(
-                    rec,
-                    "failed",
-                    error="submit outcome unknown: not submitted again (--no-resubmit-unknown); "
-                    "it may still run and be billed",
-                    possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
-                )
-                return False
-            if rec.possible_duplicate:
-                # it was submitted again once already, and that outcome is unknown too (the
-                # answer was lost, or the runner died mid-submit): a third try could mean a
-                # third charge
-                self._transition(
-                    rec,
-                    "failed",
-                    error="submit outcome unknown twice: not submitted a third time "
-                    "(--retry-failed submits it again)",
-                )
-                return False
+        if maybe_exists and self._gives_up(rec):
+            return False
         # What to fall back to if the server refuses this attempt: a job that may exist stays
         # "submit_unknown"; one that surely does not goes back to "planned".
         refused_state = "submit_unknown" if maybe_exists else "planned"
@@ -1783,6 +1798,8 @@ def dry_run_report(
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
+        if action == "resubmit" and rec is not None and (rec.possible_duplicate or not options.resubmit_unknown):
+            action = "fail"  # (its submit outcome is unknown, and it may not be sent again: Runner._gives_up)
         if action == "verify":  # (the run downloads again a file gone or changed)
             action = "done" if rec is not None and image_intact(out_dir, rec) else "download"
         if fresh_simulator and action in ("poll", "download"):

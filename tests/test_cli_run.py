@@ -827,6 +827,24 @@ def test_status_and_dry_run_show_dropped_jobs_the_api_took(recipe: Path, tmp_pat
     assert code == 0 and "submit: 1" in stdout and "poll: 1" in stdout
 
 
+def test_a_job_that_may_not_be_sent_again_is_not_announced_as_a_resubmit(recipe: Path, tmp_path: Path) -> None:
+    # "(1 to resubmit)", then the job failed "twice" without being sent
+    out = tmp_path / "o"
+    out.mkdir()
+    jobs = load_recipe(recipe).plan().jobs
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(jobs)
+        store.transition(jobs[0].job_id, "submit_unknown", possible_duplicate=True)  # sent twice already
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run")
+    assert code == 0 and "fail: 1" in stdout and "resubmit" not in stdout
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--json")
+    started = json.loads(stdout.splitlines()[0])
+    assert started["event"] == "run_started" and started["actions"]["resubmit"] == 0
+    assert started["actions"]["submit"] == 1 and code == 1
+    with StateStore.for_output_dir(out) as store:
+        assert "not submitted a third time" in str(store.get(jobs[0].job_id).error)  # type: ignore[union-attr]
+
+
 def test_dry_run_refuses_the_folders_run_refuses(recipe: Path, tmp_path: Path) -> None:
     # It said "submit: 2 ... $1.00" and exit 0 for a folder `run` then refused with 73.
     project = tmp_path / "project"
