@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from PIL import Image
 
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import AuthError, UsageError
+from seedream_pipe.progress import JsonProgress
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import UNREAD_ANSWERS_STOP, RunOptions, RunResult, arun_recipe, run_recipe
 from seedream_pipe.sim import Faults, SimConfig, Simulator, body_hash
@@ -524,8 +526,11 @@ def test_jobs_a_recipe_edit_drops_while_the_api_has_them_are_still_fetched(tmp_p
         assert len(taken) == 4
         write_recipe(tmp_path, RECIPE.replace("a red fox, a blue whale", "a blue whale"))  # fox dropped
         sim.configure(workers=4)
-        result = run(sim, recipe, out)
+        events = io.StringIO()
+        result = run(sim, recipe, out, progress=JsonProgress(events))
         assert result.exit_code == 0 and result.counts == {**result.counts, "downloaded": 3}
+        started = json.loads(events.getvalue().splitlines()[0])
+        assert (started["event"], started["total"]) == ("run_started", 3)  # the plan's jobs, not those fetched
         with StateStore.for_output_dir(out) as store:
             records = {r.job_id: r for r in store.jobs(in_plan=None)}
         off_plan_taken = [records[j] for j in taken if not records[j].in_plan]
