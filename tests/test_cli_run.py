@@ -3,6 +3,7 @@ status, cancel, and one run per folder at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from seedream_pipe.cli import cli
+from seedream_pipe.jobs import Job
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import folder_lock
 from seedream_pipe.sim import Faults, SimConfig, Simulator
@@ -810,13 +812,20 @@ def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_p
     assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
 
 
-def test_status_and_dry_run_show_dropped_jobs_the_api_took(recipe: Path, tmp_path: Path) -> None:
-    # `status` left them out of every count, and nothing said the next run would fetch them
-    out = tmp_path / "o"
+@contextlib.contextmanager
+def planned_folder(recipe: Path, out: Path) -> Iterator[tuple[StateStore, list[Job]]]:
+    """A new output folder whose state holds the recipe's plan, every job planned, to set up."""
     out.mkdir()
     jobs = load_recipe(recipe).plan().jobs
     with StateStore.for_output_dir(out) as store:
         store.sync_plan(jobs)
+        yield store, jobs
+
+
+def test_status_and_dry_run_show_dropped_jobs_the_api_took(recipe: Path, tmp_path: Path) -> None:
+    # `status` left them out of every count, and nothing said the next run would fetch them
+    out = tmp_path / "o"
+    with planned_folder(recipe, out) as (store, jobs):
         store.transition(jobs[1].job_id, "in_queue", request_id="r-2")
         store.sync_plan(jobs[:1])  # a recipe edit dropped the second, queued on the API
     code, stdout, _ = invoke("status", str(out))
@@ -830,10 +839,7 @@ def test_status_and_dry_run_show_dropped_jobs_the_api_took(recipe: Path, tmp_pat
 def test_a_job_that_may_not_be_sent_again_is_not_announced_as_a_resubmit(recipe: Path, tmp_path: Path) -> None:
     # "(1 to resubmit)", then the job failed "twice" without being sent
     out = tmp_path / "o"
-    out.mkdir()
-    jobs = load_recipe(recipe).plan().jobs
-    with StateStore.for_output_dir(out) as store:
-        store.sync_plan(jobs)
+    with planned_folder(recipe, out) as (store, jobs):
         store.transition(jobs[0].job_id, "submit_unknown", possible_duplicate=True)  # sent twice already
     code, stdout, _ = invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run")
     assert code == 0 and "fail: 1" in stdout and "resubmit" not in stdout
