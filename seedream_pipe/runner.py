@@ -43,7 +43,6 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -89,8 +88,8 @@ from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
-from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore
-from seedream_pipe.words import counted
+from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore, iso_seconds
+from seedream_pipe.words import counted, some_of
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Plan
@@ -297,15 +296,6 @@ class _Slots:
     def give(self) -> None:
         self.used = max(0, self.used - 1)
         self._freed.set()
-
-
-def _iso_seconds(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 #: What to add to the stop message of an API error, where the error alone leaves the user guessing.
@@ -999,8 +989,8 @@ class Runner:
 
     def _observe(self, rec: JobRecord, result: JobResult) -> None:
         """Teach the poll schedule how long a job takes (server timestamps when given)."""
-        created = _iso_seconds(result.created_at)
-        finished = _iso_seconds(result.finished_at)
+        created = iso_seconds(result.created_at)
+        finished = iso_seconds(result.finished_at)
         seen = None if rec.submitted_at is None else self._clock() - rec.submitted_at
         if created is not None and finished is not None and finished >= created:
             # the server's own times leave out the network, but cannot be longer than what this
@@ -1383,9 +1373,8 @@ def refuse_foreign(out_dir: Path) -> None:
         return
     theirs = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))
     if theirs:
-        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
         raise OutputError(
-            f"{out_dir}: holds {shown} but no {STATE_FILE}, so it is no seedream-pipe output folder "
+            f"{out_dir}: holds {some_of(theirs)} but no {STATE_FILE}, so it is no seedream-pipe output folder "
             "(or one whose state was deleted); give --out a new or empty folder, or empty this one"
         )
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from seedream_pipe.errors import NothingToShow, StateError
 from seedream_pipe.jobs import Job
+from seedream_pipe.words import some_of
 
 STATE_FILE = "state.sqlite"
 
@@ -200,7 +201,7 @@ class JobRecord:
         gave one that fits (after the submit, before this tool saw it), else when this tool saw
         it. A run stopped for an hour sees a job finish an hour late; the API's time is not."""
         seen = self.completed_at or self.failed_at or self.cancelled_at
-        server = _unix_seconds(self.server_finished_at)
+        server = iso_seconds(self.server_finished_at)
         if seen is None or server is None or self.submitted_at is None:
             return seen
         return server if self.submitted_at <= server <= seen else seen
@@ -218,15 +219,16 @@ class JobRecord:
         return _span(self.submitted_at, self.finished_at)
 
 
-def _unix_seconds(text: str | None) -> float | None:
-    """An API's ISO 8601 time as Unix seconds; None when absent or not such a time."""
+def iso_seconds(text: str | None) -> float | None:
+    """An API's ISO 8601 time as Unix seconds; None when absent, not such a time, or with no
+    time zone (whose clock would it be?)."""
     if not text:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment.timestamp() if moment.tzinfo is not None else None  # (no zone: whose clock?)
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def _span(start: float | None, end: float | None) -> float | None:
@@ -311,9 +313,8 @@ def _refuse_emptied(out_dir: Path) -> None:
     except OSError:
         return  # (no state yet, or a folder that cannot be listed: opening it says what is wrong)
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise StateError(
-            f"{path}: is empty, but its folder holds {shown}: the record of its jobs (and of what was "
+            f"{path}: is empty, but its folder holds {some_of(others)}: the record of its jobs (and of what was "
             "paid for) is gone; restore state.sqlite from a copy, or give the run a new folder (--out)"
         )
 
