@@ -253,17 +253,24 @@ def image_intact(out_dir: Path, rec: JobRecord) -> bool:
     return file_sha256(image) == rec.sha256
 
 
+def may_not_resend(rec: JobRecord, opt: RunOptions) -> bool:
+    """For a job whose submit outcome is unknown: it may not be sent again (--no-resubmit-unknown,
+    or it was sent again once already, and a third try could mean a third charge)."""
+    return not opt.resubmit_unknown or rec.possible_duplicate
+
+
 def action_for(rec: JobRecord, opt: RunOptions) -> str:
-    """What a run does with a job: skip, submit, resubmit, poll, download or verify."""
+    """What a run does with a job: skip, submit, resubmit, poll, download, verify, or fail (a
+    job whose submit outcome is unknown and which may not be sent again)."""
     state = rec.state
     if state == "downloaded":
         return "verify"
     if state == "completed":
         return "download"
-    if state in ("submitted", "in_queue", "in_progress"):
-        return "poll" if rec.request_id else "resubmit"
-    if state in ("submitting", "submit_unknown"):
-        return "resubmit"
+    if state in ("submitted", "in_queue", "in_progress") and rec.request_id:
+        return "poll"
+    if state in ("submitted", "in_queue", "in_progress", "submitting", "submit_unknown"):
+        return "fail" if may_not_resend(rec, opt) else "resubmit"
     if state in ("planned", "cancelled"):
         return "submit"
     if state == "failed":
@@ -455,10 +462,8 @@ class Runner:
         for rec in plan.pop("verify", []):
             if not await asyncio.to_thread(self._file_intact, rec):
                 plan.setdefault("download", []).append(rec)
-        # those that may not be sent again are failed (after the start line), not announced as resubmits
-        stuck = [rec for rec in plan.get("resubmit", []) if self._may_not_resend(rec)]
-        plan["resubmit"] = [rec for rec in plan.get("resubmit", []) if not self._may_not_resend(rec)]
-        resubmits = {rec.job_id for rec in plan["resubmit"]}
+        stuck = plan.pop("fail", [])  # (failed after the start line, which does not count them)
+        resubmits = {rec.job_id for rec in plan.get("resubmit", [])}
         submit_now, held_back = submits_within_limit(
             plan.get("resubmit", []) + plan.get("submit", []), self.opt.limit, lambda r: (r.job_index, r.job_id)
         )
@@ -656,14 +661,11 @@ class Runner:
         self.slots.take()
         await self._submit_and_follow(rec)
 
-    def _may_not_resend(self, rec: JobRecord) -> bool:
-        """For a job whose submit outcome is unknown: it may not be sent again
-        (--no-resubmit-unknown, or it was sent again once already)."""
-        return not self.opt.resubmit_unknown or rec.possible_duplicate
-
     def _gives_up(self, rec: JobRecord) -> bool:
         """For a job whose submit outcome is unknown: fail it, and say True, when it may not be
-        sent again (see _may_not_resend)."""
+        sent again (see may_not_resend)."""
+        if not may_not_resend(rec, self.opt):
+            return False
         if not self.opt.resubmit_unknown:
             self._transition(
                 rec,
@@ -672,18 +674,14 @@ class Runner:
                 "it may still run and be billed",
                 possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
             )
-            return True
-        if rec.possible_duplicate:
-            # it was submitted again once already, and that outcome is unknown too (the answer
-            # was lost, or the runner died mid-submit): a third try could mean a third charge
+        else:  # it was sent again once already, and that outcome is unknown too
             self._transition(
                 rec,
                 "failed",
                 error="submit outcome unknown twice: not submitted a third time "
                 "(--retry-failed submits it again)",
             )
-            return True
-        return False
+        return True
 
     async def _submit(self, rec: JobRecord) -> bool:
         """Submit a job. True when it now has a request id (and is in flight)."""
@@ -1787,8 +1785,6 @@ def dry_run_report(
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
-        if action == "resubmit" and rec is not None and (rec.possible_duplicate or not options.resubmit_unknown):
-            action = "fail"  # (its submit outcome is unknown, and it may not be sent again: Runner._gives_up)
         if action == "verify":  # (the run downloads again a file gone or changed)
             action = "done" if rec is not None and image_intact(out_dir, rec) else "download"
         if fresh_simulator and action in ("poll", "download"):
