@@ -102,7 +102,7 @@ def sheet_command(
     """Lay out the contact sheet of a run: a labelled grid of its images.
 
     Rows and columns come from --rows/--cols, else the recipe's `sheet:` settings, else the
-    vars as rows and resolution as columns. An axis named in --rows, --cols or --page-by
+    axes that vary: resolution across, the others down. An axis named in --rows, --cols or --page-by
     leaves the side the recipe's settings gave it. Failed, cancelled and unfinished jobs get
     a placeholder saying why. More than --max-cells cells, or --page-by, writes
     contact_sheet-01.png, -02, ...

@@ -472,11 +472,9 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     Example:
         seedream-pipe cancel recipes/demo.yaml
     """
-    from seedream_pipe.runner import cancel_folder
+    from seedream_pipe.runner import cancel_folder, go_on_with
 
     out_dir, _, store = _open_state(target, out)
-    from seedream_pipe.runner import go_on_with
-
     with store:
         runs = store.runs()
         in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT) if r.request_id]
