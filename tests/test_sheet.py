@@ -10,6 +10,7 @@ from PIL import Image, ImageFont
 
 from seedream_pipe.errors import OutputError, UsageError
 from seedream_pipe.outputs import fonts as fonts_module
+from seedream_pipe.outputs import layout as layout_module
 from seedream_pipe.outputs import make_sheet, open_output
 from seedream_pipe.outputs.fonts import font_for, needs_fallback
 from seedream_pipe.outputs.layout import (
@@ -360,6 +361,24 @@ def test_pages_are_numbered_and_stale_pages_removed(tmp_path: Path) -> None:
     assert [p.name for p in single.paths] == ["contact_sheet.jpg"]
     assert Image.open(single.paths[0]).format == "JPEG"
     assert sorted(p.name for p in tmp_path.glob("contact_sheet*")) == ["contact_sheet.jpg"]
+
+
+def test_big_cells_page_so_that_no_page_outgrows_the_pixel_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 100 cells of 2048 px made one 420-megapixel page: 1.8 GB of memory, a 60 MB PNG. The
+    # budget is lowered here so that small cells stand in for big ones.
+    make_folder(tmp_path)
+    monkeypatch.setattr(layout_module, "MAX_PAGE_PIXELS", 3 * 64 * 64)
+    result = make_sheet(open_output(tmp_path), cell=64)
+    assert len(result.paths) > 1
+    assert all(len(p.row_keys) * len(p.col_keys) <= 3 for p in result.layout.pages)
+    assert any("at most 3 a page" in w for w in result.warnings)
+    # within the budget, the page is as asked, and nothing is said
+    monkeypatch.setattr(layout_module, "MAX_PAGE_PIXELS", 100 * 64 * 64)
+    one = make_sheet(open_output(tmp_path), cell=64)
+    assert [p.name for p in one.paths] == ["contact_sheet.png"]
+    assert not any("a page" in w for w in one.warnings)
 
 
 def test_an_unwritable_sheet_path_is_an_output_error(tmp_path: Path) -> None:

@@ -33,6 +33,10 @@ from seedream_pipe.state import JobRecord
 
 DEFAULT_CELL = 256
 DEFAULT_MAX_CELLS = 100
+#: Pictures' pixels on one page at most. A page is one canvas in memory (3 bytes a pixel, two
+#: pages drawn at once): 100 cells of 2048 px would be a 420-megapixel page, 1.8 GB of memory
+#: and a 60 MB PNG most viewers cannot open. 64 MP still takes 61 cells of 1024 px.
+MAX_PAGE_PIXELS = 64_000_000
 SHEET_FORMATS = ("png", "jpeg")
 RESOLUTION_AXIS = "resolution"
 REPEAT_AXIS = "repeat"
@@ -128,6 +132,11 @@ def resolve_options(
     if options.max_cells < 1:
         raise UsageError(f"--max-cells {options.max_cells}: must be at least 1")
     return options
+
+
+def cells_within_budget(cell: int, slots: int = 1) -> int:
+    """How many cells of `cell` px, each `slots` images wide, fit MAX_PAGE_PIXELS (at least 1)."""
+    return max(1, MAX_PAGE_PIXELS // (cell * cell * max(1, slots)))
 
 
 # --- layout: which job goes where (pure) -------------------------------------------------------

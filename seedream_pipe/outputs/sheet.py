@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from seedream_pipe.outputs._folder import (
 )
 from seedream_pipe.outputs.fonts import font_for, spelled_out
 from seedream_pipe.outputs.layout import (
+    MAX_PAGE_PIXELS,
     Box,
     Metrics,
     PageGeometry,
@@ -36,6 +37,7 @@ from seedream_pipe.outputs.layout import (
     SheetOptions,
     SheetPage,
     TextBlock,
+    cells_within_budget,
     page_geometry,
     placeholder_kind,
     plan_sheet,
@@ -184,6 +186,15 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     """Lay out and draw every page; write them into the output folder."""
     layout = plan_sheet(folder.jobs, folder.axis_names, options, wrap=True)
     warnings = list(layout.warnings)
+    # Big cells: fewer per page, so that no page outgrows memory (or an image viewer).
+    budget = cells_within_budget(options.cell, layout.slots)
+    if budget < options.max_cells and any(len(page.row_keys) * len(page.col_keys) > budget for page in layout.pages):
+        layout = plan_sheet(folder.jobs, folder.axis_names, replace(options, max_cells=budget), wrap=True)
+        warnings.append(
+            f"cells of {options.cell} px: at most {budget} a page ({counted(len(layout.pages), 'page')}), "
+            f"to keep each page under {MAX_PAGE_PIXELS // 1_000_000} megapixels (smaller cells "
+            "put more on a page)"
+        )
     metrics = Metrics(options.cell)
     total = len(layout.pages)
 
