@@ -597,9 +597,11 @@ def test_a_wrapped_cell_of_two_repeats_fits_a_phone(
 
 # Each row, column and cell label as laid out (width null), then made each width in turn: its
 # lines as laid out (spaces left out), and the widths at which a line of it starts with
-# punctuation or a letter of it lies outside its box.
+# punctuation or a letter of it lies outside its box (unless the label cuts it with an ellipsis,
+# as a row label does a word too long for its header).
 LABEL_BREAKS = r"""(widths) => Array.from(document.querySelectorAll("th .label, .cell-label > span"), (label) => {
   const bad = [];
+  const cuts = getComputedStyle(label).textOverflow === "ellipsis";
   let natural = null;
   for (const width of widths) {
     if (width !== null) {
@@ -624,7 +626,7 @@ LABEL_BREAKS = r"""(widths) => Array.from(document.querySelectorAll("th .label, 
     }
     const texts = lines.map((line) => line.text);
     if (width === null) natural = texts;
-    if (outside || texts.slice(1).some((line) => /^[,.;:!?)\]、。]/.test(line))) {
+    if ((outside && !cuts) || texts.slice(1).some((line) => /^[,.;:!?)\]、。]/.test(line))) {
       bad.push({width, lines: texts, outside});
     }
   }
@@ -664,8 +666,8 @@ def test_a_label_never_starts_a_line_with_punctuation(
     }
     assert sorted(labels) == sorted(PUNCTUATED_LABELS)
     # at the width the layout gives it, and at any other, a label breaks at its spaces or inside
-    # a word too long for the line, never before the punctuation that ends a word, and never
-    # overflows
+    # a word too long for the line (a row label cuts that word with an ellipsis instead), never
+    # before the punctuation that ends a word, and never overflows
     assert [label for label in labels.values() if label["bad"]] == []
     # and a short one is on one line, as before
     assert labels["red, bold"]["natural"] == ["red,bold"]
@@ -749,6 +751,72 @@ def test_a_long_row_label_is_cut_to_its_row(
     label = header.locator(".label")
     assert label.evaluate("(e) => e.scrollHeight > e.clientHeight")
     assert label.evaluate("(e) => getComputedStyle(e).webkitLineClamp") in {"5", "6"}
+    page.close()
+
+
+# Each row label as laid out: the places where a line ends inside a word (a letter or digit
+# either side, no space or hyphen between), the words with a letter outside its box, and whether
+# the label cuts what overflows with an ellipsis.
+ROW_LABEL_LINES = r"""() => Array.from(document.querySelectorAll("th.rowhead .label"), (label) => {
+  const edge = label.getBoundingClientRect(), style = getComputedStyle(label);
+  const chars = [], walker = document.createTreeWalker(label, NodeFilter.SHOW_TEXT);
+  for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+    for (let i = 0; i < text.data.length; i++) {
+      const range = document.createRange();
+      range.setStart(text, i);
+      range.setEnd(text, i + 1);
+      const box = Array.from(range.getClientRects()).find((r) => r.width > 0);
+      chars.push({ch: text.data[i], top: box ? Math.round(box.top) : null,
+                  outside: !!box && box.right > edge.right + 0.5});
+    }
+  }
+  const word = /[\p{L}\p{N}\p{M}]/u, text = chars.map((c) => c.ch).join("");
+  const inside = [], cut = new Set();
+  chars.forEach((c, i) => {
+    const before = chars[i - 1];
+    if (before && word.test(before.ch) && word.test(c.ch) && before.top !== null && c.top !== null
+        && before.top !== c.top) {
+      inside.push(text.slice(Math.max(0, i - 8), i) + "|" + text.slice(i, i + 8));
+    }
+    if (c.outside) cut.add(text.slice(text.lastIndexOf(" ", i) + 1).split(" ")[0]);
+  });
+  return {label: text, width: label.closest("th").getBoundingClientRect().width, inside,
+          cut: Array.from(cut), ellipsis: style.textOverflow === "ellipsis" && style.overflowX === "hidden"};
+})"""
+COMPOUND = "Donaudampfschifffahrtsgesellschaftskapitän"
+URLISH = "https://example.com/very/long/path/to/reference-image.png"
+NIGHT_SKY = "Himmelbeleuchtung"  # in bold, wider than 9em and narrower than 14em
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_row_label_breaks_between_words_and_cuts_a_long_one_with_an_ellipsis(
+    tmp_path: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    # overflow-wrap: anywhere broke "Nachthimmelbe" / "leuchtung" in a 9em header, although a
+    # label was said to break between words, not in them
+    subjects = [COMPOUND, URLISH, NIGHT_SKY, f"portrait of a {COMPOUND} at dawn", "a rocky coast"]
+    gallery = _sweep(tmp_path, {label: label for label in subjects}, {"ink": "ink", "photo": "photo"})
+    page = _open(browser, gallery, viewport)
+    labels = {label["label"]: label for label in page.evaluate(ROW_LABEL_LINES)}
+    assert sorted(labels) == sorted(subjects)
+    # no line ends inside a word
+    assert {name: label["inside"] for name, label in labels.items() if label["inside"]} == {}
+    # a word too long for its header is cut, with an ellipsis, and only such a word
+    for label in labels.values():
+        assert label["cut"] == [] or label["ellipsis"]
+        assert set(label["cut"]) <= {COMPOUND, URLISH, NIGHT_SKY}
+    assert labels[COMPOUND]["cut"] == [COMPOUND]
+    assert labels[f"portrait of a {COMPOUND} at dawn"]["cut"] == [COMPOUND]
+    em = 14  # the page's font size
+    widths = [label["width"] for label in labels.values()]
+    if viewport is DESKTOP:
+        # a word wider than 9em widens its header, up to 14em, and stays whole
+        assert labels[NIGHT_SKY]["cut"] == []
+        assert 9 * em < max(widths) <= 14 * em + 12 + 1
+    else:
+        # on a phone the header stays about as narrow as before: the images are what it shows
+        assert max(widths) <= 0.3 * PHONE["width"] + 12 + 1
+    assert min(widths) >= 8 * em
     page.close()
 
 

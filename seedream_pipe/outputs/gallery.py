@@ -81,9 +81,9 @@ _GLUED = 3
 def label_html(label: object) -> Markup:
     """A grid label as HTML text, each punctuation mark kept on the line of the word it ends.
 
-    A label breaks at its spaces and, in a word too long for its width, anywhere
+    A column or cell label breaks at its spaces and, in a word too long for its width, anywhere
     (overflow-wrap: anywhere): a word that filled the line to just before its comma put the comma
-    at the start of the next line. So the character before a run of such marks and the run are
+    at the start of the next line. (A row label breaks between words only.) So the character before a run of such marks and the run are
     one `nowrap` span: the word may still break, one character earlier.
     """
     text = visible_marks(str(label))
