@@ -820,6 +820,124 @@ def test_a_row_label_breaks_between_words_and_cuts_a_long_one_with_an_ellipsis(
     page.close()
 
 
+# Each wrapped cell shown: its label and where it is.
+WRAPPED_PLACES = """() => Array.from(document.querySelectorAll(".wrapped .cell"))
+  .filter((cell) => cell.getClientRects().length)
+  .map((cell) => { const r = cell.getBoundingClientRect();
+                   return [cell.querySelector(".cell-label").textContent.trim(), r.left, r.top, r.width, r.height]; })"""
+
+
+# Before any filter: which rows each row header is beside and which columns each column header
+# is over (kept on the element, as a filter may move it).
+MARK_GRID = """() => document.querySelectorAll("table.sheet").forEach((table) => {
+  const rows = Array.from(table.querySelectorAll("tbody > tr"));
+  const cells = Array.from(rows[0].querySelectorAll("td"));
+  const inside = (a, b, lo, hi) => a[lo] >= b[lo] - 1 && a[hi] <= b[hi] + 1;
+  table.querySelectorAll("th.rowhead").forEach((th) => {
+    const box = th.getBoundingClientRect();
+    th._rows = rows.flatMap((tr, r) => inside(tr.getBoundingClientRect(), box, "top", "bottom") ? [r] : []);
+  });
+  table.querySelectorAll("thead th.span").forEach((th) => {
+    const box = th.getBoundingClientRect();
+    th._cols = cells.flatMap((td, c) => inside(td.getBoundingClientRect(), box, "left", "right") ? [c] : []);
+  });
+})"""
+# After a filter: what in the grid differs from an unfiltered grid of the rows and columns left.
+GRID_FAULTS = """() => {
+  const faults = [], shown = (e) => e.getClientRects().length > 0;
+  for (const table of document.querySelectorAll("table.sheet")) {
+    const rows = Array.from(table.querySelectorAll("tbody > tr"));
+    const pictures = (tds) => tds.flatMap((td) => Array.from(td.querySelectorAll("figure.job")))
+      .filter(shown).map((f) => f.getBoundingClientRect());
+    const cellsOf = (tr) => Array.from(tr.querySelectorAll("td"));
+    if (!pictures(rows.flatMap(cellsOf)).length) {
+      if (shown(table.closest("section"))) faults.push("a section with no picture left is shown");
+      continue;
+    }
+    rows.forEach((tr, r) => {
+      if (!pictures(cellsOf(tr)).length && tr.getBoundingClientRect().height > 0) {
+        faults.push(`row ${r}, no picture left, is ${tr.getBoundingClientRect().height} px tall`);
+      }
+    });
+    const check = (th, tds, lo, hi) => {
+      const left = pictures(tds), box = th.getBoundingClientRect(), name = th.title;
+      if (!left.length) {
+        if (shown(th)) faults.push(`the header "${name}" of no picture left is shown`);
+        return;
+      }
+      const from = Math.min(...left.map((f) => f[lo])), to = Math.max(...left.map((f) => f[hi]));
+      if (!shown(th) || Math.abs(box[lo] - from) > 1 || Math.abs(box[hi] - to) > 1) {
+        faults.push(`the header "${name}" spans ${box[lo]}-${box[hi]}, its pictures ${from}-${to}`);
+      }
+    };
+    table.querySelectorAll("th.rowhead").forEach((th) => check(th, th._rows.flatMap((r) => cellsOf(rows[r])), "top", "bottom"));
+    table.querySelectorAll("thead th.span").forEach((th) => check(th, rows.flatMap((tr) => th._cols.map((c) => cellsOf(tr)[c])), "left", "right"));
+    // the rows and columns left follow one another, and end the table, as in an unfiltered
+    // grid: one border-spacing apart, no empty band between or after them
+    const spacing = parseFloat(getComputedStyle(table).borderSpacing), t = table.getBoundingClientRect();
+    const apart = (boxes, lo, hi, end, what) => boxes.forEach((box, i) => {
+      const next = i + 1 < boxes.length ? boxes[i + 1][lo] : end;
+      if (Math.abs(next - box[hi] - spacing) > 1) faults.push(`${next - box[hi]} px after ${what} ${i}`);
+    });
+    const left = rows.filter(shown);
+    apart(left.map((tr) => tr.getBoundingClientRect()), "top", "bottom", t.bottom, "row");
+    left.forEach((tr) => apart(cellsOf(tr).filter(shown).map((td) => td.getBoundingClientRect()),
+                               "left", "right", t.right, "column"));
+  }
+  return faults;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+@pytest.mark.parametrize(
+    ("settings", "untick"),
+    [
+        ({}, "watercolor"),  # an inner row axis: the outer headers' own rows go
+        ({}, "cat"),  # an outer row axis: a whole band of rows, its headers with it
+        ({}, "16:9"),  # a column
+        ({}, "done"),  # a status: the rows and columns left without a picture
+        ({"page_by": "subject"}, "cat"),  # a section
+        ({"rows": [], "cols": ["subject", "resolution"]}, "cat"),  # one row: an outer column band
+    ],
+    ids=["inner-row", "outer-row", "column", "status", "section", "outer-column"],
+)
+def test_a_filtered_grid_reads_as_one_of_fewer_rows_and_columns(
+    tmp_path: Path, browser: Any, viewport: dict[str, int], settings: dict[str, Any], untick: str
+) -> None:
+    # A filter hid a row's pictures but not the row: its headers stayed beside an empty band (a
+    # row header's label kept it as tall as a line or two), and an unticked column squeezed its
+    # label to a letter a line
+    make_folder(tmp_path, recipe_meta={"name": "sweep", "sheet": settings})
+    write_gallery(open_output(tmp_path))
+    page = _open(browser, tmp_path / "gallery.html", viewport)
+    page.evaluate(MARK_GRID)
+    page.get_by_label(untick, exact=True).uncheck()
+    assert page.evaluate(GRID_FAULTS) == []
+    if "page_by" in settings:
+        assert page.locator("section h2").evaluate_all("(hs) => hs.filter((h) => h.getClientRects().length)"
+                                                      ".map((h) => h.textContent)") == ["subject: tea"]
+    # and "show all" gives the whole grid back
+    page.locator("#reset").click()
+    assert page.evaluate(GRID_FAULTS) == []
+    assert page.evaluate("document.querySelectorAll('[hidden]:not(dialog *)').length") == 0
+    page.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_filtered_wrapped_grid_closes_up(tmp_path: Path, browser: Any, viewport: dict[str, int]) -> None:
+    # a wrapped cell whose pictures a filter hid kept its label, and a hole in the grid
+    page = _open(browser, _single_axis(tmp_path, {}), viewport)
+    places = page.evaluate(WRAPPED_PLACES)
+    for colour in ("orange", "blue"):
+        page.get_by_label(colour, exact=True).uncheck()
+    left = [colour for colour in TWELVE_COLOURS if colour not in ("orange", "blue")]
+    # the cells left, in reading order, where the first ten of an unfiltered grid are
+    assert page.evaluate(WRAPPED_PLACES) == [[label, *place[1:]] for label, place in zip(left, places, strict=False)]
+    page.locator("#reset").click()
+    assert page.evaluate(WRAPPED_PLACES) == places
+    page.close()
+
+
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
 def test_the_viewer_opens_at_its_top_with_the_picture_in_view(
     tmp_path: Path, browser: Any, viewport: dict[str, int]
