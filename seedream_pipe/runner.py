@@ -908,7 +908,9 @@ class Runner:
             said = "with an answer that was not JSON" if exc.status is not None and exc.status < 300 else f"with {exc.status}"
             return await self._look_by_status(rec, said)
         if result.status not in KNOWN_STATES:
-            return await self._look_by_status(rec, f"with no state it names ({result.status[:40]!r})")
+            # (scrubbed, then cut: cut first, a token across the cut would keep its head)
+            named = self._redact(result.status)[:40]
+            return await self._look_by_status(rec, f"with no state it names ({named!r})")
         if not result.finished:
             self._result_looks_proven = True
         return result

@@ -294,6 +294,38 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     assert all(n == 2 for n in status_reads.values())
 
 
+def test_a_state_a_result_read_names_is_scrubbed_before_it_is_cut(tmp_path: Path) -> None:
+    # The message quoting a state the API does not name cuts it to 40 characters: cut first,
+    # the token straddling the cut lost its tail and slipped past the scrubbing as its head.
+    image = teal_jpeg()
+    reads: dict[str, int] = {"status": 0}
+
+    def api(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        if path.endswith("/status"):
+            reads["status"] += 1
+            return httpx.Response(200, json={"status": "completed" if reads["status"] >= 2 else "in_progress"})
+        if reads["status"] < 2:
+            return httpx.Response(200, json={"status": "x" * 20 + TOKEN})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Heard:
+        def event(self, kind: str, detail: dict[str, Any]) -> None:
+            events.append((kind, detail))
+
+    result = run_against(api, tmp_path, progress=Heard())
+    assert result.exit_code == 0, result.reason
+    said = " ".join(str(detail) for _, detail in events)
+    assert "polling its status instead" in said
+    assert TOKEN[:12] not in said and "***" in said
+
+
 @pytest.mark.parametrize("proven", [True, False])
 def test_a_5xx_from_the_result_endpoint_after_it_answered_a_running_job_is_an_outage(
     tmp_path: Path, proven: bool
