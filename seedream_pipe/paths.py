@@ -47,6 +47,19 @@ def locate(target: str | Path, *, out: str | Path | None = None) -> tuple[Path, 
     raise NothingToShow(f"{target}: no such recipe file or output folder")
 
 
+def folder_file(stored: str | None, folder: str) -> str | None:
+    """A file path read back from a state, if it is what the runner writes there: `<folder>/<name>`,
+    one plain name inside `folder` of the output folder. Anything else (`images/../../x`, an
+    absolute path, a deeper path) is None, a file that is not there: a state file is just a file,
+    and one crafted or corrupted must not steer a rename or a write outside the folder."""
+    if not stored:
+        return None
+    head, sep, name = stored.partition("/")
+    if head != folder or not sep or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return None
+    return stored
+
+
 def slug(text: str, *, max_length: int = 40) -> str:
     """Reduce any text to `[a-z0-9-]` (at most `max_length` chars, never empty, never a path).
 

@@ -1453,7 +1453,7 @@ def _rename_to_plan(store: StateStore, out: Path) -> None:
     (a crash between the two leaves a job whose file is missing: the next run fetches it again,
     without paying twice)."""
     for rec in store.jobs(states=("downloaded",)):
-        if not rec.image_path or not rec.image_path.startswith(f"{IMAGES_DIR}/"):
+        if not rec.image_path:  # (the store gives only paths of one name inside images/)
             continue
         old = out / rec.image_path
         name = Path(image_file_name(rec.job_index, rec.job_id, list(rec.axes.values()))).stem + old.suffix

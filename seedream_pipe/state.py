@@ -28,6 +28,7 @@ from typing import Any
 
 from seedream_pipe.errors import NothingToShow, StateError
 from seedream_pipe.jobs import Job
+from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, folder_file
 from seedream_pipe.words import some_of
 
 STATE_FILE = "state.sqlite"
@@ -237,6 +238,8 @@ def _span(start: float | None, end: float | None) -> float | None:
 
 _JSON_COLUMNS = {"axes": dict, "axis_values": dict, "inputs": dict, "output_urls": list}
 _BOOL_COLUMNS = {"in_plan", "possible_duplicate"}
+#: File columns and the one folder each names a file in (what a state says is checked, not trusted).
+_FOLDER_OF = {"image_path": IMAGES_DIR, "thumb_path": THUMBS_DIR}
 _RECORD_FIELDS = [f.name for f in fields(JobRecord)]
 #: Columns a caller may set through transition()/update(); identity columns come from the plan.
 _WRITABLE = frozenset(_RECORD_FIELDS) - {"job_id", "state"}
@@ -250,6 +253,8 @@ def _decode(row: sqlite3.Row) -> JobRecord:
             value = json.loads(value) if value else _JSON_COLUMNS[name]()
         elif name in _BOOL_COLUMNS:
             value = bool(value)
+        elif name in _FOLDER_OF:
+            value = folder_file(value, _FOLDER_OF[name])
         values[name] = value
     return JobRecord(**values)
 

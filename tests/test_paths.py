@@ -9,7 +9,7 @@ from PIL import Image
 
 from seedream_pipe.errors import NothingToShow
 from seedream_pipe.images import THUMB_SIZE, save_thumbnail, thumb_name
-from seedream_pipe.paths import image_file_name, locate, slug
+from seedream_pipe.paths import folder_file, image_file_name, locate, slug
 
 
 @pytest.mark.parametrize(
@@ -66,3 +66,24 @@ def test_thumbnail_is_jpeg_with_longest_side_512(tmp_path: Path) -> None:
     with Image.open(dest) as thumb:
         assert (thumb.format, thumb.size) == ("JPEG", (512, 288))
     assert list(dest.parent.iterdir()) == [dest]
+
+
+@pytest.mark.parametrize(
+    ("stored", "kept"),
+    [
+        ("images/0001_ab_fox.png", True),
+        ("images/../x.png", False),
+        ("images/../../x.png", False),
+        ("/etc/passwd", False),
+        ("images//x.png", False),
+        ("images/a/b.png", False),
+        ("thumbs/x.jpg", False),  # another folder than the column's
+        ("images/..", False),
+        ("images/", False),
+        ("images", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_a_state_names_a_file_only_as_one_plain_name_in_its_folder(stored: str | None, kept: bool) -> None:
+    assert folder_file(stored, "images") == (stored if kept else None)

@@ -180,6 +180,35 @@ def test_an_image_downloaded_again_in_another_format_leaves_no_old_file(sim: Sim
     assert len(names) == 6 and sum(n.endswith(".jpg") for n in names) == 1
 
 
+def test_file_paths_a_state_was_made_to_say_never_reach_outside_the_folder(sim: Simulator, tmp_path: Path) -> None:
+    # A state file is just a file: one crafted (or corrupted) to point image_path/thumb_path out
+    # of the folder must not make a run rename, overwrite or remove anything there. Such a path
+    # reads as no file at all, and the image is fetched again into the folder.
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path)
+    assert run(sim, recipe, out).exit_code == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    crafted = [
+        ("images/../../outside/a.png", "thumbs/../../outside/a_t.png"),
+        (str(outside / "b.png"), str(outside / "b_t.png")),
+        ("images/../images/../../outside/c.png", "thumbs/x/../../../outside/c_t.png"),
+    ]
+    with StateStore.for_output_dir(out) as store:
+        for rec, (image, thumb) in zip(store.jobs(), crafted, strict=False):
+            store.update(rec.job_id, image_path=image, thumb_path=thumb)
+    victims = {outside / name: name.encode() for name in ("a.png", "a_t.png", "b.png", "b_t.png", "c.png", "c_t.png")}
+    for path, data in victims.items():
+        path.write_bytes(data)
+    # a value added at the front moves every index, so the run renames every kept image
+    edited = recipe.read_text(encoding="utf-8").replace("[a red fox, a blue whale]", "[an owl, a red fox, a blue whale]")
+    assert edited != recipe.read_text(encoding="utf-8")
+    recipe.write_text(edited, encoding="utf-8")
+    assert run(sim, recipe, out).exit_code == 0
+    assert {path: path.read_bytes() for path in outside.iterdir()} == victims
+    assert_images_intact(out, 9)
+
+
 def test_the_look_that_sees_a_job_finish_also_reads_its_outputs(sim: Simulator, tmp_path: Path) -> None:
     # Looks read the result endpoint, which answers a running job with its state: no separate
     # result read after the poll that sees a job finish, so each job costs one request less.
