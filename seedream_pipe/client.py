@@ -22,7 +22,6 @@ import hashlib
 import html
 import importlib.util
 import json
-import os
 import random
 import re
 import sys
@@ -53,6 +52,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
+from seedream_pipe.paths import fresh_temp
 from seedream_pipe.transport import AiohttpWire, HttpxWire, NeverConnects, Wire
 
 
@@ -751,7 +751,7 @@ class ModelApiClient:
             await self.budget.acquire()
             self.counters["http_requests"] += 1
             self.counters["downloads"] += 1
-            tmp = dest_dir / f".download-{os.getpid()}-{random.getrandbits(48):012x}.part"
+            tmp: Path | None = None
             try:
                 async with self._wire.stream(
                     "GET", url, headers=_DOWNLOAD_HEADERS, timeout=self._download_timeout
@@ -779,6 +779,7 @@ class ModelApiClient:
                         raise ApiError(f"download: the file is {int(declared)} bytes, over the cap")
                     digest = hashlib.sha256()
                     size = 0
+                    tmp = fresh_temp(dest_dir, ".download-", ".part")
                     with _removed_on_error(tmp), open(tmp, "wb") as out:
                         async for chunk in response.aiter_bytes(CHUNK):
                             size += len(chunk)
@@ -791,7 +792,8 @@ class ModelApiClient:
                         raise ServiceUnavailable(f"download: cut short ({size} of {declared} bytes)")
                     return FetchedFile(path=tmp, sha256=digest.hexdigest(), bytes=size)
             except httpx.HTTPError as exc:
-                tmp.unlink(missing_ok=True)
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
                 raise ServiceUnavailable(
                     self._redact(f"download: {type(exc).__name__}: {exc}".rstrip(": "))
                 ) from None

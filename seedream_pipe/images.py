@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from seedream_pipe.paths import fresh_temp
+
 #: Longest side of a thumbnail, in pixels.
 THUMB_SIZE = 512
 #: Thumbnails are JPEG: a 512px JPEG decodes several times faster than a PNG of the same
@@ -36,7 +38,11 @@ def save_thumbnail(image: Image.Image, dest: Path) -> tuple[int, int]:
     if dest.parent.is_symlink():  # (a thumbs/ pointing elsewhere: never written through)
         raise OSError(errno.ELOOP, f"{dest.parent.name}/ is a symbolic link", str(dest.parent))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    thumb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=False)
-    os.replace(tmp, dest)
+    tmp = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
+    try:
+        thumb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=False)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return thumb.size

@@ -6,7 +6,9 @@ Every command that takes `RECIPE|DIR` finds its output folder through `locate()`
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +60,21 @@ def folder_file(stored: str | None, folder: str) -> str | None:
     if head != folder or not sep or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         return None
     return stored
+
+
+def fresh_temp(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file `<prefix><random>.<suffix>` in `folder`, for writing a file before it is
+    renamed into place. Its name cannot be guessed and it is created exclusively (O_EXCL), so a
+    link planted in the folder under the name it will have is never written through."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(8):
+        tmp = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{folder}: no free temporary name for {prefix}*{suffix}")
 
 
 def slug(text: str, *, max_length: int = 40) -> str:

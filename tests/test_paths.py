@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,32 @@ def test_thumbnail_is_jpeg_with_longest_side_512(tmp_path: Path) -> None:
 )
 def test_a_state_names_a_file_only_as_one_plain_name_in_its_folder(stored: str | None, kept: bool) -> None:
     assert folder_file(stored, "images") == (stored if kept else None)
+
+
+def test_files_are_written_beside_their_place_never_through_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Temporary names once were `.<name>.<pid>.tmp`: a link planted under that name in the
+    # output folder had the thumbnail or report written through it, outside the folder. Now the
+    # name is random, and were it guessed, the file is made anew (O_EXCL), never opened.
+    from seedream_pipe import paths
+    from seedream_pipe.outputs._folder import write_atomically
+
+    folder, outside = tmp_path / "out", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    names = iter(["guessed", "guessed", "other1", "guessed", "other2"])
+    monkeypatch.setattr(paths.secrets, "token_hex", lambda n: next(names))
+    for name in ("report.csv", "t.jpg"):
+        for planted in (f".{name}.{os.getpid()}.tmp", f".{name}.guessed.tmp"):
+            (outside / planted).write_text("kept", encoding="utf-8")
+            (folder / planted).symlink_to(outside / planted)
+
+    write_atomically(folder / "report.csv", lambda tmp: tmp.write_text("a,b\n", encoding="utf-8"))
+    assert save_thumbnail(Image.new("RGB", (64, 32), "teal"), folder / "t.jpg") == (64, 32)
+
+    assert (folder / "report.csv").read_text(encoding="utf-8") == "a,b\n"
+    with Image.open(folder / "t.jpg") as thumb:
+        assert thumb.format == "JPEG"
+    assert all(p.read_text(encoding="utf-8") == "kept" for p in outside.iterdir())
+    assert not list(folder.glob("*.other*"))  # (the temporary files were renamed into place)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seedream_pipe.errors import NothingToShow, OutputError
+from seedream_pipe.paths import fresh_temp
 from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
 from seedream_pipe.words import counted
 
@@ -208,7 +209,10 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
     Any OSError (read-only folder, a directory in the way, a full disk) becomes an OutputError
     naming the file, and the temporary file is removed.
     """
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        tmp = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
     try:
         write(tmp)
         if _KEEP_UNCHANGED.get() and _same_bytes(tmp, dest):
