@@ -81,6 +81,8 @@ CHUNK = 256 * 1024
 _DOWNLOAD_HEADERS = {"Accept": "*/*"}
 #: Characters after which URL parsers disagree about the host (see download_allowed).
 _AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
+#: A host name, not an IP literal: only these may match a RunComfy suffix.
+_DNS_NAME = re.compile(r"[a-z0-9_.-]+")
 #: The longest request id kept. RunComfy's are UUIDs (36 characters).
 MAX_REQUEST_ID_CHARS = 256
 #: Answers to a submit that come from a gateway in front of the API, after the body went through:
@@ -722,7 +724,9 @@ class ModelApiClient:
             if port == self._base_port:
                 return None
             return f"from {host}:{port}: the API's host, but not its port ({self._base_port})"
-        if not any(host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES):
+        if not _DNS_NAME.fullmatch(host) or not any(
+            host.endswith(suffix) or host == suffix[1:] for suffix in ALLOWED_DOWNLOAD_SUFFIXES
+        ):  # (`[::1%25.runcomfy.net]` ends in the suffix too: an IPv6 literal with a zone id)
             return f"from {host}: not a RunComfy host"
         if port not in (80, 443):
             return f"from {host}:{port}: a RunComfy host, but not on a web port (80, 443)"

@@ -313,6 +313,11 @@ async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Pa
         # a user name or password would go along to the host as Basic auth
         ("http://127.0.0.1:8765/v1", "http://evil.example@127.0.0.1:8765/files/x.jpg", False),
         ("https://model-api.runcomfy.net/v1", "https://u:p@cdn.runcomfy.com/f/x.jpg", False),
+        # an IPv6 literal whose zone id ends like a RunComfy host is still ::1
+        ("https://model-api.runcomfy.net/v1", "https://[::1%25.runcomfy.net]/f/x.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://[::1%.runcomfy.com]:443/f/x.jpg", False),
+        ("https://model-api.runcomfy.net/v1", "https://cdn_1.runcomfy.net/f/x.jpg", True),
+        ("http://[::1]:8765/v1", "http://[::1]:8765/files/r1/0.jpg", True),
     ],
 )
 def test_downloads_come_from_runcomfy_on_web_ports_or_the_apis_own_host_and_port(base: str, url: str, ok: bool) -> None:
