@@ -202,6 +202,8 @@ def exit_code_for(exc: BaseException) -> int:
 #: A token shorter than this is a stand-in (the simulator takes any, e.g. RUNCOMFY_TOKEN=x), not
 #: a secret: looking for it would match by chance and mangle every message ("inde***").
 MIN_SECRET_LEN = 6
+#: The shortest run of a token's characters that `redact` cuts out on its own.
+MIN_PIECE_LEN = 8
 
 
 def _forms(secret: str) -> list[str]:
@@ -243,11 +245,25 @@ def redact(text: str, *secrets: str | None) -> str:
             if form.casefold() in folded:
                 text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
                 folded = text.casefold()
-        if "%" in text or "&" in text or "+" in text:
-            # encoded some other way (entities, a partly encoded URL): not cut out, all withheld
-            wanted = secret.casefold()
-            if any(wanted in decoded.casefold() for decoded in _decoded(text)):
-                return WITHHELD
+        # The token cut short (at a server's length limit) or split gives most of it away all
+        # the same: any run of MIN_PIECE_LEN or more of its characters goes too. What can be
+        # left is shorter pieces, each far too short to guess the rest from.
+        wanted = secret.casefold()
+        for start in range(len(wanted) - MIN_PIECE_LEN + 1):
+            piece = wanted[start : start + MIN_PIECE_LEN]
+            while piece in folded:  # (folded finds it fast; the cut is made in the text itself)
+                found = re.search(re.escape(piece), text, flags=re.IGNORECASE)
+                if found is None:
+                    break
+                end, more = found.end(), start + MIN_PIECE_LEN  # the whole run, as far as it goes
+                while end < len(text) and more < len(wanted) and text[end].casefold() == wanted[more]:
+                    end, more = end + 1, more + 1
+                text = text[: found.start()] + "***" + text[end:]
+                folded = text.casefold()
+        # encoded some other way (entities, a partly encoded URL): not cut out, all withheld
+        encoded = "%" in text or "&" in text or "+" in text
+        if encoded and any(wanted in decoded.casefold() for decoded in _decoded(text)):
+            return WITHHELD
     return text
 
 
