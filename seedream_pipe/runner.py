@@ -368,6 +368,9 @@ class Runner:
         self.accepted_unread = 0  # submits accepted with answers that could not be read
         self._not_found: dict[str, int] = {}  # 404s for a job's request id in this run
         self._run_again_left: int | None = None  # submits --limit still allows (None: no limit)
+        #: The API is a simulator started afresh (`forget_lost`, at another URL than the last
+        #: run's): the jobs to poll or download will be made again, and the start line says so.
+        self.simulator_forgot = False
         self.possible_duplicates = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._posting: set[asyncio.Task[Any]] = set()  # a POST on the wire (or about to be)
@@ -476,13 +479,19 @@ class Runner:
             "poll": len(plan.get("poll", [])),
             "download": len(plan.get("download", [])),
         }
+        forgotten_held = 0  # (forgotten jobs --limit leaves for a later run)
+        if self.simulator_forgot:  # (as the dry run counts them: one look each, then made again)
+            forgotten, actions["poll"], actions["download"] = actions["poll"] + actions["download"], 0, 0
+            again = forgotten if self._run_again_left is None else min(forgotten, self._run_again_left)
+            actions["resubmit"] += again
+            forgotten_held = forgotten - again
         self._emit(
             "run_started",
             total=sum(1 for rec in records if rec.in_plan),  # (not the dropped jobs it fetches)
-            todo=todo,
+            todo=todo - forgotten_held,
             actions=actions,
-            held_back=held_back,
-            actions_text=actions_text(actions, held_back),
+            held_back=held_back + forgotten_held,
+            actions_text=actions_text(actions, held_back + forgotten_held),
             out_dir=str(self.out_dir),
         )
         for rec in stuck:
@@ -1599,6 +1608,7 @@ async def _run_and_write(
         )
         # what a later run needs to go on with the same API (see go_on_with): a simulator of
         # `run --sim` is started anew each time, one of `seedream-pipe sim` lives at its URL
+        earlier_api = store.get_meta(LAST_API)
         store.set_meta(LAST_API, {"base_url": api.base_url, "built_in_simulator": opts.forget_lost})
         started = time.time()
         rng = random.Random(opts.seed)
@@ -1614,6 +1624,10 @@ async def _run_and_write(
             on_event=lambda kind, detail: progress.event(kind, detail),
         )
         runner = Runner(store, client, out, opts, progress=progress)
+        # (a simulator at another URL than the last run's, started afresh: it knows none of them)
+        runner.simulator_forgot = opts.forget_lost and not (
+            isinstance(earlier_api, dict) and earlier_api.get("base_url") == api.base_url
+        )
         loop = asyncio.get_running_loop()
         main_task = asyncio.current_task()
         presses = Presses()

@@ -802,16 +802,30 @@ def test_a_rejected_body_fails_that_job_only(sim: Simulator, tmp_path: Path) -> 
     assert "prompt: not allowed" in result.failures[0][2]
 
 
+class Heard:
+    """A progress that keeps the run's start event."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, Any] = {}
+
+    def event(self, kind: str, detail: dict[str, Any]) -> None:
+        if kind == "run_started":
+            self.started = detail
+
+
 def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
         result = run(first, recipe, out, options=fast(timeout_s=0.3))
         assert result.counts["failed"] == 6  # timed out, request ids kept
     with Simulator(SimConfig(workers=4, latency=0.02)) as second:
-        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True))
+        heard = Heard()
+        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True), progress=heard)
         assert result.exit_code == 0
         assert second.stats()["submits_accepted"] == 6
     assert_images_intact(out, 6)
+    # the start line says what the run does (as the dry run does), not "6 to poll"
+    assert heard.started["actions_text"] == "6 to resubmit" and heard.started["todo"] == 6
 
 
 def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
@@ -819,8 +833,10 @@ def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_pa
     with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
         assert run(first, recipe, out, options=fast(timeout_s=0.3)).counts["failed"] == 6  # ids kept
     with Simulator(SimConfig(workers=4, latency=0.02)) as second:  # knows none of them
-        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True, limit=2))
+        heard = Heard()
+        result = run(second, recipe, out, options=fast(retry_failed=True, forget_lost=True, limit=2), progress=heard)
         assert second.stats()["submits_accepted"] == 2  # --limit 2: two made again, not six
+    assert heard.started["actions_text"] == "2 to resubmit; 4 left for a later run (--limit)"
     with StateStore.for_output_dir(out) as store:
         counts = store.counts()
     assert counts["downloaded"] == 2 and counts["planned"] == 4  # held for a later run
