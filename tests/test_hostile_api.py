@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _fakes import FakeTime
+from _fakes import FakeTime, Heard
 
 from seedream_pipe.client import AcceptedUnread, ModelApiClient, UnknownOutcome, server_time
 from seedream_pipe.config import ApiSettings
@@ -313,15 +313,10 @@ def test_a_state_a_result_read_names_is_scrubbed_before_it_is_cut(tmp_path: Path
             return httpx.Response(200, json={"status": "x" * 20 + TOKEN})
         return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
 
-    events: list[tuple[str, dict[str, Any]]] = []
-
-    class Heard:
-        def event(self, kind: str, detail: dict[str, Any]) -> None:
-            events.append((kind, detail))
-
-    result = run_against(api, tmp_path, progress=Heard())
+    heard = Heard()
+    result = run_against(api, tmp_path, progress=heard)
     assert result.exit_code == 0, result.reason
-    said = " ".join(str(detail) for _, detail in events)
+    said = heard.said()
     assert "polling its status instead" in said
     assert TOKEN[:12] not in said and "***" in said
 
@@ -353,15 +348,10 @@ def test_a_5xx_from_the_result_endpoint_after_it_answered_a_running_job_is_an_ou
             return httpx.Response(500, json={"error": {"message": "upstream hiccup"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
 
-    events: list[tuple[str, dict[str, Any]]] = []
-
-    class Heard:
-        def event(self, kind: str, detail: dict[str, Any]) -> None:
-            events.append((kind, detail))
-
-    result = run_against(api, tmp_path, progress=Heard())
+    heard = Heard()
+    result = run_against(api, tmp_path, progress=heard)
     assert result.exit_code == 0, result.reason
-    assert not any("polling its status instead" in str(detail) for _, detail in events)
+    assert "polling its status instead" not in heard.said()
     if proven:  # in_progress, 500 (retried), completed: no status read
         assert reads == {"result": 3}
     else:  # 500 (not retried), status: completed, the result read

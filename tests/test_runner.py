@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _fakes import Heard
 from PIL import Image
 
 from seedream_pipe.config import ApiSettings
@@ -800,17 +801,6 @@ def test_a_rejected_body_fails_that_job_only(sim: Simulator, tmp_path: Path) -> 
     assert result.exit_code == 1
     assert result.counts == {**result.counts, "downloaded": 5, "failed": 1}
     assert "prompt: not allowed" in result.failures[0][2]
-
-
-class Heard:
-    """A progress that keeps the run's start event."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, Any] = {}
-
-    def event(self, kind: str, detail: dict[str, Any]) -> None:
-        if kind == "run_started":
-            self.started = detail
 
 
 def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_path: Path) -> None:
