@@ -949,13 +949,17 @@ class Runner:
         if self.opt.forget_lost:
             self._transition(rec, "planned", request_id=None, error=None)
             return "lost"
-        self._transition(
-            rec,
-            "failed",
-            left_flight=True,
-            error=f"the API no longer knows request {rec.request_id} (404)",
-        )
+        self._transition(rec, "failed", left_flight=True, error=self._unknown_request(rec))
         return "failed"
+
+    def _unknown_request(self, rec: JobRecord) -> str:
+        said = f"the API no longer knows request {rec.request_id} (404)"
+        if is_loopback(self.client.api.host):  # (a simulator, most likely one started afresh)
+            said += (
+                "; a simulator started afresh knows none of the jobs of the one before "
+                "(--retry-failed, or retry_failed=True in a notebook, makes them again)"
+            )
+        return said
 
     async def _finish(self, rec: JobRecord, status: str, error: str | None, result: JobResult | None = None) -> str:
         """A finished job: read its result (unless the look that saw it finish was one) and record it.
@@ -1106,7 +1110,7 @@ class Runner:
                 self._transition(rec, "planned", request_id=None, error=None)
                 await self._run_again(rec)
                 return None
-            self._transition(rec, "failed", error=f"the API no longer knows request {rec.request_id} (404)")
+            self._transition(rec, "failed", error=self._unknown_request(rec))
             return None
         except ApiError as exc:
             self._lose_contact(rec, exc)

@@ -818,6 +818,22 @@ def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_p
     assert heard.started["actions_text"] == "6 to resubmit" and heard.started["todo"] == 6
 
 
+def test_a_simulator_that_forgot_its_jobs_says_how_to_make_them_again(tmp_path: Path) -> None:
+    # A notebook's second Simulator() without forget_lost: the jobs of the first fail as unknown
+    # (404), and the reason says why and what makes them again; doing so does.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
+        assert run(first, recipe, out, options=fast(timeout_s=0.3)).counts["failed"] == 6
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:
+        lost = run(second, recipe, out, options=fast(retry_failed=True))
+        assert lost.exit_code == 1 and lost.counts["failed"] == 6
+        assert "a simulator started afresh knows none of the jobs" in str(lost.reason)
+        assert "retry_failed=True" in lost.failures[0][2]
+        again = run(second, recipe, out, options=fast(retry_failed=True))
+        assert again.exit_code == 0 and second.stats()["submits_accepted"] == 6
+    assert_images_intact(out, 6)
+
+
 def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
