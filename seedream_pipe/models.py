@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -205,7 +205,7 @@ def _ratio_order(ratio: str) -> tuple[float, str]:
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024
 
 
-def load_model_schema(model_id: str, input_schema: Path | None = None) -> ModelSchema:
+def load_model_schema(model_id: str, input_schema: str | os.PathLike[str] | None = None) -> ModelSchema:
     """The schema for `model_id`: from `input_schema` when given, else the shipped one.
 
     Raises SchemaError with a message naming what is missing or broken.
@@ -226,7 +226,7 @@ def load_model_schema(model_id: str, input_schema: Path | None = None) -> ModelS
             raise SchemaError(
                 f"input schema {input_schema} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
             ) from exc
-        return ModelSchema(model_id, data, str(input_schema))
+        return ModelSchema(model_id, data, os.fspath(input_schema))
     data = builtin_schema(model_id)
     if data is None:
         known = ", ".join(builtin_models())

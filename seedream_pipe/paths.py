@@ -30,7 +30,7 @@ def default_output_dir(recipe: Recipe) -> Path:
     return recipe.output if recipe.output is not None else OUTPUTS_ROOT / recipe.name
 
 
-def locate(target: str | Path, *, out: str | Path | None = None) -> tuple[Path, Recipe | None]:
+def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> tuple[Path, Recipe | None]:
     """Resolve a `RECIPE|DIR` argument to (output folder, recipe or None).
 
     A directory is an output folder as it is; a file is a recipe (loaded, so its errors are the

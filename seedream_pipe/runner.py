@@ -1240,7 +1240,7 @@ CANCEL_WHILE_RUNNING = (
 
 
 def cancel_folder(
-    out_dir: Path,
+    out_dir: str | os.PathLike[str],
     *,
     api: ApiSettings,
     http: httpx.AsyncClient | None = None,
@@ -1250,6 +1250,7 @@ def cancel_folder(
 
     `on_done(job, outcome, error)` hears of each job; outcome "error" when the API could not be
     asked (the job is counted as kept)."""
+    out_dir = Path(out_dir)
     if not (out_dir / STATE_FILE).exists():
         from seedream_pipe.errors import NothingToShow
 
@@ -1350,7 +1351,7 @@ def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
     return opts
 
 
-def write_outputs(out_dir: Path, recipe: Recipe) -> list[Path]:
+def write_outputs(out_dir: str | os.PathLike[str], recipe: Recipe) -> list[Path]:
     """Write the end-of-run outputs (contact sheet, report, manifest, gallery); return their paths.
 
     Called after every run but an interrupted one, whatever its exit code, and when there was
@@ -1774,7 +1775,7 @@ def check_same_api(store: StateStore, out: Path, host: str) -> None:
 
 def dry_run_report(
     recipe: Recipe,
-    out_dir: Path,
+    out_dir: str | os.PathLike[str],
     options: RunOptions,
     *,
     api_host: str | None = None,
@@ -1788,6 +1789,7 @@ def dry_run_report(
     `fresh_simulator` (`run --sim`): the run starts a new simulator, which knows none of the
     request ids an earlier one handed out, so jobs to poll or download are submitted again.
     """
+    out_dir = Path(out_dir)
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     if out_dir.exists():  # (what the run would refuse, refused here too)
         if not out_dir.is_dir():
@@ -1846,7 +1848,7 @@ def _plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: b
     return plan
 
 
-def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, allow_large: bool = False,
+def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs: int = 10_000, allow_large: bool = False,
                    api_host: str | None = None, plan: Plan | None = None) -> list[Path] | None:
     """When every job of the recipe's plan is already downloaded with its file intact, bring the
     folder up to date with the recipe without any network call, and return the outputs written.
@@ -1860,6 +1862,7 @@ def finish_if_done(recipe: Recipe, out_dir: Path, *, max_jobs: int = 10_000, all
     would refuse it. Lets `run` skip starting a simulator, and asking for a token, when a recipe
     is finished. `plan`: as for arun_recipe.
     """
+    out_dir = Path(out_dir)
     if not (out_dir / STATE_FILE).exists():
         return None
     plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)

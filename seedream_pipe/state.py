@@ -332,14 +332,15 @@ class StateStore:
     >>> store.transition(job_id, "submitting")   # committed before the POST goes out
     """
 
-    def __init__(self, path: str | Path, *, clock: Clock = time.time, read_only: bool = False) -> None:
-        self.path = Path(path) if str(path) != ":memory:" else None
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock = time.time, read_only: bool = False) -> None:
+        path = os.fspath(path)  # (str() of an os.PathLike other than Path need not be its path)
+        self.path = Path(path) if path != ":memory:" else None
         self._clock = clock
         self.run_id: int | None = None
         try:
             # Autocommit mode: we open every transaction ourselves, so each commit is explicit.
             self._db = _connect_read_only(Path(path)) if read_only else sqlite3.connect(
-                str(path), isolation_level=None, timeout=10.0
+                path, isolation_level=None, timeout=10.0
             )
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{path}: cannot open the state database: {exc}") from exc
@@ -379,21 +380,23 @@ class StateStore:
             )
 
     @classmethod
-    def for_output_dir(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
+    def for_output_dir(cls, out_dir: str | os.PathLike[str], *, clock: Clock = time.time) -> StateStore:
         """Open (creating if needed) the state of an output folder."""
-        _refuse_emptied(Path(out_dir))
-        return cls(Path(out_dir) / STATE_FILE, clock=clock)
+        out_dir = Path(out_dir)
+        _refuse_emptied(out_dir)
+        return cls(out_dir / STATE_FILE, clock=clock)
 
     @classmethod
-    def for_reading(cls, out_dir: str | Path, *, clock: Clock = time.time) -> StateStore:
+    def for_reading(cls, out_dir: str | os.PathLike[str], *, clock: Clock = time.time) -> StateStore:
         """Open the state of an output folder to read it: as `for_output_dir`, but read-only
         where the folder or file cannot be written (an archived run, a read-only mount), so that
         looking at a finished run never needs write access. A folder with no state yet raises
         NothingToShow: reading must not leave an empty state.sqlite behind."""
-        path = Path(out_dir) / STATE_FILE
+        out_dir = Path(out_dir)
+        path = out_dir / STATE_FILE
         if not path.exists():
             raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE})")
-        _refuse_emptied(Path(out_dir))
+        _refuse_emptied(out_dir)
         writable = os.access(out_dir, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
         return cls(path, clock=clock, read_only=not writable)
 

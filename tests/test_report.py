@@ -108,6 +108,12 @@ def test_json_and_parquet_round_trip(folder: Path) -> None:
     assert parquet.loc[3, "width"] == 128
 
 
+def test_a_report_goes_where_a_notebook_names_it_as_text(folder: Path) -> None:
+    out = open_output(str(folder))  # (the folder as text, as a notebook writes it)
+    dest = write_report(out, fmt="json", dest=str(folder / "elsewhere.json"))
+    assert dest == folder / "elsewhere.json" and len(pd.read_json(dest)) == 8
+
+
 def test_an_axis_named_like_a_fixed_column_gets_a_label_column(folder: Path) -> None:
     frame = report_frame(open_output(folder).jobs)
     assert "resolution_label" in frame.columns and "resolution_value" in frame.columns

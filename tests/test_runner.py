@@ -237,6 +237,22 @@ def test_a_finished_recipe_run_again_makes_no_request(sim: Simulator, tmp_path: 
     assert sim.stats()["requests_total"] == before
 
 
+def test_the_library_takes_a_folder_given_as_text(sim: Simulator, tmp_path: Path) -> None:
+    # A notebook writes "outputs/x": dry_run_report raised AttributeError ('str' has no .exists).
+    from seedream_pipe.errors import NothingToShow
+    from seedream_pipe.runner import cancel_folder, dry_run_report, finish_if_done, write_outputs
+
+    recipe, out = load_recipe(write_recipe(tmp_path)), str(tmp_path / "out")
+    assert dry_run_report(recipe, out, fast())["actions"] == {"submit": 6}
+    assert run(sim, recipe.path, Path(out)).exit_code == 0
+    assert dry_run_report(recipe, out, fast()) == dry_run_report(recipe, Path(out), fast())
+    written = finish_if_done(recipe, out)
+    assert written is not None and written == write_outputs(out, recipe)
+    assert cancel_folder(out, api=ApiSettings(sim.base_url, TOKEN)) == (0, 0)
+    with pytest.raises(NothingToShow, match="no run here"):
+        cancel_folder(str(tmp_path / "none"), api=ApiSettings(sim.base_url, TOKEN))
+
+
 def test_a_deleted_or_changed_image_is_downloaded_again(sim: Simulator, tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     run(sim, recipe, out)

@@ -230,6 +230,25 @@ def test_reading_a_writable_folder_opens_it_as_usual(tmp_path: Path) -> None:
         assert store.counts()["planned"] == 1
 
 
+def test_a_state_is_opened_at_the_path_any_path_like_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Spot:  # an os.PathLike other than Path: its str() is no path
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def __fspath__(self) -> str:
+            return str(self.path)
+
+    monkeypatch.chdir(tmp_path)  # (where the str() of it would have made a file)
+    with StateStore(Spot(tmp_path / "s.sqlite")) as store:
+        store.sync_plan([make_job(1)])
+    assert [p.name for p in tmp_path.iterdir()] == ["s.sqlite"]
+    (tmp_path / "out").mkdir()
+    with StateStore.for_output_dir(Spot(tmp_path / "out")) as store:
+        store.sync_plan([make_job(1)])
+    with StateStore.for_reading(Spot(tmp_path / "out")) as store:
+        assert store.counts()["planned"] == 1
+
+
 def test_reading_a_folder_with_no_state_says_so_and_leaves_nothing_behind(tmp_path: Path) -> None:
     # it made an empty state.sqlite, after which the outputs said "no jobs" instead of "no run"
     with pytest.raises(NothingToShow, match="no run here yet"):

@@ -16,6 +16,7 @@ The runner calls `write_outputs(out_dir)` when a run ends and prints `format_sum
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)
 
 
-def write_outputs(out_dir: Path, *, recipe: Recipe | None = None) -> list[Path]:
+def write_outputs(out_dir: str | os.PathLike[str], *, recipe: Recipe | None = None) -> list[Path]:
     """Write the sheet (its pages), report.csv (and report.json / .parquet when the folder has
     them), gallery.html and manifest.json; return their paths.
 

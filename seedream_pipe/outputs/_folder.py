@@ -146,7 +146,7 @@ def edited_recipe_warning(folder: OutputFolder) -> str | None:
 
 
 def open_output(
-    out_dir: Path, *, recipe: Recipe | None = None, for_writing: bool = True
+    out_dir: str | os.PathLike[str], *, recipe: Recipe | None = None, for_writing: bool = True
 ) -> OutputFolder:
     """Read an output folder; NothingToShow when no run ever wrote a job into it.
 
@@ -155,7 +155,7 @@ def open_output(
     folder we may not write into is refused first, with that reason, rather than failing later
     on the state database's lock files with a vaguer one.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir)  # (a notebook's "outputs/demo" as well)
     hint = (
         f"run it first: seedream-pipe run {recipe.path}"
         if recipe is not None

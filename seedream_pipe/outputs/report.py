@@ -18,6 +18,7 @@ there (see `spreadsheet_safe`); the other formats keep every value exactly.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -150,14 +151,14 @@ def report_frame(
     return frame
 
 
-def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: Path | None = None) -> Path:
+def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: str | os.PathLike[str] | None = None) -> Path:
     """Write `report.<fmt>` into the output folder (or `dest`); return its path."""
     if fmt not in REPORT_FORMATS:
         raise UsageError(
             f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}"
         )
     frame = report_frame(folder.jobs, folder.axis_names, image_files=folder.image_files)
-    dest = dest if dest is not None else folder.path / f"{REPORT_STEM}.{fmt}"
+    dest = Path(dest) if dest is not None else folder.path / f"{REPORT_STEM}.{fmt}"
 
     def write(tmp: Path) -> None:
         if fmt == "csv":

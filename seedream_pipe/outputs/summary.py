@@ -7,6 +7,7 @@ pushed back (429s and retries). Pure: from job records and run rows to numbers t
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,7 @@ def summarize_jobs(
     )
 
 
-def summarize(source: Path | str | StateStore) -> Summary:
+def summarize(source: str | os.PathLike[str] | StateStore) -> Summary:
     """The summary of an output folder (or of an open state store)."""
     if isinstance(source, StateStore):
         meta = source.get_meta("recipe", {}) or {}
