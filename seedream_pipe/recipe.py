@@ -17,8 +17,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import numbers
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -1160,18 +1162,41 @@ def parse_recipe(
     return recipe
 
 
+def _plain_scalar(value: Any) -> Any:
+    """A number, bool or text of another type as the Python int, float, bool or str it stands for;
+    anything else as it is.
+
+    A notebook's values often come from numpy or pandas (`np.int64(3)`, `np.float64(0.5)`,
+    `np.str_("fox")`, `np.True_`): YAML writes only the exact built-in types, and refused these
+    as types it "cannot hold", naming `int64` or even `bool`. What is no number, bool or text
+    (a Decimal, a complex, an object) is left for YAML to refuse.
+    """
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, numbers.Integral):  # (after the exact types: a bool is an Integral too)
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # (its text, whatever a subclass's __str__ makes of it)
+    numpy = sys.modules.get("numpy")  # (loaded if the value is numpy's; never imported for this)
+    if numpy is not None and isinstance(value, numpy.bool_):  # (numpy's bool is no Integral)
+        return bool(value)
+    return value
+
+
 def _as_yaml(data: Mapping[str, Any]) -> str:
-    """The YAML text of a recipe given as a dict (tuples as lists), or RecipeError saying which
-    value YAML cannot hold."""
+    """The YAML text of a recipe given as a dict (tuples as lists; numpy's numbers as Python's),
+    or RecipeError saying which value YAML cannot hold."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {key: plain(item) for key, item in value.items()}
+            return {_plain_scalar(key): plain(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
             return [plain(item) for item in value]
         if isinstance(value, (set, frozenset)):  # (YAML would write a !!set the loader refuses)
             raise RecipeError(Problem("<dict>", "the recipe dict holds a set, which has no order; use a list"))
-        return value
+        return _plain_scalar(value)
 
     try:
         return yaml.safe_dump(plain(data), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)

@@ -361,6 +361,27 @@ def test_parse_recipe_takes_a_recipe_built_in_python(tmp_path: Path) -> None:
         sp.parse_recipe(deep)
 
 
+def test_a_recipe_dict_takes_numpys_numbers_bools_and_text_as_pythons(tmp_path: Path) -> None:
+    # They come from arrays and DataFrames; refused as types "YAML cannot hold" (`int64`, `bool`).
+    import decimal
+
+    import numpy as np
+
+    import seedream_pipe as sp
+
+    def built(animal: Any, hours: list[Any], scale: Any, sharp: Any) -> dict[str, Any]:
+        return {"name": "nb", "template": "{{ animal }} at {{ hour }}:00, {{ scale }}, {{ sharp }}",
+                "vars": {"animal": [{animal: "a fox"}, "an owl"], "hour": hours, "scale": [scale], "sharp": [sharp]}}
+
+    plain = sp.parse_recipe(built("fox", [6, 10], 0.5, True), folder=tmp_path)
+    numpys = sp.parse_recipe(built(np.str_("fox"), list(np.arange(6, 14, 4)), np.float32(0.5), np.True_), folder=tmp_path)
+    assert numpys.source_text == plain.source_text and numpys.hash == plain.hash
+    assert [job.prompt for job in numpys.plan()][:2] == ["a fox at 6:00, 0.5, true", "a fox at 10:00, 0.5, true"]
+    for wrong, kind in ((decimal.Decimal("0.5"), "Decimal"), (2j, "complex"), (np.datetime64("2026-01-01"), "datetime64")):
+        with pytest.raises(RecipeError, match=f"holds a value of type {kind}, which YAML cannot hold"):
+            sp.parse_recipe(built("fox", [6], wrong, True), folder=tmp_path)
+
+
 def test_a_nameless_recipe_of_a_notebook_is_named_by_its_content(tmp_path: Path) -> None:
     # Named `recipe`, every nameless one ran into outputs/recipe/ and replaced the others' outputs.
     import seedream_pipe as sp
