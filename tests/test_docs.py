@@ -71,3 +71,18 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path: Path, monkeypatch
     asyncio.run(eval(code, scope))  # (the README's own example, as written)
     assert scope["result"].ok
     assert len(scope["df"]) == len(scope["plan"].jobs) == 8
+
+
+def test_the_outputs_notebook_example_gives_the_report_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It gave report_frame the jobs alone: its DataFrame had no word on whether an image was on disk.
+    from _outputs_fixture import make_folder
+
+    docs = (ROOT / "docs" / "outputs.md").read_text(encoding="utf-8")
+    start = docs.index("```python", docs.index("A notebook calls the same library")) + len("```python")
+    source = docs[start : docs.index("```", start)]
+    make_folder(tmp_path / "outputs" / "demo")  # 5 jobs of 8 done
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(compile(source, "docs/outputs.md", "exec"), scope)  # (the example as written)
+    assert list(scope["df"]["image_file"].fillna("")) == ["present"] * 2 + [""] + ["present"] * 2 + ["", "present", ""]
+    assert (tmp_path / "outputs" / "demo" / "report.csv").is_file()
