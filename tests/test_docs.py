@@ -86,3 +86,28 @@ def test_the_outputs_notebook_example_gives_the_report_as_written(tmp_path: Path
     exec(compile(source, "docs/outputs.md", "exec"), scope)  # (the example as written)
     assert list(scope["df"]["image_file"].fillna("")) == ["present"] * 2 + [""] + ["present"] * 2 + ["", "present", ""]
     assert (tmp_path / "outputs" / "demo" / "report.csv").is_file()
+
+
+def test_the_readme_says_what_a_timeout_around_a_run_raises(tmp_path: Path) -> None:
+    # It said CancelledError, which the timeout catches and turns into its own TimeoutError.
+    import asyncio
+
+    from seedream_pipe.config import ApiSettings
+    from seedream_pipe.recipe import load_recipe
+    from seedream_pipe.runner import arun_recipe
+    from seedream_pipe.sim import SimConfig, Simulator
+    from seedream_pipe.state import StateStore
+
+    async def timed_out(base_url: str) -> None:
+        async with asyncio.timeout(0.5):
+            await arun_recipe(load_recipe(ROOT / "recipes" / "demo.yaml"), api=ApiSettings(base_url, "x"),
+                              out_dir=tmp_path / "out")
+
+    with Simulator(SimConfig(workers=0)) as sim, pytest.raises(BaseException) as caught:  # (jobs never finish)
+        asyncio.run(timed_out(sim.base_url))
+    with StateStore.for_reading(tmp_path / "out") as store:
+        assert store.jobs()  # (state kept, as the README says)
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = readme[readme.index("Interrupting the cell") :]
+    said = said[: said.index(". ")]
+    assert "a timeout around it" in said and f"raises `{type(caught.value).__name__}`" in said
