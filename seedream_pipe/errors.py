@@ -18,10 +18,14 @@
     │   │                                 request id holds the token, say): the API is broken
     │   ├── RequestRejected          65   400/422: the body does not fit the model's schema
     │   └── NotFound                 65   404: unknown model or request id
-    └── Interrupted                 130   Ctrl-C or SIGTERM; state was committed first
 
     outside the tree: OSError        74   the file system refused (read-only, disk full, ...)
+                      KeyboardInterrupt  130   Ctrl-C; state was committed first
                       any other      70   a bug in seedream-pipe
+
+No exception stands for an interrupt: a run interrupted with `handle_signals=True` (as the CLI
+runs) returns its RunResult, exit_code 130, and one without it is cancelled (CancelledError)
+or interrupted (KeyboardInterrupt) as any Python code is.
 
 The CLI maps an exception to its exit code in one place (`seedream_pipe.cli.main`) by reading
 `exit_code`. Library code raises the most specific class, chaining the low-level cause with
@@ -174,17 +178,6 @@ class NotFound(ApiError):
     """404: unknown model id or request id."""
 
     exit_code = EX_DATAERR
-
-
-class Interrupted(SeedreamPipeError):
-    """Ctrl-C or SIGTERM: its exit code, 130, is what an interrupted run ends with.
-
-    The library does not raise it: `run_recipe(..., handle_signals=True)` interrupted returns a
-    RunResult with exit_code 130 (queued jobs cancelled, state committed); without
-    handle_signals the interrupt arrives as Python's own KeyboardInterrupt or CancelledError.
-    """
-
-    exit_code = EX_INTERRUPTED
 
 
 def exit_code_for(exc: BaseException) -> int:
