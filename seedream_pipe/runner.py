@@ -1503,6 +1503,9 @@ async def arun_recipe(
 ) -> RunResult:
     """Run a recipe to completion (or to the first reason to stop) and return what happened.
 
+    - `recipe`: a Recipe (`load_recipe(path)` or `parse_recipe(text)` makes one);
+    - `api`: the ApiSettings(base_url, token) to run against: `api_settings()` finds them as the
+      CLI does, `ApiSettings(sim.base_url, "any-token")` points at a Simulator;
     - `out_dir`: the output folder (default: the recipe's `output`, else outputs/<name>/);
     - `options`: RunOptions; `options_from_recipe(recipe, rpm=30)` keeps the recipe's `run:`
       settings and changes the ones named (a bare RunOptions() starts from the defaults);

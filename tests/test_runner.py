@@ -684,6 +684,15 @@ def test_options_from_recipe_refuses_a_name_runoptions_does_not_have(tmp_path: P
     assert options_from_recipe(recipe, rpm=5).rpm == 5
 
 
+def test_arun_recipes_docstring_says_every_parameter() -> None:
+    # A notebook's help(arun_recipe) said nothing of `recipe` and `api`, the two it must give.
+    import inspect
+
+    for run_it in (arun_recipe, run_recipe):
+        doc = inspect.getdoc(run_it) or ""
+        assert [name for name in inspect.signature(run_it).parameters if f"`{name}`" not in doc] == []
+
+
 def test_handle_signals_gives_back_the_signal_handlers_it_found(sim: Simulator, tmp_path: Path) -> None:
     # asyncio's remove_signal_handler leaves default_int_handler / SIG_DFL behind: a script's own
     # SIGTERM handler (a scheduler's graceful stop) was gone after run_recipe(handle_signals=True),
