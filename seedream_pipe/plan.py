@@ -61,6 +61,7 @@ from seedream_pipe.recipe import (
     closest,
     did_you_mean,
 )
+from seedream_pipe.words import option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1380,8 +1381,9 @@ def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool) -> None
         raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs; seedream-pipe plans at most "
                                               f"{MAX_PLAN_JOBS:,}: narrow it with {how}"))
     if count > limit and not allow_large:
-        raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs, over the limit of {limit:,}; "
-                                              "pass --yes to go ahead anyway, or raise --max-jobs"))
+        raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs, over the limit of {limit:,}; pass "
+                                              f"{option('--yes', 'allow_large=True')} to go ahead anyway, or "
+                                              f"raise {option('--max-jobs', 'max_jobs')}"))
 
 
 def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str]) -> tuple[Iterable[tuple[int, ...]], int, list[tuple[int, ...]] | None]:

@@ -89,7 +89,7 @@ from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPac
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
 from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore, iso_seconds
-from seedream_pipe.words import counted, some_of
+from seedream_pipe.words import counted, option, some_of
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Plan
@@ -1376,7 +1376,7 @@ def refuse_links(out_dir: Path) -> None:
     if linked:
         raise OutputError(
             f"{out_dir}: {', '.join(linked)} {'is a symbolic link' if len(linked) == 1 else 'are symbolic links'}; "
-            "seedream-pipe writes only into its own files and folders: remove the link or use another --out"
+            f"seedream-pipe writes only into its own files and folders: remove the link or use another {option('--out', 'out_dir')}"
         )
 
 
@@ -1389,7 +1389,7 @@ def refuse_foreign(out_dir: Path) -> None:
     if theirs:
         raise OutputError(
             f"{out_dir}: holds {some_of(theirs)} but no {STATE_FILE}, so it is no seedream-pipe output folder "
-            "(or one whose state was deleted); give --out a new or empty folder, or empty this one"
+            f"(or one whose state was deleted); give {option('--out', 'out_dir')} a new or empty folder, or empty this one"
         )
 
 
@@ -1452,7 +1452,7 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
         note = (
             f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
             f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on "
-            "disk but leave its sheet, report and gallery. Give a recipe a folder of its own with --out"
+            f"disk but leave its sheet, report and gallery. Give a recipe a folder of its own with {option('--out', 'out_dir')}"
         )
     store.sync_plan(plan.jobs)
     store.set_meta("recipe", recipe_meta(recipe))
@@ -1539,7 +1539,7 @@ async def arun_recipe(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError(f"{out}: is a file, not a folder; give the output folder another path (--out)") from None
+        raise OutputError(f"{out}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     # (before the lock, which creates .run.lock: a folder refused is left as it was found)
@@ -1767,11 +1767,11 @@ def check_same_api(store: StateStore, out: Path, host: str) -> None:
             raise UsageError(
                 f"{out} holds the jobs of a run against {hosts}, a simulator on this machine; this "
                 f"run goes to {host} and would take them as done. To go on with the simulator, add "
-                f"{go_on_with(store)}; for {host}, give the run its own folder with --out, or delete {out}"
+                f"{go_on_with(store)}; for {host}, give the run its own folder with {option('--out', 'out_dir')}, or delete {out}"
             )
         raise UsageError(
             f"{out} holds the jobs of a run against {hosts}; this run goes to "
-            f"{host} and would take them as done. Give it its own folder with --out, or delete "
+            f"{host} and would take them as done. Give it its own folder with {option('--out', 'out_dir')}, or delete "
             f"{out} to start afresh"
         )
 
@@ -1796,7 +1796,7 @@ def dry_run_report(
     plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
     if out_dir.exists():  # (what the run would refuse, refused here too)
         if not out_dir.is_dir():
-            raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path (--out)")
+            raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})")
         refuse_links(out_dir)
         refuse_foreign(out_dir)
     known: dict[str, JobRecord] = {}

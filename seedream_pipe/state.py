@@ -29,7 +29,7 @@ from typing import Any
 from seedream_pipe.errors import NothingToShow, StateError
 from seedream_pipe.jobs import Job
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, folder_file
-from seedream_pipe.words import some_of
+from seedream_pipe.words import option, some_of
 
 STATE_FILE = "state.sqlite"
 
@@ -320,7 +320,7 @@ def _refuse_emptied(out_dir: Path) -> None:
     if others:
         raise StateError(
             f"{path}: is empty, but its folder holds {some_of(others)}: the record of its jobs (and of what was "
-            "paid for) is gone; restore state.sqlite from a copy, or give the run a new folder (--out)"
+            f"paid for) is gone; restore state.sqlite from a copy, or give the run a new folder ({option('--out', 'out_dir')})"
         )
 
 
@@ -368,7 +368,7 @@ class StateStore:
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
             raise StateError(
                 f"{self.path}: not a seedream-pipe state file (its tables: {shown}); "
-                "left untouched. Give the run an output folder of its own (--out)"
+                f"left untouched. Give the run an output folder of its own ({option('--out', 'out_dir')})"
             )
 
     def _check_current(self) -> None:

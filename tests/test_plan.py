@@ -16,6 +16,7 @@ from seedream_pipe.errors import RecipeError
 from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan, canonical_json, job_id_for
 from seedream_pipe.recipe import load_recipe
+from seedream_pipe.words import speaking_to_cli
 
 SEEDREAM = "bytedance/seedream-4-0/text-to-image"
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -574,10 +575,12 @@ def test_duplicate_labels_are_an_error(tmp_path: Path) -> None:
 def test_grid_over_max_jobs(tmp_path: Path) -> None:
     text = 'template: "{{ a }} {{ b }}"\nvars:\n  a: [' + ", ".join(map(str, range(101))) + "]\n  b: [" + ", ".join(map(str, range(100))) + "]\n"
     message = only_problem(tmp_path, text)
-    assert message == (
-        f"{tmp_path / 'recipe.yaml'}: the plan has 10,100 jobs, over the limit of 10,000; pass --yes to "
-        "go ahead anyway, or raise --max-jobs"
+    assert message == (  # (plan() was called: its parameters, not `plan`'s --yes and --max-jobs)
+        f"{tmp_path / 'recipe.yaml'}: the plan has 10,100 jobs, over the limit of 10,000; pass allow_large=True "
+        "to go ahead anyway, or raise max_jobs"
     )
+    with speaking_to_cli():  # (what `plan` and `run` say, word for word as before)
+        assert only_problem(tmp_path, text).endswith("; pass --yes to go ahead anyway, or raise --max-jobs")
     assert len(plan_of(tmp_path, text, allow_large=True)) == 10_100
     assert len(plan_of(tmp_path, text, max_jobs=20_000)) == 10_100
     assert "over the limit of 50" in only_problem(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\nrepeats: 51\n', max_jobs=50)

@@ -253,6 +253,22 @@ def test_the_library_takes_a_folder_given_as_text(sim: Simulator, tmp_path: Path
         cancel_folder(str(tmp_path / "none"), api=ApiSettings(sim.base_url, TOKEN))
 
 
+def test_a_notebook_is_told_the_parameter_where_the_cli_is_told_its_option(tmp_path: Path) -> None:
+    # "give the output folder another path (--out)": a notebook has no --out, it has out_dir=.
+    from seedream_pipe.errors import OutputError
+    from seedream_pipe.runner import dry_run_report
+    from seedream_pipe.words import speaking_to_cli
+
+    recipe, taken = load_recipe(write_recipe(tmp_path)), tmp_path / "a-file"
+    taken.write_text("x", encoding="utf-8")
+    with pytest.raises(OutputError, match=r"give the output folder another path \(out_dir\)$"):
+        dry_run_report(recipe, taken, fast())
+    with pytest.raises(OutputError, match="give out_dir a new or empty folder"):
+        asyncio.run(arun_recipe(recipe, api=ApiSettings("http://127.0.0.1:9/v1", TOKEN), out_dir=tmp_path))
+    with speaking_to_cli(), pytest.raises(OutputError, match=r"another path \(--out\)$"):
+        dry_run_report(recipe, taken, fast())
+
+
 def test_a_deleted_or_changed_image_is_downloaded_again(sim: Simulator, tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     run(sim, recipe, out)

@@ -22,6 +22,7 @@ from seedream_pipe.errors import (
     exit_code_for,
     printable,
 )
+from seedream_pipe.words import speaking_to_cli
 
 #: Set to 1 to see the traceback of an error seedream-pipe did not expect (for a bug report).
 DEBUG_ENV = "SEEDREAM_PIPE_DEBUG"
@@ -68,7 +69,8 @@ class SeedreamCli(click.Group):
         **extra: Any,
     ) -> Any:
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with speaking_to_cli():  # (the library's messages name --options, not parameters)
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             exc.show()
             code = EX_USAGE

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from seedream_pipe.errors import UsageError
 from seedream_pipe.state import JobRecord
+from seedream_pipe.words import option
 
 DEFAULT_CELL = 256
 DEFAULT_MAX_CELLS = 100
@@ -128,9 +129,9 @@ def resolve_options(
     if options.fmt not in SHEET_FORMATS:
         raise UsageError(f"unknown sheet format {options.fmt!r}; choose png or jpeg")
     if not 32 <= options.cell <= 2048:
-        raise UsageError(f"--cell {options.cell}: choose a cell size from 32 to 2048 pixels")
+        raise UsageError(f"{option('--cell ', 'cell=')}{options.cell}: choose a cell size from 32 to 2048 pixels")
     if options.max_cells < 1:
-        raise UsageError(f"--max-cells {options.max_cells}: must be at least 1")
+        raise UsageError(f"{option('--max-cells ', 'max_cells=')}{options.max_cells}: must be at least 1")
     return options
 
 

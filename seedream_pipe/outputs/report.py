@@ -35,6 +35,7 @@ from seedream_pipe.outputs._folder import (
     write_atomically,
 )
 from seedream_pipe.state import JobRecord
+from seedream_pipe.words import option
 
 ReportFormat = Literal["csv", "json", "parquet"]
 
@@ -199,9 +200,8 @@ def _write_parquet(frame: pd.DataFrame, tmp: Path) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError as exc:
-        raise UsageError(
-            "--format parquet needs pyarrow: pip install 'seedream-pipe[parquet]'"
-        ) from exc
+        asked = option("--format parquet", "fmt='parquet'")
+        raise UsageError(f"{asked} needs pyarrow: pip install 'seedream-pipe[parquet]'") from exc
     typed = frame.copy()
     # Parquet has a real timestamp type: use it rather than text.
     for name in TIME_COLUMNS:
