@@ -1129,15 +1129,13 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 
 
 def parse_recipe(
-    text: str | Mapping[str, Any], *, folder: str | os.PathLike[str] = ".", name: str | None = None
+    text: str | Mapping[str, Any], *, folder: str | os.PathLike[str] = ".", name: str = "recipe"
 ) -> Recipe:
     """A recipe from its YAML text, as `load_recipe` reads one from a file (for a notebook).
 
-    It stands as if it were the file `<folder>/<name>.yaml` (`recipe.yaml` without `name`):
-    `extends`, var files and `input_schema` are relative to `folder`, and `name` is its name
-    unless the text sets one. With neither, its name is `recipe-` and the first 8 hex digits of
-    its `hash`, so two different recipes never share a folder and the same one finds its own
-    again. Raises RecipeError listing every problem found, located in `<name>.yaml`.
+    It stands as if it were the file `<folder>/<name>.yaml`: `extends`, var files and
+    `input_schema` are relative to `folder`, and `name` is its name unless the text sets one.
+    Raises RecipeError listing every problem found, located in `<name>.yaml`.
 
     A dict (a recipe built in Python: `"vars": {"hour": list(range(6, 22, 4))}`) is written as YAML
     first and read as that text, so it is the same recipe as that file would be;
@@ -1149,17 +1147,10 @@ def parse_recipe(
         raise RecipeError(Problem(
             "<text>", f"parse_recipe takes the recipe's YAML text or a dict, not {type(text).__name__}"
         ))  # fmt: skip
-    stem = "recipe" if name is None else name
-    path = Path(folder) / f"{stem}.yaml"
-    display = f"{stem}.yaml"
+    path = Path(folder) / f"{name}.yaml"
+    display = f"{name}.yaml"
     doc = _load_with_extends(path, display, path.parent, [path.resolve()], text=text)
-    recipe = _checked(path, display, doc)
-    if name is None and recipe.spec.name is None:
-        # Named by what it holds, as a file named by symbols only is (`default_name`): a
-        # notebook's nameless recipes were all `recipe`, ran into one outputs/recipe/, and each
-        # replaced the others' sheet and report there.
-        recipe.name = f"recipe-{recipe.hash[:8]}"
-    return recipe
+    return _checked(path, display, doc)
 
 
 def _plain_scalar(value: Any) -> Any:

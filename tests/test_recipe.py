@@ -382,22 +382,6 @@ def test_a_recipe_dict_takes_numpys_numbers_bools_and_text_as_pythons(tmp_path: 
             sp.parse_recipe(built("fox", [6], wrong, True), folder=tmp_path)
 
 
-def test_a_nameless_recipe_of_a_notebook_is_named_by_its_content(tmp_path: Path) -> None:
-    # Named `recipe`, every nameless one ran into outputs/recipe/ and replaced the others' outputs.
-    import seedream_pipe as sp
-    from seedream_pipe.paths import default_output_dir
-
-    foxes = sp.parse_recipe({"template": "a {{ animal }}", "vars": {"animal": ["fox"]}}, folder=tmp_path)
-    owls = sp.parse_recipe({"template": "a {{ animal }}", "vars": {"animal": ["owl"]}}, folder=tmp_path)
-    assert foxes.name == f"recipe-{foxes.hash[:8]}" and owls.name == f"recipe-{owls.hash[:8]}"
-    assert default_output_dir(foxes) != default_output_dir(owls)
-    again = sp.parse_recipe('template: a {{ animal }}\nvars: {animal: [fox]}\n', folder=tmp_path)
-    assert again.name == foxes.name  # the same recipe, as text this time: the same folder
-    assert sp.parse_recipe({"template": "a {{ animal }}", "vars": {"animal": ["fox"]}}, name="zoo").name == "zoo"
-    assert sp.parse_recipe({"name": "zoo", "template": "a {{ animal }}", "vars": {"animal": ["fox"]}}).name == "zoo"
-    assert load_recipe(write(tmp_path, MINIMAL, "Sweep.yaml")).name == "sweep"  # (a file: its stem, as before)
-
-
 def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> None:
     message = only_problem(write(tmp_path, MINIMAL + "sample: {n: 3, flavour: x}\n"))
     assert "unknown key 'flavour' (known keys: n, seed)" in message
