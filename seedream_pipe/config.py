@@ -57,17 +57,24 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     return _checked_base_url(raw, "--base-url" if option else BASE_URL_ENV)
 
 
-def checked_api(api: ApiSettings) -> ApiSettings:
+#: What a run given `ApiSettings(url, "")` says when it has something to send after all.
+EMPTY_TOKEN_MESSAGE = "the token in ApiSettings is empty: api_settings() finds it as the CLI does"
+
+
+def checked_api(api: ApiSettings, *, token_required: bool = True) -> ApiSettings:
     """`api` with the checks `api_settings()` makes, for settings built by hand (a notebook's
     `ApiSettings(url, token)`): the token never goes over plain http to another machine, nor
-    into a header it would break. Raises UsageError or AuthError before anything is sent."""
+    into a header it would break. Raises UsageError or AuthError before anything is sent.
+
+    `token_required=False` lets an empty token through, as "", for a run that turns out to
+    have nothing to send (the runner checks that before it sends anything)."""
     if not isinstance(api, ApiSettings):
         raise UsageError(
             f"api= takes ApiSettings, not {type(api).__name__}: api_settings() finds the URL and token "
             "as the CLI does, or ApiSettings(base_url, token) names them"
         )
-    if not isinstance(api.token, str) or not api.token.strip():
-        raise AuthError("the token in ApiSettings is empty: api_settings() finds it as the CLI does")
+    if not isinstance(api.token, str) or (token_required and not api.token.strip()):
+        raise AuthError(EMPTY_TOKEN_MESSAGE)
     token = _header_safe(api.token.strip(), "ApiSettings")
     raw = api.base_url if isinstance(api.base_url, str) else ""
     try:
@@ -197,6 +204,11 @@ def require_token(env: Mapping[str, str] | None = None) -> str:
     return token
 
 
-def api_settings(base_url: str | None = None, env: Mapping[str, str] | None = None) -> ApiSettings:
-    """Base URL and token for a run against the real API (or any server given by URL)."""
-    return ApiSettings(base_url=resolve_base_url(base_url, env), token=require_token(env))
+def api_settings(
+    base_url: str | None = None, env: Mapping[str, str] | None = None, *, token_required: bool = True
+) -> ApiSettings:
+    """Base URL and token for a run against the real API (or any server given by URL).
+
+    `token_required=False`: the token "" when none is found, for a run with nothing to send."""
+    url = resolve_base_url(base_url, env)  # (first: a mistyped URL is said before a missing token)
+    return ApiSettings(base_url=url, token=require_token(env) if token_required else (find_token(env) or ""))

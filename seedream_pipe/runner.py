@@ -60,7 +60,7 @@ from seedream_pipe.client import (
     UnknownOutcome,
     current_job,
 )
-from seedream_pipe.config import ApiSettings, checked_api, is_loopback
+from seedream_pipe.config import EMPTY_TOKEN_MESSAGE, ApiSettings, checked_api, is_loopback
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
@@ -1526,7 +1526,9 @@ async def arun_recipe(
     # A notebook's arguments are checked before anything is written or sent.
     if not isinstance(recipe, Recipe):
         raise UsageError(f"the recipe must be a Recipe, not {type(recipe).__name__}: load_recipe(path) makes one")
-    api = checked_api(api)
+    # (an empty token passes only for a run with nothing to send: checked below, and again under
+    # the folder's lock)
+    api = checked_api(api, token_required=False)
     if options is not None and not isinstance(options, RunOptions):
         raise UsageError(
             f"options= takes RunOptions, not {type(options).__name__}: options_from_recipe(recipe, rpm=30) "
@@ -1536,6 +1538,8 @@ async def arun_recipe(
     opts.check()
     out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
     plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    if not api.token and needs_api(recipe, out, opts, plan=plan):
+        raise AuthError(EMPTY_TOKEN_MESSAGE)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -1603,6 +1607,8 @@ async def _run_and_write(
 ) -> RunResult:
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
+        if not api.token and _calls_api(plan, {r.job_id: r for r in store.jobs(in_plan=None)}, out, opts):
+            raise AuthError(EMPTY_TOKEN_MESSAGE)  # (another run changed the folder since arun_recipe looked)
         note = _follow_recipe(store, recipe, plan, out)
         if note:
             progress.event("message", {"text": note})
@@ -1785,6 +1791,7 @@ def dry_run_report(
     max_jobs: int = 10_000,
     allow_large: bool = False,
     fresh_simulator: bool = False,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """What `run` would do, from the plan and the folder's state, with no network and no writes.
 
@@ -1793,7 +1800,7 @@ def dry_run_report(
     request ids an earlier one handed out, so jobs to poll or download are submitted again.
     """
     out_dir = Path(out_dir)
-    plan = recipe.plan(max_jobs=max_jobs, allow_large=allow_large)
+    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     if out_dir.exists():  # (what the run would refuse, refused here too)
         if not out_dir.is_dir():
             raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})")
@@ -1805,6 +1812,28 @@ def dry_run_report(
             if api_host is not None:
                 check_same_api(store, out_dir, api_host)
             known = {r.job_id: r for r in store.jobs(in_plan=None)}
+    actions, held_back = _actions(plan, known, out_dir, options, fresh_simulator=fresh_simulator)
+    submits = actions.get("submit", 0) + actions.get("resubmit", 0)
+    cost = None if recipe.price_per_image is None else submits * recipe.price_per_image
+    return {
+        "jobs": len(plan.jobs),
+        "warnings": list(plan.warnings),
+        "out_dir": str(out_dir),
+        "actions": actions,
+        "held_back": held_back,
+        "estimated_cost": cost,
+    }
+
+
+#: The actions of a run that call the API; the others (done, skip, fail) need no network.
+NETWORK_ACTIONS = ("submit", "resubmit", "poll", "download")
+
+
+def _actions(
+    plan: Plan, known: Mapping[str, JobRecord], out_dir: Path, options: RunOptions, *, fresh_simulator: bool = False
+) -> tuple[dict[str, int], int]:
+    """How many jobs a run would submit, resubmit, poll, download, find done, skip or fail,
+    from the plan and the folder's state (`known`, by job_id), and how many --limit holds back."""
     actions: dict[str, int] = {}
     submits: list[tuple[int, str, str]] = []  # (index, job_id, submit or resubmit)
     for job in plan.jobs:
@@ -1829,15 +1858,27 @@ def dry_run_report(
         actions[action] = actions.get(action, 0) + 1
     order = ("submit", "resubmit", "poll", "download")  # as the run says them; the rest after
     actions = dict(sorted(actions.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    cost = None if recipe.price_per_image is None else len(chosen) * recipe.price_per_image
-    return {
-        "jobs": len(plan.jobs),
-        "warnings": list(plan.warnings),
-        "out_dir": str(out_dir),
-        "actions": actions,
-        "held_back": held_back,
-        "estimated_cost": cost,
-    }
+    return actions, held_back
+
+
+def needs_api(
+    recipe: Recipe, out_dir: Path, options: RunOptions, *, plan: Plan | None = None, max_jobs: int = 10_000,
+    allow_large: bool = False,
+) -> bool:
+    """Whether a run of the recipe into `out_dir` would call the API: something to submit,
+    poll or download. One that would not (every job done, or failed and not to be retried)
+    needs no token. Reads the folder's state only: no network, no writes."""
+    if not (out_dir / STATE_FILE).exists():
+        return True
+    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    with StateStore.for_reading(out_dir) as store:
+        known = {r.job_id: r for r in store.jobs(in_plan=None)}
+    return _calls_api(plan, known, out_dir, options)
+
+
+def _calls_api(plan: Plan, known: Mapping[str, JobRecord], out_dir: Path, options: RunOptions) -> bool:
+    actions, _ = _actions(plan, known, out_dir, options)
+    return any(actions.get(action) for action in NETWORK_ACTIONS)
 
 
 def _plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: bool) -> Plan:
@@ -1899,6 +1940,7 @@ __all__ = [
     "dry_run_report",
     "finish_if_done",
     "gone_simulator",
+    "needs_api",
     "options_from_recipe",
     "recipe_meta",
     "run_recipe",

@@ -240,6 +240,27 @@ def test_a_finished_recipe_needs_no_token_and_says_so_in_json_too(recipe: Path, 
     assert "a simulator on this machine" in err and "add --sim" in err  # the way to go on with it
 
 
+def test_a_folder_whose_only_unfinished_jobs_failed_needs_no_token(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    no_token = {"RUNCOMFY_TOKEN": "", "RUNCOMFY_API_TOKEN": "", "RUNCOMFY_CONFIG_DIR": str(tmp_path / "none")}
+    with Simulator(SimConfig(latency=0.01, token="tok", faults=Faults(job_fail_rate=1.0))) as api:
+        run = ["run", str(recipe), "--out", str(out), "--base-url", api.base_url]
+        assert invoke(*run, env={"RUNCOMFY_TOKEN": "tok"})[0] == 1
+        sent = api.stats()["requests_total"]
+        # without --retry-failed nothing would be sent, so no token is asked for (a make target on
+        # a machine without one): the failures are said, and the exit is 1, as with a token
+        code, stdout, err = invoke(*run, env=no_token)
+        assert code == 1 and "2 jobs: 0 done, 2 failed" in stdout
+        assert "2 job(s) failed" in err and "RUNCOMFY_TOKEN" not in err
+        code, stdout, _ = invoke(*run, "--json", env=no_token)
+        assert code == 1 and json.loads(stdout.splitlines()[-1])["exit_code"] == 1
+        assert api.stats()["requests_total"] == sent
+        # sending them again is what needs a token
+        code, _, err = invoke(*run, "--retry-failed", env=no_token)
+        assert code == 77 and "RUNCOMFY_TOKEN" in err
+        assert api.stats()["requests_total"] == sent
+
+
 def test_a_second_run_on_a_folder_in_use_is_refused(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()

@@ -451,6 +451,19 @@ def test_failed_jobs_fail_with_the_servers_reason_and_retry_failed_retries(sim: 
     assert again.counts["downloaded"] == 6
 
 
+def test_a_run_with_nothing_to_send_needs_no_token(sim: Simulator, tmp_path: Path) -> None:
+    sim.set_faults(job_fail_rate=1.0)
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 1
+    sent = sim.stats()["requests_total"]
+    no_token = ApiSettings(sim.base_url, "")
+    again = run_recipe(load_recipe(recipe), api=no_token, out_dir=out, options=fast())
+    assert (again.exit_code, again.counts["failed"], again.summary["http_requests"]) == (1, 6, 0)
+    with pytest.raises(AuthError, match="the token in ApiSettings is empty"):
+        run_recipe(load_recipe(recipe), api=no_token, out_dir=out, options=fast(retry_failed=True))
+    assert sim.stats()["requests_total"] == sent
+
+
 def test_revoked_token_stops_at_once_and_a_later_run_completes(sim: Simulator, tmp_path: Path) -> None:
     sim.set_faults(revoke_after=3)
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
@@ -796,6 +809,8 @@ def test_a_run_cancelled_twice_stops_at_once_with_no_task_left(tmp_path: Path) -
         # the token over plain http to another machine: api_settings() refused it, ApiSettings did not
         ({"api": ApiSettings("http://192.0.2.2:9/v1", TOKEN)}, UsageError, "refusing to send the token over plain http"),
         ({"api": ApiSettings("http://127.0.0.1:9/v1", "tok\nen")}, AuthError, "contains a control character"),
+        # no token, and jobs to send (a new folder)
+        ({"api": ApiSettings("http://127.0.0.1:9/v1", "")}, AuthError, "the token in ApiSettings is empty"),
         # the two swapped: the token is never quoted back as a bad URL
         ({"api": ApiSettings(TOKEN, "http://127.0.0.1:9/v1")}, UsageError, "takes the base URL first, then the token"),
         ({"api": "http://127.0.0.1:9/v1"}, UsageError, "api= takes ApiSettings, not str"),

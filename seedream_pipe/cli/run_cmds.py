@@ -53,11 +53,16 @@ IN_FLIGHT = ("submitted", "in_queue", "in_progress")
 
 
 @contextlib.contextmanager
-def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
+def _api_for_run(sim: bool, base_url: str | None, *, sends: Callable[[], bool]) -> Iterator[ApiSettings]:
     """The API a run talks to: a simulator started for it, or the configured one with its token.
-    (`run` has already checked the options with `_host_for_run`.)"""
+    (`run` has already checked the options with `_host_for_run`.)
+
+    The token is asked for only when `sends()`: a run whose unfinished jobs are all failed, and
+    not to be retried, reports them and exits 1 without calling the API, as a finished one
+    exits 0, so neither needs one (a make target on a machine without it)."""
     if not sim:
-        yield api_settings(base_url)
+        api = api_settings(base_url, token_required=False)
+        yield api if api.token or not sends() else api_settings(base_url)  # (the latter says what to do)
         return
     from seedream_pipe.sim import SimConfig, Simulator
 
@@ -244,7 +249,13 @@ def run_command(
     """
     from seedream_pipe.progress import make_progress
     from seedream_pipe.recipe import load_recipe
-    from seedream_pipe.runner import dry_run_report, finish_if_done, options_from_recipe, run_recipe
+    from seedream_pipe.runner import (
+        dry_run_report,
+        finish_if_done,
+        needs_api,
+        options_from_recipe,
+        run_recipe,
+    )
 
     if quiet and json_lines:
         raise UsageError("--quiet and --json contradict each other: choose one")
@@ -303,7 +314,7 @@ def run_command(
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
             _print_written(out_dir, written)
         return EX_OK
-    with _api_for_run(sim, base_url) as api:
+    with _api_for_run(sim, base_url, sends=lambda: needs_api(recipe, out_dir, options, plan=plan)) as api:
         progress = make_progress(quiet=quiet, json_lines=json_lines, secret=api.token)
         result = run_recipe(
             recipe,
