@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -403,6 +403,19 @@ class _Refused(Exception):
         self.node = node
 
 
+class SourceFile(NamedTuple):
+    """A file a recipe was read from (the recipe, a base it extends, a var file), as it was read."""
+
+    display: str  # as messages name it: the path as written, joined to the recipe's
+    path: Path
+    sha256: str  # of the bytes read
+
+
+def _source(display: str, path: Path, raw: bytes) -> SourceFile:
+    # (resolved: a notebook that changes its folder still finds it)
+    return SourceFile(display, path.resolve(), hashlib.sha256(raw).hexdigest())
+
+
 @dataclass
 class _Document:
     """One parsed file: its data and the location of every key path."""
@@ -419,6 +432,8 @@ class _Document:
     # the key paths whose values they left unknown (see `Recipe.unknown`).
     problems: list[Problem] = field(default_factory=list)
     unknown: set[KeyPath] = field(default_factory=set)
+    # Every file read for it: this one (unless given as text), its var files, its bases.
+    sources: list[SourceFile] = field(default_factory=list)
 
 
 class _Converter:
@@ -633,10 +648,12 @@ def _yaml_hint(text: str, *marks: yaml.Mark | None) -> str:
 def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, text: str | None = None) -> _Document:
     """Read one YAML file (or `text`, said to be that file) into data plus key-path
     locations; RecipeError if it cannot be."""
+    sources = []
     if text is None:
         at = problem_at or Problem(display, "")
         raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
         text = _decode(raw, display, "the recipe")
+        sources.append(_source(display, path, raw))
     elif len(text.encode("utf-8")) > MAX_RECIPE_BYTES:
         raise RecipeError(Problem(display, f"the recipe is over the limit of {MAX_RECIPE_BYTES:,} bytes"))
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -674,7 +691,7 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, t
         raise RecipeError(Problem(display, f"malformed YAML: {exc}")) from None
     except RecursionError:
         raise RecipeError(Problem(display, "the YAML is nested too deeply")) from None
-    doc = _Document(display, path, text, None)
+    doc = _Document(display, path, text, None, sources=sources)
     if root is None:
         raise RecipeError(
             Problem(display, "the recipe is empty; it needs at least a `template:` and `vars:`")
@@ -760,6 +777,7 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     except RecipeError as exc:
         problems.extend(exc.problems)
         return None
+    doc.sources.append(_source(display, target, raw))
     values: list[str] = []
     locations: dict[KeyPath, Location] = {}
     # Lines as an editor counts them: str.splitlines() would also break a value at a form feed,
@@ -891,6 +909,7 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
     doc.locations = base.locations
     doc.narrowed = narrowed
     doc.problems = [*base.problems, *doc.problems]
+    doc.sources = [*doc.sources, *base.sources]
     # (a var the base could not read is known again where this file sets or removes it)
     doc.unknown |= {p for p in base.unknown if not _written(child, p)}
     return doc
@@ -1050,8 +1069,14 @@ class Recipe:
 
     def __init__(self, spec: RecipeSpec, path: Path, source_text: str, resolved: dict[str, Any],
                  locations: dict[KeyPath, Location], display: str, narrowed: frozenset[str] = frozenset(),
-                 *, unknown: frozenset[KeyPath] = frozenset(), problems: Iterable[Problem] = ()) -> None:
+                 *, unknown: frozenset[KeyPath] = frozenset(), problems: Iterable[Problem] = (),
+                 sources: Iterable[SourceFile] = ()) -> None:
         self.spec = spec
+        # The files it was read from, each once, as read: see changed_sources.
+        once: dict[Path, SourceFile] = {}
+        for source in sources:  # (a var file a base and its child both read: once)
+            once.setdefault(source.path, source)
+        self.sources = tuple(once.values())
         self.narrowed = narrowed  # axes a file extending a base set or removed
         # Key paths whose values a problem found in loading left unknown: a var whose file is
         # missing (in spec.vars, with no values), a value the model refused, or the key a
@@ -1080,6 +1105,19 @@ class Recipe:
 
     def __repr__(self) -> str:
         return f"<Recipe {self.name!r} from {self.display}>"
+
+    def changed_sources(self) -> list[SourceFile]:
+        """The files this recipe was read from that no longer hold what was read: edited (or
+        removed) since, so that the recipe on disk may plan other jobs than this one."""
+        changed = []
+        for source in self.sources:
+            try:
+                now = hashlib.sha256(source.path.read_bytes()).hexdigest()
+            except OSError:
+                now = None
+            if now != source.sha256:
+                changed.append(source)
+        return changed
 
     def problem(self, path: KeyPath, message: str, *, text_line: int | None = None) -> Problem:
         """A Problem about the value at `path`, located where it was written. `text_line` is a
@@ -1215,7 +1253,8 @@ def _checked(path: Path, display: str, doc: _Document) -> Recipe:
     unknown = set(doc.unknown)
     spec = _validated(resolved, doc, problems, unknown)
     recipe = Recipe(spec, path, doc.text, json.loads(json.dumps(resolved)), doc.locations, display,
-                    frozenset(doc.narrowed), unknown=frozenset(unknown), problems=problems)
+                    frozenset(doc.narrowed), unknown=frozenset(unknown), problems=problems,
+                    sources=doc.sources)
     recipe.blueprint  # noqa: B018 - check templates, axes and inputs now, reporting all at once
     return recipe
 

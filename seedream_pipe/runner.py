@@ -217,6 +217,9 @@ class RunResult:
     fix_first: bool = False  # the same command would stop the same way until something changes
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, error)
     outputs: list[Path] = field(default_factory=list)  # sheet pages, report, gallery, manifest
+    # What the user must hear however quiet the run (also sent to `progress` as messages): a
+    # folder taken over, a recipe edited while it ran.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -1363,6 +1366,37 @@ def write_outputs(out_dir: str | os.PathLike[str], recipe: Recipe) -> list[Path]
     return outputs.write_outputs(out_dir, recipe=recipe)
 
 
+#: How much older than the edit of its recipe the outputs of a run are dated (see
+#: date_before_edits): more than the coarsest clock of a file system (FAT's, 2 s).
+BEFORE_EDIT_NS = 3_000_000_000
+
+
+def date_before_edits(recipe: Recipe, written: Iterable[Path]) -> str | None:
+    """When a file the recipe was read from (the recipe, a base, a var file) changed while it
+    ran, date the outputs written just before that edit, and say what to do; else None.
+
+    The outputs are of the recipe as it was read, not as it is now, yet written after the edit
+    they would look newer than it, and make would take a target that never ran the new
+    combinations as up to date. Dated before it, the next `make` runs the recipe again."""
+    changed = recipe.changed_sources()
+    if not changed:
+        return None
+    edits = []
+    for source in changed:
+        with contextlib.suppress(OSError):  # (removed: make itself stops for a missing prerequisite)
+            edits.append(source.path.stat().st_mtime_ns)
+    if edits:
+        before = min(edits) - BEFORE_EDIT_NS
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.utime(path, ns=(path.stat().st_atime_ns, before))
+    names = ", ".join(source.display for source in changed)
+    return (
+        f"warning: {names} changed during the run; run it again to do the new plan (the outputs "
+        "written are of the recipe as it was read, and dated before the change so that make runs it again)"
+    )
+
+
 LOCK_FILE = ".run.lock"
 #: What a run opens or writes into inside its folder other than by renaming a finished file
 #: into place: none of these may be a symbolic link, or the run would write where it points.
@@ -1690,6 +1724,10 @@ async def _run_and_write(
         # writes them (or `report`, `sheet` and `gallery` DIR). Nor are they written after the
         # file system refused (a full disk): they would fail the same way, and hide why.
         result.outputs = write_outputs(out, recipe)
+        edited = date_before_edits(recipe, result.outputs)
+        if edited:
+            result.warnings.append(edited)
+            progress.event("message", {"text": edited})
     # last, so that what it names is there: the outputs, relative to the output folder
     progress.event("run_finished", _finished_event(result))
     return result
@@ -1893,7 +1931,8 @@ def _plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: b
 
 
 def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs: int = 10_000, allow_large: bool = False,
-                   api_host: str | None = None, plan: Plan | None = None) -> list[Path] | None:
+                   api_host: str | None = None, plan: Plan | None = None,
+                   on_warning: Callable[[str], None] | None = None) -> list[Path] | None:
     """When every job of the recipe's plan is already downloaded with its file intact, bring the
     folder up to date with the recipe without any network call, and return the outputs written.
     None when there is work left: a run is needed.
@@ -1904,7 +1943,8 @@ def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs:
 
     With `api_host`, a folder used with another API host is refused (UsageError), as `run`
     would refuse it. Lets `run` skip starting a simulator, and asking for a token, when a recipe
-    is finished. `plan`: as for arun_recipe.
+    is finished. `plan`: as for arun_recipe. `on_warning` hears what the user must be told
+    however quiet (RunResult.warnings of a run); default: the package's log.
     """
     out_dir = Path(out_dir)
     if not (out_dir / STATE_FILE).exists():
@@ -1922,11 +1962,16 @@ def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs:
         # (failed jobs go to the runner, which reports them and exits 1 with no network call)
         if rec is None or rec.state != "downloaded" or not image_intact(out_dir, rec):
             return None
+    warn = on_warning or log.warning
     with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
         note = _follow_recipe(store, recipe, plan, out_dir)
         if note:
             log.warning(note)
-        return write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
+        written = write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
+    edited = date_before_edits(recipe, written)
+    if edited:
+        warn(edited)
+    return written
 
 
 __all__ = [
@@ -1937,6 +1982,7 @@ __all__ = [
     "arun_recipe",
     "cancel_folder",
     "cancel_queued",
+    "date_before_edits",
     "dry_run_report",
     "finish_if_done",
     "gone_simulator",

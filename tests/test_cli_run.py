@@ -261,6 +261,47 @@ def test_a_folder_whose_only_unfinished_jobs_failed_needs_no_token(recipe: Path,
         assert api.stats()["requests_total"] == sent
 
 
+def test_a_recipe_edited_during_the_run_leaves_outputs_older_than_the_edit(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A make target (report.csv, say) written after the edit would pass for the edited recipe's,
+    # though its new combinations never ran: make would not run it again.
+    from seedream_pipe import runner
+
+    out = tmp_path / "o"
+    outputs = ["report.csv", "contact_sheet.png", "gallery.html", "manifest.json"]
+    write_outputs = runner.write_outputs
+    edit: list[str] = [RECIPE.replace("a comet]", "a comet, a kite]")]  # saved in an editor meanwhile
+
+    def edited_meanwhile(out_dir: Path, the_recipe: object) -> list[Path]:
+        if edit:
+            recipe.write_text(edit.pop(), encoding="utf-8")
+        return write_outputs(out_dir, the_recipe)  # type: ignore[arg-type]
+
+    def older_than_the_recipe() -> bool:
+        return all((out / name).stat().st_mtime_ns < recipe.stat().st_mtime_ns for name in outputs)
+
+    monkeypatch.setattr(runner, "write_outputs", edited_meanwhile)
+    code, stdout, err = invoke("run", str(recipe), "--sim", "--quiet", "--out", str(out))
+    assert (code, stdout) == (0, "")
+    assert f"warning: {recipe} changed during the run; run it again to do the new plan" in err
+    assert older_than_the_recipe()
+    # so make runs it again, and that run does the new plan
+    code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(out))
+    assert code == 0 and "3 jobs: 3 done" in stdout and "changed" not in err
+    assert not older_than_the_recipe()
+    # an edit while a finished recipe's outputs are rewritten, with --json: a message, as a run's
+    edit.append(RECIPE)
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--json", "--out", str(out))
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and events[-1]["summary"]["http_requests"] == 0
+    assert [e["text"] for e in events if e["event"] == "message"] == [
+        f"warning: {recipe} changed during the run; run it again to do the new plan (the outputs written are "
+        "of the recipe as it was read, and dated before the change so that make runs it again)"
+    ]
+    assert older_than_the_recipe()
+
+
 def test_a_second_run_on_a_folder_in_use_is_refused(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     out.mkdir()

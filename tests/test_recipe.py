@@ -510,6 +510,20 @@ def test_extends_overrides_key_by_key(tmp_path: Path) -> None:
     assert recipe.source_text.startswith("extends: base.yaml")
 
 
+def test_a_recipe_knows_the_files_it_was_read_from_and_which_changed_since(tmp_path: Path) -> None:
+    write(tmp_path, 'template: "{{ subject }}, {{ style }}"\nvars:\n  style: {file: styles.txt}\n', "base.yaml")
+    styles = write(tmp_path, "watercolor\nink\n", "styles.txt")
+    child = write(tmp_path, "extends: base.yaml\nvars:\n  subject: [a fox]\n", "child.yaml")
+    recipe = load_recipe(child)
+    assert [s.display for s in recipe.sources] == [str(child), str(tmp_path / "base.yaml"), str(styles)]
+    assert recipe.changed_sources() == []
+    child.write_text(child.read_text(encoding="utf-8"), encoding="utf-8")  # touched, same bytes
+    assert recipe.changed_sources() == []
+    styles.write_text("watercolor\nink\ncharcoal\n", encoding="utf-8")
+    (tmp_path / "base.yaml").unlink()
+    assert [s.display for s in recipe.changed_sources()] == [str(tmp_path / "base.yaml"), str(styles)]
+
+
 @pytest.mark.parametrize("removal", ["~", "null", ""])
 def test_extends_null_removes_a_var_and_the_excludes_of_the_base(tmp_path: Path, removal: str) -> None:
     write(tmp_path, BASE + "exclude: [{time: dusk}]\n", "base.yaml")

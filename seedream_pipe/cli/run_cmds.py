@@ -83,14 +83,17 @@ def _host_for_run(sim: bool, base_url: str | None) -> str:
     return DEFAULT_HOST
 
 
-def _json_nothing_to_do(out_dir: Path, written: list[Path]) -> None:
-    """The events a run with nothing to do sends with --json, so scripts see the same shape."""
+def _json_nothing_to_do(out_dir: Path, written: list[Path], warnings: list[str]) -> None:
+    """The events a run with nothing to do sends with --json, so scripts see the same shape
+    (its warnings as `message` events, as a run sends them)."""
     from seedream_pipe.progress import JsonProgress
     from seedream_pipe.runner import outputs_named
 
     with StateStore.for_output_dir(out_dir) as store:
         counts = store.counts()
     events = JsonProgress()
+    for warning in warnings:
+        events.event("message", {"text": warning})
     events.event("run_started", {
         "total": sum(counts.values()), "todo": 0,
         "actions": {"submit": 0, "resubmit": 0, "poll": 0, "download": 0},
@@ -115,6 +118,9 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
         # The summary lists failures with the API's own words: shown, not obeyed.
         click.echo(printable(format_summary(summarize(result.out_dir)), keep_newlines=True))
         _print_written(result.out_dir, result.outputs)
+    else:  # (without --quiet the run said them as it went)
+        for warning in result.warnings:
+            _print_warning(warning)
     failed = result.counts.get("failed", 0)
     if result.exit_code == EX_SOME_FAILED and failed:
         # quiet or not: a make target failing needs one line of why, and of what to do
@@ -158,6 +164,11 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
             click.echo(
                 f"Fix that, then run the same command: it resumes where it stopped ({result.out_dir}).", err=True
             )
+
+
+def _print_warning(text: str) -> None:
+    """A warning the user must see however quiet the run: a make log may hold nothing else."""
+    click.secho(printable(text), fg="yellow", err=True)
 
 
 def _silence_warnings() -> Callable[[], None]:
@@ -306,11 +317,15 @@ def run_command(
     # A finished recipe: no simulator, no network, so no token needed either (a make target on a
     # machine without one); the folder still follows the recipe and its outputs are rewritten.
     plan = recipe.plan(max_jobs=max_jobs, allow_large=yes)  # once, for both steps
-    written = finish_if_done(recipe, out_dir, api_host=host, plan=plan)
+    warnings: list[str] = []
+    written = finish_if_done(recipe, out_dir, api_host=host, plan=plan, on_warning=warnings.append)
     if written is not None:
         if json_lines:
-            _json_nothing_to_do(out_dir, written)
-        elif not quiet:
+            _json_nothing_to_do(out_dir, written, warnings)
+            return EX_OK
+        for warning in warnings:
+            _print_warning(warning)
+        if not quiet:
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
             _print_written(out_dir, written)
         return EX_OK
