@@ -176,14 +176,15 @@ class RichProgress:
             self._bar.start()
             self._task = self._bar.add_task("run", total=max(1, t.todo), info=self._info())
             return
+        if kind in ("message", "interrupt"):
+            # (before the bar too: a folder taken over, the plan's warnings are said before it starts)
+            text = printable(redact(str(detail.get("text", "")), self._secret))
+            self.console.print(self._text(text), highlight=False)
         if self._task is None:
             return
         if kind == "job_state" and detail.get("state") == "failed":
             reason = printable(redact(f": job {detail.get('index')}: {detail.get('error')}", self._secret))
             self.console.print(self._text.assemble(("failed", "red"), reason), highlight=False)
-        elif kind in ("message", "interrupt"):
-            text = printable(redact(str(detail.get("text", "")), self._secret))
-            self.console.print(self._text(text), highlight=False)
         if kind == "run_finished":
             self._bar.update(self._task, completed=t.done + t.failed, info=self._info())
             self._bar.stop()

@@ -1326,6 +1326,9 @@ def recipe_meta(recipe: Recipe) -> dict[str, Any]:
     """What the outputs need to know about the recipe, stored in the folder's meta."""
     return {
         "path": str(recipe.path),
+        # (resolved: `path` is as the run was given it, relative to where it ran; a takeover by a
+        # copy of the recipe at another path is told by this, see _follow_recipe)
+        "file": str(recipe.path.resolve()),
         "name": recipe.name,
         "model": recipe.model,
         "hash": recipe.hash,
@@ -1476,17 +1479,27 @@ def run_in_progress(out_dir: Path) -> str | None:
 def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> str | None:
     """Make the folder's state follow this recipe: its plan (jobs it no longer plans leave the
     outputs, their images stay) and its description for the outputs. Returns what to tell the
-    user when the folder was another recipe's.
+    user when the folder was another recipe's (another name, or the same name at another path).
 
-    A takeover is not refused: a renamed recipe keeps its folder and what was paid for in it.
-    But a --out pointing at another recipe's folder must not take it over unannounced."""
+    A takeover is not refused: a renamed or moved recipe keeps its folder and what was paid for
+    in it. But a --out pointing at another recipe's folder, or a copy of a recipe that kept its
+    `name:` (so its default folder), must not take it over unannounced: each run of the two would
+    drop the other's jobs from the sheet, report and gallery."""
     earlier = store.get_meta("recipe", {})
     note = None
     if isinstance(earlier, Mapping) and earlier.get("name") not in (None, recipe.name):
         note = (
-            f"note: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
+            f"warning: {out} held recipe {earlier['name']!r} ({earlier.get('path')}); this run of "
             f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on "
             f"disk but leave its sheet, report and gallery. Give a recipe a folder of its own with {option('--out', 'out_dir')}"
+        )
+    elif isinstance(earlier, Mapping) and earlier.get("file") not in (None, str(recipe.path.resolve())):
+        # (a folder of an older version, which kept no `file`, is taken to be this one's)
+        note = (
+            f"warning: {out} was last run by recipe {recipe.name!r} at {earlier['file']}; this run's "
+            f"{recipe.display} has the same name but is another file, and takes the folder over: the jobs "
+            "only the other planned stay on disk but leave its sheet, report and gallery. A copy of a "
+            "recipe needs a folder of its own: give it another `name:` or `output:`, or --out"
         )
     store.sync_plan(plan.jobs)
     store.set_meta("recipe", recipe_meta(recipe))
@@ -1718,6 +1731,8 @@ async def _run_and_write(
                     result.summary["reason"] = result.reason
                 store.finish_run(exit_code=result.exit_code, summary=result.summary)
         assert result is not None
+        if note:  # (in the result too: `run --quiet`, which shows no messages, says it at the end)
+            result.warnings.append(note)
     if result.exit_code not in (EX_INTERRUPTED, EX_IOERR):
         # An interrupted run leaves the outputs as they were: a report written now would pass
         # for a finished run's (to make, too: the target would look up to date). The next run
@@ -1966,7 +1981,7 @@ def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs:
     with folder_lock(out_dir), StateStore.for_output_dir(out_dir) as store:
         note = _follow_recipe(store, recipe, plan, out_dir)
         if note:
-            log.warning(note)
+            warn(note)
         written = write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
     edited = date_before_edits(recipe, written)
     if edited:

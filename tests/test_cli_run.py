@@ -756,29 +756,53 @@ def test_json_says_a_run_that_cannot_start_as_an_error_event(recipe: Path, tmp_p
     assert (code, event["exit_code"]) == (65, 65) and "must be quoted" in event["problems"][0]
 
 
-def test_a_folder_taken_over_by_another_recipe_is_announced(recipe: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_a_folder_taken_over_by_another_recipe_is_announced(recipe: Path, tmp_path: Path, quiet: list[str]) -> None:
     out = tmp_path / "o"
     assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
     other = tmp_path / "other.yaml"
     other.write_text(RECIPE.replace("name: c", "name: other").replace("a comet", "a kite"), encoding="utf-8")
-    code, _, err = invoke("run", str(other), "--sim", "--out", str(out))
+    code, _, err = invoke("run", str(other), "--sim", *quiet, "--out", str(out))
     assert code == 0
-    assert f"note: {out} held recipe 'c' ({recipe}); this run of 'other' takes it over" in err
+    # (with --quiet too: a make log is where a folder taken over by a wrong --out shows)
+    assert err.count(f"warning: {out} held recipe 'c' ({recipe}); this run of 'other' takes it over") == 1
     assert len(list((out / "images").iterdir())) == 3  # the comet stays on disk
     code, _, err = invoke("run", str(other), "--sim", "--out", str(out))
     assert code == 0 and "held recipe" not in err  # said once, when it happens
 
 
+def test_a_copy_of_a_recipe_that_kept_its_name_is_announced_when_it_takes_the_folder_over(
+    recipe: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
+    copy = tmp_path / "copy" / "c.yaml"  # `name: c` kept, so the same default folder
+    copy.parent.mkdir()
+    copy.write_text(RECIPE.replace("a comet", "a kite"), encoding="utf-8")
+    code, _, err = invoke("run", str(copy), "--sim", "--quiet", "--out", str(out))
+    assert code == 0  # warned, not refused
+    assert (
+        f"warning: {out} was last run by recipe 'c' at {recipe.resolve()}; this run's {copy} has the same "
+        "name but is another file, and takes the folder over"
+    ) in err
+    code, stdout, _ = invoke("run", str(copy), "--sim", "--json", "--out", str(out))
+    assert code == 0 and "last run by recipe" not in stdout  # said once, when it happens
+    # going back to the first is a takeover too, said with --json as a message (as a run says it)
+    code, stdout, _ = invoke("run", str(recipe), "--sim", "--json", "--out", str(out))
+    messages = [e["text"] for e in map(json.loads, stdout.splitlines()) if e["event"] == "message"]
+    assert code == 0 and len(messages) == 1 and f"at {copy.resolve()}; this run's {recipe} has" in messages[0]
+
+
 def test_a_finished_takeover_is_announced_and_the_folder_remembers_the_new_recipe(
-    recipe: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    recipe: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "o"
     assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0
     small = tmp_path / "small.yaml"
     small.write_text(RECIPE.replace("name: c", "name: small").replace("[a teapot, a comet]", "[a teapot]"))
-    code, stdout, _ = invoke("run", str(small), "--sim", "--out", str(out))
-    assert code == 0 and "Nothing to do" in stdout  # every job of small is in the folder already
-    assert f"held recipe 'c' ({recipe}); this run of 'small' takes it over" in caplog.text
+    code, stdout, err = invoke("run", str(small), "--sim", "--quiet", "--out", str(out))
+    assert code == 0 and stdout == ""  # every job of small is in the folder already: nothing to do
+    assert f"warning: {out} held recipe 'c' ({recipe}); this run of 'small' takes it over" in err
     assert invoke("report", str(out))[0] == 0  # rewritten from the folder's own memory
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert str(small) in json.dumps(manifest) and str(recipe) not in json.dumps(manifest)

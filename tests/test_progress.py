@@ -36,6 +36,17 @@ def test_the_live_bar_prints_api_text_as_text_not_markup() -> None:
     assert "failed: job 0: boom\\x1b[2J" in text
 
 
+def test_the_live_bar_says_what_comes_before_it_starts() -> None:
+    progress = RichProgress()
+    sink = io.StringIO()
+    progress.console.file = sink
+    # (a folder taken over, the plan's warnings: said before the run_started that starts the bar)
+    progress.event("message", {"text": "warning: o held recipe 'c'; this run of 'other' takes it over"})
+    progress.event("run_started", {"total": 1, "todo": 0})
+    progress.event("run_finished", {})
+    assert "warning: o held recipe 'c'; this run of 'other' takes it over" in sink.getvalue()
+
+
 def test_every_sink_keeps_the_token_out_whatever_reaches_it() -> None:
     secret = "tok-SECRET-0123456789"
     events = [
