@@ -1,4 +1,6 @@
-"""The runner: a recipe's plan executed against the Model API, resumably, never paying twice.
+"""The runner: a recipe's plan executed against the Model API, resumably. A job the API took is
+never submitted again unless asked (--retry-failed); one whose submit outcome is unknown is sent
+once more by default (see below).
 
     from seedream_pipe.runner import run_recipe
     result = run_recipe(load_recipe("recipes/demo.yaml"), api=api_settings())
@@ -1361,8 +1363,8 @@ def write_outputs(out_dir: str | os.PathLike[str], recipe: Recipe) -> list[Path]
     """Write the end-of-run outputs (contact sheet, report, manifest, gallery); return their paths.
 
     Called after every run but an interrupted one, whatever its exit code, and when there was
-    nothing left to do: the report is a make target whose prerequisite is the recipe, so it
-    must be fresh after `run`.
+    nothing left to do: an output (manifest.json, written last) is a make target whose
+    prerequisite is the recipe, so it must be fresh after `run`.
     """
     from seedream_pipe import outputs
 

@@ -111,3 +111,33 @@ def test_the_readme_says_what_a_timeout_around_a_run_raises(tmp_path: Path) -> N
     said = readme[readme.index("Interrupting the cell") :]
     said = said[: said.index(". ")]
     assert "a timeout around it" in said and f"raises `{type(caught.value).__name__}`" in said
+
+
+def test_the_readme_make_rule_targets_the_file_a_run_writes_last_and_retries_nothing(tmp_path: Path) -> None:
+    import re
+
+    from seedream_pipe.config import ApiSettings
+    from seedream_pipe.recipe import load_recipe
+    from seedream_pipe.runner import RunOptions, run_recipe
+    from seedream_pipe.sim import SimConfig, Simulator
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```make") + len("```make")
+    rule = readme[start : readme.index("```", start)]
+    # --retry-failed sends again failed jobs the API may have billed: not for a rule make repeats
+    commands = [line for line in rule.splitlines() if line.startswith("\t")]
+    assert commands and not any("--retry-failed" in command for command in commands)
+    target = re.search(r"^outputs/[\w-]+/([\w.]+):", rule, re.MULTILINE)
+    assert target is not None
+    # the file a run writes last, so that a run stopped half way never leaves it up to date
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "{{ thing }}"\nvars:\n  thing: [a kite]\nresolutions: [1K]\n', encoding="utf-8")
+    with Simulator(SimConfig(latency=0.01)) as sim:
+        result = run_recipe(
+            load_recipe(recipe), api=ApiSettings(sim.base_url, "tok"), out_dir=tmp_path / "o",
+            options=RunOptions(rpm=6000, first_poll_s=0.02),
+        )
+    assert result.ok and result.outputs[-1].name == target.group(1)
+    # the promise about paying says its exception where it is made
+    intro = readme[: readme.index("\n## ")]
+    assert "never pays twice" not in readme and "--no-resubmit-unknown" in intro

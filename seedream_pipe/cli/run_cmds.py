@@ -245,8 +245,8 @@ def run_command(
 ) -> int:
     """Run a recipe: submit its jobs, poll them, download every image (resumable).
 
-    Running the same recipe again does only what is missing: jobs already submitted are polled,
-    never submitted twice; finished ones are skipped; new combinations of an edited recipe run.
+    Running the same recipe again does only what is missing: jobs the API took are polled, not
+    submitted again; finished ones are skipped; new combinations of an edited recipe run.
     Ctrl-C stops submitting and cancels queued jobs (a second Ctrl-C quits at once).
 
     Exit codes: 0 all done, 1 some jobs failed, 64 usage, 65 bad recipe, 69 service unavailable,

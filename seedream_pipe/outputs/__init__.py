@@ -78,7 +78,8 @@ def write_outputs(out_dir: str | os.PathLike[str], *, recipe: Recipe | None = No
     """Write the sheet (its pages), report.csv (and report.json / .parquet when the folder has
     them), gallery.html and manifest.json; return their paths.
 
-    The manifest comes last so that it can list the other files. Raises NothingToShow for a
+    The manifest comes last so that it can list the other files, and so that, as a make target
+    (the README's), it is written only once every other output is. Raises NothingToShow for a
     folder with no jobs and OutputError when a file cannot be written; a missing or corrupt
     image only gives a placeholder (and a logged warning).
     """
