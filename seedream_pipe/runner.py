@@ -1503,10 +1503,28 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
             "only the other planned stay on disk but leave its sheet, report and gallery. A copy of a "
             "recipe needs a folder of its own: give it another `name:` or `output:`, or --out"
         )
+    planned_before = {rec.job_id for rec in store.jobs()} if _unnamed_text(recipe) else set()
     store.sync_plan(plan.jobs)
+    left = planned_before - {job.job_id for job in plan.jobs}
+    if note is None and left:
+        # A notebook's recipes given without a name are all 'recipe', in one folder; another
+        # recipe (or this one, a value taken out) takes its jobs out of the outputs.
+        note = (
+            f"warning: {out} held {counted(len(left), 'job')} this recipe does not plan (another "
+            f"recipe given without a name, or this one before an edit): their images stay on disk "
+            f"but leave the sheet, report and gallery. Give each recipe a name of its own "
+            f"(parse_recipe(..., name=...) or `name:`), or a folder of its own ({option('--out', 'out_dir')})"
+        )
     store.set_meta("recipe", recipe_meta(recipe))
     _rename_to_plan(store, out)
     return note
+
+
+def _unnamed_text(recipe: Recipe) -> bool:
+    """A recipe from text or a dict (not a file) that names itself nowhere: it runs into the
+    folder every such recipe does, outputs/recipe/."""
+    read = {source.path for source in recipe.sources}
+    return recipe.spec.name is None and recipe.path.resolve() not in read
 
 
 def _rename_to_plan(store: StateStore, out: Path) -> None:

@@ -859,6 +859,35 @@ def test_a_rejected_body_fails_that_job_only(sim: Simulator, tmp_path: Path) -> 
     assert "prompt: not allowed" in result.failures[0][2]
 
 
+def test_a_nameless_notebook_recipe_taking_another_ones_jobs_out_of_the_outputs_is_warned(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recipes given as dicts without a name are all 'recipe', in outputs/recipe/: one run after
+    # another took the other's jobs out of the sheet and report without a word.
+    from seedream_pipe.recipe import parse_recipe
+
+    monkeypatch.chdir(tmp_path)
+
+    def nameless(*animals: str) -> Any:
+        return parse_recipe({"template": "a {{ animal }}", "vars": {"animal": list(animals)}, "resolutions": ["1K"]})
+
+    def run_it(recipe: Any) -> RunResult:
+        return run_recipe(recipe, api=ApiSettings(sim.base_url, TOKEN), options=fast())
+
+    first = run_it(nameless("fox", "owl"))
+    assert first.ok and first.out_dir == Path("outputs/recipe") and first.warnings == []
+    grown = run_it(nameless("fox", "owl", "cat"))  # an edit that adds: nothing leaves, nothing said
+    assert grown.ok and grown.warnings == []
+    other = run_it(nameless("whale"))
+    assert other.ok and len(other.warnings) == 1
+    assert "held 3 jobs this recipe does not plan" in other.warnings[0] and "name=" in other.warnings[0]
+    # a recipe file's edit is the user's own: said by the plan, not warned about
+    recipe = write_recipe(tmp_path)
+    assert run(sim, recipe, tmp_path / "out").warnings == []
+    recipe.write_text(RECIPE.replace(", a blue whale", ""), encoding="utf-8")
+    assert run(sim, recipe, tmp_path / "out").warnings == []
+
+
 def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
