@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what type checkers see of the lazily loaded names ("X as X"
     from seedream_pipe.errors import ApiError as ApiError
     from seedream_pipe.errors import AuthError as AuthError
     from seedream_pipe.errors import CreditError as CreditError
+    from seedream_pipe.errors import FolderBusy as FolderBusy
     from seedream_pipe.errors import NothingToShow as NothingToShow
     from seedream_pipe.errors import OutputError as OutputError
     from seedream_pipe.errors import Problem as Problem
@@ -43,6 +44,7 @@ _EXPORTS: dict[str, str] = {
     "ApiError": "seedream_pipe.errors",
     "AuthError": "seedream_pipe.errors",
     "CreditError": "seedream_pipe.errors",
+    "FolderBusy": "seedream_pipe.errors",
     "Job": "seedream_pipe.jobs",
     "NothingToShow": "seedream_pipe.errors",
     "OutputError": "seedream_pipe.errors",

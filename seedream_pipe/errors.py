@@ -2,6 +2,7 @@
 
     SeedreamPipeError                 1   something went wrong (base class)
     ├── UsageError                   64   bad command-line arguments or combination of options
+    ├── FolderBusy                   75   the output folder is in use by another run: try later
     ├── RecipeError                  65   a recipe that cannot be loaded, validated or planned;
     │                                     carries one Problem per thing wrong
     ├── OutputError                  73   the output folder cannot be created or written
@@ -87,6 +88,13 @@ class UsageError(SeedreamPipeError):
     """Options that contradict each other or name something that does not exist."""
 
     exit_code = EX_USAGE
+
+
+class FolderBusy(SeedreamPipeError):
+    """The output folder is in use by another run: a moment's wait, not a mistake (75, as
+    `make -j` running two targets on one folder would want to try again later)."""
+
+    exit_code = EX_TEMPFAIL
 
 
 class RecipeError(SeedreamPipeError):

@@ -75,6 +75,7 @@ from seedream_pipe.errors import (
     AuthError,
     CreditError,
     DownloadRefused,
+    FolderBusy,
     NotFound,
     NotRetried,
     OutputError,
@@ -1452,9 +1453,9 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read().strip()
             pid = holder if holder.isdigit() else "<its pid>"
-            raise UsageError(f"{out_dir} is in use by another run (pid {holder}); {busy.format(pid=pid)}") from None
+            raise FolderBusy(f"{out_dir} is in use by {holder_of(holder)}; {busy.format(pid=pid)}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -1462,6 +1463,16 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
         yield
     finally:
         handle.close()
+
+
+def holder_of(pid: str) -> str:
+    """Who holds a folder's lock, in words: "another run (pid 123)", and which one when it is
+    this very process (a notebook's run started earlier and still going)."""
+    if not pid.isdigit():  # (a lock file it had no time to write its pid in)
+        return "another run"
+    if pid == str(os.getpid()):
+        return f"another run (pid {pid}, this same process: a run started earlier here, still going)"
+    return f"another run (pid {pid})"
 
 
 def run_in_progress(out_dir: Path) -> str | None:

@@ -28,6 +28,7 @@ from seedream_pipe.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     AuthError,
+    FolderBusy,
     NothingToShow,
     RecipeError,
     UsageError,
@@ -509,12 +510,17 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
         return EX_OK
-    from seedream_pipe.runner import CANCEL_WHILE_RUNNING, gone_simulator, run_in_progress
+    from seedream_pipe.runner import (
+        CANCEL_WHILE_RUNNING,
+        gone_simulator,
+        holder_of,
+        run_in_progress,
+    )
 
     # before the token and the host are asked for: neither is what stands in the way
     pid = run_in_progress(out_dir)
     if pid is not None:
-        raise UsageError(f"{out_dir} is in use by another run (pid {pid}); {CANCEL_WHILE_RUNNING.format(pid=pid)}")
+        raise FolderBusy(f"{out_dir} is in use by {holder_of(pid)}; {CANCEL_WHILE_RUNNING.format(pid=pid)}")
 
     gone = gone_simulator(runs[-1]["api_host"] if runs else None, in_flight)
     if gone:
