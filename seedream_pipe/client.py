@@ -390,8 +390,12 @@ class ModelApiClient:
 
     def _said(self, text: str) -> str:
         """Server text as we keep it: the token scrubbed out *first*, then cut to a line's
-        length (cut first, a token straddling the cut would survive in part)."""
-        return self._redact(text)[:MAX_REASON_CHARS]
+        length (cut first, a token straddling the cut would survive in part). Only the head
+        that can be shown is scrubbed, with room past the cut for the token in its longest
+        encoded form (`&#x2d;`: 6 characters each), so that one begun before the cut is seen
+        whole; a 4 MiB answer then costs no more than a short one."""
+        head = text[: MAX_REASON_CHARS + 6 * len(self.api.token or "")]
+        return self._redact(head)[:MAX_REASON_CHARS]
 
     def _error(self, value: Any) -> str | None:
         """A status or result answer's `error` field as we keep it, or None."""

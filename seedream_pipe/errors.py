@@ -36,6 +36,7 @@ might have echoed it.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -250,22 +251,40 @@ def redact(text: str, *secrets: str | None) -> str:
         # the same: any run of MIN_PIECE_LEN or more of its characters goes too. What can be
         # left is shorter pieces, each far too short to guess the rest from.
         wanted = secret.casefold()
-        for start in range(len(wanted) - MIN_PIECE_LEN + 1):
-            piece = wanted[start : start + MIN_PIECE_LEN]
-            while piece in folded:  # (folded finds it fast; the cut is made in the text itself)
-                found = re.search(re.escape(piece), text, flags=re.IGNORECASE)
-                if found is None:
-                    break
-                end, more = found.end(), start + MIN_PIECE_LEN  # the whole run, as far as it goes
-                while end < len(text) and more < len(wanted) and text[end].casefold() == wanted[more]:
-                    end, more = end + 1, more + 1
-                text = text[: found.start()] + "***" + text[end:]
-                folded = text.casefold()
+        if any(piece in folded for piece in _pieces(wanted)):
+            text = _cut_runs(text, wanted)
+            folded = text.casefold()
         # encoded some other way (entities, a partly encoded URL): not cut out, all withheld
         encoded = "%" in text or "&" in text or "+" in text
         if encoded and any(wanted in decoded.casefold() for decoded in _decoded(text)):
             return WITHHELD
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _pieces(wanted: str) -> tuple[str, ...]:
+    """Every run of MIN_PIECE_LEN characters of a (case-folded) secret."""
+    return tuple(dict.fromkeys(wanted[i : i + MIN_PIECE_LEN] for i in range(len(wanted) - MIN_PIECE_LEN + 1)))
+
+
+@functools.lru_cache(maxsize=8)
+def _pieces_pattern(wanted: str) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(piece) for piece in _pieces(wanted)), re.IGNORECASE)
+
+
+def _cut_runs(text: str, wanted: str) -> str:
+    """`text` with each run of MIN_PIECE_LEN or more of the secret's characters, as long as it
+    goes on matching, replaced by the marker: one pass, whatever a server fills its answer with."""
+    pattern, kept, at = _pieces_pattern(wanted), [], 0
+    while (found := pattern.search(text, at)) is not None:
+        end, which = found.end(), wanted.find(found.group().casefold())
+        more = which + MIN_PIECE_LEN if which >= 0 else len(wanted)  # (-1: a fold of another length)
+        while end < len(text) and more < len(wanted) and text[end].casefold() == wanted[more]:
+            end, more = end + 1, more + 1
+        kept += [text[at : found.start()], "***"]
+        at = end
+    kept.append(text[at:])
+    return "".join(kept)
 
 
 def holds_secret(text: str, secret: str | None) -> bool:
@@ -274,8 +293,10 @@ def holds_secret(text: str, secret: str | None) -> bool:
     if secret is None or len(secret) < MIN_SECRET_LEN:
         return False
     folded, wanted = text.casefold(), secret.casefold()
-    return any(form.casefold() in folded for form in _forms(secret)) or any(
-        wanted in decoded.casefold() for decoded in _decoded(text)
+    return (
+        any(form.casefold() in folded for form in _forms(secret))
+        or any(piece in folded for piece in _pieces(wanted))  # (a run of it, as redact cuts)
+        or any(wanted in decoded.casefold() for decoded in _decoded(text))
     )
 
 

@@ -15,7 +15,13 @@ from _fakes import FakeTime, Heard
 
 from seedream_pipe.client import AcceptedUnread, ModelApiClient, UnknownOutcome, server_time
 from seedream_pipe.config import ApiSettings
-from seedream_pipe.errors import ApiError, RequestRejected, ServiceUnavailable, UnusableAnswer
+from seedream_pipe.errors import (
+    ApiError,
+    RequestRejected,
+    ServiceUnavailable,
+    UnusableAnswer,
+    redact,
+)
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import NOT_FOUND_LOOKS, RunOptions, run_recipe
@@ -52,7 +58,7 @@ def answering(status: int = 200, **reply: Any) -> Any:
 
 
 @pytest.mark.parametrize(
-    "request_id", [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", "a" * 500, "r1\x00", "r1\nr2", "..", "."]
+    "request_id", [f"r1-Bearer {TOKEN}", f"r1-{TOKEN}", f"r1-{TOKEN[:-1]}", "a" * 500, "r1\x00", "r1\nr2", "..", "."]
 )
 async def test_a_request_id_holding_the_token_not_one_line_or_a_dot_path_is_not_kept(request_id: str) -> None:
     async with client_for(answering(json={"request_id": request_id})) as client:
@@ -105,6 +111,43 @@ async def test_the_token_at_the_cut_of_a_long_reason_is_scrubbed_not_cut_in_half
         with pytest.raises(RequestRejected) as caught:
             await client.submit("m", {"prompt": "x"})
     assert TOKEN[:8] not in str(caught.value)
+
+
+@pytest.mark.timeout(30)  # (a hang guard: scrubbing each run anew took minutes on such an answer)
+async def test_an_answer_full_of_pieces_of_the_token_is_scrubbed_in_one_pass() -> None:
+    # The API has the token (it is sent to it): an answer filled with pieces of it must neither
+    # show one nor hold the event loop while it is scrubbed, however large.
+    pieces = (TOKEN[:8] + " " + TOKEN[5:14].upper() + " ") * 200_000  # 3.8 MB
+    assert redact(pieces, TOKEN) == "*** *** " * 200_000
+    client = client_for(answering(400, content=pieces.encode()))
+    with pytest.raises(RequestRejected) as caught:
+        await client.status("r1")
+    said = str(caught.value)
+    assert "***" in said and len(said) < 400
+    assert not any(TOKEN[i : i + 8].casefold() in said.casefold() for i in range(len(TOKEN) - 7))
+
+
+@pytest.mark.parametrize("kind", ["request id", "image URL"])
+def test_most_of_the_token_in_an_id_or_a_url_is_not_kept_either(tmp_path: Path, kind: str) -> None:
+    # The token cut short in a request id or a file URL passed the check that keeps either,
+    # which looked for the whole token, and went into the state, report and gallery.
+    image = teal_jpeg()
+    rid = "r-" + TOKEN[:-1] if kind == "request id" else "r1"
+    url = f"https://files.runcomfy.net/r1.jpg?sig={TOKEN[:-1]}" if kind == "image URL" else "https://files.runcomfy.net/r1.jpg"
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"request_id": rid})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        return httpx.Response(200, json={"status": "completed", "output": {"image": url}})
+
+    result = run_against(api, tmp_path)
+    assert result.exit_code != 0
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes().decode("utf-8", "replace").casefold()
+            assert TOKEN[:12].casefold() not in data, path
 
 
 async def test_errors_and_times_in_status_and_result_answers_are_scrubbed() -> None:
