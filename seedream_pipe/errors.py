@@ -309,7 +309,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: are, "\u202egnp.exe" reads as "exe.png".
 BIDI_MARKS = re.compile(r"[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: What printable() escapes: both of the above.
-_UNSHOWN = re.compile(f"{CONTROL_CHARS.pattern}|{BIDI_MARKS.pattern}")
+UNSHOWN = re.compile(f"{CONTROL_CHARS.pattern}|{BIDI_MARKS.pattern}")
 
 
 def visible_marks(text: str) -> str:
@@ -330,4 +330,4 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
         char = match.group()
         return char if keep_newlines and char == "\n" else char.encode("unicode_escape").decode("ascii")
 
-    return _UNSHOWN.sub(escaped, text)
+    return UNSHOWN.sub(escaped, text)

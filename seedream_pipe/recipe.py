@@ -40,7 +40,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from seedream_pipe.errors import Problem, RecipeError
+from seedream_pipe.errors import UNSHOWN, Problem, RecipeError, printable
 from seedream_pipe.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -200,6 +200,20 @@ def _check_name(value: str) -> str:
 
 
 RecipeName = Annotated[str, AfterValidator(_check_name)]
+
+
+def _check_folder(value: str) -> str:
+    """An `output:` folder is printed by every command: a control character in it would be a
+    terminal's command (`\\e]0;...`: the window title, colours), a bidi mark would reorder it."""
+    if UNSHOWN.search(value):
+        raise PydanticCustomError(
+            "output_folder", "a folder path with a control character or an invisible reordering mark in it, "
+            "got {got}; name the folder with printable characters", {"got": printable(value)},
+        )
+    return value
+
+
+FolderPath = Annotated[str, AfterValidator(_check_folder)]
 VarItem = Annotated[str | dict[str, str], BeforeValidator(_check_var_item)]
 VarValues = Annotated[
     list[VarItem], BeforeValidator(_check_var_values), WithJsonSchema(_VAR_VALUES_SCHEMA)
@@ -345,7 +359,7 @@ class RecipeSpec(_Strict):
     run: RunSettings = Field(default_factory=lambda: RunSettings())
     sheet: SheetSettings = Field(default_factory=lambda: SheetSettings())
     price_per_image: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="USD, for cost estimates")
-    output: str | None = Field(
+    output: FolderPath | None = Field(
         default=None, description="output folder, relative to this file (not inherited)"
     )
 
@@ -1008,7 +1022,7 @@ def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
                 if message.startswith(start):
                     message = "should" + message[len(start):]
             value = error.get("input")
-            if kind in ("var_empty", "var_item", "var_file", "var_file_key", "filter_value", "recipe_name"):  # said already
+            if kind in ("var_empty", "var_item", "var_file", "var_file_key", "filter_value", "recipe_name", "output_folder"):  # said already
                 pass
             elif value is None:
                 message += ", got nothing"

@@ -882,3 +882,13 @@ def test_a_loaded_recipe_is_read_only_rather_than_silently_unplanned(tmp_path: P
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         recipe.run.rpm = 5  # type: ignore[misc]
     assert recipe.plan().jobs[0].prompt == "a cat"
+
+
+@pytest.mark.parametrize("folder", ["o\x1b]0;PWNED\x07\x1b[31mRED", "out\u202egnp", "a\nb"])
+def test_an_output_folder_with_what_a_terminal_acts_on_is_refused(tmp_path: Path, folder: str) -> None:
+    # Every command prints the output folder: `output:` is recipe text, and an escape in it would
+    # set the window title or colours (a bidi mark, reorder what is shown).
+    message = only_problem(write(tmp_path, MINIMAL + f"output: {json.dumps(folder)}\n"))
+    assert "recipe.yaml:5:1: output: a folder path with a control character" in message
+    assert "\x1b" not in message and "\u202e" not in message and "\n" not in message
+    assert load_recipe(write(tmp_path, MINIMAL + "output: ../outputs/été ✓\n")).output is not None
