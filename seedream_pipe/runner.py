@@ -54,6 +54,7 @@ import httpx
 from seedream_pipe import __version__
 from seedream_pipe.client import (
     KNOWN_STATES,
+    MAX_DOWNLOAD_BYTES,
     AcceptedUnread,
     JobResult,
     JobStatus,
@@ -256,7 +257,7 @@ def image_intact(out_dir: Path, rec: JobRecord) -> bool:
                 return False
         except OSError:
             return False
-    return file_sha256(image) == rec.sha256
+    return file_sha256(image, max_bytes=rec.bytes if rec.bytes is not None else MAX_DOWNLOAD_BYTES) == rec.sha256
 
 
 def may_not_resend(rec: JobRecord, opt: RunOptions) -> bool:

@@ -210,6 +210,30 @@ def test_file_paths_a_state_was_made_to_say_never_reach_outside_the_folder(sim: 
     assert_images_intact(out, 9)
 
 
+@pytest.mark.timeout(60)  # (a hang guard: the run once hashed /dev/zero for ever)
+def test_an_image_swapped_for_a_device_a_pipe_or_a_link_is_fetched_again_not_read(sim: Simulator, tmp_path: Path) -> None:
+    # A shared output folder someone tampered with: the check that a kept image is intact must
+    # not read /dev/zero to its end nor wait on a pipe nobody writes, and a link is not our file.
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path)
+    assert run(sim, recipe, out).exit_code == 0
+    elsewhere = tmp_path / "elsewhere.png"
+    with StateStore.for_output_dir(out) as store:
+        recs = store.jobs()[:3]
+        for rec, size in zip(recs, (0, None, None), strict=True):
+            store.update(rec.job_id, bytes=size)
+    images = [out / str(rec.image_path) for rec in recs]
+    elsewhere.write_bytes(images[2].read_bytes())
+    for image in images:
+        image.unlink()
+    images[0].symlink_to("/dev/zero")
+    os.mkfifo(images[1])
+    images[2].symlink_to(elsewhere)  # (the very bytes, but not in the folder)
+    assert run(sim, recipe, out).exit_code == 0
+    assert_images_intact(out, 6)
+    assert not any(image.is_symlink() for image in (out / "images").iterdir())
+
+
 def test_the_look_that_sees_a_job_finish_also_reads_its_outputs(sim: Simulator, tmp_path: Path) -> None:
     # Looks read the result endpoint, which answers a running job with its state: no separate
     # result read after the poll that sees a job finish, so each job costs one request less.
