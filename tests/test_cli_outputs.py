@@ -116,6 +116,26 @@ def test_reports_in_two_formats_leave_the_manifest_as_it_was(folder: Path) -> No
         assert (folder / "manifest.json").read_text(encoding="utf-8") == manifest
 
 
+def test_outputs_drawn_again_never_get_newer_than_the_run_that_made_them(folder: Path) -> None:
+    # A make target (manifest.json, report.csv) rewritten by `sheet --page-by` or `report
+    # --format json` (new files, which the manifest lists) took the time of the rewrite: newer
+    # than a recipe edited since, so make skipped the run the edit needs. Only a run dates them.
+    import os
+
+    assert run("report", folder).exit_code == 0 and run("gallery", folder).exit_code == 0
+    long_ago = 1_000_000_000_000_000_000  # (2001, in ns)
+    targets = [folder / "manifest.json", folder / "report.csv", folder / "gallery.html"]
+    for path in targets:
+        os.utime(path, ns=(long_ago, long_ago))
+    manifest = (folder / "manifest.json").read_bytes()
+    assert run("sheet", folder, "--page-by", "resolution").exit_code == 0
+    assert run("report", folder, "--format", "json").exit_code == 0
+    assert run("gallery", folder).exit_code == 0
+    assert (folder / "manifest.json").read_bytes() != manifest  # (drawn anew: it lists the pages)
+    assert [path.stat().st_mtime_ns for path in targets] == [long_ago] * 3
+    assert (folder / "report.json").stat().st_mtime_ns > long_ago  # (a new file: dated now)
+
+
 def test_report_shows_the_api_s_failure_text_with_control_characters_escaped(folder: Path) -> None:
     from seedream_pipe.state import StateStore
 

@@ -189,12 +189,14 @@ _KEEP_UNCHANGED: ContextVar[bool] = ContextVar("keep_unchanged", default=False)
 
 @contextlib.contextmanager
 def keeping_unchanged() -> Iterator[None]:
-    """Within this block, outputs whose contents would not change keep their files, dates and all.
+    """Within this block, outputs whose contents would not change keep their files, dates and
+    all, and outputs drawn anew over older ones keep the older ones' dates.
 
     For `seedream-pipe report|sheet|gallery DIR`, which draw a folder's outputs again without
-    running anything: a report.csv they rewrote with a new date made make take it as newer
-    than a recipe edited since, and skip the run the edit needs. `run` always writes anew: its
-    report must be newer than its recipe after every run.
+    running anything: a report.csv (or a manifest.json listing a new sheet page) they rewrote
+    with a new date made make take it as newer than a recipe edited since, and skip the run the
+    edit needs. Only a run makes something new. `run` always writes anew: its outputs must be
+    newer than its recipe after every run.
     """
     token = _KEEP_UNCHANGED.set(True)
     try:
@@ -215,9 +217,13 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
         raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
     try:
         write(tmp)
-        if _KEEP_UNCHANGED.get() and _same_bytes(tmp, dest):
+        kept = _KEEP_UNCHANGED.get() and _regular_file(dest)
+        if kept and _same_bytes(tmp, dest):
             tmp.unlink()
             return dest
+        if kept:  # (drawn again: the old file's date, as no run made anything new; see keeping_unchanged)
+            before = dest.stat()
+            os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
         os.replace(tmp, dest)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -227,9 +233,16 @@ def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
     return dest
 
 
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def _same_bytes(new: Path, old: Path) -> bool:
     try:
-        return old.is_file() and new.stat().st_size == old.stat().st_size and filecmp.cmp(new, old, shallow=False)
+        return new.stat().st_size == old.stat().st_size and filecmp.cmp(new, old, shallow=False)
     except OSError:  # unreadable: write it anew
         return False
 
