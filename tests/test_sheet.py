@@ -598,8 +598,28 @@ def test_a_character_no_font_draws_is_spelled_out_so_two_emoji_labels_differ(
         # letters, accents and combining marks stay as written (whatever font: none is asked)
         for text in ("café", "Привет", "e\u0301", "plain"):
             assert fonts_module.spelled_out(text) == text
+        # a script no font here has: in Latin letters, not as names (a label of "[devanagari
+        # letter na][devanagari letter ma]..." was cut to "..."), its marks with its letters
+        assert fonts_module.spelled_out("नमस्ते दुनिया") == "nmste duniya"
+        assert fonts_module.spelled_out("東京 ✨") == "DongJing [sparkles]"
+        assert fonts_module.undrawn(["नमस्ते", "plain", "नमस्ते"]) == [("नमस्ते", "nmste")]
     finally:
         fonts_module._drawable.cache_clear()
+
+
+def test_a_sheet_says_which_labels_no_font_here_draws_and_how_it_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as on a machine with DejaVu Sans alone: Devanagari reads in Latin letters, and the sheet says so
+    monkeypatch.setattr(fonts_module, "font_for", lambda text, size, bold=False: fonts_module.default_font(size, bold))
+    fonts_module._drawable.cache_clear()
+    try:
+        make_folder(tmp_path, jobs=plan_jobs(subjects={"नमस्ते": "namaste", "cat": "a cat"}), states={})
+        result = make_sheet(open_output(tmp_path))
+    finally:
+        fonts_module._drawable.cache_clear()
+    said = [w for w in result.warnings if w.startswith("no font on this machine")]
+    assert len(said) == 1 and "'नमस्ते' as 'nmste'" in said[0] and "fonts-noto" in said[0]
 
 
 def test_the_sheet_measures_and_draws_text_as_spelled_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from anyascii import anyascii
 from PIL import ImageFont
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -118,16 +120,42 @@ def _drawable(char: str) -> bool:
 
 
 def spelled_out(text: str) -> str:
-    """`text` with each character no font here can draw replaced by its Unicode name in
-    brackets: with no emoji font, labels "✨" and "🌙" would be two identical boxes; they read
-    "[sparkles]" and "[crescent moon]". Text that draws is returned as it is."""
+    """`text` with what no font here can draw written another way: a symbol by its Unicode name
+    in brackets (with no emoji font, labels "✨" and "🌙" would be two identical boxes; they
+    read "[sparkles]" and "[crescent moon]"), and a run of letters of a script no font here
+    has in Latin letters (anyascii: "नमस्ते" reads "nmste", not as boxes, and two values still
+    differ). Text that draws is returned as it is."""
     if text.isascii():
         return text
-    out = []
+    out: list[str] = []
+    letters: list[str] = []  # (a run of letters no font draws, with their combining marks)
+
+    def flush() -> None:
+        if letters:
+            run = "".join(letters)
+            out.append(anyascii(run) or "".join(_named(char) for char in run))
+            letters.clear()
+
     for char in text:
-        if char.isspace() or unicodedata.category(char) in ("Mn", "Me", "Cf") or _drawable(char):
+        kind = unicodedata.category(char)
+        if letters and kind.startswith("M"):
+            letters.append(char)
+        elif char.isspace() or kind in ("Mn", "Me", "Cf") or _drawable(char):
+            flush()
             out.append(char)
+        elif kind.startswith("L"):
+            letters.append(char)
         else:
-            name = unicodedata.name(char, f"U+{ord(char):04X}").lower()
-            out.append(f"[{name}]")
+            flush()
+            out.append(_named(char))
+    flush()
     return "".join(out)
+
+
+def _named(char: str) -> str:
+    return "[" + unicodedata.name(char, f"U+{ord(char):04X}").lower() + "]"
+
+
+def undrawn(texts: Iterable[str]) -> list[tuple[str, str]]:
+    """Each text that `spelled_out` writes another way, with how (for a warning)."""
+    return [(text, shown) for text in dict.fromkeys(texts) if (shown := spelled_out(text)) != text]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from seedream_pipe.errors import printable
 from seedream_pipe.images import THUMB_SIZE
 from seedream_pipe.outputs._folder import (
     IMAGE_PRESENT,
@@ -27,7 +28,7 @@ from seedream_pipe.outputs._folder import (
     OutputFolder,
     write_atomically,
 )
-from seedream_pipe.outputs.fonts import font_for, spelled_out
+from seedream_pipe.outputs.fonts import font_for, spelled_out, undrawn
 from seedream_pipe.outputs.layout import (
     MAX_PAGE_PIXELS,
     Box,
@@ -54,7 +55,7 @@ from seedream_pipe.outputs.thumbs import (
     make_thumbnails,
 )
 from seedream_pipe.state import JobRecord
-from seedream_pipe.words import counted
+from seedream_pipe.words import counted, some_of
 
 # Colours (RGB)
 BACKGROUND = (255, 255, 255)
@@ -194,6 +195,14 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             f"cells of {options.cell} px: at most {budget} a page ({counted(len(layout.pages), 'page')}), "
             f"to keep each page under {MAX_PAGE_PIXELS // 1_000_000} megapixels (smaller cells "
             "put more on a page)"
+        )
+    spelled = undrawn([*folder.axis_names, *(label for job in folder.jobs for label in job.axes.values())])
+    if spelled:  # (the gallery shows them as written: a browser has the fonts)
+        shown = some_of([f"{printable(text)!r} as {shown!r}" for text, shown in spelled])
+        warnings.append(
+            f"no font on this machine draws some labels, so the sheet writes them another way: {shown} "
+            "(a font for their script draws them as written: Debian's fonts-noto-core, "
+            "fonts-noto-cjk, fonts-noto-color-emoji)"
         )
     metrics = Metrics(options.cell)
     total = len(layout.pages)
