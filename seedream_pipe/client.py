@@ -73,12 +73,17 @@ DEFAULT_DOWNLOAD_TIMEOUT_S = 60.0  # between two chunks of a download
 DOWNLOAD_DEADLINE_S = 600.0  # one download, whole: a server trickling a byte at a time is let go
 DEFAULT_MAX_RETRIES = 5  # transient failures of one call before giving up on it
 DEFAULT_MAX_RATE_LIMITED = 30  # 429s in a row for one call before giving up on it
-MAX_DOWNLOAD_BYTES = 2 * 1024**3  # as the official CLI: 2 GiB
+#: The most a download may write. The official CLI allows 2 GiB, but an image here is at most
+#: downloads.MAX_PIXELS (32 Mpx) to be kept: 128 MiB as raw RGBA, and a file twice that is no
+#: image of ours (a server's gzip bomb is cut off here, not after 2 GiB of disk).
+MAX_DOWNLOAD_BYTES = 256 * 1024**2
 ALLOWED_DOWNLOAD_SUFFIXES = (".runcomfy.net", ".runcomfy.com")
 MAX_REDIRECTS = 3
 CHUNK = 256 * 1024
 #: A download carries no Authorization header: file URLs are pre-signed.
-_DOWNLOAD_HEADERS = {"Accept": "*/*"}
+#: Nor a compression: an image is compressed already, and a server's gzip would only make the
+#: length it declares differ from the bytes written (and a small answer a huge file).
+_DOWNLOAD_HEADERS = {"Accept": "*/*", "Accept-Encoding": "identity"}
 #: Characters after which URL parsers disagree about the host (see download_allowed).
 _AMBIGUOUS_URL_CHARS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 #: A host name, not an IP literal: only these may match a RunComfy suffix.
@@ -783,6 +788,8 @@ class ModelApiClient:
                         await response.aread()
                         raise ApiError(self._redact(f"download: HTTP {code}: {self._reason(response)}"), status=code)
                     declared = response.headers.get("Content-Length")
+                    if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+                        declared = None  # (compressed all the same: that length is not of the bytes written)
                     if declared and declared.isdigit() and int(declared) > self.max_download_bytes:
                         raise ApiError(f"download: the file is {int(declared)} bytes, over the cap")
                     digest = hashlib.sha256()

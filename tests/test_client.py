@@ -285,6 +285,21 @@ async def test_download_sends_no_token_and_writes_a_temp_file(tmp_path: Path) ->
     assert "Authorization" not in seen[0].headers
 
 
+async def test_a_download_asks_for_no_compression_and_takes_one_given_anyway(tmp_path: Path) -> None:
+    # A gzip-encoded file declares its compressed length: compared with the bytes written, the
+    # download was taken as cut short and retried until the job failed.
+    import gzip
+
+    data = b"PNGDATA" * 1000
+    packed = gzip.compress(data)
+    client, seen = make_client(
+        sequence(httpx.Response(200, content=packed, headers={"Content-Encoding": "gzip", "Content-Length": str(len(packed))}))
+    )
+    fetched = await client.fetch("https://cdn.runcomfy.net/x.png?sig=1", tmp_path)
+    assert fetched.path.read_bytes() == data and fetched.bytes == len(data)
+    assert seen[0].headers["Accept-Encoding"] == "identity"
+
+
 async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Path) -> None:
     client, seen = make_client(
         sequence(httpx.Response(302, headers={"Location": "https://evil.example.com/x.png"}))
@@ -295,6 +310,24 @@ async def test_download_refuses_foreign_hosts_and_redirects_to_them(tmp_path: Pa
     with pytest.raises(ApiError, match="refusing"):
         await client.fetch("https://runcomfy.net.evil.com/x.png", tmp_path)
     assert client.download_allowed(f"{BASE.rsplit('/v1', 1)[0]}/files/x.png")
+
+
+async def test_a_notebooks_client_that_follows_redirects_does_not_follow_them_here(tmp_path: Path) -> None:
+    # Given httpx.AsyncClient(follow_redirects=True), httpx followed a file host's redirect to
+    # a cloud metadata address itself, where no host check saw it.
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
+        return httpx.Response(200, content=b"secret metadata")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer), follow_redirects=True)
+    client = ModelApiClient(ApiSettings(BASE, TOKEN), http=http)
+    with pytest.raises(ApiError, match=r"refusing to download from 169\.254\.169\.254"):
+        await client.fetch("https://files.runcomfy.net/x.png", tmp_path)
+    assert seen == ["https://files.runcomfy.net/x.png"] and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

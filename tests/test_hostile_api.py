@@ -503,6 +503,21 @@ async def test_an_answer_far_over_any_api_answer_is_refused_before_it_is_held_wh
             await client.status("r1")
 
 
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_notebooks_own_http_client_is_held_to_the_same_answer_cap(declared: bool) -> None:
+    big = b"x" * (5 * 1024 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield big[: 1024 * 1024]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=big if declared else chunks())  # (chunks: no length said)
+
+    with pytest.raises(ServiceUnavailable, match="an API answer may be"):
+        await client_for(answer).status("r1")
+
+
 async def test_a_trickling_answer_is_given_up_at_the_call_deadline() -> None:
     async with Hostile(gap=0.05) as server, client_for(None, base=server.base, timeout_s=0.3) as client:
         with pytest.raises(ServiceUnavailable, match=r"no whole answer within 0\.3 s"):
