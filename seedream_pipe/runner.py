@@ -63,7 +63,13 @@ from seedream_pipe.client import (
     UnknownOutcome,
     current_job,
 )
-from seedream_pipe.config import EMPTY_TOKEN_MESSAGE, ApiSettings, checked_api, is_loopback
+from seedream_pipe.config import (
+    EMPTY_TOKEN_MESSAGE,
+    ApiSettings,
+    api_host,
+    checked_api,
+    is_loopback,
+)
 from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
@@ -86,6 +92,7 @@ from seedream_pipe.errors import (
     UnusableAnswer,
     UsageError,
     exit_code_for,
+    printable,
     redact,
 )
 from seedream_pipe.images import thumb_name
@@ -1841,8 +1848,12 @@ def go_on_with(store: StateStore) -> str:
     the built-in one (and for folders of older versions, which did not say), else the base URL
     of the `seedream-pipe sim` it ran against, whose jobs only that simulator knows."""
     last = store.get_meta(LAST_API)
-    if isinstance(last, dict) and last.get("built_in_simulator") is False and last.get("base_url"):
-        return f"--base-url {last['base_url']}"
+    if isinstance(last, dict) and last.get("built_in_simulator") is False and isinstance(last.get("base_url"), str):
+        # (only a simulator's, on this machine: a state is just a file, and one made to name
+        # another host would have the user send the token there)
+        with contextlib.suppress(ValueError):
+            if is_loopback(api_host(last["base_url"])):
+                return f"--base-url {printable(last['base_url'])}"
     return "--sim"
 
 

@@ -1028,6 +1028,12 @@ def test_a_folder_of_an_external_simulator_says_to_go_on_with_that_simulator(rec
         recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot, a comet, a kite]"), encoding="utf-8")
         code, stdout, _ = invoke("status", str(recipe), "--out", str(out))
         assert f"`seedream-pipe run {recipe} --base-url {sim.base_url} --out {out}` brings" in stdout
+    # a state is just a file: one made to name a host elsewhere is not repeated as advice, which
+    # would have the user send the token there
+    with StateStore.for_output_dir(out) as store:
+        store.set_meta("last_api", {"base_url": "https://runcomfy-sim.attacker.example/v1", "built_in_simulator": False})
+    code, _, err = invoke("run", str(recipe), "--out", str(out), env={"RUNCOMFY_TOKEN": "tok", "RUNCOMFY_MODEL_API_BASE": ""})
+    assert code == 64 and "attacker" not in err and "add --sim" in err
 
 
 def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_path: Path) -> None:
