@@ -794,8 +794,8 @@ class ModelApiClient:
                         raise ApiError(f"download: the file is {int(declared)} bytes, over the cap")
                     digest = hashlib.sha256()
                     size = 0
-                    tmp = fresh_temp(dest_dir, ".download-", ".part")
-                    with _removed_on_error(tmp), open(tmp, "wb") as out:
+                    tmp, out = fresh_temp(dest_dir, ".download-", ".part")
+                    with _removed_on_error(tmp), out:
                         async for chunk in response.aiter_bytes(CHUNK):
                             size += len(chunk)
                             if size > self.max_download_bytes:

@@ -38,9 +38,10 @@ def save_thumbnail(image: Image.Image, dest: Path) -> tuple[int, int]:
     if dest.parent.is_symlink():  # (a thumbs/ pointing elsewhere: never written through)
         raise OSError(errno.ELOOP, f"{dest.parent.name}/ is a symbolic link", str(dest.parent))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
+    tmp, out = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
     try:
-        thumb.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=False)
+        with out:
+            thumb.save(out, "JPEG", quality=THUMB_QUALITY, optimize=False)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

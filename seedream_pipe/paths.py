@@ -11,7 +11,7 @@ import re
 import secrets
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from seedream_pipe.errors import NothingToShow
 
@@ -62,18 +62,19 @@ def folder_file(stored: str | None, folder: str) -> str | None:
     return stored
 
 
-def fresh_temp(folder: Path, prefix: str, suffix: str) -> Path:
-    """A new empty file `<prefix><random>.<suffix>` in `folder`, for writing a file before it is
-    renamed into place. Its name cannot be guessed and it is created exclusively (O_EXCL), so a
-    link planted in the folder under the name it will have is never written through."""
+def fresh_temp(folder: Path, prefix: str, suffix: str) -> tuple[Path, BinaryIO]:
+    """A new file `<prefix><random><suffix>` in `folder`, open for writing, for a file written
+    before it is renamed into place. Its name cannot be guessed, it is created exclusively
+    (O_EXCL), and it is written through the file it was created as, never opened again by name:
+    a link planted in the folder under its name, before or after, is never written through."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(8):
         tmp = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
         try:
-            os.close(os.open(tmp, flags, 0o666))
+            fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
-        return tmp
+        return tmp, os.fdopen(fd, "wb")
     raise FileExistsError(f"{folder}: no free temporary name for {prefix}*{suffix}")
 
 

@@ -109,7 +109,7 @@ def test_files_are_written_beside_their_place_never_through_a_planted_link(
             (outside / planted).write_text("kept", encoding="utf-8")
             (folder / planted).symlink_to(outside / planted)
 
-    write_atomically(folder / "report.csv", lambda tmp: tmp.write_text("a,b\n", encoding="utf-8"))
+    write_atomically(folder / "report.csv", lambda out: out.write(b"a,b\n"))
     assert save_thumbnail(Image.new("RGB", (64, 32), "teal"), folder / "t.jpg") == (64, 32)
 
     assert (folder / "report.csv").read_text(encoding="utf-8") == "a,b\n"
@@ -117,3 +117,28 @@ def test_files_are_written_beside_their_place_never_through_a_planted_link(
         assert thumb.format == "JPEG"
     assert all(p.read_text(encoding="utf-8") == "kept" for p in outside.iterdir())
     assert not list(folder.glob("*.other*"))  # (the temporary files were renamed into place)
+
+
+def test_a_link_swapped_in_under_the_temporary_name_is_not_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone watching the folder swaps the new temporary file's name for a link to their
+    # target: the file is written through what was created, never reopened by that name.
+    from seedream_pipe import images, paths
+    from seedream_pipe.outputs import _folder
+
+    folder, victim = tmp_path / "out", tmp_path / "victim.txt"
+    folder.mkdir()
+    victim.write_text("kept", encoding="utf-8")
+
+    def swapped(where: Path, prefix: str, suffix: str) -> tuple[Path, object]:
+        tmp, out = paths.fresh_temp(where, prefix, suffix)
+        tmp.unlink()
+        tmp.symlink_to(victim)
+        return tmp, out
+
+    monkeypatch.setattr(_folder, "fresh_temp", swapped)
+    monkeypatch.setattr(images, "fresh_temp", swapped)
+    _folder.write_atomically(folder / "report.csv", lambda out: out.write(b"a,b\n"))
+    images.save_thumbnail(Image.new("RGB", (8, 8), "teal"), folder / "t.jpg")
+    assert victim.read_text(encoding="utf-8") == "kept"

@@ -674,7 +674,7 @@ def test_a_full_disk_stops_the_run_with_74_not_a_bugs_70(
     def full(path: Any, *args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(client_module, "open", full, raising=False)
+    monkeypatch.setattr(client_module, "fresh_temp", full)  # (where a download's file is made)
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     result = run(sim, recipe, out)
     assert result.exit_code == 74 and "No space left on device" in str(result.reason)

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from seedream_pipe.errors import NothingToShow, OutputError
 from seedream_pipe.paths import fresh_temp
@@ -205,25 +205,28 @@ def keeping_unchanged() -> Iterator[None]:
         _KEEP_UNCHANGED.reset(token)
 
 
-def write_atomically(dest: Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)` then rename tmp over `dest`, so a reader never sees half a file.
+def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write(out)` with a new temporary file beside `dest` open for writing (binary), then
+    rename it over `dest`, so a reader never sees half a file.
 
     Any OSError (read-only folder, a directory in the way, a full disk) becomes an OutputError
     naming the file, and the temporary file is removed.
     """
     try:
-        tmp = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
+        tmp, out = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
     except OSError as exc:
         raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
     try:
-        write(tmp)
-        kept = _KEEP_UNCHANGED.get() and _regular_file(dest)
-        if kept and _same_bytes(tmp, dest):
-            tmp.unlink()
-            return dest
-        if kept:  # (drawn again: the old file's date, as no run made anything new; see keeping_unchanged)
-            before = dest.stat()
-            os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with out:
+            write(out)
+            out.flush()
+            kept = _KEEP_UNCHANGED.get() and _regular_file(dest)
+            if kept and _same_bytes(tmp, dest):
+                tmp.unlink()
+                return dest
+            if kept:  # (drawn again: the old file's date, as no run made anything new; see keeping_unchanged)
+                before = dest.stat()
+                os.utime(out.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
         os.replace(tmp, dest)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -253,7 +256,7 @@ def keeps_unchanged() -> bool:
 
 
 def write_text(dest: Path, text: str) -> Path:
-    return write_atomically(dest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_atomically(dest, lambda out: out.write(text.encode("utf-8")))
 
 
 def iso_utc(timestamp: float | None) -> str | None:

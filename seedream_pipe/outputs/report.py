@@ -17,12 +17,13 @@ there (see `spreadsheet_safe`); the other formats keep every value exactly.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import pandas as pd
 
@@ -161,13 +162,17 @@ def write_report(folder: OutputFolder, *, fmt: str = "csv", dest: str | os.PathL
     frame = report_frame(folder.jobs, folder.axis_names, image_files=folder.image_files)
     dest = Path(dest) if dest is not None else folder.path / f"{REPORT_STEM}.{fmt}"
 
-    def write(tmp: Path) -> None:
+    def write(out: BinaryIO) -> None:
+        if fmt == "parquet":
+            _write_parquet(frame, out)
+            return
+        text = io.TextIOWrapper(out, encoding="utf-8", newline="")
         if fmt == "csv":
-            spreadsheet_safe(frame).to_csv(tmp, index=False, encoding="utf-8")
-        elif fmt == "json":
-            frame.to_json(tmp, orient="records", force_ascii=False, indent=1)
+            spreadsheet_safe(frame).to_csv(text, index=False)
         else:
-            _write_parquet(frame, tmp)
+            frame.to_json(text, orient="records", force_ascii=False, indent=1)
+        text.flush()
+        text.detach()  # (the file stays open: write_atomically closes it)
 
     return write_atomically(dest, write)
 
@@ -196,7 +201,7 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return safe
 
 
-def _write_parquet(frame: pd.DataFrame, tmp: Path) -> None:
+def _write_parquet(frame: pd.DataFrame, out: BinaryIO) -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError as exc:
@@ -206,4 +211,4 @@ def _write_parquet(frame: pd.DataFrame, tmp: Path) -> None:
     # Parquet has a real timestamp type: use it rather than text.
     for name in TIME_COLUMNS:
         typed[name] = pd.to_datetime(typed[name], utc=True, format="ISO8601")
-    typed.to_parquet(tmp, index=False)
+    typed.to_parquet(out, index=False)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageDraw
 
@@ -382,13 +383,13 @@ def _load_or_remake(
 
 
 def _save(canvas: Image.Image, dest: Path, fmt: str) -> Path:
-    def write(tmp: Path) -> None:
+    def write(out: BinaryIO) -> None:
         if fmt == "png":
             # zlib level 1: a third of the default's encoding time for about 20% more bytes
             # (photographic cells barely compress anyway); a 1,000-image sheet is ten pages.
-            canvas.save(tmp, "PNG", compress_level=1)
+            canvas.save(out, "PNG", compress_level=1)
         else:
-            canvas.save(tmp, "JPEG", quality=90)
+            canvas.save(out, "JPEG", quality=90)
 
     return write_atomically(dest, write)
 
