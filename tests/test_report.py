@@ -148,6 +148,17 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     assert lines[4] == "  failed: job 3 (j003): content policy: the prompt was rejected"  # as `status` says
 
 
+def test_a_resumed_folders_summary_says_it_is_of_every_run(tmp_path: Path) -> None:
+    # After a resume, "over 3m19.7s · estimated cost $5.76" read as this run's time and cost;
+    # they are the folder's, over all its runs, and now say so.
+    from dataclasses import replace
+
+    one = summarize(make_folder(tmp_path).path)
+    assert one.runs == 1 and "runs" not in format_summary(one) and "in all" not in format_summary(one)
+    three = replace(one, runs=3)
+    assert "4.0 images/min over 1m15.5s of 3 runs · estimated cost $0.15 in all" in format_summary(three)
+
+
 def test_summary_without_price_or_runs(tmp_path: Path) -> None:
     make_folder(tmp_path, recipe_meta={}, with_run=False)
     summary = summarize(tmp_path)

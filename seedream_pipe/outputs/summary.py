@@ -39,6 +39,7 @@ class Summary:
     wall_s: float | None = None
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, reason)
     possible_duplicates: int = 0  # jobs maybe sent (and paid for) twice, over all runs
+    runs: int = 0  # the runs whose time wall_s adds up (the figures are the folder's, of them all)
 
     @property
     def done(self) -> int:
@@ -77,6 +78,7 @@ class Summary:
             "retries": self.retries,
             "http_requests": self.http_requests,
             "wall_s": self.wall_s,
+            "runs": self.runs,
         }
 
 
@@ -155,6 +157,7 @@ def summarize_jobs(
             (job.job_index, job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
         ],
         possible_duplicates=sum(1 for job in jobs if job.possible_duplicate),
+        runs=len(run_spans),
     )
 
 
@@ -209,11 +212,15 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
     )
     if summary.wall_s is not None:
         throughput += f" over {_seconds(summary.wall_s)}"
+        if summary.runs > 1:  # (a resumed folder: its figures are of every run, not the last)
+            throughput += f" of {summary.runs} runs"
     cost = (
         f"estimated cost ${summary.estimated_cost:.2f}"
         if summary.estimated_cost is not None
         else "estimated cost: no price_per_image in the recipe"
     )
+    if summary.estimated_cost is not None and summary.runs > 1:
+        cost += " in all"
     lines.append(f"{throughput} · {cost}")
     pushback = f"429s {summary.rate_limited} · retries {summary.retries}"
     if summary.http_requests is not None:
