@@ -505,6 +505,11 @@ class _Converter:
         if path and path[0] in _TEXT_KEYS:
             if node.tag == _NULL_TAG and (len(path) == 1 or (path[0] == "vars" and len(path) == 2)):
                 return None  # `exclude: ~`, `vars: {light: ~}`: remove what a base recipe set
+            if path[0] == "vars" and len(path) == 3 and node.value == "" and not node.style:
+                # A `-` with nothing after it: an empty prompt part sent and paid for, most
+                # likely a value not written yet. An empty value is written "".
+                raise _Refused('an empty list item (a "-" with nothing after it); write "" for an '
+                               "empty value, or remove the item", path, node)
             return node.value
         if node.tag in _AS_TEXT_TAGS:
             return node.value

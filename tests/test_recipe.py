@@ -892,3 +892,12 @@ def test_an_output_folder_with_what_a_terminal_acts_on_is_refused(tmp_path: Path
     assert "recipe.yaml:5:1: output: a folder path with a control character" in message
     assert "\x1b" not in message and "\u202e" not in message and "\n" not in message
     assert load_recipe(write(tmp_path, MINIMAL + "output: ../outputs/été ✓\n")).output is not None
+
+
+def test_an_empty_list_item_of_a_var_is_refused_and_an_empty_value_written_so_is_kept(tmp_path: Path) -> None:
+    # A "-" with nothing after it sent "a " as a prompt (and paid for it): a value not written yet.
+    text = 'template: "a {{ x }}"\nvars:\n  x:\n    - fox\n    -\n    - owl\n'
+    message = only_problem(write(tmp_path, text))
+    assert "recipe.yaml:5:" in message and 'vars.x[1]: an empty list item' in message and 'write ""' in message
+    recipe = load_recipe(write(tmp_path, 'template: "a {{ x }}"\nvars:\n  x: ["", fox, null]\n'))
+    assert [job.prompt for job in recipe.plan()] == ["a", "a fox", "a null"]  # (null as written, as no and yes)
