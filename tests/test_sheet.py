@@ -381,6 +381,20 @@ def test_big_cells_page_so_that_no_page_outgrows_the_pixel_budget(
     assert not any("a page" in w for w in one.warnings)
 
 
+def test_a_page_too_long_a_side_for_some_viewers_is_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every axis inside one row of cells made an 18,899 px wide page ImageMagick would not open;
+    # made as asked, but said (the limit lowered here, for a small page).
+    from seedream_pipe.outputs import sheet as sheet_module
+
+    make_folder(tmp_path)
+    monkeypatch.setattr(sheet_module, "VIEWABLE_SIDE", 300)
+    result = make_sheet(open_output(tmp_path), cell=64)
+    said = [w for w in result.warnings if "px on a side" in w]
+    assert len(said) == 1 and "contact_sheet.png" in said[0] and "--page-by" in said[0]
+    monkeypatch.setattr(sheet_module, "VIEWABLE_SIDE", 16_384)
+    assert not any("px on a side" in w for w in make_sheet(open_output(tmp_path), cell=64).warnings)
+
+
 def test_an_unwritable_sheet_path_is_an_output_error(tmp_path: Path) -> None:
     make_folder(tmp_path)
     (tmp_path / "contact_sheet.png").mkdir()  # something that cannot be replaced by a file

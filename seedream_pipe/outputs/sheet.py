@@ -184,6 +184,11 @@ def _remove_stale_pages(out_dir: Path, keep: set[Path]) -> None:
                     path.unlink()
 
 
+#: The longest side a page may have and still open everywhere: ImageMagick's default policy
+#: (Debian's) refuses images over 16K pixels wide or high.
+VIEWABLE_SIDE = 16_384
+
+
 def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
     """Lay out and draw every page; write them into the output folder."""
     layout = plan_sheet(folder.jobs, folder.axis_names, options, wrap=True)
@@ -293,6 +298,14 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         drawn = [draw_page(page) for page in layout.pages]
     paths = [path for path, _ in drawn]
     geometries = [geometry for _, geometry in drawn]
+    wide = [(path, g) for path, g in drawn if max(g.width, g.height) > VIEWABLE_SIDE]
+    if wide:  # (made as asked: say what will not open it, and what makes pages smaller)
+        path, g = wide[0]
+        warnings.append(
+            f"{counted(len(wide), 'page')} over {VIEWABLE_SIDE:,} px on a side ({path.name}: "
+            f"{g.width:,} x {g.height:,}), which some viewers refuse (ImageMagick's default policy); "
+            "page by an axis (--page-by), move one to the other side, or use smaller cells (--cell)"
+        )
     _remove_stale_pages(folder.path, set(paths))
     return SheetResult(paths, layout, warnings, made_thumbnails=len(made), geometries=geometries)
 
