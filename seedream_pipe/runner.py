@@ -1433,12 +1433,21 @@ def refuse_foreign(out_dir: Path) -> None:
     someone else's: the run would add its own and replace any report.csv or gallery.html."""
     if (out_dir / STATE_FILE).exists():
         return
-    theirs = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))
+    theirs = sorted(entry.name for entry in out_dir.iterdir() if not _as_good_as_empty(entry.name))
     if theirs:
         raise OutputError(
             f"{out_dir}: holds {some_of(theirs)} but no {STATE_FILE}, so it is no seedream-pipe output folder "
             f"(or one whose state was deleted); give {option('--out', 'out_dir')} a new or empty folder, or empty this one"
         )
+
+
+def _as_good_as_empty(name: str) -> bool:
+    """A file a new output folder may hold: a placeholder (`.gitkeep`), a file manager's, or
+    what a run cut short before its state left (its lock, a temporary file). Other hidden
+    files are someone's (`.bashrc`: `output: ~` is a home folder, not an empty one)."""
+    return name in (LOCK_FILE, ".gitkeep", ".keep", ".DS_Store") or (
+        name.startswith(".") and name.endswith((".tmp", ".part"))
+    )
 
 
 @contextlib.contextmanager

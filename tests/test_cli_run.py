@@ -896,6 +896,13 @@ def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_p
     kept.mkdir()
     (kept / ".gitkeep").touch()
     assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
+    # but other hidden files are someone's: a recipe's `output: ~` is a home folder
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("export PS1=x\n", encoding="utf-8")
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(home))
+    assert code == 73 and "holds .bashrc but no state.sqlite" in err
+    assert [p.name for p in home.iterdir()] == [".bashrc"]
 
 
 @contextlib.contextmanager
