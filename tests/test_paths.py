@@ -142,3 +142,22 @@ def test_a_link_swapped_in_under_the_temporary_name_is_not_written_through(
     _folder.write_atomically(folder / "report.csv", lambda out: out.write(b"a,b\n"))
     images.save_thumbnail(Image.new("RGB", (8, 8), "teal"), folder / "t.jpg")
     assert victim.read_text(encoding="utf-8") == "kept"
+
+
+def test_a_write_that_fails_any_way_leaves_no_temporary_file(tmp_path: Path) -> None:
+    # The temporary file exists from the start now (made exclusively): a writer that raises
+    # something other than an OSError (parquet asked without pyarrow, a bug) left it behind.
+    from seedream_pipe.errors import OutputError, UsageError
+    from seedream_pipe.outputs._folder import write_atomically
+
+    def refused(out: object) -> None:
+        raise UsageError("--format parquet needs pyarrow")
+
+    def full(out: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UsageError):
+        write_atomically(tmp_path / "report.parquet", refused)
+    with pytest.raises(OutputError, match=r"report\.csv: cannot write: No space left on device"):
+        write_atomically(tmp_path / "report.csv", full)
+    assert list(tmp_path.iterdir()) == []

@@ -210,7 +210,7 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
     rename it over `dest`, so a reader never sees half a file.
 
     Any OSError (read-only folder, a directory in the way, a full disk) becomes an OutputError
-    naming the file, and the temporary file is removed.
+    naming the file; whatever goes wrong, the temporary file is removed.
     """
     try:
         tmp, out = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
@@ -228,11 +228,12 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
                 before = dest.stat()
                 os.utime(out.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
         os.replace(tmp, dest)
-    except OSError as exc:
+    except BaseException as exc:  # (parquet without pyarrow, Ctrl-C: no temporary file left either)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        reason = exc.strerror or str(exc)
-        raise OutputError(f"{dest}: cannot write: {reason}") from exc
+        if isinstance(exc, OSError):
+            raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
+        raise
     return dest
 
 
