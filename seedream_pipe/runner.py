@@ -493,19 +493,22 @@ class Runner:
             "poll": len(plan.get("poll", [])),
             "download": len(plan.get("download", [])),
         }
-        forgotten_held = 0  # (forgotten jobs --limit leaves for a later run)
+        forgotten_held = 0  # (forgotten jobs --limit leaves for a later run, or lost ones)
         if self.simulator_forgot:  # (as the dry run counts them: one look each, then made again)
-            forgotten, actions["poll"], actions["download"] = actions["poll"] + actions["download"], 0, 0
+            followed = [*plan.get("poll", []), *plan.get("download", [])]
+            forgotten = sum(1 for rec in followed if rec.in_plan)  # (a dropped one is lost, not made)
+            actions["poll"] = actions["download"] = 0
             again = forgotten if self._run_again_left is None else min(forgotten, self._run_again_left)
             actions["resubmit"] += again
-            forgotten_held = forgotten - again
+            held_back += forgotten - again
+            forgotten_held = len(followed) - again
         self._emit(
             "run_started",
             total=sum(1 for rec in records if rec.in_plan),  # (not the dropped jobs it fetches)
             todo=todo - forgotten_held,
             actions=actions,
-            held_back=held_back + forgotten_held,
-            actions_text=actions_text(actions, held_back + forgotten_held),
+            held_back=held_back,
+            actions_text=actions_text(actions, held_back),
             out_dir=str(self.out_dir),
         )
         for rec in stuck:

@@ -943,6 +943,21 @@ def test_a_simulator_that_forgot_its_jobs_says_how_to_make_them_again(tmp_path: 
     assert_images_intact(out, 6)
 
 
+def test_the_start_line_after_a_simulator_restart_leaves_out_the_jobs_an_edit_dropped(tmp_path: Path) -> None:
+    # They are looked at once and lost, never made again: "6 to resubmit" for 3 made.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
+        assert run(first, recipe, out, options=fast(timeout_s=0.3)).counts["failed"] == 6
+    with sqlite3.connect(out / "state.sqlite") as db:  # as a run killed while they were queued
+        db.execute("UPDATE jobs SET state = 'in_queue', error = NULL")
+    recipe.write_text(RECIPE.replace(", a blue whale", ""), encoding="utf-8")
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:
+        heard = Heard()
+        result = run(second, recipe, out, options=fast(forget_lost=True), progress=heard)
+        assert result.exit_code == 0 and second.stats()["submits_accepted"] == 3
+    assert heard.started["actions_text"] == "3 to resubmit" and heard.started["todo"] == 3
+
+
 def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
     with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
