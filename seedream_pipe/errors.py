@@ -277,10 +277,11 @@ def _cut_runs(text: str, wanted: str) -> str:
     goes on matching, replaced by the marker: one pass, whatever a server fills its answer with."""
     pattern, kept, at = _pieces_pattern(wanted), [], 0
     while (found := pattern.search(text, at)) is not None:
-        end, which = found.end(), wanted.find(found.group().casefold())
-        more = which + MIN_PIECE_LEN if which >= 0 else len(wanted)  # (-1: a fold of another length)
-        while end < len(text) and more < len(wanted) and text[end].casefold() == wanted[more]:
-            end, more = end + 1, more + 1
+        # (the run as far as it is still a piece of the secret, wherever in it: a secret that
+        # repeats a piece goes on matching from either place)
+        end = found.end()
+        while end < len(text) and text[found.start() : end + 1].casefold() in wanted:
+            end += 1
         kept += [text[at : found.start()], "***"]
         at = end
     kept.append(text[at:])

@@ -221,3 +221,10 @@ def test_a_long_piece_of_the_token_is_cut_out_too(echo: str) -> None:
     assert "***" in cleaned
     assert not any(token[i : i + 8].casefold() in cleaned.casefold() for i in range(len(token) - 7)), cleaned
     assert errors.redact("pL4v is not enough to matter", token) == "pL4v is not enough to matter"
+
+
+def test_a_run_of_a_token_that_repeats_a_piece_is_cut_whole() -> None:
+    # The run was followed on from the first place its piece occurs in the token: with the piece
+    # twice in it, the run went on from the wrong one and the rest stayed in view.
+    token = "abcdefghabcdefghXYZ12345QRS"
+    assert errors.redact("seen abcdefghXYZ1234 here", token) == "seen *** here"
