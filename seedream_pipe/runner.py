@@ -1448,7 +1448,7 @@ def _as_good_as_empty(name: str) -> bool:
     """A file a new output folder may hold: a placeholder (`.gitkeep`), a file manager's, or
     what a run cut short before its state left (its lock, a temporary file). Other hidden
     files are someone's (`.bashrc`: `output: ~` is a home folder, not an empty one)."""
-    return name in (LOCK_FILE, ".gitkeep", ".keep", ".DS_Store") or (
+    return name in (LOCK_FILE, ".gitkeep", ".keep", ".gitignore", ".DS_Store") or (
         name.startswith(".") and name.endswith((".tmp", ".part"))
     )
 

@@ -5,7 +5,8 @@ a MockTransport), its failures are httpx's exception classes, and an answer has 
 of an `httpx.Response` it reads (status_code, headers, json(), text, reason_phrase; for a
 stream, aiter_bytes() and aread()). Two wires provide that:
 
-- `HttpxWire` sends through a given httpx client, and hands back its httpx.Response as is;
+- `HttpxWire` sends through a given httpx client (never following its redirects, its answers
+  held to the same size cap) and hands back an `Answer`, or its response to stream;
 - `AiohttpWire` (the default, when no client is given) sends through aiohttp's connection pool
   and hands back a small `Answer` with the same attributes.
 

@@ -895,6 +895,7 @@ def test_a_folder_of_someone_elses_files_is_not_written_into(recipe: Path, tmp_p
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / ".gitkeep").touch()
+    (kept / ".gitignore").write_text("*\n", encoding="utf-8")
     assert invoke("run", str(recipe), "--sim", "--out", str(kept))[0] == 0
     # but other hidden files are someone's: a recipe's `output: ~` is a home folder
     home = tmp_path / "home"

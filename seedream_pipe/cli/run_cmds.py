@@ -251,8 +251,8 @@ def run_command(
     Ctrl-C stops submitting and cancels queued jobs (a second Ctrl-C quits at once).
 
     Exit codes: 0 all done, 1 some jobs failed, 64 usage, 65 bad recipe, 69 service unavailable,
-    70 a bug in seedream-pipe, 73/74 output folder or file system, 75 rate limit or credit,
-    77 token missing or refused, 130 interrupted.
+    70 a bug in seedream-pipe, 73/74 output folder or file system, 75 rate limit, credit or
+    folder in use, 77 token missing or refused, 130 interrupted.
 
     \b
     Example:
