@@ -905,6 +905,13 @@ def test_a_nameless_notebook_recipe_taking_another_ones_jobs_out_of_the_outputs_
     other = run_it(nameless("whale"))
     assert other.ok and len(other.warnings) == 1
     assert "held 3 jobs this recipe does not plan" in other.warnings[0] and "name=" in other.warnings[0]
+    # a named one, from another working folder: no file at another path took the folder over
+    named = parse_recipe({"name": "zoo", "template": "a {{ animal }}", "vars": {"animal": ["fox"]}})
+    assert run_recipe(named, api=ApiSettings(sim.base_url, TOKEN), options=fast()).warnings == []
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = parse_recipe({"name": "zoo", "template": "a {{ animal }}", "vars": {"animal": ["fox"]}})
+    assert run_recipe(again, api=ApiSettings(sim.base_url, TOKEN), out_dir=tmp_path / "outputs" / "zoo", options=fast()).warnings == []
     # a recipe file's edit is the user's own: said by the plan, not warned about
     recipe = write_recipe(tmp_path)
     assert run(sim, recipe, tmp_path / "out").warnings == []
