@@ -1408,9 +1408,10 @@ def date_before_edits(recipe: Recipe, written: Iterable[Path]) -> str | None:
             with contextlib.suppress(OSError):
                 os.utime(path, ns=(path.stat().st_atime_ns, before))
     names = ", ".join(source.display for source in changed)
+    dated = ", and dated before the change so that make runs it again" if edits else ""  # (removed: make stops)
     return (
         f"warning: {names} changed during the run; run it again to do the new plan (the outputs "
-        "written are of the recipe as it was read, and dated before the change so that make runs it again)"
+        f"written are of the recipe as it was read{dated})"
     )
 
 
@@ -1532,7 +1533,7 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
             f"warning: {out} was last run by recipe {recipe.name!r} at {earlier['file']}; this run's "
             f"{recipe.display} has the same name but is another file, and takes the folder over: the jobs "
             "only the other planned stay on disk but leave its sheet, report and gallery. A copy of a "
-            "recipe needs a folder of its own: give it another `name:` or `output:`, or --out"
+            f"recipe needs a folder of its own: give it another `name:` or `output:`, or {option('--out', 'out_dir')}"
         )
     planned_before = {rec.job_id for rec in store.jobs()} if _unnamed_text(recipe) else set()
     store.sync_plan(plan.jobs)

@@ -56,7 +56,7 @@ from seedream_pipe.outputs.thumbs import (
     make_thumbnails,
 )
 from seedream_pipe.state import JobRecord
-from seedream_pipe.words import counted, some_of
+from seedream_pipe.words import counted, option, some_of
 
 # Colours (RGB)
 BACKGROUND = (255, 255, 255)
@@ -304,7 +304,8 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         warnings.append(
             f"{counted(len(wide), 'page')} over {VIEWABLE_SIDE:,} px on a side ({path.name}: "
             f"{g.width:,} x {g.height:,}), which some viewers refuse (ImageMagick's default policy); "
-            "page by an axis (--page-by), move one to the other side, or use smaller cells (--cell)"
+            f"page by an axis ({option('--page-by', 'page_by=')}), move one to the other side, or use "
+            f"smaller cells ({option('--cell', 'cell=')})"
         )
     _remove_stale_pages(folder.path, set(paths))
     return SheetResult(paths, layout, warnings, made_thumbnails=len(made), geometries=geometries)
