@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _outputs_fixture import make_folder
+from _outputs_fixture import FakeClock, make_folder
 
 from seedream_pipe.outputs import format_summary, open_output, summarize, write_report
 from seedream_pipe.outputs.report import report_frame
@@ -151,12 +151,17 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
 def test_a_resumed_folders_summary_says_it_is_of_every_run(tmp_path: Path) -> None:
     # After a resume, "over 3m19.7s · estimated cost $5.76" read as this run's time and cost;
     # they are the folder's, over all its runs, and now say so.
-    from dataclasses import replace
-
     one = summarize(make_folder(tmp_path).path)
     assert one.runs == 1 and "runs" not in format_summary(one) and "in all" not in format_summary(one)
-    three = replace(one, runs=3)
-    assert "4.0 images/min over 1m15.5s of 3 runs · estimated cost $0.15 in all" in format_summary(three)
+    clock = FakeClock(2_000_000_000.0)
+    with StateStore.for_output_dir(tmp_path, clock=clock) as store:
+        for _ in range(2):  # (two more runs of 10 s each)
+            store.start_run(api_host="127.0.0.1")
+            clock.now += 10
+            store.finish_run(exit_code=0, summary={})
+    three = summarize(tmp_path)
+    assert three.runs == 3 and three.wall_s == 95.5
+    assert "over 1m35.5s of 3 runs · estimated cost $0.15 in all" in format_summary(three)
 
 
 def test_summary_without_price_or_runs(tmp_path: Path) -> None:

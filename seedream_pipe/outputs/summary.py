@@ -127,6 +127,7 @@ def summarize_jobs(
         if run.get("started_at") is not None and run.get("finished_at") is not None
     ]
     wall: float | None = sum(run_spans) if run_spans else None
+    timed_runs = len(run_spans) if wall else 0  # (the runs the time is of; none when it is not)
     if not wall:
         starts = [job.submitted_at for job in jobs if job.submitted_at is not None]
         ends = [job.downloaded_at for job in done if job.downloaded_at is not None]
@@ -157,7 +158,7 @@ def summarize_jobs(
             (job.job_index, job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
         ],
         possible_duplicates=sum(1 for job in jobs if job.possible_duplicate),
-        runs=len(run_spans),
+        runs=timed_runs,
     )
 
 
