@@ -1741,7 +1741,8 @@ async def _run_and_write(
             on_event=lambda kind, detail: progress.event(kind, detail),
         )
         runner = Runner(store, client, out, opts, progress=progress)
-        # (a simulator at another URL than the last run's, started afresh: it knows none of them)
+        # (a simulator at another URL than the last run's, started afresh: it knows none of them;
+        # one restarted on the same port is not told apart, and its start line says "to poll")
         runner.simulator_forgot = opts.forget_lost and not (
             isinstance(earlier_api, dict) and earlier_api.get("base_url") == api.base_url
         )
