@@ -115,6 +115,11 @@ TIMED_OUT = "timed out"
 LOST_CONTACT = "lost contact"
 #: The error of a job the API said failed.
 GENERATION_FAILED = "generation failed"
+#: How old a temporary output file (`.report.csv.<hex>.tmp`) must be for a run to take it as
+#: left by a process killed while writing, and remove it.
+STALE_OUTPUT_S = 3600
+#: The error of a job whose request the API no longer knows (404): --retry-failed makes it again.
+UNKNOWN_REQUEST = "the API no longer knows request"
 
 #: Submits accepted with answers that cannot be read (no request id) before the run stops
 #: submitting: one is a garbled answer, several an API whose answers changed.
@@ -292,8 +297,8 @@ def action_for(rec: JobRecord, opt: RunOptions) -> str:
             return "skip"
         if rec.request_id and rec.error and rec.error.startswith((TIMED_OUT, LOST_CONTACT)):
             return "poll"
-        if rec.request_id and rec.output_urls:
-            return "download"
+        if rec.request_id and rec.output_urls and not (rec.error or "").startswith(UNKNOWN_REQUEST):
+            return "download"  # (a fresh URL from its result; one the API no longer knows is made again)
         return "submit"
     return "skip"
 
@@ -472,6 +477,7 @@ class Runner:
         # partial files of a run that was killed mid-download (never referenced by the state)
         for stale in [*self.images_dir.glob(".download-*.part"), *self.thumbs_dir.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
+        sweep_stale_outputs(self.out_dir, self._clock())
         plan: dict[str, list[JobRecord]] = {}
         for rec in records:
             plan.setdefault(self.action_for(rec), []).append(rec)
@@ -698,8 +704,7 @@ class Runner:
                 "failed",
                 error="submit outcome unknown: not submitted again (--no-resubmit-unknown); "
                 "it may still run and be billed",
-                possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
-            )
+            )  # (not a possible duplicate: sent once; a --retry-failed of it is, see _submit)
         else:  # it was sent again once already, and that outcome is unknown too
             self._transition(
                 rec,
@@ -722,7 +727,9 @@ class Runner:
         billed_before = (
             rec.state == "failed" and rec.request_id is not None and not (rec.error or "").startswith(GENERATION_FAILED)
         )
-        duplicate = rec.possible_duplicate or maybe_exists or billed_before
+        # So may one whose submit outcome was unknown (failed so by --no-resubmit-unknown).
+        unknown_before = rec.state == "failed" and rec.submit_unknown_at is not None
+        duplicate = rec.possible_duplicate or maybe_exists or billed_before or unknown_before
         while True:
             if self.stop_submitting:
                 return False  # stopped before this job's first step: it waits for no turn
@@ -830,8 +837,7 @@ class Runner:
                     "failed",
                     error=f"{outcome.reason}; not submitted again (--no-resubmit-unknown): "
                     "it may still run and be billed",
-                    possible_duplicate=True,  # (so a --retry-failed of it says it may pay twice)
-                )
+                )  # (not a possible duplicate: sent once; a --retry-failed of it is, see _submit)
                 return False
             if duplicate:
                 self._transition(rec, "failed", error=f"{outcome.reason}, twice: not submitted a third time")
@@ -970,7 +976,7 @@ class Runner:
         return "failed"
 
     def _unknown_request(self, rec: JobRecord) -> str:
-        said = f"the API no longer knows request {rec.request_id} (404)"
+        said = f"{UNKNOWN_REQUEST} {rec.request_id} (404)"
         if is_loopback(self.client.api.host):  # (a simulator, most likely one started afresh)
             said += (
                 "; a simulator started afresh knows none of the jobs of the one before "
@@ -1552,6 +1558,15 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
     return note
 
 
+def sweep_stale_outputs(out_dir: Path, now: float) -> None:
+    """Remove the temporary outputs (`.report.csv.<hex>.tmp`) of a process killed while it wrote
+    them, those an hour old: `sheet DIR` takes no lock, and one at work may be writing now."""
+    for stale in out_dir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.is_file() and now - stale.lstat().st_mtime > STALE_OUTPUT_S:
+                stale.unlink()
+
+
 def _from_file(recipe: Recipe) -> bool:
     """Whether the recipe was read from its path (not text or a dict given as if it were there)."""
     return recipe.path.resolve() in {source.path for source in recipe.sources}
@@ -2043,6 +2058,7 @@ def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs:
         note = _follow_recipe(store, recipe, plan, out_dir)
         if note:
             warn(note)
+        sweep_stale_outputs(out_dir, time.time())
         written = write_outputs(out_dir, recipe)  # under the lock: no run changes the folder meanwhile
     edited = date_before_edits(recipe, written)
     if edited:

@@ -234,6 +234,26 @@ def test_an_image_swapped_for_a_device_a_pipe_or_a_link_is_fetched_again_not_rea
     assert not any(image.is_symlink() for image in (out / "images").iterdir())
 
 
+def test_outputs_a_killed_run_was_writing_are_swept_by_the_next_once_old(sim: Simulator, tmp_path: Path) -> None:
+    # A run killed while it wrote its sheet left `.contact_sheet.png.<hex>.tmp`, and no later
+    # run removed it: they piled up. One just made may be a `sheet` command's at work: kept.
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path)
+    assert run(sim, recipe, out).exit_code == 0
+    old, new = out / ".contact_sheet.png.0123456789ab.tmp", out / ".report.csv.ba9876543210.tmp"
+    old.write_bytes(b"half a sheet")
+    new.write_bytes(b"a sheet command at work")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert run(sim, recipe, out).exit_code == 0
+    assert not old.exists() and new.exists()
+    # and so does a finished recipe run again, which only writes its outputs
+    from seedream_pipe.runner import finish_if_done
+
+    os.utime(new, (time.time() - 7200, time.time() - 7200))
+    assert finish_if_done(load_recipe(recipe), out) is not None
+    assert not new.exists()
+
+
 def test_the_look_that_sees_a_job_finish_also_reads_its_outputs(sim: Simulator, tmp_path: Path) -> None:
     # Looks read the result endpoint, which answers a running job with its state: no separate
     # result read after the poll that sees a job finish, so each job costs one request less.
@@ -367,6 +387,10 @@ def test_a_job_crashed_mid_submit_is_submitted_once_more_and_flagged(sim: Simula
     # a notebook's `assert result.ok, result.reason` says which job and why, not "None"
     index, job_id, error = result.failures[0]
     assert result.reason == f"1 job failed: job {index} ({job_id}): {error}"
+    # sent once, it is no possible duplicate ("maybe paid for twice", `status` says) yet
+    assert result.summary["possible_duplicates"] == 0
+    with StateStore.for_output_dir(out2) as store:
+        assert not store.get(plan.jobs[0].job_id).possible_duplicate  # type: ignore[union-attr]
     # that job may have been billed: sending it again later (the user's choice) is flagged
     again = run(sim, recipe_path, out2, options=fast(retry_failed=True))
     assert again.exit_code == 0 and again.summary["possible_duplicates"] == 1
@@ -963,6 +987,20 @@ def test_the_start_line_after_a_simulator_restart_leaves_out_the_jobs_an_edit_dr
         result = run(second, recipe, out, options=fast(forget_lost=True), progress=heard)
         assert result.exit_code == 0 and second.stats()["submits_accepted"] == 3
     assert heard.started["actions_text"] == "3 to resubmit" and heard.started["todo"] == 3
+
+
+def test_a_finished_job_whose_image_never_came_and_whose_request_is_gone_is_made_again_on_retry(tmp_path: Path) -> None:
+    # Its image URL was kept, so --retry-failed only read its result again (404) and failed it
+    # the same way, run after run, while the reason said --retry-failed would make it again.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    with Simulator(SimConfig(workers=4, latency=0.02, faults=Faults(garbage_rate=1.0))) as first:
+        assert run(first, recipe, out).counts["failed"] == 6  # finished; every download garbage
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:  # knows none of them
+        lost = run(second, recipe, out, options=fast(retry_failed=True))
+        assert lost.counts["failed"] == 6 and "--retry-failed" in lost.failures[0][2]
+        again = run(second, recipe, out, options=fast(retry_failed=True))
+        assert again.exit_code == 0 and second.stats()["submits_accepted"] == 6
+    assert_images_intact(out, 6)
 
 
 def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
