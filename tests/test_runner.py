@@ -958,13 +958,22 @@ def test_a_simulator_that_forgot_its_jobs_runs_them_again_with_forget_lost(tmp_p
     assert heard.started["actions_text"] == "6 to resubmit" and heard.started["todo"] == 6
 
 
-def test_a_simulator_that_forgot_its_jobs_says_how_to_make_them_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["timed out", "image never came"])
+def test_jobs_a_new_simulator_does_not_know_say_how_to_make_them_again_and_that_makes_them(
+    tmp_path: Path, before: str
+) -> None:
     # A notebook's second Simulator() without forget_lost: the jobs of the first fail as unknown
-    # (404), and the reason says why and what makes them again; doing so does.
+    # (404), and the reason says why and what makes them again; doing so does. A job that had
+    # finished, its image URL kept but its image never fetched, was only read again (404) by
+    # --retry-failed, run after run, though the reason said it would be made again.
     recipe, out = write_recipe(tmp_path), tmp_path / "out"
-    with Simulator(SimConfig(workers=0, latency=0.02)) as first:  # accepts, never runs
-        assert run(first, recipe, out, options=fast(timeout_s=0.3)).counts["failed"] == 6
-    with Simulator(SimConfig(workers=4, latency=0.02)) as second:
+    if before == "timed out":
+        first_sim, options = SimConfig(workers=0, latency=0.02), fast(timeout_s=0.3)  # accepts, never runs
+    else:
+        first_sim, options = SimConfig(workers=4, latency=0.02, faults=Faults(garbage_rate=1.0)), fast()
+    with Simulator(first_sim) as first:
+        assert run(first, recipe, out, options=options).counts["failed"] == 6
+    with Simulator(SimConfig(workers=4, latency=0.02)) as second:  # knows none of them
         lost = run(second, recipe, out, options=fast(retry_failed=True))
         assert lost.exit_code == 1 and lost.counts["failed"] == 6
         assert "a simulator started afresh knows none of the jobs" in str(lost.reason)
@@ -987,20 +996,6 @@ def test_the_start_line_after_a_simulator_restart_leaves_out_the_jobs_an_edit_dr
         result = run(second, recipe, out, options=fast(forget_lost=True), progress=heard)
         assert result.exit_code == 0 and second.stats()["submits_accepted"] == 3
     assert heard.started["actions_text"] == "3 to resubmit" and heard.started["todo"] == 3
-
-
-def test_a_finished_job_whose_image_never_came_and_whose_request_is_gone_is_made_again_on_retry(tmp_path: Path) -> None:
-    # Its image URL was kept, so --retry-failed only read its result again (404) and failed it
-    # the same way, run after run, while the reason said --retry-failed would make it again.
-    recipe, out = write_recipe(tmp_path), tmp_path / "out"
-    with Simulator(SimConfig(workers=4, latency=0.02, faults=Faults(garbage_rate=1.0))) as first:
-        assert run(first, recipe, out).counts["failed"] == 6  # finished; every download garbage
-    with Simulator(SimConfig(workers=4, latency=0.02)) as second:  # knows none of them
-        lost = run(second, recipe, out, options=fast(retry_failed=True))
-        assert lost.counts["failed"] == 6 and "--retry-failed" in lost.failures[0][2]
-        again = run(second, recipe, out, options=fast(retry_failed=True))
-        assert again.exit_code == 0 and second.stats()["submits_accepted"] == 6
-    assert_images_intact(out, 6)
 
 
 def test_limit_holds_back_the_jobs_a_forgotten_simulator_would_make_again(tmp_path: Path) -> None:
