@@ -228,3 +228,22 @@ def test_a_run_of_a_token_that_repeats_a_piece_is_cut_whole() -> None:
     # twice in it, the run went on from the wrong one and the rest stayed in view.
     token = "abcdefghabcdefghXYZ12345QRS"
     assert errors.redact("seen abcdefghXYZ1234 here", token) == "seen *** here"
+
+
+def test_ctrl_c_while_the_command_loads_says_interrupted_not_a_traceback() -> None:
+    # The console script imported seedream_pipe.cli before calling it: a Ctrl-C in those first
+    # milliseconds printed a KeyboardInterrupt traceback. Loading it is now the entry's own work.
+    code = """
+import sys
+class Pressed:
+    def find_spec(self, name, path=None, target=None):
+        if name == "seedream_pipe.cli":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Pressed())
+from seedream_pipe._entry import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
+    script = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'seedream-pipe = "seedream_pipe._entry:main"' in script
