@@ -1541,14 +1541,12 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
             "only the other planned stay on disk but leave its sheet, report and gallery. A copy of a "
             f"recipe needs a folder of its own: give it another `name:` or `output:`, or {option('--out', 'out_dir')}"
         )
-    planned_before = {rec.job_id for rec in store.jobs()} if _unnamed_text(recipe) else set()
-    store.sync_plan(plan.jobs)
-    left = planned_before - {job.job_id for job in plan.jobs}
-    if note is None and left:
+    left = store.sync_plan(plan.jobs)["left"]
+    if note is None and left and _unnamed_text(recipe):
         # A notebook's recipes given without a name are all 'recipe', in one folder; another
         # recipe (or this one, a value taken out) takes its jobs out of the outputs.
         note = (
-            f"warning: {out} held {counted(len(left), 'job')} this recipe does not plan (another "
+            f"warning: {out} held {counted(left, 'job')} this recipe does not plan (another "
             f"recipe given without a name, or this one before an edit): their images stay on disk "
             f"but leave the sheet, report and gallery. Give each recipe a name of its own "
             f"(parse_recipe(..., name=...) or `name:`), or a folder of its own ({option('--out', 'out_dir')})"

@@ -475,12 +475,15 @@ class StateStore:
 
         New jobs are inserted as `planned`; jobs already known keep their state and history (only
         their index and labels follow the plan); jobs no longer planned are kept, with in_plan=0,
-        because what was paid for is never thrown away. Returns counts: new, existing, dropped.
+        because what was paid for is never thrown away. Returns counts: new, existing, dropped
+        (all jobs not planned now), left (those of them the plan before had: this change's).
         """
         now = self._clock()
         planned_ids = {job.job_id for job in jobs}
         with self.transaction() as db:
-            known = {row[0] for row in db.execute("SELECT job_id FROM jobs")}
+            rows = db.execute("SELECT job_id, in_plan FROM jobs").fetchall()
+            known = {job_id for job_id, _ in rows}
+            planned_before = {job_id for job_id, in_plan in rows if in_plan}
             db.execute("UPDATE jobs SET in_plan = 0")
             new_rows = []
             for job in jobs:
@@ -519,6 +522,7 @@ class StateStore:
             "new": len(new_rows),
             "existing": len(planned_ids & known),
             "dropped": len(known - planned_ids),
+            "left": len(planned_before - planned_ids),
         }
 
     # -- reading --

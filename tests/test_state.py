@@ -78,13 +78,15 @@ def test_a_file_that_is_not_sqlite_is_a_state_error(tmp_path: Path) -> None:
 def test_sync_plan_keeps_history_and_marks_dropped_jobs(tmp_path: Path) -> None:
     clock = FakeClock()
     store = StateStore.for_output_dir(tmp_path, clock=clock)
-    assert store.sync_plan([make_job(1), make_job(2)]) == {"new": 2, "existing": 0, "dropped": 0}
+    assert store.sync_plan([make_job(1), make_job(2)]) == {"new": 2, "existing": 0, "dropped": 0, "left": 0}
     store.transition("job001", "submitted", request_id="r-1")
 
     # The recipe was edited: job 2 dropped, job 3 added, job 1 moved to index 5.
     moved = make_job(1)
     moved = Job(**{**{f: getattr(moved, f) for f in moved.__slots__}, "index": 5})
-    assert store.sync_plan([moved, make_job(3)]) == {"new": 1, "existing": 1, "dropped": 1}
+    assert store.sync_plan([moved, make_job(3)]) == {"new": 1, "existing": 1, "dropped": 1, "left": 1}
+    # planned again as it is: job 2 is still dropped, but it left the plan before this change
+    assert store.sync_plan([moved, make_job(3)]) == {"new": 0, "existing": 2, "dropped": 1, "left": 0}
 
     planned = store.jobs()
     assert [(r.job_id, r.job_index, r.state) for r in planned] == [
