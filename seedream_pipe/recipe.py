@@ -1125,6 +1125,12 @@ class Recipe:
     def __repr__(self) -> str:
         return f"<Recipe {self.name!r} from {self.display}>"
 
+    @property
+    def from_file(self) -> bool:
+        """Whether the recipe was read from its `path` (not text or a dict given as if it were
+        the file there: `parse_recipe`)."""
+        return any(source.path == self.path.resolve() for source in self.sources)
+
     def changed_sources(self) -> list[SourceFile]:
         """The files this recipe was read from that no longer hold what was read: edited (or
         removed) since, so that the recipe on disk may plan other jobs than this one."""

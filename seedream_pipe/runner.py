@@ -1348,7 +1348,7 @@ def recipe_meta(recipe: Recipe) -> dict[str, Any]:
         "path": str(recipe.path),
         # (resolved: `path` is as the run was given it, relative to where it ran; a takeover by a
         # copy of the recipe at another path is told by this, see _follow_recipe)
-        "file": str(recipe.path.resolve()) if _from_file(recipe) else None,
+        "file": str(recipe.path.resolve()) if recipe.from_file else None,
         "name": recipe.name,
         "model": recipe.model,
         "hash": recipe.hash,
@@ -1533,7 +1533,7 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
             f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on "
             f"disk but leave its sheet, report and gallery. Give a recipe a folder of its own with {option('--out', 'out_dir')}"
         )
-    elif isinstance(earlier, Mapping) and _from_file(recipe) and earlier.get("file") not in (None, str(recipe.path.resolve())):
+    elif isinstance(earlier, Mapping) and recipe.from_file and earlier.get("file") not in (None, str(recipe.path.resolve())):
         # (a folder of an older version, which kept no `file`, is taken to be this one's)
         note = (
             f"warning: {out} was last run by recipe {recipe.name!r} at {earlier['file']}; this run's "
@@ -1565,15 +1565,10 @@ def sweep_stale_outputs(out_dir: Path, now: float) -> None:
                 stale.unlink()
 
 
-def _from_file(recipe: Recipe) -> bool:
-    """Whether the recipe was read from its path (not text or a dict given as if it were there)."""
-    return recipe.path.resolve() in {source.path for source in recipe.sources}
-
-
 def _unnamed_text(recipe: Recipe) -> bool:
     """A recipe from text or a dict (not a file) that names itself nowhere: it runs into the
     folder every such recipe does, outputs/recipe/."""
-    return recipe.spec.name is None and not _from_file(recipe)
+    return recipe.spec.name is None and not recipe.from_file
 
 
 def _rename_to_plan(store: StateStore, out: Path) -> None:
