@@ -100,7 +100,7 @@ class HttpxWire:
     ) -> Answer:
         stream = self.http.stream(method, url, headers=headers, content=content, timeout=timeout, follow_redirects=False)
         async with stream as response:
-            body = await _read_capped_httpx(response)
+            body = await _read_capped(response)
             return Answer(response.status_code, response.headers, body, response.reason_phrase)
 
     def stream(
@@ -181,29 +181,20 @@ def env_proxy(scheme: str, host: str) -> str | None:
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or httpx.ReadError once it passes MAX_ANSWER_BYTES (never held whole)."""
-    declared = response.content_length
+async def _read_capped(response: aiohttp.ClientResponse | httpx.Response) -> bytes:
+    """The whole body, or httpx.ReadError once it passes MAX_ANSWER_BYTES (never held whole),
+    of an aiohttp response or of an httpx one (a notebook's own client, the tests')."""
+    if isinstance(response, httpx.Response):
+        length = response.headers.get("Content-Length")
+        declared = int(length) if length and length.isdigit() else None
+        chunks: AsyncIterator[bytes] = response.aiter_bytes(CHUNK)
+    else:
+        declared, chunks = response.content_length, response.content.iter_chunked(CHUNK)
     if declared is not None and declared > MAX_ANSWER_BYTES:
         raise httpx.ReadError(f"the answer is {declared} bytes, over the {MAX_ANSWER_BYTES} an API answer may be")
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise httpx.ReadError(f"the answer passed the {MAX_ANSWER_BYTES} bytes an API answer may be")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _read_capped_httpx(response: httpx.Response) -> bytes:
-    """`_read_capped` for an httpx response (a notebook's own client, the tests')."""
-    declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
-        raise httpx.ReadError(f"the answer is {declared} bytes, over the {MAX_ANSWER_BYTES} an API answer may be")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise httpx.ReadError(f"the answer passed the {MAX_ANSWER_BYTES} bytes an API answer may be")
