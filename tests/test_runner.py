@@ -722,6 +722,11 @@ def test_a_cancelled_run_stops_its_live_bar(tmp_path: Path) -> None:
         asyncio.run(cancelled_once_submitted(sim, recipe, out, 2, progress=bar))
     assert bar.tally.todo == 6  # (run_started came, which starts the bar: what the run must stop)
     assert not bar._bar.live.is_started
+    # (rich's stop() tells its refresh thread to end and does not wait for it: given a moment,
+    # as a loaded machine may need, it must have ended, never to redraw)
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_RefreshThread":
+            thread.join(timeout=5)
     assert not any(type(t).__name__ == "_RefreshThread" for t in threading.enumerate())  # (rich's)
 
 
