@@ -64,4 +64,13 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)
+# Names earlier versions exported, and what a notebook uses instead.
+_REMOVED: dict[str, str] = {
+    "Interrupted": (
+        "nothing raised it. A run started with handle_signals=True returns its result when "
+        "interrupted (result.exit_code == 130); otherwise an interrupt ends it as KeyboardInterrupt "
+        "or asyncio.CancelledError"
+    ),
+}
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__, _REMOVED)

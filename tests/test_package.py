@@ -58,6 +58,14 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
         _ = seedream_pipe.does_not_exist  # type: ignore[attr-defined]
 
 
+def test_a_removed_name_says_what_to_use_instead() -> None:
+    # Notebooks written against 0.1's first cut may still say `except sp.Interrupted`.
+    with pytest.raises(AttributeError, match=r"Interrupted was removed: .*exit_code == 130") as caught:
+        _ = seedream_pipe.Interrupted  # type: ignore[attr-defined]
+    assert caught.value.name == "Interrupted"
+    assert "Interrupted" not in dir(seedream_pipe)
+
+
 @pytest.mark.parametrize(
     ("exc", "code"),
     [
