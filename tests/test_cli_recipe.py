@@ -376,6 +376,17 @@ def test_init_for_a_non_ascii_file_writes_a_recipe_that_loads(tmp_path: Path) ->
     assert plan.stdout.startswith(f"recipe été ({target})")
 
 
+@pytest.mark.parametrize("stem", ["123", "2024", "yes", "True", "off", "null", "1_000", "0x1f", "1e3", "2024-01-01"])
+def test_init_for_a_file_whose_name_yaml_reads_as_no_text_writes_a_recipe_that_loads(tmp_path: Path, stem: str) -> None:
+    # `init 2024.yaml` wrote `name: 2024`, which YAML reads as a number: the starter failed with
+    # "name: should be a valid string, got 2024", exit 65, as did `yes.yaml`, `off.yaml` ...
+    target = tmp_path / f"{stem}.yaml"
+    assert invoke("init", str(target)).exit_code == 0
+    plan = invoke("plan", str(target))
+    assert plan.exit_code == 0, plan.output
+    assert plan.stdout.startswith(f"recipe {stem.lower()} ({target})")
+
+
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     target = write(tmp_path, "mine\n", "recipe.yaml")
     result = invoke("init", str(target))

@@ -277,8 +277,18 @@ price_per_image: 0.03            # USD, for the cost estimate of `plan`
 
 
 def _name_line(stem: str) -> str:
-    """The starter's `name:` line: the name the file gives (`Été.yaml` -> `été`), written out."""
-    return f"name: {default_name(stem)}                  # default: the file name, lower-case"
+    """The starter's `name:` line: the name the file gives (`Été.yaml` -> `été`), written out,
+    quoted when YAML would read it as something else than that text (`123`, `yes`, `0x1f`):
+    `name:` must be text, so the starter of `2024.yaml` would not have loaded."""
+    import yaml
+
+    name = default_name(stem)
+    try:
+        plain = yaml.safe_load(f"name: {name}") == {"name": name}
+    except yaml.YAMLError:
+        plain = False
+    written = name if plain else json.dumps(name, ensure_ascii=False)  # (a YAML double-quoted scalar)
+    return f"name: {written}                  # default: the file name, lower-case"
 
 
 @click.command("init")
