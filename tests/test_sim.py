@@ -1169,6 +1169,41 @@ def test_sim_command_says_which_token_and_the_url_seedream_pipe_can_use() -> Non
         assert f"From this machine: --base-url http://{local}:{port}/v1" in err
 
 
+def test_sim_command_names_a_stats_url_that_answers() -> None:
+    # On --host 0.0.0.0 it printed "Stats: http://0.0.0.0:PORT/admin/stats", which /admin refuses
+    # (403: a Host that is not loopback); the URL it names must answer, as a newcomer pastes it.
+    hosts = ["127.0.0.1", "0.0.0.0"] + (["::"] if _ipv6_loopback() else [])
+    for host in hosts:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seedream_pipe", "sim", "--port", "0", "--host", host, "--token", "tok-XYZ"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline().startswith("Simulator listening on http://")
+            stats = next(line for line in iter(proc.stderr.readline, "") if line.startswith("Stats: "))
+            url = stats.split()[1]
+            assert httpx.get(url).status_code == 200, (host, stats)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0
+
+
+def test_sim_command_on_an_address_of_the_network_says_its_stats_cannot_be_read() -> None:
+    from seedream_pipe.cli.sim_cmds import stats_line
+
+    assert stats_line("127.0.0.1", 8765, "http://127.0.0.1:8765") == "Stats: http://127.0.0.1:8765/admin/stats · stop with Ctrl-C"
+    line = stats_line("192.0.2.2", 8765, "http://192.0.2.2:8765")
+    assert "http://192.0.2.2" not in line  # (it would answer 403)
+    assert line.startswith("Stats: none on 192.0.2.2 (/admin answers requests from this machine")
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:

@@ -156,16 +156,40 @@ def how_to_use(host: str, port: int, *, token_given: bool) -> list[str]:
     this machine only, so it refuses http://0.0.0.0:PORT/v1)."""
     lines = ["Token: only the one given with --token" if token_given
              else "Token: any (e.g. export RUNCOMFY_TOKEN=sim)"]
+    local = _local_origin(host, port)
     if listens_beyond_loopback(host):
-        # (on "::" asyncio's socket is IPv6 only: 127.0.0.1 would be refused there)
-        local = f"http://[::1]:{port}/v1" if host == "::" else f"http://127.0.0.1:{port}/v1"
-        if host in ("", "0.0.0.0", "::"):
-            lines.append(f"From this machine: --base-url {local} (seedream-pipe sends a token over "
+        if local is not None:
+            lines.append(f"From this machine: --base-url {local}/v1 (seedream-pipe sends a token over "
                          "plain http to this machine only)")
         else:
             lines.append("seedream-pipe sends a token over plain http to this machine only, so its "
                          "`run --base-url` refuses this address; other clients can use it")
     return lines
+
+
+def _local_origin(host: str, port: int) -> str | None:
+    """The loopback origin a simulator listening on every interface answers at, else None."""
+    if host not in WILDCARD_HOSTS:
+        return None
+    # (on "::" asyncio's socket is IPv6 only: 127.0.0.1 would be refused there)
+    return f"http://[::1]:{port}" if host == "::" else f"http://127.0.0.1:{port}"
+
+
+#: Addresses that mean every interface.
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def stats_line(host: str, port: int, origin: str) -> str:
+    """Where /admin/stats can be read (stderr). /admin answers only loopback requests addressed
+    to a loopback name: on every interface that is the loopback URL (http://0.0.0.0:PORT/admin
+    answers 403), and on another machine-facing address it cannot be read at all."""
+    if not listens_beyond_loopback(host):
+        return f"Stats: {origin}/admin/stats · stop with Ctrl-C"
+    local = _local_origin(host, port)
+    if local is not None:
+        return f"Stats: {local}/admin/stats · stop with Ctrl-C"
+    return (f"Stats: none on {host} (/admin answers requests from this machine to a loopback address "
+            f"only; listen on {DEFAULT_HOST} or 0.0.0.0 to read them) · stop with Ctrl-C")
 
 
 async def _serve(server: Any, *, warning: str | None = None, token_given: bool = False) -> None:
@@ -184,8 +208,7 @@ async def _serve(server: Any, *, warning: str | None = None, token_given: bool =
             click.secho(f"warning: {warning}", fg="yellow", err=True)
         for line in how_to_use(server.host, server.port, token_given=token_given):
             click.echo(line, err=True)
-        origin = server.base_url.removesuffix("/v1")
-        click.echo(f"Stats: {origin}/admin/stats · stop with Ctrl-C", err=True)
+        click.echo(stats_line(server.host, server.port, server.base_url.removesuffix("/v1")), err=True)
         await stop.wait()
     finally:
         await server.stop()
