@@ -361,6 +361,7 @@ def test_init_writes_a_starter_that_plans(tmp_path: Path) -> None:
     assert f"next: seedream-pipe plan '{target}'" in result.stdout  # quoted: pasteable as is
     text = target.read_text(encoding="utf-8")
     assert text.startswith("# A seedream-pipe recipe")
+    assert f"`seedream-pipe plan '{target}'`; run it with `seedream-pipe run '{target}' --sim`" in text
     assert "name: my-sweep" in text
     plan = invoke("plan", str(target))
     assert plan.exit_code == 0, plan.output
@@ -385,6 +386,16 @@ def test_init_for_a_file_whose_name_yaml_reads_as_no_text_writes_a_recipe_that_l
     plan = invoke("plan", str(target))
     assert plan.exit_code == 0, plan.output
     assert plan.stdout.startswith(f"recipe {stem.lower()} ({target})")
+
+
+def test_init_for_a_path_with_a_control_character_writes_a_recipe_that_loads(tmp_path: Path) -> None:
+    # the starter's first comment named the path raw: a newline in it ended the comment, and the
+    # rest of the line was YAML ("malformed YAML"); nor is it printed raw to the terminal
+    target = tmp_path / "a\nb\x1b[2J.yaml"
+    result = invoke("init", str(target))
+    assert result.exit_code == 0, result.output
+    assert "\n" not in result.stdout.rstrip("\n") and "\x1b" not in result.stdout
+    assert invoke("plan", str(target)).exit_code == 0
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:

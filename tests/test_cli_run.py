@@ -508,6 +508,29 @@ def test_failed_jobs_are_said_with_what_to_do_quiet_or_not(recipe: Path, tmp_pat
     assert code == 1 and "2 job(s) failed" in err and "--retry-failed" not in err
 
 
+def test_the_commands_run_and_status_suggest_are_pasteable_with_a_space_in_a_path(tmp_path: Path) -> None:
+    # they read `seedream-pipe run my dir/c.yaml --sim --out out dir` and `seedream-pipe status
+    # out dir`: pasted, the shell split each path in two (`init` quotes its next command)
+    import shlex
+
+    (tmp_path / "my dir").mkdir()
+    recipe = tmp_path / "my dir" / "c.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    out = tmp_path / "out dir"
+    with Simulator(SimConfig(latency=0.01, token="tok", faults=Faults(job_fail_rate=1.0))) as sim:
+        base_url = sim.base_url
+        code, _, err = invoke("run", str(recipe), "--out", str(out), "--base-url", base_url,
+                              env={"RUNCOMFY_TOKEN": "tok"})
+    assert code == 1
+    said = err.split("`seedream-pipe status ", 1)[1].split("`", 1)[0]
+    assert shlex.split(said) == [str(out)]
+    recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot, a comet, a kite]"), encoding="utf-8")
+    code, stdout, _ = invoke("status", str(recipe), "--out", str(out))
+    assert code == 0
+    command = stdout.split("`seedream-pipe run ", 1)[1].split("`", 1)[0]
+    assert shlex.split(command) == [str(recipe), "--base-url", base_url, "--out", str(out)]
+
+
 def test_a_base_url_without_its_version_is_named_as_the_likely_cause(recipe: Path, tmp_path: Path) -> None:
     with Simulator(SimConfig(latency=0.01, token="tok")) as sim:
         bare = sim.base_url.removesuffix("/v1")

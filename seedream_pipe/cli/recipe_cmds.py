@@ -317,10 +317,12 @@ def init_cmd(written: str, force: bool) -> int:
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     try:
-        path.write_text(STARTER.format(path=path, name_line=_name_line(path.stem)), encoding="utf-8")
+        # (the path quoted, as pasted in a shell, and on one line: a newline would end its comment)
+        named = printable(shlex.quote(str(path)))
+        path.write_text(STARTER.format(path=named, name_line=_name_line(path.stem)), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
-    click.echo(f"wrote {path}; next: seedream-pipe plan {shlex.quote(str(path))}")  # pasteable as is
+    click.echo(printable(f"wrote {path}; next: seedream-pipe plan {shlex.quote(str(path))}"))  # pasteable as is
     return 0
 
 

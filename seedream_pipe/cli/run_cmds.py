@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import logging
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -127,7 +128,8 @@ def _print_summary(result: Any, *, quiet: bool, retried: bool = False) -> None:
         # quiet or not: a make target failing needs one line of why, and of what to do
         again = "" if retried else ", `run --retry-failed` tries them again"
         click.secho(
-            f"error: {failed} job(s) failed; `seedream-pipe status {result.out_dir}` says why{again}",
+            f"error: {failed} job(s) failed; `seedream-pipe status {printable(shlex.quote(str(result.out_dir)))}` "
+            f"says why{again}",
             fg="red",
             err=True,
         )
@@ -476,8 +478,10 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         if changes["no_longer_planned"]:
             parts.append(f"{changes['no_longer_planned']} of the jobs above no longer in it")
         # (a folder of runs against this machine was a simulator's: go on with that one)
-        sim = f" {same_simulator}" if last and is_loopback(str(last["api_host"])) else ""
-        command = f"seedream-pipe run {target}{sim}" + (f" --out {out}" if out is not None else "")
+        sim = same_simulator.split(" ", 1) if last and is_loopback(str(last["api_host"])) else []
+        # (quoted: a path with a space is pasteable as is, as `init` says its next command)
+        command = printable(shlex.join(["seedream-pipe", "run", str(target), *sim,
+                                        *(["--out", str(out)] if out is not None else [])]))
         click.echo(
             f"the recipe as it is now plans {counted(changes['jobs'], 'job')}: {', '.join(parts)}; "
             f"`{command}` brings the folder up to date"
