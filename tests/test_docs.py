@@ -141,3 +141,14 @@ def test_the_readme_make_rule_targets_the_file_a_run_writes_last_and_retries_not
     # the promise about paying says its exception where it is made
     intro = readme[: readme.index("\n## ")]
     assert "never pays twice" not in readme and "--no-resubmit-unknown" in intro
+
+
+def test_the_command_list_of_help_reads_whole_on_an_80_column_terminal() -> None:
+    # `seedream-pipe --help` cut 7 of its 11 summaries short on 80 columns, some mid-phrase:
+    # "init      Write a commented starter recipe to PATH (default:..."
+    result = CliRunner().invoke(cli, ["--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    listed = result.output.split("Commands:\n", 1)[1].splitlines()
+    assert len(listed) == len(cli.list_commands(None))  # type: ignore[arg-type]  # (one line each)
+    for line in listed:
+        assert len(line) <= 80 and not line.endswith("..."), line

@@ -62,7 +62,7 @@ def _warn(message: str) -> None:
     click.secho(f"warning: {printable(message)}", fg="yellow", err=True)
 
 
-@click.command("sheet")
+@click.command("sheet", short_help="Lay out the contact sheet of a run: a labelled grid of images.")
 @TARGET
 @click.option(
     "--rows", metavar="A,B", help="Axes down the side, outermost first. [default: the axes that vary, but resolution]"
@@ -133,7 +133,7 @@ def sheet_command(
     return 0
 
 
-@click.command("report")
+@click.command("report", short_help="Write report.csv and manifest.json, and print the summary.")
 @TARGET
 @click.option(
     "--format",
@@ -174,7 +174,7 @@ def report_command(target: Path, fmt: str) -> int:
     return 0
 
 
-@click.command("gallery")
+@click.command("gallery", short_help="Write gallery.html: the grid in a browser, a filter per axis.")
 @TARGET
 @_drawn_again
 def gallery_command(target: Path) -> int:

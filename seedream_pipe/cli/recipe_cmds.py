@@ -50,7 +50,7 @@ def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-@click.command("validate")
+@click.command("validate", short_help="Check recipes without sending anything.")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate_cmd(recipes: tuple[Path, ...]) -> int:
     """Check recipes without sending anything: syntax, keys, templates, axes, request bodies.
@@ -161,7 +161,7 @@ def _json_for_terminal(text: str) -> str:
     return _RAW_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-@click.command("plan")
+@click.command("plan", short_help="Show the jobs, axes and estimated cost of a recipe; no network.")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="table for people; csv or json (all on stdout) for scripts")
@@ -224,7 +224,7 @@ def _json_if_nested(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
 
 
-@click.command("schema")
+@click.command("schema", short_help="Print the JSON Schema of the recipe format, for editors.")
 def schema_cmd() -> int:
     """Print the JSON Schema of the recipe format, for editors that validate and complete YAML.
 
@@ -291,7 +291,7 @@ def _name_line(stem: str) -> str:
     return f"name: {written}                  # default: the file name, lower-case"
 
 
-@click.command("init")
+@click.command("init", short_help="Write a commented starter recipe (default: recipe.yaml).")
 @click.argument("written", metavar="[PATH]", default="recipe.yaml", required=False)
 @click.option("--force", is_flag=True, help="overwrite PATH if it exists")
 def init_cmd(written: str, force: bool) -> int:

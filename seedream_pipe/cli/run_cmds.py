@@ -212,7 +212,7 @@ def _errors_as_json_events(command: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-@click.command("run")
+@click.command("run", short_help="Run a recipe: submit, poll, download every image (resumable).")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
 @click.option("--sim", is_flag=True, help="Run against the built-in simulator (started here; no token needed).")
 @click.option("--base-url", metavar="URL", help="API base. [default: $RUNCOMFY_MODEL_API_BASE, else https://model-api.runcomfy.net/v1]")
@@ -382,7 +382,7 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
     return out_dir, recipe, StateStore.for_reading(out_dir)
 
 
-@click.command("status")
+@click.command("status", short_help="Show a run's jobs by state, and its failures; no network.")
 @TARGET
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
 @click.option("--json", "json_out", is_flag=True, help="Print the counts and failures as JSON.")
@@ -489,7 +489,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
     return EX_OK
 
 
-@click.command("cancel")
+@click.command("cancel", short_help="Cancel the queued jobs of an earlier run (e.g. a killed one).")
 @TARGET
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder of the recipe, if not its default.")
 @click.option("--base-url", metavar="URL", help="API base. [default: $RUNCOMFY_MODEL_API_BASE, else https://model-api.runcomfy.net/v1]")

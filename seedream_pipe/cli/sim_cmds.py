@@ -53,7 +53,7 @@ def _rate(flag: str, what: str) -> Any:
     return click.option(flag, type=PROBABILITY, default=0.0, show_default=True, metavar="P", help=what)
 
 
-@click.command("sim")
+@click.command("sim", short_help="Run the built-in RunComfy Model API simulator until Ctrl-C.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port to listen on; 0 picks a free one.")
