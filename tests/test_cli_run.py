@@ -1076,6 +1076,10 @@ def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_p
         run_id = store.start_run(api_host="127.0.0.1")  # started, never finished
     with folder_lock(out):  # as a run at work holds it
         assert f"last run: #{run_id} against 127.0.0.1, running now (pid {os.getpid()})" in invoke("status", str(out))[1]
+        # the recipe's next command is for after that run: now it would be refused (exit 75)
+        recipe.write_text(RECIPE.replace("[a teapot, a comet]", "[a teapot, a comet, a kite]"), encoding="utf-8")
+        stdout = invoke("status", str(recipe), "--out", str(out))[1]
+        assert f"brings the folder up to date once the run at work in it (pid {os.getpid()}) has ended" in stdout
     stdout = invoke("status", str(out))[1]  # nobody holds it: that run died
     assert f"last run: #{run_id} against 127.0.0.1, killed before it ended (run again to resume)" in stdout
 

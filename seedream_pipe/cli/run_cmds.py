@@ -482,9 +482,12 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         # (quoted: a path with a space is pasteable as is, as `init` says its next command)
         command = printable(shlex.join(["seedream-pipe", "run", str(target), *sim,
                                         *(["--out", str(out)] if out is not None else [])]))
+        # (while a run is at work, the same command is refused, exit 75: it is for after that run)
+        holder = run_in_progress(out_dir)
+        when = f" once the run at work in it (pid {holder}) has ended" if holder else ""
         click.echo(
             f"the recipe as it is now plans {counted(changes['jobs'], 'job')}: {', '.join(parts)}; "
-            f"`{command}` brings the folder up to date"
+            f"`{command}` brings the folder up to date{when}"
         )
     return EX_OK
 
