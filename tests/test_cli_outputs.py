@@ -421,3 +421,19 @@ def test_gallery_warns_of_image_files_gone_from_disk(folder: Path) -> None:
         "warning: 1 image file of a done job is not on disk as downloaded (1 missing): "
         "run the recipe again to fetch it (the gallery marks it)"
     )
+
+
+def test_the_sheet_help_example_lays_out_the_demo_without_a_warning(tmp_path: Path) -> None:
+    # It was `sheet outputs/demo --rows style --cols resolution`: on the demo (scene x light x
+    # style, one resolution) it warned that scene and light were on no side, four images a cell.
+    from seedream_pipe.recipe import load_recipe
+
+    demo = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+    make_folder(tmp_path / "demo", jobs=load_recipe(demo).plan().jobs, states={})
+    example = next(line.split() for line in run("sheet", "--help").output.splitlines()
+                   if line.strip().startswith("seedream-pipe sheet outputs/demo"))
+    assert example[:3] == ["seedream-pipe", "sheet", "outputs/demo"]
+    result = CliRunner().invoke(cli, ["sheet", str(tmp_path / "demo"), *example[3:]])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr
+    assert "rows: scene, light; columns: style" in result.stdout

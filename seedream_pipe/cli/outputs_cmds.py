@@ -109,7 +109,7 @@ def sheet_command(
 
     Example:
 
-        seedream-pipe sheet outputs/demo --rows style --cols resolution
+        seedream-pipe sheet outputs/demo --rows scene,light --cols style
     """
     from seedream_pipe.outputs import make_sheet, refresh_manifest
 
