@@ -420,6 +420,19 @@ def test_init_given_a_folder_writes_recipe_yaml_in_it(tmp_path: Path) -> None:
     assert invoke("init", str(tmp_path / "dd")).exit_code == 64  # the file in it is kept as ever
 
 
+def test_init_makes_the_folder_of_a_new_file(tmp_path: Path) -> None:
+    # `init recipes/bali.yaml` in a new project failed: "cannot write recipes/bali.yaml: No such
+    # file or directory", exit 73, though `init recipes/` made the folder
+    target = tmp_path / "recipes" / "deeper" / "bali.yaml"
+    result = invoke("init", str(target))
+    assert result.exit_code == 0, result.output
+    assert invoke("plan", str(target)).exit_code == 0
+    (tmp_path / "a-file").write_text("mine\n", encoding="utf-8")
+    result = invoke("init", str(tmp_path / "a-file" / "x.yaml"))
+    assert result.exit_code == 73
+    assert f"error: cannot create the folder {tmp_path / 'a-file'}: " in result.stderr
+
+
 def test_init_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert invoke("init").exit_code == 0

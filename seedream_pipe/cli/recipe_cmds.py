@@ -309,11 +309,11 @@ def init_cmd(written: str, force: bool) -> int:
     path = Path(written)
     if written.endswith(("/", os.sep)) or path.is_dir():  # (Path() drops the slash: keep its meaning)
         path = path / "recipe.yaml"
-        if not path.parent.is_dir():
-            try:
-                path.parent.mkdir(parents=True)
-            except OSError as exc:
-                raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
+    if not path.parent.is_dir():  # (`init recipes/bali.yaml` in a new project, as `init recipes/`)
+        try:
+            path.parent.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     try:
