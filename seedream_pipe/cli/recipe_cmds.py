@@ -57,8 +57,8 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
 
     Each RECIPE is a .yaml file or a folder of them (not its subfolders). Every problem is
     printed on its own line with the file, line and key path; the exit code is 65 if any recipe
-    has one. A file that another one given `extends` and that has no template of its own is a
-    partial base, checked as part of each recipe that extends it.
+    has one. A file with no template of its own that another recipe given here extends (shared
+    `run:` settings, say) is a partial base: it is checked as part of each recipe that extends it.
 
     \b
     Example:
