@@ -1067,6 +1067,21 @@ def test_a_folder_of_an_external_simulator_says_to_go_on_with_that_simulator(rec
     assert code == 64 and "attacker" not in err and "add --sim" in err
 
 
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_a_folder_and_another_out_are_refused_not_one_read_for_the_other(
+    recipe: Path, tmp_path: Path, command: str
+) -> None:
+    # `status outputs/a --out outputs/b` showed b, and `cancel outputs/a --out outputs/b`
+    # cancelled b's queued jobs, with no word that the folder named was not the one acted on
+    for name in ("a", "b"):
+        assert invoke("run", str(recipe), "--sim", "--out", str(tmp_path / name))[0] == 0
+    code, stdout, err = invoke(command, str(tmp_path / "a"), "--out", str(tmp_path / "b"))
+    assert code == 64 and stdout == ""
+    assert f"error: {tmp_path / 'a'} is an output folder, and --out names another ({tmp_path / 'b'})" in err
+    assert invoke(command, str(tmp_path / "a"), "--out", str(tmp_path / "a"))[0] == 0  # the same: fine
+    assert invoke(command, str(recipe), "--out", str(tmp_path / "b"))[0] == 0  # what --out is for
+
+
 def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_path: Path) -> None:
     from seedream_pipe.runner import folder_lock
 
