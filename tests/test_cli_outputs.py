@@ -437,3 +437,11 @@ def test_the_sheet_help_example_lays_out_the_demo_without_a_warning(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "warning" not in result.stderr
     assert "rows: scene, light; columns: style" in result.stdout
+
+
+def test_sheet_counts_the_thumbnails_it_made_in_words(tmp_path: Path) -> None:
+    # "made 1 missing thumbnails (kept for next time)"
+    make_folder(tmp_path / "one", no_thumbs=[1])
+    assert "made 1 missing thumbnail (kept for next time)\n" in run("sheet", tmp_path / "one", "--cell", "32").output
+    make_folder(tmp_path / "two", no_thumbs=[1, 2])
+    assert "made 2 missing thumbnails (kept for next time)\n" in run("sheet", tmp_path / "two", "--cell", "32").output

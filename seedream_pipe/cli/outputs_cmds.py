@@ -27,6 +27,7 @@ from seedream_pipe.outputs._folder import (
 )
 from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
 from seedream_pipe.paths import locate
+from seedream_pipe.words import counted
 
 if TYPE_CHECKING:
     from seedream_pipe.outputs import OutputFolder
@@ -121,7 +122,7 @@ def sheet_command(
     for warning in result.warnings:
         _warn(warning)
     if result.made_thumbnails:
-        click.echo(f"made {result.made_thumbnails} missing thumbnails (kept for next time)")
+        click.echo(f"made {counted(result.made_thumbnails, 'missing thumbnail')} (kept for next time)")
     layout = result.layout
     sides = f"rows: {', '.join(layout.rows) or '-'}; columns: {', '.join(layout.cols) or '-'}"
     if layout.wrap is not None:
