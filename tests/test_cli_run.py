@@ -100,7 +100,23 @@ def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = invoke("status", str(tmp_path / "empty"))
     assert code == 66
-    assert "no run here yet" in err and "default folder" not in err
+    assert "no run has written here yet" in err and "default folder" not in err
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_status_and_cancel_of_a_folder_never_run_say_it_as_sheet_does(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # status said "outputs/c: no run here yet (no state.sqlite) (the default folder is ...);
+    # start one with `seedream-pipe run`", sheet/report/gallery "outputs/c: no run has written
+    # here yet (run it first: seedream-pipe run c.yaml)": one folder, two ways, one naming no recipe
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for target in (str(recipe), "empty"):
+        code, _, err = invoke(command, target)
+        said_by_sheet = CliRunner().invoke(cli, ["sheet", target]).stderr.strip()
+        assert code == 66 and said_by_sheet.startswith("error: ")
+        assert err.startswith(said_by_sheet), (err, said_by_sheet)
 
 
 def test_status_of_a_recipe_never_run_here_says_where_its_default_folder_is(

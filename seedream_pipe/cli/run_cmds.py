@@ -378,11 +378,17 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
                          "--out is for a RECIPE whose folder is not its default: give one or the other")
     out_dir, recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
+        # (said as `sheet`, `report` and `gallery` say it, with the command that makes the folder)
+        if recipe is not None:
+            command = shlex.join(["seedream-pipe", "run", str(target), *(["--out", str(out)] if out is not None else [])])
+            hint = f"run it first: {printable(command)}"
+        else:
+            hint = "run a recipe into it first: seedream-pipe run RECIPE"
         where = ""
         if recipe is not None and out is None and recipe.output is None:
             # the default folder is relative to where `run` ran, as a make target's is
-            where = f" (the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out)"
-        raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE}){where}; start one with `seedream-pipe run`")
+            where = f"; the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out"
+        raise NothingToShow(f"{out_dir}: no run has written here yet ({hint}){where}")
     return out_dir, recipe, StateStore.for_reading(out_dir)
 
 
