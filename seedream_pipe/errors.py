@@ -56,6 +56,7 @@ EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_INTERRUPTED = 130
+EX_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell shows for `yes | head`
 
 
 @dataclass(frozen=True, slots=True)

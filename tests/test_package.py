@@ -255,3 +255,20 @@ main()
     assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
     script = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     assert 'seedream-pipe = "seedream_pipe._entry:main"' in script
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
+    # `seedream-pipe plan big.yaml --format csv | head -1`: click's own handling of the closed
+    # pipe exited 1, which the README keeps for "some jobs failed".
+    values = ", ".join(str(i) for i in range(100))
+    recipe = tmp_path / "big.yaml"
+    recipe.write_text(f'template: "{{{{ a }}}} {{{{ b }}}}"\nvars:\n  a: [{values}]\n  b: [{values}]\n')
+    command = [sys.executable, "-m", "seedream_pipe", "plan", str(recipe), "--format", "csv"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"job_id,")
+        proc.stdout.close()  # as `head -1` does: 10,000 rows are far more than a pipe holds
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert code == 141, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "error" not in stderr, stderr

@@ -16,6 +16,7 @@ import click
 from seedream_pipe import __version__
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
+    EX_PIPE_CLOSED,
     EX_USAGE,
     RecipeError,
     SeedreamPipeError,
@@ -57,8 +58,30 @@ def echo_unexpected(exc: Exception) -> None:
         traceback.print_exception(exc, file=sys.stderr)
 
 
+class _PipeClosed(Exception):
+    """Whoever read our output stopped reading (`seedream-pipe plan ... | head`)."""
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout once more at exit, into the same closed pipe: point it at /dev/null
+    # so that flush neither fails nor prints "Exception ignored ... BrokenPipeError".
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # (no real file behind stdout: nothing will flush into a pipe)
+        pass
+
+
 class SeedreamCli(click.Group):
     """A click group whose `main` turns every known failure into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            # click's own handling of it exits 1, which here means "some jobs failed"
+            raise _PipeClosed from exc
 
     def main(
         self,
@@ -71,6 +94,12 @@ class SeedreamCli(click.Group):
         try:
             with speaking_to_cli():  # (the library's messages name --options, not parameters)
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+                sys.stdout.flush()  # (a pipe closed after the last write says so here)
+        except (_PipeClosed, BrokenPipeError):
+            # What was asked was done (a run's state is committed); only its printing was cut
+            # short. Exit as a shell tool killed by SIGPIPE does, quietly: the reader knows.
+            _quiet_stdout()
+            code = EX_PIPE_CLOSED
         except click.UsageError as exc:
             exc.show()
             code = EX_USAGE
