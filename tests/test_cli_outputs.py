@@ -29,6 +29,13 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def ended_run(folder: Path) -> Path:
+    """The manifest a run writes when it ends, listing nothing yet."""
+    from seedream_pipe.outputs import open_output, write_manifest
+
+    return write_manifest(open_output(folder))
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     make_folder(tmp_path / "out")
@@ -88,6 +95,7 @@ def test_a_recipe_argument_uses_its_output_folder_and_its_sheet_settings(
 
 
 def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Path) -> None:
+    ended_run(folder)
     result = run("report", folder)
     assert result.exit_code == 0, result.output
     assert (
@@ -107,6 +115,7 @@ def test_report_prints_the_summary_and_writes_the_report_and_manifest(folder: Pa
 def test_reports_in_two_formats_leave_the_manifest_as_it_was(folder: Path) -> None:
     # Each switch of format put the report just written first, so a make file with a csv and a
     # json target rewrote manifest.json (and its generated_at) at every make.
+    ended_run(folder)
     assert run("report", folder, "--format", "csv").exit_code == 0
     assert run("report", folder, "--format", "json").exit_code == 0
     manifest = (folder / "manifest.json").read_text(encoding="utf-8")
@@ -122,6 +131,7 @@ def test_outputs_drawn_again_never_get_newer_than_the_run_that_made_them(folder:
     # than a recipe edited since, so make skipped the run the edit needs. Only a run dates them.
     import os
 
+    ended_run(folder)
     assert run("report", folder).exit_code == 0 and run("gallery", folder).exit_code == 0
     long_ago = 1_000_000_000_000_000_000  # (2001, in ns)
     targets = [folder / "manifest.json", folder / "report.csv", folder / "gallery.html"]
@@ -134,6 +144,20 @@ def test_outputs_drawn_again_never_get_newer_than_the_run_that_made_them(folder:
     assert (folder / "manifest.json").read_bytes() != manifest  # (drawn anew: it lists the pages)
     assert [path.stat().st_mtime_ns for path in targets] == [long_ago] * 3
     assert (folder / "report.json").stat().st_mtime_ns > long_ago  # (a new file: dated now)
+
+
+def test_report_never_makes_a_manifest_a_make_rule_would_take_for_a_finished_run(folder: Path) -> None:
+    # After an interrupted run (no outputs), `report` wrote manifest.json, dated now: the make
+    # rule's target, newer than its recipe, so make took the sweep as done.
+    result = run("report", folder)
+    assert result.exit_code == 0, result.output
+    assert (folder / "report.csv").is_file()
+    assert not (folder / "manifest.json").exists()
+    assert "manifest.json" not in result.output
+    # one a run wrote gets the report added, as `sheet` and `gallery` add theirs
+    ended_run(folder)
+    assert run("report", folder, "--format", "json").exit_code == 0
+    assert json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["outputs"] == ["report.json"]
 
 
 def test_report_shows_the_api_s_failure_text_with_control_characters_escaped(folder: Path) -> None:
@@ -372,6 +396,7 @@ def test_the_manifest_lists_the_outputs_as_they_are_after_sheet_and_gallery(fold
     def listed() -> list[str]:
         return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["outputs"]
 
+    ended_run(folder)
     assert run("sheet", folder, "--cell", "32").exit_code == 0
     assert run("report", folder).exit_code == 0
     assert listed() == ["report.csv", "contact_sheet.png"]

@@ -19,10 +19,7 @@ import click
 # so `seedream-pipe --help` and the other commands start fast.
 from seedream_pipe.cli import printable
 from seedream_pipe.outputs._folder import (
-    GALLERY_NAME,
     REPORT_FORMATS,
-    REPORT_STEM,
-    SHEET_STEM,
     keeping_unchanged,
 )
 from seedream_pipe.outputs.layout import DEFAULT_CELL, DEFAULT_MAX_CELLS, SHEET_FORMATS
@@ -134,7 +131,7 @@ def sheet_command(
     return 0
 
 
-@click.command("report", short_help="Write report.csv and manifest.json, and print the summary.")
+@click.command("report", short_help="Write report.csv and print the summary.")
 @TARGET
 @click.option(
     "--format",
@@ -146,13 +143,17 @@ def sheet_command(
 )
 @_drawn_again
 def report_command(target: Path, fmt: str) -> int:
-    """Write report.csv (one row per job) and manifest.json, and print the summary.
+    """Write report.csv (one row per job) and print the summary.
+
+    When the folder has a manifest.json (a run that ended wrote one), its list of outputs
+    gets the report too. It never makes one: a make rule's target is the manifest, and one made
+    here would pass an interrupted run's folder for a finished one.
 
     Example:
 
         seedream-pipe report outputs/demo --format parquet
     """
-    from seedream_pipe.outputs import format_summary, summarize_jobs, write_manifest, write_report
+    from seedream_pipe.outputs import format_summary, refresh_manifest, summarize_jobs, write_report
     from seedream_pipe.outputs._folder import image_files_warning
 
     folder = _open(target)
@@ -160,18 +161,14 @@ def report_command(target: Path, fmt: str) -> int:
     gone = image_files_warning(folder)
     if gone:
         _warn(f"{gone} ({report.name}'s image_file column names them)")
-    # the manifest lists the folder's outputs as `run` writes them, not only the report (and a
-    # report in another format written before, still there: report.parquet does not undo report.csv)
-    # (in one order whichever format was just written: a make file with a csv and a json target
-    # would otherwise rewrite manifest.json at every make)
-    reports = [path for path in (folder.path / f"{REPORT_STEM}.{f}" for f in REPORT_FORMATS) if path.is_file()]
-    sheets = sorted(path for path in folder.path.glob(f"{SHEET_STEM}*") if path.suffix in (".png", ".jpg"))
-    gallery = [path for path in (folder.path / GALLERY_NAME,) if path.is_file()]
-    manifest = write_manifest(folder, outputs=[*reports, *sheets, *gallery])
+    # (the manifest keeps its order whichever format was just written: a make file with a csv
+    # and a json target would otherwise rewrite manifest.json at every make)
+    manifest = refresh_manifest(folder, written=[report])
     summary = summarize_jobs(folder.jobs, runs=folder.runs, price_per_image=folder.price_per_image)
     click.echo(printable(format_summary(summary), keep_newlines=True))  # failures quote the API
     click.echo(str(report))
-    click.echo(str(manifest))
+    if manifest is not None:
+        click.echo(str(manifest))
     return 0
 
 
