@@ -190,11 +190,12 @@ def test_an_empty_folder_is_nothing_to_show_and_stays_empty(tmp_path: Path, comm
 
 
 def test_a_recipe_never_run_is_nothing_to_show(tmp_path: Path) -> None:
-    recipe = tmp_path / "sweep.yaml"
+    # the command it gives pastes as it is, a space in the path included
+    recipe = tmp_path / "my sweep.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
     result = run("sheet", recipe)
     assert result.exit_code == EX_NOINPUT
-    assert f"run it first: seedream-pipe run {recipe}" in result.output
+    assert f"run it first: seedream-pipe run '{recipe}')" in result.output
 
 
 def test_a_folder_whose_state_has_no_jobs_is_nothing_to_show(tmp_path: Path) -> None:

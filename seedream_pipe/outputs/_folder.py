@@ -13,6 +13,7 @@ import contextlib
 import filecmp
 import functools
 import os
+import shlex
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -157,7 +158,7 @@ def open_output(
     """
     out_dir = Path(out_dir)  # (a notebook's "outputs/demo" as well)
     hint = (
-        f"run it first: seedream-pipe run {recipe.path}"
+        f"run it first: seedream-pipe run {shlex.quote(str(recipe.path))}"  # (to paste as it is)
         if recipe is not None
         else ("run a recipe into it first: seedream-pipe run RECIPE")
     )
