@@ -655,3 +655,18 @@ def test_the_results_a_notebook_shows_are_one_line(tmp_path: Path) -> None:
     shown = repr(result)
     assert "\n" not in shown and len(shown) < 300 and "req-j001" not in shown
     assert shown.startswith(f"<SheetResult [{str(tmp_path / 'contact_sheet.png')!r}]: ")
+
+
+def test_a_narrow_paged_sheet_keeps_the_value_that_names_its_page_in_the_title(tmp_path: Path) -> None:
+    # With small cells the title was cut at one line, "exploration — page 2/15 —…": the value
+    # that tells the pages apart was the part lost.
+    styles = {f"style{i}": f"style {i}" for i in range(3)}
+    jobs = plan_jobs(subjects={"cat": "a cat"}, styles=styles, resolutions={"1:1": "1K", "16:9": "2K"})
+    make_folder(tmp_path / "a rather long experiment name", jobs=jobs, states={})
+    folder = open_output(tmp_path / "a rather long experiment name")
+    result = make_sheet(folder, cell=32, page_by="resolution", cols="style")
+    assert len(result.geometries) == 2
+    for geo, value in zip(result.geometries, ("1:1", "16:9"), strict=True):
+        title = " ".join(geo.title.lines)
+        assert f"resolution: {value}" in title and "…" not in title, title
+        assert geo.title.box.bottom <= geo.subtitle.box.y  # (the second line pushes the rest down)

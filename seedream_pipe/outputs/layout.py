@@ -656,12 +656,15 @@ def page_geometry(
     grid_x = m.margin + row_levels * (m.row_header_width + m.gap)
     grid_w = n_cols * cell_w + (n_cols - 1) * m.gap
     width = max(grid_x + grid_w + m.margin, 360)
-    # The subtitle (date, counts, which axes where) takes a second line on a narrow sheet
-    # rather than losing its end.
+    # The title (name, page, the page's value) and the subtitle (date, counts, which axes where)
+    # take a second line on a narrow sheet rather than losing their ends: a paged sheet's title
+    # ends with what tells its pages apart.
     text_w = width - 2 * m.margin
+    title_line = round(m.title_size * 1.3)
+    title_lines = wrap_label(title, text_w, 2, lambda t: measure(t, m.title_size, True))
     subtitle_line = round(m.subtitle_size * 1.35)
     subtitle_lines = wrap_label(subtitle, text_w, 2, lambda t: measure(t, m.subtitle_size, False))
-    title_box = Box(m.margin, m.margin, text_w, m.title_size + 8)
+    title_box = Box(m.margin, m.margin, text_w, m.title_size + 8 + (len(title_lines) - 1) * title_line)
     subtitle_box = Box(m.margin, title_box.bottom, text_w, len(subtitle_lines) * subtitle_line)
     title_h = title_box.h + subtitle_box.h + 10
     grid_y = m.margin + title_h + col_levels * (m.band_height + m.gap)
@@ -669,7 +672,8 @@ def page_geometry(
     height = grid_y + grid_h + m.margin
 
     title_block = text_block(
-        title_box, title, m.title_size, measure, bold=True, align="left", max_lines=1, pad=0
+        title_box, title, m.title_size, measure, bold=True, align="left", max_lines=2, pad=0,
+        line_height=title_line,
     )
     subtitle_block = text_block(
         subtitle_box, subtitle, m.subtitle_size, measure, align="left", max_lines=2, pad=0,

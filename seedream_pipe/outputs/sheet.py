@@ -136,11 +136,11 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     failed = counts.get("failed", 0)
     cancelled = counts.get("cancelled", 0)
     pending = len(folder.jobs) - done - failed - cancelled
-    title = folder.name
-    if len(layout.pages) > 1:
-        title += f" — page {page.number}/{len(layout.pages)}"
+    title = folder.name  # (the page's value before its number: the file name has the number too)
     if page.page_label is not None:
         title += f" — {layout.page_by}: {page.page_label}"
+    if len(layout.pages) > 1:
+        title += f" — page {page.number}/{len(layout.pages)}"
     stamps = [run.get("finished_at") or run.get("started_at") for run in folder.runs]
     moment = max((s for s in stamps if s is not None), default=None) or time.time()
     date = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
