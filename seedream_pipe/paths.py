@@ -13,7 +13,7 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from seedream_pipe.errors import NothingToShow
+from seedream_pipe.errors import NothingToShow, Problem, RecipeError
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -42,11 +42,42 @@ def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None
     if path.is_file():
         from seedream_pipe.recipe import load_recipe
 
-        recipe = load_recipe(path)
+        try:
+            recipe = load_recipe(path)
+        except RecipeError as exc:
+            # A typo made since the last run must not lock its folder away: status, cancel and
+            # the outputs read the folder itself as well, and only the recipe names it.
+            hint = _read_the_folder_instead(path, out)
+            raise RecipeError([*exc.problems, *([hint] if hint else [])]) from exc
         return (Path(out) if out is not None else default_output_dir(recipe)), recipe
     # (66, as for a folder no run wrote into: the thing to read is not there. A recipe command,
     # given a recipe that is not there, says 65, a recipe problem)
     raise NothingToShow(f"{target}: no such recipe file or output folder")
+
+
+#: A top-level `name:` or `output:` line, read from a recipe that does not load, only to name
+#: its folder in a hint (a guess that is checked: the folder must hold a state).
+_TOP_LEVEL = re.compile(r"""^(name|output):[ \t]*(['"]?)([^'"#\r\n]+?)\2[ \t]*(?:#.*)?$""", re.MULTILINE)
+
+
+def _read_the_folder_instead(recipe: Path, out: str | os.PathLike[str] | None) -> Problem | None:
+    from seedream_pipe.recipe import default_name
+    from seedream_pipe.state import STATE_FILE
+
+    try:
+        with open(recipe, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        text = ""
+    keys = {match[1]: match[3] for match in _TOP_LEVEL.finditer(text)}
+    guesses = [Path(out)] if out is not None else []
+    if "output" in keys:
+        guesses.append(recipe.parent / keys["output"])
+    guesses.append(OUTPUTS_ROOT / (keys.get("name") or default_name(recipe.stem)))
+    found = next((folder for folder in guesses if (folder / STATE_FILE).is_file()), None)
+    if found is None:  # (never run, or run into a folder we cannot guess: nothing to point at)
+        return None
+    return Problem(str(recipe), f"to read what its runs left while it has errors, give {found} instead of the recipe")
 
 
 def folder_file(stored: str | None, folder: str) -> str | None:

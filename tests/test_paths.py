@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from seedream_pipe.errors import NothingToShow
+from seedream_pipe.errors import NothingToShow, RecipeError
 from seedream_pipe.images import THUMB_SIZE, save_thumbnail, thumb_name
 from seedream_pipe.paths import folder_file, image_file_name, locate, slug
 
@@ -58,6 +58,36 @@ def test_locate_dir_and_missing(tmp_path: Path) -> None:
     with pytest.raises(NothingToShow, match="no such recipe file or output folder") as caught:
         locate(tmp_path / "missing.yaml")
     assert caught.value.exit_code == 66  # as `status` of a folder no run wrote into
+
+
+@pytest.mark.parametrize(
+    ("text", "folder"),
+    [
+        ("vars: {}\n", "outputs/sweep"),  # named after its file
+        ("name: 'other'  # renamed\nvars: {}\n", "outputs/other"),
+        ("output: runs/here\nvars: {}\n", "runs/here"),  # (relative to the recipe)
+    ],
+)
+def test_a_recipe_with_errors_points_at_its_folder_when_it_has_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, folder: str
+) -> None:
+    # A typo made since the last run locked `status` and `cancel RECIPE` out of the folder, with
+    # only the recipe's error said: the folder itself is read as well, and now named.
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    with pytest.raises(RecipeError) as caught:
+        locate(recipe)
+    assert "give" not in str(caught.value)  # (never run: no folder to point at)
+    (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / folder / "state.sqlite").write_bytes(b"")
+    with pytest.raises(RecipeError) as caught:
+        locate(recipe)
+    assert caught.value.problems[0].message.startswith("a recipe needs a prompt")
+    shown = tmp_path / folder if text.startswith("output") else Path(folder)
+    assert caught.value.problems[-1].message == (
+        f"to read what its runs left while it has errors, give {shown} instead of the recipe"
+    )
 
 
 def test_thumbnail_is_jpeg_with_longest_side_512(tmp_path: Path) -> None:
