@@ -273,6 +273,15 @@ def test_plan_table() -> None:
     assert lines[7].startswith("1  ")
 
 
+def test_the_plan_header_gives_the_grid_s_axes_when_a_sample_keeps_fewer(tmp_path: Path) -> None:
+    # It counted the values left in the 3 jobs sampled, "a 2 x b 3": six jobs, by that header.
+    path = tmp_path / "s.yaml"
+    path.write_text('template: "{{ a }} {{ b }}"\nvars:\n  a: [w, x, y, z]\n  b: [1, 2, 3, 4, 5]\n'
+                    "sample: {n: 3, seed: 1}\n", encoding="utf-8")
+    lines = invoke("plan", str(path)).stdout.splitlines()
+    assert lines[1:3] == ["axes: a 4 x b 5 x resolution 1", "jobs: 3 (3 of 20 combinations kept)"]
+
+
 def test_plan_table_lines_up_wide_characters_by_terminal_columns(tmp_path: Path) -> None:
     from rich.cells import cell_len
 

@@ -113,7 +113,9 @@ def _same_file(name: str, path: Path) -> bool:
 def _summary(plan: Plan) -> list[str]:
     recipe = plan.recipe
     lines = [f"recipe {recipe.name} ({recipe.path}), model {recipe.model}"]
-    sizes = " x ".join(f"{name} {len(labels)}" for name, labels in plan.axes.items())
+    # (the grid's axes, as the recipe sets them: with a sample or a filter kept fewer jobs, the
+    # values left in them multiply to more or fewer jobs than there are; the next line says both)
+    sizes = " x ".join(f"{axis.name} {len(axis)}" for axis in recipe.blueprint.axes)
     lines.append(f"axes: {sizes}")
     detail = []
     if plan.combinations != plan.grid_size:
