@@ -267,6 +267,11 @@ def _encode(name: str, value: Any) -> Any:
     return value
 
 
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (not a full disk, a lock, a permission)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -434,15 +439,38 @@ class StateStore:
             raise
 
     def _cannot_write(self, exc: sqlite3.Error) -> StateError:
+        if _damaged(exc):
+            return self._damaged(exc)
         return StateError(
             f"{self.path or ':memory:'}: cannot write the state: {exc} (free space, or make the folder "
             "writable, and run again: nothing committed before is lost)"
         )
 
+    def _damaged(self, exc: sqlite3.Error) -> StateError:
+        return StateError(
+            f"{self.path or ':memory:'}: the state database is damaged ({exc}): its record of the jobs "
+            "(and of what was paid for) cannot be read; restore state.sqlite from a copy, or give "
+            f"the run a new folder ({option('--out', 'out_dir')})"
+        )
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read of the state: SQLite's own failures (a damaged file, a disk error) are
+        StateError, exit 74 ('the state file cannot be read'), not a bug's 70."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError or isinstance(exc, sqlite3.OperationalError):
+                if _damaged(exc):
+                    raise self._damaged(exc) from exc
+                raise StateError(f"{self.path or ':memory:'}: cannot read the state: {exc}") from exc
+            raise
+
     # -- schema --
 
     def _migrations_applied(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT name FROM migrations")}
+        with self._reading():
+            return {row[0] for row in self._db.execute("SELECT name FROM migrations")}
 
     def migrate(self) -> list[str]:
         """Apply the migrations this database lacks; return their names."""
@@ -528,7 +556,8 @@ class StateStore:
     # -- reading --
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self._reading():
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else _decode(row)
 
     def jobs(
@@ -548,7 +577,8 @@ class StateStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY in_plan DESC, job_index, job_id"
-        return [_decode(row) for row in self._db.execute(sql, args)]
+        with self._reading():
+            return [_decode(row) for row in self._db.execute(sql, args)]
 
     def counts(self, *, in_plan: bool | None = True) -> dict[str, int]:
         """Number of jobs per state (every state present, zeros included)."""
@@ -557,7 +587,8 @@ class StateStore:
         if in_plan is not None:
             sql += " WHERE in_plan = ?"
             args = (int(in_plan),)
-        found = dict(self._db.execute(sql + " GROUP BY state", args).fetchall())
+        with self._reading():
+            found = dict(self._db.execute(sql + " GROUP BY state", args).fetchall())
         return {state: int(found.get(state, 0)) for state in JOB_STATES}
 
     def events(self, job_id: str | None = None) -> list[dict[str, Any]]:
@@ -566,10 +597,11 @@ class StateStore:
         if job_id is not None:
             sql += " WHERE job_id = ?"
             args = (job_id,)
-        return [
-            {**dict(row), "detail": json.loads(row["detail"]) if row["detail"] else None}
-            for row in self._db.execute(sql + " ORDER BY id", args)
-        ]
+        with self._reading():
+            return [
+                {**dict(row), "detail": json.loads(row["detail"]) if row["detail"] else None}
+                for row in self._db.execute(sql + " ORDER BY id", args)
+            ]
 
     # -- writing: every call commits before it returns --
 
@@ -678,10 +710,11 @@ class StateStore:
             )
 
     def runs(self) -> list[dict[str, Any]]:
-        return [
-            {**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None}
-            for row in self._db.execute("SELECT * FROM runs ORDER BY id")
-        ]
+        with self._reading():
+            return [
+                {**dict(row), "summary": json.loads(row["summary"]) if row["summary"] else None}
+                for row in self._db.execute("SELECT * FROM runs ORDER BY id")
+            ]
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.transaction() as db:
@@ -692,5 +725,6 @@ class StateStore:
             )
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._reading():
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])

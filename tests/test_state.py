@@ -280,3 +280,33 @@ def test_a_full_disk_is_a_state_error_and_loses_nothing_committed(tmp_path: Path
     kinds = [e["kind"] for e in store.events()]
     assert kinds[0] == "before" and set(kinds[1:]) <= {"x"}  # what was committed is still there
     store.close()
+
+
+def _damage_the_jobs_table(folder: Path) -> None:
+    """Overwrite the first page of the jobs table with bytes that are no b-tree page."""
+    db = sqlite3.connect(folder / "state.sqlite")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()[0]
+    db.close()
+    with (folder / "state.sqlite").open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+
+
+def test_a_damaged_state_file_is_a_state_error_on_read_and_write(tmp_path: Path) -> None:
+    # A state.sqlite whose header is whole but whose pages are not opens, then fails on the
+    # first read of a damaged page: that is 'the state file cannot be read' (StateError, exit
+    # 74), not a bug's 70 (it was a bare sqlite3.DatabaseError), and not 'free space'.
+    with StateStore.for_output_dir(tmp_path) as store:
+        store.sync_plan([make_job(n) for n in range(50)])
+    _damage_the_jobs_table(tmp_path)
+    for opener in (StateStore.for_output_dir, StateStore.for_reading):
+        with opener(tmp_path) as store:
+            for read in (store.jobs, store.counts, lambda: store.get("job001")):
+                with pytest.raises(StateError, match=r"state database is damaged.*restore state\.sqlite"):
+                    read()
+            if opener is StateStore.for_output_dir:
+                with pytest.raises(StateError, match="state database is damaged") as caught:
+                    store.sync_plan([make_job(1)])
+                assert "free space" not in str(caught.value)
