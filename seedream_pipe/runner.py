@@ -550,9 +550,26 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
         if self.fatal is not None:
-            await self._cancel_tasks(self._tasks)
+            await self._end_after_fatal()
         elif self.interrupted:
             await self._wind_down()
+
+    async def _end_after_fatal(self) -> None:
+        """A job's task failed the run (a full disk, a refused token, a bug): every other task
+        stops now, except that a POST already on the wire is given its answer (up to one
+        request's deadline), as on an interrupt: it may have created a job, and once its request
+        id is committed the next run polls that job instead of paying for it again. Cut short,
+        it would stay `submitting` and be sent once more. A cancel of the run (a second Ctrl-C)
+        cuts that wait short too."""
+        self.stop_submitting = True  # (a posting job then stops at its answer; see _submit_and_follow)
+        self._end_waiting_turns()
+        posting = {task for task in self._posting if not task.done()}
+        try:
+            await self._cancel_tasks(self._tasks - posting)
+            if posting:
+                await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
+        finally:
+            await self._cancel_tasks(self._tasks)
 
     async def _halt(self, dispatcher: asyncio.Task[None]) -> None:
         """Stop every task of the run now, except that a POST already on the wire is given its
@@ -657,8 +674,9 @@ class Runner:
         as soon as the job is no longer in flight."""
         done = "gone"
         try:
-            if await self._submit(rec) and not self.interrupted:
-                # (when interrupted, its request id is committed and the wind-down cancels it)
+            if await self._submit(rec) and not self.interrupted and self.fatal is None:
+                # (when interrupted, its request id is committed and the wind-down cancels it;
+                # after another task failed the run, the next run follows it)
                 done = await self._poll(rec)
         finally:
             self.slots.give()

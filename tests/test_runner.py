@@ -1237,3 +1237,59 @@ def test_kept_images_are_renamed_to_follow_an_edited_recipe_without_a_download(s
     assert any(n.endswith("red-fox-snowy-1k.jpg") for n in names)  # the label, not the value
     assert not any("in-snow" in n for n in names)
     assert sorted(p.name for p in (out / "thumbs").iterdir()) == sorted(Path(n).stem + ".jpg" for n in names)
+
+
+def test_a_post_on_the_wire_when_another_job_fails_the_run_gets_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One job's download hits a full disk (a fatal error of the run) while another job's submit
+    # is on the wire. The run cancelled that POST at once, so the job stayed `submitting`
+    # though the API had taken it, and the next run sent it again (paid twice, flagged). As on
+    # an interrupt, the POST is given its answer and its request id committed first.
+    import errno
+
+    from seedream_pipe import client as client_module
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(png, "PNG")
+    posted, failed = asyncio.Event(), asyncio.Event()
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.set()
+            await failed.wait()  # answered only once the other job has failed the run
+            for _ in range(100):  # (and the run has had every chance to cancel it)
+                await asyncio.sleep(0)
+            return httpx.Response(200, json={"request_id": "r-b"})
+        await posted.wait()  # the download fails while the POST is on the wire
+        return httpx.Response(200, content=png.getvalue(), headers={"Content-Type": "image/png"})
+
+    def full(path: Any, *args: Any, **kwargs: Any) -> Any:
+        failed.set()
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(client_module, "fresh_temp", full)
+    recipe = load_recipe(write_recipe(tmp_path, 'template: "{{ n }}"\nvars: {n: [a, b]}\n'))
+    out = tmp_path / "out"
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:  # job a finished in an earlier run, b never sent
+        store.sync_plan(recipe.plan().jobs)
+        a, b = store.jobs()
+        url = "https://cdn.runcomfy.net/a.png"
+        store.transition(a.job_id, "submitting")
+        store.transition(a.job_id, "submitted", request_id="r-a")
+        store.transition(a.job_id, "completed", output_urls=[url], image_url=url)
+
+    async def go() -> RunResult:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+            return await arun_recipe(
+                recipe, api=ApiSettings("https://model-api.runcomfy.net/v1", TOKEN), out_dir=out,
+                options=fast(), http=http,
+            )  # fmt: skip
+
+    result = asyncio.run(go())
+    assert result.exit_code == 74 and "No space left on device" in str(result.reason)
+    with StateStore.for_output_dir(out) as store:
+        sent = store.get(b.job_id)
+    assert sent is not None and sent.state == "submitted" and sent.request_id == "r-b"
+    assert not sent.possible_duplicate
