@@ -9,7 +9,9 @@ show their control characters escaped and never read them as rich markup.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from typing import IO, Any, Protocol
@@ -72,6 +74,34 @@ class Tally:
         return remaining / rate if rate > 0 and remaining > 0 else None
 
 
+class _Lines:
+    """Writes lines to a stream until the stream fails: a reader that went away (`run --json |
+    head -3` closes the pipe), a log file on a full disk. The run must not stop for it: an
+    exception out of a progress sink fails the job's task, and the run with it, cutting short
+    POSTs on the wire and downloads. So a failed write silences the sink for the rest of the
+    run, which goes on as with --quiet; its end (exit code, state, outputs) is as ever."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def _write(self, line: str) -> None:
+        if self._gone:
+            return
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):  # (ValueError: a stream closed under it)
+            self._gone = True
+            if self._stream in (sys.stdout, sys.stderr):
+                # what is left in its buffer would fail again at exit, after the run, with
+                # "Exception ignored ... BrokenPipeError" and exit 120: send it nowhere
+                with contextlib.suppress(OSError, ValueError):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, self._stream.fileno())
+                    os.close(devnull)
+
+
 class QuietProgress:
     """Nothing while running (`--quiet`)."""
 
@@ -79,11 +109,11 @@ class QuietProgress:
         return None
 
 
-class JsonProgress:
+class JsonProgress(_Lines):
     """One JSON object per line: {"event": kind, "t": unix seconds, ...detail}."""
 
     def __init__(self, stream: IO[str] | None = None, *, secret: str | None = None) -> None:
-        self._stream = stream or sys.stdout
+        super().__init__(stream or sys.stdout)
         self._secret = secret
 
     def event(self, kind: str, detail: dict[str, Any]) -> None:
@@ -91,23 +121,21 @@ class JsonProgress:
         line = redact(json.dumps({"event": kind, "t": t, **detail}, default=str), self._secret)
         if line == WITHHELD:  # (still one JSON object: a script reading the lines goes on)
             line = json.dumps({"event": kind, "t": t, "withheld": WITHHELD})
-        self._stream.write(line + "\n")
-        self._stream.flush()
+        self._write(line)
 
 
-class LogProgress:
+class LogProgress(_Lines):
     """Plain lines for logs and pipes: failures, retries, 429s and a line every few jobs."""
 
     def __init__(self, stream: IO[str] | None = None, *, every: int = 10, secret: str | None = None) -> None:
-        self._stream = stream or sys.stderr
+        super().__init__(stream or sys.stderr)
         self.tally = Tally()
         self._every = every
         self._secret = secret
 
     def _say(self, text: str) -> None:
         # (the client scrubs what it passes on; this is the last look before a terminal or a log)
-        self._stream.write(printable(redact(text, self._secret)) + "\n")
-        self._stream.flush()
+        self._write(printable(redact(text, self._secret)))
 
     def event(self, kind: str, detail: dict[str, Any]) -> None:
         self.tally.update(kind, detail)

@@ -81,3 +81,33 @@ def test_a_zero_second_pause_is_said_as_zero() -> None:
     out = io.StringIO()
     LogProgress(out).event("rate_limited", {"retry_after_s": 0.0, "pause_s": None})
     assert out.getvalue() == "rate limited (429): pausing 0.0 s\n"
+
+
+class _GonePipe(io.StringIO):
+    """A stream whose reader went away after `keep` lines: `run --json | head -3`."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        if self.writes > self.keep:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_sink_whose_reader_went_away_goes_quiet_instead_of_failing_the_run() -> None:
+    # The BrokenPipeError of `run --json | head -3` came out of the sink into the job's task
+    # and failed the run (exit 74) with POSTs on the wire: those jobs stayed `submitting`
+    # and the next run paid for them again. The run must go on as with --quiet.
+    from seedream_pipe.progress import JsonProgress
+
+    for sink_type in (JsonProgress, LogProgress):
+        stream = _GonePipe(keep=1)
+        sink = sink_type(stream)
+        for n in range(4):
+            sink.event("message", {"text": f"line {n}"})  # never raises
+        assert stream.getvalue().count("\n") == 1 and "line 0" in stream.getvalue()
+        assert stream.writes == 2  # silenced after the first failure, not trying every line
