@@ -801,6 +801,8 @@ class Runner:
                 # Accepted, perhaps billed, but not followable: failed and flagged, so that
                 # --retry-failed and the report say it may be paid for twice; and no more
                 # submits, since every answer will be the same.
+                if duplicate:
+                    self.possible_duplicates += 1
                 self._transition(rec, "failed", error=str(exc), possible_duplicate=True)
                 self._stop_for(exc)
                 return False
@@ -815,9 +817,9 @@ class Runner:
                 # not sent this time (earlier tries, if any, were refused): nothing was created
                 self._revert(rec, refused_state)
                 return False
+            if duplicate:  # (sent again, and it reached the API: taken, unreadable or unknown)
+                self.possible_duplicates += 1
             if isinstance(outcome, Submission):
-                if duplicate:
-                    self.possible_duplicates += 1
                 self._transition(
                     rec,
                     "submitted",

@@ -1293,3 +1293,14 @@ def test_a_post_on_the_wire_when_another_job_fails_the_run_gets_its_answer(
         sent = store.get(b.job_id)
     assert sent is not None and sent.state == "submitted" and sent.request_id == "r-b"
     assert not sent.possible_duplicate
+
+
+def test_the_summary_counts_a_job_sent_twice_whose_second_answer_was_lost_too(sim: Simulator, tmp_path: Path) -> None:
+    # Every submit is taken, then answered by a gateway's 502/504: each job is sent once more,
+    # lost again, and fails "twice". The API took every body twice, and the folder flags each
+    # job; the run's summary said possible_duplicates 0, counting only resends that came back.
+    sim.set_faults(gateway_rate=1.0)
+    result = run(sim, write_recipe(tmp_path), tmp_path / "out")
+    assert result.exit_code == 1 and result.counts["failed"] == 6
+    assert sim.stats()["duplicate_submits"] == 6
+    assert result.summary["possible_duplicates"] == 6
