@@ -52,12 +52,23 @@ def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
                 img.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
             img.load()  # a full decode: catches garbage and a body cut short
             final = dest.with_suffix(IMAGE_FORMATS[img.format or "PNG"])
-            save_thumbnail(_shrunk(img), thumb)
+            shrunk = _shrunk(img)
     except Image.UnidentifiedImageError:
         tmp.unlink(missing_ok=True)
         raise NotAnImage(f"not a {IMAGE_FORMATS_SAID} image") from None
     except Exception as exc:  # Pillow raises many kinds for bad bytes
         tmp.unlink(missing_ok=True)
+        raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
+    try:
+        save_thumbnail(shrunk, thumb)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # the file system refused the thumbnail (a full disk, say): not the image's fault,
+            # and no download again would help; the run stops as for the image's own file
+            raise
+        if not isinstance(exc, Exception):
+            raise
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
     os.replace(tmp, final)
     return KeptImage(path=final, width=size[0], height=size[1])

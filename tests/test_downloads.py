@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -75,3 +76,26 @@ def test_a_decompression_bomb_is_refused_from_its_header_without_touching_pillow
     with pytest.raises(NotAnImage, match="10000x4000 pixels, more than any image the API makes"):
         keep_image(tmp, tmp_path / "x.png", tmp_path / "x.jpg")
     assert not tmp.exists() and not (tmp_path / "x.jpg").exists()
+
+
+def test_a_full_disk_writing_the_thumbnail_is_the_file_systems_error_not_a_bad_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ENOSPC while writing the thumbnail was taken for a bad image (NotAnImage): the runner
+    # fetched the paid-for image 4 times, then failed the job "not a valid image" (exit 1, and
+    # skipped by the next run), where a full disk stops the run with 74 to resume once freed.
+    import errno
+
+    import seedream_pipe.images as images
+
+    def full(folder: Path, prefix: str, suffix: str) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(images, "fresh_temp", full)
+    tmp = fetched(tmp_path, encoded("JPEG"))
+    dest, thumb = tmp_path / "images" / "0001_abc_x.jpg", tmp_path / "thumbs" / "0001_abc_x.jpg"
+    dest.parent.mkdir()
+    with pytest.raises(OSError) as raised:
+        keep_image(tmp, dest, thumb)
+    assert not isinstance(raised.value, NotAnImage) and raised.value.errno == errno.ENOSPC
+    assert not tmp.exists() and not dest.exists()  # (the partial file gone, nothing kept)
