@@ -1978,14 +1978,15 @@ def _actions(
     from the plan and the folder's state (`known`, by job_id), and how many --limit holds back."""
     actions: dict[str, int] = {}
     submits: list[tuple[int, str, str]] = []  # (index, job_id, submit or resubmit)
+    forgotten = 0  # jobs a new simulator does not know: made again with what --limit leaves
     for job in plan.jobs:
         rec = known.get(job.job_id)
         action = "submit" if rec is None else action_for(rec, options)
         if action == "verify":  # (the run downloads again a file gone or changed)
             action = "done" if rec is not None and image_intact(out_dir, rec) else "download"
         if fresh_simulator and action in ("poll", "download"):
-            action = "resubmit"  # (as the run does once the new simulator answers 404)
-        if action in ("submit", "resubmit"):
+            forgotten += 1  # (resubmitted, as the run does once the new simulator answers 404)
+        elif action in ("submit", "resubmit"):
             submits.append((job.index, job.job_id, action))
         else:
             actions[action] = actions.get(action, 0) + 1
@@ -1998,6 +1999,11 @@ def _actions(
     chosen, held_back = submits_within_limit(submits, options.limit, lambda s: (s[0], s[1]))
     for _, _, action in chosen:
         actions[action] = actions.get(action, 0) + 1
+    if forgotten:  # (the run's submits take --limit first; a forgotten job is made with what is left)
+        again = forgotten if options.limit is None else min(forgotten, max(0, options.limit - len(chosen)))
+        if again:
+            actions["resubmit"] = actions.get("resubmit", 0) + again
+        held_back += forgotten - again
     order = ("submit", "resubmit", "poll", "download")  # as the run says them; the rest after
     actions = dict(sorted(actions.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     return actions, held_back

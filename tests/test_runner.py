@@ -1304,3 +1304,26 @@ def test_the_summary_counts_a_job_sent_twice_whose_second_answer_was_lost_too(si
     assert result.exit_code == 1 and result.counts["failed"] == 6
     assert sim.stats()["duplicate_submits"] == 6
     assert result.summary["possible_duplicates"] == 6
+
+
+def test_dry_run_with_a_new_simulator_and_limit_says_what_the_run_does(tmp_path: Path) -> None:
+    # Two jobs an earlier simulator took, four never sent, --limit 1, --sim: the run submits
+    # the first never-sent job and makes the forgotten ones again only with what --limit leaves
+    # ("1 to submit; 5 left"); the dry run said "resubmit: 1" (a forgotten job), in plan order.
+    from seedream_pipe.runner import dry_run_report
+
+    recipe, out = load_recipe(write_recipe(tmp_path)), tmp_path / "out"
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(recipe.plan().jobs)
+        for n, rec in enumerate(store.jobs()[:2]):
+            store.transition(rec.job_id, "submitting")
+            store.transition(rec.job_id, "submitted", request_id=f"r{n}")
+    for limit, actions, held in [(1, {"submit": 1}, 5), (5, {"submit": 4, "resubmit": 1}, 1), (None, {"submit": 4, "resubmit": 2}, 0)]:
+        said = dry_run_report(recipe, out, fast(limit=limit, forget_lost=True), fresh_simulator=True)
+        assert (said["actions"], said["held_back"]) == (actions, held), limit
+    with Simulator(SimConfig(workers=4, latency=0.02)) as fresh:  # knows none of r0, r1
+        heard = Heard()
+        run(fresh, write_recipe(tmp_path), out, options=fast(limit=1, forget_lost=True), progress=heard)
+    assert heard.started["actions"]["submit"] == 1 and heard.started["actions"]["resubmit"] == 0
+    assert heard.started["held_back"] == 5
