@@ -106,8 +106,12 @@ class SubmitPacer:
         if self._base_at is None:
             return self.ceiling
         now = self._clock() if now is None else now
-        grown = self._base_rate * RECOVERY_PER_10S ** (max(0.0, now - self._base_at) / 10.0)
-        return min(self.ceiling, grown)
+        tens = max(0.0, now - self._base_at) / 10.0
+        # (back at the ceiling long before 1.05**tens overflows a float, some 40 h after a 429,
+        # which raised OverflowError into the submit: a long run died as a bug)
+        if tens * math.log(RECOVERY_PER_10S) >= math.log(self.ceiling / self._base_rate):
+            return self.ceiling
+        return min(self.ceiling, self._base_rate * RECOVERY_PER_10S**tens)
 
     def delay(self, now: float) -> float:
         """Seconds until a submit may go (0: now). Pure: reserves nothing."""

@@ -194,3 +194,17 @@ def test_poll_schedule_forgets_old_durations() -> None:
     for duration in [10.0, 10.0, 10.0, 10.0, 1.0, 1.0, 1.0, 1.0]:
         schedule.observe(duration)
     assert schedule.next_delay(0.0) == pytest.approx(1.0)
+
+
+def test_the_rate_long_after_a_429_is_the_ceiling_not_an_overflow() -> None:
+    # 1.05 ** (seconds / 10) overflows a float some 40 hours after the last 429: rate() raised
+    # OverflowError into the next submit, and a long, slow run died as "a bug" (exit 70).
+    clock = FakeTime()
+    pacer = SubmitPacer(60, clock=clock)
+    pacer.rate_limited(1.0)
+    assert pacer.rate() < pacer.ceiling
+    for later in (3600.0, 150_000.0, 1e12):
+        clock.now = later
+        assert pacer.rate() == pytest.approx(pacer.ceiling)
+    clock.now = 2.0  # (just after the pause: still well under the ceiling)
+    assert pacer.rate() < pacer.ceiling
