@@ -124,6 +124,11 @@ UNKNOWN_REQUEST = "the API no longer knows request"
 #: Submits accepted with answers that cannot be read (no request id) before the run stops
 #: submitting: one is a garbled answer, several an API whose answers changed.
 UNREAD_ANSWERS_STOP = 3
+#: Submits in a row whose outcome is unknown (the answer lost: dropped, timed out, a gateway's
+#: 502/504) before the run stops submitting. Each may have been taken and billed with nothing
+#: to follow; past a few, the API (or a gateway before it) is losing every answer, and going on
+#: would pay for the whole plan, twice by default, for no image.
+UNKNOWN_IN_A_ROW_STOP = 10
 
 #: Looks at a job whose request id answers 404 before it counts as lost (the first may come
 #: from a part of the API that has not heard of the job yet).
@@ -385,6 +390,7 @@ class Runner:
         self.stop_fix_first = False
         self.lost_contact = 0
         self.accepted_unread = 0  # submits accepted with answers that could not be read
+        self._unknown_in_a_row = 0  # submits whose outcome was unknown since the last one taken
         self._not_found: dict[str, int] = {}  # 404s for a job's request id in this run
         self._run_again_left: int | None = None  # submits --limit still allows (None: no limit)
         #: The API is a simulator started afresh (`forget_lost`, at another URL than the last
@@ -820,6 +826,7 @@ class Runner:
             if duplicate:  # (sent again, and it reached the API: taken, unreadable or unknown)
                 self.possible_duplicates += 1
             if isinstance(outcome, Submission):
+                self._unknown_in_a_row = 0
                 self._transition(
                     rec,
                     "submitted",
@@ -851,6 +858,14 @@ class Runner:
                 return False
             assert isinstance(outcome, UnknownOutcome)
             self._transition(rec, "submit_unknown", error=outcome.reason)
+            self._unknown_in_a_row += 1
+            if self._unknown_in_a_row == UNKNOWN_IN_A_ROW_STOP:
+                self._stop(
+                    EX_UNAVAILABLE,
+                    f"{UNKNOWN_IN_A_ROW_STOP} submits in a row got no answer (the last: {outcome.reason}): "
+                    "no more submits, which may each be paid for with no image to show; jobs in flight "
+                    "are finished first",
+                )
             if not self.opt.resubmit_unknown:
                 self._transition(
                     rec,

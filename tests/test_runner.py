@@ -1300,10 +1300,10 @@ def test_the_summary_counts_a_job_sent_twice_whose_second_answer_was_lost_too(si
     # lost again, and fails "twice". The API took every body twice, and the folder flags each
     # job; the run's summary said possible_duplicates 0, counting only resends that came back.
     sim.set_faults(gateway_rate=1.0)
-    result = run(sim, write_recipe(tmp_path), tmp_path / "out")
-    assert result.exit_code == 1 and result.counts["failed"] == 6
-    assert sim.stats()["duplicate_submits"] == 6
-    assert result.summary["possible_duplicates"] == 6
+    result = run(sim, write_recipe(tmp_path), tmp_path / "out", options=fast(limit=4))  # (8 lost answers)
+    assert result.exit_code == 1 and result.counts["failed"] == 4
+    assert sim.stats()["duplicate_submits"] == 4
+    assert result.summary["possible_duplicates"] == 4
 
 
 def test_dry_run_with_a_new_simulator_and_limit_says_what_the_run_does(tmp_path: Path) -> None:
@@ -1327,3 +1327,17 @@ def test_dry_run_with_a_new_simulator_and_limit_says_what_the_run_does(tmp_path:
         run(fresh, write_recipe(tmp_path), out, options=fast(limit=1, forget_lost=True), progress=heard)
     assert heard.started["actions"]["submit"] == 1 and heard.started["actions"]["resubmit"] == 0
     assert heard.started["held_back"] == 5
+
+
+def test_submits_stop_when_every_answer_is_lost(sim: Simulator, tmp_path: Path) -> None:
+    # Every submit taken (billed), its answer replaced by a gateway's 502/504: the run sent
+    # every job of the plan twice (2 x the plan paid for, not one image), with no stop, where
+    # unreadable answers stop it after UNREAD_ANSWERS_STOP.
+    sim.set_faults(gateway_rate=1.0)
+    text = RECIPE.replace("[in snow, at sea, on a roof]", "[in snow, at sea, on a roof, in fog, at dusk, in rain, on ice]")
+    result = run(sim, write_recipe(tmp_path, text), tmp_path / "out", options=fast(concurrency=2))
+    assert result.exit_code == 69 and "in a row got no answer" in (result.reason or "")
+    # (the submits on the wire when the stop came get their answers: at most one per slot more)
+    assert 10 <= sim.stats()["submits_accepted"] <= 10 + 2  # (UNKNOWN_IN_A_ROW_STOP; 14 jobs: 28 before)
+    assert result.counts["planned"] > 0  # the rest wait for a run that gets answers
+    no_unflagged_duplicates(sim, tmp_path / "out")
