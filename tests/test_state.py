@@ -162,6 +162,37 @@ def test_transition_stamps_time_logs_event_and_survives_reopen(tmp_path: Path) -
     again.close()
 
 
+def test_the_commit_before_a_submit_and_the_one_of_its_request_id_are_synced_to_disk(tmp_path: Path) -> None:
+    # With synchronous=NORMAL alone, a power cut could undo the 'submitting' commit, and the
+    # next run would send the job again with nothing saying it may have been paid for.
+    store = StateStore.for_output_dir(tmp_path)
+    store.sync_plan([make_job(1)])
+    store.start_run(recipe_path="r.yaml", api_host="127.0.0.1")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+
+    def synced_commits() -> list[str]:
+        """The levels each COMMIT of the statements so far was made at."""
+        level, levels = "NORMAL", []
+        for text in statements:
+            if text.startswith("PRAGMA synchronous="):
+                level = text.removeprefix("PRAGMA synchronous=")
+            elif text == "COMMIT":
+                levels.append(level)
+        statements.clear()
+        return levels
+
+    store.transition("job001", "submitting")
+    assert synced_commits() == ["FULL"]
+    store.transition("job001", "submitted", request_id="abc")
+    assert synced_commits() == ["FULL"]
+    store.transition("job001", "in_progress")
+    store.update("job001", bump=["polls"])
+    assert synced_commits() == ["NORMAL", "NORMAL"]
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # (NORMAL again)
+    store.close()
+
+
 def test_unknown_state_and_column_are_refused(tmp_path: Path) -> None:
     store = StateStore(":memory:")
     store.sync_plan([make_job(1)])
