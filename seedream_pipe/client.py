@@ -54,6 +54,7 @@ from seedream_pipe.errors import (
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
 from seedream_pipe.paths import fresh_temp
 from seedream_pipe.transport import AiohttpWire, HttpxWire, NeverConnects, Wire
+from seedream_pipe.words import option
 
 
 def _spare_httpcore_a_failed_import() -> None:
@@ -377,11 +378,12 @@ class ModelApiClient:
         code = response.status_code
         message = self._redact(f"{what}: HTTP {code}: {reason}")
         if code in (401, 403):
+            # (the CLI says next which variable or file the token came from)
+            which = option("the token", "the token (the one given in code, or RUNCOMFY_TOKEN)")
             return AuthError(
                 self._redact(
                     f"{what}: the API refused the token (HTTP {code}: {reason}). "
-                    "Check the token (RUNCOMFY_TOKEN, or the one given in code) or sign in again with "
-                    "`runcomfy login`."
+                    f"Check {which} or sign in again with `runcomfy login`."
                 ),
                 status=code,
             )

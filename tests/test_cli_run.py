@@ -444,6 +444,7 @@ def test_a_run_stopped_by_a_refused_token_says_it_resumes_once_that_is_fixed(
     assert code == 77
     # said once, at the end with its fix (the run stops at once: no "stopping submits" line first)
     assert err.count("refused the token") == 1
+    assert "Check the token or sign in again" in err and "given in code" not in err  # (the CLI's words)
     assert f"Fix that, then run the same command: it resumes where it stopped ({tmp_path / 'o'})." in err
     # which token was sent: a stale variable set long ago beats a fresh `runcomfy login`
     assert err.rstrip().endswith(f"The token sent was read from {said}")

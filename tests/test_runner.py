@@ -519,7 +519,7 @@ def test_revoked_token_stops_at_once_and_a_later_run_completes(sim: Simulator, t
     assert result.exit_code == 77
     assert TOKEN not in (result.reason or "")
     # a notebook passes its token in code: the message does not send it to the variable alone
-    assert "Check the token (RUNCOMFY_TOKEN, or the one given in code)" in (result.reason or "")
+    assert "Check the token (the one given in code, or RUNCOMFY_TOKEN)" in (result.reason or "")
     with StateStore.for_output_dir(out) as store:
         states = store.counts()
     assert states["submitting"] == 0  # the refused submit went back to planned
