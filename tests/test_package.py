@@ -257,6 +257,23 @@ main()
     assert 'seedream-pipe = "seedream_pipe._entry:main"' in script
 
 
+def test_sigterm_while_the_command_loads_is_an_interrupt_too() -> None:
+    # Until a run installs its own handlers, SIGTERM's default killed the process: 143, no word,
+    # where the README says 130 for Ctrl-C and SIGTERM alike.
+    code = """
+import os, signal, sys
+class Terminated:
+    def find_spec(self, name, path=None, target=None):
+        if name == "seedream_pipe.cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+sys.meta_path.insert(0, Terminated())
+from seedream_pipe._entry import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
+
+
 def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
     # `seedream-pipe plan big.yaml --format csv | head -1`: click's own handling of the closed
     # pipe exited 1, which the README keeps for "some jobs failed".
