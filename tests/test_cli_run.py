@@ -1113,7 +1113,7 @@ def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_p
         stdout = invoke("status", str(recipe), "--out", str(out))[1]
         assert f"brings the folder up to date once the run at work in it (pid {os.getpid()}) has ended" in stdout
     stdout = invoke("status", str(out))[1]  # nobody holds it: that run died
-    assert f"last run: #{run_id} against 127.0.0.1, killed before it ended (run again to resume)" in stdout
+    assert f"last run: #{run_id} against 127.0.0.1, ended without recording how (killed, or its state could not be written; run again to resume)" in stdout
 
 
 def test_a_run_keeps_every_report_format_the_folder_has_fresh(recipe: Path, tmp_path: Path) -> None:

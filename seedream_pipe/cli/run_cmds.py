@@ -483,7 +483,7 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
             ended = f"exit {code}"
         else:  # (the folder's lock says which: a run holds it while at work)
             holder = run_in_progress(out_dir)
-            ended = f"running now (pid {holder})" if holder else "killed before it ended (run again to resume)"
+            ended = f"running now (pid {holder})" if holder else "ended without recording how (killed, or its state could not be written; run again to resume)"
         click.echo(f"last run: #{last['id']} against {printable(str(last['api_host']))}, {ended}")
     for r in failed:
         # The reason is the API's text (or the simulator's): shown, never obeyed by the terminal.
