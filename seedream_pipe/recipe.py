@@ -515,7 +515,16 @@ class _Converter:
             return node.value
         if node.tag not in _SAFE_SCALAR_TAGS:
             raise _Refused(f"unsupported YAML tag {node.tag}", path, node)
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+            if type(value) is int and value.bit_length() > 64:
+                str(value)  # (a hex or binary one is read whole, but has no decimal text either)
+        except ValueError:
+            # An integer of more digits than Python converts to or from text (4,300 by default):
+            # the recipe's hash and every request body are JSON text, so it could not be used.
+            raise _Refused(f"a number of over {sys.get_int_max_str_digits():,} digits; no model input "
+                           "needs one (quote it if it is text)", path, node) from None
+        return value
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         if node.tag != "tag:yaml.org,2002:map":
@@ -1256,6 +1265,10 @@ def _as_yaml(data: Mapping[str, Any]) -> str:
         return yaml.safe_dump(plain(data), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
     except RecursionError:
         raise RecipeError(Problem("<dict>", "the recipe dict is nested too deeply to be a recipe")) from None
+    except ValueError:  # (an int of more digits than Python writes as text: 4,300 by default)
+        raise RecipeError(Problem(
+            "<dict>", f"the recipe dict holds a number of over {sys.get_int_max_str_digits():,} digits; no model input needs one"
+        )) from None  # fmt: skip
     except yaml.representer.RepresenterError as exc:  # (an object YAML has no form for)
         kind = type(exc.args[1]).__name__ if len(exc.args) > 1 else "unknown"
         raise RecipeError(Problem(

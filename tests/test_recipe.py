@@ -223,6 +223,24 @@ def test_alias_bomb_is_refused(tmp_path: Path) -> None:
     assert message.startswith(f"{path}:")
 
 
+def test_a_number_too_long_to_write_as_text_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # Python reads and writes ints of at most 4,300 digits as text (a hex or binary one is read,
+    # but has no decimal text): the recipe's hash and the request bodies are JSON, so such a number
+    # ended plan and validate with "unexpected ValueError" (exit 70).
+    import seedream_pipe as sp
+
+    for where in ("inputs: {seed: %s}", "params: {seed: [%s]}", "sample: {n: 1, seed: %s}", "x-big: %s"):
+        for number in ("9" * 5000, "0x" + "f" * 4000):
+            path = write(tmp_path, MINIMAL + where % number + "\n")
+            message = only_problem(path)
+            assert "a number of over 4,300 digits" in message, message
+            assert message.startswith(f"{path}:5:"), message
+    with pytest.raises(RecipeError, match="holds a number of over 4,300 digits"):
+        sp.parse_recipe({"template": "{{ a }}", "vars": {"a": ["x"]}, "inputs": {"seed": 10**5000}}, folder=tmp_path)
+    big = load_recipe(write(tmp_path, MINIMAL + "sample: {n: 1, seed: 0x1%s}\n" % ("f" * 16)))
+    assert big.spec.sample is not None and big.spec.sample.seed == 2**65 - 1  # (a long one still is one)
+
+
 def test_recursive_alias_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ a }}"\nvars:\n  a: &x [1, *x]\n')
     assert "an alias refers to a value that contains it" in only_problem(path)
