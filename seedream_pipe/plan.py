@@ -1641,6 +1641,17 @@ def _render(template: PromptTemplate, scope: Mapping[str, Any], labels: Mapping[
         problems.add_template(template.key_path, _template_line(exc),
                               f"{kind}{exc} (rendering {_describe(labels, 0, 1)})")
         return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # `{{ "\\ud800" }}` or `"%c" % 55296`: half of a UTF-16 pair, no character of its
+            # own, which neither the job_id's hash nor the request's JSON can carry as UTF-8
+            problems.add_template(template.key_path, None,
+                                  f"the template makes U+{ord(text[exc.start]):04X}, half of a UTF-16 "
+                                  "surrogate pair and no character of its own, which a request cannot carry "
+                                  f"(rendering {_describe(labels, 0, 1)})")
+            return None
     text = text.strip()
     if "  " in text or "\t" in text:
         text = _SPACES.sub(" ", text)

@@ -372,6 +372,17 @@ def test_runtime_error_in_template(tmp_path: Path) -> None:
     assert "template: template line 2: ZeroDivisionError: division by zero (rendering a=x" in message
 
 
+def test_a_template_that_makes_a_lone_surrogate_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # Jinja2 reads "\\ud800" in a string literal as the code point itself, which no UTF-8 text
+    # holds: the job_id's hash ended plan with "unexpected UnicodeEncodeError" (exit 70).
+    for expression in ('"\\ud800"', '"%c" % 56320'):
+        message = only_problem(tmp_path, f"template: '{{{{ a }}}} {{{{ {expression} }}}}'\nvars: {{a: [x, y]}}\n")
+        assert "template: the template makes U+D" in message and "half of a UTF-16 surrogate pair" in message
+        assert "(rendering a=x, resolution=2048x2048 (1:1))" in message
+    fox = plan_of(tmp_path, "template: '{{ a }} {{ \"\\U0001F98A\" }} é'\nvars: {a: [x]}\n")  # (a whole pair is fine)
+    assert [job.prompt for job in fox] == ["x \U0001F98A é"]
+
+
 def test_templates_that_fail_to_render_are_reported_together_once_each(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path,
