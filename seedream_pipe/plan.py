@@ -1515,11 +1515,8 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
             cache = caches.get(template.name)
             prompt = None
             if cache is not None:
-                try:
-                    cache_key = tuple(scope[n] for n in cache_names[template.name])
-                    prompt = cache.get(cache_key)
-                except TypeError:  # a param value that is a list or mapping: no cache key
-                    cache = None
+                cache_key = tuple(v if v.__class__ is str else _cache_token(v) for v in map(scope.__getitem__, cache_names[template.name]))
+                prompt = cache.get(cache_key)
             if prompt is None:
                 started = monotonic()
                 prompt = _render(template, scope, labels, problems)
@@ -1604,6 +1601,13 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     if repeats > 1:
         axis_labels["repeat"] = repeat_labels
     return Plan(recipe, jobs, axis_labels, warnings, grid_size=blueprint.grid_size, combinations=count)
+
+
+def _cache_token(value: Any) -> tuple[type, str]:
+    """A param value (or repeat) as a render cache key: its type and repr, since values that
+    are equal in Python render apart (`1`, `1.0` and `true` are equal, `0.0` and `-0.0` too, and
+    render as `1`, `1.0`, `True`, `0.0`, `-0.0`); a list or mapping is so hashable as well."""
+    return (value.__class__, repr(value))
 
 
 def _positions(indices: list[int]) -> str:

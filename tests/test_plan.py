@@ -621,10 +621,24 @@ def test_structured_param_values(tmp_path: Path) -> None:
     (tmp_path / "s.json").write_text(json.dumps(schema))
     plan = plan_of(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "{{ s }} {{ lora.name }}"\n'
                    "vars: {s: [x, y]}\nresolutions: [1K, 2K]\nparams:\n  lora: [{name: a, w: 0.5}, {name: b, w: 1}]\n")
-    # the template ignores the resolution, so renders are cached, but a mapping is no cache key
+    # the template ignores the resolution, so renders are cached, a mapping by its repr
     assert [j.prompt for j in plan] == ["x a", "x b", "x a", "x b", "y a", "y b", "y a", "y b"]
     assert plan.axes["lora"] == ['{"name":"a","w":0.5}', '{"name":"b","w":1}']
     assert plan.jobs[1].inputs == {"prompt": "x b", "resolution": "1K", "lora": {"name": "b", "w": 1}}
+
+
+def test_param_values_python_takes_as_equal_render_apart_in_cached_prompts(tmp_path: Path) -> None:
+    # A template that ignores a varying axis (here the resolution) has its renders cached by the
+    # values it uses; 1, 1.0 and true are equal in Python, and 0.0 and -0.0, so every job of
+    # them got the prompt of the first ("cfg 1" sent with cfg 1.0): a prompt not the template's.
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}, "cfg": {},
+                                               "resolution": {"enum": ["1K", "2K"]}}}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    plan = plan_of(tmp_path, 'model: x/y\ninput_schema: s.json\ntemplate: "cfg {{ cfg }}"\nresolutions: [1K, 2K]\n'
+                   "params:\n  cfg: [1, 1.0, true, 0.0, -0.0, [1], [1.0]]\n")
+    shown = ["cfg 1", "cfg 1.0", "cfg True", "cfg 0.0", "cfg -0.0", "cfg [1]", "cfg [1.0]"]
+    assert [j.prompt for j in plan] == shown * 2
+    assert all(j.prompt == f"cfg {j.inputs['cfg']}" for j in plan)
 
 
 def test_bad_param_value_points_at_it(tmp_path: Path) -> None:
