@@ -867,6 +867,10 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
         elif name in _RESERVED:
             problems.add(path, f"{name!r} is a reserved name (the planner's own: "
                                f"{', '.join(sorted(_RESERVED))}); give the var another name")
+        elif name in _ENV.globals:
+            # (`{{ dict }}` reads Jinja2's dict(), never the var: it was "used by no template")
+            problems.add(path, f"{name!r} is a name templates already have (Jinja2's {name}()); give the var "
+                               "another name")
         elif name in param_names:
             problems.add(path, f"{name!r} is both a var and a param")
     grouped: dict[str, int] = {}
@@ -1259,7 +1263,7 @@ def prepare(recipe: Recipe) -> Blueprint:
     if templates and len(templates) == written and not problems.unknown.templates:
         for name in spec.vars:
             # (a reserved name has its own problem: `{{ index }}` would use the planner's, not the var)
-            if name not in used and name not in unusable and name not in meant and name not in _RESERVED:
+            if name not in used and name not in unusable and name not in meant and name not in _RESERVED | set(_ENV.globals):
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 

@@ -714,6 +714,15 @@ def test_a_reserved_var_name_gets_one_problem_not_a_hint_to_use_it(tmp_path: Pat
     )
 
 
+@pytest.mark.parametrize("name", ["dict", "range", "cycler", "joiner", "namespace"])
+def test_a_var_named_like_a_jinja_global_is_told_so_not_to_use_what_it_uses(tmp_path: Path, name: str) -> None:
+    # `{{ dict }}` reads Jinja2's dict(), so the var was "used by no template; use {{ dict }}":
+    # the advice the template already followed.
+    assert only_problem(tmp_path, f'template: "{{{{ a }}}} {{{{ {name} }}}}"\nvars:\n  a: [x]\n  {name}: [d]\n').endswith(
+        f"vars.{name}: {name!r} is a name templates already have (Jinja2's {name}()); give the var another name"
+    )
+
+
 def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
     import unicodedata
 
