@@ -29,6 +29,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
@@ -1376,12 +1377,14 @@ def _keep(combo: tuple[int, ...], excludes: list[Filter], includes: list[Filter]
     return True
 
 
-def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool) -> None:
+def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool, *, sampled: bool = False) -> None:
     if count > MAX_PLAN_JOBS:
         # (exclude/include cannot help a grid too large to filter: say what can)
         how = ("sample, or fewer values (exclude/include filter grids of at most "
                f"{MAX_FILTERED_GRID:,} combinations)" if recipe.blueprint.grid_size > MAX_FILTERED_GRID
                else "exclude/include/sample")
+        if sampled:  # (the sample is what is too large)
+            how = "a smaller sample.n" + (" or fewer repeats" if recipe.blueprint.repeats > 1 else "")
         raise RecipeError(recipe.problem((), f"the plan has {count:,} jobs; seedream-pipe plans at most "
                                               f"{MAX_PLAN_JOBS:,}: narrow it with {how}"))
     if count > limit and not allow_large:
@@ -1390,9 +1393,11 @@ def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool) -> None
                                               f"raise {option('--max-jobs', 'max_jobs')}"))
 
 
-def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str]) -> tuple[Iterable[tuple[int, ...]], int, list[tuple[int, ...]] | None]:
+def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str], max_jobs: int,
+            allow_large: bool) -> tuple[Iterable[tuple[int, ...]], int, list[tuple[int, ...]] | None]:
     """The combinations kept after exclude/include/sample, their count, and the list of them
-    when it was materialised (None when every combination is kept)."""
+    when it was materialised (None when every combination is kept). A plan over the job limits
+    is refused before its sample is drawn (`n: 30000000` took minutes and gigabytes first)."""
     sizes = [len(axis) for axis in blueprint.axes]
     total = math.prod(sizes)
     filtered = bool(blueprint.excludes or blueprint.includes)
@@ -1410,15 +1415,28 @@ def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str]) -> tuple[
     count = len(kept) if kept is not None else total
     sample = recipe.spec.sample
     if sample is not None:
+        _too_many(recipe, min(sample.n, count) * blueprint.repeats, max_jobs, allow_large, sampled=sample.n < count)
         if sample.n >= count:
             warnings.append(f"sample.n ({sample.n}) is not below the {count:,} combinations: all are kept")
         else:
             # Sampling indices is the same draw as sampling the list itself, without building it.
-            chosen = sorted(random.Random(sample.seed).sample(range(count), sample.n))
+            chosen = sorted(_sample(random.Random(sample.seed), count, sample.n))
             kept = [kept[i] for i in chosen] if kept is not None else [_decode(i, sizes) for i in chosen]
             count = len(kept)
     combos: Iterable[tuple[int, ...]] = kept if kept is not None else itertools.product(*map(range, sizes))
     return combos, count, kept
+
+
+def _sample(rng: random.Random, count: int, n: int) -> list[int]:
+    """`n` distinct numbers below `count`: `rng.sample(range(count), n)`, which takes a range
+    only of at most sys.maxsize items (OverflowError), so a larger grid (20 vars of 10 values)
+    draws as that would with no such limit: n numbers by randrange, each new one kept."""
+    if count <= sys.maxsize:
+        return rng.sample(range(count), n)
+    chosen: dict[int, None] = {}
+    while len(chosen) < n:
+        chosen.setdefault(rng.randrange(count))
+    return list(chosen)
 
 
 def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = False) -> Plan:
@@ -1427,7 +1445,7 @@ def build_plan(recipe: Recipe, *, max_jobs: int = 10_000, allow_large: bool = Fa
     warnings: list[str] = list(blueprint.notes)
     problems = _Problems(recipe)
     repeats = blueprint.repeats
-    combos, count, kept = _select(recipe, blueprint, warnings)
+    combos, count, kept = _select(recipe, blueprint, warnings, max_jobs, allow_large)
     _too_many(recipe, count * repeats, max_jobs, allow_large)
 
     axes = blueprint.axes

@@ -553,6 +553,35 @@ def test_sample_larger_than_grid_keeps_all(tmp_path: Path) -> None:
     assert plan.warnings == ["sample.n (100) is not below the 24 combinations: all are kept"]
 
 
+def huge_grid(vars_count: int) -> str:
+    names = [f"v{i}" for i in range(vars_count)]
+    return ('template: "' + " ".join(f"{{{{ {n} }}}}" for n in names) + '"\nvars:\n'
+            + "".join(f"  {n}: [a, b, c, d, e, f, g, h, i, j]\n" for n in names))
+
+
+def test_a_sample_of_a_grid_of_more_than_sys_maxsize_combinations_is_drawn(tmp_path: Path) -> None:
+    # random.sample takes a range of at most sys.maxsize items: 20 vars of 10 values (10**20,
+    # which the job limit's message tells to narrow with sample) ended in OverflowError (exit 70).
+    plan = plan_of(tmp_path, huge_grid(20) + "sample: {n: 3, seed: 1}\n")
+    again = plan_of(tmp_path, huge_grid(20) + "sample: {n: 3, seed: 1}\n")
+    assert len(plan) == 3 and [j.job_id for j in plan] == [j.job_id for j in again]
+    assert len({j.job_id for j in plan}) == 3 and plan.grid_size == 10**20
+
+
+def test_a_sample_over_the_job_limits_is_refused_before_it_is_drawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `n: 30000000` of a 10**10 grid drew 30 million numbers (140 s, 6.5 GB) before the plan
+    # of 30 million jobs was refused.
+    def drawn(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sample was drawn")
+
+    monkeypatch.setattr(random.Random, "sample", drawn)
+    message = only_problem(tmp_path, huge_grid(10) + "sample: {n: 30000000, seed: 1}\n")
+    assert message.endswith("the plan has 30,000,000 jobs; seedream-pipe plans at most 1,000,000: narrow it with "
+                            "a smaller sample.n"), message
+    message = only_problem(tmp_path, huge_grid(10) + "sample: {n: 20000, seed: 1}\n")
+    assert "the plan has 20,000 jobs, over the limit of 10,000" in message
+
+
 # --- repeats, duplicates, limits ---------------------------------------------------------------
 
 
