@@ -659,6 +659,41 @@ def test_var_file_values(tmp_path: Path) -> None:
     assert [job.prompt for job in recipe.plan()] == ["watercolor", "oil paint", "ink"]
 
 
+def test_var_files_are_inlined_without_going_through_every_value_read_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # For each var file, every location was scanned for the var's own (values of the var files
+    # read before included): 1,000 var files of 1,000 values took a minute to load.
+    import seedream_pipe.recipe as recipe_module
+
+    walked = 0
+
+    class Locations(dict):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            nonlocal walked
+            for key in super().__iter__():
+                walked += 1
+                yield key
+
+    parse = recipe_module.parse_yaml
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        doc = parse(*args, **kwargs)
+        doc.locations = Locations(doc.locations)
+        return doc
+
+    monkeypatch.setattr(recipe_module, "parse_yaml", counting)
+    write(tmp_path, "".join(f"w{i}\n" for i in range(100)), "words.txt")
+    names = [f"v{i}" for i in range(100)]
+    path = write(tmp_path, 'template: "' + " ".join(f"{{{{ {n} }}}}" for n in names) + '"\nvars:\n'
+                 + "".join(f"  {n}: {{file: words.txt}}\n" for n in names) + "sample: {n: 2}\n")
+    recipe = load_recipe(path)
+    assert len(recipe.spec.vars) == 100 and recipe.spec.vars["v99"][99] == "w99"
+    assert recipe.location(("vars", "v99", 99)) == recipe_module.Location(str(tmp_path / "words.txt"), 100, 1)
+    assert recipe.location(("vars", "v99", "file")) is None
+    assert walked < 50_000, walked  # (a few passes over the 10,000 values, not one per var file)
+
+
 def test_var_file_with_windows_line_ends(tmp_path: Path) -> None:
     write(tmp_path, b"ink\r\n# note\r\nwatercolor\r\n", "styles.txt")
     recipe = load_recipe(write(tmp_path, b'template: "{{ style }}"\r\nvars:\r\n  style: {file: styles.txt}\r\n'))
