@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 # Limits that keep a hostile or mistaken file from hanging the planner.
 MAX_RECIPE_BYTES = 2 * 1024 * 1024
 MAX_VAR_FILE_BYTES = 16 * 1024 * 1024
+#: Values all the var files of a recipe (and its bases) hold together: each takes some 600 bytes
+#: once planned, and a 16 MB file of one-letter lines holds 8 million (a MemoryError at 8 GB),
+#: as do 20 vars naming the same file of 16 MB. A plan has at most 1,000,000 jobs anyway.
+MAX_VAR_FILE_VALUES = 1_000_000
 MAX_YAML_NODES = 100_000  # values after alias expansion
 MAX_YAML_DEPTH = 50
 DEFAULT_MAX_JOBS = 10_000
@@ -777,8 +781,19 @@ def _join_display(display: str, relative: str) -> str:
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def _read_var_file(doc: _Document, name: str, written: str, problems: list[Problem]) -> tuple[list[str], dict[KeyPath, Location]] | None:
-    """The values of a `{file: ...}` var, one per line, and where each came from."""
+def _lines(text: str) -> Iterator[str]:
+    """`_LINE_BREAK.split(text)`, one line at a time."""
+    start = 0
+    for found in _LINE_BREAK.finditer(text):
+        yield text[start : found.start()]
+        start = found.end()
+    yield text[start:]
+
+
+def _read_var_file(doc: _Document, name: str, written: str, problems: list[Problem],
+                   values_read: list[int]) -> tuple[list[str], dict[KeyPath, Location]] | None:
+    """The values of a `{file: ...}` var, one per line, and where each came from. `values_read`
+    counts the values of every var file the recipe has read (see MAX_VAR_FILE_VALUES)."""
     key: KeyPath = ("vars", name, "file")
     if not written or os.path.isabs(written) or written.startswith("~"):
         problems.append(
@@ -810,10 +825,18 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     locations: dict[KeyPath, Location] = {}
     # Lines as an editor counts them: str.splitlines() would also break a value at a form feed,
     # U+0085 or U+2028, and number the lines after it differently from the editor.
-    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         value = line.strip()
         if not value or value.startswith("#"):
             continue
+        if values_read[0] >= MAX_VAR_FILE_VALUES:
+            problems.append(
+                _problem_at(doc.locations, doc.display, key,
+                            f"var file {display} brings the values of the recipe's var files over "
+                            f"{MAX_VAR_FILE_VALUES:,} together (line {number}), more than a plan can use")
+            )
+            return None
+        values_read[0] += 1
         locations[("vars", name, len(values))] = Location(display, number, 1)
         values.append(value)
     if not values:
@@ -825,7 +848,7 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     return values, locations
 
 
-def _inline_var_files(doc: _Document) -> None:
+def _inline_var_files(doc: _Document, values_read: list[int]) -> None:
     """Replace each `{file: ...}` var by the file's values. A file that cannot be read is a
     problem of the document, and its var a var whose values are unknown: it still exists for the
     template, zip, exclude and sheet checks, so they say nothing false about it."""
@@ -840,7 +863,7 @@ def _inline_var_files(doc: _Document) -> None:
             written_under.setdefault(path[1], []).append(path)
     for name, value in list(variables.items()):
         if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
-            found = _read_var_file(doc, name, value["file"], doc.problems)
+            found = _read_var_file(doc, name, value["file"], doc.problems, values_read)
             if found is None:
                 doc.unknown.add(("vars", name))
                 continue
@@ -886,12 +909,14 @@ def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict
 
 
 def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[Path],
-                       problem_at: Problem | None = None, *, text: str | None = None) -> _Document:
+                       problem_at: Problem | None = None, *, text: str | None = None,
+                       values_read: list[int] | None = None) -> _Document:
+    values_read = [0] if values_read is None else values_read  # (the var files' values, bases' too)
     doc = parse_yaml(path, display, problem_at, text=text)
     for key in [k for k in doc.data if isinstance(k, str) and k.startswith(EXTENSION_PREFIX)]:
         del doc.data[key]  # (its anchors have been copied where aliases use them)
         _drop_under(doc.locations, (key,))
-    _inline_var_files(doc)
+    _inline_var_files(doc, values_read)
     _rebase_paths(doc, top_folder)
     parent = doc.data.get("extends")
     if parent is None:
@@ -920,7 +945,8 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
                                 "extends", where.line, where.column))
         raise RecipeError(problems)
     try:
-        base = _load_with_extends(base_path, base_display, top_folder, [*chain, real], where)
+        base = _load_with_extends(base_path, base_display, top_folder, [*chain, real], where,
+                                  values_read=values_read)
     except RecipeError as exc:
         raise RecipeError([*problems, *exc.problems]) from None
     for key in _NOT_INHERITED:

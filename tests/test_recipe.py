@@ -694,6 +694,24 @@ def test_var_files_are_inlined_without_going_through_every_value_read_before(
     assert walked < 50_000, walked  # (a few passes over the 10,000 values, not one per var file)
 
 
+def test_the_values_of_all_var_files_together_are_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 16 MB var file of one-letter lines is 8 million values (a MemoryError at 8 GB, after a
+    # minute and a half), and 20 vars may name one such file: the count is of them all, bases too.
+    import seedream_pipe.recipe as recipe_module
+
+    assert recipe_module.MAX_VAR_FILE_VALUES == 1_000_000
+    monkeypatch.setattr(recipe_module, "MAX_VAR_FILE_VALUES", 10)
+    write(tmp_path, "# six\n" + "".join(f"w{i}\n" for i in range(6)), "words.txt")
+    base = write(tmp_path, 'template: "{{ a }} {{ b }}"\nvars:\n  a: {file: words.txt}\n', "base.yaml")
+    assert len(load_recipe(write(tmp_path, 'extends: base.yaml\nvars: {b: [x]}\n')).plan()) == 6
+    found = problems_of(write(tmp_path, "extends: base.yaml\nvars:\n  b: {file: words.txt}\n"))
+    # (this file's are read first, then the base's: the base's passes the count)
+    assert found == [f"{base}:3:7: vars.a.file: var file {tmp_path / 'words.txt'} brings the values of the "
+                     "recipe's var files over 10 together (line 6), more than a plan can use"]
+    found = problems_of(write(tmp_path, 'template: "{{ a }} {{ b }}"\nvars: {a: {file: words.txt}, b: {file: words.txt}}\n'))
+    assert [p.split(": ", 2)[1] for p in found] == ["vars.b.file"], found
+
+
 def test_var_file_with_windows_line_ends(tmp_path: Path) -> None:
     write(tmp_path, b"ink\r\n# note\r\nwatercolor\r\n", "styles.txt")
     recipe = load_recipe(write(tmp_path, b'template: "{{ style }}"\r\nvars:\r\n  style: {file: styles.txt}\r\n'))
