@@ -941,9 +941,13 @@ def _check_unique_labels(problems: _Problems, path: KeyPath, labels: list[str], 
     """Each label of an axis once. Labels that only look alike count as the same: "café" typed
     two ways (NFC, NFD) or "x" and "x " would be two jobs, both paid for, shown as one."""
     seen: dict[str, str] = {}
+    repeated = 0
     for i, label in enumerate(labels):
         key = unicodedata.normalize("NFC", label).strip()
         if key in seen:
+            repeated += 1
+            if repeated > _DUPLICATES_SAID:
+                continue
             where = (*path, i) if path[0] == "vars" else path
             if seen[key] == label:
                 problems.add(where, f"the label {label!r} appears twice on axis {axis!r} "
@@ -953,6 +957,14 @@ def _check_unique_labels(problems: _Problems, path: KeyPath, labels: list[str], 
                                     "(they differ only in Unicode form or spaces): both would be sent, "
                                     "and paid for, but show as one; keep one")
         seen.setdefault(key, label)
+    if repeated > _DUPLICATES_SAID:
+        problems.add(path, f"{repeated - _DUPLICATES_SAID:,} more labels on axis {axis!r} repeat an earlier one "
+                           f"({repeated:,} in all; the first {_DUPLICATES_SAID} are said)")
+
+
+#: Repeated labels said one by one on an axis: a var file of 100,000 lines that repeat is one
+#: mistake, not 100,000 lines of errors.
+_DUPLICATES_SAID = 10
 
 
 def _build_resolution_axis(recipe: Recipe, schema: ModelSchema, problems: _Problems) -> Axis | None:
