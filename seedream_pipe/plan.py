@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import math
+import operator
 import random
 import re
 import sys
@@ -1019,25 +1020,38 @@ def _build_param_axes(recipe: Recipe, problems: _Problems) -> list[Axis]:
     return axes
 
 
-def _matching(axis: Axis, member: str | None, wanted: list[str], schema: ModelSchema) -> frozenset[int]:
-    """The indices of `axis` whose label or full value equals one of `wanted`."""
+def _forms(axis: Axis, member: str | None) -> dict[str, set[int]]:
+    """Each form a filter value may match on `axis` (a label, a full value, its text) -> the
+    indices that have it."""
     if member is not None:
         labels = axis.member_labels[member]
         values: list[Any] = axis.member_values[member]
     else:
         labels, values = axis.labels, axis.values
+    index: dict[str, set[int]] = {}
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        forms = {label, value if isinstance(value, str) else _param_label(value)}
+        if not isinstance(value, str | dict):
+            forms.add(str(value))
+        for form in forms:
+            index.setdefault(form, set()).add(i)
+    return index
+
+
+def _matching(axis: Axis, member: str | None, wanted: list[str], schema: ModelSchema,
+              forms: dict[str, set[int]] | None = None) -> frozenset[int]:
+    """The indices of `axis` whose label or full value equals one of `wanted` (`forms`: the
+    axis's `_forms`, made once for all the entries that name it)."""
+    if forms is None:
+        forms = _forms(axis, member)
     targets = set(wanted)
     if axis.kind == "resolution":
         for text in wanted:
             with contextlib.suppress(ValueError):
                 targets.add(str(schema.canonical_resolution(text)))
     found: set[int] = set()
-    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        forms = {label, value if isinstance(value, str) else _param_label(value)}
-        if not isinstance(value, str | dict):
-            forms.add(str(value))
-        if forms & targets:
-            found.add(i)
+    for target in targets:
+        found |= forms.get(target, set())
     return frozenset(found)
 
 
@@ -1070,6 +1084,10 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
             for var in axis.member_labels:
                 by_name[var] = (position, var)
     compiled: list[Filter] = []
+    # (each axis's forms made once: looked for anew for each value of each entry, 3,000 entries
+    # on a var of 6,000 values took 14 s)
+    forms_of: dict[tuple[int, str | None], dict[str, set[int]]] = {}
+    misses = 0  # (a did-you-mean looks through every label: said for the first few only)
     for e, entry in enumerate(entries):
         path: KeyPath = (which, e)
         if not entry:
@@ -1095,15 +1113,19 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
                 ok = False  # (its values are unknown: what they match cannot be told)
                 continue
             wanted_list = wanted if isinstance(wanted, list) else [wanted]
-            indices = _matching(axes[position], member, wanted_list, schema)
-            unmatched = [w for w in wanted_list if not _matching(axes[position], member, [w], schema)]
+            if (position, member) not in forms_of:
+                forms_of[position, member] = _forms(axes[position], member)
+            forms = forms_of[position, member]
+            indices = _matching(axes[position], member, wanted_list, schema, forms)
+            unmatched = [w for w in wanted_list if not _matching(axes[position], member, [w], schema, forms)]
             if unmatched:
                 shown = ", ".join(repr(w) for w in unmatched)
                 known: list[str] = (
                     axes[position].member_labels[member] if member else axes[position].labels
                 )
+                misses += 1
                 miss((*path, key), f"{shown} matches no value of {key!r}"
-                     + did_you_mean(unmatched[0], set(known))
+                     + (did_you_mean(unmatched[0], set(known)) if misses <= 20 else "")
                      + "; labels: " + ", ".join(known[:20]) + (" ..." if len(known) > 20 else ""))
                 if not (inherited((*path, key)) and indices):
                     ok = False  # (an inherited entry still excludes the values it does match)
@@ -1384,13 +1406,48 @@ def _decode(number: int, sizes: list[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _keep(combo: tuple[int, ...], excludes: list[Filter], includes: list[Filter]) -> bool:
-    for entry in excludes:
-        if all(combo[p] in indices for p, indices in entry):
-            return False
-    if includes:
-        return any(all(combo[p] in indices for p, indices in entry) for entry in includes)
-    return True
+#: Index tuples the entries of one filter list are expanded into, at most (see _Entries).
+_MAX_EXPANDED = 1_000_000
+
+
+class _Entries:
+    """exclude or include entries, made quick to test a combination against: the entries that
+    name the same axes are one set of the index tuples they match, looked up once per
+    combination, rather than each entry tried in turn (3,000 excludes of one value each took
+    10 s over 6,000 combinations). An entry whose tuples would be too many stays an entry."""
+
+    def __init__(self, entries: list[Filter]) -> None:
+        by_axes: dict[tuple[int, ...], set[Any]] = {}
+        self.entries: list[list[tuple[int, frozenset[int]]]] = []
+        expanded = 0
+        for entry in entries:
+            merged: dict[int, frozenset[int]] = {}
+            for position, indices in entry:  # (a zip member and its group: both must match)
+                merged[position] = merged[position] & indices if position in merged else indices
+            positions = tuple(sorted(merged))
+            size = math.prod(len(merged[p]) for p in positions)
+            if expanded + size > _MAX_EXPANDED:
+                self.entries.append([(p, merged[p]) for p in positions])
+                continue
+            expanded += size
+            found = by_axes.setdefault(positions, set())
+            if len(positions) == 1:
+                found.update(merged[positions[0]])
+            else:
+                found.update(itertools.product(*(merged[p] for p in positions)))
+        self.groups = [(operator.itemgetter(*positions), found) for positions, found in by_axes.items()]
+
+    def match(self, combo: tuple[int, ...]) -> bool:
+        for get, found in self.groups:
+            if get(combo) in found:
+                return True
+        return any(all(combo[p] in indices for p, indices in entry) for entry in self.entries)
+
+
+def _keep(combo: tuple[int, ...], excludes: _Entries, includes: _Entries | None) -> bool:
+    if excludes.match(combo):
+        return False
+    return includes.match(combo) if includes is not None else True
 
 
 def _too_many(recipe: Recipe, count: int, limit: int, allow_large: bool, *, sampled: bool = False) -> None:
@@ -1423,8 +1480,9 @@ def _select(recipe: Recipe, blueprint: Blueprint, warnings: list[str], max_jobs:
             raise RecipeError(recipe.problem((), f"the grid has {total:,} combinations before exclude/include; "
                                                   f"at most {MAX_FILTERED_GRID:,} can be filtered: use sample "
                                                   "(it draws without listing them), or fewer values"))
-        kept = [c for c in itertools.product(*map(range, sizes))
-                if _keep(c, blueprint.excludes, blueprint.includes)]
+        excludes = _Entries(blueprint.excludes)
+        includes = _Entries(blueprint.includes) if blueprint.includes else None
+        kept = [c for c in itertools.product(*map(range, sizes)) if _keep(c, excludes, includes)]
         if not kept:
             raise RecipeError(recipe.problem(("include",) if blueprint.includes else ("exclude",),
                                              "no combination is left after exclude/include"))
