@@ -865,8 +865,16 @@ def _usable_var_name(name: str) -> bool:
 def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) -> list[Axis]:
     spec = recipe.spec
     variables = spec.vars
+    # Python reads names in NFKC (`ﬁsh` is `fish`), and so does the code Jinja2 compiles a
+    # template to: two vars so alike were one variable in it, and both rendered one's values.
+    alike: dict[str, str] = {unicodedata.normalize("NFKC", name): name for name in param_names}
     for name in variables:
         path: KeyPath = ("vars", name)
+        same = alike.setdefault(unicodedata.normalize("NFKC", name), name)
+        if same != name:
+            problems.add(path, f"{name!r} is the name {same!r} to a template (Python reads names in their NFKC "
+                               "form); give one of them another name")
+            continue
         if not _usable_var_name(name):
             problems.add(path, f"{name!r} cannot be a var name: use letters (of any script), digits and _ "
                                "(not starting with a digit, not a Jinja2 keyword)")

@@ -857,6 +857,16 @@ def test_a_var_named_like_a_jinja_global_is_told_so_not_to_use_what_it_uses(tmp_
     )
 
 
+def test_var_names_python_reads_as_one_are_refused_not_rendered_with_one_s_values(tmp_path: Path) -> None:
+    # Jinja2 compiles a template to Python, which reads identifiers in NFKC: `ﬁsh` (a ligature)
+    # and `fish` were one variable there, so every prompt had fish's value twice ("c c" for
+    # ﬁsh=a, fish=c), and half the jobs were merged away.
+    found = problems_of(tmp_path, 'template: "{{ ﬁsh }} {{ fish }}"\nvars: {ﬁsh: [a, b], fish: [c, d]}\n')
+    assert found == [f"{tmp_path / 'recipe.yaml'}:2:21: vars.fish: 'fish' is the name 'ﬁsh' to a template "
+                     "(Python reads names in their NFKC form); give one of them another name"]
+    assert [j.prompt for j in plan_of(tmp_path, 'template: "{{ ﬁsh }}"\nvars: {ﬁsh: [a, b]}\n')] == ["a", "b"]
+
+
 def test_labels_that_only_look_alike_are_duplicates(tmp_path: Path) -> None:
     import unicodedata
 
