@@ -858,8 +858,14 @@ def _first_line_of(template: PromptTemplate, name: str) -> int | None:
 
 
 def _usable_var_name(name: str) -> bool:
-    """A name a template can use: letters of any script, digits and _, no Jinja2 keyword."""
-    return bool(re.match(VAR_NAME_PATTERN, name)) and name.isidentifier() and name not in _JINJA_WORDS
+    """A name a template can use: letters of any script, digits and _, no Jinja2 keyword; and
+    after its first letter the marks words of many scripts are written with (the vowel signs of
+    `रंग`, Hindi for colour), which Python and Jinja2 take in names as well."""
+    if re.match(VAR_NAME_PATTERN, name) is None:
+        bare = "".join(char for char in name[1:] if unicodedata.category(char) not in ("Mn", "Mc"))
+        if not bare or re.match(VAR_NAME_PATTERN, name[:1] + bare) is None:
+            return False
+    return name.isidentifier() and name not in _JINJA_WORDS
 
 
 def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) -> list[Axis]:
@@ -876,8 +882,8 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
                                "form); give one of them another name")
             continue
         if not _usable_var_name(name):
-            problems.add(path, f"{name!r} cannot be a var name: use letters (of any script), digits and _ "
-                               "(not starting with a digit, not a Jinja2 keyword)")
+            problems.add(path, f"{name!r} cannot be a var name: use letters and marks (of any script), digits "
+                               "and _ (not starting with a digit or a mark, not a Jinja2 keyword)")
         elif name in _RESERVED:
             problems.add(path, f"{name!r} is a reserved name (the planner's own: "
                                f"{', '.join(sorted(_RESERVED))}); give the var another name")

@@ -900,6 +900,17 @@ def test_var_and_template_names_may_be_words_of_any_script(tmp_path: Path) -> No
     assert [(job.axes["template"], job.prompt) for job in plan] == [("写真", "赤 rouge"), ("été-1", "rouge 赤")]
 
 
+def test_a_var_name_may_hold_the_marks_its_script_writes_words_with(tmp_path: Path) -> None:
+    # `रंग` (Hindi, colour) has a vowel sign, a mark: it was refused as not "letters (of any
+    # script)", and so was `café` typed as e + U+0301, though Python and Jinja2 take both.
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café")
+    plan = plan_of(tmp_path, f'template: "{{{{ रंग }}}} {{{{ {decomposed} }}}}"\nvars: {{रंग: [लाल], {decomposed}: [noir]}}\n')
+    assert [job.prompt for job in plan] == ["लाल noir"]
+    assert "'\u0301a' cannot be a var name" in only_problem(tmp_path, 'template: "{{ b }}"\nvars: {"\\u0301a": [x], b: [y]}\n')
+
+
 def test_sheet_axes_must_exist(tmp_path: Path) -> None:
     found = problems_of(tmp_path, GRID + "sheet: {rows: [mod], cols: [time, time], page_by: repeat}\n")
     assert any("sheet.rows[0]: 'mod' is not an axis of this recipe (did you mean 'mood'?)" in p for p in found)
