@@ -774,6 +774,15 @@ def _problem_at(locations: dict[KeyPath, Location], default_file: str, path: Key
     return Problem(loc.file, message, format_key_path(path), loc.line, loc.column)
 
 
+def _real(path: Path) -> Path | None:
+    """`path.resolve()`, or None when a symlink loop leaves it no real path (RuntimeError before
+    Python 3.13, OSError since): a link pointing at itself ended plan with exit 70."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
+
+
 def _join_display(display: str, relative: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(display), relative))
 
@@ -802,7 +811,11 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
         )
         return None
     folder = doc.path.parent.resolve()
-    target = (folder / written).resolve()
+    target = _real(folder / written)
+    if target is None:
+        problems.append(_problem_at(doc.locations, doc.display, key,
+                                    f"var file {written!r} is a symbolic link that leads back to itself"))
+        return None
     if not target.is_relative_to(folder):
         # Var values are sent to the API: a recipe must not be able to read files from
         # elsewhere on the machine (e.g. ~/.ssh) into prompts.
@@ -877,7 +890,7 @@ def _rebase_paths(doc: _Document, top_folder: Path) -> None:
     """Make `input_schema` relative to the top recipe's folder (it was relative to this file)."""
     value = doc.data.get("input_schema")
     if isinstance(value, str) and value and not os.path.isabs(value):
-        absolute = (doc.path.parent / value).resolve()
+        absolute = _real(doc.path.parent / value) or Path(os.path.abspath(doc.path.parent / value))
         doc.data["input_schema"] = os.path.relpath(absolute, top_folder.resolve())
 
 
@@ -931,7 +944,11 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
         raise RecipeError(problems)
     base_path = (path.parent / parent)
     base_display = _join_display(display, parent)
-    real = base_path.resolve()
+    real = _real(base_path)
+    if real is None:
+        problems.append(Problem(where.file, f"{base_display} is a symbolic link that leads back to itself",
+                                "extends", where.line, where.column))
+        raise RecipeError(problems)
     if real in chain:
         cycle = " -> ".join([*(str(p.name) for p in chain[chain.index(real):]), real.name])
         problems.append(Problem(where.file, f"cycle: {cycle}", "extends", where.line, where.column))
@@ -1421,7 +1438,7 @@ def partial_bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
         data_of[file.resolve()] = data
         parent = data.get("extends")
         if isinstance(parent, str) and parent:
-            target = (file.parent / parent).resolve()
+            target = _real(file.parent / parent)
             if target in known and target != file.resolve():
                 extended_by.setdefault(target, []).append(file)
     return {
@@ -1438,4 +1455,7 @@ def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], depth: int = 
     if data.get("template") is not None or data.get("templates") is not None:
         return True
     parent = data.get("extends")
-    return isinstance(parent, str) and _has_template((path.parent / parent).resolve(), data_of, depth + 1)
+    if not isinstance(parent, str):
+        return False
+    target = _real(path.parent / parent)
+    return target is not None and _has_template(target, data_of, depth + 1)

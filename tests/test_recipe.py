@@ -775,6 +775,22 @@ def test_var_file_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     assert "is outside the recipe's folder" in only_problem(path)
 
 
+def test_a_symbolic_link_that_leads_back_to_itself_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # Path.resolve() raises on a link loop: a var file, a base or an input schema so linked
+    # ended plan and validate with "unexpected RuntimeError" (exit 70).
+    for name in ("loop.yaml", "loop.txt", "loop.json"):
+        (tmp_path / name).symlink_to(name)
+    base = only_problem(write(tmp_path, 'extends: loop.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n'))
+    assert base == f"{tmp_path / 'recipe.yaml'}:1:1: extends: {tmp_path / 'loop.yaml'} is a symbolic link that leads back to itself"
+    var = only_problem(write(tmp_path, 'template: "{{ a }}"\nvars: {a: {file: loop.txt}}\n'))
+    assert var == f"{tmp_path / 'recipe.yaml'}:2:12: vars.a.file: var file 'loop.txt' is a symbolic link that leads back to itself"
+    schema = only_problem(write(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\nmodel: a/b\ninput_schema: loop.json\n'))
+    assert "input_schema: cannot read input schema" in schema and schema.endswith("loop.json: Too many levels of symbolic links")
+    from seedream_pipe.recipe import partial_bases_among
+
+    assert partial_bases_among([tmp_path / "recipe.yaml", write(tmp_path, "extends: loop.yaml\n", "b.yaml")]) == {}
+
+
 def test_var_file_not_utf8(tmp_path: Path) -> None:
     styles = write(tmp_path, b"ok\ncaf\xe9\n", "styles.txt")
     path = write(tmp_path, 'template: "{{ s }}"\nvars:\n  s: {file: styles.txt}\n')
