@@ -827,6 +827,11 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
         return None
     display = _join_display(doc.display, written)
     at = _problem_at(doc.locations, doc.display, key, "")
+    if target.exists() and not target.is_file() and not target.is_dir():
+        # (a named pipe shipped in the recipe's folder: opening it waits for a writer, for good)
+        problems.append(_problem_at(doc.locations, doc.display, key,
+                                    f"var file {display} is not a regular file (a pipe or a device)"))
+        return None
     try:
         raw = _read_bytes(target, display, MAX_VAR_FILE_BYTES, "var file", at)
         text = _decode(raw, display, "the var file")

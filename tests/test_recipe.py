@@ -791,6 +791,23 @@ def test_a_symbolic_link_that_leads_back_to_itself_is_a_problem_not_a_crash(tmp_
     assert partial_bases_among([tmp_path / "recipe.yaml", write(tmp_path, "extends: loop.yaml\n", "b.yaml")]) == {}
 
 
+def test_a_var_file_that_is_a_named_pipe_is_refused_rather_than_waited_on(tmp_path: Path) -> None:
+    # Opening a FIFO waits for a writer: a recipe folder holding one (a tar keeps them) made
+    # plan and validate hang for good.
+    os.mkfifo(tmp_path / "styles.txt")
+    path = write(tmp_path, 'template: "{{ a }}"\nvars: {a: {file: styles.txt}}\n')
+    found: list[str] = []
+    checking = threading.Thread(target=lambda: found.extend(problems_of(path)), daemon=True)
+    checking.start()
+    checking.join(10)
+    if checking.is_alive():  # (let the waiting open go, so that no thread is left behind)
+        with open(tmp_path / "styles.txt", "w"):
+            pass
+        checking.join(10)
+        pytest.fail("load_recipe waited on the named pipe")
+    assert found == [f"{path}:2:12: vars.a.file: var file {tmp_path / 'styles.txt'} is not a regular file (a pipe or a device)"]
+
+
 def test_var_file_not_utf8(tmp_path: Path) -> None:
     styles = write(tmp_path, b"ok\ncaf\xe9\n", "styles.txt")
     path = write(tmp_path, 'template: "{{ s }}"\nvars:\n  s: {file: styles.txt}\n')
