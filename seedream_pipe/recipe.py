@@ -1452,6 +1452,23 @@ def partial_bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
     }
 
 
+def bases_of(path: Path, *, depth: int = 32) -> set[Path]:
+    """The files `path` extends, directly or through others (resolved paths), as far as they
+    parse; a problem found in one of them while checking `path` is one `path` inherits."""
+    found: set[Path] = set()
+    file: Path | None = path
+    while file is not None and len(found) < depth:
+        try:
+            parent = parse_yaml(file, str(file)).data.get("extends")
+        except RecipeError:
+            break
+        file = _real(file.parent / parent) if isinstance(parent, str) and parent else None
+        if file is None or file in found:
+            break
+        found.add(file)
+    return found
+
+
 def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], depth: int = 0) -> bool:
     """Whether a file, or a base it extends, writes `template:` or `templates:`."""
     data = data_of.get(path)

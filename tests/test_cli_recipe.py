@@ -179,6 +179,15 @@ def test_a_problem_a_recipe_makes_in_its_base_names_that_recipe(tmp_path: Path) 
     assert alone.stderr.strip().endswith(f"(checking {tmp_path / 'child.yaml'}, which extends it)")
 
 
+def test_a_problem_in_a_var_file_names_the_recipe_reading_it_not_one_extending_it(tmp_path: Path) -> None:
+    (tmp_path / "words.txt").write_text("a\nb\na\n", encoding="utf-8")
+    write(tmp_path, 'template: "a {{ x }}"\nvars: {x: {file: words.txt}}\n', "w.yaml")
+    result = invoke("validate", str(tmp_path / "w.yaml"))
+    assert result.exit_code == 65
+    assert result.stderr.strip().endswith(f"appears twice on axis 'x' (values and `label:` keys must be distinct) "
+                                          f"(checking {tmp_path / 'w.yaml'})"), result.stderr
+
+
 def test_validate_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("validate", str(path))

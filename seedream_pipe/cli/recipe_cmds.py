@@ -21,6 +21,7 @@ from seedream_pipe.jobs import Job
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
+    bases_of,
     default_name,
     iter_recipe_files,
     load_recipe,
@@ -68,6 +69,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
     problems: list[Problem] = []
     # problems located in a base, found through the recipes extending it (which are named)
     inherited: dict[Problem, list[Path]] = {}
+    in_a_base: set[Problem] = set()  # (of those, the ones in a file the recipes extend: not a var file)
     files = _recipe_files(recipes)
     bases = partial_bases_among(files)
     for path in files:
@@ -83,6 +85,8 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
                         problems.append(problem)
                     else:  # e.g. the child removed a var its base's template uses: name the child
                         inherited.setdefault(problem, []).append(path)
+                        if any(_same_file(problem.file, base) for base in bases_of(path)):
+                            in_a_base.add(problem)
             else:  # (its problems in what they inherit show under their names)
                 names = ", ".join(printable(str(p)) for p in extended_by)
                 click.echo(f"base: {printable(str(path))} (not a whole recipe; checked as part of {names})")
@@ -93,11 +97,14 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
                 if len(plan) > DEFAULT_MAX_JOBS else "")  # (valid all the same: a size is no mistake)
         click.echo(f"ok: {printable(str(path))} ({counted(len(plan), 'job')}{over})")
     # a base's own problem is said once, as the base's, not again for each recipe extending it
+    said = set(problems)
     for located, through in inherited.items():
-        if located not in problems:
+        if located not in said:
             names = ", ".join(str(p) for p in through)
-            which = "which extends it" if len(through) == 1 else "which extend it"
-            problems.append(replace(located, message=f"{located.message} (checking {names}, {which})"))
+            which = ""  # (a var file's problem: the recipe reads it, it does not extend it)
+            if located in in_a_base:
+                which = ", which extends it" if len(through) == 1 else ", which extend it"
+            problems.append(replace(located, message=f"{located.message} (checking {names}{which})"))
     if problems:
         raise RecipeError(list(dict.fromkeys(problems)))
     return 0
