@@ -17,6 +17,7 @@ import difflib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -212,7 +213,12 @@ def load_model_schema(model_id: str, input_schema: str | os.PathLike[str] | None
     """
     if input_schema is not None:
         try:
-            with open(input_schema, "rb") as f:  # at most the limit: /dev/zero would never end
+            # (opened without waiting: a named pipe would wait for a writer for good, and only a
+            # regular file is read, at most to the limit)
+            fd = os.open(input_schema, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with open(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise SchemaError(f"input schema {input_schema} is not a regular file (a pipe or a device)")
                 raw = f.read(MAX_SCHEMA_BYTES + 1)
         except OSError as exc:
             raise SchemaError(f"cannot read input schema {input_schema}: {exc.strerror}") from exc

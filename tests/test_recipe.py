@@ -960,14 +960,21 @@ def test_a_recipe_from_a_pipe_loads_and_an_endless_one_is_cut_at_the_limit(tmp_p
         writer.join()
 
 
-def test_an_endless_input_schema_is_cut_at_the_limit(tmp_path: Path) -> None:
-    writer = _feed_fifo(tmp_path / "schema.fifo", " " * (4 * 1024 * 1024 + 10))
-    recipe = write(tmp_path, 'input_schema: schema.fifo\ntemplate: "{{ a }}"\nvars: {a: [x]}\n')
-    try:
-        with pytest.raises(RecipeError, match="over the limit of 4,194,304 bytes"):
-            load_recipe(recipe)
-    finally:
-        writer.join()
+def test_an_input_schema_over_the_limit_is_refused(tmp_path: Path) -> None:
+    with open(tmp_path / "schema.json", "wb") as f:
+        f.truncate(4 * 1024 * 1024 + 10)
+    recipe = write(tmp_path, 'input_schema: schema.json\ntemplate: "{{ a }}"\nvars: {a: [x]}\n')
+    with pytest.raises(RecipeError, match="over the limit of 4,194,304 bytes"):
+        load_recipe(recipe)
+
+
+@pytest.mark.timeout(20)
+def test_an_input_schema_that_is_a_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # Opening a named pipe waits for a writer: validate and plan hung for good.
+    os.mkfifo(tmp_path / "schema.json")
+    recipe = write(tmp_path, 'input_schema: schema.json\ntemplate: "{{ a }}"\nvars: {a: [x]}\n')
+    with pytest.raises(RecipeError, match="is not a regular file"):
+        load_recipe(recipe)
 
 
 @pytest.mark.parametrize("name", ["sweep-", "-old", "a--b"])
