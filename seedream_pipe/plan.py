@@ -1051,6 +1051,8 @@ def _forms(axis: Axis, member: str | None) -> dict[str, set[int]]:
             forms.add(str(value))
         for form in forms:
             index.setdefault(form, set()).add(i)
+            # (as typed, "café" may be one letter é or e and an accent: both are the same text)
+            index.setdefault(unicodedata.normalize("NFC", form), set()).add(i)
     return index
 
 
@@ -1060,7 +1062,7 @@ def _matching(axis: Axis, member: str | None, wanted: list[str], schema: ModelSc
     axis's `_forms`, made once for all the entries that name it)."""
     if forms is None:
         forms = _forms(axis, member)
-    targets = set(wanted)
+    targets = set(wanted) | {unicodedata.normalize("NFC", text) for text in wanted}
     if axis.kind == "resolution":
         for text in wanted:
             with contextlib.suppress(ValueError):

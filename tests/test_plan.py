@@ -514,6 +514,15 @@ def test_exclude_matches_labels_values_and_zip_members(tmp_path: Path) -> None:
     assert plan.grid_size == 24 and plan.combinations == len(plan)
 
 
+@pytest.mark.parametrize(("in_vars", "in_exclude"), [("caf\u00e9", "cafe\u0301"), ("cafe\u0301", "caf\u00e9")])
+def test_an_exclude_value_matches_however_its_accents_were_typed(tmp_path: Path, in_vars: str, in_exclude: str) -> None:
+    # "café" typed as one letter é or as e and a combining accent is the same text: the exclude
+    # was refused, "'café' matches no value (did you mean 'café'?)"
+    plan = plan_of(tmp_path, f'template: "{{{{ drink }}}} {{{{ n }}}}"\nvars:\n  drink: [{in_vars}, tea]\n  n: [a, b]\n'
+                             f"exclude:\n  - {{drink: {in_exclude}, n: a}}\n")
+    assert [(j.axes["drink"], j.axes["n"]) for j in plan] == [(in_vars, "b"), ("tea", "a"), ("tea", "b")]
+
+
 def test_many_filter_entries_are_not_each_tried_on_every_label_and_combination(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
