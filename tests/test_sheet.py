@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _outputs_fixture import COLOURS, make_folder, plan_jobs
@@ -670,3 +671,33 @@ def test_a_narrow_paged_sheet_keeps_the_value_that_names_its_page_in_the_title(t
         title = " ".join(geo.title.lines)
         assert f"resolution: {value}" in title and "…" not in title, title
         assert geo.title.box.bottom <= geo.subtitle.box.y  # (the second line pushes the rest down)
+
+
+def test_pages_are_drawn_two_at_a_time_on_any_number_of_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One page per core: on eight cores, eight canvases (up to ~190 MB each) in memory at once.
+    import threading
+
+    import seedream_pipe.outputs.sheet as sheet_module
+
+    monkeypatch.setattr(sheet_module.os, "cpu_count", lambda: 8)
+    drawing, most = 0, 0
+    lock = threading.Lock()
+    real_save = sheet_module._save
+
+    def save(*args: Any, **kwargs: Any) -> Any:
+        nonlocal drawing, most
+        with lock:
+            drawing += 1
+            most = max(most, drawing)
+        try:
+            threading.Event().wait(0.1)  # (for the other workers there are to arrive meanwhile)
+            return real_save(*args, **kwargs)
+        finally:
+            with lock:
+                drawing -= 1
+
+    monkeypatch.setattr(sheet_module, "_save", save)
+    make_folder(tmp_path, states={})
+    result = make_sheet(open_output(tmp_path), cell=32, max_cells=1)
+    assert len(result.paths) == 8
+    assert 1 <= most <= 2  # (eight workers put several more here at once)

@@ -184,6 +184,11 @@ def _remove_stale_pages(out_dir: Path, keep: set[Path]) -> None:
                     path.unlink()
 
 
+#: Pages drawn at once, on any number of cores: a page's canvas may be 64 Mpx (about 190 MB
+#: in RGB), so one per core would be 1.5 GB on eight; two already keep both cores of a small
+#: machine busy.
+PAGES_AT_ONCE = 2
+
 #: The longest side a page may have and still open everywhere: ImageMagick's default policy
 #: (Debian's) refuses images over 16K pixels wide or high.
 VIEWABLE_SIDE = 16_384
@@ -292,7 +297,7 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         # PNG, which is most of a page's time; two pages in memory at once, not all of them.
         # (each in a copy of this context: `keeping_unchanged()` must reach the pages' writes)
         context = contextvars.copy_context()
-        with ThreadPoolExecutor(max_workers=min(total, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(total, PAGES_AT_ONCE, os.cpu_count() or 1)) as pool:
             drawn = list(pool.map(lambda page: context.copy().run(draw_page, page), layout.pages))
     else:
         drawn = [draw_page(page) for page in layout.pages]
