@@ -289,3 +289,21 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path:
         code = proc.wait(timeout=60)
     assert code == 141, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr and "error" not in stderr, stderr
+
+
+def test_python_m_takes_sigterm_as_the_command_does() -> None:
+    # `python -m seedream_pipe` is documented as the `seedream-pipe` command, but it called
+    # seedream_pipe.cli.main directly: no SIGTERM handler, so a SIGTERM before a run installed
+    # its own (and in every command but run and sim) killed it with 143 and no word.
+    code = """
+import os, runpy, signal, sys
+class Terminated:
+    def find_spec(self, name, path=None, target=None):
+        if name == "seedream_pipe.cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+sys.meta_path.insert(0, Terminated())
+sys.argv = ["seedream_pipe", "--version"]
+runpy.run_module("seedream_pipe", run_name="__main__", alter_sys=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
