@@ -307,3 +307,19 @@ runpy.run_module("seedream_pipe", run_name="__main__", alter_sys=True)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
+
+
+def test_a_command_started_with_no_stdout_ends_as_it_did(tmp_path: Path) -> None:
+    # `seedream-pipe validate r.yaml >&-` (a cron line, a daemon): Python's sys.stdout is None,
+    # which click's echo allows; the flush added for a closed pipe raised AttributeError on it,
+    # and every command ended 'unexpected AttributeError ... a bug' (exit 70) once done.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('template: "a {{ n }}"\nvars:\n  n: [x, y]\n')
+    code = f"""
+import sys
+sys.stdout = None
+from seedream_pipe.cli import cli
+sys.exit(cli.main(args=["validate", {str(recipe)!r}], standalone_mode=False))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (0, "")

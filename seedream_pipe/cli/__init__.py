@@ -94,7 +94,8 @@ class SeedreamCli(click.Group):
         try:
             with speaking_to_cli():  # (the library's messages name --options, not parameters)
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-                sys.stdout.flush()  # (a pipe closed after the last write says so here)
+                if sys.stdout is not None:  # (None: started with no stdout at all, `>&-`)
+                    sys.stdout.flush()  # (a pipe closed after the last write says so here)
         except (_PipeClosed, BrokenPipeError):
             # What was asked was done (a run's state is committed); only its printing was cut
             # short. Exit as a shell tool killed by SIGPIPE does, quietly: the reader knows.
