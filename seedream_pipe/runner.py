@@ -801,9 +801,11 @@ class Runner:
                     raise
                 return False
             except RequestRejected as exc:
+                self._unknown_in_a_row = 0  # (the API answered: the row of lost answers is broken)
                 self._transition(rec, "failed", error=f"rejected by the API: {exc}")
                 return False
             except UnusableAnswer as exc:
+                self._unknown_in_a_row = 0
                 # Accepted, perhaps billed, but not followable: failed and flagged, so that
                 # --retry-failed and the report say it may be paid for twice; and no more
                 # submits, since every answer will be the same.
@@ -825,8 +827,9 @@ class Runner:
                 return False
             if duplicate:  # (sent again, and it reached the API: taken, unreadable or unknown)
                 self.possible_duplicates += 1
+            if not isinstance(outcome, UnknownOutcome):
+                self._unknown_in_a_row = 0  # (answered, if unreadably: not a lost answer)
             if isinstance(outcome, Submission):
-                self._unknown_in_a_row = 0
                 self._transition(
                     rec,
                     "submitted",

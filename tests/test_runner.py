@@ -1341,3 +1341,33 @@ def test_submits_stop_when_every_answer_is_lost(sim: Simulator, tmp_path: Path) 
     assert 10 <= sim.stats()["submits_accepted"] <= 10 + 2  # (UNKNOWN_IN_A_ROW_STOP; 14 jobs: 28 before)
     assert result.counts["planned"] > 0  # the rest wait for a run that gets answers
     no_unflagged_duplicates(sim, tmp_path / "out")
+
+
+def test_an_answered_submit_breaks_the_row_of_lost_answers(tmp_path: Path) -> None:
+    # The stop after UNKNOWN_IN_A_ROW_STOP submits "in a row" with no answer counted across
+    # submits the API did answer (a 422 for a job it refused): a run whose answers came back
+    # for one submit in four stopped (69) as if every answer were lost.
+    posts = 0
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        assert request.method == "POST"
+        posts += 1
+        if posts % 4 == 0:
+            return httpx.Response(422, json={"error": "prompt refused"})
+        return httpx.Response(502, text="Bad Gateway")
+
+    names = ", ".join(f"n{i}" for i in range(12))
+    recipe = load_recipe(write_recipe(tmp_path, f'template: "{{{{ n }}}}"\nvars: {{n: [{names}]}}\n'))
+
+    async def go() -> RunResult:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(api)) as http:
+            return await arun_recipe(
+                recipe, api=ApiSettings("https://model-api.runcomfy.net/v1", TOKEN), out_dir=tmp_path / "out",
+                options=fast(concurrency=1), http=http,
+            )  # fmt: skip
+
+    result = asyncio.run(go())
+    assert "in a row got no answer" not in (result.reason or ""), result.reason
+    assert result.exit_code != 69 and result.counts["planned"] == 0  # every job was tried
+    assert posts > 10  # (the unreset count stopped it at its 10th lost answer, the 13th POST)
