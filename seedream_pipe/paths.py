@@ -11,7 +11,7 @@ import re
 import secrets
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from seedream_pipe.errors import NothingToShow, Problem, RecipeError
 
@@ -78,6 +78,28 @@ def _read_the_folder_instead(recipe: Path, out: str | os.PathLike[str] | None) -
     if found is None:  # (never run, or run into a folder we cannot guess: nothing to point at)
         return None
     return Problem(str(recipe), f"to read what its runs left while it has errors, give {found} instead of the recipe")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name the same file or folder (False when either cannot be resolved: a
+    symbolic link loop, a name the system refuses)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def send_to_devnull(stream: IO[Any] | None) -> None:
+    """Point a standard stream whose reader went away at /dev/null. Python flushes it once more
+    at exit, into the same closed pipe: that flush then neither fails nor prints "Exception
+    ignored ... BrokenPipeError" (and exit 120). No real file behind it: nothing to do."""
+    try:
+        fd = stream.fileno()  # type: ignore[union-attr]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def folder_file(stored: str | None, folder: str) -> str | None:

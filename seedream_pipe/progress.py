@@ -9,14 +9,13 @@ show their control characters escaped and never read them as rich markup.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 import time
 from typing import IO, Any, Protocol
 
 from seedream_pipe.errors import WITHHELD, printable, redact
+from seedream_pipe.paths import send_to_devnull
 from seedream_pipe.words import counted
 
 #: Events the runner sends (kind -> meaning):
@@ -94,12 +93,7 @@ class _Lines:
         except (OSError, ValueError):  # (ValueError: a stream closed under it)
             self._gone = True
             if self._stream in (sys.stdout, sys.stderr):
-                # what is left in its buffer would fail again at exit, after the run, with
-                # "Exception ignored ... BrokenPipeError" and exit 120: send it nowhere
-                with contextlib.suppress(OSError, ValueError):
-                    devnull = os.open(os.devnull, os.O_WRONLY)
-                    os.dup2(devnull, self._stream.fileno())
-                    os.close(devnull)
+                send_to_devnull(self._stream)  # (what is left in its buffer would fail at exit)
 
 
 class QuietProgress:

@@ -23,6 +23,7 @@ from seedream_pipe.errors import (
     exit_code_for,
     printable,
 )
+from seedream_pipe.paths import send_to_devnull
 from seedream_pipe.words import speaking_to_cli
 
 #: Set to 1 to see the traceback of an error seedream-pipe did not expect (for a bug report).
@@ -62,17 +63,6 @@ class _PipeClosed(Exception):
     """Whoever read our output stopped reading (`seedream-pipe plan ... | head`)."""
 
 
-def _quiet_stdout() -> None:
-    # Python flushes stdout once more at exit, into the same closed pipe: point it at /dev/null
-    # so that flush neither fails nor prints "Exception ignored ... BrokenPipeError".
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # (no real file behind stdout: nothing will flush into a pipe)
-        pass
-
-
 class SeedreamCli(click.Group):
     """A click group whose `main` turns every known failure into a message and an exit code."""
 
@@ -99,7 +89,7 @@ class SeedreamCli(click.Group):
         except (_PipeClosed, BrokenPipeError):
             # What was asked was done (a run's state is committed); only its printing was cut
             # short. Exit as a shell tool killed by SIGPIPE does, quietly: the reader knows.
-            _quiet_stdout()
+            send_to_devnull(sys.stdout)
             code = EX_PIPE_CLOSED
         except click.UsageError as exc:
             exc.show()

@@ -18,6 +18,7 @@ from rich.cells import cell_len, set_cell_size
 from seedream_pipe.cli import printable
 from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
 from seedream_pipe.jobs import Job
+from seedream_pipe.paths import same_file
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
@@ -81,11 +82,11 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             if extended_by is None:
                 for problem in exc.problems:
                     # (a partial base's problems are its own: its `base:` line names who found them)
-                    if _same_file(problem.file, path) or any(_same_file(problem.file, b) for b in bases):
+                    if same_file(problem.file, path) or any(same_file(problem.file, b) for b in bases):
                         problems.append(problem)
                     else:  # e.g. the child removed a var its base's template uses: name the child
                         inherited.setdefault(problem, []).append(path)
-                        if any(_same_file(problem.file, base) for base in bases_of(path)):
+                        if any(same_file(problem.file, base) for base in bases_of(path)):
                             in_a_base.add(problem)
             else:  # (its problems in what they inherit show under their names)
                 names = ", ".join(printable(str(p)) for p in extended_by)
@@ -108,13 +109,6 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
     if problems:
         raise RecipeError(list(dict.fromkeys(problems)))
     return 0
-
-
-def _same_file(name: str, path: Path) -> bool:
-    try:
-        return Path(name).resolve() == path.resolve()
-    except (OSError, ValueError):
-        return False
 
 
 def _summary(plan: Plan) -> list[str]:

@@ -35,7 +35,7 @@ from seedream_pipe.errors import (
     UsageError,
     exit_code_for,
 )
-from seedream_pipe.paths import default_output_dir, locate
+from seedream_pipe.paths import default_output_dir, locate, same_file
 from seedream_pipe.state import STATE_FILE, StateStore
 from seedream_pipe.words import counted
 
@@ -372,7 +372,7 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
     """The output folder of RECIPE|DIR and its state, read-only where the folder is (`status` of
     an archived run, or `cancel` of one with nothing left to cancel: cancel_folder opens it to
     write only when a job is in flight)."""
-    if out is not None and target.is_dir() and not _same_path(target, out):
+    if out is not None and target.is_dir() and not same_file(target, out):
         # (a folder is the output folder itself: --out would have the command read another one)
         raise UsageError(f"{target} is an output folder, and --out names another ({out}); "
                          "--out is for a RECIPE whose folder is not its default: give one or the other")
@@ -390,13 +390,6 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
             where = f"; the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out"
         raise NothingToShow(f"{out_dir}: no run has written here yet ({hint}){where}")
     return out_dir, recipe, StateStore.for_reading(out_dir)
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except (OSError, RuntimeError):
-        return False
 
 
 @click.command("status", short_help="Show a run's jobs by state, and its failures; no network.")
