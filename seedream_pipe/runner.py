@@ -562,30 +562,25 @@ class Runner:
 
     async def _end_after_fatal(self) -> None:
         """A job's task failed the run (a full disk, a refused token, a bug): every other task
-        stops now, except that a POST already on the wire is given its answer (up to one
-        request's deadline), as on an interrupt: it may have created a job, and once its request
-        id is committed the next run polls that job instead of paying for it again. Cut short,
-        it would stay `submitting` and be sent once more. A cancel of the run (a second Ctrl-C)
-        cuts that wait short too."""
+        stops now but the POSTs on the wire, as on an interrupt (see _let_posts_answer). Cut
+        short, such a job would stay `submitting` and be sent once more by the next run."""
         self.stop_submitting = True  # (a posting job then stops at its answer; see _submit_and_follow)
         self._end_waiting_turns()
-        posting = {task for task in self._posting if not task.done()}
-        try:
-            await self._cancel_tasks(self._tasks - posting)
-            if posting:
-                await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
-        finally:
-            await self._cancel_tasks(self._tasks)
+        await self._let_posts_answer()
 
     async def _halt(self, dispatcher: asyncio.Task[None]) -> None:
-        """Stop every task of the run now, except that a POST already on the wire is given its
-        answer (up to one request's deadline): it may have created a job, and once its request
-        id is committed the next run polls that job instead of paying for it again. Another
-        cancel of the run (a second Ctrl-C) cuts even that wait short."""
+        """Stop every task of the run now but the POSTs on the wire (see _let_posts_answer)."""
         self.stop_submitting = self.interrupted = True  # (posting jobs then stop at their answer)
+        await self._let_posts_answer(dispatcher)
+
+    async def _let_posts_answer(self, *also: asyncio.Task[None]) -> None:
+        """Cancel every task of the run (and `also`) now, except that a POST already on the wire
+        is given its answer (up to one request's deadline): it may have created a job, and once
+        its request id is committed the next run polls that job instead of paying for it again.
+        Another cancel of the run (a second Ctrl-C) cuts even that wait short."""
         posting = {task for task in self._posting if not task.done()}
         try:
-            await self._cancel_tasks([dispatcher, *(self._tasks - posting)])
+            await self._cancel_tasks([*also, *(self._tasks - posting)])
             if posting:
                 await asyncio.wait(posting, timeout=self.opt.request_timeout_s)
             await self._cancel_tasks(self._tasks)
