@@ -625,7 +625,7 @@ class StateStore:
     @contextmanager
     def _synced(self, durable: bool) -> Iterator[None]:
         """The commit inside is on disk before it returns, when `durable` (see the module's doc)."""
-        if not durable:
+        if not durable or self._db.in_transaction:  # (a pragma cannot change inside one)
             yield
             return
         self._db.execute("PRAGMA synchronous=FULL")  # (outside a transaction: a pragma of the connection)

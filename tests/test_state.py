@@ -193,6 +193,18 @@ def test_the_commit_before_a_submit_and_the_one_of_its_request_id_are_synced_to_
     store.close()
 
 
+def test_a_synced_transition_inside_an_open_transaction_fails_as_any_other_does(tmp_path: Path) -> None:
+    # The pragma cannot change inside a transaction: sqlite3's own OperationalError escaped
+    # (exit 70, "a bug"), where every other transition there is a StateError.
+    store = StateStore.for_output_dir(tmp_path)
+    store.sync_plan([make_job(1)])
+    store._db.execute("BEGIN")
+    with pytest.raises(StateError):
+        store.transition("job001", "submitting")
+    store._db.execute("ROLLBACK")
+    store.close()
+
+
 def test_unknown_state_and_column_are_refused(tmp_path: Path) -> None:
     store = StateStore(":memory:")
     store.sync_plan([make_job(1)])
