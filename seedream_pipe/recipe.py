@@ -51,7 +51,8 @@ MAX_RECIPE_BYTES = 2 * 1024 * 1024
 MAX_VAR_FILE_BYTES = 16 * 1024 * 1024
 #: Values all the var files of a recipe (and its bases) hold together: each takes some 600 bytes
 #: once planned, and a 16 MB file of one-letter lines holds 8 million (a MemoryError at 8 GB),
-#: as do 20 vars naming the same file of 16 MB. A plan has at most 1,000,000 jobs anyway.
+#: as do 20 vars naming the same file of 16 MB. A plan has at most 1,000,000 jobs too; only a
+#: `sample:` could draw from more values, and a subset of the file's lines does that as well.
 MAX_VAR_FILE_VALUES = 1_000_000
 MAX_YAML_NODES = 100_000  # values after alias expansion
 MAX_YAML_DEPTH = 50
@@ -851,7 +852,8 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
             problems.append(
                 _problem_at(doc.locations, doc.display, key,
                             f"var file {display} brings the values of the recipe's var files over "
-                            f"{MAX_VAR_FILE_VALUES:,} together (line {number}), more than a plan can use")
+                            f"{MAX_VAR_FILE_VALUES:,} together (line {number}), the most a recipe may hold, "
+                            "sampled or not (each value takes memory once planned): keep a subset of its lines")
             )
             return None
         values_read[0] += 1

@@ -707,7 +707,8 @@ def test_the_values_of_all_var_files_together_are_capped(tmp_path: Path, monkeyp
     found = problems_of(write(tmp_path, "extends: base.yaml\nvars:\n  b: {file: words.txt}\n"))
     # (this file's are read first, then the base's: the base's passes the count)
     assert found == [f"{base}:3:7: vars.a.file: var file {tmp_path / 'words.txt'} brings the values of the "
-                     "recipe's var files over 10 together (line 6), more than a plan can use"]
+                     "recipe's var files over 10 together (line 6), the most a recipe may hold, "
+                     "sampled or not (each value takes memory once planned): keep a subset of its lines"]
     found = problems_of(write(tmp_path, 'template: "{{ a }} {{ b }}"\nvars: {a: {file: words.txt}, b: {file: words.txt}}\n'))
     assert [p.split(": ", 2)[1] for p in found] == ["vars.b.file"], found
 
