@@ -964,6 +964,10 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
         problems.append(Problem(where.file, f"{base_display} is a folder; give the path of a recipe .yaml file",
                                 "extends", where.line, where.column))
         raise RecipeError(problems)
+    if base_path.exists() and not base_path.is_file():
+        problems.append(Problem(where.file, f"{base_display} is not a regular file (a pipe or a device)",
+                                "extends", where.line, where.column))
+        raise RecipeError(problems)
     if not base_path.is_file():
         problems.append(Problem(where.file, f"recipe not found: {base_display} (paths are relative to the recipe that extends)",
                                 "extends", where.line, where.column))

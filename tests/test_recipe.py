@@ -961,6 +961,13 @@ def test_a_recipe_from_a_pipe_loads_and_an_endless_one_is_cut_at_the_limit(tmp_p
         writer.join()
 
 
+def test_a_base_that_is_a_pipe_is_said_to_be_one_not_missing(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "base.yaml")
+    recipe = write(tmp_path, "extends: base.yaml\n")
+    with pytest.raises(RecipeError, match=r"base\.yaml is not a regular file"):
+        load_recipe(recipe)
+
+
 def test_an_input_schema_over_the_limit_is_refused(tmp_path: Path) -> None:
     with open(tmp_path / "schema.json", "wb") as f:
         f.truncate(4 * 1024 * 1024 + 10)
