@@ -257,23 +257,6 @@ main()
     assert 'seedream-pipe = "seedream_pipe._entry:main"' in script
 
 
-def test_sigterm_while_the_command_loads_is_an_interrupt_too() -> None:
-    # Until a run installs its own handlers, SIGTERM's default killed the process: 143, no word,
-    # where the README says 130 for Ctrl-C and SIGTERM alike.
-    code = """
-import os, signal, sys
-class Terminated:
-    def find_spec(self, name, path=None, target=None):
-        if name == "seedream_pipe.cli":
-            os.kill(os.getpid(), signal.SIGTERM)
-sys.meta_path.insert(0, Terminated())
-from seedream_pipe._entry import main
-main()
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
-
-
 def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
     # `seedream-pipe plan big.yaml --format csv | head -1`: click's own handling of the closed
     # pipe exited 1, which the README keeps for "some jobs failed".
@@ -291,19 +274,27 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly_with_141(tmp_path:
     assert "Traceback" not in stderr and "Exception ignored" not in stderr and "error" not in stderr, stderr
 
 
-def test_python_m_takes_sigterm_as_the_command_does() -> None:
-    # `python -m seedream_pipe` is documented as the `seedream-pipe` command, but it called
-    # seedream_pipe.cli.main directly: no SIGTERM handler, so a SIGTERM before a run installed
-    # its own (and in every command but run and sim) killed it with 143 and no word.
-    code = """
-import os, runpy, signal, sys
+#: How each way of starting the command is started, for a script that sends a signal first.
+_STARTS = {
+    "console script": "from seedream_pipe._entry import main\nmain()",
+    "python -m": 'import runpy\nsys.argv = ["seedream_pipe", "--version"]\n'
+                 'runpy.run_module("seedream_pipe", run_name="__main__", alter_sys=True)',
+}
+
+
+@pytest.mark.parametrize("start", sorted(_STARTS))
+def test_sigterm_while_the_command_loads_is_an_interrupt_too(start: str) -> None:
+    # Until a run installs its own handlers, SIGTERM's default killed the process: 143, no word,
+    # where the README says 130 for Ctrl-C and SIGTERM alike. `python -m seedream_pipe`, the
+    # same command by the README, called seedream_pipe.cli.main directly, with no handler.
+    code = f"""
+import os, signal, sys
 class Terminated:
     def find_spec(self, name, path=None, target=None):
         if name == "seedream_pipe.cli":
             os.kill(os.getpid(), signal.SIGTERM)
 sys.meta_path.insert(0, Terminated())
-sys.argv = ["seedream_pipe", "--version"]
-runpy.run_module("seedream_pipe", run_name="__main__", alter_sys=True)
+{_STARTS[start]}
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
