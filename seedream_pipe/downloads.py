@@ -61,15 +61,16 @@ def keep_image(tmp: Path, dest: Path, thumb: Path) -> KeptImage:
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
     try:
         save_thumbnail(shrunk, thumb)
-    except BaseException as exc:
+    except Exception as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno is not None:
             # the file system refused the thumbnail (a full disk, say): not the image's fault,
             # and no download again would help; the run stops as for the image's own file
             raise
-        if not isinstance(exc, Exception):
-            raise
         raise NotAnImage(f"not a valid image ({type(exc).__name__}: {exc})") from None
+    except BaseException:  # (Ctrl-C, a cancel: the file is not kept half done either)
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, final)
     return KeptImage(path=final, width=size[0], height=size[1])
 
