@@ -7,9 +7,7 @@ polling while an image is checked.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,28 +81,6 @@ def _shrunk(img: Image.Image) -> Image.Image:
     """
     factor = max(img.size) // THUMB_SIZE
     return img.reduce(factor) if factor >= 2 else img
-
-
-def file_sha256(path: Path, *, max_bytes: int | None = None) -> str | None:
-    """The sha256 of a file, or None when it cannot be read, is not a plain file of its own
-    (a link, a device, a pipe), or holds more than `max_bytes`. The output folder may have been
-    tampered with: a link to /dev/zero would be hashed forever, a pipe never opened."""
-    digest = hashlib.sha256()
-    left = None if max_bytes is None else max_bytes + 1
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
-            while chunk := f.read(1024 * 1024 if left is None else min(1024 * 1024, left)):
-                digest.update(chunk)
-                if left is not None:
-                    left -= len(chunk)
-                    if left <= 0:
-                        return None
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def remake_thumbnail(image: Path, thumb: Path) -> bool:

@@ -6,9 +6,11 @@ Every command that takes `RECIPE|DIR` finds its output folder through `locate()`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+import stat
 import unicodedata
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
@@ -100,6 +102,28 @@ def send_to_devnull(stream: IO[Any] | None) -> None:
         os.close(devnull)
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def file_sha256(path: Path, *, max_bytes: int | None = None) -> str | None:
+    """The sha256 of a file, or None when it cannot be read, is not a plain file of its own
+    (a link, a device, a pipe), or holds more than `max_bytes`. The output folder may have been
+    tampered with: a link to /dev/zero would be hashed forever, a pipe never opened."""
+    digest = hashlib.sha256()
+    left = None if max_bytes is None else max_bytes + 1
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            while chunk := f.read(1024 * 1024 if left is None else min(1024 * 1024, left)):
+                digest.update(chunk)
+                if left is not None:
+                    left -= len(chunk)
+                    if left <= 0:
+                        return None
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def folder_file(stored: str | None, folder: str) -> str | None:

@@ -42,6 +42,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from seedream_pipe.errors import UNSHOWN, Problem, RecipeError, printable
 from seedream_pipe.models import DEFAULT_MODEL
+from seedream_pipe.paths import file_sha256
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Blueprint, Plan
@@ -1205,11 +1206,9 @@ class Recipe:
         removed) since, so that the recipe on disk may plan other jobs than this one."""
         changed = []
         for source in self.sources:
-            try:
-                now = hashlib.sha256(source.path.read_bytes()).hexdigest()
-            except OSError:
-                now = None
-            if now != source.sha256:
+            # (read as the runner checks a kept image: at most the size a var file may have, and
+            # only a regular file, so that one replaced by a pipe cannot hang the end of a run)
+            if file_sha256(source.path, max_bytes=MAX_VAR_FILE_BYTES) != source.sha256:
                 changed.append(source)
         return changed
 

@@ -70,7 +70,7 @@ from seedream_pipe.config import (
     checked_api,
     is_loopback,
 )
-from seedream_pipe.downloads import NotAnImage, file_sha256, keep_image, remake_thumbnail
+from seedream_pipe.downloads import NotAnImage, keep_image, remake_thumbnail
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
     EX_IOERR,
@@ -97,7 +97,13 @@ from seedream_pipe.errors import (
 )
 from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
-from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, default_output_dir, image_file_name
+from seedream_pipe.paths import (
+    IMAGES_DIR,
+    THUMBS_DIR,
+    default_output_dir,
+    file_sha256,
+    image_file_name,
+)
 from seedream_pipe.progress import Progress, QuietProgress
 from seedream_pipe.state import FINAL_STATES, STATE_FILE, JobRecord, StateStore, iso_seconds
 from seedream_pipe.words import counted, option, some_of

@@ -542,6 +542,17 @@ def test_a_recipe_knows_the_files_it_was_read_from_and_which_changed_since(tmp_p
     assert [s.display for s in recipe.changed_sources()] == [str(tmp_path / "base.yaml"), str(styles)]
 
 
+@pytest.mark.timeout(20)
+def test_a_source_replaced_by_a_pipe_is_changed_not_waited_on(tmp_path: Path) -> None:
+    # The end of a run asks which sources changed: a var file swapped for a named pipe was
+    # read with no writer, and the run hung there for good.
+    styles = write(tmp_path, "watercolor\nink\n", "styles.txt")
+    recipe = load_recipe(write(tmp_path, 'template: "{{ style }}"\nvars:\n  style: {file: styles.txt}\n'))
+    styles.unlink()
+    os.mkfifo(styles)
+    assert [s.display for s in recipe.changed_sources()] == [str(styles)]
+
+
 @pytest.mark.parametrize("removal", ["~", "null", ""])
 def test_extends_null_removes_a_var_and_the_excludes_of_the_base(tmp_path: Path, removal: str) -> None:
     write(tmp_path, BASE + "exclude: [{time: dusk}]\n", "base.yaml")
