@@ -702,8 +702,14 @@ class Blueprint:
 
     @property
     def axis_names(self) -> list[str]:
-        names = [axis.name for axis in self.axes]
-        return [*names, "repeat"] if self.repeats > 1 else names
+        return list(self.axis_sizes)
+
+    @property
+    def axis_sizes(self) -> dict[str, int]:
+        """Each axis of the grid and its number of values, as the recipe sets them (repeats
+        included): before exclude/include/sample, which may leave fewer in the jobs."""
+        sizes = {axis.name: len(axis) for axis in self.axes}
+        return {**sizes, "repeat": self.repeats} if self.repeats > 1 else sizes
 
     @property
     def grid_size(self) -> int:
@@ -1385,7 +1391,7 @@ class Plan:
         return self.jobs[index]
 
     def __repr__(self) -> str:
-        sizes = " x ".join(f"{name}={len(labels)}" for name, labels in self.axes.items())
+        sizes = " x ".join(f"{name}={size}" for name, size in self.recipe.blueprint.axis_sizes.items())
         return f"<Plan {self.recipe.name!r}: {len(self.jobs)} jobs ({sizes})>"
 
     def to_dataframe(self) -> pd.DataFrame:

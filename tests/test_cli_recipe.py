@@ -289,6 +289,9 @@ def test_the_plan_header_gives_the_grid_s_axes_when_a_sample_keeps_fewer(tmp_pat
                     "sample: {n: 3, seed: 1}\n", encoding="utf-8")
     lines = invoke("plan", str(path)).stdout.splitlines()
     assert lines[1:3] == ["axes: a 4 x b 5 x resolution 1", "jobs: 3 (3 of 20 combinations kept)"]
+    # repeats are an axis of the grid too
+    path.write_text('template: "{{ a }}"\nvars: {a: [w, x]}\nrepeats: 3\n', encoding="utf-8")
+    assert invoke("plan", str(path)).stdout.splitlines()[1] == "axes: a 2 x resolution 1 x repeat 3"
 
 
 def test_plan_table_lines_up_wide_characters_by_terminal_columns(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def _summary(plan: Plan) -> list[str]:
     lines = [f"recipe {recipe.name} ({recipe.path}), model {recipe.model}"]
     # (the grid's axes, as the recipe sets them: with a sample or a filter kept fewer jobs, the
     # values left in them multiply to more or fewer jobs than there are; the next line says both)
-    sizes = " x ".join(f"{axis.name} {len(axis)}" for axis in recipe.blueprint.axes)
+    sizes = " x ".join(f"{name} {size}" for name, size in recipe.blueprint.axis_sizes.items())
     lines.append(f"axes: {sizes}")
     detail = []
     if plan.combinations != plan.grid_size:
