@@ -932,6 +932,9 @@ def test_a_var_name_may_hold_the_marks_its_script_writes_words_with(tmp_path: Pa
     decomposed = unicodedata.normalize("NFD", "café")
     plan = plan_of(tmp_path, f'template: "{{{{ रंग }}}} {{{{ {decomposed} }}}}"\nvars: {{रंग: [लाल], {decomposed}: [noir]}}\n')
     assert [job.prompt for job in plan] == ["लाल noir"]
+    # a one-letter name with its accent typed apart (a + U+0300) as well, not only longer ones
+    one = unicodedata.normalize("NFD", "à")
+    assert [job.prompt for job in plan_of(tmp_path, f'template: "{{{{ {one} }}}}"\nvars: {{{one}: [x]}}\n')] == ["x"]
     assert "'\u0301a' cannot be a var name" in only_problem(tmp_path, 'template: "{{ b }}"\nvars: {"\\u0301a": [x], b: [y]}\n')
 
 
