@@ -1457,12 +1457,12 @@ def partial_bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
     }
 
 
-def bases_of(path: Path, *, depth: int = 32) -> set[Path]:
+def bases_of(path: Path) -> set[Path]:
     """The files `path` extends, directly or through others (resolved paths), as far as they
     parse; a problem found in one of them while checking `path` is one `path` inherits."""
     found: set[Path] = set()
     file: Path | None = path
-    while file is not None and len(found) < depth:
+    while file is not None:  # (a cycle ends at a file found before)
         try:
             parent = parse_yaml(file, str(file)).data.get("extends")
         except RecipeError:

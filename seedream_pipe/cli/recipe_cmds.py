@@ -79,6 +79,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             plan = recipe.plan(allow_large=True)
         except RecipeError as exc:
             extended_by = bases.get(path.resolve())
+            parents: set[Path] | None = None
             if extended_by is None:
                 for problem in exc.problems:
                     # (a partial base's problems are its own: its `base:` line names who found them)
@@ -86,7 +87,9 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
                         problems.append(problem)
                     else:  # e.g. the child removed a var its base's template uses: name the child
                         inherited.setdefault(problem, []).append(path)
-                        if any(same_file(problem.file, base) for base in bases_of(path)):
+                        if parents is None:  # (read once for the recipe: it parses each base)
+                            parents = bases_of(path)
+                        if any(same_file(problem.file, base) for base in parents):
                             in_a_base.add(problem)
             else:  # (its problems in what they inherit show under their names)
                 names = ", ".join(printable(str(p)) for p in extended_by)
