@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from seedream_pipe.cli import printable
-from seedream_pipe.config import ApiSettings, api_host, api_settings, is_loopback, resolve_base_url
+from seedream_pipe.config import (
+    ApiSettings,
+    api_host,
+    api_settings,
+    is_loopback,
+    require_token,
+    resolve_base_url,
+)
 from seedream_pipe.errors import (
     EX_INTERRUPTED,
     EX_NOPERM,
@@ -55,16 +62,16 @@ IN_FLIGHT = ("submitted", "in_queue", "in_progress")
 
 
 @contextlib.contextmanager
-def _api_for_run(sim: bool, base_url: str | None, *, sends: Callable[[], bool]) -> Iterator[ApiSettings]:
+def _api_for_run(sim: bool, base_url: str | None) -> Iterator[ApiSettings]:
     """The API a run talks to: a simulator started for it, or the configured one with its token.
     (`run` has already checked the options with `_host_for_run`.)
 
-    The token is asked for only when `sends()`: a run whose unfinished jobs are all failed, and
-    not to be retried, reports them and exits 1 without calling the API, as a finished one
-    exits 0, so neither needs one (a make target on a machine without it)."""
+    The token may be missing (""): a run whose unfinished jobs are all failed, and not to be
+    retried, reports them and exits 1 without calling the API, as a finished one exits 0, so
+    neither needs one (a make target on a machine without it). The runner refuses an empty
+    token when it has something to send, before it sends anything."""
     if not sim:
-        api = api_settings(base_url, token_required=False)
-        yield api if api.token or not sends() else api_settings(base_url)  # (the latter says what to do)
+        yield api_settings(base_url, token_required=False)
         return
     from seedream_pipe.sim import SimConfig, Simulator
 
@@ -266,7 +273,6 @@ def run_command(
     from seedream_pipe.runner import (
         dry_run_report,
         finish_if_done,
-        needs_api,
         options_from_recipe,
         run_recipe,
     )
@@ -332,17 +338,22 @@ def run_command(
             click.echo(f"Nothing to do: every job of {recipe.name} is done ({out_dir}).")
             _print_written(out_dir, written)
         return EX_OK
-    with _api_for_run(sim, base_url, sends=lambda: needs_api(recipe, out_dir, options, plan=plan)) as api:
+    with _api_for_run(sim, base_url) as api:
         progress = make_progress(quiet=quiet, json_lines=json_lines, secret=api.token)
-        result = run_recipe(
-            recipe,
-            api=api,
-            out_dir=out_dir,
-            options=options,
-            progress=progress,
-            handle_signals=True,
-            plan=plan,
-        )
+        try:
+            result = run_recipe(
+                recipe,
+                api=api,
+                out_dir=out_dir,
+                options=options,
+                progress=progress,
+                handle_signals=True,
+                plan=plan,
+            )
+        except AuthError:
+            if not api.token:  # (the run had something to send: say where a token comes from)
+                require_token()
+            raise
     if not json_lines:
         _print_summary(result, quiet=quiet, retried=options.retry_failed)
         if result.exit_code == EX_NOPERM and not sim:
