@@ -1519,9 +1519,7 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip()
-            pid = holder if holder.isdigit() else "<its pid>"
-            raise FolderBusy(f"{out_dir} is in use by {holder_of(holder)}; {busy.format(pid=pid)}") from None
+            raise folder_busy(out_dir, handle.read().strip(), busy) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -1529,6 +1527,13 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
         yield
     finally:
         handle.close()
+
+
+def folder_busy(out_dir: Path, holder: str, busy: str) -> FolderBusy:
+    """The error of a folder whose lock `holder` (a pid, as its lock file says) holds; `busy`
+    says what to do ("{pid}" in it is the holder's)."""
+    pid = holder if holder.isdigit() else "<its pid>"
+    return FolderBusy(f"{out_dir} is in use by {holder_of(holder)}; {busy.format(pid=pid)}")
 
 
 def holder_of(pid: str) -> str:

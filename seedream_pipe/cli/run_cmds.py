@@ -36,8 +36,6 @@ from seedream_pipe.errors import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     AuthError,
-    FolderBusy,
-    NothingToShow,
     RecipeError,
     UsageError,
     exit_code_for,
@@ -389,18 +387,21 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
                          "--out is for a RECIPE whose folder is not its default: give one or the other")
     out_dir, recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
-        # (said as `sheet`, `report` and `gallery` say it, with the command that makes the folder)
-        if recipe is not None:
-            command = shlex.join(["seedream-pipe", "run", str(target), *(["--out", str(out)] if out is not None else [])])
-            hint = f"run it first: {printable(command)}"
-        else:
-            hint = "run a recipe into it first: seedream-pipe run RECIPE"
+        from seedream_pipe.outputs._folder import (
+            no_run_yet,  # (as `sheet`, `report` and `gallery` say it)
+        )
+
         where = ""
         if recipe is not None and out is None and recipe.output is None:
             # the default folder is relative to where `run` ran, as a make target's is
             where = f"; the default folder is outputs/{recipe.name}/ in the folder `run` ran from; or pass --out"
-        raise NothingToShow(f"{out_dir}: no run has written here yet ({hint}){where}")
+        raise no_run_yet(out_dir, _run_args(target, out) if recipe is not None else None, where)
     return out_dir, recipe, StateStore.for_reading(out_dir)
+
+
+def _run_args(target: Path, out: Path | None, *more: str) -> list[str]:
+    """What follows `seedream-pipe run` to run RECIPE|DIR `target` again into its folder."""
+    return [str(target), *more, *(["--out", str(out)] if out is not None else [])]
 
 
 @click.command("status", short_help="Show a run's jobs by state, and its failures; no network.")
@@ -481,12 +482,12 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         how = ", ".join(f"{n} {state}" for state, n in sorted(off_disk.items()))
         click.echo(f"  done, but the image file is not on disk as downloaded: {sum(off_disk.values())} ({how}); "
                    "`run` fetches them again, without paying twice")
+    holder = run_in_progress(out_dir)  # (a run at work in the folder holds its lock)
     if last:
         code = last["exit_code"]
         if code is not None:
             ended = f"exit {code}"
-        else:  # (the folder's lock says which: a run holds it while at work)
-            holder = run_in_progress(out_dir)
+        else:
             ended = f"running now (pid {holder})" if holder else "ended without recording how (killed, or its state could not be written; run again to resume)"
         click.echo(f"last run: #{last['id']} against {printable(str(last['api_host']))}, {ended}")
     for r in failed:
@@ -501,10 +502,8 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         # (a folder of runs against this machine was a simulator's: go on with that one)
         sim = same_simulator.split(" ", 1) if last and is_loopback(str(last["api_host"])) else []
         # (quoted: a path with a space is pasteable as is, as `init` says its next command)
-        command = printable(shlex.join(["seedream-pipe", "run", str(target), *sim,
-                                        *(["--out", str(out)] if out is not None else [])]))
+        command = printable(shlex.join(["seedream-pipe", "run", *_run_args(target, out, *sim)]))
         # (while a run is at work, the same command is refused, exit 75: it is for after that run)
-        holder = run_in_progress(out_dir)
         when = f" once the run at work in it (pid {holder}) has ended" if holder else ""
         click.echo(
             f"the recipe as it is now plans {counted(changes['jobs'], 'job')}: {', '.join(parts)}; "
@@ -540,15 +539,15 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
         return EX_OK
     from seedream_pipe.runner import (
         CANCEL_WHILE_RUNNING,
+        folder_busy,
         gone_simulator,
-        holder_of,
         run_in_progress,
     )
 
     # before the token and the host are asked for: neither is what stands in the way
     pid = run_in_progress(out_dir)
     if pid is not None:
-        raise FolderBusy(f"{out_dir} is in use by {holder_of(pid)}; {CANCEL_WHILE_RUNNING.format(pid=pid)}")
+        raise folder_busy(out_dir, pid, CANCEL_WHILE_RUNNING)
 
     gone = gone_simulator(runs[-1]["api_host"] if runs else None, in_flight)
     if gone:

@@ -146,6 +146,18 @@ def edited_recipe_warning(folder: OutputFolder) -> str | None:
     )
 
 
+def no_run_yet(out_dir: Path, run_args: list[str] | None, more: str = "") -> NothingToShow:
+    """The error of a folder no run wrote into, with the command that makes it: `run_args`,
+    what follows `seedream-pipe run` (None: no recipe known), quoted to paste as it is."""
+    return NothingToShow(f"{out_dir}: no run has written here yet ({_run_hint(run_args)}){more}")
+
+
+def _run_hint(run_args: list[str] | None) -> str:
+    if run_args is None:
+        return "run a recipe into it first: seedream-pipe run RECIPE"
+    return f"run it first: {shlex.join(['seedream-pipe', 'run', *run_args])}"
+
+
 def open_output(
     out_dir: str | os.PathLike[str], *, recipe: Recipe | None = None, for_writing: bool = True
 ) -> OutputFolder:
@@ -157,13 +169,9 @@ def open_output(
     on the state database's lock files with a vaguer one.
     """
     out_dir = Path(out_dir)  # (a notebook's "outputs/demo" as well)
-    hint = (
-        f"run it first: seedream-pipe run {shlex.quote(str(recipe.path))}"  # (to paste as it is)
-        if recipe is not None
-        else ("run a recipe into it first: seedream-pipe run RECIPE")
-    )
+    run_args = [str(recipe.path)] if recipe is not None else None
     if not (out_dir / STATE_FILE).is_file():
-        raise NothingToShow(f"{out_dir}: no run has written here yet ({hint})")
+        raise no_run_yet(out_dir, run_args)
     if for_writing and not os.access(out_dir, os.W_OK | os.X_OK):
         raise OutputError(
             f"{out_dir}: the output folder is read-only; cannot write the sheet, report or "
@@ -174,7 +182,7 @@ def open_output(
         meta = store.get_meta("recipe", {})
         runs = store.runs()
     if not jobs:
-        raise NothingToShow(f"{out_dir}: the state holds no jobs ({hint})")
+        raise NothingToShow(f"{out_dir}: the state holds no jobs ({_run_hint(run_args)})")
     return OutputFolder(
         path=out_dir,
         jobs=jobs,
