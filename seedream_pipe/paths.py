@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from seedream_pipe.errors import NothingToShow, Problem, RecipeError
+from seedream_pipe.errors import NothingToShow, Problem, RecipeError, UsageError
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -40,7 +40,11 @@ def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None
     """
     path = Path(target)
     if path.is_dir():
-        return (Path(out) if out is not None else path), None
+        if out is not None and not same_file(path, out):
+            # (a folder is the output folder itself: `out` would have the command read another one)
+            raise UsageError(f"{target} is an output folder, and --out names another ({out}); "
+                             "--out is for a RECIPE whose folder is not its default: give one or the other")
+        return path, None
     if path.is_file():
         from seedream_pipe.recipe import load_recipe
 

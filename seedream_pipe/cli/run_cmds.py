@@ -40,7 +40,7 @@ from seedream_pipe.errors import (
     UsageError,
     exit_code_for,
 )
-from seedream_pipe.paths import default_output_dir, locate, same_file
+from seedream_pipe.paths import default_output_dir, locate
 from seedream_pipe.state import STATE_FILE, StateStore
 from seedream_pipe.words import counted
 
@@ -381,10 +381,6 @@ def _open_state(target: Path, out: Path | None) -> tuple[Path, Recipe | None, St
     """The output folder of RECIPE|DIR and its state, read-only where the folder is (`status` of
     an archived run, or `cancel` of one with nothing left to cancel: cancel_folder opens it to
     write only when a job is in flight)."""
-    if out is not None and target.is_dir() and not same_file(target, out):
-        # (a folder is the output folder itself: --out would have the command read another one)
-        raise UsageError(f"{target} is an output folder, and --out names another ({out}); "
-                         "--out is for a RECIPE whose folder is not its default: give one or the other")
     out_dir, recipe = locate(target, out=out)
     if not (out_dir / STATE_FILE).exists():
         from seedream_pipe.outputs._folder import (
