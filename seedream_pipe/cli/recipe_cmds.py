@@ -288,13 +288,9 @@ def _name_line(stem: str) -> str:
     `name:` must be text, so the starter of `2024.yaml` would not have loaded."""
     import yaml
 
-    name = default_name(stem)
-    try:
-        plain = yaml.safe_load(f"name: {name}") == {"name": name}
-    except yaml.YAMLError:
-        plain = False
-    written = name if plain else json.dumps(name, ensure_ascii=False)  # (a YAML double-quoted scalar)
-    return f"name: {written}                  # default: the file name, lower-case"
+    # (PyYAML quotes a scalar exactly when a plain one would read back as something else)
+    written = yaml.safe_dump({"name": default_name(stem)}, allow_unicode=True, width=1 << 30).rstrip("\n")
+    return f"{written}                  # default: the file name, lower-case"
 
 
 @click.command("init", short_help="Write a commented starter recipe (default: recipe.yaml).")
@@ -328,7 +324,7 @@ def init_cmd(written: str, force: bool) -> int:
         path.write_text(STARTER.format(path=named, name_line=_name_line(path.stem)), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
-    click.echo(printable(f"wrote {path}; next: seedream-pipe plan {shlex.quote(str(path))}"))  # pasteable as is
+    click.echo(f"wrote {printable(str(path))}; next: seedream-pipe plan {named}")  # pasteable as is
     return 0
 
 
