@@ -16,7 +16,6 @@ state, decides.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import hashlib
 import html
@@ -26,7 +25,7 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +51,7 @@ from seedream_pipe.errors import (
     redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
-from seedream_pipe.paths import fresh_temp
+from seedream_pipe.paths import fresh_temp, removed_on_error
 from seedream_pipe.transport import AiohttpWire, HttpxWire, NeverConnects, Wire
 from seedream_pipe.words import option
 
@@ -797,7 +796,7 @@ class ModelApiClient:
                     digest = hashlib.sha256()
                     size = 0
                     tmp, out = fresh_temp(dest_dir, ".download-", ".part")
-                    with _removed_on_error(tmp), out:
+                    with removed_on_error(tmp), out:
                         async for chunk in response.aiter_bytes(CHUNK):
                             size += len(chunk)
                             if size > self.max_download_bytes:
@@ -815,15 +814,6 @@ class ModelApiClient:
                     self._redact(f"download: {type(exc).__name__}: {exc}".rstrip(": "))
                 ) from None
         raise ApiError("download: too many redirects")
-
-
-@contextlib.contextmanager
-def _removed_on_error(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def _queue_position(data: Mapping[str, Any]) -> int | None:

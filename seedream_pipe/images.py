@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from seedream_pipe.paths import fresh_temp
+from seedream_pipe.paths import fresh_temp, removed_on_error
 
 #: Longest side of a thumbnail, in pixels.
 THUMB_SIZE = 512
@@ -39,11 +39,8 @@ def save_thumbnail(image: Image.Image, dest: Path) -> tuple[int, int]:
         raise OSError(errno.ELOOP, f"{dest.parent.name}/ is a symbolic link", str(dest.parent))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp, out = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
-    try:
+    with removed_on_error(tmp):
         with out:
             thumb.save(out, "JPEG", quality=THUMB_QUALITY, optimize=False)
         os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return thumb.size

@@ -6,12 +6,14 @@ Every command that takes `RECIPE|DIR` finds its output folder through `locate()`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import secrets
 import stat
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -141,6 +143,18 @@ def folder_file(stored: str | None, folder: str) -> str | None:
     if head != folder or not sep or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
         return None
     return stored
+
+
+@contextlib.contextmanager
+def removed_on_error(path: Path) -> Iterator[None]:
+    """Remove `path` (a temporary file being written) if the block fails in any way, a Ctrl-C
+    included: no half-written file is left behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def fresh_temp(folder: Path, prefix: str, suffix: str) -> tuple[Path, BinaryIO]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from seedream_pipe.errors import NothingToShow, OutputError
-from seedream_pipe.paths import fresh_temp
+from seedream_pipe.paths import fresh_temp, removed_on_error
 from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
 from seedream_pipe.words import counted
 
@@ -223,41 +223,37 @@ def write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> Path:
     """
     try:
         tmp, out = fresh_temp(dest.parent, f".{dest.name}.", ".tmp")
+        with removed_on_error(tmp):  # (parquet without pyarrow, Ctrl-C: no temporary file left either)
+            with out:
+                write(out)
+                out.flush()
+                before = _earlier_file(dest) if _KEEP_UNCHANGED.get() else None
+                if before is not None:  # (drawn again; see keeping_unchanged)
+                    if out.tell() == before.st_size and _same_bytes(tmp, dest):
+                        tmp.unlink()
+                        return dest
+                    # as no run made anything new: the old file's date
+                    os.utime(out.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
+            os.replace(tmp, dest)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
-    try:
-        with out:
-            write(out)
-            out.flush()
-            kept = _KEEP_UNCHANGED.get() and _regular_file(dest)
-            if kept and _same_bytes(tmp, dest):
-                tmp.unlink()
-                return dest
-            if kept:  # (drawn again: the old file's date, as no run made anything new; see keeping_unchanged)
-                before = dest.stat()
-                os.utime(out.fileno(), ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.replace(tmp, dest)
-    except BaseException as exc:  # (parquet without pyarrow, Ctrl-C: no temporary file left either)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{dest}: cannot write: {exc.strerror or exc}") from exc
-        raise
     return dest
-
-
-def _regular_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(path.lstat().st_mode)
-    except OSError:
-        return False
 
 
 def _same_bytes(new: Path, old: Path) -> bool:
     try:
-        return new.stat().st_size == old.stat().st_size and filecmp.cmp(new, old, shallow=False)
+        return filecmp.cmp(new, old, shallow=False)
     except OSError:  # unreadable: write it anew
         return False
+
+
+def _earlier_file(path: Path) -> os.stat_result | None:
+    """The file an output replaces, if it is a regular one (not a link, nor missing)."""
+    try:
+        found = path.lstat()
+    except OSError:
+        return None
+    return found if stat.S_ISREG(found.st_mode) else None
 
 
 def keeps_unchanged() -> bool:
