@@ -17,7 +17,6 @@ import difflib
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +25,8 @@ from typing import Any
 
 import jsonschema
 from jsonschema.protocols import Validator
+
+from seedream_pipe.paths import NotARegularFile, read_regular
 
 DEFAULT_MODEL = "bytedance/seedream-4-0/text-to-image"
 
@@ -213,13 +214,9 @@ def load_model_schema(model_id: str, input_schema: str | os.PathLike[str] | None
     """
     if input_schema is not None:
         try:
-            # (opened without waiting: a named pipe would wait for a writer for good, and only a
-            # regular file is read, at most to the limit)
-            fd = os.open(input_schema, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with open(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise SchemaError(f"input schema {input_schema} is not a regular file (a pipe or a device)")
-                raw = f.read(MAX_SCHEMA_BYTES + 1)
+            raw = read_regular(input_schema, MAX_SCHEMA_BYTES)
+        except NotARegularFile:
+            raise SchemaError(f"input schema {input_schema} is not a regular file (a pipe or a device)") from None
         except OSError as exc:
             raise SchemaError(f"cannot read input schema {input_schema}: {exc.strerror}") from exc
         if len(raw) > MAX_SCHEMA_BYTES:

@@ -7,6 +7,7 @@ Every command that takes `RECIPE|DIR` finds its output folder through `locate()`
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -130,6 +131,24 @@ def file_sha256(path: Path, *, max_bytes: int | None = None) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+class NotARegularFile(OSError):
+    """A pipe, a device or a socket where a file was to be read."""
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """At most `limit` + 1 bytes of a regular file (one more than the limit: the caller tells a
+    file over it), opened without waiting: a named pipe would wait for a writer for good, and a
+    device (/dev/zero) never end. IsADirectoryError for a folder, NotARegularFile for the rest."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file (a pipe or a device)", os.fspath(path))
+        return f.read(limit + 1)
 
 
 def folder_file(stored: str | None, folder: str) -> str | None:

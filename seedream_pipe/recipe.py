@@ -42,7 +42,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from seedream_pipe.errors import UNSHOWN, Problem, RecipeError, printable
 from seedream_pipe.models import DEFAULT_MODEL
-from seedream_pipe.paths import file_sha256
+from seedream_pipe.paths import NotARegularFile, file_sha256, read_regular
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Blueprint, Plan
@@ -588,12 +588,19 @@ def _decode(raw: bytes, display: str, what: str) -> str:
         ) from None
 
 
-def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Problem) -> bytes:
+def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Problem, *,
+                regular_only: bool = False) -> bytes:
+    """At most `limit` bytes of a file a recipe reads, else a located problem. `regular_only`:
+    a pipe or a device is refused, not read (a var file: a named pipe shipped in a recipe's
+    folder would wait for a writer for good); the recipe itself may be one (`plan <(...)`)."""
     try:
         # Read at most limit + 1 bytes: a device (/dev/zero) or a pipe (`plan <(...)`) has no
         # size to check first, and reading it whole would never end.
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        if regular_only:
+            data = read_regular(path, limit)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
         if len(data) > limit:
             size = path.stat().st_size
             amount = f"{size:,} bytes, over" if size > limit else "over"  # a pipe has no size
@@ -612,6 +619,16 @@ def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Pro
             Problem(
                 problem_at.file,
                 f"{what} not found: {display}",
+                problem_at.key_path,
+                problem_at.line,
+                problem_at.column,
+            )
+        ) from None
+    except NotARegularFile:
+        raise RecipeError(
+            Problem(
+                problem_at.file,
+                f"{what} {display} is not a regular file (a pipe or a device)",
                 problem_at.key_path,
                 problem_at.line,
                 problem_at.column,
@@ -829,13 +846,8 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
         return None
     display = _join_display(doc.display, written)
     at = _problem_at(doc.locations, doc.display, key, "")
-    if target.exists() and not target.is_file() and not target.is_dir():
-        # (a named pipe shipped in the recipe's folder: opening it waits for a writer, for good)
-        problems.append(_problem_at(doc.locations, doc.display, key,
-                                    f"var file {display} is not a regular file (a pipe or a device)"))
-        return None
     try:
-        raw = _read_bytes(target, display, MAX_VAR_FILE_BYTES, "var file", at)
+        raw = _read_bytes(target, display, MAX_VAR_FILE_BYTES, "var file", at, regular_only=True)
         text = _decode(raw, display, "the var file")
     except RecipeError as exc:
         problems.extend(exc.problems)
