@@ -353,6 +353,13 @@ def submits_within_limit(
     return ordered[:limit], max(0, len(ordered) - limit)
 
 
+def made_again_within_limit(forgotten: int, limit: int | None, submitting: int) -> int:
+    """How many of the `forgotten` jobs (ones a restarted simulator no longer knows) a run makes
+    again: --limit's submits go to the `submitting` jobs of the plan first, and a forgotten job
+    takes what is left. The run and its dry run count them by this one rule."""
+    return forgotten if limit is None else min(forgotten, max(0, limit - submitting))
+
+
 def actions_text(actions: Mapping[str, int], held_back: int = 0) -> str:
     """"3 to submit, 2 to poll", and what --limit leaves for later, for people."""
     text = ", ".join(f"{n} to {action}" for action, n in actions.items() if n) or "nothing"
@@ -516,7 +523,7 @@ class Runner:
             followed = [*plan.get("poll", []), *plan.get("download", [])]
             forgotten = sum(1 for rec in followed if rec.in_plan)  # (a dropped one is lost, not made)
             actions["poll"] = actions["download"] = 0
-            again = forgotten if self._run_again_left is None else min(forgotten, self._run_again_left)
+            again = made_again_within_limit(forgotten, self.opt.limit, len(submit_now))
             actions["resubmit"] += again
             held_back += forgotten - again
             forgotten_held = len(followed) - again
@@ -2024,7 +2031,7 @@ def _actions(
     for _, _, action in chosen:
         actions[action] = actions.get(action, 0) + 1
     if forgotten:  # (the run's submits take --limit first; a forgotten job is made with what is left)
-        again = forgotten if options.limit is None else min(forgotten, max(0, options.limit - len(chosen)))
+        again = made_again_within_limit(forgotten, options.limit, len(chosen))
         if again:
             actions["resubmit"] = actions.get("resubmit", 0) + again
         held_back += forgotten - again

@@ -1159,6 +1159,16 @@ def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
     assert actions_text({"submit": 0}) == "nothing"
 
 
+def test_jobs_a_restarted_simulator_forgot_take_what_the_limit_leaves_after_the_plan() -> None:
+    from seedream_pipe.runner import made_again_within_limit
+
+    assert made_again_within_limit(4, None, 3) == 4
+    assert made_again_within_limit(4, 5, 3) == 2  # the plan's 3 submits first, then 2 of the 4
+    assert made_again_within_limit(4, 3, 3) == 0
+    assert made_again_within_limit(4, 2, 3) == 0  # (never below zero)
+    assert made_again_within_limit(1, 9, 0) == 1
+
+
 def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_path: Path) -> None:
     import io
 
