@@ -49,10 +49,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import http_floor
-from seedream_pipe import runner as runner_module
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.runner import RunOptions, entry, loop, run_recipe
 from seedream_pipe.state import StateStore
 
 TOKEN = "bench-token"
@@ -113,7 +112,7 @@ class OutputsCpu:
         self.seconds = 0.0
         self.wall = 0.0
         self.calling_thread = 0.0
-        self._orig = runner_module.write_outputs
+        self._orig = entry.write_outputs  # (where the run calls it)
 
     def __enter__(self) -> OutputsCpu:
         orig = self._orig
@@ -127,11 +126,11 @@ class OutputsCpu:
                 self.calling_thread += time.thread_time() - own
                 self.wall += time.monotonic() - wall
 
-        runner_module.write_outputs = timed  # type: ignore[assignment]
+        entry.write_outputs = timed  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        runner_module.write_outputs = self._orig
+        entry.write_outputs = self._orig
 
 
 class ImageCpu:
@@ -140,7 +139,7 @@ class ImageCpu:
     def __init__(self) -> None:
         self.seconds = 0.0
         self._lock = threading.Lock()
-        self._orig = runner_module.keep_image
+        self._orig = loop.keep_image  # (the Runner's downloads call it)
 
     def __enter__(self) -> ImageCpu:
         orig = self._orig
@@ -153,11 +152,11 @@ class ImageCpu:
                 with self._lock:
                     self.seconds += time.thread_time() - start
 
-        runner_module.keep_image = timed  # type: ignore[assignment]
+        loop.keep_image = timed  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        runner_module.keep_image = self._orig
+        loop.keep_image = self._orig
 
 
 class StateCpu:

@@ -24,6 +24,7 @@ def quick_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     from seedream_pipe import runner
     from seedream_pipe.cli import run_cmds
+    from seedream_pipe.runner import entry
 
     monkeypatch.setattr(run_cmds, "SIM_LATENCY_S", QUICK_SIM_LATENCY_S)
     monkeypatch.setattr(run_cmds, "SIM_JITTER_S", QUICK_SIM_JITTER_S)
@@ -32,4 +33,6 @@ def quick_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     def quick_options(recipe: Any, **overrides: Any) -> runner.RunOptions:
         return real(recipe, **{"first_poll_s": QUICK_FIRST_POLL_S, **overrides})
 
+    # (the CLI imports it from the package; arun_recipe, given no options, calls entry's own)
     monkeypatch.setattr(runner, "options_from_recipe", quick_options)
+    monkeypatch.setattr(entry, "options_from_recipe", quick_options)

@@ -282,11 +282,11 @@ def test_a_recipe_edited_during_the_run_leaves_outputs_older_than_the_edit(
 ) -> None:
     # A make target (report.csv, say) written after the edit would pass for the edited recipe's,
     # though its new combinations never ran: make would not run it again.
-    from seedream_pipe import runner
+    from seedream_pipe.runner import entry
 
     out = tmp_path / "o"
     outputs = ["report.csv", "contact_sheet.png", "gallery.html", "manifest.json"]
-    write_outputs = runner.write_outputs
+    write_outputs = entry.write_outputs
     edit: list[str] = [RECIPE.replace("a comet]", "a comet, a kite]")]  # saved in an editor meanwhile
 
     def edited_meanwhile(out_dir: Path, the_recipe: object) -> list[Path]:
@@ -297,7 +297,7 @@ def test_a_recipe_edited_during_the_run_leaves_outputs_older_than_the_edit(
     def older_than_the_recipe() -> bool:
         return all((out / name).stat().st_mtime_ns < recipe.stat().st_mtime_ns for name in outputs)
 
-    monkeypatch.setattr(runner, "write_outputs", edited_meanwhile)
+    monkeypatch.setattr(entry, "write_outputs", edited_meanwhile)  # (where the run calls it)
     code, stdout, err = invoke("run", str(recipe), "--sim", "--quiet", "--out", str(out))
     assert (code, stdout) == (0, "")
     assert f"warning: {recipe} changed during the run; run it again to do the new plan" in err
@@ -733,14 +733,14 @@ def test_a_finished_recipe_that_shrinks_drops_the_job_from_the_outputs_without_a
 def test_a_read_only_output_folder_is_a_clear_error(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from seedream_pipe import runner
+    from seedream_pipe.runner import folder
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
     out = tmp_path / "o"
     out.mkdir()
-    monkeypatch.setattr(runner, "open", read_only, raising=False)  # folder_lock's open
+    monkeypatch.setattr(folder, "open", read_only, raising=False)  # folder_lock's open
     code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out))
     assert code == 73
     assert "cannot write in the output folder: Read-only file system" in err and "Traceback" not in err

@@ -800,15 +800,15 @@ def test_a_signal_while_the_outputs_are_written_does_not_break_them_off(
     # The handlers were given back before the outputs were written: a Ctrl-C then raised
     # KeyboardInterrupt into them (exit 130 after run_finished said 0), and a SIGTERM killed
     # the process by its default with no message and no outputs.
-    from seedream_pipe import runner as runner_module
+    from seedream_pipe.runner import entry
 
-    write_outputs = runner_module.write_outputs
+    write_outputs = entry.write_outputs
 
     def signalled(*args: Any, **kwargs: Any) -> Any:
         signal.raise_signal(sig)  # (as from another terminal, mid-way)
         return write_outputs(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "write_outputs", signalled)
+    monkeypatch.setattr(entry, "write_outputs", signalled)  # (where the run calls it)
     caught: list[int] = []
     before = signal.signal(sig, lambda signum, frame: caught.append(signum))  # (the test's own, put back)
     try:
