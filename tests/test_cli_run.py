@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from seedream_pipe.cli import cli
 from seedream_pipe.jobs import Job
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import folder_lock
+from seedream_pipe.runner.folder import folder_lock
 from seedream_pipe.sim import Faults, SimConfig, Simulator
 from seedream_pipe.state import StateStore
 
@@ -408,7 +408,7 @@ def test_cancel_after_a_killed_sim_run_says_its_simulator_is_gone(recipe: Path, 
 def test_cancel_after_a_stopped_seedream_pipe_sim_says_what_a_restarted_one_does(recipe: Path, tmp_path: Path) -> None:
     # It said "the next `run --sim` submits them again" of jobs a run sent with --base-url to a
     # `seedream-pipe sim`, which a restarted sim answers 404 for.
-    from seedream_pipe.runner import LAST_API
+    from seedream_pipe.runner.folder import LAST_API
 
     out = tmp_path / "o"
     sim = Simulator(SimConfig(workers=0)).start()
@@ -1100,7 +1100,7 @@ def test_a_folder_and_another_out_are_refused_not_one_read_for_the_other(
 
 
 def test_status_tells_a_run_at_work_from_one_that_was_killed(recipe: Path, tmp_path: Path) -> None:
-    from seedream_pipe.runner import folder_lock
+    from seedream_pipe.runner.folder import folder_lock
 
     out = tmp_path / "o"
     assert invoke("run", str(recipe), "--sim", "--out", str(out))[0] == 0

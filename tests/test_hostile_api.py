@@ -24,7 +24,8 @@ from seedream_pipe.errors import (
 )
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import NOT_FOUND_LOOKS, RunOptions, run_recipe
+from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.runner.rules import NOT_FOUND_LOOKS
 from seedream_pipe.state import StateStore
 
 TOKEN = "tok-SECRET-0123456789abcdef"

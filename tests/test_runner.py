@@ -26,7 +26,8 @@ from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import AuthError, UsageError
 from seedream_pipe.progress import JsonProgress
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import UNREAD_ANSWERS_STOP, RunOptions, RunResult, arun_recipe, run_recipe
+from seedream_pipe.runner import RunOptions, RunResult, arun_recipe, run_recipe
+from seedream_pipe.runner.rules import UNREAD_ANSWERS_STOP
 from seedream_pipe.sim import Faults, SimConfig, Simulator, body_hash
 from seedream_pipe.state import StateStore
 
@@ -1142,7 +1143,7 @@ def test_losing_the_api_while_reading_results_says_so_and_keeps_every_request(tm
 
 
 def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
-    from seedream_pipe.runner import actions_text, submits_within_limit
+    from seedream_pipe.runner.rules import actions_text, submits_within_limit
 
     jobs = [(3, "c"), (1, "a"), (2, "b")]
 
@@ -1160,7 +1161,7 @@ def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
 
 
 def test_jobs_a_restarted_simulator_forgot_take_what_the_limit_leaves_after_the_plan() -> None:
-    from seedream_pipe.runner import made_again_within_limit
+    from seedream_pipe.runner.rules import made_again_within_limit
 
     assert made_again_within_limit(4, None, 3) == 4
     assert made_again_within_limit(4, 5, 3) == 2  # the plan's 3 submits first, then 2 of the 4
@@ -1207,7 +1208,7 @@ def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_pat
 def test_a_signal_repeated_at_once_is_the_same_ctrl_c() -> None:
     from _fakes import FakeTime
 
-    from seedream_pipe.runner import SAME_INTERRUPT_S, Presses
+    from seedream_pipe.runner.signals import SAME_INTERRUPT_S, Presses
 
     clock = FakeTime(100.0)
     presses = Presses(clock=clock)

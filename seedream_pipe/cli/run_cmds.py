@@ -94,7 +94,7 @@ def _json_nothing_to_do(out_dir: Path, written: list[Path], warnings: list[str])
     """The events a run with nothing to do sends with --json, so scripts see the same shape
     (its warnings as `message` events, as a run sends them)."""
     from seedream_pipe.progress import JsonProgress
-    from seedream_pipe.runner import outputs_named
+    from seedream_pipe.runner.entry import outputs_named
 
     with StateStore.for_output_dir(out_dir) as store:
         counts = store.counts()
@@ -310,7 +310,7 @@ def run_command(
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
             for warning in report["warnings"]:
                 click.secho(f"warning: {printable(warning)}", fg="yellow", err=True)
-            from seedream_pipe.runner import run_in_progress
+            from seedream_pipe.runner.folder import run_in_progress
 
             holder = run_in_progress(out_dir)
             if holder is not None:  # (`run` itself would refuse the folder until that run ends)
@@ -414,7 +414,8 @@ def status_command(target: Path, out: Path | None, json_out: bool) -> int:
         seedream-pipe status recipes/demo.yaml
         seedream-pipe status outputs/demo
     """
-    from seedream_pipe.runner import go_on_with, paid_not_fetched, run_in_progress
+    from seedream_pipe.runner.folder import go_on_with, run_in_progress
+    from seedream_pipe.runner.rules import paid_not_fetched
 
     out_dir, recipe, store = _open_state(target, out)
     with store:
@@ -522,7 +523,8 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     Example:
         seedream-pipe cancel recipes/demo.yaml
     """
-    from seedream_pipe.runner import cancel_folder, go_on_with
+    from seedream_pipe.runner import cancel_folder
+    from seedream_pipe.runner.folder import go_on_with
 
     out_dir, _, store = _open_state(target, out)
     with store:
@@ -533,12 +535,9 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).
         click.echo(f"nothing to cancel: no job of {out_dir} is queued or running")
         return EX_OK
-    from seedream_pipe.runner import (
-        CANCEL_WHILE_RUNNING,
-        folder_busy,
-        gone_simulator,
-        run_in_progress,
-    )
+    from seedream_pipe.runner import gone_simulator
+    from seedream_pipe.runner.cancel import CANCEL_WHILE_RUNNING
+    from seedream_pipe.runner.folder import folder_busy, run_in_progress
 
     # before the token and the host are asked for: neither is what stands in the way
     pid = run_in_progress(out_dir)

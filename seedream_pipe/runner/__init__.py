@@ -31,16 +31,11 @@ flight stay resumable; 65 the model is unknown; 130 interrupted.
 
 from __future__ import annotations
 
-# Each name from the module of its topic: rules (what a run does with a job), loop (the Runner),
-# folder (the output folder's guards), cancel, dry_run, signals, entry (the entry points).
-# `__all__` is the library's surface; a name imported "as" itself is re-exported besides, so
-# that it imports from here as it did from the single module runner.py (the CLI and tests do).
-from seedream_pipe.runner.cancel import CANCEL_WHILE_RUNNING as CANCEL_WHILE_RUNNING
-from seedream_pipe.runner.cancel import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S
+# The library's surface, each name from the module of its topic: rules (what a run does with a
+# job), loop (the Runner), folder (the output folder's lock and guards), cancel, dry_run,
+# signals (Ctrl-C), entry (the entry points). Everything else is imported from its module.
 from seedream_pipe.runner.cancel import cancel_folder, cancel_queued, gone_simulator
-from seedream_pipe.runner.dry_run import NETWORK_ACTIONS as NETWORK_ACTIONS
 from seedream_pipe.runner.dry_run import dry_run_report, needs_api
-from seedream_pipe.runner.entry import BEFORE_EDIT_NS as BEFORE_EDIT_NS
 from seedream_pipe.runner.entry import (
     arun_recipe,
     date_before_edits,
@@ -50,38 +45,8 @@ from seedream_pipe.runner.entry import (
     run_recipe,
     write_outputs,
 )
-from seedream_pipe.runner.entry import outputs_named as outputs_named
-from seedream_pipe.runner.folder import LAST_API as LAST_API
-from seedream_pipe.runner.folder import LOCK_FILE as LOCK_FILE
-from seedream_pipe.runner.folder import STALE_OUTPUT_S as STALE_OUTPUT_S
-from seedream_pipe.runner.folder import check_same_api as check_same_api
-from seedream_pipe.runner.folder import folder_busy as folder_busy
-from seedream_pipe.runner.folder import folder_lock as folder_lock
-from seedream_pipe.runner.folder import go_on_with as go_on_with
-from seedream_pipe.runner.folder import holder_of as holder_of
-from seedream_pipe.runner.folder import refuse_foreign as refuse_foreign
-from seedream_pipe.runner.folder import refuse_links as refuse_links
-from seedream_pipe.runner.folder import run_in_progress as run_in_progress
-from seedream_pipe.runner.folder import sweep_stale_outputs as sweep_stale_outputs
 from seedream_pipe.runner.loop import Runner
-from seedream_pipe.runner.rules import GENERATION_FAILED as GENERATION_FAILED
-from seedream_pipe.runner.rules import LOST_CONTACT as LOST_CONTACT
-from seedream_pipe.runner.rules import NOT_FOUND_LOOKS as NOT_FOUND_LOOKS
-from seedream_pipe.runner.rules import PAID_NOT_FETCHED as PAID_NOT_FETCHED
-from seedream_pipe.runner.rules import TIMED_OUT as TIMED_OUT
-from seedream_pipe.runner.rules import UNKNOWN_IN_A_ROW_STOP as UNKNOWN_IN_A_ROW_STOP
-from seedream_pipe.runner.rules import UNKNOWN_REQUEST as UNKNOWN_REQUEST
-from seedream_pipe.runner.rules import UNREAD_ANSWERS_STOP as UNREAD_ANSWERS_STOP
 from seedream_pipe.runner.rules import RunOptions, RunResult, action_for
-from seedream_pipe.runner.rules import actions_text as actions_text
-from seedream_pipe.runner.rules import image_intact as image_intact
-from seedream_pipe.runner.rules import made_again_within_limit as made_again_within_limit
-from seedream_pipe.runner.rules import may_not_resend as may_not_resend
-from seedream_pipe.runner.rules import paid_for_off_plan as paid_for_off_plan
-from seedream_pipe.runner.rules import paid_not_fetched as paid_not_fetched
-from seedream_pipe.runner.rules import submits_within_limit as submits_within_limit
-from seedream_pipe.runner.signals import SAME_INTERRUPT_S as SAME_INTERRUPT_S
-from seedream_pipe.runner.signals import Presses as Presses
 
 __all__ = [
     "RunOptions",
