@@ -1138,7 +1138,7 @@ def test_sandbox_allows_ordinary_padding_and_formats(tmp_path: Path) -> None:
 
 
 def test_output_sizes_are_worked_out_before_the_string_is_built() -> None:
-    from seedream_pipe.plan import _formatted_length, _joined_length, _replaced_length
+    from seedream_pipe.templates import _formatted_length, _joined_length, _replaced_length
 
     assert _replaced_length("a" * 1000, "a", "b" * 100_000) == 100_000_000
     assert _replaced_length("abc", "", "xx") == 3 + 4 * 2  # "" matches between every character
