@@ -51,10 +51,10 @@ from seedream_pipe.models import ModelSchema, SchemaError, load_model_schema
 from seedream_pipe.recipe import (
     TEMPLATE_NAME_PATTERN,
     VAR_NAME_PATTERN,
-    KeyPath,
     closest,
     did_you_mean,
 )
+from seedream_pipe.recipe_file import KeyPath
 from seedream_pipe.templates import _ENV, _WHY_NOT_HERE, PromptTemplate, _template_line
 from seedream_pipe.words import option
 

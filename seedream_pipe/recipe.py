@@ -44,17 +44,16 @@ from seedream_pipe.models import DEFAULT_MODEL
 from seedream_pipe.paths import file_sha256
 from seedream_pipe.recipe_file import (
     LITERAL_BLOCK,
+    KeyPath,
+    Location,
     SourceFile,
     _decode,
     _Document,
     _read_bytes,
     _source,
+    format_key_path,
+    parse_yaml,
 )
-from seedream_pipe.recipe_file import MAX_YAML_NODES as MAX_YAML_NODES
-from seedream_pipe.recipe_file import KeyPath as KeyPath
-from seedream_pipe.recipe_file import Location as Location
-from seedream_pipe.recipe_file import format_key_path as format_key_path
-from seedream_pipe.recipe_file import parse_yaml as parse_yaml
 
 if TYPE_CHECKING:
     from seedream_pipe.plan import Blueprint, Plan

@@ -26,7 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace, concat
 from jinja2.visitor import NodeTransformer
 
-from seedream_pipe.recipe import KeyPath
+from seedream_pipe.recipe_file import KeyPath
 
 if TYPE_CHECKING:
     from jinja2 import Template

@@ -13,14 +13,8 @@ import jsonschema
 import pytest
 
 from seedream_pipe.errors import RecipeError
-from seedream_pipe.recipe import (
-    MAX_YAML_NODES,
-    Recipe,
-    default_name,
-    format_key_path,
-    load_recipe,
-    recipe_json_schema,
-)
+from seedream_pipe.recipe import Recipe, default_name, load_recipe, recipe_json_schema
+from seedream_pipe.recipe_file import MAX_YAML_NODES, Location, format_key_path
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -700,7 +694,7 @@ def test_var_files_are_inlined_without_going_through_every_value_read_before(
                  + "".join(f"  {n}: {{file: words.txt}}\n" for n in names) + "sample: {n: 2}\n")
     recipe = load_recipe(path)
     assert len(recipe.spec.vars) == 100 and recipe.spec.vars["v99"][99] == "w99"
-    assert recipe.location(("vars", "v99", 99)) == recipe_module.Location(str(tmp_path / "words.txt"), 100, 1)
+    assert recipe.location(("vars", "v99", 99)) == Location(str(tmp_path / "words.txt"), 100, 1)
     assert recipe.location(("vars", "v99", "file")) is None
     assert walked < 50_000, walked  # (a few passes over the 10,000 values, not one per var file)
 
