@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -664,6 +665,23 @@ def test_jobs_a_recipe_edit_drops_while_the_api_has_them_are_still_fetched(tmp_p
         assert stats["duplicate_submits"] == 0
         # every job the API took was fetched, and none of the dropped ones it had not was made
         assert stats["submits_accepted"] == len(taken | {j for j, r in records.items() if r.in_plan})
+
+
+def test_finish_if_done_warns_through_the_runners_logger(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its warnings went to logging.getLogger("seedream_pipe.runner") while the runner was one
+    # module; a filter put on that logger by name (logging applies it to its own records only)
+    # must still see them.
+    from seedream_pipe.runner import finish_if_done
+
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    write_recipe(tmp_path, RECIPE.replace("name: t", "name: u"))  # the same jobs, another name
+    with caplog.at_level(logging.WARNING):
+        assert finish_if_done(load_recipe(recipe), out) is not None
+    (record,) = [r for r in caplog.records if "takes it over" in r.getMessage()]
+    assert record.name == "seedream_pipe.runner"
 
 
 def test_a_finished_recipe_still_fetches_what_an_edit_dropped_in_flight(sim: Simulator, tmp_path: Path) -> None:

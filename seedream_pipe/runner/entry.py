@@ -59,7 +59,9 @@ if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
 
 _P = ParamSpec("_P")
-log = logging.getLogger(__name__)
+# (by the name it had when the runner was one module: a logging filter set on that logger, or
+# one matching record.name, would not see the records of a child logger)
+log = logging.getLogger("seedream_pipe.runner")
 
 
 def recipe_meta(recipe: Recipe) -> dict[str, Any]:
