@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from seedream_pipe.plan import Plan
     from seedream_pipe.recipe import Recipe
 
+
 def dry_run_report(
     recipe: Recipe,
     out_dir: str | os.PathLike[str],
