@@ -6,10 +6,11 @@ itself (templates, axes, filters, the model's input schema: see `seedream_pipe.p
 problem found is reported at once as a `RecipeError` whose `Problem`s name the file, the key path
 and the line. `Recipe.plan()` expands it into jobs.
 
-YAML is read with the safe loader's composer and converted by hand, so that each key path keeps
-its line, duplicate keys are refused and aliases cannot expand without bound (an alias bomb).
-Values that are text for the planner (var values, resolutions, exclude/include values) keep the
-text as written: `16:9` stays "16:9" (YAML 1.1 would read 969) and `on` stays "on" (not True).
+YAML is read (in `seedream_pipe.recipe_file`) with the safe loader's composer and converted by
+hand, so that each key path keeps its line, duplicate keys are refused and aliases cannot expand
+without bound (an alias bomb). Values that are text for the planner (var values, resolutions,
+exclude/include values) keep the text as written: `16:9` stays "16:9" (YAML 1.1 would read 969)
+and `on` stays "on" (not True).
 """
 
 from __future__ import annotations
