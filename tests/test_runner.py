@@ -1179,13 +1179,15 @@ def test_submits_within_limit_takes_plan_order_and_counts_the_rest() -> None:
 
 
 def test_jobs_a_restarted_simulator_forgot_take_what_the_limit_leaves_after_the_plan() -> None:
-    from seedream_pipe.runner.rules import made_again_within_limit
+    from seedream_pipe.runner.rules import left_for_forgotten, made_again
 
-    assert made_again_within_limit(4, None, 3) == 4
-    assert made_again_within_limit(4, 5, 3) == 2  # the plan's 3 submits first, then 2 of the 4
-    assert made_again_within_limit(4, 3, 3) == 0
-    assert made_again_within_limit(4, 2, 3) == 0  # (never below zero)
-    assert made_again_within_limit(1, 9, 0) == 1
+    assert left_for_forgotten(None, 3) is None
+    assert left_for_forgotten(5, 3) == 2  # the plan's 3 submits first
+    assert left_for_forgotten(2, 3) == 0  # (never below zero)
+    assert made_again(4, None) == 4
+    assert made_again(4, 2) == 2
+    assert made_again(4, 0) == 0
+    assert made_again(1, 9) == 1
 
 
 def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from seedream_pipe.runner.rules import (
     RunOptions,
     action_for,
     image_intact,
-    made_again_within_limit,
+    left_for_forgotten,
+    made_again,
     paid_not_fetched,
     submits_within_limit,
 )
@@ -102,7 +103,7 @@ def _actions(
     for _, _, action in chosen:
         actions[action] = actions.get(action, 0) + 1
     if forgotten:  # (the run's submits take --limit first; a forgotten job is made with what is left)
-        again = made_again_within_limit(forgotten, options.limit, len(chosen))
+        again = made_again(forgotten, left_for_forgotten(options.limit, len(chosen)))
         if again:
             actions["resubmit"] = actions.get("resubmit", 0) + again
         held_back += forgotten - again

@@ -62,7 +62,8 @@ from seedream_pipe.runner.rules import (
     action_for,
     actions_text,
     image_intact,
-    made_again_within_limit,
+    left_for_forgotten,
+    made_again,
     may_not_resend,
     submits_within_limit,
 )
@@ -240,7 +241,7 @@ class Runner:
             plan.get("resubmit", []) + plan.get("submit", []), self.opt.limit, lambda r: (r.job_index, r.job_id)
         )
         # what --limit leaves for jobs a restarted simulator forgot, made again (_run_again)
-        self._run_again_left = None if self.opt.limit is None else max(0, self.opt.limit - len(submit_now))
+        self._run_again_left = left_for_forgotten(self.opt.limit, len(submit_now))
         todo = len(submit_now) + len(plan.get("poll", [])) + len(plan.get("download", []))
         actions = {
             "submit": sum(1 for rec in submit_now if rec.job_id not in resubmits),
@@ -253,7 +254,7 @@ class Runner:
             followed = [*plan.get("poll", []), *plan.get("download", [])]
             forgotten = sum(1 for rec in followed if rec.in_plan)  # (a dropped one is lost, not made)
             actions["poll"] = actions["download"] = 0
-            again = made_again_within_limit(forgotten, self.opt.limit, len(submit_now))
+            again = made_again(forgotten, self._run_again_left)
             actions["resubmit"] += again
             held_back += forgotten - again
             forgotten_held = len(followed) - again

@@ -201,11 +201,16 @@ def submits_within_limit(
     return ordered[:limit], max(0, len(ordered) - limit)
 
 
-def made_again_within_limit(forgotten: int, limit: int | None, submitting: int) -> int:
-    """How many of the `forgotten` jobs (ones a restarted simulator no longer knows) a run makes
-    again: --limit's submits go to the `submitting` jobs of the plan first, and a forgotten job
-    takes what is left. The run and its dry run count them by this one rule."""
-    return forgotten if limit is None else min(forgotten, max(0, limit - submitting))
+def left_for_forgotten(limit: int | None, submitting: int) -> int | None:
+    """The submits --limit leaves for jobs a restarted simulator forgot (made again), once the
+    plan's `submitting` jobs have theirs; None: no limit. The run spends this budget, and its
+    start line and its dry run count the forgotten jobs made again by it."""
+    return None if limit is None else max(0, limit - submitting)
+
+
+def made_again(forgotten: int, left: int | None) -> int:
+    """How many of `forgotten` jobs a budget `left` (left_for_forgotten) lets a run make again."""
+    return forgotten if left is None else min(forgotten, left)
 
 
 def actions_text(actions: Mapping[str, int], held_back: int = 0) -> str:
