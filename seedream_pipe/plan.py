@@ -55,7 +55,7 @@ from seedream_pipe.recipe import (
     did_you_mean,
 )
 from seedream_pipe.recipe_file import KeyPath
-from seedream_pipe.templates import _ENV, _WHY_NOT_HERE, PromptTemplate, _template_line
+from seedream_pipe.templates import SANDBOX, WHY_NOT_HERE, PromptTemplate, template_line
 from seedream_pipe.words import option
 
 if TYPE_CHECKING:
@@ -266,16 +266,16 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
     compiled: list[PromptTemplate] = []
     for name, source, path in written:
         try:
-            tree = _ENV.parse(source)
-            template = _ENV.from_string(tree)
+            tree = SANDBOX.parse(source)
+            template = SANDBOX.from_string(tree)
         except TemplateSyntaxError as exc:
-            why = _WHY_NOT_HERE.get(str(exc.message))
+            why = WHY_NOT_HERE.get(str(exc.message))
             problems.add_template(path, exc.lineno, f"syntax error: {exc.message}" + (f" ({why})" if why else ""))
             continue
         except SecurityError as exc:  # pragma: no cover - parse-time sandbox refusals
             problems.add_template(path, None, f"refused by the sandbox: {exc}")
             continue
-        uses = frozenset(meta.find_undeclared_variables(tree)) - frozenset(_ENV.globals)
+        uses = frozenset(meta.find_undeclared_variables(tree)) - frozenset(SANDBOX.globals)
         compiled.append(PromptTemplate(name, source, path, template, uses, tree, _guarded_names(tree)))
     return compiled
 
@@ -333,7 +333,7 @@ def _build_var_axes(recipe: Recipe, problems: _Problems, param_names: set[str]) 
         elif name in _RESERVED:
             problems.add(path, f"{name!r} is a reserved name (the planner's own: "
                                f"{', '.join(sorted(_RESERVED))}); give the var another name")
-        elif name in _ENV.globals:
+        elif name in SANDBOX.globals:
             # (`{{ dict }}` reads Jinja2's dict(), never the var: it was "used by no template")
             problems.add(path, f"{name!r} is a name templates already have (Jinja2's {name}()); give the var "
                                "another name")
@@ -764,7 +764,7 @@ def prepare(recipe: Recipe) -> Blueprint:
     if templates and len(templates) == written and not problems.unknown.templates:
         for name in spec.vars:
             # (a reserved name has its own problem: `{{ index }}` would use the planner's, not the var)
-            if name not in used and name not in unusable and name not in meant and name not in _RESERVED and name not in _ENV.globals:
+            if name not in used and name not in unusable and name not in meant and name not in _RESERVED and name not in SANDBOX.globals:
                 problems.add(("vars", name), f"var {name!r} is used by no template (it would only "
                                              f"repeat the same prompts); use {{{{ {name} }}}} or remove it")
 
@@ -1197,11 +1197,11 @@ def _render(template: PromptTemplate, scope: Mapping[str, Any], labels: Mapping[
     try:
         text = template.render(scope)
     except SecurityError as exc:
-        problems.add_template(template.key_path, _template_line(exc), f"refused by the sandbox: {exc}")
+        problems.add_template(template.key_path, template_line(exc), f"refused by the sandbox: {exc}")
         return None
     except Exception as exc:
         kind = "" if type(exc).__name__ == "UndefinedError" else f"{type(exc).__name__}: "
-        problems.add_template(template.key_path, _template_line(exc),
+        problems.add_template(template.key_path, template_line(exc),
                               f"{kind}{exc} (rendering {_describe(labels, 0, 1)})")
         return None
     if not text.isascii():

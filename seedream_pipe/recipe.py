@@ -45,15 +45,15 @@ from seedream_pipe.models import DEFAULT_MODEL
 from seedream_pipe.paths import file_sha256
 from seedream_pipe.recipe_file import (
     LITERAL_BLOCK,
+    Document,
     KeyPath,
     Location,
     SourceFile,
-    _decode,
-    _Document,
-    _read_bytes,
-    _source,
+    decode_text,
     format_key_path,
     parse_yaml,
+    read_limited,
+    source_file,
 )
 
 if TYPE_CHECKING:
@@ -427,7 +427,7 @@ def _lines(text: str) -> Iterator[str]:
     yield text[start:]
 
 
-def _read_var_file(doc: _Document, name: str, written: str, problems: list[Problem],
+def _read_var_file(doc: Document, name: str, written: str, problems: list[Problem],
                    values_read: list[int]) -> tuple[list[str], dict[KeyPath, Location]] | None:
     """The values of a `{file: ...}` var, one per line, and where each came from. `values_read`
     counts the values of every var file the recipe has read (see MAX_VAR_FILE_VALUES)."""
@@ -456,12 +456,12 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     display = _join_display(doc.display, written)
     at = _problem_at(doc.locations, doc.display, key, "")
     try:
-        raw = _read_bytes(target, display, MAX_VAR_FILE_BYTES, "var file", at, regular_only=True)
-        text = _decode(raw, display, "the var file")
+        raw = read_limited(target, display, MAX_VAR_FILE_BYTES, "var file", at, regular_only=True)
+        text = decode_text(raw, display, "the var file")
     except RecipeError as exc:
         problems.extend(exc.problems)
         return None
-    doc.sources.append(_source(display, target, raw))
+    doc.sources.append(source_file(display, target, raw))
     values: list[str] = []
     locations: dict[KeyPath, Location] = {}
     # Lines as an editor counts them: str.splitlines() would also break a value at a form feed,
@@ -490,7 +490,7 @@ def _read_var_file(doc: _Document, name: str, written: str, problems: list[Probl
     return values, locations
 
 
-def _inline_var_files(doc: _Document, values_read: list[int]) -> None:
+def _inline_var_files(doc: Document, values_read: list[int]) -> None:
     """Replace each `{file: ...}` var by the file's values. A file that cannot be read is a
     problem of the document, and its var a var whose values are unknown: it still exists for the
     template, zip, exclude and sheet checks, so they say nothing false about it."""
@@ -515,7 +515,7 @@ def _inline_var_files(doc: _Document, values_read: list[int]) -> None:
             doc.locations.update(locations)
 
 
-def _rebase_paths(doc: _Document, top_folder: Path) -> None:
+def _rebase_paths(doc: Document, top_folder: Path) -> None:
     """Make `input_schema` relative to the top recipe's folder (it was relative to this file)."""
     value = doc.data.get("input_schema")
     if isinstance(value, str) and value and not os.path.isabs(value):
@@ -552,7 +552,7 @@ def _merge(base: dict[str, Any], base_locs: dict[KeyPath, Location], child: dict
 
 def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[Path],
                        problem_at: Problem | None = None, *, text: str | None = None,
-                       values_read: list[int] | None = None) -> _Document:
+                       values_read: list[int] | None = None) -> Document:
     values_read = [0] if values_read is None else values_read  # (the var files' values, bases' too)
     doc = parse_yaml(path, display, problem_at, text=text)
     for key in [k for k in doc.data if isinstance(k, str) and k.startswith(EXTENSION_PREFIX)]:
@@ -683,7 +683,7 @@ _PLAIN_MESSAGES = {
 }
 
 
-def _pydantic_problems(exc: ValidationError, doc: _Document) -> list[Problem]:
+def _pydantic_problems(exc: ValidationError, doc: Document) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[str, str]] = set()
     for error in exc.errors():
@@ -957,7 +957,7 @@ def _as_yaml(data: Mapping[str, Any]) -> str:
         )) from None  # fmt: skip
 
 
-def _checked(path: Path, display: str, doc: _Document) -> Recipe:
+def _checked(path: Path, display: str, doc: Document) -> Recipe:
     """The Recipe of a document whose extends are resolved: validated, its templates checked.
 
     Every problem is reported at once: an unknown key or a value of the wrong kind is left out
@@ -985,7 +985,7 @@ _NAMED_AXES = ("vars", "params")
 _MAX_PASSES = 5  # validations of what is left (one, and a second that finds nothing, in practice)
 
 
-def _validated(data: dict[str, Any], doc: _Document, problems: list[Problem], unknown: set[KeyPath]) -> RecipeSpec:
+def _validated(data: dict[str, Any], doc: Document, problems: list[Problem], unknown: set[KeyPath]) -> RecipeSpec:
     """`data` checked against the recipe model. Each problem is added to `problems`, the value
     it refuses is left out and its key path added to `unknown`, and what is left is checked
     again, so that the spec returned holds every value that could be read."""

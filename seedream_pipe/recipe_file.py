@@ -74,13 +74,13 @@ class SourceFile(NamedTuple):
     sha256: str  # of the bytes read
 
 
-def _source(display: str, path: Path, raw: bytes) -> SourceFile:
+def source_file(display: str, path: Path, raw: bytes) -> SourceFile:
     # (resolved: a notebook that changes its folder still finds it)
     return SourceFile(display, path.resolve(), hashlib.sha256(raw).hexdigest())
 
 
 @dataclass
-class _Document:
+class Document:
     """One parsed file: its data and the location of every key path."""
 
     display: str
@@ -209,7 +209,7 @@ class _Converter:
         return out
 
 
-def _decode(raw: bytes, display: str, what: str) -> str:
+def decode_text(raw: bytes, display: str, what: str) -> str:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -231,7 +231,7 @@ def _decode(raw: bytes, display: str, what: str) -> str:
         ) from None
 
 
-def _read_bytes(path: Path, display: str, limit: int, what: str, problem_at: Problem, *,
+def read_limited(path: Path, display: str, limit: int, what: str, problem_at: Problem, *,
                 regular_only: bool = False) -> bytes:
     """At most `limit` bytes of a file a recipe reads, else a located problem. `regular_only`:
     a pipe or a device is refused, not read (a var file: a named pipe shipped in a recipe's
@@ -339,15 +339,15 @@ def _yaml_hint(text: str, *marks: yaml.Mark | None) -> str:
     return ""
 
 
-def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, text: str | None = None) -> _Document:
+def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, text: str | None = None) -> Document:
     """Read one YAML file (or `text`, said to be that file) into data plus key-path
     locations; RecipeError if it cannot be."""
     sources = []
     if text is None:
         at = problem_at or Problem(display, "")
-        raw = _read_bytes(path, display, MAX_RECIPE_BYTES, "recipe", at)
-        text = _decode(raw, display, "the recipe")
-        sources.append(_source(display, path, raw))
+        raw = read_limited(path, display, MAX_RECIPE_BYTES, "recipe", at)
+        text = decode_text(raw, display, "the recipe")
+        sources.append(source_file(display, path, raw))
     elif len(text.encode("utf-8")) > MAX_RECIPE_BYTES:
         raise RecipeError(Problem(display, f"the recipe is over the limit of {MAX_RECIPE_BYTES:,} bytes"))
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -385,7 +385,7 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, t
         raise RecipeError(Problem(display, f"malformed YAML: {exc}")) from None
     except RecursionError:
         raise RecipeError(Problem(display, "the YAML is nested too deeply")) from None
-    doc = _Document(display, path, text, None, sources=sources)
+    doc = Document(display, path, text, None, sources=sources)
     if root is None:
         raise RecipeError(
             Problem(display, "the recipe is empty; it needs at least a `template:` and `vars:`")

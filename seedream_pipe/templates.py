@@ -88,7 +88,7 @@ _TOO_BUSY = (
     f"{MAX_TEMPLATE_SECONDS:g} s, in one prompt)"
 )
 #: Why a filter Jinja has is not here, said after its "No filter named" (see _Sandbox).
-_WHY_NOT_HERE = {
+WHY_NOT_HERE = {
     "No filter named 'random'.": "a plan is the same every time it is made, or each run would submit "
     "new jobs and pay again; `sample: {n: N, seed: S}` picks jobs at random, reproducibly",
 }
@@ -523,10 +523,10 @@ def template_environment() -> _Sandbox:
     )
 
 
-_ENV = template_environment()
+SANDBOX = template_environment()
 
 
-def _template_line(exc: BaseException) -> int | None:
+def template_line(exc: BaseException) -> int | None:
     """The template line a render error happened on (Jinja2 rewrites the traceback to it)."""
     if hasattr(exc, "template_line"):
         return exc.template_line
@@ -569,7 +569,7 @@ class PromptTemplate:
             if exc.args == (_TOO_BUSY,):
                 # Not rendered again for Jinja2 to rewrite the traceback: that would spend the
                 # whole budget twice. The line is mapped here from the compiled code's instead.
-                line = _template_line(exc)
+                line = template_line(exc)
                 exc.template_line = compiled.get_corresponding_lineno(line) if line else None  # type: ignore[attr-defined]
                 raise
             return concat(_capped(compiled.generate(_fresh_budget(dict(scope)))))

@@ -45,7 +45,7 @@ def dry_run_report(
     request ids an earlier one handed out, so jobs to poll or download are submitted again.
     """
     out_dir = Path(out_dir)
-    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    plan = plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     if out_dir.exists():  # (what the run would refuse, refused here too)
         if not out_dir.is_dir():
             raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})")
@@ -121,18 +121,18 @@ def needs_api(
     needs no token. Reads the folder's state only: no network, no writes."""
     if not (out_dir / STATE_FILE).exists():
         return True
-    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    plan = plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     with StateStore.for_reading(out_dir) as store:
         known = {r.job_id: r for r in store.jobs(in_plan=None)}
-    return _calls_api(plan, known, out_dir, options)
+    return calls_api(plan, known, out_dir, options)
 
 
-def _calls_api(plan: Plan, known: Mapping[str, JobRecord], out_dir: Path, options: RunOptions) -> bool:
+def calls_api(plan: Plan, known: Mapping[str, JobRecord], out_dir: Path, options: RunOptions) -> bool:
     actions, _ = _actions(plan, known, out_dir, options)
     return any(actions.get(action) for action in NETWORK_ACTIONS)
 
 
-def _plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: bool) -> Plan:
+def plan_of(recipe: Recipe, plan: Plan | None, *, max_jobs: int, allow_large: bool) -> Plan:
     """The plan given (checked to be this recipe's), else the recipe planned now."""
     from seedream_pipe.plan import Plan
 

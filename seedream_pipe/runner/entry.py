@@ -33,7 +33,7 @@ from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, RequestBudget, SubmitPacer
 from seedream_pipe.paths import THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
-from seedream_pipe.runner.dry_run import _calls_api, _plan_of, needs_api
+from seedream_pipe.runner.dry_run import calls_api, needs_api, plan_of
 from seedream_pipe.runner.folder import (
     LAST_API,
     check_same_api,
@@ -50,7 +50,7 @@ from seedream_pipe.runner.rules import (
     paid_for_off_plan,
     paid_not_fetched,
 )
-from seedream_pipe.runner.signals import Presses, _SignalHandlers
+from seedream_pipe.runner.signals import Presses, SignalHandlers
 from seedream_pipe.state import STATE_FILE, StateStore
 from seedream_pipe.words import counted, option
 
@@ -266,7 +266,7 @@ async def arun_recipe(
     opts = options or options_from_recipe(recipe)
     opts.check()
     out = Path(out_dir) if out_dir is not None else default_output_dir(recipe)
-    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    plan = plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     if not api.token and needs_api(recipe, out, opts, plan=plan):
         raise AuthError(EMPTY_TOKEN_MESSAGE)
     try:
@@ -294,7 +294,7 @@ async def _run_in_folder(
     http: httpx.AsyncClient | None, handle_signals: bool,
 ) -> RunResult:
     """The run of `arun_recipe`, its arguments checked and its output folder made."""
-    signals = _SignalHandlers()
+    signals = SignalHandlers()
     try:
         return await _run_and_write(recipe, api, out, plan, opts, progress, http, signals if handle_signals else None)
     finally:
@@ -306,11 +306,11 @@ async def _run_in_folder(
 
 async def _run_and_write(
     recipe: Recipe, api: ApiSettings, out: Path, plan: Plan, opts: RunOptions, progress: Progress,
-    http: httpx.AsyncClient | None, signals: _SignalHandlers | None,
+    http: httpx.AsyncClient | None, signals: SignalHandlers | None,
 ) -> RunResult:
     with folder_lock(out), StateStore.for_output_dir(out) as store:
         check_same_api(store, out, api.host)
-        if not api.token and _calls_api(plan, {r.job_id: r for r in store.jobs(in_plan=None)}, out, opts):
+        if not api.token and calls_api(plan, {r.job_id: r for r in store.jobs(in_plan=None)}, out, opts):
             raise AuthError(EMPTY_TOKEN_MESSAGE)  # (another run changed the folder since arun_recipe looked)
         note = _follow_recipe(store, recipe, plan, out)
         if note:
@@ -465,7 +465,7 @@ def finish_if_done(recipe: Recipe, out_dir: str | os.PathLike[str], *, max_jobs:
     out_dir = Path(out_dir)
     if not (out_dir / STATE_FILE).exists():
         return None
-    plan = _plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
+    plan = plan_of(recipe, plan, max_jobs=max_jobs, allow_large=allow_large)
     with StateStore.for_reading(out_dir) as store:
         if api_host is not None:
             check_same_api(store, out_dir, api_host)

@@ -35,7 +35,7 @@ class Presses:
         return self.count
 
 
-class _SignalHandlers:
+class SignalHandlers:
     """Ctrl-C and SIGTERM handlers on the run's event loop, and the ones they replaced."""
 
     def __init__(self) -> None:
