@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import http_floor
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.recipe import load_recipe
-from seedream_pipe.runner import RunOptions, entry, loop, run_recipe
+from seedream_pipe.runner import RunOptions, core, entry, run_recipe
 from seedream_pipe.state import StateStore
 
 TOKEN = "bench-token"
@@ -139,7 +139,7 @@ class ImageCpu:
     def __init__(self) -> None:
         self.seconds = 0.0
         self._lock = threading.Lock()
-        self._orig = loop.keep_image  # (the Runner's downloads call it)
+        self._orig = core.keep_image  # (the Runner's downloads call it)
 
     def __enter__(self) -> ImageCpu:
         orig = self._orig
@@ -152,11 +152,11 @@ class ImageCpu:
                 with self._lock:
                     self.seconds += time.thread_time() - start
 
-        loop.keep_image = timed  # type: ignore[assignment]
+        core.keep_image = timed  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        loop.keep_image = self._orig
+        core.keep_image = self._orig
 
 
 class StateCpu:

@@ -32,9 +32,10 @@ flight stay resumable; 65 the model is unknown; 130 interrupted.
 from __future__ import annotations
 
 # The library's surface, each name from the module of its topic: rules (what a run does with a
-# job), loop (the Runner), folder (the output folder's lock and guards), cancel, dry_run,
+# job), core (the Runner), folder (the output folder's lock and guards), cancel, dry_run,
 # signals (Ctrl-C), entry (the entry points). Everything else is imported from its module.
 from seedream_pipe.runner.cancel import cancel_folder, cancel_queued, gone_simulator
+from seedream_pipe.runner.core import Runner
 from seedream_pipe.runner.dry_run import dry_run_report, needs_api
 from seedream_pipe.runner.entry import (
     arun_recipe,
@@ -45,7 +46,6 @@ from seedream_pipe.runner.entry import (
     run_recipe,
     write_outputs,
 )
-from seedream_pipe.runner.loop import Runner
 from seedream_pipe.runner.rules import RunOptions, RunResult, action_for
 
 __all__ = [
