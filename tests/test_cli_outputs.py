@@ -60,6 +60,22 @@ def test_sheet_of_a_single_axis_says_it_wraps(tmp_path: Path) -> None:
     assert "1 page(s), subject wrapped 3 across, left to right then down" in result.output
 
 
+@pytest.mark.parametrize("command", ["sheet", "report", "gallery"])
+def test_a_command_drawing_a_folder_a_run_works_in_says_so_and_draws_what_is_done(folder: Path, command: str) -> None:
+    import os
+
+    from seedream_pipe.runner.folder import folder_lock
+
+    with folder_lock(folder):  # what a run holds while it works
+        result = run(command, folder)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"note: a run (pid {os.getpid()}) is at work in {folder} now: these are its outputs so far, "
+        "and it writes them again when it ends"
+    ) in result.stderr
+    assert "is at work" not in run(command, folder).stderr  # (the lock released: no run there)
+
+
 def test_sheet_options_page_and_format(folder: Path) -> None:
     result = run(
         "sheet",

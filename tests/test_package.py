@@ -21,7 +21,7 @@ def test_every_exported_name_resolves() -> None:
     assert seedream_pipe.__all__ == sorted(seedream_pipe.__all__)
 
 
-@pytest.mark.parametrize("package", ["seedream_pipe", "seedream_pipe.sim", "seedream_pipe.outputs"])
+@pytest.mark.parametrize("package", ["seedream_pipe", "seedream_pipe.sim", "seedream_pipe.outputs", "seedream_pipe.runner"])
 def test_type_checkers_see_every_lazily_exported_name(package: str) -> None:
     # A name only in _EXPORTS was `Any` to mypy and editors: `sp.load_recipe(123)` passed a check.
     import ast
@@ -150,6 +150,20 @@ def test_the_cli_starts_without_loading_the_heavy_libraries() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_reading_a_folder_s_lock_does_not_load_the_http_stack() -> None:
+    # `sheet`, `report` and `gallery` look for a run at work through runner.folder: the runner
+    # package must not load aiohttp and httpx (0.3 s) for that.
+    code = (
+        "import sys, seedream_pipe.runner.folder; "
+        "print(sorted(m for m in ('aiohttp', 'httpx') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    import seedream_pipe.runner
+
+    assert seedream_pipe.runner.run_recipe.__module__ == "seedream_pipe.runner.entry"
 
 
 def test_redact_finds_the_token_in_any_letter_case() -> None:

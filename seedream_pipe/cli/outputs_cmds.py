@@ -35,12 +35,20 @@ TARGET = click.argument("target", metavar="RECIPE|DIR", type=click.Path(path_typ
 def _open(target: Path) -> OutputFolder:
     from seedream_pipe.outputs import open_output
     from seedream_pipe.outputs._folder import edited_recipe_warning
+    from seedream_pipe.runner.folder import at_work_here
 
     out_dir, recipe = locate(target)
     folder = open_output(out_dir, recipe=recipe)
     edited = edited_recipe_warning(folder)
     if edited:
         _warn(edited)
+    at_work = at_work_here(out_dir)
+    if at_work is not None:  # (drawn from the jobs done so far; the run draws them again at its end)
+        click.secho(
+            f"note: {printable(at_work)}: these are its outputs so far, and it writes them again when it ends",
+            fg="yellow",
+            err=True,
+        )
     return folder
 
 

@@ -310,15 +310,11 @@ def run_command(
                 click.echo(f"  estimated cost of the new submits: ${report['estimated_cost']:.2f}")
             for warning in report["warnings"]:
                 click.secho(f"warning: {printable(warning)}", fg="yellow", err=True)
-            from seedream_pipe.runner.folder import run_in_progress
+            from seedream_pipe.runner.folder import at_work_here
 
-            holder = run_in_progress(out_dir)
-            if holder is not None:  # (`run` itself would refuse the folder until that run ends)
-                click.secho(
-                    f"note: a run (pid {holder}) is at work in {out_dir} now: what it does changes this",
-                    fg="yellow",
-                    err=True,
-                )
+            at_work = at_work_here(out_dir)
+            if at_work is not None:  # (`run` itself would refuse the folder until that run ends)
+                click.secho(f"note: {printable(at_work)}: what it does changes this", fg="yellow", err=True)
         return EX_OK
     host = _host_for_run(sim, base_url)
     # A finished recipe: no simulator, no network, so no token needed either (a make target on a

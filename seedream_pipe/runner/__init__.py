@@ -31,38 +31,52 @@ flight stay resumable; 65 the model is unknown; 130 interrupted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from seedream_pipe._lazy import lazy_exports
+
 # The library's surface, each name from the module of its topic: rules (what a run does with a
 # job), core (the Runner), folder (the output folder's lock and guards), cancel, dry_run,
 # signals (Ctrl-C), entry (the entry points). Everything else is imported from its module.
-from seedream_pipe.runner.cancel import cancel_folder, cancel_queued, gone_simulator
-from seedream_pipe.runner.core import Runner
-from seedream_pipe.runner.dry_run import dry_run_report, needs_api
-from seedream_pipe.runner.entry import (
-    arun_recipe,
-    date_before_edits,
-    finish_if_done,
-    options_from_recipe,
-    recipe_meta,
-    run_recipe,
-    write_outputs,
-)
-from seedream_pipe.runner.rules import RunOptions, RunResult, action_for
+# Lazily, as the top-level package does: `sheet` or `status` reads a folder's lock through
+# runner.folder without loading aiohttp and httpx (0.3 s) for a run it does not start.
+if TYPE_CHECKING:  # what type checkers see of the lazily loaded names ("X as X": re-exported)
+    from seedream_pipe.runner.cancel import cancel_folder as cancel_folder
+    from seedream_pipe.runner.cancel import cancel_queued as cancel_queued
+    from seedream_pipe.runner.cancel import gone_simulator as gone_simulator
+    from seedream_pipe.runner.core import Runner as Runner
+    from seedream_pipe.runner.dry_run import dry_run_report as dry_run_report
+    from seedream_pipe.runner.dry_run import needs_api as needs_api
+    from seedream_pipe.runner.entry import arun_recipe as arun_recipe
+    from seedream_pipe.runner.entry import date_before_edits as date_before_edits
+    from seedream_pipe.runner.entry import finish_if_done as finish_if_done
+    from seedream_pipe.runner.entry import options_from_recipe as options_from_recipe
+    from seedream_pipe.runner.entry import recipe_meta as recipe_meta
+    from seedream_pipe.runner.entry import run_recipe as run_recipe
+    from seedream_pipe.runner.entry import write_outputs as write_outputs
+    from seedream_pipe.runner.rules import RunOptions as RunOptions
+    from seedream_pipe.runner.rules import RunResult as RunResult
+    from seedream_pipe.runner.rules import action_for as action_for
 
-__all__ = [
-    "RunOptions",
-    "RunResult",
-    "Runner",
-    "action_for",
-    "arun_recipe",
-    "cancel_folder",
-    "cancel_queued",
-    "date_before_edits",
-    "dry_run_report",
-    "finish_if_done",
-    "gone_simulator",
-    "needs_api",
-    "options_from_recipe",
-    "recipe_meta",
-    "run_recipe",
-    "write_outputs",
-]
+_EXPORTS: dict[str, str] = {
+    "RunOptions": "seedream_pipe.runner.rules",
+    "RunResult": "seedream_pipe.runner.rules",
+    "Runner": "seedream_pipe.runner.core",
+    "action_for": "seedream_pipe.runner.rules",
+    "arun_recipe": "seedream_pipe.runner.entry",
+    "cancel_folder": "seedream_pipe.runner.cancel",
+    "cancel_queued": "seedream_pipe.runner.cancel",
+    "date_before_edits": "seedream_pipe.runner.entry",
+    "dry_run_report": "seedream_pipe.runner.dry_run",
+    "finish_if_done": "seedream_pipe.runner.entry",
+    "gone_simulator": "seedream_pipe.runner.cancel",
+    "needs_api": "seedream_pipe.runner.dry_run",
+    "options_from_recipe": "seedream_pipe.runner.entry",
+    "recipe_meta": "seedream_pipe.runner.entry",
+    "run_recipe": "seedream_pipe.runner.entry",
+    "write_outputs": "seedream_pipe.runner.entry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, __all__)

@@ -122,6 +122,17 @@ def run_in_progress(out_dir: Path) -> str | None:
     return None
 
 
+def at_work_here(out_dir: Path) -> str | None:
+    """"a run (pid 123) is at work in DIR now", for a command that only reads or draws a folder a
+    run may be changing; None when none is. The pid is the lock file's text, shown only when it
+    is a number (a file anyone can write must not put escape codes on the terminal)."""
+    holder = run_in_progress(out_dir)
+    if holder is None:
+        return None
+    pid = f" (pid {holder})" if holder.isdigit() else ""
+    return f"a run{pid} is at work in {out_dir} now"
+
+
 def sweep_stale_outputs(out_dir: Path, now: float) -> None:
     """Remove the temporary outputs (`.report.csv.<hex>.tmp`) of a process killed while it wrote
     them, those an hour old: `sheet DIR` takes no lock, and one at work may be writing now."""
