@@ -327,18 +327,6 @@ def test_a_read_only_folder_is_refused_up_front(
     assert not (folder / "report.csv").exists()
 
 
-def test_the_sheet_never_imports_pandas() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from seedream_pipe.outputs import open_output; "
-        "from seedream_pipe.outputs.sheet import make_sheet; print('pandas' in sys.modules)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
-
-
 def test_the_docs_show_each_command_s_current_help() -> None:
     docs = (Path(__file__).parent.parent / "docs" / "outputs.md").read_text(encoding="utf-8")
     for command in ("sheet", "report", "gallery"):
