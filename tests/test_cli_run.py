@@ -1132,15 +1132,19 @@ def test_a_run_keeps_every_report_format_the_folder_has_fresh(recipe: Path, tmp_
     assert not (out / "report.parquet").exists()  # only the formats it already had
 
 
-def test_a_run_at_work_is_named_by_its_pid_only_when_the_lock_file_holds_a_number(tmp_path: Path) -> None:
+def test_a_run_at_work_is_named_by_its_pid_only_when_the_lock_file_holds_one(tmp_path: Path) -> None:
     import fcntl
 
-    from seedream_pipe.runner.folder import LOCK_FILE, at_work_here
+    from seedream_pipe.errors import FolderBusy
+    from seedream_pipe.runner.folder import LOCK_FILE, at_work_here, folder_lock, run_in_progress
 
     assert at_work_here(tmp_path) is None
-    with open(tmp_path / LOCK_FILE, "w", encoding="utf-8") as handle:
-        handle.write("\x1b]0;owned\x07")  # (anyone may write the file: no escape codes to a terminal)
+    with open(tmp_path / LOCK_FILE, "w", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write("\x1b]0;owned\x07\udcff")  # (anyone may write the file: no escape codes to a terminal)
         handle.flush()
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         assert at_work_here(tmp_path) == f"a run is at work in {tmp_path} now"
+        assert run_in_progress(tmp_path) == "unknown"  # (what `status` shows as its pid)
+        with pytest.raises(FolderBusy, match=r"is in use by another run; "), folder_lock(tmp_path):
+            pass  # (a second run: refused in words, not a UnicodeDecodeError)
     assert at_work_here(tmp_path) is None

@@ -73,7 +73,7 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
     try:
         # (O_NOFOLLOW: a link put there after the check above is refused all the same)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        handle = open(fd, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        handle = open(fd, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held for the whole run
     except OSError as exc:  # a read-only folder, say: nothing was written, so nothing is lost
         raise OutputError(f"{out_dir}: cannot write in the output folder: {exc.strerror or exc}") from exc
     try:
@@ -81,7 +81,7 @@ def folder_lock(out_dir: Path, *, busy: str = "wait for it or stop it first") ->
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise folder_busy(out_dir, handle.read().strip(), busy) from None
+            raise folder_busy(out_dir, handle.read(32).strip(), busy) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -112,11 +112,14 @@ def run_in_progress(out_dir: Path) -> str | None:
     """The pid of a run at work in the folder now, or None. Reads only: `--dry-run` and
     `status` may look at a folder they cannot write."""
     try:
-        with open(out_dir / LOCK_FILE, encoding="utf-8") as handle:
+        with open(out_dir / LOCK_FILE, encoding="utf-8", errors="replace") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                return handle.read().strip() or "unknown"
+                # (its pid, as the run wrote it; anything else, from a file anyone can write, is
+                # not shown: no escape codes to the terminal, no megabytes read)
+                pid = handle.read(32).strip()
+                return pid if pid.isdigit() else "unknown"
     except OSError:  # no lock file: no run ever held one here
         return None
     return None
@@ -124,8 +127,7 @@ def run_in_progress(out_dir: Path) -> str | None:
 
 def at_work_here(out_dir: Path) -> str | None:
     """"a run (pid 123) is at work in DIR now", for a command that only reads or draws a folder a
-    run may be changing; None when none is. The pid is the lock file's text, shown only when it
-    is a number (a file anyone can write must not put escape codes on the terminal)."""
+    run may be changing; None when none is."""
     holder = run_in_progress(out_dir)
     if holder is None:
         return None
