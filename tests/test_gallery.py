@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -183,6 +184,36 @@ def test_labels_a_browser_rewrites_in_an_attribute_still_filter(tmp_path: Path, 
     hidden = page.evaluate("Array.from(document.querySelectorAll('figure.job')).filter(f => f.hidden)"
                            ".map(f => f.title)")
     assert len(hidden) == 1 and "gamma" in hidden[0]
+    page.close()
+
+
+@pytest.mark.parametrize("names", [("status", "style"), ("subject", "__proto__")], ids=["status", "proto"])
+def test_an_axis_named_as_the_pages_own_keys_still_filters(
+    tmp_path: Path, browser: Any, names: tuple[str, str]
+) -> None:
+    # An axis named "status" had its boxes read as the status filter's: no job's status group
+    # was "draft", so every cell was hidden ("0 of 4 shown") for good. One named "__proto__"
+    # wrote its ticked labels onto every object, so unticking the same label of another axis
+    # hid nothing.
+    first, second = names
+    jobs = [
+        dataclasses.replace(
+            job,
+            axes={first: job.axes["subject"], second: job.axes["style"], "resolution": job.axes["resolution"]},
+            values={first: job.values["subject"], second: job.values["style"], "resolution": job.values["resolution"]},
+        )
+        for job in plan_jobs(subjects={"draft": "a", "final": "b"}, styles={"draft": "c", "ink": "d"}, resolutions=ONE_RESOLUTION)
+    ]
+    make_folder(tmp_path, jobs=jobs, states={}, recipe_meta={"name": "sweep", "sheet": {}})
+    write_gallery(open_output(tmp_path))
+    page = _open(browser, tmp_path / "gallery.html", DESKTOP)
+    assert page.locator("#count").text_content() == "4 of 4 shown"
+    page.locator(f'#filters input[data-axis="{first}"][data-label="0"]').uncheck()  # its "draft"
+    assert page.locator("#count").text_content() == "2 of 4 shown"
+    hidden = page.evaluate("Array.from(document.querySelectorAll('figure.job')).filter(f => f.hidden).map(f => f.dataset.job)")
+    assert hidden == ["j001", "j002"]  # the jobs whose first axis reads "draft"
+    page.locator('#filters input[data-axis="status"][value="done"]').uncheck()
+    assert page.locator("#count").text_content() == "0 of 4 shown"
     page.close()
 
 
