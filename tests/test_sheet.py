@@ -354,6 +354,18 @@ def test_missing_thumbnails_are_made_in_worker_processes_and_kept(tmp_path: Path
     assert again.made_thumbnails == 0
 
 
+def test_thumbnails_that_could_not_be_made_are_not_counted_as_made(tmp_path: Path) -> None:
+    # Two corrupt images with no thumbnail: `sheet` said "made 2 missing thumbnails (kept for
+    # next time)" after warning that both were unreadable, and said it again at every sheet.
+    fx = make_folder(tmp_path, states={}, no_thumbs=[1, 2, 4])
+    fx.image(1).write_bytes(b"not a png")
+    fx.image(2).write_bytes(b"nor this")
+    result = make_sheet(open_output(tmp_path), cell=64)
+    assert result.made_thumbnails == 1  # job 4's, the only one made
+    assert not fx.thumb(1).exists() and fx.thumb(4).exists()
+    assert "j001" in "\n".join(result.warnings) and "unreadable" in "\n".join(result.warnings)
+
+
 def test_pages_are_numbered_and_stale_pages_removed(tmp_path: Path) -> None:
     make_folder(tmp_path)
     paged = make_sheet(open_output(tmp_path), cell=32, max_cells=2)

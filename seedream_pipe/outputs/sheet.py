@@ -81,7 +81,7 @@ class SheetResult:
     paths: list[Path]
     layout: SheetLayout
     warnings: list[str]
-    made_thumbnails: int = 0
+    made_thumbnails: int = 0  # missing thumbnails made and saved into thumbs/
     geometries: list[PageGeometry] = field(default_factory=list)  # one per page, where things are
 
     def __repr__(self) -> str:
@@ -313,7 +313,10 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             f"smaller cells ({option('--cell', 'cell=')})"
         )
     _remove_stale_pages(folder.path, set(paths))
-    return SheetResult(paths, layout, warnings, made_thumbnails=len(made), geometries=geometries)
+    # (the ones saved for next time: an image that could not be decoded, or a thumbnail that
+    # could not be saved, has its own warning, and is no thumbnail made)
+    saved = sum(result.saved is not None for result in made.values())
+    return SheetResult(paths, layout, warnings, made_thumbnails=saved, geometries=geometries)
 
 
 def _draw_slot(
