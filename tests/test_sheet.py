@@ -354,6 +354,17 @@ def test_missing_thumbnails_are_made_in_worker_processes_and_kept(tmp_path: Path
     assert again.made_thumbnails == 0
 
 
+def test_bidi_marks_are_drawn_as_text_not_obeyed(tmp_path: Path) -> None:
+    # The header of a label "\u202egnp.exe" read "exe.png" on the sheet (the gallery, the plan
+    # and the terminal all write the mark out): it is drawn as the text "\u202e" is.
+    sheets = []
+    for name, mark in (("marked", "\u202e"), ("written", "\\u202e")):
+        make_folder(tmp_path / name, jobs=plan_jobs(subjects={f"{mark}gnp.exe": "a cat", "tea": "tea"}))
+        sheets.append(make_sheet(open_output(tmp_path / name), cell=64).paths[0])
+    marked, written = (Image.open(path).convert("RGB") for path in sheets)
+    assert marked.size == written.size and marked.tobytes() == written.tobytes()
+
+
 def test_thumbnails_that_could_not_be_made_are_not_counted_as_made(tmp_path: Path) -> None:
     # Two corrupt images with no thumbnail: `sheet` said "made 2 missing thumbnails (kept for
     # next time)" after warning that both were unreadable, and said it again at every sheet.
