@@ -387,6 +387,17 @@ def test_pages_are_numbered_and_stale_pages_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("contact_sheet*")) == ["contact_sheet.jpg"]
 
 
+def test_a_page_too_wide_for_jpeg_is_a_usage_error(tmp_path: Path) -> None:
+    # 1,800 cells in one row as JPEG: libjpeg refused the 68,000 px page and `sheet` said
+    # "cannot write: broken data stream" (exit 73, as if the folder could not be written)
+    subjects = {f"s{i}": f"s{i}" for i in range(1800)}
+    jobs = plan_jobs(subjects=subjects, styles={"ink": "ink"}, resolutions={"1:1": "2048x2048 (1:1)"})
+    make_folder(tmp_path, jobs=jobs, states={job.index: "planned" for job in jobs})
+    with pytest.raises(UsageError, match=r"too large for JPEG \(65,500 px a side at most\); use fmt='png'"):
+        make_sheet(open_output(tmp_path), rows=[], cols=["subject"], cell=32, max_cells=5000, fmt="jpeg")
+    assert list(tmp_path.glob("contact_sheet*")) == []
+
+
 def test_big_cells_page_so_that_no_page_outgrows_the_pixel_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageDraw
 
-from seedream_pipe.errors import printable, visible_marks
+from seedream_pipe.errors import UsageError, printable, visible_marks
 from seedream_pipe.images import THUMB_SIZE
 from seedream_pipe.outputs._folder import (
     IMAGE_PRESENT,
@@ -193,6 +193,8 @@ PAGES_AT_ONCE = 2
 #: The longest side a page may have and still open everywhere: ImageMagick's default policy
 #: (Debian's) refuses images over 16K pixels wide or high.
 VIEWABLE_SIDE = 16_384
+#: The longest side a JPEG may have (libjpeg's limit).
+JPEG_MAX_SIDE = 65_500
 
 
 def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
@@ -262,6 +264,16 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
         geometry = page_geometry(
             layout, page, metrics, pillow_measure, title=title, subtitle=subtitle
         )
+        dest = _page_path(folder.path, page.number, total, options.fmt)
+        if options.fmt == "jpeg" and max(geometry.width, geometry.height) > JPEG_MAX_SIDE:
+            # (libjpeg refuses it: the write failed as if the folder could not be written, 73)
+            png = option("--format png", "fmt='png'")
+            raise UsageError(
+                f"{dest.name}: a page of {geometry.width:,} x {geometry.height:,} px is too large "
+                f"for JPEG ({JPEG_MAX_SIDE:,} px a side at most); use {png}, "
+                f"page by an axis ({option('--page-by', 'page_by=')}), move one to the other side, or "
+                f"use smaller cells ({option('--cell', 'cell=')})"
+            )
         canvas = Image.new("RGB", (geometry.width, geometry.height), BACKGROUND)
         draw = ImageDraw.Draw(canvas)
         _draw_text(draw, geometry.title, INK)
@@ -286,7 +298,6 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
                 shown = _draw_slot(canvas, slot, job, sources, pictures, problems, warnings, metrics)
                 if shown and job.job_id in stale:
                     _mark_stale(canvas, slot, job, stale[job.job_id], warnings, metrics)
-        dest = _page_path(folder.path, page.number, total, options.fmt)
         return _save(canvas, dest, options.fmt), geometry
 
     # Every missing thumbnail first, then the pages: drawing while the workers decode saves
