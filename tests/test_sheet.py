@@ -365,6 +365,17 @@ def test_bidi_marks_are_drawn_as_text_not_obeyed(tmp_path: Path) -> None:
     assert marked.size == written.size and marked.tobytes() == written.tobytes()
 
 
+def test_control_characters_are_drawn_as_escapes_not_boxes(tmp_path: Path) -> None:
+    # "bell\x07" and "bell\x08" were both drawn "bell" and an empty box: two labels that read
+    # the same (the plan and the terminal write "bell\x07")
+    sheets = []
+    for name, char in (("raw", "\x07"), ("written", "\\x07")):
+        make_folder(tmp_path / name, jobs=plan_jobs(subjects={f"bell{char}": "a cat", "tea": "tea"}))
+        sheets.append(make_sheet(open_output(tmp_path / name), cell=64).paths[0])
+    raw, written = (Image.open(path).convert("RGB") for path in sheets)
+    assert raw.size == written.size and raw.tobytes() == written.tobytes()
+
+
 def test_thumbnails_that_could_not_be_made_are_not_counted_as_made(tmp_path: Path) -> None:
     # Two corrupt images with no thumbnail: `sheet` said "made 2 missing thumbnails (kept for
     # next time)" after warning that both were unreadable, and said it again at every sheet.

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageDraw
 
-from seedream_pipe.errors import UsageError, printable, visible_marks
+from seedream_pipe.errors import UsageError, printable
 from seedream_pipe.images import THUMB_SIZE
 from seedream_pipe.outputs._folder import (
     IMAGE_PRESENT,
@@ -94,15 +94,17 @@ class SheetResult:
 
 # Text is measured and drawn as `spelled_out` shows it: a character no font here draws (an
 # emoji, with no emoji font) goes by its name, so "✨" and "🌙" are not two identical boxes.
-# Its bidi marks are written out first, as the gallery writes them: "\u202egnp.exe" read "exe.png".
+# Its bidi marks and control characters are written out first, as the gallery and the terminal
+# write them: "\u202egnp.exe" read "exe.png", and "a\x07" and "a\x08" were the same empty box.
+# (A line holds no line break or tab: labels are wrapped at whitespace.)
 def pillow_measure(text: str, size: int, bold: bool) -> float:
-    shown = spelled_out(visible_marks(text))
+    shown = spelled_out(printable(text))
     return float(font_for(shown, size, bold=bold).getlength(shown))
 
 
 def _draw_text(draw: ImageDraw.ImageDraw, block: TextBlock, fill: tuple[int, int, int]) -> None:
     for line, origin in zip(block.lines, block.origins, strict=True):
-        shown = spelled_out(visible_marks(line))
+        shown = spelled_out(printable(line))
         draw.text(origin, shown, font=font_for(shown, block.size, bold=block.bold), fill=fill)
 
 
