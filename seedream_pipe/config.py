@@ -107,6 +107,14 @@ def _checked_base_url(raw: str, source: str, *, quote: bool = True) -> str:
             f"{source}: the URL carries a user name or password (user:password@host); remove it: "
             "the token (RUNCOMFY_TOKEN) is what the API takes"
         )
+    if "?" in raw or "#" in raw:
+        # The paths of the API are appended to the base: after a query or a fragment they would
+        # not be paths at all, and every submit would go to the base itself and answer 404,
+        # said as an unknown model (exit 65).
+        raise UsageError(
+            f"{source}: the URL carries a query or fragment (?... or #...); remove it: the API's "
+            f"paths are added to the base, e.g. {DEFAULT_BASE_URL}"
+        )
     if parts.scheme == "http" and not is_loopback(hostname):
         # Every API call carries the bearer token: over plain http anyone on the path can read it.
         raise UsageError(

@@ -86,6 +86,18 @@ def test_a_base_url_with_a_user_and_password_is_refused_before_anything_is_recor
     assert not out.exists()  # no job marked as being submitted, nothing to resume as unknown
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1/v1?x=1", "https://model-api.runcomfy.net/v1#top", "https://h/v1?"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_before_anything_is_recorded(
+    recipe: Path, tmp_path: Path, url: str
+) -> None:
+    # (the paths appended after it would be part of the query: every submit a 404, "unknown model")
+    out = tmp_path / "o"
+    code, _, err = invoke("run", str(recipe), "--base-url", url, "--out", str(out), env={"RUNCOMFY_TOKEN": "t"})
+    assert code == 64, err
+    assert "query or fragment" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_dry_run_says_what_would_happen_without_writing(recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     code, stdout, _ = invoke("run", str(recipe), "--out", str(out), "--dry-run")
