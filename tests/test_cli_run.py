@@ -69,6 +69,19 @@ def test_contradictory_or_bad_options_exit_64(recipe: Path, extra: list[str]) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+@pytest.mark.parametrize("rpm", ["nan", "inf"])
+def test_an_rpm_that_is_no_number_exits_64_even_with_nothing_to_send(
+    recipe: Path, tmp_path: Path, rpm: str, dry: list[str]
+) -> None:
+    # (click's FloatRange lets nan and inf through; the run refused them only when it had work)
+    out = tmp_path / "o"
+    assert invoke("run", str(recipe), "--sim", "--out", str(out), "--quiet")[0] == 0  # all done
+    code, _, err = invoke("run", str(recipe), "--sim", "--out", str(out), "--rpm", rpm, *dry)
+    assert code == 64, err
+    assert f"rpm must be a number above 0, not {rpm}" in err
+
+
 def test_a_bad_base_url_exits_64(recipe: Path) -> None:
     code, _, err = invoke("run", str(recipe), "--base-url", "not a url", env={"RUNCOMFY_TOKEN": "t"})
     assert code == 64

@@ -96,6 +96,9 @@ def options_from_recipe(recipe: Recipe, **overrides: Any) -> RunOptions:
     for name, value in overrides.items():
         if value is not None:
             setattr(opts, name, value)
+    # Checked here, not only once a run has work: `run --rpm nan` exited 0 on a finished
+    # folder or with --dry-run, and 64 on one with jobs to do.
+    opts.check()
     return opts
 
 
