@@ -618,6 +618,7 @@ def test_admin_changes_faults_config_and_token(api: Api) -> None:
         ("faults", {"error_rate": 1.5}, "between 0 and 1"),
         ("faults", [1], "must be a JSON object"),
         ("config", {"workers": -1}, "workers must be >= 0"),
+        ("config", {"workers": 10_001}, "workers must be at most 10,000"),  # (a task each, spawned at once)
         ("config", {"latency": "slow"}, "latency must be a number"),
         ("config", {"colour": "red"}, "unknown setting 'colour'"),
         ("revoke", {"revoked": "yes"}, "revoked must be true or false"),

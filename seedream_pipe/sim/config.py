@@ -21,6 +21,10 @@ from seedream_pipe.errors import UsageError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_WORKERS = 4
+#: Each worker is a task spawned at once: `--workers 1000000000` (or the same POSTed to
+#: /admin/config) took gigabytes and froze the simulator. Far more jobs at once than any
+#: account runs.
+MAX_WORKERS = 10_000
 DEFAULT_LATENCY_S = 2.0
 DEFAULT_LATENCY_JITTER_S = 0.5
 DEFAULT_URL_TTL_S = 3600.0
@@ -179,6 +183,8 @@ def check_setting(name: str, value: Any) -> Any:
         assert number is not None
         if number < 0:
             raise UsageError(f"workers must be >= 0 (0 pauses the queue), got {value!r}")
+        if number > MAX_WORKERS:
+            raise UsageError(f"workers must be at most {MAX_WORKERS:,}, got {value!r}")
         return number
     if name in ("latency", "latency_jitter", "url_ttl_s"):
         number = _check_number(name, value, integer=False, optional=False)
