@@ -1023,6 +1023,31 @@ def test_dry_run_refuses_the_folders_run_refuses(recipe: Path, tmp_path: Path) -
     assert code == 73 and "is a file, not a folder" in err
 
 
+def test_dry_run_refuses_a_folder_run_could_not_make_or_write(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "submit: 2" and exit 0 where `run` exits 73 at once.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    for extra in ([], ["--dry-run"]):
+        code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(a_file / "out"), *extra)
+        assert code == 73 and "cannot create the output folder" in err and "submit" not in stdout
+    # (a read-only disk, as the OS says it: tests may run as root, whom file modes do not stop)
+    import seedream_pipe.runner.folder as folder
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        folder.os, "access",
+        lambda path, mode, **kw: not (mode & os.W_OK and Path(path) == read_only) and real_access(path, mode, **kw),
+    )
+    for out, says in ((read_only, "cannot write in the output folder"), (read_only / "o", "cannot create the output folder in")):
+        code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(out), "--dry-run")
+        assert code == 73 and says in err and "read-only" in err and "submit" not in stdout, err
+    assert list(read_only.iterdir()) == []
+
+
 def test_an_emptied_state_is_not_taken_for_a_new_folder(recipe: Path, tmp_path: Path) -> None:
     # A state.sqlite truncated to 0 bytes opened as a new, empty state: the run submitted every
     # job again (paid twice on the real API) and overwrote the images.

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seedream_pipe.errors import OutputError, UsageError
-from seedream_pipe.runner.folder import check_same_api, refuse_foreign, refuse_links
+from seedream_pipe.runner.folder import (
+    check_same_api,
+    refuse_foreign,
+    refuse_links,
+    refuse_unwritable,
+)
 from seedream_pipe.runner.rules import (
     RunOptions,
     action_for,
@@ -51,6 +56,7 @@ def dry_run_report(
             raise OutputError(f"{out_dir}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})")
         refuse_links(out_dir)
         refuse_foreign(out_dir)
+    refuse_unwritable(out_dir)
     known: dict[str, JobRecord] = {}
     if (out_dir / STATE_FILE).exists():
         with StateStore.for_reading(out_dir) as store:

@@ -52,6 +52,20 @@ def refuse_foreign(out_dir: Path) -> None:
         )
 
 
+def refuse_unwritable(out_dir: Path) -> None:
+    """Raise OutputError when a run could not make `out_dir` or write in it (a path below a
+    file, a read-only disk, no permission), found without writing: the dry run says what the
+    run would meet rather than a plan and a cost it would never get to."""
+    existing = out_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{out_dir}: cannot create the output folder: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        doing = "write in the output folder" if existing == out_dir else f"create the output folder in {existing}"
+        raise OutputError(f"{out_dir}: cannot {doing}: it is read-only, or not yours to write in")
+
+
 def _as_good_as_empty(name: str) -> bool:
     """A file a new output folder may hold: a placeholder (`.gitkeep`), a file manager's, or
     what a run cut short before its state left (its lock, a temporary file). Other hidden
