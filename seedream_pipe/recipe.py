@@ -196,6 +196,16 @@ def _check_folder(value: str) -> str:
 
 
 FolderPath = Annotated[str, AfterValidator(_check_folder)]
+
+
+def _check_file(value: str) -> str:
+    """A NUL names no file: opening the path would raise ValueError (exit 70), not say so."""
+    if "\0" in value:
+        raise PydanticCustomError("file_path", "a file path cannot hold a NUL character")
+    return value
+
+
+FilePath = Annotated[str, AfterValidator(_check_file)]
 VarItem = Annotated[str | dict[str, str], BeforeValidator(_check_var_item)]
 VarValues = Annotated[
     list[VarItem], BeforeValidator(_check_var_values), WithJsonSchema(_VAR_VALUES_SCHEMA)
@@ -302,7 +312,7 @@ class RecipeSpec(_Strict):
         pattern=MODEL_PATTERN,
         description="the RunComfy model id, e.g. bytedance/seedream-4-0/text-to-image",
     )
-    input_schema: str | None = Field(
+    input_schema: FilePath | None = Field(
         default=None, description="a JSON Schema file of the model's inputs, relative to this file"
     )
     template: str | None = Field(default=None, description="the prompt, a Jinja2 template")
@@ -404,10 +414,11 @@ def _problem_at(locations: dict[KeyPath, Location], default_file: str, path: Key
 
 def _real(path: Path) -> Path | None:
     """`path.resolve()`, or None when a symlink loop leaves it no real path (RuntimeError before
-    Python 3.13, OSError since): a link pointing at itself ended plan with exit 70."""
+    Python 3.13, OSError since): a link pointing at itself ended plan with exit 70. So did a NUL
+    written in a path (ValueError), which no file name can hold."""
     try:
         return path.resolve()
-    except (RuntimeError, OSError):
+    except (RuntimeError, OSError, ValueError):
         return None
 
 
@@ -432,7 +443,7 @@ def _read_var_file(doc: Document, name: str, written: str, problems: list[Proble
     """The values of a `{file: ...}` var, one per line, and where each came from. `values_read`
     counts the values of every var file the recipe has read (see MAX_VAR_FILE_VALUES)."""
     key: KeyPath = ("vars", name, "file")
-    if not written or os.path.isabs(written) or written.startswith("~"):
+    if not written or "\0" in written or os.path.isabs(written) or written.startswith("~"):
         problems.append(
             _problem_at(doc.locations, doc.display, key,
                         f"a var file must be a path relative to the recipe's folder, not {written!r}")
@@ -567,8 +578,9 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
     # the problems found so far.
     problems = doc.problems
     where = _problem_at(doc.locations, display, ("extends",), "")
-    if not isinstance(parent, str) or not parent:
-        problems.append(Problem(where.file, "expected the path of a recipe file",
+    if not isinstance(parent, str) or not parent or "\0" in parent:
+        got = f", not {parent!r}" if isinstance(parent, str) and parent else ""  # (a NUL in it)
+        problems.append(Problem(where.file, f"expected the path of a recipe file{got}",
                                 "extends", where.line, where.column))
         raise RecipeError(problems)
     base_path = (path.parent / parent)

@@ -797,6 +797,21 @@ def test_a_symbolic_link_that_leads_back_to_itself_is_a_problem_not_a_crash(tmp_
     assert partial_bases_among([tmp_path / "recipe.yaml", write(tmp_path, "extends: loop.yaml\n", "b.yaml")]) == {}
 
 
+def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # "\0" in YAML is a NUL: the OS takes no such path, and Path.resolve() and open() raise
+    # ValueError for it, which ended plan and validate with "unexpected ValueError" (exit 70).
+    base = only_problem(write(tmp_path, 'extends: "a\\0b.yaml"\ntemplate: "{{ a }}"\nvars: {a: [x]}\n'))
+    assert base == f"{tmp_path / 'recipe.yaml'}:1:1: extends: expected the path of a recipe file, not 'a\\x00b.yaml'"
+    var = only_problem(write(tmp_path, 'template: "{{ a }}"\nvars: {a: {file: "a\\0b.txt"}}\n'))
+    assert var == (f"{tmp_path / 'recipe.yaml'}:2:12: vars.a.file: a var file must be a path relative to the "
+                   "recipe's folder, not 'a\\x00b.txt'")
+    schema = only_problem(write(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\ninput_schema: "a\\0b.json"\n'))
+    assert schema == f"{tmp_path / 'recipe.yaml'}:3:1: input_schema: a file path cannot hold a NUL character, got 'a\\x00b.json'"
+    from seedream_pipe.recipe import partial_bases_among
+
+    assert partial_bases_among([write(tmp_path, 'extends: "a\\0b.yaml"\n', "b.yaml")]) == {}
+
+
 def test_a_var_file_that_is_a_named_pipe_is_refused_rather_than_waited_on(tmp_path: Path) -> None:
     # Opening a FIFO waits for a writer: a recipe folder holding one (a tar keeps them) made
     # plan and validate hang for good.
