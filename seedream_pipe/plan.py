@@ -275,6 +275,13 @@ def _compile_templates(recipe: Recipe, problems: _Problems) -> list[PromptTempla
         except SecurityError as exc:  # pragma: no cover - parse-time sandbox refusals
             problems.add_template(path, None, f"refused by the sandbox: {exc}")
             continue
+        except (RecursionError, SyntaxError) as exc:
+            # Jinja2 parses and compiles recursively, to Python that Python compiles in turn:
+            # some 70 brackets, or 25 {% for %}, one inside another are beyond either (exit 70).
+            why = f" ({exc.msg})" if isinstance(exc, SyntaxError) else ""
+            problems.add_template(path, None, f"nested too deeply to compile{why}: fewer brackets, "
+                                              "filters or blocks one inside another")
+            continue
         uses = frozenset(meta.find_undeclared_variables(tree)) - frozenset(SANDBOX.globals)
         compiled.append(PromptTemplate(name, source, path, template, uses, tree, _guarded_names(tree)))
     return compiled

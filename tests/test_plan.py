@@ -351,6 +351,23 @@ def test_template_syntax_error_unclosed_block(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "template",
+    [
+        "{{ " + "(" * 80 + "a" + ")" * 80 + " }}",  # RecursionError in Jinja2's parser
+        "{{ a" + "|upper" * 3000 + " }}",
+        "{% for i in [1] %}" * 25 + "{{ a }}" + "{% endfor %}" * 25,  # SyntaxError: too many statically nested blocks
+        "{% if a %}" * 100 + "{{ a }}" + "{% endif %}" * 100,  # SyntaxError: too many levels of indentation
+    ],
+)
+def test_a_template_nested_too_deeply_is_a_problem_not_a_crash(tmp_path: Path, template: str) -> None:
+    # Jinja2 parses recursively and compiles to Python, which Python compiles in turn: such a
+    # template ended plan with "unexpected RecursionError" or "SyntaxError" (exit 70).
+    message = only_problem(tmp_path, f'template: "{template}"\nvars: {{a: [x]}}\n')
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:1:1: template: nested too deeply to compile")
+    assert message.endswith(": fewer brackets, filters or blocks one inside another")
+
+
+@pytest.mark.parametrize(
     "expression",
     [
         "''.__class__.__mro__",
