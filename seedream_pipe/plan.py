@@ -758,8 +758,9 @@ def prepare(recipe: Recipe) -> Blueprint:
             part_of = next((bad for bad in unusable if name in re.split(r"\W+", bad)), None)
             if part_of is not None:
                 renamed = re.sub(r"\W+", "_", part_of)
-                hint = (f" (part of the var {part_of!r}, whose name a template cannot use: rename it, "
-                        f"e.g. {renamed!r})")
+                # (`loop` has no \W to replace: it would be suggested as its own new name)
+                example = f", e.g. {renamed!r}" if _usable_var_name(renamed) else ""
+                hint = f" (part of the var {part_of!r}, whose name a template cannot use: rename it{example})"
             else:
                 guess = closest(name, scope_names)
                 hint = f" (did you mean {guess!r}?)" if guess else ""

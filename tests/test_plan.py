@@ -932,6 +932,13 @@ def test_a_refused_var_name_does_not_lead_to_misleading_advice(tmp_path: Path) -
     assert len(found) == 4  # two refused names, and the two halves of my-var
 
 
+def test_a_var_named_by_a_template_word_is_not_advised_to_be_renamed_to_itself(tmp_path: Path) -> None:
+    # `loop` is Jinja2's own in a template: "rename it, e.g. 'loop'" sent the author round in a circle
+    found = problems_of(tmp_path, 'template: "{{ loop }}"\nvars:\n  loop: [x]\n')
+    assert found[0].endswith("template: template line 1: 'loop' is undefined (part of the var 'loop', whose name "
+                             "a template cannot use: rename it); the template can use: index, repeat, resolution")
+
+
 def test_var_and_template_names_may_be_words_of_any_script(tmp_path: Path) -> None:
     plan = plan_of(
         tmp_path,
