@@ -1074,6 +1074,10 @@ def partial_bases_among(files: Iterable[Path]) -> dict[Path, list[Path]]:
     extended_by: dict[Path, list[Path]] = {}
     data_of: dict[Path, dict[str, Any]] = {}
     for file in files:
+        if not file.is_file():
+            # A pipe (`validate <(generate-recipe)`) is read once, by its own check: read here
+            # first, it was empty there. Nor can it be a base: `extends` refuses a pipe.
+            continue
         try:
             data = parse_yaml(file, str(file)).data
         except RecipeError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -150,6 +151,20 @@ def test_validate_a_folder_checks_a_partial_base_through_the_recipes_that_extend
     assert result.stderr.splitlines() == [f"error: {tmp_path / 'common.yaml'}:1:7: run.rpm: should be greater than 0, got -1"]
     # given on its own, it is not a recipe
     assert invoke("validate", str(tmp_path / "common.yaml")).exit_code == 65
+
+
+def test_validate_reads_a_recipe_from_a_pipe_once(tmp_path: Path) -> None:
+    # `validate <(generate-recipe)`, as `plan <(...)` takes it: the search for partial bases read
+    # the pipe first, and the check itself then found "the recipe is empty" (exit 65)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b'template: "{{ a }}"\nvars: {a: [x, y]}\n')
+        os.close(write_end)
+        result = invoke("validate", f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"ok: /dev/fd/{read_end} (2 jobs)\n"
 
 
 def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: Path) -> None:
