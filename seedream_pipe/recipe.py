@@ -1099,7 +1099,9 @@ def bases_of(path: Path) -> set[Path]:
     parse; a problem found in one of them while checking `path` is one `path` inherits."""
     found: set[Path] = set()
     file: Path | None = path
-    while file is not None:  # (a cycle ends at a file found before)
+    # (a cycle ends at a file found before; a named pipe, which extends refuses, at itself:
+    # opened to be read, it waited for a writer for good)
+    while file is not None and file.is_file():
         try:
             parent = parse_yaml(file, str(file)).data.get("extends")
         except RecipeError:

@@ -167,6 +167,19 @@ def test_validate_reads_a_recipe_from_a_pipe_once(tmp_path: Path) -> None:
     assert result.stdout == f"ok: /dev/fd/{read_end} (2 jobs)\n"
 
 
+@pytest.mark.timeout(20)
+def test_validate_does_not_wait_on_a_named_pipe_that_a_base_extends(tmp_path: Path) -> None:
+    # plan refuses it; validate, looking for the files a.yaml extends to say which problems it
+    # inherits, opened the pipe to read it and waited for a writer for good
+    os.mkfifo(tmp_path / "pipe.yaml")
+    write(tmp_path, "extends: pipe.yaml\n", "b.yaml")
+    recipe = write(tmp_path, 'extends: b.yaml\ntemplate: "{{ a }}"\nvars: {a: [x]}\n', "a.yaml")
+    result = invoke("validate", str(recipe))
+    assert result.exit_code == 65
+    assert result.stderr == (f"error: {tmp_path / 'b.yaml'}:1:1: extends: {tmp_path / 'pipe.yaml'} is not a regular "
+                             f"file (a pipe or a device) (checking {recipe}, which extends it)\n")
+
+
 def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: Path) -> None:
     # a base with a template is a recipe too (`run base.yaml` works or fails on its own): its
     # problems are its own, even where the recipe extending it overrides the broken part
