@@ -1116,6 +1116,13 @@ def bases_of(path: Path) -> set[Path]:
 def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], depth: int = 0) -> bool:
     """Whether a file, or a base it extends, writes `template:` or `templates:`."""
     data = data_of.get(path)
+    if data is None and path.is_file():
+        # A base not among the files given (`lib/root.yaml` under the folder validated): its
+        # template makes the files extending it whole recipes all the same.
+        try:
+            data = parse_yaml(path, str(path)).data
+        except RecipeError:
+            return False
     if data is None or depth > 20:
         return False
     if data.get("template") is not None or data.get("templates") is not None:

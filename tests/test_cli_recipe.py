@@ -191,6 +191,20 @@ def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: 
     assert f"ok: {tmp_path / 'child.yaml'} (1 job)" in result.stdout
 
 
+def test_validate_a_folder_checks_a_base_whose_template_comes_from_a_file_outside_it(tmp_path: Path) -> None:
+    # mid.yaml takes its template from lib/root.yaml: it is a whole recipe (`plan mid.yaml`
+    # fails, exit 65), yet validate called it "not a whole recipe" and, as leaf.yaml overrides
+    # the broken key, said nothing of its problem and exited 0
+    (tmp_path / "lib").mkdir()
+    write(tmp_path / "lib", 'template: "{{ a }}"\nvars: {a: [x]}\n', "root.yaml")
+    write(tmp_path, "extends: lib/root.yaml\nresolutions: [5:4]\n", "mid.yaml")
+    write(tmp_path, "extends: mid.yaml\nresolutions: [1K]\n", "leaf.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 65
+    assert "base: " not in result.stdout and f"ok: {tmp_path / 'leaf.yaml'} (1 job)" in result.stdout
+    assert result.stderr.startswith(f"error: {tmp_path / 'mid.yaml'}:2:15: resolutions[0]: unknown resolution '5:4'")
+
+
 def test_a_problem_a_recipe_makes_in_its_base_names_that_recipe(tmp_path: Path) -> None:
     # the child removed a var the base's template uses: the error is at the base's template,
     # but the base itself is fine; it said only "base.yaml:1:1 ... 'style' is undefined"
