@@ -431,6 +431,17 @@ def test_init_writes_a_starter_that_plans(tmp_path: Path) -> None:
     assert "jobs: 8" in plan.stdout
 
 
+def test_init_for_a_file_named_like_an_option_says_a_command_that_works(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # `init -- -x.yaml` said "next: seedream-pipe plan -x.yaml", which fails: No such option '-x'
+    monkeypatch.chdir(tmp_path)
+    result = invoke("init", "--", "-x.yaml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "wrote -x.yaml; next: seedream-pipe plan ./-x.yaml\n"
+    assert "`seedream-pipe plan ./-x.yaml`; run it with `seedream-pipe run ./-x.yaml --sim`" in (tmp_path / "-x.yaml").read_text()
+    assert invoke("plan", "./-x.yaml").exit_code == 0
+
+
 def test_init_for_a_non_ascii_file_writes_a_recipe_that_loads(tmp_path: Path) -> None:
     target = tmp_path / "Été.yaml"
     result = invoke("init", str(target))

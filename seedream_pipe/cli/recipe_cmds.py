@@ -319,8 +319,9 @@ def init_cmd(written: str, force: bool) -> int:
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     try:
-        # (the path quoted, as pasted in a shell, and on one line: a newline would end its comment)
-        named = printable(shlex.quote(str(path)))
+        # (the path quoted, as pasted in a shell, and on one line: a newline would end its comment;
+        # `./` before a leading `-`, which `plan` would take for an option)
+        named = printable(shlex.quote(f"./{path}" if str(path).startswith("-") else str(path)))
         path.write_text(STARTER.format(path=named, name_line=_name_line(path.stem)), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
