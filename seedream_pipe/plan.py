@@ -846,7 +846,8 @@ class Plan:
         a number, whether or not the recipe's repeats make it an axis: `df[df.repeat == 1]`).
 
         An axis named like another column (a var `job_id`, or a var and an `inputs:` key both
-        called `seed`) is the column `<axis>_label`, so no two columns share a name.
+        called `seed`) is the column `<axis>_label` (`_label` again while that is another axis's
+        name), so no two columns share a name.
         """
         import pandas as pd
 
@@ -857,8 +858,17 @@ class Plan:
         for job in self.jobs[:1]:
             extra = [k for k in job.inputs if k != "prompt" and k not in body_axes]
         with_repeat = "repeat" not in axis_names  # (else the repeat axis is the column)
-        taken = {"job_id", "index", "prompt", *extra}
-        axis_columns = [f"{n}_label" if n in taken else n for n in axis_names]
+        fixed = {"job_id", "index", "prompt", *extra}
+        taken = fixed | set(axis_names)
+        axis_columns = []
+        for name in axis_names:
+            column = name
+            if name in fixed:
+                column = f"{name}_label"
+                while column in taken:  # (another var's own name: `job_id` and `job_id_label`)
+                    column += "_label"
+                taken.add(column)
+            axis_columns.append(column)
         columns = ["job_id", "index", *axis_columns, "prompt", *extra, *(["repeat"] if with_repeat else [])]
         rows = [
             (job.job_id, job.index, *(job.repeat + 1 if n == "repeat" else job.axes.get(n) for n in axis_names), job.prompt,

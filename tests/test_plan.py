@@ -1041,6 +1041,14 @@ def test_to_dataframe_names_an_axis_that_clashes_with_a_column_apart(tmp_path: P
     assert frame["job_id_label"].tolist() == ["a", "b"] and frame["steps"].tolist() == [2, 2]
 
 
+def test_to_dataframe_renames_an_axis_apart_from_a_var_named_as_its_new_name(tmp_path: Path) -> None:
+    # vars `job_id` and `job_id_label`: both were the column job_id_label, twice in plan's CSV
+    frame = plan_of(tmp_path, 'template: "{{ job_id }} {{ job_id_label }}"\nvars: {job_id: [a, b], job_id_label: [c]}\n').to_dataframe()
+    columns = list(frame.columns)
+    assert columns[:4] == ["job_id", "index", "job_id_label_label", "job_id_label"]
+    assert frame["job_id_label_label"].tolist() == ["a", "b"] and frame["job_id_label"].tolist() == ["c", "c"]
+
+
 def test_plan_protocol(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, GRID)
     assert len(plan) == 24 and list(plan) == plan.jobs and plan[0] is plan.jobs[0]
