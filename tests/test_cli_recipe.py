@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -373,6 +375,22 @@ def test_plan_json_is_the_jobs() -> None:
     assert "jobs: 8" in result.stderr
     limited = json.loads(invoke("plan", str(RECIPES / "demo.yaml"), "--format", "json", "--limit", "2").stdout)
     assert [job["index"] for job in limited] == [1, 2]
+
+
+def test_plan_json_to_a_reader_that_stops_reading_exits_141_as_csv_does(tmp_path: Path) -> None:
+    # `plan big.yaml --format json | head`: written in one go, the JSON cut short lost its rest
+    # without a word and the command exited 0, where the README says 141
+    values = ", ".join(str(i) for i in range(100))
+    recipe = write(tmp_path, f'template: "{{{{ a }}}} {{{{ b }}}}"\nvars:\n  a: [{values}]\n  b: [{values}]\n')
+    command = [sys.executable, "-m", "seedream_pipe", "plan", str(recipe), "--format", "json"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"[\n"
+        proc.stdout.close()  # as `head -1` does: 10,000 jobs are far more than a pipe holds
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert code == 141, stderr
+    assert "Traceback" not in stderr and "error" not in stderr, stderr
 
 
 def test_plan_csv() -> None:

@@ -157,6 +157,8 @@ def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
     return out
 
 
+_JSON_SLICE = 1 << 16  # characters of plan's JSON written at a time (see plan_cmd)
+
 # What JSON leaves raw of the controls a terminal acts on: DEL and C1 (JSON escapes only C0).
 _RAW_IN_JSON = re.compile(r"[\x7f-\x9f]")
 
@@ -208,7 +210,13 @@ def plan_cmd(recipe: Path, fmt: str, limit: int | None, max_jobs: int, yes: bool
         for line in summary:
             click.echo(line, err=True)
         if fmt == "json":
-            click.echo(_json_for_terminal(json.dumps([job.as_dict() for job in jobs], ensure_ascii=False, indent=2)))
+            text = _json_for_terminal(json.dumps([job.as_dict() for job in jobs], ensure_ascii=False, indent=2))
+            # In slices: written in one go, a text cut short by a reader that stops (`| head`)
+            # lost its rest without a word, exit 0, where csv and the table exit 141 (CPython's
+            # buffered writer takes the pipe's partial write of a long text as the end of it)
+            for start in range(0, len(text), _JSON_SLICE):
+                click.echo(text[start : start + _JSON_SLICE], nl=False)
+            click.echo()
         else:
             frame = plan.to_dataframe()
             if limit:
