@@ -219,6 +219,8 @@ def decode_text(raw: bytes, display: str, what: str) -> str:
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         bad = raw[exc.start : exc.start + 1].hex()
         encoding = " (it looks like UTF-16)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        if raw[:4] == b"\xff\xfe\x00\x00":  # (UTF-32's mark begins with UTF-16's)
+            encoding = " (it looks like UTF-32)"
         raise RecipeError(
             Problem(
                 display,

@@ -201,6 +201,12 @@ def test_utf16_file_is_named(tmp_path: Path) -> None:
     assert "not UTF-8 text (it looks like UTF-16)" in only_problem(path)
 
 
+def test_utf32_file_is_named_as_such_not_as_utf16(tmp_path: Path) -> None:
+    # its byte order mark, ff fe 00 00, begins with UTF-16's: it was said to look like UTF-16
+    path = write(tmp_path, b"\xff\xfe\x00\x00" + MINIMAL.encode("utf-32-le"))
+    assert "not UTF-8 text (it looks like UTF-32)" in only_problem(path)
+
+
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, b"\xef\xbb\xbf" + MINIMAL.encode()))
     assert recipe.spec.template == "{{ subject }}, {{ style }}"
