@@ -67,6 +67,9 @@ MAX_VAR_FILE_BYTES = 16 * 1024 * 1024
 #: `sample:` could draw from more values, and a subset of the file's lines does that as well.
 MAX_VAR_FILE_VALUES = 1_000_000
 DEFAULT_MAX_JOBS = 10_000
+#: Files one `extends` chain may hold: each is read in a nested call, and some 1,000 of them
+#: ended plan with a RecursionError (exit 70).
+MAX_EXTENDS_DEPTH = 100
 
 # Keys a recipe does not inherit through `extends`: they name this file's own run.
 _NOT_INHERITED = ("name", "output", "extends")
@@ -593,6 +596,11 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
     if real in chain:
         cycle = " -> ".join([*(str(p.name) for p in chain[chain.index(real):]), real.name])
         problems.append(Problem(where.file, f"cycle: {cycle}", "extends", where.line, where.column))
+        raise RecipeError(problems)
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        problems.append(Problem(where.file, f"{base_display} makes the chain of extends longer than "
+                                f"{MAX_EXTENDS_DEPTH} files, the most a recipe may build on",
+                                "extends", where.line, where.column))
         raise RecipeError(problems)
     if base_path.is_dir():
         problems.append(Problem(where.file, f"{base_display} is a folder; give the path of a recipe .yaml file",

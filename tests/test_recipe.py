@@ -631,6 +631,19 @@ def test_extends_cycle(tmp_path: Path) -> None:
     assert message == f"{b}:1:1: extends: cycle: a.yaml -> b.yaml -> a.yaml"
 
 
+@pytest.mark.parametrize("length", [100, 2000])
+def test_a_chain_of_extends_is_at_most_100_files_long(tmp_path: Path, length: int) -> None:
+    # each base is read in a nested call: some 1,000 of them ended plan with a RecursionError
+    for i in range(length - 1):
+        write(tmp_path, f"extends: r{i + 1}.yaml\n", f"r{i}.yaml")
+    write(tmp_path, MINIMAL, f"r{length - 1}.yaml")
+    if length == 100:
+        assert load_recipe(tmp_path / "r0.yaml").plan().jobs
+    else:
+        assert only_problem(tmp_path / "r0.yaml") == (f"{tmp_path / 'r99.yaml'}:1:1: extends: {tmp_path / 'r100.yaml'} "
+                                                      "makes the chain of extends longer than 100 files, the most a recipe may build on")
+
+
 def test_extends_self(tmp_path: Path) -> None:
     path = write(tmp_path, "extends: recipe.yaml\n" + MINIMAL)
     assert "extends: cycle: recipe.yaml -> recipe.yaml" in only_problem(path)
