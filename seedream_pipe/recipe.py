@@ -67,6 +67,8 @@ MAX_VAR_FILE_BYTES = 16 * 1024 * 1024
 #: `sample:` could draw from more values, and a subset of the file's lines does that as well.
 MAX_VAR_FILE_VALUES = 1_000_000
 DEFAULT_MAX_JOBS = 10_000
+#: The longest name a folder may have on the usual file systems (ext4, APFS, NTFS: 255).
+MAX_NAME_BYTES = 255
 #: Files one `extends` chain may hold: each is read in a nested call, and some 1,000 of them
 #: ended plan with a RecursionError (exit 70).
 MAX_EXTENDS_DEPTH = 100
@@ -180,6 +182,13 @@ def _check_name(value: str) -> str:
             "a name uses only lower-case letters (any script), digits, - and _ (it names the "
             "output folder), got {got}; {fixed}{how} would do",
             {"got": repr(value), "fixed": repr(fixed), "how": how},
+        )
+    if len(value.encode()) > MAX_NAME_BYTES:
+        # (else every check passed and `run` stopped at its first write: "File name too long")
+        raise PydanticCustomError(
+            "recipe_name",
+            "a name is at most {most} bytes in UTF-8 (it names the output folder, and file systems "
+            "allow no longer), got {got} bytes", {"most": MAX_NAME_BYTES, "got": len(value.encode())},
         )
     return value
 

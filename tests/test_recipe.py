@@ -455,6 +455,14 @@ def test_a_name_may_be_any_name_a_file_would_give(tmp_path: Path, name: str) -> 
     assert load_recipe(write(tmp_path, MINIMAL + f"name: {name}\n")).name == name
 
 
+def test_a_name_too_long_for_a_folder_is_refused_and_the_longest_one_loads(tmp_path: Path) -> None:
+    # 256 bytes passed every check, and `run` stopped at its first write: "File name too long"
+    message = only_problem(write(tmp_path, MINIMAL + f"name: {'é' * 128}\n"))
+    assert message.endswith("name: a name is at most 255 bytes in UTF-8 (it names the output folder, and "
+                            "file systems allow no longer), got 256 bytes")
+    assert load_recipe(write(tmp_path, MINIMAL + f"name: {'a' * 255}\n")).name == "a" * 255
+
+
 @pytest.mark.parametrize("name", ["'..'", "'a/b'", '"e\u0301"', '"a\u200bb"', "'{x}'"])
 def test_a_name_that_is_not_its_own_folder_name_is_refused(tmp_path: Path, name: str) -> None:
     assert "would do" in only_problem(write(tmp_path, MINIMAL + f"name: {name}\n"))
