@@ -79,6 +79,7 @@ class ModelSchema:
     source: str  # "built-in" or the schema file's path, for messages
     validator: Validator = field(init=False, repr=False)
     _aliases: dict[str, str] = field(init=False, repr=False)
+    _shared_ratios: dict[str, list[str]] = field(init=False, repr=False)  # ratio -> its values
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, dict):
@@ -103,6 +104,7 @@ class ModelSchema:
         for ratio, values in ratios.items():
             if len(values) == 1:
                 self._aliases.setdefault(ratio, values[0])
+        self._shared_ratios = {ratio: values for ratio, values in ratios.items() if len(values) > 1}
 
     @property
     def properties(self) -> Mapping[str, Any]:
@@ -154,11 +156,16 @@ class ModelSchema:
         found = self._aliases.get(_squash(written))
         if found is not None:
             return found
+        shared = self._shared_ratios.get(_squash(written))
+        if shared is not None:
+            # (not "unknown": a schema with two sizes of one ratio cannot take the ratio alone)
+            raise ValueError(f"resolution {written!r} is the ratio of several of {self.model}'s sizes: "
+                             f"{', '.join(shared)}; write the one you mean")
         ratios = sorted((a for a in self.resolution_aliases if ":" in a), key=_ratio_order)
         shorthand = ""
         if self.resolution_aliases:
-            shorthand = " (or a shorthand: " + ", ".join(ratios) + (", " if ratios else "")
-            shorthand += "or WIDTHxHEIGHT alone)"
+            shorthand = " (or " + (f"a shorthand: {', '.join(ratios)}, or " if ratios else "")
+            shorthand += "WIDTHxHEIGHT alone)"
         raise ValueError(
             f"unknown resolution {written!r}; {self.model} accepts: "
             + ", ".join(values)

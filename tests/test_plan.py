@@ -1266,3 +1266,22 @@ def test_a_misspelt_var_in_a_template_is_one_problem_not_two(tmp_path: Path) -> 
     assert any("'plce' is undefined (did you mean 'place'?)" in p for p in problems)
     assert not any("var 'place' is used by no template" in p for p in problems)
     assert any("var 'mood' is used by no template" in p for p in problems)  # a var no slip points at
+
+
+def test_a_ratio_two_sizes_share_is_said_to_be_ambiguous_not_unknown() -> None:
+    # It read "unknown resolution '1:1' ... (or a shorthand: or WIDTHxHEIGHT alone)": garbled,
+    # and the ratio is no stranger to the model, only shared by two of its sizes.
+    from seedream_pipe.models import ModelSchema
+
+    sizes = ["1024x1024 (1:1)", "2048x2048 (1:1)"]
+    schema = ModelSchema("acme/square", {"type": "object", "properties": {"resolution": {"enum": sizes}}}, "test")
+    with pytest.raises(ValueError) as shared:
+        schema.canonical_resolution("1:1")
+    assert str(shared.value) == (
+        "resolution '1:1' is the ratio of several of acme/square's sizes: 1024x1024 (1:1), 2048x2048 (1:1); "
+        "write the one you mean"
+    )
+    assert schema.canonical_resolution("2048x2048") == "2048x2048 (1:1)"
+    with pytest.raises(ValueError) as unknown:
+        schema.canonical_resolution("3:2")
+    assert str(unknown.value).endswith("accepts: 1024x1024 (1:1), 2048x2048 (1:1) (or WIDTHxHEIGHT alone)")
