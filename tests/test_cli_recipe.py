@@ -500,6 +500,16 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     assert target.read_text().startswith("# A seedream-pipe recipe")
 
 
+@pytest.mark.timeout(20)
+def test_init_force_refuses_a_named_pipe_rather_than_waiting_on_it(tmp_path: Path) -> None:
+    # `init --force fifo` waited for a reader for good (and --force /dev/null "wrote" nothing)
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    result = invoke("init", str(fifo), "--force")
+    assert result.exit_code == 64
+    assert result.stderr == f"error: {fifo} is not a regular file (a pipe or a device); give init the path of a .yaml file\n"
+
+
 def test_init_given_a_folder_writes_recipe_yaml_in_it(tmp_path: Path) -> None:
     # `init dd` for a folder said "already exists; pass --force", then --force failed with
     # "Is a directory"; `init newdir/` wrote a file named newdir.

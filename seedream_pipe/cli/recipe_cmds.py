@@ -326,6 +326,9 @@ def init_cmd(written: str, force: bool) -> int:
             raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    if path.exists() and not path.is_file():
+        # (--force on a named pipe waited for a reader for good; on /dev/null it "wrote" nothing)
+        raise UsageError(f"{printable(str(path))} is not a regular file (a pipe or a device); give init the path of a .yaml file")
     try:
         # (the path quoted, as pasted in a shell, and on one line: a newline would end its comment;
         # `./` before a leading `-`, which `plan` would take for an option)
