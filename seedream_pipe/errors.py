@@ -41,6 +41,7 @@ import html
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 # sysexits(3), as the official runcomfy CLI uses them
@@ -107,6 +108,11 @@ class RecipeError(SeedreamPipeError):
     def __init__(self, problems: list[Problem] | Problem) -> None:
         self.problems: list[Problem] = [problems] if isinstance(problems, Problem) else list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __reduce__(self) -> tuple[type[RecipeError], tuple[list[Problem]], dict[str, Any]]:
+        # Made again from its problems: the default, from args, gave the message text as the
+        # problems, one per character (pickled to or from a worker process, copy.copy).
+        return type(self), (self.problems,), self.__dict__
 
 
 class OutputError(SeedreamPipeError):
