@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from seedream_pipe import words
 from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError, redact
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
@@ -26,7 +27,7 @@ TOKEN_FILE = "token.json"
 
 NO_TOKEN_MESSAGE = (
     "no RunComfy API token found. Either set RUNCOMFY_TOKEN (or sign in with the official CLI: "
-    "`runcomfy login`), or add --sim to run against the built-in simulator, which needs no token."
+    "`runcomfy login`), or {sim}"
 )
 
 
@@ -54,7 +55,8 @@ def resolve_base_url(option: str | None = None, env: Mapping[str, str] | None = 
     """The base URL to use, checked: an http(s) URL with a host, without a trailing slash."""
     env = os.environ if env is None else env
     raw = option or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    return _checked_base_url(raw, "--base-url" if option else BASE_URL_ENV)
+    # (a notebook's api_settings("http://...") gave base_url=: it has no --base-url to fix)
+    return _checked_base_url(raw, words.option("--base-url", "base_url") if option else BASE_URL_ENV)
 
 
 #: What a run given `ApiSettings(url, "")` says when it has something to send after all.
@@ -208,7 +210,14 @@ def require_token(env: Mapping[str, str] | None = None) -> str:
     if token is None:
         # a login file that is there but broken is a different fix from no login: name it
         _, problem = _read_token_file(config_dir(os.environ if env is None else env) / TOKEN_FILE)
-        raise AuthError(NO_TOKEN_MESSAGE + (f" (The login file {problem}.)" if problem else ""))
+        # (a notebook has no --sim to add: it starts a Simulator and gives the run its base_url)
+        sim = words.option(
+            "add --sim to run against the built-in simulator, which needs no token.",
+            "run against the built-in simulator, which needs no token: `with seedream_pipe.Simulator() "
+            "as sim:`, then api=ApiSettings(sim.base_url, 'any').",
+        )
+        message = NO_TOKEN_MESSAGE.format(sim=sim)
+        raise AuthError(message + (f" (The login file {problem}.)" if problem else ""))
     return token
 
 

@@ -435,7 +435,7 @@ def test_token_discovery(tmp_path: Path) -> None:
     assert token_source({"RUNCOMFY_TOKEN": " ", "RUNCOMFY_API_TOKEN": "b"}) == "RUNCOMFY_API_TOKEN"
     assert token_source({"RUNCOMFY_CONFIG_DIR": str(conf)}) == str(conf / "token.json")
     assert token_source({"HOME": str(home)}) is None
-    with pytest.raises(AuthError, match=r"RUNCOMFY_TOKEN.*--sim") as info:
+    with pytest.raises(AuthError, match=r"RUNCOMFY_TOKEN.*Simulator\(\)") as info:
         api_settings(None, {"HOME": str(home)})
     assert info.value.exit_code == 77
     assert f"(The login file {home / '.config' / 'runcomfy' / 'token.json'} is not valid JSON.)" in str(info.value)
@@ -452,7 +452,7 @@ def test_base_url_resolution() -> None:
     assert resolve_base_url(None, {"RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9/v1/"}) == "http://127.0.0.1:9/v1"
     assert resolve_base_url("https://h:1/v1", {"RUNCOMFY_MODEL_API_BASE": "https://x/v1"}) == "https://h:1/v1"
     for bad in ("ftp://x", "http://[::1/v1", "http://127.0.0.1:port/v1"):
-        with pytest.raises(UsageError, match=r"--base-url: .* is not an http"):
+        with pytest.raises(UsageError, match=r"base_url: .* is not an http"):
             resolve_base_url(bad, {})
     assert "zzz-secret" not in repr(ApiSettings(BASE, "zzz-secret"))
 
