@@ -48,6 +48,9 @@ class Tally:
             self.total = int(detail.get("total", 0))
             self.todo = int(detail.get("todo", 0))
             self.started = time.monotonic()
+            # A sink kept for another run (a notebook's `progress=` in a variable) counts this
+            # one from nothing: it said "9/8 done" at the second run's first image.
+            self.done = self.failed = self.in_flight = self.rate_limited = self.retries = 0
         elif kind == "job_state":
             state = detail.get("state")
             if state == "downloaded":
@@ -195,6 +198,8 @@ class RichProgress:
         self.tally.update(kind, detail)
         t = self.tally
         if kind == "run_started":
+            if self._task is not None:  # (an earlier run's bar: already on screen, not drawn again)
+                self._bar.remove_task(self._task)
             self._bar.start()
             self._task = self._bar.add_task("run", total=max(1, t.todo), info=self._info())
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from seedream_pipe import errors
 from seedream_pipe.config import api_settings
+from seedream_pipe.progress import LogProgress, RichProgress
 from seedream_pipe.words import speaking_to_cli
 
 
@@ -40,3 +42,28 @@ def test_api_settings_tells_a_notebook_its_parameter_and_the_simulator_not_the_c
             api_settings(None, nobody)
         with pytest.raises(errors.UsageError, match=r"^--base-url: 'ftp://x' is not an http"):
             api_settings("ftp://x", {"RUNCOMFY_TOKEN": "a-token"})
+
+
+def _two_runs_of_two_jobs(progress: LogProgress | RichProgress) -> None:
+    for _ in range(2):
+        progress.event("run_started", {"total": 2, "todo": 2, "actions_text": "2 to submit", "out_dir": "o"})
+        for index in range(2):
+            progress.event("job_state", {"job_id": "j", "index": index, "state": "submitted"})
+            progress.event("job_state", {"job_id": "j", "index": index, "state": "downloaded", "left_flight": True})
+        progress.event("run_finished", {})
+
+
+def test_a_progress_sink_kept_for_a_second_run_counts_that_run_alone() -> None:
+    # `progress = LogProgress()` in one cell, given to run after run: the second run's first
+    # image was "3/2 done", the live bar went past its end and drew the first run's bar again.
+    out = io.StringIO()
+    log = LogProgress(out, every=1)
+    _two_runs_of_two_jobs(log)
+    assert [line for line in out.getvalue().splitlines() if "done" in line] == [
+        "1/2 done, 0 failed, 0 in flight", "2/2 done, 0 failed, 0 in flight"
+    ] * 2
+    bar = RichProgress()
+    bar.console.file = io.StringIO()
+    _two_runs_of_two_jobs(bar)
+    assert [(task.completed, task.total) for task in bar._bar.tasks] == [(2, 2)]
+    assert (bar.tally.done, bar.tally.in_flight) == (2, 0)
