@@ -13,6 +13,7 @@ import pytest
 from seedream_pipe import errors
 from seedream_pipe.config import api_settings
 from seedream_pipe.progress import LogProgress, RichProgress
+from seedream_pipe.sim import SimConfig, Simulator
 from seedream_pipe.words import speaking_to_cli
 
 
@@ -67,3 +68,17 @@ def test_a_progress_sink_kept_for_a_second_run_counts_that_run_alone() -> None:
     _two_runs_of_two_jobs(bar)
     assert [(task.completed, task.total) for task in bar._bar.tasks] == [(2, 2)]
     assert (bar.tally.done, bar.tally.in_flight) == (2, 0)
+
+
+def test_a_simulator_s_changes_stay_its_own_not_the_config_it_was_given() -> None:
+    # cfg = SimConfig(...) in one cell, `with Simulator(cfg) as sim:` in others: one cell's
+    # sim.configure(workers=0) (pause the queue) or set_faults(...) was written into cfg, and
+    # every simulator made from it afterwards started paused, or failing.
+    cfg = SimConfig(latency=0.05)
+    with Simulator(cfg) as sim:
+        sim.configure(workers=0, token="only-this")
+        sim.set_faults(error_rate=0.5)
+        assert (sim.cfg.workers, sim.cfg.faults.error_rate) == (0, 0.5)
+    assert (cfg.workers, cfg.token, cfg.faults.error_rate) == (SimConfig().workers, None, 0)
+    again = Simulator(cfg)
+    assert (again.cfg.workers, again.cfg.token, again.cfg.faults.error_rate) == (cfg.workers, None, 0)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -68,7 +69,9 @@ class SimServer:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
-        self.cfg = validate_config(cfg if cfg is not None else SimConfig())
+        # A copy: configure() and set_faults() change the live settings, and they changed the
+        # caller's SimConfig with them, so the next Simulator(cfg) started paused, say, or failing.
+        self.cfg = validate_config(copy.deepcopy(cfg) if cfg is not None else SimConfig())
         self.host = host
         self.requested_port = port
         self.app = SimApp(self.cfg, clock=clock, wall_clock=wall_clock)
