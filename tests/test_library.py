@@ -82,3 +82,11 @@ def test_a_simulator_s_changes_stay_its_own_not_the_config_it_was_given() -> Non
     assert (cfg.workers, cfg.token, cfg.faults.error_rate) == (SimConfig().workers, None, 0)
     again = Simulator(cfg)
     assert (again.cfg.workers, again.cfg.token, again.cfg.faults.error_rate) == (cfg.workers, None, 0)
+
+
+@pytest.mark.parametrize("cfg", [{"latency": 0.1}, "fast"])
+def test_a_simulator_given_no_sim_config_says_what_it_takes(cfg: object) -> None:
+    # Simulator({"latency": 0.1}) ended in dataclasses' "must be called with a dataclass type
+    # or instance", naming neither the argument nor what it takes.
+    with pytest.raises(errors.UsageError, match=r"takes a SimConfig, not (dict|str)"):
+        Simulator(cfg)  # type: ignore[arg-type]

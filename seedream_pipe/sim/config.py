@@ -225,6 +225,8 @@ def validate_faults(faults: Faults) -> Faults:
 
 def validate_config(cfg: SimConfig) -> SimConfig:
     """Check every field of a SimConfig, its faults included; return it for chaining."""
+    if not isinstance(cfg, SimConfig):  # (a dict, say: dataclasses.fields said only "must be a dataclass")
+        raise UsageError(f"a simulator takes a SimConfig, not {type(cfg).__name__}: e.g. Simulator(SimConfig(latency=0.1))")
     for f in dataclasses.fields(cfg):
         if f.name == "faults":
             if not isinstance(cfg.faults, Faults):
