@@ -845,6 +845,12 @@ class Recipe:
     def __repr__(self) -> str:
         return f"<Recipe {self.name!r} from {self.display}>"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Without the blueprint, which is built again when needed: its compiled templates cannot
+        # be pickled, so a recipe or plan sent to a worker process (ProcessPoolExecutor) failed
+        # with "Can't pickle local object '_result_checked.<locals>.checked'".
+        return {**self.__dict__, "_blueprint": None}
+
     @property
     def from_file(self) -> bool:
         """Whether the recipe was read from its `path` (not text or a dict given as if it were

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from seedream_pipe import errors
+from seedream_pipe import errors, parse_recipe
 from seedream_pipe.config import api_settings
 from seedream_pipe.progress import LogProgress, RichProgress
 from seedream_pipe.sim import SimConfig, Simulator
@@ -90,3 +90,15 @@ def test_a_simulator_given_no_sim_config_says_what_it_takes(cfg: object) -> None
     # or instance", naming neither the argument nor what it takes.
     with pytest.raises(errors.UsageError, match=r"takes a SimConfig, not (dict|str)"):
         Simulator(cfg)  # type: ignore[arg-type]
+
+
+def test_a_recipe_and_its_plan_go_to_a_worker_process_and_back() -> None:
+    # ProcessPoolExecutor pickles what it sends: a recipe (or a plan, which holds its recipe)
+    # failed with "Can't pickle local object '_result_checked.<locals>.checked'", from the
+    # compiled templates it keeps; deepcopy failed too.
+    recipe = parse_recipe({"name": "sweep", "template": "{{ a | upper }} {{ b }}", "vars": {"a": ["x", "y"], "b": ["u"]}})
+    plan = recipe.plan()
+    for again in (pickle.loads(pickle.dumps(plan)), copy.deepcopy(plan)):
+        assert [job.as_dict() for job in again] == [job.as_dict() for job in plan]
+        assert again.recipe.hash == recipe.hash
+        assert [job.prompt for job in again.recipe.plan()] == ["X u", "Y u"]
