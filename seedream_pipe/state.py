@@ -406,6 +406,15 @@ class StateStore:
         if not path.exists():
             raise NothingToShow(f"{out_dir}: no run here yet (no {STATE_FILE})")
         _refuse_emptied(out_dir)
+        with suppress(OSError):
+            if path.stat().st_size == 0:
+                # A 0-byte state alone in its folder (a first run cut short before its first
+                # commit) holds no jobs. Opened as a file, SQLite would take it for a new
+                # database and the migrations would write the schema into it (some 49 kB),
+                # though reading must write nothing. An empty state in memory reads the same.
+                store = cls(":memory:", clock=clock)
+                store.path = path
+                return store
         writable = os.access(out_dir, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
         return cls(path, clock=clock, read_only=not writable)
 

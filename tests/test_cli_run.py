@@ -128,6 +128,20 @@ def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
     assert "no run has written here yet" in err and "default folder" not in err
 
 
+def test_status_sheet_and_report_of_a_0_byte_state_write_nothing(tmp_path: Path) -> None:
+    # A run cut short before its first commit leaves a 0-byte state.sqlite; status (and sheet,
+    # report) filled the schema into it: 49 kB written by commands that only read.
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "state.sqlite").write_bytes(b"")
+    code, stdout, _ = invoke("status", str(out))
+    assert code == 0 and "0 jobs" in stdout
+    for command in ("sheet", "report"):
+        code, _, err = invoke(command, str(out))
+        assert code == 66 and "holds no jobs" in err, err
+    assert [(p.name, p.stat().st_size) for p in out.iterdir()] == [("state.sqlite", 0)]
+
+
 @pytest.mark.parametrize("command", ["status", "cancel"])
 def test_status_and_cancel_of_a_folder_never_run_say_it_as_sheet_does(
     recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str

@@ -301,6 +301,23 @@ def test_reading_a_folder_with_no_state_says_so_and_leaves_nothing_behind(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_reading_a_0_byte_state_alone_in_its_folder_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (a first run cut short before its first commit) status, sheet and report read it as a new
+    # database and the migrations wrote the schema into it: 49 kB written by a command that reads
+    (tmp_path / "state.sqlite").write_bytes(b"")
+    for read_only_folder in (False, True):
+        monkeypatch.setattr("os.access", lambda *args, _ro=read_only_folder, **kwargs: not _ro)
+        with StateStore.for_reading(tmp_path) as store:
+            assert store.jobs() == [] and set(store.counts().values()) == {0} and store.runs() == []
+            assert store.path == tmp_path / "state.sqlite"
+        assert [(p.name, p.stat().st_size) for p in tmp_path.iterdir()] == [("state.sqlite", 0)]
+    monkeypatch.undo()
+    with StateStore.for_output_dir(tmp_path) as store:  # a run still takes it up as its state
+        store.sync_plan([make_job(1)])
+    with StateStore.for_reading(tmp_path) as store:
+        assert store.counts()["planned"] == 1
+
+
 def test_a_read_only_state_of_another_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with StateStore.for_output_dir(tmp_path) as store:
         store._db.execute("DELETE FROM migrations WHERE name = ?", (MIGRATIONS[-1][0],))
