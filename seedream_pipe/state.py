@@ -375,9 +375,12 @@ class StateStore:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and "migrations" not in tables:
             shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            # (met by run, status, cancel, sheet, report and gallery alike: the hint suits each,
+            # not only run's --out)
             raise StateError(
-                f"{self.path}: not a seedream-pipe state file (its tables: {shown}); "
-                f"left untouched. Give the run an output folder of its own ({option('--out', 'out_dir')})"
+                f"{self.path}: not a seedream-pipe state file (its tables: {shown}); left untouched: "
+                "its folder is not the output folder of a seedream-pipe run (use one a run wrote, or "
+                f"give a run a folder of its own: {option('--out', 'out_dir')})"
             )
 
     def _check_current(self) -> None:

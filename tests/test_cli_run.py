@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -1078,6 +1079,26 @@ def test_an_emptied_state_is_not_taken_for_a_new_folder(recipe: Path, tmp_path: 
     code, _, err = invoke("status", str(out))
     assert code == 74 and "is empty" in err
     assert [path.read_bytes() for path in images] == before
+
+
+def test_a_folder_holding_another_programs_state_is_refused_in_words_that_suit_each_command(
+    recipe: Path, tmp_path: Path
+) -> None:
+    # sheet, report and status said "Give the run an output folder of its own (--out)": they
+    # take no --out, and it was no run that met the file
+    out = tmp_path / "o"
+    out.mkdir()
+    with contextlib.closing(sqlite3.connect(out / "state.sqlite")) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        db.commit()
+    before = (out / "state.sqlite").read_bytes()
+    for args in (["status"], ["sheet"], ["report"], ["cancel"], ["run", str(recipe), "--sim", "--dry-run", "--out"]):
+        code, _, err = invoke(*args, str(out))
+        assert code == 74, (args, err)
+        assert "not a seedream-pipe state file (its tables: invoices); left untouched" in err
+        assert "not the output folder of a seedream-pipe run" in err and "Give the run" not in err, err
+    assert "give a run a folder of its own: --out" in err  # (what `run` can do about it)
+    assert (out / "state.sqlite").read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["state.sqlite"]
 
 
 def test_dry_run_counts_a_lost_or_changed_image_as_work_to_do(recipe: Path, tmp_path: Path) -> None:
