@@ -1402,3 +1402,76 @@ def test_an_answered_submit_breaks_the_row_of_lost_answers(tmp_path: Path) -> No
     assert "in a row got no answer" not in (result.reason or ""), result.reason
     assert result.exit_code != 69 and result.counts["planned"] == 0  # every job was tried
     assert posts > 10  # (the unreset count stopped it at its 10th lost answer, the 13th POST)
+
+
+def test_no_resubmit_unknown_sends_a_job_whose_answer_was_lost_once_only(sim: Simulator, tmp_path: Path) -> None:
+    # --no-resubmit-unknown promises that a submit whose outcome is unknown (taken, perhaps
+    # billed, its answer lost) is never sent again: the job fails, unflagged (sent once), and
+    # the next run leaves it alone unless --retry-failed asks.
+    sim.set_faults(submit_drop_rate=1.0)  # every submit taken, then its connection dropped
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    result = run(sim, recipe, out, options=fast(resubmit_unknown=False))
+    assert result.exit_code == 1 and result.counts["failed"] == 6
+    assert sorted(sim.stats()["submits_per_body"].values()) == [1] * 6  # not one body sent twice
+    assert all("not submitted again (--no-resubmit-unknown)" in error for _, _, error in result.failures)
+    assert result.summary["possible_duplicates"] == 0
+    with StateStore.for_output_dir(out) as store:
+        jobs = store.jobs()
+    assert {(r.attempts, r.possible_duplicate, r.submit_unknown_at is not None) for r in jobs} == {(1, False, True)}
+    sim.set_faults(submit_drop_rate=0.0)
+    again = run(sim, recipe, out, options=fast(resubmit_unknown=False))
+    assert again.exit_code == 1 and again.summary["submits"] == 0  # failed jobs stay failed
+    assert sum(sim.stats()["submits_per_body"].values()) == 6
+
+
+def test_cancel_records_only_what_the_api_cancelled_and_keeps_the_rest_to_poll(tmp_path: Path) -> None:
+    # `cancel`: a queued job the API cancels is never billed (a later run submits it again); a
+    # running one it will not cancel, or one it could not be asked about, keeps its request id
+    # and is polled by the next run, never submitted again. A refused token changes nothing.
+    from seedream_pipe.runner import cancel_folder
+    from seedream_pipe.runner.rules import action_for
+
+    answers = {
+        "r1": httpx.Response(200, json={"status": "cancelled"}),
+        "r2": httpx.Response(200, json={"outcome": "not_cancellable", "status": "in_progress"}),
+        "r3": httpx.Response(404, json={"error": {"message": "no such request"}}),
+    }
+    refuse_token = False
+
+    def api(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST" and request.url.path.endswith("/cancel")
+        if refuse_token:
+            return httpx.Response(401, json={"error": {"message": "bad token"}})
+        return answers[request.url.path.split("/")[3]]
+
+    recipe, out = load_recipe(write_recipe(tmp_path)), tmp_path / "out"
+    out.mkdir()
+    jobs = recipe.plan().jobs[:3]
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(jobs)
+        for n, job in enumerate(jobs, 1):
+            store.transition(job.job_id, "submitting", attempts=1)
+            store.transition(job.job_id, "submitted", request_id=f"r{n}")
+    heard: list[tuple[str, str, str | None]] = []
+    api_settings = ApiSettings("https://model-api.runcomfy.net/v1", TOKEN)
+
+    def cancel() -> tuple[int, int]:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(api))
+        return cancel_folder(out, api=api_settings, http=http, on_done=lambda r, o, e: heard.append((r.request_id or "", o, e)))
+
+    refuse_token = True
+    with pytest.raises(AuthError) as refused:
+        cancel()
+    assert refused.value.exit_code == 77
+    with StateStore.for_output_dir(out) as store:
+        assert {r.state for r in store.jobs()} == {"submitted"}
+    refuse_token = False
+    heard.clear()
+    assert cancel() == (1, 2)
+    said = {rid: (outcome, error) for rid, outcome, error in heard}
+    assert said["r1"] == ("cancelled", None) and said["r2"] == ("not_cancellable", None)
+    assert said["r3"][0] == "error" and "no such request" in str(said["r3"][1])
+    with StateStore.for_output_dir(out) as store:
+        recs = {r.request_id: r for r in store.jobs()}
+    assert {rid: r.state for rid, r in recs.items()} == {"r1": "cancelled", "r2": "in_progress", "r3": "submitted"}
+    assert {rid: action_for(r, fast()) for rid, r in recs.items()} == {"r1": "submit", "r2": "poll", "r3": "poll"}
