@@ -454,6 +454,49 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     assert again.exit_code == 0 and posts == ["r1", "r2", "r3"] and reads["r1 status"] == 1
 
 
+@pytest.mark.parametrize("refusal", [401, 400])
+def test_a_refusal_while_polling_keeps_the_request_and_is_never_paid_for_again(tmp_path: Path, refusal: int) -> None:
+    # A token revoked while jobs run (401 to a poll) must exit 77 with the job still in flight
+    # (its request id kept): the next run polls it, never submits it again. A 4xx the API gives
+    # one job's poll (400) fails that job, with its reason, and keeps its request id too.
+    image = teal_jpeg()
+    posts: list[str] = []
+    looks: list[str] = []
+    refusing = True
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posts.append(f"r{len(posts) + 1}")
+            return httpx.Response(200, json={"request_id": posts[-1]})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        looks.append(request.url.path)
+        if refusing:
+            return httpx.Response(refusal, json={"error": {"message": f"no: {TOKEN}"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+
+    result = run_against(api, tmp_path)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert posts == ["r1"] and looks and job.request_id == "r1"
+    assert TOKEN not in (result.reason or "") and TOKEN not in str(job.error)
+    if refusal == 401:
+        assert result.exit_code == 77 and job.state == "submitted", (result.exit_code, job.state)
+        # (the result endpoint's refusal is checked by one status read, then the run stops: a
+        # refused token is not asked again and again)
+        assert looks == ["/v1/requests/r1/result", "/v1/requests/r1/status"]
+    else:
+        assert result.exit_code == 1 and job.state == "failed" and "no: ***" in str(job.error)
+    refusing = False
+    again = run_against(api, tmp_path, retry_failed=refusal == 400)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    if refusal == 401:  # polled, downloaded: one POST in all
+        assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
+    else:  # --retry-failed sends it again, flagged as maybe paid for twice (r1 existed)
+        assert again.exit_code == 0 and posts == ["r1", "r2"] and job.possible_duplicate
+
+
 # --- answers that used to hang a run or fill the memory ----------------------------------------
 
 
