@@ -15,6 +15,7 @@ import pytest
 from _fakes import FakeTime
 
 from seedream_pipe.client import (
+    MAX_REDIRECTS,
     AcceptedUnread,
     ModelApiClient,
     Submission,
@@ -413,6 +414,46 @@ async def test_download_failures_leave_no_partial_file(tmp_path: Path) -> None:
     with pytest.raises(ApiError, match="cap"):
         await client.fetch("https://cdn.runcomfy.net/x.png", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_every_way_a_download_goes_wrong_is_its_error_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    # A file host with no Content-Length streaming on and on would fill the disk; one that cuts
+    # the file short would leave an image no check of its bytes flags; a redirect loop would
+    # never end. Each is an error of the tree (ServiceUnavailable: the caller tries again), and
+    # no .part file is ever left in images/.
+    url = "https://cdn.runcomfy.net/x.png"
+
+    def streamed(*parts: bytes, then: Exception | None = None, **headers: str) -> Handler:
+        async def body() -> Any:
+            for part in parts:
+                yield part
+            if then is not None:
+                raise then
+
+        return lambda request: httpx.Response(200, content=body(), headers=headers)
+
+    cases: list[tuple[Handler, type[Exception], str]] = [
+        (streamed(b"x" * 40, b"x" * 40), ApiError, "over the cap of 50 bytes"),  # (no length said)
+        (streamed(b"x" * 10, **{"Content-Length": "30"}), ServiceUnavailable, r"cut short \(10 of 30 bytes\)"),
+        (streamed(b"x" * 10, then=httpx.ReadError("connection reset")), ServiceUnavailable, "ReadError: connection reset"),
+        (sequence(httpx.Response(302, headers={"Location": url})), ApiError, "too many redirects"),
+        (sequence(httpx.Response(503)), ServiceUnavailable, "HTTP 503"),
+    ]
+    for handler, error, said in cases:
+        client, seen = make_client(handler)
+        client.max_download_bytes = 50
+        with pytest.raises(error, match=said):
+            await client.fetch(url, tmp_path)
+        assert list(tmp_path.iterdir()) == [], said
+        assert len(seen) == (MAX_REDIRECTS + 1 if said == "too many redirects" else 1)
+    # a 429 pauses every later call of the budget for its Retry-After, not only this download
+    clock = FakeTime()
+    client, seen = make_client(sequence(httpx.Response(429, headers={"Retry-After": "30"}), accepted), clock)
+    with pytest.raises(ServiceUnavailable, match="rate limited"):
+        await client.fetch(url, tmp_path)
+    assert client.counters["rate_limited"] == 1 and clock.now == 0
+    await client.status("r1")
+    assert clock.now >= 30 and len(seen) == 2
 
 
 def test_token_discovery(tmp_path: Path) -> None:
