@@ -497,6 +497,76 @@ def test_a_refusal_while_polling_keeps_the_request_and_is_never_paid_for_again(t
         assert again.exit_code == 0 and posts == ["r1", "r2"] and job.possible_duplicate
 
 
+@pytest.mark.parametrize(("refusal", "code"), [(401, 77), (503, 69)])
+def test_a_refusal_while_asking_for_a_fresh_image_url_keeps_the_paid_job_for_the_next_run(
+    tmp_path: Path, refusal: int, code: int
+) -> None:
+    # A job done and billed whose signed file URL has expired (403) is asked for a fresh URL. A
+    # refused token or an API down at that moment must stop the run with its own exit code and
+    # leave the job completed with its request id: the next run downloads it, no POST again.
+    image = teal_jpeg()
+    posts: list[str] = []
+    result_reads = 0
+    broken = True
+
+    def api(request: httpx.Request) -> httpx.Response:
+        nonlocal result_reads
+        if request.method == "POST":
+            posts.append("r1")
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            if request.url.path == "/old.jpg":
+                return httpx.Response(403, text="signature expired")
+            return httpx.Response(200, content=image)
+        result_reads += 1
+        if result_reads == 1:  # the look that sees it finish
+            return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/old.jpg"}})
+        if broken:
+            return httpx.Response(refusal, json={"error": {"message": "not now"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/new.jpg"}})
+
+    quick = {"backoff_base_s": 0.001, "backoff_cap_s": 0.002, "max_retries": 1}
+    result = run_against(api, tmp_path, **quick)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert result.exit_code == code, result.reason
+    assert job.state == "completed" and job.request_id == "r1" and not list((tmp_path / "out" / "images").iterdir())
+    broken = False
+    again = run_against(api, tmp_path, **quick)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
+    assert job.image_url == "https://files.runcomfy.net/new.jpg"
+
+
+def test_a_submit_whose_connection_never_opened_is_sent_again_unflagged(tmp_path: Path) -> None:
+    # A connection that never opened proves the body never left: the job goes back to waiting
+    # for its turn and is sent again, and is no "possible duplicate" (which `status` and the
+    # report count as maybe paid for twice).
+    image = teal_jpeg()
+    posts = 0
+
+    def api(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        if request.method == "POST":
+            posts += 1
+            if posts == 1:
+                raise httpx.ConnectError("connection refused")
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+
+    result = run_against(api, tmp_path, backoff_base_s=0.001, backoff_cap_s=0.002)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+        states = [e["state"] for e in store.events(job.job_id) if e["kind"] == "state"]
+    assert result.exit_code == 0 and posts == 2 and job.state == "downloaded"
+    assert not job.possible_duplicate and result.summary["possible_duplicates"] == 0
+    assert job.attempts == 2 and job.retries == 1
+    assert states[:4] == ["submitting", "planned", "submitting", "submitted"]
+
+
 # --- answers that used to hang a run or fill the memory ----------------------------------------
 
 
