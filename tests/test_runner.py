@@ -1475,3 +1475,42 @@ def test_cancel_records_only_what_the_api_cancelled_and_keeps_the_rest_to_poll(t
         recs = {r.request_id: r for r in store.jobs()}
     assert {rid: r.state for rid, r in recs.items()} == {"r1": "cancelled", "r2": "in_progress", "r3": "submitted"}
     assert {rid: action_for(r, fast()) for rid, r in recs.items()} == {"r1": "submit", "r2": "poll", "r3": "poll"}
+
+
+def test_a_folder_whose_jobs_went_to_one_api_host_is_refused_for_another_before_any_request(tmp_path: Path) -> None:
+    # Its request ids mean nothing to another host (polled there with the token) and its images
+    # would count as done for it: refused (64) before a request, whatever the run was doing.
+    recipe, out = load_recipe(write_recipe(tmp_path)), tmp_path / "out"
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(recipe.plan().jobs)
+        store.start_run(api_host="model-api.runcomfy.net")  # (killed before its summary: it reached its host)
+    asked: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(500)
+
+    with pytest.raises(UsageError, match=r"holds the jobs of a run against model-api\.runcomfy\.net; this run goes to staging\.example\.com") as refused:
+        run_recipe(
+            recipe, api=ApiSettings("https://staging.example.com/v1", TOKEN), out_dir=out, options=fast(),
+            http=httpx.AsyncClient(transport=httpx.MockTransport(api)),
+        )  # fmt: skip
+    assert refused.value.exit_code == 64 and "own folder with out_dir" in str(refused.value)
+    assert asked == []
+    with StateStore.for_output_dir(out) as store:
+        assert len(store.runs()) == 1 and store.counts()["planned"] == 6
+
+
+def test_a_deleted_thumbnail_is_remade_from_the_kept_image_without_a_request(sim: Simulator, tmp_path: Path) -> None:
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    thumbs = sorted((out / "thumbs").iterdir())
+    thumbs[0].unlink()
+    before = sim.stats()["requests_total"]
+    again = run(sim, recipe, out)
+    assert again.exit_code == 0 and again.summary["http_requests"] == 0 and sim.stats()["requests_total"] == before
+    assert sorted((out / "thumbs").iterdir()) == thumbs
+    with Image.open(thumbs[0]) as thumb:
+        assert max(thumb.size) == 512
+    assert_images_intact(out, 6)
