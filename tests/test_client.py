@@ -137,6 +137,23 @@ async def test_submit_retries_5xx_and_connect_errors_then_gives_up() -> None:
     assert len(seen) == 4
 
 
+async def test_a_submit_told_at_its_turn_that_the_run_stopped_sends_nothing() -> None:
+    # on_send is the last word before a POST leaves (the run commits "submitting" in it): a job
+    # whose run stopped while it waited for its turn, first or after a refused try, sends
+    # nothing more and is no unknown outcome.
+    sends: list[bool] = []
+    refused: list[bool] = []
+
+    def on_send() -> bool:
+        sends.append(True)
+        return len(sends) < 2  # the first try goes out; by the second, the run has stopped
+
+    client, seen = make_client(sequence(httpx.Response(503), accepted))
+    outcome = await client.submit(MODEL, {"prompt": "x"}, on_send=on_send, on_refused=lambda: refused.append(True))
+    assert outcome is None and len(seen) == 1 and len(sends) == 2 and refused == [True]
+    assert client.counters["submits"] == 1 and client.counters["unknown_submits"] == 0
+
+
 @pytest.mark.parametrize("status", [502, 504])
 async def test_a_gateways_502_or_504_to_a_submit_is_an_unknown_outcome_never_retried(status: int) -> None:
     # the body went through the gateway; the API behind it may have taken (and billed) the job
