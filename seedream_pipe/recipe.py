@@ -824,6 +824,10 @@ class Recipe:
         self.unknown = unknown
         self.loading_problems = tuple(problems)  # reported with the blueprint's own
         self.path = path
+        # (as it was when loaded: a notebook's `%cd` afterwards moves a relative `path`, and the
+        # recipe was then taken for text, not its file: no record of its file in the state, nor
+        # the check that another recipe is not taking over its folder)
+        self.resolved_path: Path = _real(path) or Path(os.path.abspath(path))
         self.display = display
         self.source_text = source_text
         self.resolved = resolved
@@ -855,7 +859,7 @@ class Recipe:
     def from_file(self) -> bool:
         """Whether the recipe was read from its `path` (not text or a dict given as if it were
         the file there: `parse_recipe`)."""
-        return any(source.path == self.path.resolve() for source in self.sources)
+        return any(source.path == self.resolved_path for source in self.sources)
 
     def changed_sources(self) -> list[SourceFile]:
         """The files this recipe was read from that no longer hold what was read: edited (or

@@ -131,6 +131,25 @@ def test_happy_path_downloads_every_image_once(sim: Simulator, tmp_path: Path) -
     assert set(meta["sheet"]) >= {"rows", "cols"}
 
 
+def test_a_recipe_loaded_by_a_relative_path_is_still_its_file_after_the_folder_changes(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A notebook's `%cd` after loading: the recipe was taken for text, so the run kept no
+    # record of its file, and a copy of it could take its folder over unannounced.
+    write_recipe(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("t.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert recipe.from_file and recipe.resolved_path == (tmp_path / "t.yaml").resolve()
+    out = tmp_path / "out"
+    result = run_recipe(recipe, api=ApiSettings(sim.base_url, TOKEN), out_dir=out, options=fast())
+    assert result.exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        assert store.get_meta("recipe")["file"] == str((tmp_path / "t.yaml").resolve())
+
+
 def test_repeats_send_the_same_body_and_get_different_pictures(sim: Simulator, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, RECIPE.replace("  place: [in snow, at sea, on a roof]\n", "  place: [in snow]\n")
                           + "repeats: 3\n")

@@ -70,7 +70,7 @@ def recipe_meta(recipe: Recipe) -> dict[str, Any]:
         "path": str(recipe.path),
         # (resolved: `path` is as the run was given it, relative to where it ran; a takeover by a
         # copy of the recipe at another path is told by this, see _follow_recipe)
-        "file": str(recipe.path.resolve()) if recipe.from_file else None,
+        "file": str(recipe.resolved_path) if recipe.from_file else None,
         "name": recipe.name,
         "model": recipe.model,
         "hash": recipe.hash,
@@ -163,7 +163,7 @@ def _follow_recipe(store: StateStore, recipe: Recipe, plan: Plan, out: Path) -> 
             f"{recipe.name!r} takes it over: the jobs only {earlier['name']!r} planned stay on "
             f"disk but leave its sheet, report and gallery. Give a recipe a folder of its own with {option('--out', 'out_dir')}"
         )
-    elif isinstance(earlier, Mapping) and recipe.from_file and earlier.get("file") not in (None, str(recipe.path.resolve())):
+    elif isinstance(earlier, Mapping) and recipe.from_file and earlier.get("file") not in (None, str(recipe.resolved_path)):
         # (a folder of an older version, which kept no `file`, is taken to be this one's)
         note = (
             f"warning: {out} was last run by recipe {recipe.name!r} at {earlier['file']}; this run's "
