@@ -152,3 +152,15 @@ def test_the_command_list_of_help_reads_whole_on_an_80_column_terminal() -> None
     assert len(listed) == len(cli.list_commands(None))  # type: ignore[arg-type]  # (one line each)
     for line in listed:
         assert len(line) <= 80 and not line.endswith("..."), line
+
+
+def test_sheet_options_a_recipe_sets_name_the_recipe_in_their_default() -> None:
+    # --max-cells said "[default: 100]", while `sheet DIR` takes a recipe's sheet.max_cells when
+    # the option is not given, as --cell takes sheet.cell (and says so)
+    result = CliRunner().invoke(cli, ["sheet", "--help"], terminal_width=1000)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    for option, key in (("--cell", "sheet.cell"), ("--max-cells", "sheet.max_cells")):
+        line = next(line for line in lines if line.strip().startswith(option))
+        assert f"recipe's {key}" in line, line
+

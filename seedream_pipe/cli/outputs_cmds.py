@@ -85,7 +85,7 @@ def _warn(message: str) -> None:
 @click.option(
     "--max-cells",
     type=click.IntRange(min=1),
-    help=f"Cells per page at most; more make pages. [default: {DEFAULT_MAX_CELLS}]",
+    help=f"Cells per page at most; more make pages. [default: recipe's sheet.max_cells, else {DEFAULT_MAX_CELLS}]",
 )
 @click.option(
     "--format",
