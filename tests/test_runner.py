@@ -1244,6 +1244,55 @@ def test_a_resumed_folder_downloads_no_more_at_once_than_the_concurrency(tmp_pat
     assert now["most"] == 2
 
 
+def test_a_job_cancel_found_completed_is_timed_by_the_apis_finish_not_by_when_cancel_looked(tmp_path: Path) -> None:
+    # `cancel` records a job the API says is completed as completed now, without its result;
+    # the run that downloads it read the API's finished_at and dropped it, so the report gave
+    # the job the whole time until `cancel` looked as its latency.
+    import io
+    from datetime import UTC, datetime
+
+    from PIL import Image
+
+    from seedream_pipe.runner import cancel_folder
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(png, "PNG")
+    recipe, out = load_recipe(write_recipe(tmp_path, 'template: "a {{ n }}"\nvars: {n: [fox]}\n')), tmp_path / "out"
+    out.mkdir()
+    with StateStore.for_output_dir(out) as store:
+        store.sync_plan(recipe.plan().jobs)
+        (job_id,) = (rec.job_id for rec in store.jobs())
+        store.transition(job_id, "submitting", attempts=1)
+        store.transition(job_id, "submitted", request_id="r1")
+        submitted = store.get(job_id).submitted_at  # type: ignore[union-attr]
+    assert submitted is not None
+    finished = submitted + 0.000_5  # (well before cancel looks, in any test's timing)
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat()
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cancel"):
+            return httpx.Response(200, json={"outcome": "not_cancellable", "status": "completed"})
+        if request.url.path.endswith("/result"):
+            return httpx.Response(200, json={
+                "status": "completed", "created_at": iso(submitted), "finished_at": iso(finished),
+                "output": {"image": "https://cdn.runcomfy.net/r1.png"},
+            })  # fmt: skip
+        return httpx.Response(200, content=png.getvalue(), headers={"Content-Type": "image/png"})
+
+    api_settings = ApiSettings("https://model-api.runcomfy.net/v1", TOKEN)
+    assert cancel_folder(out, api=api_settings, http=httpx.AsyncClient(transport=httpx.MockTransport(api))) == (0, 1)
+    result = run_recipe(recipe, api=api_settings, out_dir=out, options=fast(),
+                        http=httpx.AsyncClient(transport=httpx.MockTransport(api)))  # fmt: skip
+    assert result.exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        rec = store.get(job_id)
+    assert rec is not None and rec.state == "downloaded" and rec.completed_at is not None
+    assert rec.server_finished_at == iso(finished)
+    assert rec.latency_s == pytest.approx(0.000_5, abs=1e-5)
+
+
 def test_a_signal_repeated_at_once_is_the_same_ctrl_c() -> None:
     from _fakes import FakeTime
 

@@ -918,9 +918,18 @@ class Runner:
         if not result.output_urls:
             self._transition(rec, "failed", error="the result carried no image URL")
             return None
-        self.store.update(rec.job_id, output_urls=result.output_urls, image_url=result.output_urls[0])
+        # The API's own times too, where the job has none: one `cancel` found completed was
+        # recorded as finishing when cancel looked, and its latency counted the hours between.
+        times = {
+            name: value
+            for name, value in (("server_created_at", result.created_at), ("server_finished_at", result.finished_at))
+            if value and getattr(rec, name) is None
+        }
+        self.store.update(rec.job_id, output_urls=result.output_urls, image_url=result.output_urls[0], **times)
         rec.output_urls = result.output_urls
         rec.image_url = result.output_urls[0]
+        for name, value in times.items():
+            setattr(rec, name, value)
         return rec.image_url
 
     # -- the end --------------------------------------------------------------------------------
