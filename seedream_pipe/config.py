@@ -21,6 +21,8 @@ from seedream_pipe import words
 from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError, redact
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
+#: Jobs in flight at most, in a recipe's `run:` as with `run --concurrency`.
+MAX_CONCURRENCY = 1000
 BASE_URL_ENV = "RUNCOMFY_MODEL_API_BASE"
 TOKEN_ENVS = ("RUNCOMFY_TOKEN", "RUNCOMFY_API_TOKEN")
 TOKEN_FILE = "token.json"

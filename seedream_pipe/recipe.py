@@ -40,6 +40,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from seedream_pipe.config import MAX_CONCURRENCY
 from seedream_pipe.errors import UNSHOWN, Problem, RecipeError, printable
 from seedream_pipe.models import DEFAULT_MODEL
 from seedream_pipe.paths import file_sha256
@@ -265,7 +266,7 @@ class RunSettings(_Strict):
     """How the runner paces a run."""
 
     rpm: float = Field(default=60.0, gt=0, allow_inf_nan=False, description="submits per minute at most")
-    concurrency: int = Field(default=4, ge=1, le=1000, description="jobs in flight at most")
+    concurrency: int = Field(default=4, ge=1, le=MAX_CONCURRENCY, description="jobs in flight at most")
     timeout_s: float = Field(default=900.0, gt=0, allow_inf_nan=False, description="give up on a job after this long")
     resubmit_unknown: bool = Field(
         default=True,

@@ -62,7 +62,11 @@ def test_no_token_and_no_sim_says_both_ways_and_exits_77(recipe: Path, tmp_path:
 
 
 @pytest.mark.parametrize(
-    "extra", [["--quiet", "--json"], ["--sim", "--base-url", "http://127.0.0.1:1/v1"], ["--rpm", "0"]]
+    "extra",
+    [
+        ["--quiet", "--json"], ["--sim", "--base-url", "http://127.0.0.1:1/v1"], ["--rpm", "0"],
+        ["--concurrency", "1001"],  # (what a recipe's run.concurrency may be, at most)
+    ],
 )
 def test_contradictory_or_bad_options_exit_64(recipe: Path, extra: list[str]) -> None:
     code, _, err = invoke("run", str(recipe), *extra)

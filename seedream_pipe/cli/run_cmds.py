@@ -20,6 +20,7 @@ import click
 
 from seedream_pipe.cli import printable
 from seedream_pipe.config import (
+    MAX_CONCURRENCY,
     ApiSettings,
     api_host,
     api_settings,
@@ -223,7 +224,7 @@ def _errors_as_json_events(command: Callable[..., int]) -> Callable[..., int]:
 @click.option("--base-url", metavar="URL", help="API base. [default: $RUNCOMFY_MODEL_API_BASE, else https://model-api.runcomfy.net/v1]")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder. [default: the recipe's output, else outputs/<name>/]")
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Submits per minute at most. [default: the recipe's run.rpm]")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Jobs in flight at most. [default: the recipe's run.concurrency]")
+@click.option("--concurrency", type=click.IntRange(min=1, max=MAX_CONCURRENCY), help="Jobs in flight at most. [default: the recipe's run.concurrency]")
 @click.option("--limit", type=click.IntRange(min=0),
               help="Submit at most N jobs in this run (0: none, only finish what is in flight).")
 @click.option("--yes", "-y", is_flag=True, help="Allow a plan over --max-jobs jobs.")
