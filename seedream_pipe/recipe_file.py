@@ -390,7 +390,7 @@ def parse_yaml(path: Path, display: str, problem_at: Problem | None = None, *, t
     doc = Document(display, path, text, None, sources=sources)
     if root is None:
         raise RecipeError(
-            Problem(display, "the recipe is empty; it needs at least a `template:` and `vars:`")
+            Problem(display, "the recipe is empty; it needs at least a `template:` (`template: \"a fox\"` alone plans one job)")
         )
     converter = _Converter(display)
     try:

@@ -176,7 +176,9 @@ def test_recipe_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
 
 
 def test_empty_file(tmp_path: Path) -> None:
-    assert "the recipe is empty" in only_problem(write(tmp_path, "# nothing\n"))
+    assert only_problem(write(tmp_path, "# nothing\n")).endswith(
+        "the recipe is empty; it needs at least a `template:` (`template: \"a fox\"` alone plans one job)"
+    )
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:
