@@ -299,7 +299,7 @@ def run_against(api: Any, tmp_path: Path, values: str = "[a]", progress: Any = N
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200, "not json", 500, 502, 503])
+@pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200, "not json", "error_code", 500, 502, 503])
 def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     tmp_path: Path, refusal: int | str
 ) -> None:
@@ -328,6 +328,8 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
                 return httpx.Response(200, json={"request_id": rid})
             if refusal == "not json":
                 return httpx.Response(200, text="<html><body>Not ready</body></html>")
+            if refusal == "error_code":  # (it failed every running job at its first look)
+                return httpx.Response(200, json={"error_code": "REQUEST_NOT_COMPLETED", "error_message": "not finished"})
             return httpx.Response(int(refusal), json={"error": {"message": "not finished yet"}})
         return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
 
@@ -336,6 +338,40 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
     assert refused == ["r1"]  # asked once, not retried; the other jobs were polled by status from the start
     assert all(n == 2 for n in status_reads.values())
+
+
+def test_a_failed_job_whose_result_carries_an_error_code_fails_alone(tmp_path: Path) -> None:
+    # Status says failed, and the result read answers 200 with an error_code, the API's way of
+    # giving the reason: taken for lost contact, it stopped every submit (exit 65 with jobs
+    # never sent), and every later run met it again. Now that job fails with the API's reason.
+    image = teal_jpeg()
+    looks: dict[str, int] = {}
+
+    def api(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST":
+            rid = f"r{len(looks) + 1}"
+            looks[rid] = 0
+            return httpx.Response(200, json={"request_id": rid})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        rid = path.split("/")[3]
+        looks[rid] += 1
+        done = looks[rid] >= 2
+        if path.endswith("/status"):
+            return httpx.Response(200, json={"status": ("failed" if rid == "r1" else "completed") if done else "in_progress"})
+        if not done:  # (the result endpoint refuses a running job: the looks turn to status)
+            return httpx.Response(400, json={"error": {"message": "not finished yet"}})
+        if rid == "r1":
+            return httpx.Response(200, json={"status": "failed", "error_code": "CONTENT_POLICY", "error_message": "blocked"})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+
+    result = run_against(api, tmp_path, "[a, b, c]")
+    assert result.exit_code == 1 and len(looks) == 3  # every job sent, once
+    assert result.counts["downloaded"] == 2 and result.counts["failed"] == 1
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (failed,) = store.jobs(states=("failed",))
+    assert failed.request_id == "r1" and failed.error == "generation failed: result of r1: blocked (CONTENT_POLICY)"
 
 
 def test_a_state_a_result_read_names_is_scrubbed_before_it_is_cut(tmp_path: Path) -> None:
@@ -537,6 +573,43 @@ def test_a_refusal_while_asking_for_a_fresh_image_url_keeps_the_paid_job_for_the
         (job,) = store.jobs()
     assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
     assert job.image_url == "https://files.runcomfy.net/new.jpg"
+
+
+def test_a_fresh_image_url_refused_with_a_reason_fails_that_job_and_retry_fetches_it_unpaid(tmp_path: Path) -> None:
+    # A 400 to the result read for a fresh URL is the API's word on that job: it fails with the
+    # reason and the run goes on (it was taken for lost contact, which stopped every submit).
+    # The job keeps its request id and its outputs: --retry-failed downloads it, no POST again.
+    image = teal_jpeg()
+    posts: list[str] = []
+    result_reads = 0
+    broken = True
+
+    def api(request: httpx.Request) -> httpx.Response:
+        nonlocal result_reads
+        if request.method == "POST":
+            posts.append("r1")
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            if request.url.path == "/old.jpg":
+                return httpx.Response(403, text="signature expired")
+            return httpx.Response(200, content=image)
+        result_reads += 1
+        if result_reads == 1:  # the look that sees it finish
+            return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/old.jpg"}})
+        if broken:
+            return httpx.Response(400, json={"error": {"message": "not now"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/new.jpg"}})
+
+    result = run_against(api, tmp_path)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert result.exit_code == 1, result.reason
+    assert job.state == "failed" and job.request_id == "r1" and "not now" in str(job.error)
+    broken = False
+    again = run_against(api, tmp_path, retry_failed=True)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
 
 
 def test_a_submit_whose_connection_never_opened_is_sent_again_unflagged(tmp_path: Path) -> None:

@@ -708,9 +708,14 @@ class Runner:
         except ApiError as exc:
             # Any 4xx but a 429 (the limit, already waited out) may be this endpoint refusing a
             # job that is not finished: even a 401/403/404, which the status read then confirms
-            # (and which then stops the run or loses the job as before). An error_code in a 2xx
-            # answer is about the job, not the endpoint. A network error is not an answer.
-            refused = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+            # (and which then stops the run or loses the job as before). So may an error_code in
+            # a 2xx answer ("not completed"?): taken as the job's own, it failed every running
+            # job at its first look. A job that did fail says so to the status read, and its
+            # result read then gives the reason. A network error is not an answer.
+            refused = exc.status is not None and (
+                (400 <= exc.status < 500 and exc.status != 429)
+                or (isinstance(exc, RequestRejected) and exc.status < 300)
+            )
             unproven = not proven and isinstance(exc, ServiceUnavailable) and exc.status is not None
             if not (refused or unproven):
                 raise
@@ -776,6 +781,12 @@ class Runner:
             raise
         except NotFound:
             return "again" if self._may_look_again(rec) else self._lost(rec)
+        except RequestRejected as exc:
+            # (as a look that meets it: this job fails with the API's reason and the others go
+            # on; taken for lost contact, it stopped every submit, and met every later run again)
+            reason = f"{GENERATION_FAILED}: {error or exc}" if status == "failed" else str(exc)
+            self._transition(rec, "failed", left_flight=True, error=reason)
+            return "failed"
         except ApiError as exc:
             self._lose_contact(rec, exc)
             return "gone"
@@ -911,6 +922,9 @@ class Runner:
                 await self._run_again(rec)
                 return None
             self._transition(rec, "failed", error=self._unknown_request(rec))
+            return None
+        except RequestRejected as exc:  # (the API's reason for this job: see _finish)
+            self._transition(rec, "failed", error=str(exc))
             return None
         except ApiError as exc:
             self._lose_contact(rec, exc)
