@@ -533,13 +533,15 @@ def test_a_refusal_while_polling_keeps_the_request_and_is_never_paid_for_again(t
         assert again.exit_code == 0 and posts == ["r1", "r2"] and job.possible_duplicate
 
 
-@pytest.mark.parametrize(("refusal", "code"), [(401, 77), (503, 69)])
+@pytest.mark.parametrize(("refusal", "code"), [(401, 77), (503, 69), (400, 1)])
 def test_a_refusal_while_asking_for_a_fresh_image_url_keeps_the_paid_job_for_the_next_run(
     tmp_path: Path, refusal: int, code: int
 ) -> None:
     # A job done and billed whose signed file URL has expired (403) is asked for a fresh URL. A
     # refused token or an API down at that moment must stop the run with its own exit code and
     # leave the job completed with its request id: the next run downloads it, no POST again.
+    # A 400 is the API's word on that job: it fails with the reason, and the run goes on (it
+    # was taken for lost contact, which stopped every submit); --retry-failed downloads it.
     image = teal_jpeg()
     posts: list[str] = []
     result_reads = 0
@@ -566,50 +568,14 @@ def test_a_refusal_while_asking_for_a_fresh_image_url_keeps_the_paid_job_for_the
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
     assert result.exit_code == code, result.reason
-    assert job.state == "completed" and job.request_id == "r1" and not list((tmp_path / "out" / "images").iterdir())
+    kept = "failed" if refusal == 400 else "completed"
+    assert job.state == kept and job.request_id == "r1" and not list((tmp_path / "out" / "images").iterdir())
     broken = False
-    again = run_against(api, tmp_path, **quick)
+    again = run_against(api, tmp_path, **quick, retry_failed=refusal == 400)
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
     assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
     assert job.image_url == "https://files.runcomfy.net/new.jpg"
-
-
-def test_a_fresh_image_url_refused_with_a_reason_fails_that_job_and_retry_fetches_it_unpaid(tmp_path: Path) -> None:
-    # A 400 to the result read for a fresh URL is the API's word on that job: it fails with the
-    # reason and the run goes on (it was taken for lost contact, which stopped every submit).
-    # The job keeps its request id and its outputs: --retry-failed downloads it, no POST again.
-    image = teal_jpeg()
-    posts: list[str] = []
-    result_reads = 0
-    broken = True
-
-    def api(request: httpx.Request) -> httpx.Response:
-        nonlocal result_reads
-        if request.method == "POST":
-            posts.append("r1")
-            return httpx.Response(200, json={"request_id": "r1"})
-        if request.url.host == "files.runcomfy.net":
-            if request.url.path == "/old.jpg":
-                return httpx.Response(403, text="signature expired")
-            return httpx.Response(200, content=image)
-        result_reads += 1
-        if result_reads == 1:  # the look that sees it finish
-            return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/old.jpg"}})
-        if broken:
-            return httpx.Response(400, json={"error": {"message": "not now"}})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/new.jpg"}})
-
-    result = run_against(api, tmp_path)
-    with StateStore.for_output_dir(tmp_path / "out") as store:
-        (job,) = store.jobs()
-    assert result.exit_code == 1, result.reason
-    assert job.state == "failed" and job.request_id == "r1" and "not now" in str(job.error)
-    broken = False
-    again = run_against(api, tmp_path, retry_failed=True)
-    with StateStore.for_output_dir(tmp_path / "out") as store:
-        (job,) = store.jobs()
-    assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
 
 
 def test_a_submit_whose_connection_never_opened_is_sent_again_unflagged(tmp_path: Path) -> None:
