@@ -989,3 +989,26 @@ def test_the_viewer_opens_at_its_top_with_the_picture_in_view(
         page.keyboard.press("ArrowRight")
         page.keyboard.press("Escape")
     page.close()
+
+
+def test_closing_the_viewer_leaves_the_grid_at_the_cell_last_shown(tmp_path: Path, browser: Any) -> None:
+    # the browser gave focus back to the cell the viewer was opened from: after ←/→ through
+    # the grid the page sat at the first picture, and Tab went on from there
+    sweep = _sweep(tmp_path, {"fox": "a fox", "owl": "an owl"}, {c: c for c in TEN_COLOURS})
+    page = _open(browser, sweep, DESKTOP)
+    for close in ("Escape", "#viewer-close"):
+        page.locator("figure.job").first.click()
+        for _ in range(13):
+            page.keyboard.press("ArrowRight")
+        assert page.locator("#viewer-title").text_content() == "#14 · owl · green · 1K"
+        page.keyboard.press("Escape") if close == "Escape" else page.locator(close).click()
+        # (focus moves when the dialog's close event comes, a task after)
+        page.wait_for_function(
+            """() => {
+                 const f = document.activeElement, r = f.getBoundingClientRect();
+                 return f.getAttribute("data-job") === "j014" && r.left >= 0 && r.top >= 0
+                   && r.right <= innerWidth && r.bottom <= innerHeight;
+               }""",
+            timeout=2000,
+        )
+    page.close()
