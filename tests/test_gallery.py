@@ -1012,3 +1012,22 @@ def test_closing_the_viewer_leaves_the_grid_at_the_cell_last_shown(tmp_path: Pat
             timeout=2000,
         )
     page.close()
+
+
+def test_without_javascript_the_grid_is_shown_without_controls_that_do_nothing(
+    hostile: Path, browser: Any
+) -> None:
+    # a browser or previewer that blocks scripts showed the filters, which did nothing when
+    # ticked, and "click an image to enlarge it", which did nothing either
+    layout = "rows: subject › style · columns: resolution"
+    for scripts in (False, True):
+        context = browser.new_context(java_script_enabled=scripts)
+        page = context.new_page()
+        page.goto(hostile.as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("#filters").is_visible() is scripts
+        hint = " · click an image to enlarge it" if scripts else ""
+        assert page.locator("p.layout").inner_text() == layout + hint
+        assert page.locator("figure.job img").count() == 5
+        assert all(page.locator("figure.job img").nth(i).is_visible() for i in range(5))
+        context.close()

@@ -307,7 +307,6 @@ def render_gallery(folder: OutputFolder, options: SheetOptions | None = None) ->
         layout_parts.append(f"{layout.wrap}: left to right, then down")
     if layout.slots > 1 and layout.inline:
         layout_parts.append("side by side in a cell: " + ", ".join(layout.inline))
-    layout_parts.append("click an image to enlarge it")
 
     template = _environment().get_template("gallery.html")
     return template.render(
