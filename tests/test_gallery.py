@@ -1031,3 +1031,24 @@ def test_without_javascript_the_grid_is_shown_without_controls_that_do_nothing(
         assert page.locator("figure.job img").count() == 5
         assert all(page.locator("figure.job img").nth(i).is_visible() for i in range(5))
         context.close()
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_a_cell_tab_reaches_is_not_behind_the_filter_bar(
+    tmp_path: Path, browser: Any, viewport: dict[str, int]
+) -> None:
+    # Shift+Tab up the grid scrolled each cell to the window's top edge, behind the bar that
+    # stays there on a wide window: most of the focused cell (all of it, under a tall bar) hidden
+    subjects = {f"subject {n}": f"a subject {n}" for n in range(8)}
+    page = _open(browser, _sweep(tmp_path, subjects, {"red": "red", "blue": "blue"}), viewport)
+    page.locator("figure.job").last.focus()
+    start = page.evaluate("scrollY")
+    for _ in range(12):
+        page.keyboard.press("Shift+Tab")
+        top, bar = page.evaluate(
+            """() => [document.activeElement.getBoundingClientRect().top,
+                      document.getElementById("filters").getBoundingClientRect().bottom]"""
+        )
+        assert top >= (bar if viewport is DESKTOP else 0) - 1
+    assert page.evaluate("scrollY") < start  # it did scroll up the grid
+    page.close()
