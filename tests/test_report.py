@@ -148,6 +148,17 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     assert lines[4] == "  failed: job 3 (j003): content policy: the prompt was rejected"  # as `status` says
 
 
+def test_the_summary_groups_the_thousands_of_every_count_as_of_the_total(folder: Path) -> None:
+    # It said "3,000 jobs: 1200 done, ...": the total grouped, the counts not.
+    import dataclasses
+
+    big = dataclasses.replace(
+        summarize(folder), jobs=3000, counts={"downloaded": 1200, "failed": 1000, "cancelled": 0, "in_queue": 800}
+    )
+    first = format_summary(big).splitlines()[0]
+    assert first == "3,000 jobs: 1,200 done, 1,000 failed, 800 not done (800 in_queue)"
+
+
 def test_a_resumed_folders_summary_says_it_is_of_every_run(tmp_path: Path) -> None:
     # After a resume, "over 3m19.7s · estimated cost $5.76" read as this run's time and cost;
     # they are the folder's, over all its runs, and now say so.

@@ -148,13 +148,13 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     moment = max((s for s in stamps if s is not None), default=None) or time.time()
     date = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
     total = len(folder.jobs)
-    parts = [date, f"{counted(total, 'job')}: {done} done"]  # as `report` says it
+    parts = [date, f"{counted(total, 'job')}: {done:,} done"]  # as `report` says it
     if failed:
-        parts[-1] += f", {failed} failed"
+        parts[-1] += f", {failed:,} failed"
     if cancelled:
-        parts[-1] += f", {cancelled} cancelled"
+        parts[-1] += f", {cancelled:,} cancelled"
     if pending:
-        parts[-1] += f", {pending} not done"
+        parts[-1] += f", {pending:,} not done"
     if layout.rows:
         parts.append("rows: " + " › ".join(layout.rows))
     if layout.cols:

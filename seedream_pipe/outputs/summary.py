@@ -189,19 +189,19 @@ def _seconds(value: float | None) -> str:
 
 def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
     """A few lines for the terminal."""
-    parts = [f"{summary.done} done"]
+    parts = [f"{summary.done:,} done"]  # (thousands grouped, as counted() groups the total)
     if summary.failed:
-        parts.append(f"{summary.failed} failed")
+        parts.append(f"{summary.failed:,} failed")
     if summary.cancelled:
-        parts.append(f"{summary.cancelled} cancelled")
+        parts.append(f"{summary.cancelled:,} cancelled")
     if summary.pending:
         in_flight = {
             state: n
             for state, n in summary.counts.items()
             if n and state not in ("downloaded", "failed", "cancelled")
         }
-        detail = ", ".join(f"{n} {state}" for state, n in in_flight.items())
-        parts.append(f"{summary.pending} not done ({detail})")
+        detail = ", ".join(f"{n:,} {state}" for state, n in in_flight.items())
+        parts.append(f"{summary.pending:,} not done ({detail})")
     lines = [f"{counted(summary.jobs, 'job')}: " + ", ".join(parts)]
     lines.append(
         f"latency p50 {_seconds(summary.latency_p50)} · p90 {_seconds(summary.latency_p90)} · p99 {_seconds(summary.latency_p99)}"
