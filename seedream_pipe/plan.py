@@ -534,7 +534,10 @@ def _build_filters(recipe: Recipe, which: str, axes: list[Axis], schema: ModelSc
 
     def inherited(path: KeyPath) -> Problem | None:
         where = recipe.problem(path, "")
-        narrowed = which == "exclude" and where.file != recipe.display and str(path[-1]) in recipe.narrowed
+        # (a zip axis `a+b` is narrowed when a member is: its labels are the members' labels)
+        key = str(path[-1])
+        touched = key in recipe.narrowed or ("+" in key and not recipe.narrowed.isdisjoint(key.split("+")))
+        narrowed = which == "exclude" and where.file != recipe.display and touched
         return where if narrowed else None
 
     def miss(path: KeyPath, message: str) -> None:

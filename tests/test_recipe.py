@@ -609,6 +609,20 @@ def test_an_exclude_of_the_base_that_a_narrowed_var_leaves_empty_is_a_warning(tm
     assert problem.startswith(f"{tmp_path / 'd.yaml'}:2:") and "'dsuk' matches no value of 'time' (did you mean 'dusk'?)" in problem
 
 
+def test_an_exclude_of_the_base_on_a_zip_axis_a_narrowed_member_leaves_empty_is_a_warning(tmp_path: Path) -> None:
+    # `subject+time` is labelled by its members' labels: setting `time` removes 'an owl / dusk'
+    # as much as setting an unzipped var removes its values, so there is nothing of it to exclude
+    write(tmp_path, BASE + "zip: [[subject, time]]\nexclude: [{subject+time: an owl / dusk}]\n", "base.yaml")
+    recipe = load_recipe(write(tmp_path, "extends: base.yaml\nvars:\n  time: [dawn, noon]\n", "c.yaml"))
+    plan = recipe.plan()
+    assert [job.prompt for job in plan] == ["a fox at dawn", "an owl at noon"]
+    assert len(plan.warnings) == 1 and "'an owl / dusk' matches no value of 'subject+time'" in plan.warnings[0]
+    # a zip group no extending file touched is still held to its values
+    write(tmp_path, BASE + "zip: [[subject, time]]\nexclude: [{subject+time: an olw / dusk}]\n", "typo.yaml")
+    found = problems_of(write(tmp_path, "extends: typo.yaml\nrepeats: 2\n", "e.yaml"))
+    assert len(found) == 1 and "'an olw / dusk' matches no value of 'subject+time'" in found[0], found
+
+
 def test_extends_template_replaces_templates(tmp_path: Path) -> None:
     write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"',
                                  'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'),
