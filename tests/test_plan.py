@@ -184,6 +184,13 @@ def test_labels_from_one_key_mappings(tmp_path: Path) -> None:
     assert plan.jobs[0].values["mood"] == "drifting morning mist"
 
 
+def test_rendered_prompts_are_trimmed_and_runs_of_spaces_or_tabs_become_one_space(tmp_path: Path) -> None:
+    # a single tab is kept (and so are newlines): the prompt, and so the job_id, of a value
+    # holding one stays what it has always been
+    plan = plan_of(tmp_path, 'template: " a {{ v }}  b\\t\\tc \\t d\\n e "\nvars: {v: ["", "x\\ty"]}\n')
+    assert [job.prompt for job in plan] == ["a b c d\n e", "a x\ty b c d\n e"]
+
+
 def test_resolution_aliases_and_default(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 'template: "{{ s }}"\nvars: {s: [x]}\nresolutions: [16:9, "1:1", 2304X1728, 1k]\n')
     assert plan.axes["resolution"] == ["2560x1440 (16:9)", "2048x2048 (1:1)", "2304x1728 (4:3)", "1K"]
