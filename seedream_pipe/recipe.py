@@ -639,7 +639,9 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
             _drop_under(base.locations, (other,))
     child = dict(doc.data)
     child.pop("extends", None)
-    narrowed = base.narrowed | _axes_written(child, base.data)
+    # (the axes files extending the one that wrote `exclude` set: an exclude this file writes
+    # replaces the base's, and what it names is held to what this file's own axes plan)
+    narrowed = set() if "exclude" in child else base.narrowed | _axes_written(child, base.data)
     _merge(base.data, base.locations, child, doc.locations)
     # Keep this file's own keys that were not inherited.
     for key in ("name", "output"):

@@ -623,6 +623,22 @@ def test_an_exclude_of_the_base_on_a_zip_axis_a_narrowed_member_leaves_empty_is_
     assert len(found) == 1 and "'an olw / dusk' matches no value of 'subject+time'" in found[0], found
 
 
+def test_a_typo_in_a_middle_recipes_exclude_on_a_var_it_set_itself_is_an_error(tmp_path: Path) -> None:
+    # mid.yaml sets `time` and excludes a misspelt value of it: an error planning mid.yaml, and
+    # as much one planning a recipe that extends mid.yaml without touching `time` (it was a
+    # warning there, as if leaf.yaml had removed 'nooon', and leaf.yaml planned 'at noon')
+    write(tmp_path, BASE, "base.yaml")
+    write(tmp_path, "extends: base.yaml\nvars:\n  time: [dawn, noon]\nexclude: [{time: nooon}]\n", "mid.yaml")
+    leaf = write(tmp_path, "extends: mid.yaml\nrepeats: 1\n", "leaf.yaml")
+    found = problems_of(leaf)
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'mid.yaml'}:4:"), found
+    assert "'nooon' matches no value of 'time' (did you mean 'noon'?)" in found[0]
+    # a var a file above the one that wrote the exclude sets still makes it a warning
+    write(tmp_path, "extends: base.yaml\nvars:\n  time: [dawn, noon]\nexclude: [{time: dusk}]\n", "m2.yaml")
+    plan = load_recipe(write(tmp_path, "extends: m2.yaml\nvars:\n  time: [dawn]\n", "l3.yaml")).plan()
+    assert len(plan) == 2 and len(plan.warnings) == 1 and "'dusk' matches no value of 'time'" in plan.warnings[0]
+
+
 def test_extends_template_replaces_templates(tmp_path: Path) -> None:
     write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"',
                                  'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'),
