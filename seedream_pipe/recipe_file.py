@@ -88,8 +88,9 @@ class Document:
     text: str
     data: Any
     locations: dict[KeyPath, Location] = field(default_factory=dict)
-    # Axes (var and param names, "resolution") that a file extending a base set or removed: an
-    # exclude entry of the base may then match less, or nothing (plan.py's _build_filters).
+    # Axes (var and param names, "resolution") that the files below the one that wrote the
+    # `exclude` in force set or removed: an entry of it may then match less, or nothing
+    # (plan.py's _build_filters). A file that writes its own `exclude` starts it afresh.
     narrowed: set[str] = field(default_factory=set)
     # Problems that leave the rest checkable (a var file not found), reported with the rest, and
     # the key paths whose values they left unknown (see `Recipe.unknown`).
