@@ -347,6 +347,35 @@ def test_a_deleted_or_changed_image_is_downloaded_again(sim: Simulator, tmp_path
     assert_images_intact(out, 6)
 
 
+def test_an_image_a_killed_run_kept_but_never_recorded_is_not_left_behind(sim: Simulator, tmp_path: Path) -> None:
+    # A run killed between moving a download into images/ and the commit that records it left
+    # a whole image (and its thumbnail) on no record. The next download of the job reuses the
+    # name only while the job's index and labels stay: after a recipe edit renumbered it, the
+    # old file stayed in images/ for good beside the job's new one.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        whale = next(r for r in store.jobs() if r.axes["animal"] == "a blue whale" and r.axes["place"] == "on a roof")
+    assert whale.image_path is not None and whale.thumb_path is not None
+    left_image, left_thumb = out / whale.image_path, out / whale.thumb_path
+    # as the killed run left it: the files in place, the job still "completed" in the state
+    with contextlib.closing(sqlite3.connect(out / "state.sqlite")) as db, db:
+        db.execute(
+            "UPDATE jobs SET state = 'completed', image_path = NULL, thumb_path = NULL, sha256 = NULL WHERE job_id = ?",
+            (whale.job_id,),
+        )
+    (out / "images" / "notes.txt").write_text("mine", encoding="utf-8")  # not the run's to delete
+    recipe.write_text(RECIPE.replace("[in snow, at sea, on a roof]", "[at sea, on a roof]"), encoding="utf-8")
+    assert run(sim, recipe, out).exit_code == 0
+    assert not left_image.exists() and not left_thumb.exists()
+    with StateStore.for_output_dir(out) as store:
+        done = store.jobs(in_plan=None, states=("downloaded",))
+    recorded = {r.image_path for r in done} | {r.thumb_path for r in done}
+    on_disk = {str(p.relative_to(out)) for folder in ("images", "thumbs") for p in (out / folder).iterdir()}
+    assert on_disk == recorded | {"images/notes.txt"}
+    assert sim.stats()["submits_accepted"] == 6  # fetched again, not generated again
+
+
 def test_an_edited_recipe_runs_only_the_new_combinations(sim: Simulator, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(sim, write_recipe(tmp_path), out)

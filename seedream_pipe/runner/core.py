@@ -227,6 +227,7 @@ class Runner:
         # partial files of a run that was killed mid-download (never referenced by the state)
         for stale in [*self.images_dir.glob(".download-*.part"), *self.thumbs_dir.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
+        self._sweep_unrecorded()
         sweep_stale_outputs(self.out_dir, self._clock())
         plan: dict[str, list[JobRecord]] = {}
         for rec in records:
@@ -895,6 +896,27 @@ class Runner:
         self._transition(
             rec, "failed", error=f"download failed after {tries} {'try' if tries == 1 else 'tries'}: {last_error}"
         )
+
+    def _sweep_unrecorded(self) -> None:
+        """Delete the images (and thumbnails) of a run killed between keeping a download and
+        committing it, or between that commit and _drop_replaced: whole files on no record. The
+        job's next download has the same name only while its index and labels stay; once a
+        recipe edit renumbers or relabels it, that file stayed in images/ for good beside the
+        job's own. Only a file named for a job of this folder that records another one (or
+        none) goes: anything else in the folders is not the run's to delete."""
+        recorded: dict[str, set[str | None]] = {}
+        for rec in self.store.jobs(in_plan=None):
+            # (a state without the thumbnail's path: _file_intact makes it under the job's name)
+            thumb = rec.thumb_path or str(self._paths(rec)[1].relative_to(self.out_dir))
+            recorded[rec.job_id] = {rec.image_path, thumb}
+        for folder in (self.images_dir, self.thumbs_dir):
+            for path in folder.iterdir():
+                index, _, rest = path.name.partition("_")
+                job_id = rest.partition("_")[0]
+                if not index.isdigit() or job_id not in recorded or not path.is_file():
+                    continue
+                if str(path.relative_to(self.out_dir)) not in recorded[job_id]:
+                    path.unlink(missing_ok=True)
 
     def _drop_replaced(self, replaced: str | None, kept: Path) -> None:
         """Delete the file a job had before it was downloaded again, when the new one has another
