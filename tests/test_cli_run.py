@@ -1237,3 +1237,45 @@ def test_a_run_at_work_is_named_by_its_pid_only_when_the_lock_file_holds_one(tmp
         with pytest.raises(FolderBusy, match=r"is in use by another run; "), folder_lock(tmp_path):
             pass  # (a second run: refused in words, not a UnicodeDecodeError)
     assert at_work_here(tmp_path) is None
+
+
+#: A command whose Ctrl-C comes once its exit code is decided: while Python joins its threads
+#: (a thread of the script's own sends it), or from an atexit callback, which runs after ours.
+LATE_CTRL_C = """
+import atexit, os, signal, sys, threading, time
+phase, argv = sys.argv[1], sys.argv[2:]
+decided = threading.Event()
+real_exit = sys.exit
+def exit_as(code=0):
+    decided.set()
+    real_exit(code)
+sys.exit = exit_as
+def late():
+    decided.wait(60)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+if phase == "threads":
+    threading.Thread(target=late).start()
+else:
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.2)))
+sys.argv = ["seedream-pipe", *argv]
+from seedream_pipe._entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("phase", ["threads", "atexit"])
+def test_a_ctrl_c_after_the_exit_code_is_decided_changes_it_not(tmp_path: Path, phase: str) -> None:
+    # It came out as a traceback ("Exception ignored in ... threading ... KeyboardInterrupt")
+    # or, once Python had put back the system's handlers, as death by SIGINT: -2, not 66.
+    import subprocess
+    import sys
+
+    script = tmp_path / "late.py"
+    script.write_text(LATE_CTRL_C, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), phase, "status", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 66, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
