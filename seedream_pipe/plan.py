@@ -36,7 +36,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from jinja2 import (
     TemplateSyntaxError,
@@ -836,7 +836,12 @@ class Plan:
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs)
 
-    def __getitem__(self, index: int) -> Job:
+    @overload
+    def __getitem__(self, index: int) -> Job: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Job]: ...
+    def __getitem__(self, index: int | slice) -> Job | list[Job]:
+        # (a slice, `plan[:10]`, is the list of those jobs, as a notebook expects of it)
         return self.jobs[index]
 
     def __repr__(self) -> str:
