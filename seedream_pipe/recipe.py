@@ -941,6 +941,9 @@ def parse_recipe(
         raise RecipeError(Problem(
             "<text>", f"parse_recipe takes the recipe's YAML text or a dict, not {type(text).__name__}"
         ))  # fmt: skip
+    if not isinstance(name, str) or not name:
+        # (name=None made a recipe named "none", writing to outputs/none/)
+        raise RecipeError(Problem("<text>", f"parse_recipe's name= is the recipe file's stem, text such as 'sweep', not {name!r}"))
     path = Path(folder) / f"{name}.yaml"
     display = f"{name}.yaml"
     doc = _load_with_extends(path, display, path.parent, [path.resolve()], text=text)

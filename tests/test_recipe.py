@@ -357,6 +357,11 @@ def test_parse_recipe_reads_text_as_if_it_were_a_file_in_a_folder(tmp_path: Path
     ]
     with pytest.raises(RecipeError, match="takes the recipe's YAML text or a dict, not bytes"):
         sp.parse_recipe(b"template: x")  # type: ignore[arg-type]
+    for name in (None, ""):  # (None made a recipe named "none", writing to outputs/none/)
+        with pytest.raises(RecipeError, match=r"name= is the recipe file's stem, text such as 'sweep'"):
+            sp.parse_recipe('template: "a fox"', name=name)  # type: ignore[arg-type]
+    # a slice of a plan is the list of those jobs
+    assert [job.index for job in sp.parse_recipe(text, folder=tmp_path).plan()[1:3]] == [2, 3]
 
 
 def test_parse_recipe_takes_a_recipe_built_in_python(tmp_path: Path) -> None:
