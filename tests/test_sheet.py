@@ -718,6 +718,22 @@ def test_a_narrow_paged_sheet_keeps_the_value_that_names_its_page_in_the_title(t
         assert geo.title.box.bottom <= geo.subtitle.box.y  # (the second line pushes the rest down)
 
 
+def test_a_page_value_too_long_for_the_title_is_cut_before_the_page_number(tmp_path: Path) -> None:
+    # A value of the page's axis longer than the title's two lines cut "page 2/2" off its end.
+    long = "in a thick fog that rolls over the harbour walls at dawn " * 3
+    jobs = plan_jobs(subjects={"cat": "a cat"}, styles={"s": "s"}, resolutions={"1:1": "1K", "16:9": "2K"})
+    for job in jobs:
+        job.axes["resolution"] = (long + job.axes["resolution"]).strip()
+    make_folder(tmp_path / "sweep", jobs=jobs, states={})
+    result = make_sheet(open_output(tmp_path / "sweep"), cell=32, page_by="resolution")
+    assert len(result.geometries) == 2
+    for number, geo in enumerate(result.geometries, 1):
+        title = " ".join(geo.title.lines)
+        assert title.startswith("sweep — resolution: in a thick fog") and "…" in title, title
+        assert title.endswith(f"— page {number}/2"), title
+        assert len(geo.title.lines) <= 2
+
+
 def test_pages_are_drawn_two_at_a_time_on_any_number_of_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One page per core: on eight cores, eight canvases (up to ~190 MB each) in memory at once.
     # (the pool's size is what is checked: counting pages drawn at once needs workers to meet,

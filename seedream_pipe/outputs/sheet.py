@@ -131,7 +131,8 @@ def _draw_placeholder(
     _draw_text(draw, block, (60, 60, 60))
 
 
-def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> tuple[str, str]:
+def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> tuple[str, str, str]:
+    """The page's title, the part of it that must stay whole (" — page 2/5"), and its subtitle."""
     counts: dict[str, int] = {}
     for job in folder.jobs:
         counts[job.state] = counts.get(job.state, 0) + 1
@@ -142,8 +143,7 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     title = folder.name  # (the page's value before its number: the file name has the number too)
     if page.page_label is not None:
         title += f" — {layout.page_by}: {page.page_label}"
-    if len(layout.pages) > 1:
-        title += f" — page {page.number}/{len(layout.pages)}"
+    tail = f" — page {page.number}/{len(layout.pages)}" if len(layout.pages) > 1 else ""
     stamps = [run.get("finished_at") or run.get("started_at") for run in folder.runs]
     moment = max((s for s in stamps if s is not None), default=None) or time.time()
     date = datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -163,7 +163,29 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
         parts.append(f"{layout.wrap}: left to right, then down")
     if layout.slots > 1 and layout.inline:
         parts.append("side by side: " + ", ".join(layout.inline))
-    return title, " · ".join(parts)
+    return title, tail, " · ".join(parts)
+
+
+def _page_geometry_keeping(
+    layout: SheetLayout, page: SheetPage, metrics: Metrics, title: str, tail: str, subtitle: str
+) -> PageGeometry:
+    """The page's geometry with its title whole, or cut short before `tail`: a long value of
+    the page's axis cut the page's number ("page 2/5") off the end of the title."""
+    geometry = page_geometry(layout, page, metrics, pillow_measure, title=title + tail, subtitle=subtitle)
+    if not tail or " ".join(geometry.title.lines).endswith(tail.strip()):
+        return geometry
+    # the longest head, cut at a character, whose title with the tail still fits
+    low, high = 0, len(title)
+    while low < high:
+        mid = (low + high + 1) // 2
+        shorter = page_geometry(
+            layout, page, metrics, pillow_measure, title=title[:mid].rstrip() + "…" + tail, subtitle=subtitle
+        )
+        if " ".join(shorter.title.lines).endswith(tail.strip()):
+            low, geometry = mid, shorter
+        else:
+            high = mid - 1
+    return geometry  # (when not even the tail fits with one character: the title as wrapped)
 
 
 def _page_path(out_dir: Path, number: int, total: int, fmt: str) -> Path:
@@ -262,10 +284,8 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
             )
 
     def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
-        title, subtitle = _title_texts(folder, layout, page)
-        geometry = page_geometry(
-            layout, page, metrics, pillow_measure, title=title, subtitle=subtitle
-        )
+        title, tail, subtitle = _title_texts(folder, layout, page)
+        geometry = _page_geometry_keeping(layout, page, metrics, title, tail, subtitle)
         dest = _page_path(folder.path, page.number, total, options.fmt)
         if options.fmt == "jpeg" and max(geometry.width, geometry.height) > JPEG_MAX_SIDE:
             # (libjpeg refuses it: the write failed as if the folder could not be written, 73)
