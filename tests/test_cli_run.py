@@ -1279,3 +1279,14 @@ def test_a_ctrl_c_after_the_exit_code_is_decided_changes_it_not(tmp_path: Path, 
     )  # fmt: skip
     assert done.returncode == 66, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_the_cli_called_in_process_leaves_the_callers_signal_handlers_alone(tmp_path: Path) -> None:
+    # Only the process's own entry takes Ctrl-C over once its exit code is decided: called
+    # in-process (a notebook's cli([...]), a test), a later Ctrl-C quit the caller outright.
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["status", str(tmp_path / "none")])
+    assert result.exit_code == 66
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

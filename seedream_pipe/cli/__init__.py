@@ -6,14 +6,9 @@ calls library code and prints. Errors are mapped to exit codes here and nowhere 
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import signal
 import sys
-import threading
 import traceback
-from types import FrameType
 from typing import Any
 
 import click
@@ -115,33 +110,7 @@ class SeedreamCli(click.Group):
             code = rv if isinstance(rv, int) else 0
         if not standalone_mode:
             return code
-        _exit_as_decided(code)
         sys.exit(code)
-
-
-def _exit_as_decided(code: int) -> None:
-    """From here on a Ctrl-C or SIGTERM ends the process with `code`, the outcome of what was
-    done. While Python wound down, one raised a KeyboardInterrupt in its thread shutdown
-    (printed as a traceback, "Exception ignored in ... _shutdown"), or, once Python had put
-    back the system's own handlers, killed the process: a caller saw -2 where a run had ended
-    0, 1 or 77."""
-
-    def now(signum: int, frame: FrameType | None) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
-
-    def ignore() -> None:
-        # (Python puts back the system's handler for any signal it handles as it finalizes,
-        # after the atexit callbacks; one it ignores stays ignored to the end)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-
-    if threading.current_thread() is threading.main_thread():  # (signals go to the main thread)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, now)
-        atexit.register(ignore)
 
 
 @click.group(cls=SeedreamCli, context_settings=CONTEXT_SETTINGS)
