@@ -374,6 +374,40 @@ def test_a_failed_job_whose_result_carries_an_error_code_fails_alone(tmp_path: P
     assert failed.request_id == "r1" and failed.error == "generation failed: result of r1: blocked (CONTENT_POLICY)"
 
 
+def test_a_made_job_whose_result_is_refused_is_read_again_never_submitted_again(tmp_path: Path) -> None:
+    # Status says completed, and the result read is refused (400): the job fails alone, and
+    # --retry-failed reads its result again. It was failed with no outputs, which
+    # --retry-failed submitted again: a second charge for an image the API had made.
+    image = teal_jpeg()
+    posts: list[str] = []
+    refusing = True
+
+    def api(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST":
+            posts.append("r1")
+            return httpx.Response(200, json={"request_id": "r1"})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        if path.endswith("/status"):
+            return httpx.Response(200, json={"status": "completed"})
+        if refusing:
+            return httpx.Response(400, json={"error": {"message": "no result for you"}})
+        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+
+    result = run_against(api, tmp_path)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert result.exit_code == 1 and job.state == "failed" and job.request_id == "r1"
+    assert str(job.error).startswith("result refused: ") and "--retry-failed reads it again" in str(job.error)
+    refusing = False
+    again = run_against(api, tmp_path, retry_failed=True)
+    with StateStore.for_output_dir(tmp_path / "out") as store:
+        (job,) = store.jobs()
+    assert again.exit_code == 0 and job.state == "downloaded" and posts == ["r1"]
+    assert not job.possible_duplicate
+
+
 def test_a_state_a_result_read_names_is_scrubbed_before_it_is_cut(tmp_path: Path) -> None:
     # The message quoting a state the API does not name cuts it to 40 characters: cut first,
     # the token straddling the cut lost its tail and slipped past the scrubbing as its head.

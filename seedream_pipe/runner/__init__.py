@@ -16,7 +16,8 @@ Resume is the normal path. Each run re-plans, syncs the plan into the output fol
     completed                 -> download
     downloaded                -> skip, unless the file is missing or its sha256 differs
     failed                    -> skip (--retry-failed: poll it if it has a request id and only
-                                 timed out or lost contact, else submit again)
+                                 timed out, lost contact or had its result refused, else submit
+                                 again)
 
 Every transition is committed before the network call that depends on it: `submitting` before
 the POST, the request_id right after the answer. Concurrency is the number of jobs in flight

@@ -53,6 +53,7 @@ from seedream_pipe.runner.rules import (
     GENERATION_FAILED,
     LOST_CONTACT,
     NOT_FOUND_LOOKS,
+    RESULT_REFUSED,
     TIMED_OUT,
     UNKNOWN_IN_A_ROW_STOP,
     UNKNOWN_REQUEST,
@@ -751,6 +752,9 @@ class Runner:
         self._stop_for(exc)
         self._emit("message", text=f"job {rec.job_index}: {LOST_CONTACT}: {exc}; left for the next run")
 
+    def _refused(self, rec: JobRecord, exc: ApiError) -> str:
+        return f"{RESULT_REFUSED}: {exc} (request {rec.request_id} kept: --retry-failed reads it again)"
+
     def _lost(self, rec: JobRecord) -> str:
         if self.opt.forget_lost:
             self._transition(rec, "planned", request_id=None, error=None)
@@ -783,9 +787,10 @@ class Runner:
         except NotFound:
             return "again" if self._may_look_again(rec) else self._lost(rec)
         except RequestRejected as exc:
-            # (as a look that meets it: this job fails with the API's reason and the others go
-            # on; taken for lost contact, it stopped every submit, and met every later run again)
-            reason = f"{GENERATION_FAILED}: {error or exc}" if status == "failed" else str(exc)
+            # This job fails with the API's reason and the others go on (taken for lost contact,
+            # it stopped every submit, and met every later run again). A job the API says it
+            # made is no generation failure: --retry-failed reads its result again, not resubmits.
+            reason = f"{GENERATION_FAILED}: {error or exc}" if status == "failed" else self._refused(rec, exc)
             self._transition(rec, "failed", left_flight=True, error=reason)
             return "failed"
         except ApiError as exc:
@@ -946,7 +951,7 @@ class Runner:
             self._transition(rec, "failed", error=self._unknown_request(rec))
             return None
         except RequestRejected as exc:  # (the API's reason for this job: see _finish)
-            self._transition(rec, "failed", error=str(exc))
+            self._transition(rec, "failed", error=self._refused(rec, exc))
             return None
         except ApiError as exc:
             self._lose_contact(rec, exc)

@@ -21,6 +21,9 @@ _T = TypeVar("_T")
 #: Error texts that mean "we stopped watching", not "the job failed": --retry-failed polls these.
 TIMED_OUT = "timed out"
 LOST_CONTACT = "lost contact"
+#: A finished job whose result the API refused to give (400/422, an error_code): it was made,
+#: and maybe billed, so --retry-failed reads it again, never submits it again.
+RESULT_REFUSED = "result refused"
 #: The error of a job the API said failed.
 GENERATION_FAILED = "generation failed"
 #: The error of a job whose request the API no longer knows (404): --retry-failed makes it again.
@@ -181,7 +184,7 @@ def action_for(rec: JobRecord, opt: RunOptions) -> str:
     if state == "failed":
         if not opt.retry_failed:
             return "skip"
-        if rec.request_id and rec.error and rec.error.startswith((TIMED_OUT, LOST_CONTACT)):
+        if rec.request_id and rec.error and rec.error.startswith((TIMED_OUT, LOST_CONTACT, RESULT_REFUSED)):
             return "poll"
         if rec.request_id and rec.output_urls and not (rec.error or "").startswith(UNKNOWN_REQUEST):
             return "download"  # (a fresh URL from its result; one the API no longer knows is made again)
