@@ -376,6 +376,25 @@ def test_an_image_a_killed_run_kept_but_never_recorded_is_not_left_behind(sim: S
     assert sim.stats()["submits_accepted"] == 6  # fetched again, not generated again
 
 
+def test_an_unrecorded_image_that_may_be_the_jobs_only_copy_is_kept(sim: Simulator, tmp_path: Path) -> None:
+    # A rename cut short before its commit leaves the job's image under a name the state does
+    # not record, and the recorded one gone. It was deleted at the start of the next run,
+    # before the download meant to replace it; when that failed, the image was lost.
+    recipe, out = write_recipe(tmp_path), tmp_path / "out"
+    assert run(sim, recipe, out).exit_code == 0
+    with StateStore.for_output_dir(out) as store:
+        whale = next(r for r in store.jobs() if r.axes["animal"] == "a blue whale" and r.axes["place"] == "on a roof")
+    assert whale.image_path is not None
+    recorded = out / whale.image_path
+    moved = recorded.with_name("0099_" + recorded.name.partition("_")[2])
+    kept = recorded.read_bytes()
+    recorded.rename(moved)
+    sim.set_faults(garbage_rate=1.0)  # (every download fails: the job cannot be fetched again)
+    assert run(sim, recipe, out).exit_code == 1
+    assert moved.read_bytes() == kept
+    assert sim.stats()["submits_accepted"] == 6  # (and never paid for again)
+
+
 def test_an_edited_recipe_runs_only_the_new_combinations(sim: Simulator, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(sim, write_recipe(tmp_path), out)

@@ -273,6 +273,7 @@ class Runner:
             self._gives_up(rec)
         if todo:
             await self._work(plan.get("poll", []), plan.get("download", []), submit_now)
+            self._sweep_unrecorded()
         return self._result()
 
     async def _work(self, to_poll: list[JobRecord], to_download: list[JobRecord], to_submit: list[JobRecord]) -> None:
@@ -907,20 +908,25 @@ class Runner:
         committing it, or between that commit and _drop_replaced: whole files on no record. The
         job's next download has the same name only while its index and labels stay; once a
         recipe edit renumbers or relabels it, that file stayed in images/ for good beside the
-        job's own. Only a file named for a job of this folder that records another one (or
-        none) goes: anything else in the folders is not the run's to delete."""
-        recorded: dict[str, set[str | None]] = {}
-        for rec in self.store.jobs(in_plan=None):
-            # (a state without the thumbnail's path: _file_intact makes it under the job's name)
-            thumb = rec.thumb_path or str(self._paths(rec)[1].relative_to(self.out_dir))
-            recorded[rec.job_id] = {rec.image_path, thumb}
+        job's own. Only a file named for a job of this folder whose recorded image is on disk,
+        intact, and is another file goes: until then it may be the job's only copy (a rename
+        cut short before its commit), and anything else in the folders is not the run's to
+        delete. (At the start of a run and at its end, once this run's downloads are recorded.)"""
+        records: dict[str, JobRecord] = {rec.job_id: rec for rec in self.store.jobs(in_plan=None)}
+        intact: dict[str, bool] = {}
         for folder in (self.images_dir, self.thumbs_dir):
             for path in folder.iterdir():
                 index, _, rest = path.name.partition("_")
-                job_id = rest.partition("_")[0]
-                if not index.isdigit() or job_id not in recorded or not path.is_file():
+                rec = records.get(rest.partition("_")[0])
+                if rec is None or not index.isdigit() or not path.is_file():
                     continue
-                if str(path.relative_to(self.out_dir)) not in recorded[job_id]:
+                # (a state without the thumbnail's path: _file_intact makes it under the job's name)
+                thumb = rec.thumb_path or str(self._paths(rec)[1].relative_to(self.out_dir))
+                if str(path.relative_to(self.out_dir)) in (rec.image_path, thumb):
+                    continue
+                if rec.job_id not in intact:  # (read once, and only for a job with a stray file)
+                    intact[rec.job_id] = image_intact(self.out_dir, rec)
+                if intact[rec.job_id]:
                     path.unlink(missing_ok=True)
 
     def _drop_replaced(self, replaced: str | None, kept: Path) -> None:
