@@ -441,6 +441,26 @@ def _cut(word: str, max_width: float, measure: Measure) -> str:
     return ELLIPSIS
 
 
+def keep_tail(head: str, tail: str, max_width: float, max_lines: int, measure: Measure) -> str:
+    """`head + tail`, or, when that needs more than `max_lines` lines, `head` cut short with
+    "…" so that `tail` stays whole at the end: a long value of a sheet's page axis cut the
+    page's number ("page 2/5") off its title. Whole when not even one character of `head` fits."""
+
+    def fits(text: str) -> bool:
+        return " ".join(wrap_label(text, max_width, max_lines, measure)).endswith(tail.strip())
+
+    if not tail or fits(head + tail):
+        return head + tail
+    low, high = 0, len(head)  # (the longest head, cut at a character, that fits with the tail)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(head[:mid].rstrip() + "…" + tail):
+            low = mid
+        else:
+            high = mid - 1
+    return head[:low].rstrip() + "…" + tail if low else head + tail
+
+
 def wrap_label(text: str, max_width: float, max_lines: int, measure: Measure) -> list[str]:
     """Wrap at spaces into at most `max_lines` lines of at most `max_width`.
 
@@ -641,8 +661,10 @@ def page_geometry(
     *,
     title: str,
     subtitle: str,
+    title_tail: str = "",
 ) -> PageGeometry:
-    """Place the title, headers and cells of a page in pixels."""
+    """Place the title, headers and cells of a page in pixels. `title_tail` ends the title and
+    stays whole when the rest is cut (" — page 2/5")."""
     m = metrics
     n_rows, n_cols = max(1, len(page.row_keys)), max(1, len(page.col_keys))
     cell_w = layout.slots * m.cell + (layout.slots - 1) * m.slot_gap
@@ -661,6 +683,7 @@ def page_geometry(
     # ends with what tells its pages apart.
     text_w = width - 2 * m.margin
     title_line = round(m.title_size * 1.3)
+    title = keep_tail(title, title_tail, text_w, 2, lambda t: measure(t, m.title_size, True))
     title_lines = wrap_label(title, text_w, 2, lambda t: measure(t, m.title_size, True))
     subtitle_line = round(m.subtitle_size * 1.35)
     subtitle_lines = wrap_label(subtitle, text_w, 2, lambda t: measure(t, m.subtitle_size, False))

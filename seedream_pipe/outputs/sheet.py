@@ -166,28 +166,6 @@ def _title_texts(folder: OutputFolder, layout: SheetLayout, page: SheetPage) -> 
     return title, tail, " · ".join(parts)
 
 
-def _page_geometry_keeping(
-    layout: SheetLayout, page: SheetPage, metrics: Metrics, title: str, tail: str, subtitle: str
-) -> PageGeometry:
-    """The page's geometry with its title whole, or cut short before `tail`: a long value of
-    the page's axis cut the page's number ("page 2/5") off the end of the title."""
-    geometry = page_geometry(layout, page, metrics, pillow_measure, title=title + tail, subtitle=subtitle)
-    if not tail or " ".join(geometry.title.lines).endswith(tail.strip()):
-        return geometry
-    # the longest head, cut at a character, whose title with the tail still fits
-    low, high = 0, len(title)
-    while low < high:
-        mid = (low + high + 1) // 2
-        shorter = page_geometry(
-            layout, page, metrics, pillow_measure, title=title[:mid].rstrip() + "…" + tail, subtitle=subtitle
-        )
-        if " ".join(shorter.title.lines).endswith(tail.strip()):
-            low, geometry = mid, shorter
-        else:
-            high = mid - 1
-    return geometry  # (when not even the tail fits with one character: the title as wrapped)
-
-
 def _page_path(out_dir: Path, number: int, total: int, fmt: str) -> Path:
     suffix = ".png" if fmt == "png" else ".jpg"
     if total == 1:
@@ -285,7 +263,9 @@ def render_sheet(folder: OutputFolder, options: SheetOptions) -> SheetResult:
 
     def draw_page(page: SheetPage) -> tuple[Path, PageGeometry]:
         title, tail, subtitle = _title_texts(folder, layout, page)
-        geometry = _page_geometry_keeping(layout, page, metrics, title, tail, subtitle)
+        geometry = page_geometry(
+            layout, page, metrics, pillow_measure, title=title, title_tail=tail, subtitle=subtitle
+        )
         dest = _page_path(folder.path, page.number, total, options.fmt)
         if options.fmt == "jpeg" and max(geometry.width, geometry.height) > JPEG_MAX_SIDE:
             # (libjpeg refuses it: the write failed as if the folder could not be written, 73)
