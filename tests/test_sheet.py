@@ -354,26 +354,24 @@ def test_missing_thumbnails_are_made_in_worker_processes_and_kept(tmp_path: Path
     assert again.made_thumbnails == 0
 
 
-def test_bidi_marks_are_drawn_as_text_not_obeyed(tmp_path: Path) -> None:
-    # The header of a label "\u202egnp.exe" read "exe.png" on the sheet (the gallery, the plan
-    # and the terminal all write the mark out): it is drawn as the text "\u202e" is.
+@pytest.mark.parametrize(
+    ("label", "written"),
+    [
+        # The header of a label "\u202egnp.exe" read "exe.png" on the sheet (the gallery, the
+        # plan and the terminal all write the mark out): it is drawn as the text "\u202e" is.
+        ("\u202egnp.exe", "\\u202egnp.exe"),
+        # "bell\x07" and "bell\x08" were both drawn "bell" and an empty box: two labels that
+        # read the same (the plan and the terminal write "bell\x07").
+        ("bell\x07", "bell\\x07"),
+    ],
+)
+def test_bidi_marks_and_control_characters_are_drawn_as_text(tmp_path: Path, label: str, written: str) -> None:
     sheets = []
-    for name, mark in (("marked", "\u202e"), ("written", "\\u202e")):
-        make_folder(tmp_path / name, jobs=plan_jobs(subjects={f"{mark}gnp.exe": "a cat", "tea": "tea"}))
+    for name, subject in (("raw", label), ("written", written)):
+        make_folder(tmp_path / name, jobs=plan_jobs(subjects={subject: "a cat", "tea": "tea"}))
         sheets.append(make_sheet(open_output(tmp_path / name), cell=64).paths[0])
-    marked, written = (Image.open(path).convert("RGB") for path in sheets)
-    assert marked.size == written.size and marked.tobytes() == written.tobytes()
-
-
-def test_control_characters_are_drawn_as_escapes_not_boxes(tmp_path: Path) -> None:
-    # "bell\x07" and "bell\x08" were both drawn "bell" and an empty box: two labels that read
-    # the same (the plan and the terminal write "bell\x07")
-    sheets = []
-    for name, char in (("raw", "\x07"), ("written", "\\x07")):
-        make_folder(tmp_path / name, jobs=plan_jobs(subjects={f"bell{char}": "a cat", "tea": "tea"}))
-        sheets.append(make_sheet(open_output(tmp_path / name), cell=64).paths[0])
-    raw, written = (Image.open(path).convert("RGB") for path in sheets)
-    assert raw.size == written.size and raw.tobytes() == written.tobytes()
+    raw, as_text = (Image.open(path).convert("RGB") for path in sheets)
+    assert raw.size == as_text.size and raw.tobytes() == as_text.tobytes()
 
 
 def test_thumbnails_that_could_not_be_made_are_not_counted_as_made(tmp_path: Path) -> None:
