@@ -5,7 +5,7 @@ server; the client's and runner's answers are checked here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +299,29 @@ def run_against(api: Any, tmp_path: Path, values: str = "[a]", progress: Any = N
     )  # fmt: skip
 
 
+def jobs_api(read: Callable[[str, str], httpx.Response]) -> tuple[Callable[[httpx.Request], httpx.Response], list[str]]:
+    """A mock API whose POSTs make requests r1, r2, ...; files.runcomfy.net serves a JPEG, and a
+    read of request `rid` is `read(rid, "status" or "result")`. Returns it and the ids made."""
+    image = teal_jpeg()
+    made: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            made.append(f"r{len(made) + 1}")
+            return httpx.Response(200, json={"request_id": made[-1]})
+        if request.url.host == "files.runcomfy.net":
+            return httpx.Response(200, content=image)
+        _, _, _, rid, what = request.url.path.split("/")[:5]
+        return read(rid, what)
+
+    return api, made
+
+
+def image_of(rid: str) -> httpx.Response:
+    """A result read of a completed request, its image on files.runcomfy.net."""
+    return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+
+
 @pytest.mark.parametrize("refusal", [404, 400, 403, 405, 409, 410, 200, "not json", "error_code", 500, 502, 503])
 def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     tmp_path: Path, refusal: int | str
@@ -306,23 +329,14 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     # RunComfy documents the result endpoint for finished jobs only; the looks read it for a
     # running job too. Should an API refuse there (a 4xx, a 5xx, 200 with no state or not JSON),
     # that must not fail, lose or time out the job, nor stop the run: it polls status instead.
-    image = teal_jpeg()
     status_reads: dict[str, int] = {}
     refused: list[str] = []
 
-    def api(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if request.method == "POST":
-            rid = f"r{len(status_reads) + 1}"
-            status_reads[rid] = 0
-            return httpx.Response(200, json={"request_id": rid})
-        if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=image)
-        rid = path.split("/")[3]
-        if path.endswith("/status"):
-            status_reads[rid] += 1
+    def read(rid: str, what: str) -> httpx.Response:
+        if what == "status":
+            status_reads[rid] = status_reads.get(rid, 0) + 1
             return httpx.Response(200, json={"status": "completed" if status_reads[rid] >= 2 else "in_progress"})
-        if status_reads[rid] < 2:
+        if status_reads.get(rid, 0) < 2:
             refused.append(rid)
             if refusal == 200:
                 return httpx.Response(200, json={"request_id": rid})
@@ -331,43 +345,36 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
             if refusal == "error_code":  # (it failed every running job at its first look)
                 return httpx.Response(200, json={"error_code": "REQUEST_NOT_COMPLETED", "error_message": "not finished"})
             return httpx.Response(int(refusal), json={"error": {"message": "not finished yet"}})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+        return image_of(rid)
 
+    api, made = jobs_api(read)
     result = run_against(api, tmp_path, "[a, b, c]")
     assert result.exit_code == 0, result.reason
-    assert result.counts["downloaded"] == 3 and len(status_reads) == 3  # none failed, none resubmitted
+    assert result.counts["downloaded"] == 3 and len(made) == 3  # none failed, none resubmitted
     assert refused == ["r1"]  # asked once, not retried; the other jobs were polled by status from the start
-    assert all(n == 2 for n in status_reads.values())
+    assert [status_reads.get(rid) for rid in made] == [2, 2, 2]
 
 
 def test_a_failed_job_whose_result_carries_an_error_code_fails_alone(tmp_path: Path) -> None:
     # Status says failed, and the result read answers 200 with an error_code, the API's way of
     # giving the reason: taken for lost contact, it stopped every submit (exit 65 with jobs
     # never sent), and every later run met it again. Now that job fails with the API's reason.
-    image = teal_jpeg()
     looks: dict[str, int] = {}
 
-    def api(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if request.method == "POST":
-            rid = f"r{len(looks) + 1}"
-            looks[rid] = 0
-            return httpx.Response(200, json={"request_id": rid})
-        if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=image)
-        rid = path.split("/")[3]
-        looks[rid] += 1
+    def read(rid: str, what: str) -> httpx.Response:
+        looks[rid] = looks.get(rid, 0) + 1
         done = looks[rid] >= 2
-        if path.endswith("/status"):
+        if what == "status":
             return httpx.Response(200, json={"status": ("failed" if rid == "r1" else "completed") if done else "in_progress"})
         if not done:  # (the result endpoint refuses a running job: the looks turn to status)
             return httpx.Response(400, json={"error": {"message": "not finished yet"}})
         if rid == "r1":
             return httpx.Response(200, json={"status": "failed", "error_code": "CONTENT_POLICY", "error_message": "blocked"})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+        return image_of(rid)
 
+    api, made = jobs_api(read)
     result = run_against(api, tmp_path, "[a, b, c]")
-    assert result.exit_code == 1 and len(looks) == 3  # every job sent, once
+    assert result.exit_code == 1 and len(made) == 3  # every job sent, once
     assert result.counts["downloaded"] == 2 and result.counts["failed"] == 1
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (failed,) = store.jobs(states=("failed",))
@@ -378,23 +385,16 @@ def test_a_made_job_whose_result_is_refused_is_read_again_never_submitted_again(
     # Status says completed, and the result read is refused (400): the job fails alone, and
     # --retry-failed reads its result again. It was failed with no outputs, which
     # --retry-failed submitted again: a second charge for an image the API had made.
-    image = teal_jpeg()
-    posts: list[str] = []
     refusing = True
 
-    def api(request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if request.method == "POST":
-            posts.append("r1")
-            return httpx.Response(200, json={"request_id": "r1"})
-        if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=image)
-        if path.endswith("/status"):
+    def read(rid: str, what: str) -> httpx.Response:
+        if what == "status":
             return httpx.Response(200, json={"status": "completed"})
         if refusing:
             return httpx.Response(400, json={"error": {"message": "no result for you"}})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+        return image_of(rid)
 
+    api, posts = jobs_api(read)
     result = run_against(api, tmp_path)
     with StateStore.for_output_dir(tmp_path / "out") as store:
         (job,) = store.jobs()
