@@ -576,26 +576,24 @@ def test_a_refusal_while_asking_for_a_fresh_image_url_keeps_the_paid_job_for_the
     # leave the job completed with its request id: the next run downloads it, no POST again.
     # A 400 is the API's word on that job: it fails with the reason, and the run goes on (it
     # was taken for lost contact, which stopped every submit); --retry-failed downloads it.
-    image = teal_jpeg()
-    posts: list[str] = []
-    result_reads = 0
+    reads = 0
     broken = True
 
-    def api(request: httpx.Request) -> httpx.Response:
-        nonlocal result_reads
-        if request.method == "POST":
-            posts.append("r1")
-            return httpx.Response(200, json={"request_id": "r1"})
-        if request.url.host == "files.runcomfy.net":
-            if request.url.path == "/old.jpg":
-                return httpx.Response(403, text="signature expired")
-            return httpx.Response(200, content=image)
-        result_reads += 1
-        if result_reads == 1:  # the look that sees it finish
+    def read(rid: str, what: str) -> httpx.Response:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # the look that sees it finish
             return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/old.jpg"}})
         if broken:
             return httpx.Response(refusal, json={"error": {"message": "not now"}})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/new.jpg"}})
+        return image_of("new")
+
+    jobs, posts = jobs_api(read)
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "files.runcomfy.net" and request.url.path == "/old.jpg":
+            return httpx.Response(403, text="signature expired")
+        return jobs(request)
 
     quick = {"backoff_base_s": 0.001, "backoff_cap_s": 0.002, "max_retries": 1}
     result = run_against(api, tmp_path, **quick)
