@@ -479,25 +479,19 @@ def test_a_404_for_a_request_id_the_api_gave_is_looked_at_again_before_the_job_i
     # A result read answering 404 for a job the status calls completed (a replica that has not
     # seen it yet) must not fail a job that is done and billed. Only an API that keeps saying it
     # does not know the id, NOT_FOUND_LOOKS times, loses the job.
-    image = teal_jpeg()
-    posts: list[str] = []
     reads: dict[str, int] = {}
     not_found = {"error": {"message": "request not found"}}
 
-    def api(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            posts.append(f"r{len(posts) + 1}")
-            return httpx.Response(200, json={"request_id": posts[-1]})
-        if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=image)
-        rid, endpoint = request.url.path.split("/")[3:5]
+    def read(rid: str, endpoint: str) -> httpx.Response:
         key = f"{rid} {endpoint}"
         reads[key] = reads.get(key, 0) + 1
         if rid == "r1" and (forgotten or (endpoint == "result" and reads[key] <= 2)):
             return httpx.Response(404, json=not_found)
         if endpoint == "status":
             return httpx.Response(200, json={"status": "completed"})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": f"https://files.runcomfy.net/{rid}.jpg"}})
+        return image_of(rid)
+
+    api, posts = jobs_api(read)
 
     result = run_against(api, tmp_path)
     with StateStore.for_output_dir(tmp_path / "out") as store:
@@ -529,21 +523,16 @@ def test_a_refusal_while_polling_keeps_the_request_and_is_never_paid_for_again(t
     # A token revoked while jobs run (401 to a poll) must exit 77 with the job still in flight
     # (its request id kept): the next run polls it, never submits it again. A 4xx the API gives
     # one job's poll (400) fails that job, with its reason, and keeps its request id too.
-    image = teal_jpeg()
-    posts: list[str] = []
     looks: list[str] = []
     refusing = True
 
-    def api(request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            posts.append(f"r{len(posts) + 1}")
-            return httpx.Response(200, json={"request_id": posts[-1]})
-        if request.url.host == "files.runcomfy.net":
-            return httpx.Response(200, content=image)
-        looks.append(request.url.path)
+    def read(rid: str, what: str) -> httpx.Response:
+        looks.append(f"{rid} {what}")
         if refusing:
             return httpx.Response(refusal, json={"error": {"message": f"no: {TOKEN}"}})
-        return httpx.Response(200, json={"status": "completed", "output": {"image": "https://files.runcomfy.net/r1.jpg"}})
+        return image_of(rid)
+
+    api, posts = jobs_api(read)
 
     result = run_against(api, tmp_path)
     with StateStore.for_output_dir(tmp_path / "out") as store:
@@ -554,7 +543,7 @@ def test_a_refusal_while_polling_keeps_the_request_and_is_never_paid_for_again(t
         assert result.exit_code == 77 and job.state == "submitted", (result.exit_code, job.state)
         # (the result endpoint's refusal is checked by one status read, then the run stops: a
         # refused token is not asked again and again)
-        assert looks == ["/v1/requests/r1/result", "/v1/requests/r1/status"]
+        assert looks == ["r1 result", "r1 status"]
     else:
         assert result.exit_code == 1 and job.state == "failed" and "no: ***" in str(job.error)
     refusing = False
