@@ -853,34 +853,40 @@ class Plan:
         inputs that are not already a column, and repeat (1-based, as the repeat axis's labels;
         a number, whether or not the recipe's repeats make it an axis: `df[df.repeat == 1]`).
 
-        An axis named like another column (a var `job_id`, or a var and an `inputs:` key both
-        called `seed`) is the column `<axis>_label` (`_label` again while that is another axis's
-        name), so no two columns share a name.
+        No two columns share a name. job_id, index, prompt and repeat are always the plan's own.
+        An input named like one of them (a custom `input_schema` may take an input `job_id`,
+        `index` or `repeat`) is the column `<input>_input`. An axis named like another column (a
+        var `job_id`, or a var and an `inputs:` key both called `seed`) is the column
+        `<axis>_label`. Either suffix is added again while the name is still taken (vars `job_id`
+        and `job_id_label`: `job_id_label_label` and `job_id_label`).
         """
         import pandas as pd
 
         axis_names = list(self.axes)
         # (a body axis, resolution or a param, is that input's column; a var is not an input)
         body_axes = {a.name for a in self.recipe.blueprint.axes if a.kind in ("resolution", "param")}
-        extra: list[str] = []
+        inputs: list[str] = []
         for job in self.jobs[:1]:
-            extra = [k for k in job.inputs if k != "prompt" and k not in body_axes]
+            inputs = [k for k in job.inputs if k != "prompt" and k not in body_axes]
         with_repeat = "repeat" not in axis_names  # (else the repeat axis is the column)
-        fixed = {"job_id", "index", "prompt", *extra}
-        taken = fixed | set(axis_names)
-        axis_columns = []
-        for name in axis_names:
-            column = name
-            if name in fixed:
-                column = f"{name}_label"
-                while column in taken:  # (another var's own name: `job_id` and `job_id_label`)
-                    column += "_label"
-                taken.add(column)
-            axis_columns.append(column)
-        columns = ["job_id", "index", *axis_columns, "prompt", *extra, *(["repeat"] if with_repeat else [])]
+        # (repeat too when it is the repeat axis's column: that axis keeps its name)
+        own = {"job_id", "index", "prompt", "repeat"}
+        taken = own | set(axis_names) | set(inputs)
+
+        def apart(name: str, suffix: str) -> str:
+            column = f"{name}{suffix}"
+            while column in taken:  # (another column's own name: `job_id` and `job_id_label`)
+                column += suffix
+            taken.add(column)
+            return column
+
+        input_columns = [apart(name, "_input") if name in own else name for name in inputs]
+        fixed = {"job_id", "index", "prompt", *input_columns}
+        axis_columns = [apart(name, "_label") if name in fixed else name for name in axis_names]
+        columns = ["job_id", "index", *axis_columns, "prompt", *input_columns, *(["repeat"] if with_repeat else [])]
         rows = [
             (job.job_id, job.index, *(job.repeat + 1 if n == "repeat" else job.axes.get(n) for n in axis_names), job.prompt,
-             *(job.inputs.get(k) for k in extra), *((job.repeat + 1,) if with_repeat else ()))
+             *(job.inputs.get(k) for k in inputs), *((job.repeat + 1,) if with_repeat else ()))
             for job in self.jobs
         ]
         return pd.DataFrame.from_records(rows, columns=columns)

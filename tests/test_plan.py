@@ -1056,6 +1056,28 @@ def test_to_dataframe_renames_an_axis_apart_from_a_var_named_as_its_new_name(tmp
     assert frame["job_id_label_label"].tolist() == ["a", "b"] and frame["job_id_label"].tolist() == ["c", "c"]
 
 
+def test_to_dataframe_names_an_input_called_like_a_column_of_the_plan_apart(tmp_path: Path) -> None:
+    # a model whose inputs include job_id, index and repeat: each was a second column of that
+    # name, so `df["job_id"]` was a frame of two columns and plan's CSV had two job_id headers
+    schema = {"type": "object", "properties": {"prompt": {"type": "string"}, "job_id": {"type": "string"},
+                                               "index": {"type": "integer"}, "repeat": {"type": "integer"}}}  # fmt: skip
+    (tmp_path / "s.json").write_text(json.dumps(schema), encoding="utf-8")
+    head = 'model: x/y\ninput_schema: s.json\ntemplate: "{{ a }}"\nvars: {a: [x, y]}\ninputs: {job_id: mine, index: 7, repeat: 3}\n'
+    frame = plan_of(tmp_path, head).to_dataframe()
+    assert list(frame.columns) == ["job_id", "index", "a", "prompt", "job_id_input", "index_input", "repeat_input", "repeat"]
+    assert frame["job_id_input"].tolist() == ["mine", "mine"] and frame["index"].tolist() == [1, 2]
+    assert frame["repeat"].tolist() == [1, 1] and frame["repeat_input"].tolist() == [3, 3]
+    # the repeat axis keeps its column, repeat; a var named as an input's new name is set apart
+    axis = plan_of(tmp_path, head.replace("{{ a }}", "{{ a }} {{ job_id_input }}")
+                   .replace("{a: [x, y]}", "{a: [x], job_id_input: [z]}") + "repeats: 2\n").to_dataframe()
+    assert list(axis.columns) == ["job_id", "index", "a", "job_id_input", "repeat", "prompt",
+                                  "job_id_input_input", "index_input", "repeat_input"]
+    assert axis["job_id_input"].tolist() == ["z", "z"] and axis["repeat"].tolist() == [1, 2]
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "recipe.yaml"), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == ",".join(axis.columns)
+
+
 def test_plan_protocol(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, GRID)
     assert len(plan) == 24 and list(plan) == plan.jobs and plan[0] is plan.jobs[0]
