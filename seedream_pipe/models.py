@@ -214,29 +214,33 @@ def _ratio_order(ratio: str) -> tuple[float, str]:
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024
 
 
-def load_model_schema(model_id: str, input_schema: str | os.PathLike[str] | None = None) -> ModelSchema:
+def load_model_schema(model_id: str, input_schema: str | os.PathLike[str] | None = None, *,
+                      display: str | None = None) -> ModelSchema:
     """The schema for `model_id`: from `input_schema` when given, else the shipped one.
 
-    Raises SchemaError with a message naming what is missing or broken.
+    Raises SchemaError with a message naming what is missing or broken; it names the file
+    `display` when given (a recipe reads its schema by its absolute path, but says the path
+    written), else `input_schema`.
     """
     if input_schema is not None:
+        shown = display if display is not None else os.fspath(input_schema)
         try:
             raw = read_regular(input_schema, MAX_SCHEMA_BYTES)
         except NotARegularFile:
-            raise SchemaError(f"input schema {input_schema} is not a regular file (a pipe or a device)") from None
+            raise SchemaError(f"input schema {shown} is not a regular file (a pipe or a device)") from None
         except OSError as exc:
-            raise SchemaError(f"cannot read input schema {input_schema}: {exc.strerror}") from exc
+            raise SchemaError(f"cannot read input schema {shown}: {exc.strerror}") from exc
         if len(raw) > MAX_SCHEMA_BYTES:
-            raise SchemaError(f"input schema {input_schema} is over the limit of {MAX_SCHEMA_BYTES:,} bytes")
+            raise SchemaError(f"input schema {shown} is over the limit of {MAX_SCHEMA_BYTES:,} bytes")
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise SchemaError(f"input schema {input_schema} is not UTF-8 text") from exc
+            raise SchemaError(f"input schema {shown} is not UTF-8 text") from exc
         except json.JSONDecodeError as exc:
             raise SchemaError(
-                f"input schema {input_schema} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+                f"input schema {shown} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
             ) from exc
-        return ModelSchema(model_id, data, os.fspath(input_schema))
+        return ModelSchema(model_id, data, shown)
     data = builtin_schema(model_id)
     if data is None:
         known = ", ".join(builtin_models())

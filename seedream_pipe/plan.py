@@ -717,7 +717,7 @@ def prepare(recipe: Recipe) -> Blueprint:
     problems = _Problems(recipe)
     spec = recipe.spec
     try:
-        schema = load_model_schema(spec.model, recipe.input_schema)
+        schema = load_model_schema(spec.model, recipe.input_schema, display=recipe.input_schema_display)
     except SchemaError as exc:
         problems.add(("input_schema",) if spec.input_schema else ("model",), str(exc))
         # The rest is checked all the same, against a schema that takes anything: what the

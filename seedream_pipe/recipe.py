@@ -842,9 +842,16 @@ class Recipe:
         self.price_per_image: float | None = spec.price_per_image
         # (lexically tidied, "recipes/../outputs/x" to "outputs/x": it is said in messages)
         self.output: Path | None = Path(os.path.normpath(path.parent / spec.output)) if spec.output else None
-        self.input_schema: Path | None = (
-            path.parent / spec.input_schema if spec.input_schema else None
-        )
+        # Absolute, as resolved_path: kept relative to the working folder, a recipe sent to a
+        # worker process or planned after a notebook's `%cd` read the schema file of that folder
+        # (another model's, or none). Messages name it as before: joined to the recipe's path.
+        self.input_schema: Path | None = None
+        self.input_schema_display: str | None = None
+        if spec.input_schema:
+            # (`_rebase_paths` made it relative to the real folder of the recipe)
+            folder = _real(path.parent) or Path(os.path.abspath(path.parent))
+            self.input_schema = folder / spec.input_schema
+            self.input_schema_display = str(path.parent / spec.input_schema)
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         self.hash: str = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         self._blueprint: Blueprint | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -714,6 +715,32 @@ def test_input_schema_is_relative_to_the_file_that_names_it(tmp_path: Path) -> N
     assert recipe.input_schema is not None
     assert recipe.input_schema.resolve() == (tmp_path / "base" / "schema.json").resolve()
     assert len(recipe.plan()) == 4
+
+
+def test_input_schema_is_read_from_where_it_was_whatever_the_working_folder_is_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recipe loaded as `recipe.yaml` kept `schema.json`, relative to the working folder: sent
+    # to a worker process, or planned after a notebook's %cd, it read the schema.json there.
+    seeded = {"type": "object", "additionalProperties": False,
+              "properties": {"prompt": {"type": "string"}, "seed": {"type": "integer"}}}  # fmt: skip
+    write(tmp_path, json.dumps(seeded), "project/schema.json")
+    write(tmp_path, 'model: x/y\ninput_schema: schema.json\ntemplate: "{{ a }}"\nvars: {a: [fox]}\nparams: {seed: [1, 2]}\n',
+          "project/recipe.yaml")
+    # (elsewhere, a schema.json of a model that takes no seed)
+    write(tmp_path, json.dumps({**seeded, "properties": {"prompt": {"type": "string"}}}), "elsewhere/schema.json")
+    monkeypatch.chdir(tmp_path / "project")
+    recipe = load_recipe("recipe.yaml")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = pickle.loads(pickle.dumps(recipe))
+    assert [job.inputs["seed"] for job in again.plan()] == [1, 2]
+    assert again.input_schema == (tmp_path / "project" / "schema.json").resolve()
+    assert recipe.hash == again.hash == load_recipe(tmp_path / "project" / "recipe.yaml").hash
+    # messages still name the file as the recipe's path joined to what it wrote
+    monkeypatch.chdir(tmp_path / "project")
+    write(tmp_path, "{", "project/schema.json")
+    assert only_problem(Path("recipe.yaml")) == ("recipe.yaml:2:1: input_schema: input schema schema.json is not valid "
+                                                 "JSON (line 1, column 2): Expecting property name enclosed in double quotes")
 
 
 # --- var files ---------------------------------------------------------------------------------
