@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from seedream_pipe.errors import RecipeError
-from seedream_pipe.recipe import Recipe, default_name, load_recipe, recipe_json_schema
+from seedream_pipe.recipe import Recipe, RecipeFiles, default_name, load_recipe, recipe_json_schema
 from seedream_pipe.recipe_file import MAX_YAML_NODES, Location, format_key_path
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -699,6 +699,39 @@ def test_problem_in_base_names_the_base_file(tmp_path: Path) -> None:
     base = write(tmp_path, BASE.replace("run:", "rn:"), "base.yaml")
     child = write(tmp_path, "extends: base.yaml\n", "child.yaml")
     assert only_problem(child) == f"{base}:9:1: rn: unknown key 'rn' (did you mean 'run'?)"
+
+
+@pytest.mark.parametrize("kept_bytes", [None, 0], ids=["kept", "over-the-limit"])
+def test_recipes_that_share_their_bases_read_them_once_and_load_as_each_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept_bytes: int | None
+) -> None:
+    # (validate reads each file once for all its recipes: merging a child into its base, or
+    # reading in a var file, must not change the base for the next recipe)
+    if kept_bytes is not None:
+        import seedream_pipe.recipe as recipe_module
+
+        monkeypatch.setattr(recipe_module, "MAX_KEPT_RECIPE_BYTES", kept_bytes)
+    write(tmp_path, "ink\noil\n", "styles.txt")
+    write(tmp_path, 'x-a: &a [fox, owl]\ntemplate: "{{ a }} {{ style }}"\nvars: {a: *a, style: {file: styles.txt}}\n'
+          "run: {rpm: 30, rpn: 1}\n", "base.yaml")
+    write(tmp_path, 'extends: base.yaml\nvars: {a: [cat], style: ~}\ntemplate: "{{ a }}"\nrun: {rpm: 5}\n', "one.yaml")
+    write(tmp_path, "extends: one.yaml\nvars: {b: [x]}\n", "two.yaml")
+    write(tmp_path, "extends: base.yaml\nsheet: {cell: 64}\n", "three.yaml")
+    names = ["two.yaml", "one.yaml", "three.yaml", "base.yaml", "two.yaml"]
+    files = RecipeFiles()
+    for name in names:
+        with pytest.raises(RecipeError) as shared:
+            load_recipe(tmp_path / name, files=files)
+        with pytest.raises(RecipeError) as alone:
+            load_recipe(tmp_path / name)
+        assert shared.value.problems == alone.value.problems
+    files = RecipeFiles()
+    for name in names:
+        fixed = write(tmp_path, f"extends: {name}\nrun: {{rpn: ~}}\nvars: {{b: ~}}\n", f"ok-{name}")
+        shared, alone = load_recipe(fixed, files=files), load_recipe(fixed)
+        assert (shared.resolved, shared.hash, shared.sources) == (alone.resolved, alone.hash, alone.sources)
+        assert shared.location(("vars", "a", 0)) == alone.location(("vars", "a", 0)) is not None
+        assert [job.as_dict() for job in shared.plan()] == [job.as_dict() for job in alone.plan()]
 
 
 def test_extends_must_be_a_path(tmp_path: Path) -> None:
