@@ -215,10 +215,11 @@ MIN_SECRET_LEN = 6
 MIN_PIECE_LEN = 8
 
 
-def _forms(secret: str) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _forms(secret: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
     """A secret as a server may echo it: as is, percent-encoded (in a URL or a form, `/` kept
-    or not), escaped in JSON or in HTML. Longest first, so that no form is left half replaced by
-    a shorter one."""
+    or not), escaped in JSON or in HTML; each as its case-folded text and the pattern that finds
+    it in any case. Longest first, so that no form is left half replaced by a shorter one."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -228,7 +229,10 @@ def _forms(secret: str) -> list[str]:
         json.dumps(secret)[1:-1],
         html.escape(secret),
     }
-    return sorted(forms, key=len, reverse=True)
+    return tuple(
+        (form.casefold(), re.compile(re.escape(form), re.IGNORECASE))
+        for form in sorted(forms, key=len, reverse=True)
+    )
 
 
 def _decoded(text: str) -> list[str]:
@@ -250,9 +254,9 @@ def redact(text: str, *secrets: str | None) -> str:
     for secret in secrets:
         if not secret or len(secret) < MIN_SECRET_LEN:
             continue
-        for form in _forms(secret):
-            if form.casefold() in folded:
-                text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
+        for form, pattern in _forms(secret):
+            if form in folded:
+                text = pattern.sub("***", text)
                 folded = text.casefold()
         # The token cut short (at a server's length limit) or split gives most of it away all
         # the same: any run of MIN_PIECE_LEN or more of its characters goes too. What can be
@@ -302,7 +306,7 @@ def holds_secret(text: str, secret: str | None) -> bool:
         return False
     folded, wanted = text.casefold(), secret.casefold()
     return (
-        any(form.casefold() in folded for form in _forms(secret))
+        any(form in folded for form, _ in _forms(secret))
         or any(piece in folded for piece in _pieces(wanted))  # (a run of it, as redact cuts)
         or any(wanted in decoded.casefold() for decoded in _decoded(text))
     )
