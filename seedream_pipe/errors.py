@@ -235,10 +235,27 @@ def _forms(secret: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
     )
 
 
+#: A decimal character reference of 8 digits or more (leading zeros aside), too large for any
+#: character: HTML reads it as U+FFFD, but `html.unescape` reads its digits with int(), which
+#: refuses more than 4300 of them (ValueError).
+_LONG_CHARREF = re.compile(r"&#([0-9]{8,})")
+
+
+def _html_unescape(text: str) -> str:
+    """`html.unescape(text)`, whatever the text: a server's `&#99...9;` of 5000 digits raised
+    ValueError out of `redact`."""
+
+    def readable(match: re.Match[str]) -> str:
+        digits = match.group(1).lstrip("0") or "0"
+        return "&#" + (digits if len(digits) < 8 else "1114112")  # (0x110000: no character)
+
+    return html.unescape(_LONG_CHARREF.sub(readable, text))
+
+
 def _decoded(text: str) -> list[str]:
     """`text` as a browser or a URL parser would read it: whatever way a server encoded the
     token when it echoed it (`&#45;` entities, say), it is plain in one of these."""
-    unescaped = html.unescape(text)
+    unescaped = _html_unescape(text)
     return [unquote(text), unquote_plus(text), unescaped, unquote_plus(unescaped)]
 
 

@@ -208,6 +208,18 @@ def test_a_token_echoed_in_an_encoding_redact_cannot_cut_out_withholds_the_text(
     assert errors.redact("100% done & dusted", token) == "100% done & dusted"
 
 
+def test_a_character_reference_too_long_for_int_leaves_redact_working() -> None:
+    # html.unescape reads a reference's digits with int(), which refuses more than 4300 of them:
+    # a text holding `&#99...9;` raised ValueError out of redact instead of being scrubbed.
+    token = "some-secret-token-123"
+    text = "x &#" + "9" * 5000 + "; y"
+    assert errors.redact(text, token) == text and not errors.holds_secret(text, token)
+    hyphen = "&#" + "0" * 5000 + "45;"  # leading zeros: a hyphen all the same
+    echo = f"some{hyphen}secret{hyphen}token{hyphen}123"
+    assert errors.holds_secret(echo, token)
+    assert errors.redact(echo, token) == errors.WITHHELD
+
+
 def test_printable_escapes_controls_and_the_marks_that_reorder_text() -> None:
     assert errors.printable("\u202egnp.exe") == "\\u202egnp.exe"  # read as "exe.png" if shown
     assert errors.printable("a\u2066b\u2069c \x1b[2J\r") == "a\\u2066b\\u2069c \\x1b[2J\\r"
