@@ -40,6 +40,7 @@ import functools
 import html
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
@@ -266,7 +267,9 @@ WITHHELD = "[the server's text is not shown: it echoed the token]"
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret in `text` with a fixed marker, in any letter case
     (a server that shouts `BEARER SECRET-...` back gives the token away all the same) and in the
-    forms a server may echo it in (`Bearer%20tok%2Ben`)."""
+    forms a server may echo it in (`Bearer%20tok%2Ben`), whole or not: any run of MIN_PIECE_LEN
+    or more of its characters, as they are or escaped (`tok%2Den-ab`). A text still holding such
+    a run in a way that cannot be cut out exactly is withheld whole (WITHHELD)."""
     folded = text.casefold()
     for secret in secrets:
         if not secret or len(secret) < MIN_SECRET_LEN:
@@ -276,15 +279,16 @@ def redact(text: str, *secrets: str | None) -> str:
                 text = pattern.sub("***", text)
                 folded = text.casefold()
         # The token cut short (at a server's length limit) or split gives most of it away all
-        # the same: any run of MIN_PIECE_LEN or more of its characters goes too. What can be
-        # left is shorter pieces, each far too short to guess the rest from.
+        # the same: any run of MIN_PIECE_LEN or more of its characters goes too, escaped or not
+        # (cut short, `tok%2Den-ab` is none of the forms above). What can be left is shorter
+        # pieces, each far too short to guess the rest from.
         wanted = secret.casefold()
-        if any(piece in folded for piece in _pieces(wanted)):
-            text = _cut_runs(text, wanted)
-            folded = text.casefold()
-        # encoded some other way (entities, a partly encoded URL): not cut out, all withheld
+        text = _cut_runs(text, wanted)
+        folded = text.casefold()
+        # encoded in a way no run can be cut out of exactly (a multi-byte character, say): all
+        # withheld
         encoded = "%" in text or "&" in text or "+" in text
-        if encoded and any(wanted in decoded.casefold() for decoded in _decoded(text)):
+        if encoded and any(_holds_run(decoded, wanted) for decoded in _decoded(text) if decoded != text):
             return WITHHELD
     return text
 
@@ -296,37 +300,110 @@ def _pieces(wanted: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=8)
+def _clues(wanted: str) -> tuple[str, ...]:
+    """A few runs of half MIN_PIECE_LEN characters of a (case-folded) secret, spaced so that every
+    piece of it holds one: looked for first, they spare a text that holds none of them (almost
+    every text) the search for each piece."""
+    size = MIN_PIECE_LEN // 2
+    step = MIN_PIECE_LEN - size + 1
+    return tuple(dict.fromkeys(wanted[i : i + size] for i in range(0, len(wanted) - size + 1, step)))
+
+
+@functools.lru_cache(maxsize=8)
 def _pieces_pattern(wanted: str) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(piece) for piece in _pieces(wanted)), re.IGNORECASE)
 
 
-def _cut_runs(text: str, wanted: str) -> str:
-    """`text` with each run of MIN_PIECE_LEN or more of the secret's characters, as long as it
-    goes on matching, replaced by the marker: one pass, whatever a server fills its answer with."""
-    pattern, kept, at = _pieces_pattern(wanted), [], 0
+def _holds_run(text: str, wanted: str) -> bool:
+    folded = text.casefold()
+    return any(clue in folded for clue in _clues(wanted)) and any(piece in folded for piece in _pieces(wanted))
+
+
+#: How many times over `redact` reads the escapes in a text: `%252D` is `-` escaped twice (a URL
+#: quoted into another one's query).
+ESCAPED_READINGS = 2
+#: An escape that stands for one character: `%2D`, `&#45;`, `&#x2d;`, `&plus;` (or `&#45`, which
+#: HTML reads the same).
+_ESCAPE = re.compile(r"%[0-9a-f]{2}|&(?:#[0-9]+|#x[0-9a-f]+|[a-z][a-z0-9]{0,31});?", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=256)
+def _character(escape: str) -> str:
+    """The one character an escape (`_ESCAPE`) stands for, or "" if it stands for none alone (a
+    byte of a longer character in UTF-8, `&ampx` that HTML reads as `&x`)."""
+    if escape[0] == "%":
+        return chr(int(escape[1:], 16)) if escape[1] in "01234567" else ""
+    char = _html_unescape(escape)
+    return char if len(char) == 1 else ""
+
+
+def _unescaped(text: str) -> tuple[str, list[int]] | None:
+    """`text` with each escape that stands for one character read as that character, and where
+    in `text` each character of it begins (and, last, where `text` ends), so that a run found in
+    it is cut out of `text` with its escapes; None if `text` has no such escape."""
+    if "%" not in text and "&" not in text:
+        return None
+    chars: list[str] = []
+    starts: list[int] = []
+    at = 0
+    for escape in _ESCAPE.finditer(text):
+        if char := _character(escape.group()):
+            chars += [text[at : escape.start()], char]
+            starts += range(at, escape.start() + 1)
+            at = escape.end()
+    if not starts:
+        return None
+    chars.append(text[at:])
+    starts += range(at, len(text) + 1)
+    return "".join(chars), starts
+
+
+def _runs(text: str, wanted: str) -> Iterator[tuple[int, int]]:
+    """Where `text` holds a run of MIN_PIECE_LEN or more of the secret's characters, each as long
+    as it goes on matching: one pass, whatever a server fills its answer with."""
+    pattern, at = _pieces_pattern(wanted), 0
     while (found := pattern.search(text, at)) is not None:
         # (the run as far as it is still a piece of the secret, wherever in it: a secret that
         # repeats a piece goes on matching from either place)
         end = found.end()
         while end < len(text) and text[found.start() : end + 1].casefold() in wanted:
             end += 1
-        kept += [text[at : found.start()], "***"]
+        yield found.start(), end
         at = end
-    kept.append(text[at:])
+
+
+def _cut_runs(text: str, wanted: str) -> str:
+    """`text` with each run of the secret's characters (`_runs`) replaced by the marker, as the
+    text has it and then with its escapes read (`_unescaped`, up to ESCAPED_READINGS times over):
+    a run read through escapes is cut out of `text` with the escapes it is written in."""
+    spans: list[tuple[int, int]] = []
+    readings: list[list[int]] = []  # (each reading's starts, in the reading before it)
+    seen = text
+    while True:
+        if _holds_run(seen, wanted):
+            for start, end in _runs(seen, wanted):
+                for starts in reversed(readings):
+                    start, end = starts[start], starts[end]
+                spans.append((start, end))
+        if len(readings) == ESCAPED_READINGS or (unescaped := _unescaped(seen)) is None:
+            break
+        seen = unescaped[0]
+        readings.append(unescaped[1])
+    if not spans:
+        return text
+    kept, cut = [], 0
+    for start, end in sorted(spans):
+        if start >= cut:  # (a run seen again in another reading is cut once)
+            kept += [text[cut:start], "***"]
+        cut = max(cut, end)
+    kept.append(text[cut:])
     return "".join(kept)
 
 
 def holds_secret(text: str, secret: str | None) -> bool:
-    """Whether `text` carries `secret`, in any letter case and any form `redact` replaces (a
-    stand-in token never counts)."""
-    if secret is None or len(secret) < MIN_SECRET_LEN:
-        return False
-    folded, wanted = text.casefold(), secret.casefold()
-    return (
-        any(form in folded for form, _ in _forms(secret))
-        or any(piece in folded for piece in _pieces(wanted))  # (a run of it, as redact cuts)
-        or any(wanted in decoded.casefold() for decoded in _decoded(text))
-    )
+    """Whether `text` carries `secret`, in any letter case and any form `redact` replaces or
+    withholds (a stand-in token never counts): whether `redact` changes it."""
+    return secret is not None and redact(text, secret) != text
 
 
 #: C0 controls, DEL and C1 controls (Unicode category Cc): what a terminal acts on instead of
