@@ -253,11 +253,12 @@ def _html_unescape(text: str) -> str:
     return html.unescape(_LONG_CHARREF.sub(readable, text))
 
 
-def _decoded(text: str) -> list[str]:
-    """`text` as a browser or a URL parser would read it: whatever way a server encoded the
-    token when it echoed it (`&#45;` entities, say), it is plain in one of these."""
-    unescaped = _html_unescape(text)
-    return [unquote(text), unquote_plus(text), unescaped, unquote_plus(unescaped)]
+def _decoded(text: str) -> set[str]:
+    """`text` as a browser or a URL parser would read it, each way that reads it otherwise than
+    as it is: whatever way a server encoded the token when it echoed it (`&#45;` entities, say),
+    it is plain in one of these."""
+    unescaped = _html_unescape(text) if "&" in text else text
+    return {unquote(text), unquote_plus(text), unescaped, unquote_plus(unescaped)} - {text}
 
 
 #: What stands for a text that still holds the token in an encoding `redact` cannot cut out.
@@ -288,7 +289,7 @@ def redact(text: str, *secrets: str | None) -> str:
         # encoded in a way no run can be cut out of exactly (a multi-byte character, say): all
         # withheld
         encoded = "%" in text or "&" in text or "+" in text
-        if encoded and any(_holds_run(decoded, wanted) for decoded in _decoded(text) if decoded != text):
+        if encoded and any(_holds_run(decoded, wanted) for decoded in _decoded(text)):
             return WITHHELD
     return text
 
@@ -337,25 +338,36 @@ def _character(escape: str) -> str:
     return char if len(char) == 1 else ""
 
 
-def _unescaped(text: str) -> tuple[str, list[int]] | None:
+def _unescaped(text: str) -> tuple[str, list[tuple[int, int]]] | None:
     """`text` with each escape that stands for one character read as that character, and where
-    in `text` each character of it begins (and, last, where `text` ends), so that a run found in
-    it is cut out of `text` with its escapes; None if `text` has no such escape."""
+    in `text` those escapes are; None if `text` has no such escape."""
     if "%" not in text and "&" not in text:
         return None
     chars: list[str] = []
-    starts: list[int] = []
+    escapes: list[tuple[int, int]] = []
     at = 0
     for escape in _ESCAPE.finditer(text):
         if char := _character(escape.group()):
             chars += [text[at : escape.start()], char]
-            starts += range(at, escape.start() + 1)
+            escapes.append(escape.span())
             at = escape.end()
-    if not starts:
+    if not escapes:
         return None
     chars.append(text[at:])
-    starts += range(at, len(text) + 1)
-    return "".join(chars), starts
+    return "".join(chars), escapes
+
+
+def _starts(read: str, escapes: list[tuple[int, int]]) -> list[int]:
+    """Where in `read` each character of its reading (`_unescaped`) begins, and last where `read`
+    ends: a run found in the reading is cut out of `read` with the escapes it is written in.
+    Made only for a reading a run is found in: most are not."""
+    starts: list[int] = []
+    at = 0
+    for start, end in escapes:
+        starts += range(at, start + 1)
+        at = end
+    starts += range(at, len(read) + 1)
+    return starts
 
 
 def _runs(text: str, wanted: str) -> Iterator[tuple[int, int]]:
@@ -377,18 +389,19 @@ def _cut_runs(text: str, wanted: str) -> str:
     text has it and then with its escapes read (`_unescaped`, up to ESCAPED_READINGS times over):
     a run read through escapes is cut out of `text` with the escapes it is written in."""
     spans: list[tuple[int, int]] = []
-    readings: list[list[int]] = []  # (each reading's starts, in the reading before it)
+    readings: list[tuple[str, list[tuple[int, int]]]] = []  # (the text each read, its escapes)
     seen = text
     while True:
         if _holds_run(seen, wanted):
+            maps = [_starts(read, escapes) for read, escapes in reversed(readings)]
             for start, end in _runs(seen, wanted):
-                for starts in reversed(readings):
+                for starts in maps:
                     start, end = starts[start], starts[end]
                 spans.append((start, end))
         if len(readings) == ESCAPED_READINGS or (unescaped := _unescaped(seen)) is None:
             break
+        readings.append((seen, unescaped[1]))
         seen = unescaped[0]
-        readings.append(unescaped[1])
     if not spans:
         return text
     kept, cut = [], 0
