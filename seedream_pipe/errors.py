@@ -36,11 +36,13 @@ might have echoed it.
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import json
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
@@ -214,13 +216,17 @@ def exit_code_for(exc: BaseException) -> int:
 MIN_SECRET_LEN = 6
 #: The shortest run of a token's characters that `redact` cuts out on its own.
 MIN_PIECE_LEN = 8
+#: The same in the token's base64: as many characters as carry MIN_PIECE_LEN bytes, 6 bits each.
+MIN_BASE64_PIECE_LEN = math.ceil(MIN_PIECE_LEN * 8 / 6)
 
 
 @functools.lru_cache(maxsize=8)
 def _forms(secret: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
     """A secret as a server may echo it: as is, percent-encoded (in a URL or a form, `/` kept
-    or not), escaped in JSON or in HTML; each as its case-folded text and the pattern that finds
-    it in any case. Longest first, so that no form is left half replaced by a shorter one."""
+    or not), escaped in JSON or in HTML, in base64 alone or as the header's whole value (a
+    debug dump of `Authorization: Bearer ...`); each as its case-folded text and the pattern
+    that finds it in any case. Longest first, so that no form is left half replaced by a shorter
+    one."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -229,11 +235,45 @@ def _forms(secret: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
         quote_plus(secret),
         json.dumps(secret)[1:-1],
         html.escape(secret),
+        *_base64s(_bytes(secret)),
+        *_base64s(b"Bearer " + _bytes(secret)),
     }
     return tuple(
         (form.casefold(), re.compile(re.escape(form), re.IGNORECASE))
         for form in sorted(forms, key=len, reverse=True)
     )
+
+
+def _bytes(secret: str) -> bytes:
+    """The secret as sent (UTF-8; never an error, whatever the string)."""
+    return secret.encode("utf-8", "surrogatepass")
+
+
+#: base64's URL-safe alphabet, from the standard one.
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _base64s(data: bytes) -> set[str]:
+    """`data` in base64, in the standard and the URL-safe alphabet, padded and not."""
+    padded = base64.b64encode(data).decode("ascii")
+    return {form for alphabet in (padded, padded.translate(_URLSAFE)) for form in (alphabet, alphabet.rstrip("="))}
+
+
+def _in_base64(secret: str) -> set[str]:
+    """What a base64 text holding the secret shows of it, in either alphabet. Base64 writes 6
+    bits a character, so a character holds bits of one byte or of two: the secret's bytes fall
+    into characters in one of three ways, and in each, the characters whose bits are all the
+    secret's read the same whatever comes before and after it (`Basic` + `user:<token>`, a JSON
+    body in a JWT). Where that is known (nothing, or `Bearer `, before it; the end after it), the
+    characters it shares bits with show those bits too."""
+    data = _bytes(secret)
+    shown = set()
+    for lead in range(3):
+        encoded = base64.b64encode(bytes(lead) + data).decode("ascii")
+        shown.add(encoded[-(-8 * lead // 6) : 8 * (lead + len(data)) // 6])
+    for before in (b"", b"Bearer "):
+        shown.add(base64.b64encode(before + data).decode("ascii").rstrip("=")[8 * len(before) // 6 :])
+    return shown | {string.translate(_URLSAFE) for string in shown}
 
 
 #: A decimal character reference of 8 digits or more (leading zeros aside), too large for any
@@ -268,9 +308,10 @@ WITHHELD = "[the server's text is not shown: it echoed the token]"
 def redact(text: str, *secrets: str | None) -> str:
     """Replace every occurrence of each secret in `text` with a fixed marker, in any letter case
     (a server that shouts `BEARER SECRET-...` back gives the token away all the same) and in the
-    forms a server may echo it in (`Bearer%20tok%2Ben`), whole or not: any run of MIN_PIECE_LEN
-    or more of its characters, as they are or escaped (`tok%2Den-ab`). A text still holding such
-    a run in a way that cannot be cut out exactly is withheld whole (WITHHELD)."""
+    forms a server may echo it in (`Bearer%20tok%2Ben`, base64), whole or not: any run of
+    MIN_PIECE_LEN or more of its characters, or of its base64 that carries as many bytes, as they
+    are or escaped (`tok%2Den-ab`). A text still holding such a run in a way that cannot be cut
+    out exactly is withheld whole (WITHHELD)."""
     folded = text.casefold()
     for secret in secrets:
         if not secret or len(secret) < MIN_SECRET_LEN:
@@ -280,44 +321,55 @@ def redact(text: str, *secrets: str | None) -> str:
                 text = pattern.sub("***", text)
                 folded = text.casefold()
         # The token cut short (at a server's length limit) or split gives most of it away all
-        # the same: any run of MIN_PIECE_LEN or more of its characters goes too, escaped or not
-        # (cut short, `tok%2Den-ab` is none of the forms above). What can be left is shorter
-        # pieces, each far too short to guess the rest from.
-        wanted = secret.casefold()
-        text = _cut_runs(text, wanted)
+        # the same: any run of MIN_PIECE_LEN or more of its characters goes too (and any run of
+        # its base64 that carries as many bytes), escaped or not (cut short, `tok%2Den-ab` is
+        # none of the forms above). What can be left is shorter pieces, each far too short to
+        # guess the rest from.
+        sought = _sought(secret)
+        text = _cut_runs(text, sought)
         folded = text.casefold()
         # encoded in a way no run can be cut out of exactly (a multi-byte character, say): all
-        # withheld
+        # withheld. (Runs of its characters only: base64 has no %, & or ;, so what `_cut_runs`
+        # read through escapes leaves none of it for these readings to find.)
+        of_characters, _of_base64 = sought
         encoded = "%" in text or "&" in text or "+" in text
-        if encoded and any(_holds_run(decoded, wanted) for decoded in _decoded(text)):
+        if encoded and any(of_characters.held_in(decoded.casefold()) for decoded in _decoded(text)):
             return WITHHELD
     return text
 
 
-@functools.lru_cache(maxsize=8)
-def _pieces(wanted: str) -> tuple[str, ...]:
-    """Every run of MIN_PIECE_LEN characters of a (case-folded) secret."""
-    return tuple(dict.fromkeys(wanted[i : i + MIN_PIECE_LEN] for i in range(len(wanted) - MIN_PIECE_LEN + 1)))
+@dataclass(frozen=True, slots=True)
+class _Runs:
+    """What `redact` cuts runs of: any run of `shortest` or more characters of one of a few
+    strings (case-folded, in `wanted`, joined by NUL)."""
+
+    wanted: str
+    shortest: int
+    pieces: tuple[str, ...]  # every run of `shortest` characters
+    #: a few runs of half as many, spaced so that every piece holds one: looked for first, they
+    #: spare a text that holds none of them (almost every text) the search for each piece
+    clues: tuple[str, ...]
+    pattern: re.Pattern[str]  # any piece, in any letter case
+
+    @classmethod
+    def of(cls, strings: Iterable[str], shortest: int) -> _Runs:
+        folded = {string.casefold() for string in strings}
+        kept = sorted(one for one in folded if not any(one != other and one in other for other in folded))
+        size, step = shortest // 2, shortest - shortest // 2 + 1
+        pieces = tuple(dict.fromkeys(one[i : i + shortest] for one in kept for i in range(len(one) - shortest + 1)))
+        clues = tuple(dict.fromkeys(one[i : i + size] for one in kept for i in range(0, len(one) - size + 1, step)))
+        pattern = re.compile("|".join(map(re.escape, pieces)), re.IGNORECASE)
+        return cls("\0".join(kept), shortest, pieces, clues, pattern)
+
+    def held_in(self, folded: str) -> bool:
+        """Whether a (case-folded) text holds a run to cut."""
+        return any(clue in folded for clue in self.clues) and any(piece in folded for piece in self.pieces)
 
 
 @functools.lru_cache(maxsize=8)
-def _clues(wanted: str) -> tuple[str, ...]:
-    """A few runs of half MIN_PIECE_LEN characters of a (case-folded) secret, spaced so that every
-    piece of it holds one: looked for first, they spare a text that holds none of them (almost
-    every text) the search for each piece."""
-    size = MIN_PIECE_LEN // 2
-    step = MIN_PIECE_LEN - size + 1
-    return tuple(dict.fromkeys(wanted[i : i + size] for i in range(0, len(wanted) - size + 1, step)))
-
-
-@functools.lru_cache(maxsize=8)
-def _pieces_pattern(wanted: str) -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(piece) for piece in _pieces(wanted)), re.IGNORECASE)
-
-
-def _holds_run(text: str, wanted: str) -> bool:
-    folded = text.casefold()
-    return any(clue in folded for clue in _clues(wanted)) and any(piece in folded for piece in _pieces(wanted))
+def _sought(secret: str) -> tuple[_Runs, _Runs]:
+    """The runs `redact` cuts out of a secret: of its characters, and of its base64."""
+    return _Runs.of([secret], MIN_PIECE_LEN), _Runs.of(_in_base64(secret), MIN_BASE64_PIECE_LEN)
 
 
 #: How many times over `redact` reads the escapes in a text: `%252D` is `-` escaped twice (a URL
@@ -370,31 +422,32 @@ def _starts(read: str, escapes: list[tuple[int, int]]) -> list[int]:
     return starts
 
 
-def _runs(text: str, wanted: str) -> Iterator[tuple[int, int]]:
-    """Where `text` holds a run of MIN_PIECE_LEN or more of the secret's characters, each as long
-    as it goes on matching: one pass, whatever a server fills its answer with."""
-    pattern, at = _pieces_pattern(wanted), 0
-    while (found := pattern.search(text, at)) is not None:
+def _runs(text: str, runs: _Runs) -> Iterator[tuple[int, int]]:
+    """Where `text` holds a run of `runs.shortest` or more characters of `runs.wanted`, each as
+    long as it goes on matching: one pass, whatever a server fills its answer with."""
+    at = 0
+    while (found := runs.pattern.search(text, at)) is not None:
         # (the run as far as it is still a piece of the secret, wherever in it: a secret that
         # repeats a piece goes on matching from either place)
         end = found.end()
-        while end < len(text) and text[found.start() : end + 1].casefold() in wanted:
+        while end < len(text) and text[found.start() : end + 1].casefold() in runs.wanted:
             end += 1
         yield found.start(), end
         at = end
 
 
-def _cut_runs(text: str, wanted: str) -> str:
-    """`text` with each run of the secret's characters (`_runs`) replaced by the marker, as the
-    text has it and then with its escapes read (`_unescaped`, up to ESCAPED_READINGS times over):
-    a run read through escapes is cut out of `text` with the escapes it is written in."""
+def _cut_runs(text: str, sought: tuple[_Runs, ...]) -> str:
+    """`text` with each run of the secret (`_runs`) replaced by the marker, as the text has it
+    and then with its escapes read (`_unescaped`, up to ESCAPED_READINGS times over): a run read
+    through escapes is cut out of `text` with the escapes it is written in."""
     spans: list[tuple[int, int]] = []
     readings: list[tuple[str, list[tuple[int, int]]]] = []  # (the text each read, its escapes)
     seen = text
     while True:
-        if _holds_run(seen, wanted):
+        folded = seen.casefold()
+        if found := [run for runs in sought if runs.held_in(folded) for run in _runs(seen, runs)]:
             maps = [_starts(read, escapes) for read, escapes in reversed(readings)]
-            for start, end in _runs(seen, wanted):
+            for start, end in found:
                 for starts in maps:
                     start, end = starts[start], starts[end]
                 spans.append((start, end))
@@ -406,7 +459,7 @@ def _cut_runs(text: str, wanted: str) -> str:
         return text
     kept, cut = [], 0
     for start, end in sorted(spans):
-        if start >= cut:  # (a run seen again in another reading is cut once)
+        if start >= cut:  # (a run seen again in another reading, or as base64 too, is cut once)
             kept += [text[cut:start], "***"]
         cut = max(cut, end)
     kept.append(text[cut:])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import pytest
@@ -283,6 +287,79 @@ def test_a_run_of_a_token_that_repeats_a_piece_is_cut_whole() -> None:
     # twice in it, the run went on from the wrong one and the rest stayed in view.
     token = "abcdefghabcdefghXYZ12345QRS"
     assert errors.redact("seen abcdefghXYZ1234 here", token) == "seen *** here"
+
+
+B64_TOKEN = "rc_9f3K?xQ2mZ>7pL4vB8nW1tY~6hJ0sD5aE"  # (its base64 has both alphabets' own characters)
+
+
+def _b64(text: str, *, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(text.encode()).decode("ascii")
+
+
+def _shows_base64_of_token(text: str) -> bool:
+    """Whether `text` holds 11 characters in a row (8 bytes' worth) of B64_TOKEN's base64 that
+    read the same whatever surrounds the token, in either alphabet and however its bytes fall
+    into base64's characters."""
+    for lead in range(3):
+        for urlsafe in (False, True):
+            zeros, ones = (
+                _b64(filler * lead + B64_TOKEN + filler * 2, urlsafe=urlsafe) for filler in ("\0", "\x7f")
+            )
+            if any(zeros[i : i + 11] == ones[i : i + 11] and zeros[i : i + 11] in text for i in range(len(zeros) - 10)):
+                return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("echo", "cleaned"),
+    [
+        # a debug dump of the request's headers, the header's value or the token encoded
+        (f"Authorization: {_b64('Bearer ' + B64_TOKEN)}", "Authorization: ***"),
+        (f"Authorization: Bearer {_b64(B64_TOKEN)}", "Authorization: Bearer ***"),
+        (f"auth={_b64(B64_TOKEN, urlsafe=True).rstrip('=')}&x=1", "auth=***&x=1"),  # JWT-style
+        # cut short at a length limit, from its start or from within `Bearer `
+        # (what is left is `Bearer ` alone: QmVhcmVyI)
+        (f"Authorization: {_b64('Bearer ' + B64_TOKEN)[:24]}...", "Authorization: QmVhcmVyI***..."),
+        (f"seen {_b64('Bearer ' + B64_TOKEN)[3:20]} here", "seen hcmVyI*** here"),
+        # cut short and percent-encoded, in a URL's query
+        (f"next={quote(_b64(B64_TOKEN), safe='')[:40]}", "next=***"),
+    ],
+)
+def test_the_token_in_base64_whole_or_cut_short_is_cut_out(echo: str, cleaned: str) -> None:
+    # (the token's base64 has a + for a URL to escape, and its URL-safe base64 a -)
+    assert "%2B" in quote(_b64(B64_TOKEN), safe="") and "-" in _b64(B64_TOKEN, urlsafe=True)
+    assert errors.holds_secret(echo, B64_TOKEN)
+    assert errors.redact(echo, B64_TOKEN) == cleaned
+
+
+@pytest.mark.parametrize(
+    ("kept", "echo"),
+    [
+        # Basic auth with the token as the password: "user:" shifts it within base64's groups
+        ("Authorization: Basic dXNlcj", f"Authorization: Basic {_b64('user:' + B64_TOKEN)}"),
+        # a JWT-like echo whose body holds the token; a body wrapped at 20 characters a line
+        ("eyJhbGciOiJub25lIn0.", f"eyJhbGciOiJub25lIn0.{_b64(json.dumps({'tok': B64_TOKEN}), urlsafe=True)}.x"),
+        ("body:\n", "body:\n" + "\n".join(textwrap.wrap(_b64(json.dumps({"auth": f"Bearer {B64_TOKEN}"})), 20))),
+    ],
+)
+def test_the_token_within_a_longer_base64_text_is_cut_out(kept: str, echo: str) -> None:
+    assert _shows_base64_of_token(echo)
+    assert errors.holds_secret(echo, B64_TOKEN)
+    cleaned = errors.redact(echo, B64_TOKEN)
+    assert cleaned.startswith(kept) and "***" in cleaned
+    assert not _shows_base64_of_token(cleaned), cleaned
+
+
+def test_base64_of_anything_but_the_token_is_left_alone() -> None:
+    for text in (
+        f"Authorization: {_b64('Bearer rc_another-token-of-the-same-length-0')}",
+        f"data:image/png;base64,{base64.b64encode(bytes(range(256))).decode()}",
+        "id 5c0b6f1e-3a7d-4a59-9d8e-0c2f7b1a9e44 at https://cdn.example/a/b.png?X-Amz-Signature=9f3Kx",
+    ):
+        assert errors.redact(text, B64_TOKEN) == text and not errors.holds_secret(text, B64_TOKEN)
+    # a stand-in token is not looked for, encoded or not
+    assert errors.redact(_b64("Bearer x"), "x") == _b64("Bearer x")
 
 
 def test_ctrl_c_while_the_command_loads_says_interrupted_not_a_traceback() -> None:
