@@ -47,11 +47,10 @@ from seedream_pipe.errors import (
     RequestRejected,
     ServiceUnavailable,
     UnusableAnswer,
-    holds_secret,
-    redact,
 )
 from seedream_pipe.pacing import Backoff, RequestBudget, Sleep, SubmitPacer, parse_retry_after
 from seedream_pipe.paths import fresh_temp, removed_on_error
+from seedream_pipe.redaction import holds_secret, redact
 from seedream_pipe.transport import AiohttpWire, HttpxWire, NeverConnects, Wire
 from seedream_pipe.words import option
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from seedream_pipe import words
-from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError, redact
+from seedream_pipe.errors import CONTROL_CHARS, AuthError, UsageError
+from seedream_pipe.redaction import redact
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net/v1"
 #: Jobs in flight at most, in a recipe's `run:` as with `run --concurrency`.

@@ -14,8 +14,9 @@ import sys
 import time
 from typing import IO, Any, Protocol
 
-from seedream_pipe.errors import WITHHELD, printable, redact
+from seedream_pipe.errors import printable
 from seedream_pipe.paths import send_to_devnull
+from seedream_pipe.redaction import WITHHELD, redact
 from seedream_pipe.words import counted
 
 #: Events the runner sends (kind -> meaning):

@@ -20,10 +20,10 @@ from seedream_pipe.errors import (
     RequestRejected,
     ServiceUnavailable,
     UnusableAnswer,
-    redact,
 )
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
+from seedream_pipe.redaction import redact
 from seedream_pipe.runner import RunOptions, run_recipe
 from seedream_pipe.runner.rules import NOT_FOUND_LOOKS
 from seedream_pipe.state import StateStore

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import seedream_pipe
-from seedream_pipe import errors
+from seedream_pipe import errors, redaction
 from seedream_pipe.cli import SeedreamCli, cli
 
 
@@ -102,9 +102,9 @@ def test_problem_names_file_line_and_key_path() -> None:
 
 
 def test_redact_replaces_every_secret() -> None:
-    assert errors.redact("Bearer sk-123 and sk-123", "sk-123", None, "") == "Bearer *** and ***"
+    assert redaction.redact("Bearer sk-123 and sk-123", "sk-123", None, "") == "Bearer *** and ***"
     # a stand-in token (RUNCOMFY_TOKEN=x for the simulator) is no secret: looked for, it mangles text
-    assert errors.redact('{"index": 1, "resolution": "2048x2048"}', "x") == '{"index": 1, "resolution": "2048x2048"}'
+    assert redaction.redact('{"index": 1, "resolution": "2048x2048"}', "x") == '{"index": 1, "resolution": "2048x2048"}'
 
 
 def _group_with(exc: Exception) -> click.Group:
@@ -169,9 +169,9 @@ def test_heavy_libraries_load_only_where_they_are_used(imports: str, not_loaded:
 
 
 def test_redact_finds_the_token_in_any_letter_case() -> None:
-    assert errors.redact("echo: BEARER SK-SECRET-1 and sk-secret-1", "sk-Secret-1") == "echo: BEARER *** and ***"
-    assert errors.holds_secret("https://x/?t=SK-SECRET-1", "sk-secret-1")
-    assert not errors.holds_secret("index", "x")  # a stand-in token is never looked for
+    assert redaction.redact("echo: BEARER SK-SECRET-1 and sk-secret-1", "sk-Secret-1") == "echo: BEARER *** and ***"
+    assert redaction.holds_secret("https://x/?t=SK-SECRET-1", "sk-secret-1")
+    assert not redaction.holds_secret("index", "x")  # a stand-in token is never looked for
 
 
 @pytest.mark.parametrize(
@@ -186,14 +186,14 @@ def test_redact_finds_the_token_in_any_letter_case() -> None:
 )
 def test_redact_finds_the_token_in_the_forms_a_server_echoes_it_in(echo: str) -> None:
     token = "rc_AbC+dEf/GhI=jklMN&Opq"
-    assert errors.holds_secret(echo, token)
-    cleaned = errors.redact(echo, token)
+    assert redaction.holds_secret(echo, token)
+    cleaned = redaction.redact(echo, token)
     assert "***" in cleaned and "jklMN" not in cleaned and "JKLMN" not in cleaned
 
 
 def test_a_token_percent_encoded_with_its_slash_kept_is_cut_out() -> None:
     token = "abcdef/ghijk+lmn"
-    assert errors.redact("seen Bearer%20abcdef/ghijk%2Blmn", token) == "seen Bearer%20***"  # quote()
+    assert redaction.redact("seen Bearer%20abcdef/ghijk%2Blmn", token) == "seen Bearer%20***"  # quote()
 
 
 @pytest.mark.parametrize(
@@ -213,8 +213,8 @@ def test_a_token_percent_encoded_with_its_slash_kept_is_cut_out() -> None:
 )
 def test_a_token_or_a_piece_of_it_escaped_character_by_character_is_cut_out(echo: str, cleaned: str) -> None:
     token = "some-secret-token-123"
-    assert errors.holds_secret(echo, token)
-    assert errors.redact(f"HTTP 400: {echo}", token) == f"HTTP 400: {cleaned}"
+    assert redaction.holds_secret(echo, token)
+    assert redaction.redact(f"HTTP 400: {echo}", token) == f"HTTP 400: {cleaned}"
 
 
 @pytest.mark.parametrize(
@@ -227,12 +227,12 @@ def test_a_token_or_a_piece_of_it_escaped_character_by_character_is_cut_out(echo
     ],
 )
 def test_a_token_echoed_in_an_encoding_redact_cannot_cut_out_withholds_the_text(token: str, echo: str) -> None:
-    assert errors.holds_secret(echo, token)
-    cleaned = errors.redact(f"HTTP 400: {echo}", token)
-    assert cleaned == errors.WITHHELD
+    assert redaction.holds_secret(echo, token)
+    cleaned = redaction.redact(f"HTTP 400: {echo}", token)
+    assert cleaned == redaction.WITHHELD
     # text that merely has a % or & in it is left alone
-    assert errors.redact("100% done & dusted", token) == "100% done & dusted"
-    assert errors.redact("x=caf%C3%A9&amp;y=%2D1", token) == "x=caf%C3%A9&amp;y=%2D1"
+    assert redaction.redact("100% done & dusted", token) == "100% done & dusted"
+    assert redaction.redact("x=caf%C3%A9&amp;y=%2D1", token) == "x=caf%C3%A9&amp;y=%2D1"
 
 
 def test_a_character_reference_too_long_for_int_leaves_redact_working() -> None:
@@ -240,11 +240,11 @@ def test_a_character_reference_too_long_for_int_leaves_redact_working() -> None:
     # a text holding `&#99...9;` raised ValueError out of redact instead of being scrubbed.
     token = "some-secret-token-123"
     text = "x &#" + "9" * 5000 + "; y"
-    assert errors.redact(text, token) == text and not errors.holds_secret(text, token)
+    assert redaction.redact(text, token) == text and not redaction.holds_secret(text, token)
     hyphen = "&#" + "0" * 5000 + "45;"  # leading zeros: a hyphen all the same
     echo = f"some{hyphen}secret{hyphen}token{hyphen}123"
-    assert errors.holds_secret(echo, token)
-    assert errors.redact(echo, token) == "***"
+    assert redaction.holds_secret(echo, token)
+    assert redaction.redact(echo, token) == "***"
 
 
 def test_printable_escapes_controls_and_the_marks_that_reorder_text() -> None:
@@ -276,17 +276,17 @@ def test_a_long_piece_of_the_token_is_cut_out_too(echo: str) -> None:
     # A server that echoes the token cut short (at a length limit, or split across a line)
     # gives most of it away all the same: any run of 8 or more of its characters goes.
     token = "rc_9f3KxQ2mZ7pL4vB8nW1tY6hJ0sD5aE"
-    cleaned = errors.redact(echo, token)
+    cleaned = redaction.redact(echo, token)
     assert "***" in cleaned
     assert not any(token[i : i + 8].casefold() in cleaned.casefold() for i in range(len(token) - 7)), cleaned
-    assert errors.redact("pL4v is not enough to matter", token) == "pL4v is not enough to matter"
+    assert redaction.redact("pL4v is not enough to matter", token) == "pL4v is not enough to matter"
 
 
 def test_a_run_of_a_token_that_repeats_a_piece_is_cut_whole() -> None:
     # The run was followed on from the first place its piece occurs in the token: with the piece
     # twice in it, the run went on from the wrong one and the rest stayed in view.
     token = "abcdefghabcdefghXYZ12345QRS"
-    assert errors.redact("seen abcdefghXYZ1234 here", token) == "seen *** here"
+    assert redaction.redact("seen abcdefghXYZ1234 here", token) == "seen *** here"
 
 
 B64_TOKEN = "rc_9f3K?xQ2mZ>7pL4vB8nW1tY~6hJ0sD5aE"  # (its base64 has both alphabets' own characters)
@@ -329,8 +329,8 @@ def _shows_base64_of_token(text: str) -> bool:
 def test_the_token_in_base64_whole_or_cut_short_is_cut_out(echo: str, cleaned: str) -> None:
     # (the token's base64 has a + for a URL to escape, and its URL-safe base64 a -)
     assert "%2B" in quote(_b64(B64_TOKEN), safe="") and "-" in _b64(B64_TOKEN, urlsafe=True)
-    assert errors.holds_secret(echo, B64_TOKEN)
-    assert errors.redact(echo, B64_TOKEN) == cleaned
+    assert redaction.holds_secret(echo, B64_TOKEN)
+    assert redaction.redact(echo, B64_TOKEN) == cleaned
 
 
 @pytest.mark.parametrize(
@@ -345,8 +345,8 @@ def test_the_token_in_base64_whole_or_cut_short_is_cut_out(echo: str, cleaned: s
 )
 def test_the_token_within_a_longer_base64_text_is_cut_out(kept: str, echo: str) -> None:
     assert _shows_base64_of_token(echo)
-    assert errors.holds_secret(echo, B64_TOKEN)
-    cleaned = errors.redact(echo, B64_TOKEN)
+    assert redaction.holds_secret(echo, B64_TOKEN)
+    cleaned = redaction.redact(echo, B64_TOKEN)
     assert cleaned.startswith(kept) and "***" in cleaned
     assert not _shows_base64_of_token(cleaned), cleaned
 
@@ -357,9 +357,9 @@ def test_base64_of_anything_but_the_token_is_left_alone() -> None:
         f"data:image/png;base64,{base64.b64encode(bytes(range(256))).decode()}",
         "id 5c0b6f1e-3a7d-4a59-9d8e-0c2f7b1a9e44 at https://cdn.example/a/b.png?X-Amz-Signature=9f3Kx",
     ):
-        assert errors.redact(text, B64_TOKEN) == text and not errors.holds_secret(text, B64_TOKEN)
+        assert redaction.redact(text, B64_TOKEN) == text and not redaction.holds_secret(text, B64_TOKEN)
     # a stand-in token is not looked for, encoded or not
-    assert errors.redact(_b64("Bearer x"), "x") == _b64("Bearer x")
+    assert redaction.redact(_b64("Bearer x"), "x") == _b64("Bearer x")
 
 
 def test_ctrl_c_while_the_command_loads_says_interrupted_not_a_traceback() -> None:

@@ -41,12 +41,12 @@ from seedream_pipe.errors import (
     ServiceUnavailable,
     UnusableAnswer,
     exit_code_for,
-    redact,
 )
 from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import PollSchedule
 from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
+from seedream_pipe.redaction import redact
 from seedream_pipe.runner.cancel import cancel_queued
 from seedream_pipe.runner.folder import sweep_stale_outputs
 from seedream_pipe.runner.rules import (

@@ -27,12 +27,12 @@ from seedream_pipe.errors import (
     AuthError,
     OutputError,
     UsageError,
-    redact,
 )
 from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, RequestBudget, SubmitPacer
 from seedream_pipe.paths import THUMBS_DIR, default_output_dir, image_file_name
 from seedream_pipe.progress import Progress, QuietProgress
+from seedream_pipe.redaction import redact
 from seedream_pipe.runner.core import Runner
 from seedream_pipe.runner.dry_run import calls_api, needs_api, plan_of
 from seedream_pipe.runner.folder import (
