@@ -396,9 +396,10 @@ class ModelApiClient:
     def _said(self, text: str) -> str:
         """Server text as we keep it: the token scrubbed out *first*, then cut to a line's
         length (cut first, a token straddling the cut would survive in part). Only the head
-        that can be shown is scrubbed, with room past the cut for the token in its longest
-        encoded form (`&#x2d;`: 6 characters each), so that one begun before the cut is seen
-        whole; a 4 MiB answer then costs no more than a short one."""
+        that can be shown is scrubbed, so a 4 MiB answer costs no more than a short one, with
+        room past the cut for the token escaped (`&#x2d;`: 6 characters each) so that one begun
+        before the cut is cut out as one. Longer escapes need no more room: `redact` cuts any
+        run of MIN_PIECE_LEN of its characters wherever it stands: a cut leaves fewer showing."""
         head = text[: MAX_REASON_CHARS + 6 * len(self.api.token or "")]
         return self._redact(head)[:MAX_REASON_CHARS]
 
