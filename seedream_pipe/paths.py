@@ -89,13 +89,21 @@ def _read_the_folder_instead(recipe: Path, out: str | os.PathLike[str] | None) -
     return Problem(str(recipe), f"to read what its runs left while it has errors, give {found} instead of the recipe")
 
 
+def real_path(path: str | os.PathLike[str]) -> Path | None:
+    """`Path(path).resolve()`, or None when the path has no real one: a symbolic link loop
+    (RuntimeError before Python 3.13, OSError since: a link pointing at itself ended plan with
+    exit 70), or a NUL written in it (ValueError), which no file name can hold."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError, ValueError):
+        return None
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file or folder (False when either cannot be resolved: a
     symbolic link loop, a name the system refuses)."""
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
+    real = real_path(a)
+    return real is not None and real == real_path(b)
 
 
 def send_to_devnull(stream: IO[Any] | None) -> None:

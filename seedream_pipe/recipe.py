@@ -44,7 +44,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from seedream_pipe.config import MAX_CONCURRENCY
 from seedream_pipe.errors import UNSHOWN, Problem, RecipeError, printable
 from seedream_pipe.models import DEFAULT_MODEL
-from seedream_pipe.paths import file_sha256
+from seedream_pipe.paths import file_sha256, real_path
 from seedream_pipe.recipe_file import (
     LITERAL_BLOCK,
     Document,
@@ -426,16 +426,6 @@ def _problem_at(locations: dict[KeyPath, Location], default_file: str, path: Key
     return Problem(loc.file, message, format_key_path(path), loc.line, loc.column)
 
 
-def _real(path: Path) -> Path | None:
-    """`path.resolve()`, or None when a symlink loop leaves it no real path (RuntimeError before
-    Python 3.13, OSError since): a link pointing at itself ended plan with exit 70. So did a NUL
-    written in a path (ValueError), which no file name can hold."""
-    try:
-        return path.resolve()
-    except (RuntimeError, OSError, ValueError):
-        return None
-
-
 def _join_display(display: str, relative: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(display), relative))
 
@@ -464,7 +454,7 @@ def _read_var_file(doc: Document, name: str, written: str, problems: list[Proble
         )
         return None
     folder = doc.path.parent.resolve()
-    target = _real(folder / written)
+    target = real_path(folder / written)
     if target is None:
         problems.append(_problem_at(doc.locations, doc.display, key,
                                     f"var file {written!r} is a symbolic link that leads back to itself"))
@@ -584,7 +574,7 @@ class RecipeFiles:
                     parent = self.parse(path, str(path)).data.get("extends")
                 except RecipeError:
                     parent = None
-                base = _real(path.parent / parent) if isinstance(parent, str) and parent else None
+                base = real_path(path.parent / parent) if isinstance(parent, str) and parent else None
             self._bases[path] = base
         return self._bases[path]
 
@@ -600,7 +590,7 @@ def _rebase_paths(doc: Document, top_folder: Path) -> None:
     """Make `input_schema` relative to the top recipe's folder (it was relative to this file)."""
     value = doc.data.get("input_schema")
     if isinstance(value, str) and value and not os.path.isabs(value):
-        absolute = _real(doc.path.parent / value) or Path(os.path.abspath(doc.path.parent / value))
+        absolute = real_path(doc.path.parent / value) or Path(os.path.abspath(doc.path.parent / value))
         doc.data["input_schema"] = os.path.relpath(absolute, top_folder.resolve())
 
 
@@ -658,7 +648,7 @@ def _load_with_extends(path: Path, display: str, top_folder: Path, chain: list[P
         raise RecipeError(problems)
     base_path = (path.parent / parent)
     base_display = _join_display(display, parent)
-    real = _real(base_path)
+    real = real_path(base_path)
     if real is None:
         problems.append(Problem(where.file, f"{base_display} is a symbolic link that leads back to itself",
                                 "extends", where.line, where.column))
@@ -890,7 +880,7 @@ class Recipe:
         # (as it was when loaded: a notebook's `%cd` afterwards moves a relative `path`, and the
         # recipe was then taken for text, not its file: no record of its file in the state, nor
         # the check that another recipe is not taking over its folder)
-        self.resolved_path: Path = _real(path) or Path(os.path.abspath(path))
+        self.resolved_path: Path = real_path(path) or Path(os.path.abspath(path))
         self.display = display
         self.source_text = source_text
         self.resolved = resolved
@@ -909,7 +899,7 @@ class Recipe:
         self.input_schema_display: str | None = None
         if spec.input_schema:
             # (`_rebase_paths` made it relative to the real folder of the recipe)
-            folder = _real(path.parent) or Path(os.path.abspath(path.parent))
+            folder = real_path(path.parent) or Path(os.path.abspath(path.parent))
             self.input_schema = folder / spec.input_schema
             self.input_schema_display = str(path.parent / spec.input_schema)
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -1192,7 +1182,7 @@ def partial_bases_among(paths: Iterable[Path], files: RecipeFiles | None = None)
         data_of[file.resolve()] = data
         parent = data.get("extends")
         if isinstance(parent, str) and parent:
-            target = _real(file.parent / parent)
+            target = real_path(file.parent / parent)
             if target in known and target != file.resolve():
                 extended_by.setdefault(target, []).append(file)
     return {
@@ -1231,5 +1221,5 @@ def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], depth: int = 
     parent = data.get("extends")
     if not isinstance(parent, str):
         return False
-    target = _real(path.parent / parent)
+    target = real_path(path.parent / parent)
     return target is not None and _has_template(target, data_of, depth + 1)

@@ -19,6 +19,7 @@ from rich.cells import cell_len, set_cell_size
 from seedream_pipe.cli import printable
 from seedream_pipe.errors import OutputError, Problem, RecipeError, UsageError
 from seedream_pipe.jobs import Job
+from seedream_pipe.paths import real_path
 from seedream_pipe.plan import Plan
 from seedream_pipe.recipe import (
     DEFAULT_MAX_JOBS,
@@ -53,15 +54,6 @@ def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def _real_path(name: str | os.PathLike[str]) -> Path | None:
-    """The file `name` names, resolved; None when it cannot be (a symbolic link loop, a NUL),
-    as `same_file` then says it is no file given."""
-    try:
-        return Path(name).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return None
-
-
 @click.command("validate", short_help="Check recipes without sending anything.")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate_cmd(recipes: tuple[Path, ...]) -> int:
@@ -86,7 +78,7 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
     # before, read its bases 110,000 times. And each file a problem names resolved once: tried
     # against each base in turn (same_file), there were 37,000 resolves, a third of the rest.
     recipe_files = RecipeFiles()
-    real_path = functools.cache(_real_path)
+    resolved = functools.cache(real_path)
     bases = partial_bases_among(files, recipe_files)
     for path in files:
         try:
@@ -97,9 +89,9 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             parents: set[Path] | None = None
             if extended_by is None:
                 for problem in exc.problems:
-                    file = real_path(problem.file)
+                    file = resolved(problem.file)
                     # (a partial base's problems are its own: its `base:` line names who found them)
-                    if file is not None and (file == real_path(path) or file in bases):
+                    if file is not None and (file == resolved(path) or file in bases):
                         problems.append(problem)
                     else:  # e.g. the child removed a var its base's template uses: name the child
                         inherited.setdefault(problem, []).append(path)
