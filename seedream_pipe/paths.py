@@ -61,6 +61,8 @@ def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None
         return (Path(out) if out is not None else default_output_dir(recipe)), recipe
     # (66, as for a folder no run wrote into: the thing to read is not there. A recipe command,
     # given a recipe that is not there, says 65, a recipe problem)
+    if path.is_symlink() and real_path(path) is None:  # (`ls` shows it: not "no such file")
+        raise NothingToShow(f"{target}: a symbolic link that leads back to itself, neither a recipe file nor an output folder")
     raise NothingToShow(f"{target}: no such recipe file or output folder")
 
 

@@ -977,6 +977,8 @@ def load_recipe(path: str | os.PathLike[str], *, files: RecipeFiles | None = Non
     path = Path(path)
     display = str(path)
     if not path.exists():
+        if path.is_symlink() and real_path(path) is None:  # (`ls` shows it: not "no such file")
+            raise RecipeError(Problem(display, "is a symbolic link that leads back to itself"))
         raise RecipeError(Problem(display, "no such recipe file"))
     if path.is_dir():
         raise RecipeError(Problem(display, "is a folder; give the path of a recipe .yaml file"))
@@ -1166,11 +1168,12 @@ def partial_bases_among(paths: Iterable[Path], files: RecipeFiles | None = None)
     so far (each path is read as `load_recipe` reads it, so that it need not be read again).
     """
     files = files or RecipeFiles()
-    paths = list(paths)
-    known = {f.resolve() for f in paths}
+    # (a symbolic link loop has no real path: it is no base, and its own check says why)
+    found = [(file, real) for file in paths if (real := real_path(file)) is not None]
+    known = {real for _, real in found}
     extended_by: dict[Path, list[Path]] = {}
     data_of: dict[Path, dict[str, Any]] = {}
-    for file in paths:
+    for file, real in found:
         if not file.is_file():
             # A pipe (`validate <(generate-recipe)`) is read once, by its own check: read here
             # first, it was empty there. Nor can it be a base: `extends` refuses a pipe.
@@ -1179,11 +1182,11 @@ def partial_bases_among(paths: Iterable[Path], files: RecipeFiles | None = None)
             data = files.parse(file, str(file)).data
         except RecipeError:
             continue
-        data_of[file.resolve()] = data
+        data_of[real] = data
         parent = data.get("extends")
         if isinstance(parent, str) and parent:
             target = real_path(file.parent / parent)
-            if target in known and target != file.resolve():
+            if target in known and target != real:
                 extended_by.setdefault(target, []).append(file)
     return {
         base: children for base, children in extended_by.items()

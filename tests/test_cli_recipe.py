@@ -260,6 +260,25 @@ def test_validate_reads_each_file_of_a_chain_of_recipes_once(tmp_path: Path, mon
                      "'rpm'?)" for i in range(30)]
 
 
+def test_a_recipe_that_is_a_symbolic_link_loop_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # `ln -s loop.yaml loop.yaml`: validate resolved it to find the partial bases and ended with
+    # "unexpected RuntimeError" (exit 70); plan and run said "no such recipe file" of a file `ls` shows
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    (tmp_path / "a.yaml").symlink_to("b.yaml")
+    (tmp_path / "b.yaml").symlink_to("a.yaml")
+    ok = write(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\n', "ok.yaml")
+    result = invoke("validate", str(tmp_path / "loop.yaml"), str(ok), str(tmp_path / "a.yaml"))
+    assert result.exit_code == 65, result.output
+    assert result.stdout == f"ok: {ok} (1 job)\n"
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / name}: is a symbolic link that leads back to itself" for name in ("loop.yaml", "a.yaml")
+    ]
+    for args in (["plan"], ["run", "--dry-run"]):
+        result = invoke(*args, str(tmp_path / "loop.yaml"))
+        assert result.exit_code == 65, result.output
+        assert result.stderr == f"error: {tmp_path / 'loop.yaml'}: is a symbolic link that leads back to itself\n"
+
+
 def test_validate_prints_warnings(tmp_path: Path) -> None:
     path = write(tmp_path, 'template: "{{ s }}"\nvars: {s: [{a: fox}, {b: fox}]}\n')
     result = invoke("validate", str(path))
@@ -561,6 +580,15 @@ def test_init_makes_the_folder_of_a_new_file(tmp_path: Path) -> None:
     result = invoke("init", str(tmp_path / "a-file" / "x.yaml"))
     assert result.exit_code == 73
     assert f"error: cannot create the folder {tmp_path / 'a-file'}: " in result.stderr
+
+
+def test_init_in_a_folder_that_is_a_symbolic_link_loop_says_what_is_there(tmp_path: Path) -> None:
+    # the folder to make is a link loop (or a file): mkdir said only "File exists" of it
+    (tmp_path / "loop").symlink_to("loop")
+    result = invoke("init", f"{tmp_path / 'loop'}/")
+    assert result.exit_code == 73
+    assert result.stderr == (f"error: cannot create the folder {tmp_path / 'loop'}: something that is no folder has "
+                             "that name (a file, or a symbolic link to no folder)\n")
 
 
 def test_init_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

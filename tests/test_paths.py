@@ -60,6 +60,15 @@ def test_locate_dir_and_missing(tmp_path: Path) -> None:
     assert caught.value.exit_code == 66  # as `status` of a folder no run wrote into
 
 
+def test_locate_a_symbolic_link_loop_says_so(tmp_path: Path) -> None:
+    # (status, sheet, report, gallery and cancel said "no such recipe file" of a file `ls` shows)
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    with pytest.raises(NothingToShow) as caught:
+        locate(tmp_path / "loop.yaml")
+    assert str(caught.value) == (f"{tmp_path / 'loop.yaml'}: a symbolic link that leads back to itself, neither a "
+                                 "recipe file nor an output folder")
+
+
 @pytest.mark.parametrize(
     ("text", "folder"),
     [

@@ -919,6 +919,9 @@ def test_a_symbolic_link_that_leads_back_to_itself_is_a_problem_not_a_crash(tmp_
     from seedream_pipe.recipe import partial_bases_among
 
     assert partial_bases_among([tmp_path / "recipe.yaml", write(tmp_path, "extends: loop.yaml\n", "b.yaml")]) == {}
+    # the recipe itself a link loop: no base, and its own load says why
+    assert partial_bases_among([tmp_path / "loop.yaml", tmp_path / "b.yaml"]) == {}
+    assert only_problem(tmp_path / "loop.yaml") == f"{tmp_path / 'loop.yaml'}: is a symbolic link that leads back to itself"
 
 
 def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:

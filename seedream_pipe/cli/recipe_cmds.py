@@ -85,13 +85,15 @@ def validate_cmd(recipes: tuple[Path, ...]) -> int:
             recipe = load_recipe(path, files=recipe_files)
             plan = recipe.plan(allow_large=True)
         except RecipeError as exc:
-            extended_by = bases.get(path.resolve())
+            real = resolved(path)  # (None for a symbolic link loop: no base, and its problem says so)
+            extended_by = bases.get(real) if real is not None else None
             parents: set[Path] | None = None
             if extended_by is None:
                 for problem in exc.problems:
                     file = resolved(problem.file)
-                    # (a partial base's problems are its own: its `base:` line names who found them)
-                    if file is not None and (file == resolved(path) or file in bases):
+                    # (its own: in its file, named as given when it has no real path, a link loop;
+                    # a partial base's problems are its own too: its `base:` line names who found them)
+                    if problem.file == str(path) or (file is not None and (file == real or file in bases)):
                         problems.append(problem)
                     else:  # e.g. the child removed a var its base's template uses: name the child
                         inherited.setdefault(problem, []).append(path)
@@ -330,6 +332,9 @@ def init_cmd(written: str, force: bool) -> int:
     if not path.parent.is_dir():  # (`init recipes/bali.yaml` in a new project, as `init recipes/`)
         try:
             path.parent.mkdir(parents=True)
+        except FileExistsError:  # (said as "File exists", of what is no folder: a file, a link loop)
+            raise OutputError(f"cannot create the folder {path.parent}: something that is no folder has that name "
+                              "(a file, or a symbolic link to no folder)") from None
         except OSError as exc:
             raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
     if path.exists() and not force:
