@@ -426,6 +426,12 @@ def _problem_at(locations: dict[KeyPath, Location], default_file: str, path: Key
     return Problem(loc.file, message, format_key_path(path), loc.line, loc.column)
 
 
+def _real_or_absolute(path: Path) -> Path:
+    """`real_path(path)`, or `path` made absolute when it has no real path (a link loop): what
+    is found through it then says so (`parse_recipe(..., folder=a_loop)` ended with RuntimeError)."""
+    return real_path(path) or Path(os.path.abspath(path))
+
+
 def _join_display(display: str, relative: str) -> str:
     return os.path.normpath(os.path.join(os.path.dirname(display), relative))
 
@@ -453,7 +459,7 @@ def _read_var_file(doc: Document, name: str, written: str, problems: list[Proble
                         f"a var file must be a path relative to the recipe's folder, not {written!r}")
         )
         return None
-    folder = doc.path.parent.resolve()
+    folder = _real_or_absolute(doc.path.parent)
     target = real_path(folder / written)
     if target is None:
         problems.append(_problem_at(doc.locations, doc.display, key,
@@ -590,8 +596,8 @@ def _rebase_paths(doc: Document, top_folder: Path) -> None:
     """Make `input_schema` relative to the top recipe's folder (it was relative to this file)."""
     value = doc.data.get("input_schema")
     if isinstance(value, str) and value and not os.path.isabs(value):
-        absolute = real_path(doc.path.parent / value) or Path(os.path.abspath(doc.path.parent / value))
-        doc.data["input_schema"] = os.path.relpath(absolute, top_folder.resolve())
+        absolute = _real_or_absolute(doc.path.parent / value)
+        doc.data["input_schema"] = os.path.relpath(absolute, _real_or_absolute(top_folder))
 
 
 def _drop_under(locations: dict[KeyPath, Location], prefix: KeyPath) -> None:
@@ -880,7 +886,7 @@ class Recipe:
         # (as it was when loaded: a notebook's `%cd` afterwards moves a relative `path`, and the
         # recipe was then taken for text, not its file: no record of its file in the state, nor
         # the check that another recipe is not taking over its folder)
-        self.resolved_path: Path = real_path(path) or Path(os.path.abspath(path))
+        self.resolved_path: Path = _real_or_absolute(path)
         self.display = display
         self.source_text = source_text
         self.resolved = resolved
@@ -899,7 +905,7 @@ class Recipe:
         self.input_schema_display: str | None = None
         if spec.input_schema:
             # (`_rebase_paths` made it relative to the real folder of the recipe)
-            folder = real_path(path.parent) or Path(os.path.abspath(path.parent))
+            folder = _real_or_absolute(path.parent)
             self.input_schema = folder / spec.input_schema
             self.input_schema_display = str(path.parent / spec.input_schema)
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -982,7 +988,7 @@ def load_recipe(path: str | os.PathLike[str], *, files: RecipeFiles | None = Non
         raise RecipeError(Problem(display, "no such recipe file"))
     if path.is_dir():
         raise RecipeError(Problem(display, "is a folder; give the path of a recipe .yaml file"))
-    doc = _load_with_extends(path, display, path.parent, [path.resolve()], files)
+    doc = _load_with_extends(path, display, path.parent, [_real_or_absolute(path)], files)
     return _checked(path, display, doc)
 
 
@@ -1010,7 +1016,7 @@ def parse_recipe(
         raise RecipeError(Problem("<text>", f"parse_recipe's name= is the recipe file's stem, text such as 'sweep', not {name!r}"))
     path = Path(folder) / f"{name}.yaml"
     display = f"{name}.yaml"
-    doc = _load_with_extends(path, display, path.parent, [path.resolve()], None, text=text)
+    doc = _load_with_extends(path, display, path.parent, [_real_or_absolute(path)], None, text=text)
     return _checked(path, display, doc)
 
 

@@ -924,6 +924,25 @@ def test_a_symbolic_link_that_leads_back_to_itself_is_a_problem_not_a_crash(tmp_
     assert only_problem(tmp_path / "loop.yaml") == f"{tmp_path / 'loop.yaml'}: is a symbolic link that leads back to itself"
 
 
+def test_parse_recipe_in_a_folder_that_is_a_symbolic_link_loop_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    # its path, `<folder>/<name>.yaml`, was resolved to start the chain of extends: RuntimeError
+    from seedream_pipe.recipe import parse_recipe
+
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "sweep.yaml").symlink_to("sweep.yaml")
+    text = 'template: "a {{ x }}"\nvars: {x: [fox]}\n'
+    assert parse_recipe(text, folder=tmp_path / "loop").name == "recipe"  # (it reads no file there)
+    assert parse_recipe(text, folder=tmp_path, name="sweep").name == "sweep"
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe('template: "a {{ x }}"\nvars: {x: {file: x.txt}}\nmodel: a/b\ninput_schema: s.json\n',
+                     folder=tmp_path / "loop")
+    assert [str(p) for p in caught.value.problems] == [
+        "recipe.yaml:2:12: vars.x.file: var file 'x.txt' is a symbolic link that leads back to itself",
+        f"recipe.yaml:4:1: input_schema: cannot read input schema {tmp_path / 'loop' / 's.json'}: Too many levels of "
+        "symbolic links",
+    ]
+
+
 def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     # "\0" in YAML is a NUL: the OS takes no such path, and Path.resolve() and open() raise
     # ValueError for it, which ended plan and validate with "unexpected ValueError" (exit 70).
