@@ -208,6 +208,36 @@ def test_validate_a_folder_checks_a_base_whose_template_comes_from_a_file_outsid
     assert result.stderr.startswith(f"error: {tmp_path / 'mid.yaml'}:2:15: resolutions[0]: unknown resolution '5:4'")
 
 
+def test_validate_a_long_chain_of_recipes_takes_each_for_a_whole_recipe_and_reads_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only lib/root.yaml writes a template, which every file of the chain inherits: the search
+    # for it gave up after 20 files (a chain may hold 100), so each file further from it was
+    # "base: ... (not a whole recipe ...)", its problem said as one of the file extending it; and
+    # lib/root.yaml was parsed again for every base.
+    import seedream_pipe.recipe as recipe_module
+
+    parsed: dict[Path, int] = {}
+    parse = recipe_module.parse_yaml
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        parsed[path.resolve()] = parsed.get(path.resolve(), 0) + 1
+        return parse(path, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_module, "parse_yaml", counting)
+    folder = tmp_path.resolve()
+    (folder / "lib").mkdir()
+    write(folder / "lib", 'template: "{{ a }}"\nvars: {a: [x]}\n', "root.yaml")
+    for i in range(30):
+        write(folder, f"extends: {f'r{i - 1:02d}' if i else 'lib/root'}.yaml\nrun: {{rpn: 1}}\n", f"r{i:02d}.yaml")
+    result = invoke("validate", str(folder))
+    assert result.exit_code == 65
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {folder / f'r{i:02d}.yaml'}:2:7: run.rpn: unknown key 'rpn' (did "
+                                          "you mean 'rpm'?)" for i in range(30)]
+    assert parsed == {folder / "lib" / "root.yaml": 1, **{folder / f"r{i:02d}.yaml": 1 for i in range(30)}}
+
+
 def test_a_problem_a_recipe_makes_in_its_base_names_that_recipe(tmp_path: Path) -> None:
     # the child removed a var the base's template uses: the error is at the base's template,
     # but the base itself is fine; it said only "base.yaml:1:1 ... 'style' is undefined"

@@ -943,6 +943,19 @@ def test_parse_recipe_in_a_folder_that_is_a_symbolic_link_loop_is_a_problem_not_
     ]
 
 
+def test_a_base_is_a_whole_recipe_when_its_template_is_within_the_chain_a_recipe_may_hold(tmp_path: Path) -> None:
+    # (the search gave up after 20 files; a recipe may build on MAX_EXTENDS_DEPTH)
+    from seedream_pipe.recipe import MAX_EXTENDS_DEPTH, partial_bases_among
+
+    paths = [write(tmp_path, 'template: "{{ a }}"\nvars: {a: [x]}\n', "r000.yaml")]
+    for i in range(1, MAX_EXTENDS_DEPTH + 2):
+        paths.append(write(tmp_path, f"extends: r{i - 1:03d}.yaml\n", f"r{i:03d}.yaml"))
+    # r100 would load 101 files to reach its template, which no recipe may: it is no whole recipe
+    last = MAX_EXTENDS_DEPTH
+    assert partial_bases_among(paths) == {paths[last].resolve(): [paths[last + 1]]}
+    assert len(load_recipe(paths[last - 1]).plan()) == 1
+
+
 def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     # "\0" in YAML is a NUL: the OS takes no such path, and Path.resolve() and open() raise
     # ValueError for it, which ended plan and validate with "unexpected ValueError" (exit 70).
