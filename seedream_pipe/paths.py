@@ -31,8 +31,17 @@ _UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
 def default_output_dir(recipe: Recipe) -> Path:
-    """The recipe's `output:` if it set one, else `outputs/<recipe name>/` (relative to the cwd)."""
-    return recipe.output if recipe.output is not None else OUTPUTS_ROOT / recipe.name
+    """The recipe's `output:` if it set one, else `outputs/<recipe name>/` (relative to the cwd).
+
+    An `output:` is named as the recipe's messages name it (`recipe.output_display`, such as
+    `recipes/out/x`) while that is the folder it means, from the working folder the recipe was
+    loaded in: what `run` and `status` print stays as short as it was. After a notebook's `%cd`,
+    or in a worker process started elsewhere, it is the absolute `recipe.output`.
+    """
+    if recipe.output is None:
+        return OUTPUTS_ROOT / recipe.name
+    shown = recipe.output_display
+    return Path(shown) if shown is not None and os.path.abspath(shown) == str(recipe.output) else recipe.output
 
 
 def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> tuple[Path, Recipe | None]:

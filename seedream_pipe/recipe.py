@@ -897,8 +897,15 @@ class Recipe:
         self.run: RunSettings = spec.run
         self.sheet: SheetSettings = spec.sheet
         self.price_per_image: float | None = spec.price_per_image
-        # (lexically tidied, "recipes/../outputs/x" to "outputs/x": it is said in messages)
-        self.output: Path | None = Path(os.path.normpath(path.parent / spec.output)) if spec.output else None
+        # Absolute, as input_schema below: relative to the working folder, a recipe sent to a
+        # worker process or run after a notebook's `%cd` wrote its images into that folder's
+        # `out/x`. Messages name it as before (`output_display`): joined to the recipe's path and
+        # lexically tidied, "recipes/../outputs/x" to "outputs/x" (see default_output_dir).
+        self.output: Path | None = None
+        self.output_display: str | None = None
+        if spec.output:
+            self.output_display = os.path.normpath(path.parent / spec.output)
+            self.output = Path(os.path.abspath(self.output_display))
         # Absolute, as resolved_path: kept relative to the working folder, a recipe sent to a
         # worker process or planned after a notebook's `%cd` read the schema file of that folder
         # (another model's, or none). Messages name it as before: joined to the recipe's path.

@@ -126,6 +126,18 @@ def test_dry_run_says_what_would_happen_without_writing(recipe: Path, tmp_path: 
     assert not out.exists()
 
 
+def test_run_and_status_name_a_recipes_output_folder_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (the recipe keeps it absolute, for a notebook's `%cd`: what the commands print stays short)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "c.yaml").write_text(RECIPE + "output: ../runs/../out/x\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = invoke("run", "recipes/c.yaml", "--dry-run")
+    assert code == 0
+    assert stdout.startswith("2 jobs in the plan; output folder out/x\n")
+    code, _, err = invoke("status", "recipes/c.yaml")
+    assert code == 66 and err.startswith("error: out/x: no run has written here yet"), err
+
+
 def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = invoke("status", str(tmp_path / "empty"))

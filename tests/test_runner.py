@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import signal
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from PIL import Image
 
 from seedream_pipe.config import ApiSettings
 from seedream_pipe.errors import AuthError, UsageError
+from seedream_pipe.paths import default_output_dir
 from seedream_pipe.progress import JsonProgress
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.runner import RunOptions, RunResult, arun_recipe, run_recipe
@@ -148,6 +150,32 @@ def test_a_recipe_loaded_by_a_relative_path_is_still_its_file_after_the_folder_c
     assert result.exit_code == 0
     with StateStore.for_output_dir(out) as store:
         assert store.get_meta("recipe")["file"] == str((tmp_path / "t.yaml").resolve())
+
+
+@pytest.mark.parametrize("pickled", [False, True], ids=["after-cd", "pickled-after-cd"])
+def test_a_recipe_writes_into_its_output_folder_after_the_working_folder_changes(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pickled: bool
+) -> None:
+    # `output: out/x` was kept relative to the folder the recipe was loaded from: run after a
+    # notebook's `%cd`, or in a worker process started elsewhere, it wrote into that folder's
+    # recipes/out/x
+    (tmp_path / "recipes").mkdir()
+    write_recipe(tmp_path / "recipes", RECIPE + "output: out/x\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("recipes/t.yaml")
+    assert default_output_dir(recipe) == Path("recipes/out/x")  # (as run and status name it)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    if pickled:
+        recipe = pickle.loads(pickle.dumps(recipe))
+    result = run_recipe(recipe, api=ApiSettings(sim.base_url, TOKEN), options=fast())
+    assert result.exit_code == 0
+    assert result.out_dir == tmp_path / "recipes" / "out" / "x"
+    assert_images_intact(tmp_path / "recipes" / "out" / "x", 6)
+    assert list(elsewhere.iterdir()) == []
+    with StateStore.for_output_dir(result.out_dir) as store:  # (the hash of the recipe as written, as before)
+        assert store.get_meta("recipe")["hash"] == recipe.hash == "4c57cc24bf57fb7142e0b21ef9cb6f29d87b69fbd84966560faef6cbb5479f33"
 
 
 def test_repeats_send_the_same_body_and_get_different_pictures(sim: Simulator, tmp_path: Path) -> None:
