@@ -862,13 +862,31 @@ class Plan:
         """
         import pandas as pd
 
+        axis_columns, input_columns = self._columns()
+        with_repeat = "repeat" not in axis_columns  # (else the repeat axis is the column)
+        columns = ["job_id", "index", *axis_columns.values(), "prompt", *input_columns.values(),
+                   *(["repeat"] if with_repeat else [])]
+        rows = [
+            (job.job_id, job.index, *(job.repeat + 1 if n == "repeat" else job.axes.get(n) for n in axis_columns), job.prompt,
+             *(job.inputs.get(k) for k in input_columns), *((job.repeat + 1,) if with_repeat else ()))
+            for job in self.jobs
+        ]
+        return pd.DataFrame.from_records(rows, columns=columns)
+
+    def axis_columns(self) -> dict[str, str]:
+        """Each axis (in plan order) -> the name of its column in `to_dataframe()`, and in plan's
+        table and CSV: the axis's name, or `<axis>_label` when that names another column (see
+        to_dataframe)."""
+        return self._columns()[0]
+
+    def _columns(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The column of each axis, and of each input that is not an axis, in to_dataframe."""
         axis_names = list(self.axes)
         # (a body axis, resolution or a param, is that input's column; a var is not an input)
         body_axes = {a.name for a in self.recipe.blueprint.axes if a.kind in ("resolution", "param")}
         inputs: list[str] = []
         for job in self.jobs[:1]:
             inputs = [k for k in job.inputs if k != "prompt" and k not in body_axes]
-        with_repeat = "repeat" not in axis_names  # (else the repeat axis is the column)
         # (repeat too when it is the repeat axis's column: that axis keeps its name)
         own = {"job_id", "index", "prompt", "repeat"}
         taken = own | set(axis_names) | set(inputs)
@@ -880,16 +898,10 @@ class Plan:
             taken.add(column)
             return column
 
-        input_columns = [apart(name, "_input") if name in own else name for name in inputs]
-        fixed = {"job_id", "index", "prompt", *input_columns}
-        axis_columns = [apart(name, "_label") if name in fixed else name for name in axis_names]
-        columns = ["job_id", "index", *axis_columns, "prompt", *input_columns, *(["repeat"] if with_repeat else [])]
-        rows = [
-            (job.job_id, job.index, *(job.repeat + 1 if n == "repeat" else job.axes.get(n) for n in axis_names), job.prompt,
-             *(job.inputs.get(k) for k in inputs), *((job.repeat + 1,) if with_repeat else ()))
-            for job in self.jobs
-        ]
-        return pd.DataFrame.from_records(rows, columns=columns)
+        input_columns = {name: apart(name, "_input") if name in own else name for name in inputs}
+        fixed = {"job_id", "index", "prompt", *input_columns.values()}
+        axis_columns = {name: apart(name, "_label") if name in fixed else name for name in axis_names}
+        return axis_columns, input_columns
 
 
 def _decode(number: int, sizes: list[int]) -> tuple[int, ...]:

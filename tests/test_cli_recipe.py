@@ -403,6 +403,16 @@ def test_plan_table() -> None:
     assert lines[7].startswith("1  ")
 
 
+def test_plan_table_heads_each_axis_as_the_csv_does(tmp_path: Path) -> None:
+    # a var named job_id made a second `job_id` header (the CSV and to_dataframe say job_id_label)
+    path = write(tmp_path, 'template: "{{ job_id }} {{ job_id_label }}"\nvars: {job_id: [a, b], job_id_label: [c]}\n')
+    table = invoke("plan", str(path)).stdout.splitlines()
+    assert table[4].split() == ["#", "job_id", "job_id_label_label", "job_id_label", "resolution", "prompt"]
+    assert table[6].split()[2:4] == ["a", "c"]
+    csv_header = invoke("plan", str(path), "--format", "csv").stdout.splitlines()[0].split(",")
+    assert csv_header == ["job_id", "index", "job_id_label_label", "job_id_label", "resolution", "prompt", "repeat"]
+
+
 def test_the_plan_header_gives_the_grid_s_axes_when_a_sample_keeps_fewer(tmp_path: Path) -> None:
     # It counted the values left in the 3 jobs sampled, "a 2 x b 3": six jobs, by that header.
     path = tmp_path / "s.yaml"

@@ -1050,9 +1050,11 @@ def test_to_dataframe_names_an_axis_that_clashes_with_a_column_apart(tmp_path: P
 
 def test_to_dataframe_renames_an_axis_apart_from_a_var_named_as_its_new_name(tmp_path: Path) -> None:
     # vars `job_id` and `job_id_label`: both were the column job_id_label, twice in plan's CSV
-    frame = plan_of(tmp_path, 'template: "{{ job_id }} {{ job_id_label }}"\nvars: {job_id: [a, b], job_id_label: [c]}\n').to_dataframe()
+    plan = plan_of(tmp_path, 'template: "{{ job_id }} {{ job_id_label }}"\nvars: {job_id: [a, b], job_id_label: [c]}\n')
+    frame = plan.to_dataframe()
     columns = list(frame.columns)
     assert columns[:4] == ["job_id", "index", "job_id_label_label", "job_id_label"]
+    assert plan.axis_columns() == {"job_id": "job_id_label_label", "job_id_label": "job_id_label", "resolution": "resolution"}
     assert frame["job_id_label_label"].tolist() == ["a", "b"] and frame["job_id_label"].tolist() == ["c", "c"]
 
 

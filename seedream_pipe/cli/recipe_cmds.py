@@ -152,10 +152,11 @@ def _shorten(text: str, width: int) -> str:
     return text if cell_len(text) <= width else set_cell_size(text, width - 1).rstrip() + "…"
 
 
-def _table(jobs: list[Job], axis_names: list[str]) -> list[str]:
-    headers = ["#", "job_id", *(printable(n) for n in axis_names), "prompt"]
+def _table(jobs: list[Job], axis_columns: dict[str, str]) -> list[str]:
+    """The jobs, one line each; each axis headed by its CSV column (a var `job_id` is `job_id_label`)."""
+    headers = ["#", "job_id", *(printable(c) for c in axis_columns.values()), "prompt"]
     rows = [
-        [str(job.index), job.job_id, *(_shorten(job.axes.get(n, ""), 30) for n in axis_names),
+        [str(job.index), job.job_id, *(_shorten(job.axes.get(n, ""), 30) for n in axis_columns),
          _shorten(job.prompt, PROMPT_WIDTH)]
         for job in jobs
     ]
@@ -212,7 +213,7 @@ def plan_cmd(recipe: Path, fmt: str, limit: int | None, max_jobs: int, yes: bool
         for line in summary:
             click.echo(line)
         click.echo("")
-        for line in _table(jobs, list(plan.axes)):
+        for line in _table(jobs, plan.axis_columns()):
             click.echo(line)
         if len(jobs) < len(plan):
             click.echo(f"... {len(plan) - len(jobs):,} more (--limit 0 shows all)")
