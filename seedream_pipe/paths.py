@@ -110,6 +110,12 @@ def real_path(path: str | os.PathLike[str]) -> Path | None:
         return None
 
 
+def no_folder(path: Path) -> str:
+    """What `path` is, said of a path that is there but no folder: a link loop or a dangling
+    link is no file either (mkdir says "File exists" of it all the same)."""
+    return "a symbolic link to no folder" if path.is_symlink() else "a file, not a folder"
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file or folder (False when either cannot be resolved: a
     symbolic link loop, a name the system refuses)."""

@@ -1079,6 +1079,21 @@ def test_dry_run_refuses_a_folder_run_could_not_make_or_write(
     assert list(read_only.iterdir()) == []
 
 
+@pytest.mark.parametrize("target", ["loop", "nowhere/x"], ids=["link-loop", "dangling-link"])
+def test_an_output_folder_that_is_a_link_to_no_folder_is_refused_by_the_dry_run_too(tmp_path: Path, target: str) -> None:
+    # `output: out` where out is a link loop (or leads nowhere): the dry run said "submit: 2",
+    # exit 0, and the run "out: is a file, not a folder" (73) of a link
+    (tmp_path / "out").symlink_to(target)
+    recipe = tmp_path / "c.yaml"
+    recipe.write_text(RECIPE + "output: out\n", encoding="utf-8")
+    code, stdout, err = invoke("run", str(recipe), "--sim", "--dry-run")
+    assert code == 73 and "submit" not in stdout
+    assert err == f"error: {tmp_path / 'out'}: cannot create the output folder: {tmp_path / 'out'} is a symbolic link to no folder\n"
+    code, _, err = invoke("run", str(recipe), "--sim")
+    assert code == 73
+    assert err == f"error: {tmp_path / 'out'}: is a symbolic link to no folder; give the output folder another path (--out)\n"
+
+
 def test_an_emptied_state_is_not_taken_for_a_new_folder(recipe: Path, tmp_path: Path) -> None:
     # A state.sqlite truncated to 0 bytes opened as a new, empty state: the run submitted every
     # job again (paid twice on the real API) and overwrote the images.

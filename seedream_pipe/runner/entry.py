@@ -30,7 +30,7 @@ from seedream_pipe.errors import (
 )
 from seedream_pipe.images import thumb_name
 from seedream_pipe.pacing import Backoff, RequestBudget, SubmitPacer
-from seedream_pipe.paths import THUMBS_DIR, default_output_dir, image_file_name
+from seedream_pipe.paths import THUMBS_DIR, default_output_dir, image_file_name, no_folder
 from seedream_pipe.progress import Progress, QuietProgress
 from seedream_pipe.redaction import redact
 from seedream_pipe.runner.core import Runner
@@ -275,7 +275,7 @@ async def arun_recipe(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError(f"{out}: is a file, not a folder; give the output folder another path ({option('--out', 'out_dir')})") from None
+        raise OutputError(f"{out}: is {no_folder(out)}; give the output folder another path ({option('--out', 'out_dir')})") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
     # (before the lock, which creates .run.lock: a folder refused is left as it was found)

@@ -13,7 +13,7 @@ from typing import Any
 
 from seedream_pipe.config import api_host, is_loopback
 from seedream_pipe.errors import FolderBusy, OutputError, UsageError, printable
-from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR
+from seedream_pipe.paths import IMAGES_DIR, THUMBS_DIR, no_folder
 from seedream_pipe.state import STATE_FILE, StateStore
 from seedream_pipe.words import option, some_of
 
@@ -57,10 +57,11 @@ def refuse_unwritable(out_dir: Path) -> None:
     file, a read-only disk, no permission), found without writing: the dry run says what the
     run would meet rather than a plan and a cost it would never get to."""
     existing = out_dir
-    while not existing.exists() and existing.parent != existing:
+    # (a link to nothing, or a link loop, is there too: the run's mkdir refuses it)
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"{out_dir}: cannot create the output folder: {existing} is a file, not a folder")
+        raise OutputError(f"{out_dir}: cannot create the output folder: {existing} is {no_folder(existing)}")
     if not os.access(existing, os.W_OK | os.X_OK):
         doing = "write in the output folder" if existing == out_dir else f"create the output folder in {existing}"
         raise OutputError(f"{out_dir}: cannot {doing}: it is read-only, or not yours to write in")
