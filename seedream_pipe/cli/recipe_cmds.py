@@ -338,8 +338,10 @@ def init_cmd(written: str, force: bool) -> int:
                               "(a file, or a symbolic link to no folder)") from None
         except OSError as exc:
             raise OutputError(f"cannot create the folder {path.parent}: {exc.strerror}") from exc
-    if path.exists() and not force:
-        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    # (a link to nothing is there too, as `ls` shows: written through, it made a file wherever
+    # it pointed, out of sight)
+    if (path.exists() or path.is_symlink()) and not force:
+        raise UsageError(f"{printable(str(path))} already exists; pass --force to overwrite it")
     if path.exists() and not path.is_file():
         # (--force on a named pipe waited for a reader for good; on /dev/null it "wrote" nothing)
         raise UsageError(f"{printable(str(path))} is not a regular file (a pipe or a device); give init the path of a .yaml file")
