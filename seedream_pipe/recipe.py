@@ -1168,8 +1168,13 @@ def _without(data: dict[str, Any], paths: Iterable[KeyPath]) -> dict[str, Any]:
 
 
 def iter_recipe_files(folder: Path) -> Iterator[Path]:
-    """The recipe files in a folder (*.yaml, *.yml), sorted; not its subfolders."""
-    yield from sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    """The recipe files in a folder (*.yaml, *.yml), sorted; not its subfolders. A link to
+    nothing (or to itself) is one too: passed over, a recipe whose link broke was not said to
+    be missing, and `validate recipes/` said all was well."""
+    yield from sorted(
+        p for p in folder.iterdir()
+        if p.suffix in (".yaml", ".yml") and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def partial_bases_among(paths: Iterable[Path], files: RecipeFiles | None = None) -> dict[Path, list[Path]]:

@@ -50,6 +50,18 @@ def test_validate_a_folder() -> None:
     assert result.stdout.count("ok: ") == len(list(RECIPES.glob("*.yaml")))
 
 
+def test_validate_a_folder_says_a_recipe_link_that_broke(tmp_path: Path) -> None:
+    # a .yaml link to nothing, or to itself, was passed over: "ok" for the others, exit 0
+    write(tmp_path, 'template: "a {{ x }}"\nvars: {x: [1, 2]}\n', "good.yaml")
+    (tmp_path / "gone.yaml").symlink_to(tmp_path / "moved-away.yaml")
+    (tmp_path / "loop.yaml").symlink_to("loop.yaml")
+    result = invoke("validate", str(tmp_path))
+    assert result.exit_code == 65, result.output
+    assert f"ok: {tmp_path / 'good.yaml'} (2 jobs)" in result.stdout
+    assert f"{tmp_path / 'gone.yaml'}" in result.stderr and "no such recipe file" in result.stderr
+    assert f"{tmp_path / 'loop.yaml'}: is a symbolic link that leads back to itself" in result.stderr
+
+
 def test_validate_says_when_a_valid_recipe_is_over_the_job_limit(tmp_path: Path) -> None:
     # "ok: big.yaml (30,000 jobs)" and exit 0, then plan and run refused it with 65
     values = ", ".join(f"v{i}" for i in range(100))
@@ -585,6 +597,19 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     assert target.read_text() == "mine\n"
     assert invoke("init", str(target), "--force").exit_code == 0
     assert target.read_text().startswith("# A seedream-pipe recipe")
+
+
+def test_init_refuses_a_link_to_nothing_rather_than_writing_where_it_points(tmp_path: Path) -> None:
+    # a dangling recipe.yaml link did not "exist", so init wrote through it: a file appeared
+    # wherever the link pointed, out of sight
+    (tmp_path / "elsewhere").mkdir()
+    away = tmp_path / "elsewhere" / "made.yaml"
+    link = tmp_path / "recipe.yaml"
+    link.symlink_to(away)
+    result = invoke("init", str(link))
+    assert result.exit_code == 64
+    assert result.stderr == f"error: {link} already exists; pass --force to overwrite it\n"
+    assert not away.exists() and link.is_symlink()
 
 
 @pytest.mark.timeout(20)
