@@ -145,6 +145,18 @@ def test_status_of_a_folder_with_no_run_exits_66(tmp_path: Path) -> None:
     assert "no run has written here yet" in err and "default folder" not in err
 
 
+@pytest.mark.parametrize("points_to", ["loop", "nowhere"])
+def test_status_of_a_recipe_whose_out_is_a_link_to_no_folder_says_so(tmp_path: Path, points_to: str) -> None:
+    # "no run has written here yet (run it first: seedream-pipe run ... --out loop)", and that
+    # run is refused: the link leads nowhere a run can write
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    (tmp_path / "loop").symlink_to(tmp_path / points_to)
+    code, _, err = invoke("status", str(recipe), "--out", str(tmp_path / "loop"))
+    assert code == 66
+    assert err == f"error: {tmp_path / 'loop'}: a symbolic link to no folder (to nothing, or back to itself): no run has written there, nor can one\n"
+
+
 def test_status_sheet_and_report_of_a_0_byte_state_write_nothing(tmp_path: Path) -> None:
     # A run cut short before its first commit leaves a 0-byte state.sqlite; status (and sheet,
     # report) filled the schema into it: 49 kB written by commands that only read.

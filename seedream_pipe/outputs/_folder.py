@@ -149,6 +149,11 @@ def edited_recipe_warning(folder: OutputFolder) -> str | None:
 def no_run_yet(out_dir: Path, run_args: list[str] | None, more: str = "") -> NothingToShow:
     """The error of a folder no run wrote into, with the command that makes it: `run_args`,
     what follows `seedream-pipe run` (None: no recipe known), quoted to paste as it is."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        # (a link to nothing or to itself: `run` refuses to write through it, so the hint to
+        # run into it first would only lead to that refusal)
+        return NothingToShow(f"{out_dir}: a symbolic link to no folder (to nothing, or back to itself): "
+                             "no run has written there, nor can one")
     return NothingToShow(f"{out_dir}: no run has written here yet ({_run_hint(run_args)}){more}")
 
 
