@@ -735,6 +735,8 @@ def _axes_written(child: dict[str, Any], base: dict[str, Any]) -> set[str]:
             names |= set(written) if isinstance(written, dict) else set(base.get(key) or {})
     if "resolutions" in child:
         names.add("resolution")
+    if "template" in child or "templates" in child:  # (setting either replaces both, above)
+        names.add("template")
     return names
 
 

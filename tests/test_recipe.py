@@ -645,6 +645,21 @@ def test_a_typo_in_a_middle_recipes_exclude_on_a_var_it_set_itself_is_an_error(t
     assert len(plan) == 2 and len(plan.warnings) == 1 and "'dusk' matches no value of 'time'" in plan.warnings[0]
 
 
+def test_an_exclude_of_the_base_on_templates_a_child_replaced_is_a_warning(tmp_path: Path) -> None:
+    # `template:` in the extending file drops the base's `templates` (and so the template axis):
+    # the base's exclude on it has nothing left to exclude, as for a var the child set. It was
+    # an error ("'template' names no axis"), and the child could not be planned at all.
+    templates = 'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'
+    write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"', templates)
+          + "exclude: [{template: a, time: dusk}]\n", "base.yaml")
+    plan = load_recipe(write(tmp_path, 'extends: base.yaml\ntemplate: "{{ subject }}/{{ time }}"\n', "c.yaml")).plan()
+    assert len(plan) == 4
+    assert len(plan.warnings) == 1 and "'template' names no axis or var" in plan.warnings[0]
+    # `templates:` merges into the base's: the base's exclude still applies, and says nothing
+    plan = load_recipe(write(tmp_path, 'extends: base.yaml\ntemplates: {c: "{{ subject }}, {{ time }}"}\n', "d.yaml")).plan()
+    assert len(plan) == 10 and not plan.warnings  # (a, b, c x 4, less the fox and the owl at dusk in a)
+
+
 def test_extends_template_replaces_templates(tmp_path: Path) -> None:
     write(tmp_path, BASE.replace('template: "{{ subject }} at {{ time }}"',
                                  'templates: {a: "{{ subject }} {{ time }}", b: "{{ time }} {{ subject }}"}'),
