@@ -155,11 +155,10 @@ class _Converter:
         if path and path[0] in _TEXT_KEYS:
             if node.tag == _NULL_TAG and (len(path) == 1 or (path[0] == "vars" and len(path) == 2)):
                 return None  # `exclude: ~`, `vars: {light: ~}`: remove what a base recipe set
-            if path[0] == "vars" and len(path) == 3 and node.value == "" and not node.style:
-                # A `-` with nothing after it: an empty prompt part sent and paid for, most
-                # likely a value not written yet. An empty value is written "".
-                raise _Refused('an empty list item (a "-" with nothing after it); write "" for an '
-                               "empty value, or remove the item", path, node)
+            if path[0] == "vars" and node.value == "" and not node.style:
+                # A `-` (or a `- label:`) with nothing after it: an empty prompt part sent and
+                # paid for, most likely a value not written yet. An empty value is written "".
+                _refuse_empty_var_value(path, node)
             return node.value
         if node.tag in _AS_TEXT_TAGS:
             return node.value
@@ -208,6 +207,21 @@ class _Converter:
         for k, v in merged.items():
             out.setdefault(k, v)
         return out
+
+
+def _refuse_empty_var_value(path: KeyPath, node: yaml.ScalarNode) -> None:
+    """Refuse a var's value written as nothing (an empty scalar, not quoted), saying how to
+    write what was most likely meant; other empty scalars under `vars` are left to the checks."""
+    if len(path) == 3 and isinstance(path[2], int):
+        raise _Refused('an empty list item (a "-" with nothing after it); write "" for an '
+                       "empty value, or remove the item", path, node)
+    if len(path) == 4 and isinstance(path[2], int):  # (`- mist:`: a label, and no value)
+        label = path[3]
+        raise _Refused(f"the label {label!r} has no value after it; write the value after the colon, "
+                       f'`{label}: ""` for an empty one, or `- {label}` for a value that is its own label',
+                       path, node)
+    if path[2:] == ("file",):
+        raise _Refused("`file:` names no file; give the path of a text file of values, one per line", path, node)
 
 
 def decode_text(raw: bytes, display: str, what: str) -> str:

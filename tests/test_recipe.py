@@ -1207,6 +1207,19 @@ def test_an_output_folder_with_what_a_terminal_acts_on_is_refused(tmp_path: Path
     assert load_recipe(write(tmp_path, MINIMAL + "output: ../outputs/été ✓\n")).output is not None
 
 
+def test_a_label_with_no_value_and_a_file_with_no_path_are_refused(tmp_path: Path) -> None:
+    # `- mist:` planned the label 'mist' with an empty value: the prompt "a " sent, and paid for
+    text = 'template: "a {{ x }}"\nvars:\n  x:\n    - mist:\n    - rain\n'
+    message = only_problem(write(tmp_path, text))
+    assert message.startswith(f"{tmp_path / 'recipe.yaml'}:4:12: vars.x[0].mist: the label 'mist' has no value after it")
+    assert '`mist: ""` for an empty one, or `- mist` for a value' in message
+    recipe = load_recipe(write(tmp_path, 'template: "a {{ x }}"\nvars:\n  x:\n    - mist: ""\n    - rain\n'))
+    assert [job.prompt for job in recipe.plan()] == ["a", "a rain"]
+    # `{file: }` was said to be "an empty list item (a "-" with nothing after it)"
+    message = only_problem(write(tmp_path, 'template: "a {{ x }}"\nvars:\n  x: {file: }\n'))
+    assert "vars.x.file: `file:` names no file" in message
+
+
 def test_an_empty_list_item_of_a_var_is_refused_and_an_empty_value_written_so_is_kept(tmp_path: Path) -> None:
     # A "-" with nothing after it sent "a " as a prompt (and paid for it): a value not written yet.
     text = 'template: "a {{ x }}"\nvars:\n  x:\n    - fox\n    -\n    - owl\n'
