@@ -157,7 +157,7 @@ class _Runs:
     #: a few runs of half as many, spaced so that every piece holds one: looked for first, they
     #: spare a text that holds none of them (almost every text) the search for each piece
     clues: tuple[str, ...]
-    pattern: re.Pattern[str]  # any piece, in any letter case
+    pattern: re.Pattern[str]  # any piece, in a case-folded text
 
     @classmethod
     def of(cls, strings: Iterable[str], shortest: int) -> _Runs:
@@ -166,7 +166,9 @@ class _Runs:
         size, step = shortest // 2, shortest - shortest // 2 + 1
         pieces = tuple(dict.fromkeys(one[i : i + shortest] for one in kept for i in range(len(one) - shortest + 1)))
         clues = tuple(dict.fromkeys(one[i : i + size] for one in kept for i in range(0, len(one) - size + 1, step)))
-        pattern = re.compile("|".join(map(re.escape, pieces)), re.IGNORECASE)
+        # (searched for in the case-folded text: IGNORECASE folds one character to one, so a piece
+        # holding `ss` did not match the `ß` it was folded from, and was five times slower)
+        pattern = re.compile("|".join(map(re.escape, pieces)))
         return cls("\0".join(kept), shortest, pieces, clues, pattern)
 
     def held_in(self, folded: str) -> bool:
@@ -230,18 +232,30 @@ def _starts(read: str, escapes: list[tuple[int, int]]) -> list[int]:
     return starts
 
 
-def _runs(text: str, runs: _Runs) -> Iterator[tuple[int, int]]:
-    """Where `text` holds a run of `runs.shortest` or more characters of `runs.wanted`, each as
-    long as it goes on matching: one pass, whatever a server fills its answer with."""
+def _runs(folded: str, runs: _Runs) -> Iterator[tuple[int, int]]:
+    """Where a case-folded text holds a run of `runs.shortest` or more characters of
+    `runs.wanted`, each as long as it goes on matching: one pass, whatever a server fills its
+    answer with."""
     at = 0
-    while (found := runs.pattern.search(text, at)) is not None:
+    while (found := runs.pattern.search(folded, at)) is not None:
         # (the run as far as it is still a piece of the secret, wherever in it: a secret that
         # repeats a piece goes on matching from either place)
         end = found.end()
-        while end < len(text) and text[found.start() : end + 1].casefold() in runs.wanted:
+        while end < len(folded) and folded[found.start() : end + 1] in runs.wanted:
             end += 1
         yield found.start(), end
         at = end
+
+
+def _unfolded(text: str, folded: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` of `folded` (`text.casefold()`) as spans of `text`, each taking in the whole of
+    every character it has any of (`ß`, folded to `ss`)."""
+    if len(folded) == len(text):  # (each character folded to one: the places are the same)
+        return spans
+    of: list[int] = []  # (the character of `text` each one of `folded` comes from)
+    for i, char in enumerate(text):
+        of += [i] * len(char.casefold())
+    return [(of[start], of[end - 1] + 1) for start, end in spans]
 
 
 def _cut_runs(text: str, sought: tuple[_Runs, ...]) -> str:
@@ -253,7 +267,8 @@ def _cut_runs(text: str, sought: tuple[_Runs, ...]) -> str:
     seen = text
     while True:
         folded = seen.casefold()
-        if found := [run for runs in sought if runs.held_in(folded) for run in _runs(seen, runs)]:
+        if found := [run for runs in sought if runs.held_in(folded) for run in _runs(folded, runs)]:
+            found = _unfolded(seen, folded, found)
             maps = [_starts(read, escapes) for read, escapes in reversed(readings)]
             for start, end in found:
                 for starts in maps:
