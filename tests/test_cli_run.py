@@ -1329,3 +1329,14 @@ def test_the_cli_called_in_process_leaves_the_callers_signal_handlers_alone(tmp_
     result = CliRunner().invoke(cli, ["status", str(tmp_path / "none")])
     assert result.exit_code == 66
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_an_output_folder_below_a_link_to_nowhere_names_the_link(recipe: Path, tmp_path: Path) -> None:
+    # `--out dangling/sub`, dangling a link to nothing: the dry run named the link, but the run
+    # said "dangling/sub: is a file, not a folder", of a path that is not there at all
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "x")
+    out = tmp_path / "dangling" / "sub"
+    for extra in (["--dry-run"], []):
+        code, stdout, err = invoke("run", str(recipe), "--sim", "--out", str(out), *extra)
+        assert code == 73 and "submit" not in stdout
+        assert err == f"error: {out}: cannot create the output folder: {tmp_path / 'dangling'} is a symbolic link to no folder\n"

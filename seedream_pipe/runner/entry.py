@@ -41,6 +41,7 @@ from seedream_pipe.runner.folder import (
     folder_lock,
     refuse_foreign,
     refuse_links,
+    refuse_unwritable,
     sweep_stale_outputs,
 )
 from seedream_pipe.runner.rules import (
@@ -275,6 +276,8 @@ async def arun_recipe(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
+        if not (out.exists() or out.is_symlink()):  # (a file, or a link to no folder, above it: named as the dry run names it)
+            refuse_unwritable(out)
         raise OutputError(f"{out}: is {no_folder(out)}; give the output folder another path ({option('--out', 'out_dir')})") from None
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder: {exc.strerror or exc}") from exc
