@@ -35,12 +35,15 @@ def _forms(secret: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
     debug dump of `Authorization: Bearer ...`); each as its case-folded text and the pattern
     that finds it in any case. Longest first, so that no form is left half replaced by a shorter
     one."""
+    # (a byte of the token that is not UTF-8, a lone surrogate as Python reads it from the
+    # environment, is escaped as that byte: quote() refused it, UnicodeEncodeError)
+    kept = {"errors": "surrogatepass"}
     forms = {
         secret,
-        quote(secret, safe=""),
-        quote(secret),
-        quote_plus(secret, safe=""),
-        quote_plus(secret),
+        quote(secret, safe="", **kept),
+        quote(secret, **kept),
+        quote_plus(secret, safe="", **kept),
+        quote_plus(secret, **kept),
         json.dumps(secret)[1:-1],
         html.escape(secret),
         *_base64s(_bytes(secret)),

@@ -456,3 +456,12 @@ def test_a_piece_of_a_token_with_a_character_that_folds_to_two_is_cut_out(token:
     folded_token, folded = token.casefold(), cleaned.casefold()
     assert not any(folded_token[i : i + 8] in folded for i in range(len(folded_token) - 7)), cleaned
     assert cleaned.startswith("err: ") and cleaned.endswith(" end") and "***" in cleaned
+
+
+def test_a_token_holding_a_byte_that_is_not_utf8_is_still_cut_out() -> None:
+    # RUNCOMFY_TOKEN=$'rc_abc\xff...': Python reads the byte as a lone surrogate, which quote()
+    # refused (UnicodeEncodeError): every message of the run ended with exit 70, "a bug".
+    token = "rc_abcdef\udcffghijklmnop"
+    assert redaction.redact(f"echo: {token}", token) == "echo: ***"
+    assert redaction.redact("echo: ghijklmnop", token) == "echo: ***"
+    assert redaction.redact("nothing here", token) == "nothing here"
