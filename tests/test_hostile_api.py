@@ -24,7 +24,7 @@ from seedream_pipe.errors import (
 from seedream_pipe.pacing import Backoff, PollSchedule, RequestBudget, SubmitPacer
 from seedream_pipe.recipe import load_recipe
 from seedream_pipe.redaction import redact
-from seedream_pipe.runner import RunOptions, run_recipe
+from seedream_pipe.runner import RunOptions, core, run_recipe
 from seedream_pipe.runner.rules import NOT_FOUND_LOOKS
 from seedream_pipe.state import StateStore
 
@@ -353,6 +353,38 @@ def test_a_result_endpoint_refusing_running_jobs_turns_the_looks_to_status(
     assert result.counts["downloaded"] == 3 and len(made) == 3  # none failed, none resubmitted
     assert refused == ["r1"]  # asked once, not retried; the other jobs were polled by status from the start
     assert [status_reads.get(rid) for rid in made] == [2, 2, 2]
+
+
+def test_a_huge_state_from_the_result_endpoint_is_scrubbed_only_as_far_as_it_is_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state the runner does not know is named in an event, scrubbed of the token first. The
+    # whole answer was scrubbed, then cut to 40 characters: 4 MiB of near-misses of the token
+    # held the event loop for seconds at each look. The token begun inside what is shown still goes.
+    scrubbed: list[int] = []
+
+    def spy(text: str, *secrets: str | None) -> str:
+        scrubbed.append(len(text))
+        return redact(text, *secrets)
+
+    monkeypatch.setattr(core, "redact", spy)
+    huge = "x" * 20 + TOKEN + TOKEN[:-1] * 100_000
+    status_reads = 0
+
+    def read(rid: str, what: str) -> httpx.Response:
+        nonlocal status_reads
+        if what == "status":
+            status_reads += 1
+            return httpx.Response(200, json={"status": "completed" if status_reads >= 2 else "in_progress"})
+        return httpx.Response(200, json={"status": huge}) if status_reads < 2 else image_of(rid)
+
+    api, made = jobs_api(read)
+    heard = Heard()
+    result = run_against(api, tmp_path, progress=heard)
+    assert result.exit_code == 0 and made == ["r1"]
+    assert max(scrubbed) < 1000
+    said = heard.said()
+    assert "with no state it names ('" + "x" * 20 + "***" in said and TOKEN[:8] not in said, said
 
 
 def test_a_failed_job_whose_result_carries_an_error_code_fails_alone(tmp_path: Path) -> None:

@@ -725,8 +725,11 @@ class Runner:
             said = "with an answer that was not JSON" if exc.status is not None and exc.status < 300 else f"with {exc.status}"
             return await self._look_by_status(rec, said)
         if result.status not in KNOWN_STATES:
-            # (scrubbed, then cut: cut first, a token across the cut would keep its head)
-            named = self._redact(result.status)[:40]
+            # Scrubbed, then cut (cut first, a token across the cut would keep its head), but only
+            # the head that can be shown, with room for a token begun in it (as client._said): a
+            # 4 MiB state of near-misses held the event loop for seconds at every look.
+            head = result.status[: 40 + 6 * len(self.client.api.token or "")]
+            named = self._redact(head)[:40]
             return await self._look_by_status(rec, f"with no state it names ({named!r})")
         if not result.finished:
             self._result_looks_proven = True
