@@ -37,11 +37,34 @@ def default_output_dir(recipe: Recipe) -> Path:
     `recipes/out/x`) while that is the folder it means, from the working folder the recipe was
     loaded in: what `run` and `status` print stays as short as it was. After a notebook's `%cd`,
     or in a worker process started elsewhere, it is the absolute `recipe.output`.
+
+    Raises UsageError where this version's folder is not the one earlier versions ran the recipe
+    into and only that one holds a run: see `_refuse_moved_output`.
     """
     if recipe.output is None:
         return OUTPUTS_ROOT / recipe.name
     shown = recipe.output_display
-    return Path(shown) if shown is not None and os.path.abspath(shown) == str(recipe.output) else recipe.output
+    if shown is not None and os.path.abspath(shown) == str(recipe.output):
+        return Path(shown)
+    if recipe.output_as_text is not None and recipe.output_as_text != recipe.output:
+        _refuse_moved_output(recipe, recipe.output_as_text)
+    return recipe.output
+
+
+def _refuse_moved_output(recipe: Recipe, tidied: Path) -> None:
+    """Versions before 2026-11-25 took `output: ../out/x` of a recipe reached through a linked
+    folder (`links/r.yaml`) as `out/x` beside the link, tidied as text, where the system means
+    `out/x` beside the folder linked to (and finds the recipe's var files and bases there). A
+    run into that folder would pay for every job the old one holds again: said, not done."""
+    from seedream_pipe.state import STATE_FILE
+
+    assert recipe.output is not None
+    if (tidied / STATE_FILE).is_file() and not (recipe.output / STATE_FILE).exists():
+        raise UsageError(
+            f"{recipe.display}: its output: {recipe.output_display} is read past a linked folder, and means "
+            f"{recipe.output}; earlier versions ran it into {tidied}. Move that folder to {recipe.output} "
+            "to keep its images (a run into a new one would pay for each again), or give it with --out"
+        )
 
 
 def locate(target: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> tuple[Path, Recipe | None]:

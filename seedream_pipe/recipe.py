@@ -901,13 +901,18 @@ class Recipe:
         self.price_per_image: float | None = spec.price_per_image
         # Absolute, as input_schema below: relative to the working folder, a recipe sent to a
         # worker process or run after a notebook's `%cd` wrote its images into that folder's
-        # `out/x`. Messages name it as before (`output_display`): joined to the recipe's path and
-        # lexically tidied, "recipes/../outputs/x" to "outputs/x" (see default_output_dir).
+        # `out/x`. From the recipe's real folder, as its var files, bases and schema are found:
+        # tidied from the path it was given, `links/../out/x` of a recipe reached through a
+        # linked folder was another folder than the system's, and every job was paid for again.
+        # Messages name it as before (`output_display`, lexically tidied: "recipes/../outputs/x"
+        # to "outputs/x") wherever that is the same folder (see default_output_dir).
         self.output: Path | None = None
         self.output_display: str | None = None
+        self.output_as_text: Path | None = None  # (tidied as text, as earlier versions took it)
         if spec.output:
             self.output_display = os.path.normpath(path.parent / spec.output)
-            self.output = Path(os.path.abspath(self.output_display))
+            self.output = Path(os.path.normpath(_real_or_absolute(path.parent) / spec.output))
+            self.output_as_text = Path(os.path.abspath(self.output_display))
         # Absolute, as resolved_path: kept relative to the working folder, a recipe sent to a
         # worker process or planned after a notebook's `%cd` read the schema file of that folder
         # (another model's, or none). Messages name it as before: joined to the recipe's path.

@@ -126,6 +126,29 @@ def test_dry_run_says_what_would_happen_without_writing(recipe: Path, tmp_path: 
     assert not out.exists()
 
 
+def test_a_recipe_reached_through_a_linked_folder_runs_into_the_folder_its_output_means(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `output: ../out/r` of links/r.yaml, links being a link to recipes/: tidied as text it was
+    # ./out/r, where the system (and the recipe's var files and bases) read recipes/../out/r;
+    # run as recipes/r.yaml and as links/r.yaml, the same recipe paid for every job twice
+    (tmp_path / "work" / "recipes").mkdir(parents=True)
+    (tmp_path / "work" / "recipes" / "r.yaml").write_text(RECIPE + "output: ../out/r\n", encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "links").symlink_to(tmp_path / "work" / "recipes")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, stdout, err = invoke("run", "links/r.yaml", "--dry-run")
+    assert code == 0, err
+    assert stdout.startswith(f"2 jobs in the plan; output folder {tmp_path / 'work' / 'out' / 'r'}\n"), stdout
+    # a folder an earlier version ran it into, beside the link, is not left behind unsaid
+    (tmp_path / "elsewhere" / "out" / "r").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "out" / "r" / "state.sqlite").write_bytes(b"")
+    code, _, err = invoke("run", "links/r.yaml", "--dry-run")
+    assert code == 64 and f"earlier versions ran it into {tmp_path / 'elsewhere' / 'out' / 'r'}. Move that folder" in err
+    code, _, err = invoke("run", "links/r.yaml", "--dry-run", "--out", "out/r")
+    assert code == 0, err
+
+
 def test_run_and_status_name_a_recipes_output_folder_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # (the recipe keeps it absolute, for a notebook's `%cd`: what the commands print stays short)
     (tmp_path / "recipes").mkdir()
