@@ -1000,6 +1000,9 @@ def load_recipe(path: str | os.PathLike[str], *, files: RecipeFiles | None = Non
     if not path.exists():
         if path.is_symlink() and real_path(path) is None:  # (`ls` shows it: not "no such file")
             raise RecipeError(Problem(display, "is a symbolic link that leads back to itself"))
+        if path.is_symlink():
+            target = printable(os.readlink(path))
+            raise RecipeError(Problem(display, f"is a symbolic link to {target}, which is not there"))
         raise RecipeError(Problem(display, "no such recipe file"))
     if path.is_dir():
         raise RecipeError(Problem(display, "is a folder; give the path of a recipe .yaml file"))
