@@ -465,3 +465,12 @@ def test_a_token_holding_a_byte_that_is_not_utf8_is_still_cut_out() -> None:
     assert redaction.redact(f"echo: {token}", token) == "echo: ***"
     assert redaction.redact("echo: ghijklmnop", token) == "echo: ***"
     assert redaction.redact("nothing here", token) == "nothing here"
+
+
+def test_a_short_token_written_with_a_character_that_folds_to_two_is_withheld() -> None:
+    # A token of 6 or 7 characters is looked for whole only (its runs are too short to cut on
+    # their own): echoed upper-cased, `ß` is `SS`, which the case-insensitive pattern missed
+    assert redaction.redact("err: STRASSE end", "Straße") == redaction.WITHHELD
+    assert redaction.holds_secret("err: STRASSE end", "Straße")
+    assert redaction.redact("err: Straße end", "Straße") == "err: *** end"
+
