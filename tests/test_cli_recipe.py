@@ -206,6 +206,21 @@ def test_validate_a_folder_still_checks_a_base_that_is_a_whole_recipe(tmp_path: 
     assert f"ok: {tmp_path / 'child.yaml'} (1 job)" in result.stdout
 
 
+def count_parses(monkeypatch: pytest.MonkeyPatch) -> dict[Path, int]:
+    """How many times each recipe file (resolved) is parsed from now on in this test."""
+    import seedream_pipe.recipe as recipe_module
+
+    parsed: dict[Path, int] = {}
+    parse = recipe_module.parse_yaml
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        parsed[path.resolve()] = parsed.get(path.resolve(), 0) + 1
+        return parse(path, *args, **kwargs)
+
+    monkeypatch.setattr(recipe_module, "parse_yaml", counting)
+    return parsed
+
+
 def test_validate_a_folder_checks_a_base_whose_template_comes_from_a_file_outside_it(tmp_path: Path) -> None:
     # mid.yaml takes its template from lib/root.yaml: it is a whole recipe (`plan mid.yaml`
     # fails, exit 65), yet validate called it "not a whole recipe" and, as leaf.yaml overrides
@@ -227,16 +242,7 @@ def test_validate_a_long_chain_of_recipes_takes_each_for_a_whole_recipe_and_read
     # for it gave up after 20 files (a chain may hold 100), so each file further from it was
     # "base: ... (not a whole recipe ...)", its problem said as one of the file extending it; and
     # lib/root.yaml was parsed again for every base.
-    import seedream_pipe.recipe as recipe_module
-
-    parsed: dict[Path, int] = {}
-    parse = recipe_module.parse_yaml
-
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        parsed[path.resolve()] = parsed.get(path.resolve(), 0) + 1
-        return parse(path, *args, **kwargs)
-
-    monkeypatch.setattr(recipe_module, "parse_yaml", counting)
+    parsed = count_parses(monkeypatch)
     folder = tmp_path.resolve()
     (folder / "lib").mkdir()
     write(folder / "lib", 'template: "{{ a }}"\nvars: {a: [x]}\n', "root.yaml")
@@ -279,16 +285,7 @@ def test_validate_reads_each_file_of_a_chain_of_recipes_once(tmp_path: Path, mon
     # 400 recipes, each extending the one before and each with a problem: every recipe parsed
     # each base of its chain again (and again to find which files its problems came from),
     # 110,000 parses and 20 s, each file parsed as many times as the chain is long above it
-    import seedream_pipe.recipe as recipe_module
-
-    parsed: dict[Path, int] = {}
-    parse = recipe_module.parse_yaml
-
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        parsed[path.resolve()] = parsed.get(path.resolve(), 0) + 1
-        return parse(path, *args, **kwargs)
-
-    monkeypatch.setattr(recipe_module, "parse_yaml", counting)
+    parsed = count_parses(monkeypatch)
     folder = tmp_path.resolve()
     for i in range(30):
         extends = f"extends: r{i - 1:02d}.yaml\n" if i else "vars: {a: [x]}\n"
