@@ -102,3 +102,19 @@ def test_a_recipe_and_its_plan_go_to_a_worker_process_and_back() -> None:
         assert [job.as_dict() for job in again] == [job.as_dict() for job in plan]
         assert again.recipe.hash == recipe.hash
         assert [job.prompt for job in again.recipe.plan()] == ["X u", "Y u"]
+
+
+def test_a_folder_of_a_simulator_run_tells_a_notebook_how_to_go_on_in_its_own_words(tmp_path: Path) -> None:
+    # "To go on with the simulator, add --sim": a flag a notebook has no way to pass
+    from seedream_pipe.config import ApiSettings
+    from seedream_pipe.runner import options_from_recipe, run_recipe
+
+    recipe = parse_recipe('template: "a {{ x }}"\nvars: {x: [fox]}\n', folder=tmp_path)
+    with Simulator() as sim:
+        assert run_recipe(recipe, api=ApiSettings(sim.base_url, "tok"), out_dir=tmp_path / "out").ok
+    elsewhere = ApiSettings("https://model-api.example.com/v1", "tok-real-1234")
+    with pytest.raises(errors.UsageError) as refused:
+        run_recipe(recipe, api=elsewhere, out_dir=tmp_path / "out", options=options_from_recipe(recipe))
+    message = str(refused.value)
+    assert "To go on with the simulator, pass its ApiSettings as api=;" in message
+    assert "own folder with out_dir" in message and "--" not in message

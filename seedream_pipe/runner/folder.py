@@ -199,8 +199,9 @@ def check_same_api(store: StateStore, out: Path, host: str) -> None:
         if all(is_loopback(h) for h in earlier):  # (plain http goes to this machine only: a simulator)
             raise UsageError(
                 f"{out} holds the jobs of a run against {hosts}, a simulator on this machine; this "
-                f"run goes to {host} and would take them as done. To go on with the simulator, add "
-                f"{go_on_with(store)}; for {host}, give the run its own folder with {option('--out', 'out_dir')}, or delete {out}"
+                f"run goes to {host} and would take them as done. To go on with the simulator, "
+                f"{option(f'add {go_on_with(store)}', 'pass its ApiSettings as api=')}; for {host}, give the run its "
+                f"own folder with {option('--out', 'out_dir')}, or delete {out}"
             )
         raise UsageError(
             f"{out} holds the jobs of a run against {hosts}; this run goes to "
