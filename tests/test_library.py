@@ -118,3 +118,28 @@ def test_a_folder_of_a_simulator_run_tells_a_notebook_how_to_go_on_in_its_own_wo
     message = str(refused.value)
     assert "To go on with the simulator, pass its ApiSettings as api=;" in message
     assert "own folder with out_dir" in message and "--" not in message
+
+
+def test_a_run_its_caller_cancels_is_recorded_as_interrupted(tmp_path: Path) -> None:
+    # asyncio.wait_for (or a notebook's interrupt) cancelling arun_recipe left the run with no
+    # recorded end: `status` then called it "killed, or its state could not be written"
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from seedream_pipe.cli import cli
+    from seedream_pipe.config import ApiSettings
+    from seedream_pipe.runner import arun_recipe
+
+    recipe = parse_recipe('template: "a {{ x }}"\nvars: {x: [fox, owl]}\n', folder=tmp_path)
+    with Simulator(SimConfig(latency=30.0)) as sim:
+
+        async def cancelled() -> None:
+            run = arun_recipe(recipe, api=ApiSettings(sim.base_url, "tok"), out_dir=tmp_path / "out")
+            await asyncio.wait_for(run, timeout=1.0)
+
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(cancelled())
+    status = CliRunner().invoke(cli, ["status", str(tmp_path / "out")])
+    assert status.exit_code == 0, status.output
+    assert "last run: #1 against 127.0.0.1, exit 130" in status.output

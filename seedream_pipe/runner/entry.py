@@ -369,13 +369,17 @@ async def _run_and_write(
         try:
             async with client:
                 result = await runner.run(store.jobs() + paid_for_off_plan(store))
-        except asyncio.CancelledError:
-            if presses.count < 2:
-                raise
+        except (asyncio.CancelledError, KeyboardInterrupt) as exc:
             # The counters so far, as any run records them: the summary's requests, and the
             # record that this run reached its API (check_same_api), if it did.
             result = runner._result()
             result.exit_code = EX_INTERRUPTED
+            if presses.count < 2:
+                # Cancelled by its caller (a notebook's interrupt, asyncio.wait_for) or Ctrl-C
+                # without handle_signals: recorded as interrupted, as `status` then says (it
+                # said "killed"), and the caller's exception goes on.
+                result.reason = f"interrupted ({type(exc).__name__}; state is consistent; run again to resume)"
+                raise
             result.reason = "interrupted twice: stopped at once (state is consistent; run again to resume)"
         except AuthError as exc:
             result = runner._result()
