@@ -54,6 +54,8 @@ JOB_STATES: tuple[str, ...] = (
 FINAL_STATES = frozenset({"downloaded", "failed", "cancelled"})
 #: States in which the job has a request_id and must be polled, never submitted again.
 REMOTE_STATES = frozenset({"submitted", "in_queue", "in_progress", "completed"})
+#: States of a job the API took and has not finished: billed when it does (unless cancelled).
+IN_FLIGHT_STATES = ("submitted", "in_queue", "in_progress")
 
 Clock = Callable[[], float]
 

@@ -143,7 +143,10 @@ def test_summary_counts_percentiles_cost_and_pushback(folder: Path) -> None:
     lines = text.splitlines()
     assert lines[0] == "8 jobs: 5 done, 1 failed, 1 cancelled, 1 not done (1 in_queue)"
     assert lines[1] == "latency p50 12.0s · p90 12.0s · p99 12.0s"
-    assert "estimated cost $0.15" in lines[2]
+    # (the job in_queue is billed when it finishes, unless cancelled: said apart, as an interrupted
+    # run's summary said $0.03 with three jobs it kept running)
+    assert lines[2] == "4.0 images/min over 1m15.5s · estimated cost $0.15 (up to $0.03 more for 1 in flight)"
+    assert summary.in_flight == 1 and summary.as_dict()["in_flight"] == 1
     assert lines[3] == "429s 2 · retries 3 · HTTP requests 40"
     assert lines[4] == "  failed: job 3 (j003): content policy: the prompt was rejected"  # as `status` says
 

@@ -42,7 +42,7 @@ from seedream_pipe.errors import (
     exit_code_for,
 )
 from seedream_pipe.paths import default_output_dir, locate
-from seedream_pipe.state import STATE_FILE, StateStore
+from seedream_pipe.state import IN_FLIGHT_STATES, STATE_FILE, StateStore
 from seedream_pipe.words import counted
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ SIM_TOKEN = "sim-local-token"
 #: credit, or the user stopped it. Other stops (a rejected request, a wrong URL) need a fix first.
 RESUMES_AS_IS = (EX_UNAVAILABLE, EX_SOFTWARE, EX_TEMPFAIL, EX_INTERRUPTED)
 #: The states of a job the API may still hold: what `cancel` asks it to cancel.
-IN_FLIGHT = ("submitted", "in_queue", "in_progress")
 
 
 @contextlib.contextmanager
@@ -526,7 +525,7 @@ def cancel_command(target: Path, out: Path | None, base_url: str | None) -> int:
     out_dir, _, store = _open_state(target, out)
     with store:
         runs = store.runs()
-        in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT) if r.request_id]
+        in_flight = [r for r in store.jobs(in_plan=None, states=IN_FLIGHT_STATES) if r.request_id]
         built_in = go_on_with(store) == "--sim"  # (else a `seedream-pipe sim` at its URL)
     if not in_flight:
         # Nothing the API could cancel: no token, no network (e.g. after a finished --sim run).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seedream_pipe.state import JOB_STATES, JobRecord, StateStore
+from seedream_pipe.state import IN_FLIGHT_STATES, JOB_STATES, JobRecord, StateStore
 from seedream_pipe.words import counted
 
 #: Summary keys the runner records per run (in `runs.summary`) that we add up across runs.
@@ -39,6 +39,7 @@ class Summary:
     wall_s: float | None = None
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, job_id, reason)
     possible_duplicates: int = 0  # jobs maybe sent (and paid for) twice, over all runs
+    in_flight: int = 0  # jobs the API took that have not finished: billed when they do
     runs: int = 0  # the runs whose time wall_s adds up (the figures are the folder's, of them all)
 
     @property
@@ -73,6 +74,7 @@ class Summary:
             },
             "images_per_minute": self.images_per_minute,
             "estimated_cost_usd": self.estimated_cost,
+            "in_flight": self.in_flight,
             "price_per_image": self.price_per_image,
             "rate_limited": self.rate_limited,
             "retries": self.retries,
@@ -139,6 +141,7 @@ def summarize_jobs(
     billed = sum(1 for job in jobs if job.completed_at is not None or job.state == "downloaded")
     billed += sum(1 for job in jobs if job.possible_duplicate)
     cost = None if price_per_image is None else round(billed * price_per_image, 6)
+    in_flight = sum(counts.get(state, 0) for state in IN_FLIGHT_STATES)
 
     retries = _run_total(runs, _RETRY_KEYS)
     return Summary(
@@ -153,6 +156,7 @@ def summarize_jobs(
         retries=retries if retries is not None else sum(job.retries for job in jobs),
         http_requests=_run_total(runs, ("http_requests",)),
         price_per_image=price_per_image,
+        in_flight=in_flight,
         wall_s=wall,
         failures=[
             (job.job_index, job.job_id, job.error or "no reason recorded") for job in jobs if job.state == "failed"
@@ -222,6 +226,10 @@ def format_summary(summary: Summary, *, max_failures: int = 5) -> str:
     )
     if summary.estimated_cost is not None and summary.runs > 1:
         cost += " in all"
+    if summary.in_flight and summary.price_per_image is not None:
+        # (an interrupted run keeps the jobs already running: the API bills each as it finishes)
+        more = round(summary.in_flight * summary.price_per_image, 6)
+        cost += f" (up to ${more:.2f} more for {summary.in_flight:,} in flight)"
     lines.append(f"{throughput} · {cost}")
     pushback = f"429s {summary.rate_limited} · retries {summary.retries}"
     if summary.http_requests is not None:

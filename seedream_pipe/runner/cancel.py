@@ -16,7 +16,7 @@ from seedream_pipe.client import ModelApiClient
 from seedream_pipe.config import ApiSettings, checked_api, is_loopback
 from seedream_pipe.errors import ApiError, AuthError
 from seedream_pipe.runner.folder import folder_lock
-from seedream_pipe.state import STATE_FILE, JobRecord, StateStore
+from seedream_pipe.state import IN_FLIGHT_STATES, STATE_FILE, JobRecord, StateStore
 
 
 async def cancel_queued(
@@ -28,7 +28,7 @@ async def cancel_queued(
     """Ask the API to cancel every job of this folder that is in flight. Returns (cancelled,
     kept): queued jobs are cancelled (never billed) and recorded as such; running ones answer
     not_cancellable and are kept, to be polled by the next run."""
-    jobs = store.jobs(in_plan=None, states=("submitted", "in_queue", "in_progress"))
+    jobs = store.jobs(in_plan=None, states=IN_FLIGHT_STATES)
     cancelled = kept = 0
 
     async def cancel_one(rec: JobRecord) -> None:
