@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from seedream_pipe.errors import NothingToShow, Problem, RecipeError, UsageError
+from seedream_pipe.words import option
 
 if TYPE_CHECKING:
     from seedream_pipe.recipe import Recipe
@@ -63,7 +64,7 @@ def _refuse_moved_output(recipe: Recipe, tidied: Path) -> None:
         raise UsageError(
             f"{recipe.display}: its output: {recipe.output_display} is read past a linked folder, and means "
             f"{recipe.output}; earlier versions ran it into {tidied}. Move that folder to {recipe.output} "
-            "to keep its images (a run into a new one would pay for each again), or give it with --out"
+            f"to keep its images (a run into a new one would pay for each again), or give it with {option('--out', 'out_dir')}"
         )
 
 
