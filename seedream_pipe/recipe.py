@@ -913,12 +913,13 @@ class Recipe:
         # linked folder was another folder than the system's, and every job was paid for again.
         # Messages name it as before (`output_display`, lexically tidied: "recipes/../outputs/x"
         # to "outputs/x") wherever that is the same folder (see default_output_dir).
+        folder = _real_or_absolute(path.parent)  # (the recipe's real folder: see the two below)
         self.output: Path | None = None
         self.output_display: str | None = None
         self.output_as_text: Path | None = None  # (tidied as text, as earlier versions took it)
         if spec.output:
             self.output_display = os.path.normpath(path.parent / spec.output)
-            self.output = Path(os.path.normpath(_real_or_absolute(path.parent) / spec.output))
+            self.output = Path(os.path.normpath(folder / spec.output))
             self.output_as_text = Path(os.path.abspath(self.output_display))
         # Absolute, as resolved_path: kept relative to the working folder, a recipe sent to a
         # worker process or planned after a notebook's `%cd` read the schema file of that folder
@@ -927,7 +928,6 @@ class Recipe:
         self.input_schema_display: str | None = None
         if spec.input_schema:
             # (`_rebase_paths` made it relative to the real folder of the recipe)
-            folder = _real_or_absolute(path.parent)
             self.input_schema = folder / spec.input_schema
             self.input_schema_display = str(path.parent / spec.input_schema)
         canonical = json.dumps(resolved, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
