@@ -567,15 +567,25 @@ class RecipeFiles:
         """`parse_yaml(path, display, problem_at)`: a copy of the file's first parse, which the
         caller may change (extends merges into it). A file that does not parse is read again at
         each use: its problem is located where that use names it (`problem_at`)."""
+        doc, kept = self._read(path, display, problem_at)
+        return _copy_of(doc) if kept else doc
+
+    def data(self, path: Path) -> dict[str, Any]:
+        """The file's data as parsed, to read only (no copy): what it extends, whether it has a
+        template. Raises RecipeError if it does not parse."""
+        return self._read(path, str(path))[0].data
+
+    def _read(self, path: Path, display: str, problem_at: Problem | None = None) -> tuple[Document, bool]:
+        """The file's parse, and whether it is the one kept (which no caller may change)."""
         kept = self._parsed.get((path, display))
         if kept is not None:
-            return _copy_of(kept)
+            return kept, True
         doc = parse_yaml(path, display, problem_at)
         if self._kept_bytes + len(doc.text) > MAX_KEPT_RECIPE_BYTES:
-            return doc
+            return doc, False
         self._kept_bytes += len(doc.text)
         self._parsed[(path, display)] = doc
-        return _copy_of(doc)
+        return doc, True
 
     def base_of(self, path: Path) -> Path | None:
         """The file `path` extends (resolved), or None: it extends none, or it is not a regular
@@ -585,7 +595,7 @@ class RecipeFiles:
             base = None
             if path.is_file():
                 try:
-                    parent = self.parse(path, str(path)).data.get("extends")
+                    parent = self.data(path).get("extends")
                 except RecipeError:
                     parent = None
                 base = self.real_path(path.parent / parent) if isinstance(parent, str) and parent else None
@@ -1215,7 +1225,7 @@ def partial_bases_among(paths: Iterable[Path], files: RecipeFiles | None = None)
             # first, it was empty there. Nor can it be a base: `extends` refuses a pipe.
             continue
         try:
-            data = files.parse(file, str(file)).data
+            data = files.data(file)
         except RecipeError:
             continue
         data_of[real] = data
@@ -1263,7 +1273,7 @@ def _has_template(path: Path, data_of: dict[Path, dict[str, Any]], files: Recipe
             # A base not among the files given (`lib/root.yaml` under the folder validated): its
             # template makes the files extending it whole recipes all the same.
             with contextlib.suppress(RecipeError):  # (it names no base, nor a template)
-                data = files.parse(file, str(file)).data
+                data = files.data(file)
         if data is not None and (data.get("template") is not None or data.get("templates") is not None):
             steps[file] = nearest = 0
             break
